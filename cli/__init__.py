@@ -1,0 +1,43 @@
+"""The ``tracespec`` command line: a thin layer over the Python API.
+
+Exit codes: 0 same / valid, 1 diverged, 2 usage error, 3 unreadable or invalid input.
+Machine output (``--json``) goes to stdout; logs and progress to stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tracespec import __version__
+from tracespec.cli.errors import EXIT_INVALID_INPUT, report_errors
+from tracespec.cli.show import show
+from tracespec.cli.validate import validate
+
+__all__ = ["EXIT_INVALID_INPUT", "cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tracespec")
+def cli() -> None:
+    """Record what a model computes, and find where two runs diverge.
+
+    \b
+    A trace is a folder (Zarr v3 tensors + Arrow tables, spec/v1) that any machine can read.
+    Typical use:
+      tracespec show runs/ref              the module tree with shapes, dtypes, statistics
+      tracespec validate runs/ref          does the folder conform to the spec?
+
+    Exit codes: 0 ok, 1 diverged, 2 usage error, 3 unreadable or invalid input.
+    """
+
+
+cli.add_command(show)
+cli.add_command(validate)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``tracespec`` console script."""
+    with report_errors():
+        return cli.main(args=argv, prog_name="tracespec", standalone_mode=True)

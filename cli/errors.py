@@ -1,0 +1,41 @@
+"""How the CLI reports errors: one line on stderr and a stable exit code, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import click
+
+from tracespec.errors import TracespecError, UsageError
+
+EXIT_DIVERGED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INVALID_INPUT: Final = 3
+
+
+class TracespecClickError(click.ClickException):
+    """A :class:`TracespecError` as click reports it: ``error[reason]: message``, exit 3."""
+
+    def __init__(self, error: TracespecError) -> None:
+        super().__init__(str(error).replace("\n", " "))
+        self.reason = error.reason
+        self.exit_code = EXIT_USAGE if isinstance(error, UsageError) else EXIT_INVALID_INPUT
+
+    def format_message(self) -> str:
+        return f"[{self.reason}] {self.message}"
+
+
+@contextmanager
+def report_errors() -> Iterator[None]:
+    """Turn tracespec errors raised inside a command into click errors with the right exit code."""
+    try:
+        yield
+    except TracespecError as exc:
+        raise TracespecClickError(exc) from None
+    except MemoryError:
+        raise click.ClickException("out of memory; narrow the selection (--step, --rank, routes)") from None
+    except BrokenPipeError:  # `tracespec show | head` is fine
+        sys.stderr.close()

@@ -1,0 +1,143 @@
+"""``tracespec show TRACE``: the module tree with shapes, dtypes and statistics."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import click
+
+from tracespec.cli.errors import report_errors
+from tracespec.format.tables import ROLES, STAGES
+from tracespec.storage import Trace, load_trace
+
+_ROLE_TAGS = {
+    "input": "in",
+    "output": "out",
+    "grad_output": "grad_out",
+    "grad_input": "grad_in",
+    "parameter": "param",
+    "buffer": "buffer",
+    "parameter_grad": "param_grad",
+    "optimizer_state": "optim",
+}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """One line for one tensor record: role, slot, dtype, shape and what was kept."""
+    tag = f"{_ROLE_TAGS[record['role']]}[{record['slot']}]"
+    if record["dtype"] is None:
+        return f"{tag} {record['value_type']} {record['value']}"
+    shape = "x".join(map(str, record["shape"])) or "scalar"
+    text = f"{tag} {record['dtype']}[{shape}]"
+    if record["mean"] is not None or record["nan_count"]:
+        text += (
+            f" mean={_fmt(record['mean'])} std={_fmt(record['std'])}"
+            f" min={_fmt(record['min'])} max={_fmt(record['max'])}"
+        )
+        if record["nan_count"] or record["inf_count"]:
+            text += f" nan={record['nan_count']} inf={record['inf_count']}"
+    elif record["hash"] is not None:
+        text += f" {record['hash'][:21]}"
+    return text
+
+
+def tree_view(trace: Trace, rank: int, step: int, roles: set[str], stages: set[str]) -> dict[str, Any]:
+    """The tree of ``rank`` at ``step`` as nested dicts: node, records and children."""
+    part = trace.parts[rank]
+    nodes = part.nodes.to_pylist()
+    calls = [c for c in part.calls.to_pylist() if c["step"] == step and c["stage"] == "forward"]
+    call_count: dict[int, int] = defaultdict(int)
+    for c in calls:
+        call_count[c["node"]] += 1
+    records: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in part.tensors.to_pylist():
+        if r["step"] == step and r["role"] in roles and r["stage"] in stages:
+            records[r["node"]].append(r)
+    children: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    for n in nodes:
+        children[n["parent"]].append(n)
+
+    def build(node: dict[str, Any]) -> dict[str, Any]:
+        kids = sorted(children[node["node"]], key=lambda n: n["position"])
+        return {
+            "route": node["route"],
+            "class_name": node["class_name"],
+            "kind": node["kind"],
+            "calls": call_count[node["node"]],
+            "records": [
+                {k: v for k, v in r.items() if k not in ("node",)}
+                for r in sorted(records[node["node"]], key=lambda r: r["id"])
+            ],
+            "children": [build(k) for k in kids],
+        }
+
+    return {"roots": [build(n) for n in sorted(children[None], key=lambda n: n["position"])]}
+
+
+def _echo_tree(node: dict[str, Any], prefix: str, last: bool, top: bool, max_depth: int | None, depth: int) -> None:
+    branch = "" if top else ("└── " if last else "├── ")
+    name = node["route"] or "(root)"
+    calls = f" ×{node['calls']}" if node["calls"] > 1 else ""
+    unused = " (not called)" if node["calls"] == 0 and node["kind"] == "module" else ""
+    click.echo(f"{prefix}{branch}{click.style(name, bold=True)} {node['class_name']}{calls}{unused}")
+    inner = prefix + ("" if top else ("    " if last else "│   "))
+    for record in node["records"]:
+        click.echo(f"{inner}{'│ ' if node['children'] else '  '} {describe_record(record)}")
+    if max_depth is not None and depth >= max_depth:
+        if node["children"]:
+            click.echo(f"{inner}└── … {len(node['children'])} children (raise --depth)")
+        return
+    for i, child in enumerate(node["children"]):
+        _echo_tree(child, inner, i == len(node["children"]) - 1, False, max_depth, depth + 1)
+
+
+@click.command()
+@click.argument("trace", type=click.Path(file_okay=False, path_type=str))
+@click.option("--step", type=int, default=None, help="Step to show (default: the first recorded).")
+@click.option("--rank", type=int, default=0, show_default=True, help="Rank to show.")
+@click.option(
+    "--role", "roles", multiple=True, type=click.Choice(ROLES),
+    help="Roles of tensors to list (repeatable; default: output, parameter).",
+)
+@click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES), help="Stages to list (default: all).")
+@click.option("--depth", type=int, default=None, help="Collapse the tree below this depth.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and the tree as JSON on stdout.")
+def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages: tuple[str, ...],
+         depth: int | None, as_json: bool) -> None:
+    """Show the module tree of TRACE with shapes, dtypes and statistics.
+
+    \b
+    Examples:
+      tracespec show runs/ref
+      tracespec show runs/ref --step 1 --role output --role grad_output --depth 3
+      tracespec show runs/ref --json > tree.json
+    """
+    with report_errors():
+        t = load_trace(trace)
+        if rank not in t.parts:
+            raise click.BadParameter(f"rank {rank} is not in this trace (ranks: {t.ranks})", param_hint="--rank")
+        steps = t.steps
+        if step is None:
+            step = steps[0] if steps else 0
+        elif step not in steps:
+            raise click.BadParameter(f"step {step} is not in this trace (steps: {steps})", param_hint="--step")
+        view = tree_view(t, rank, step, set(roles or ("output", "parameter")), set(stages or STAGES))
+    if as_json:
+        doc = {"manifest": t.manifest.to_json(), "complete": t.complete, "ranks": t.ranks,
+               "steps": steps, "rank": rank, "step": step, **view}
+        click.echo(json.dumps(doc, indent=1, default=str))
+        return
+    m = t.manifest
+    state = "complete" if t.complete else click.style("INCOMPLETE", fg="yellow")
+    click.echo(
+        f"{t.path}  {m.framework} {m.framework_version or ''}  ranks {t.ranks}  steps {steps}  {state}"
+    )
+    click.echo(f"rank {rank}, step {step}")
+    for root in view["roots"]:
+        _echo_tree(root, "", True, True, depth, 0)

@@ -1,0 +1,140 @@
+"""Statistics and content hashes of tensors (spec section "Statistics and hashes").
+
+This is the reference implementation: adapters may compute the same numbers faster on a device,
+and their tests compare against these functions.
+
+- Statistics are computed in float64 over the finite elements; NaN and Inf are only counted.
+  Complex tensors are summarised by their modulus; bool and integers as numbers.
+  ``std`` is the population standard deviation. With no finite element, the five moments are null.
+- The content hash is ``"xxh3_128:" + 32 hex digits`` of the tensor's bytes in C order, little
+  endian (bfloat16 and float8 as their raw bits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import xxhash
+
+__all__ = ["HASH_ALGORITHM", "TensorStats", "combine_stats", "compute_stats", "content_hash"]
+
+HASH_ALGORITHM: Final = "xxh3_128"
+
+# Elements per block: float64 work memory stays at 8 MiB whatever the tensor size.
+_BLOCK: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class TensorStats:
+    """The float64 statistics of one tensor; the moments are None without finite elements."""
+
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    l2: float | None
+    nan_count: int
+    inf_count: int
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {
+            "count": self.count,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "std": self.std,
+            "l2": self.l2,
+            "nan_count": self.nan_count,
+            "inf_count": self.inf_count,
+        }
+
+
+@dataclass(slots=True)
+class _Moments:
+    finite: int = 0
+    mean: float = 0.0
+    m2: float = 0.0  # sum of squared deviations from the mean (Chan et al.)
+    sumsq: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+    nan: int = 0
+    inf: int = 0
+
+    def add_block(self, block: np.ndarray) -> None:
+        if block.dtype.kind == "c":
+            block = np.abs(block)
+        values = block.astype(np.float64, copy=False).ravel()
+        finite_mask = np.isfinite(values)
+        if not finite_mask.all():
+            nan_mask = np.isnan(values)
+            self.nan += int(nan_mask.sum())
+            self.inf += int((~finite_mask & ~nan_mask).sum())
+            values = values[finite_mask]
+        n = values.size
+        if n == 0:
+            return
+        block_mean = float(values.mean())
+        deviations = values - block_mean
+        block_m2 = float(np.dot(deviations, deviations))
+        self.merge(n, block_mean, block_m2, float(np.dot(values, values)),
+                   float(values.min()), float(values.max()))
+
+    def merge(self, n: int, mean: float, m2: float, sumsq: float, low: float, high: float) -> None:
+        total = self.finite + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.finite * n / total
+        self.finite = total
+        self.sumsq += sumsq
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
+
+
+def compute_stats(array: np.ndarray) -> TensorStats:
+    """Statistics of ``array`` in float64, blockwise so memory stays bounded."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    moments = _Moments()
+    for start in range(0, flat.size, _BLOCK):
+        moments.add_block(flat[start : start + _BLOCK])
+    return _finish(flat.size, moments)
+
+
+def combine_stats(parts: list[TensorStats]) -> TensorStats:
+    """The statistics of the concatenation of tensors whose statistics are ``parts``."""
+    moments = _Moments()
+    for part in parts:
+        moments.nan += part.nan_count
+        moments.inf += part.inf_count
+        finite = part.count - part.nan_count - part.inf_count
+        if finite and part.mean is not None:
+            assert part.std is not None and part.l2 is not None
+            assert part.min is not None and part.max is not None
+            moments.merge(finite, part.mean, part.std**2 * finite, part.l2**2, part.min, part.max)
+    return _finish(sum(p.count for p in parts), moments)
+
+
+def _finish(count: int, m: _Moments) -> TensorStats:
+    if m.finite == 0:
+        return TensorStats(count, None, None, None, None, None, m.nan, m.inf)
+    return TensorStats(
+        count=count,
+        min=m.low,
+        max=m.high,
+        mean=m.mean,
+        std=math.sqrt(max(m.m2, 0.0) / m.finite),
+        l2=math.sqrt(m.sumsq),
+        nan_count=m.nan,
+        inf_count=m.inf,
+    )
+
+
+def content_hash(array: np.ndarray) -> str:
+    """``xxh3_128:<hex>`` of the C-order little-endian bytes of ``array``."""
+    contiguous = np.ascontiguousarray(array)
+    if contiguous.dtype.byteorder == ">":
+        contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
+    return f"{HASH_ALGORITHM}:{xxhash.xxh3_128_hexdigest(contiguous.reshape(-1).view(np.uint8))}"

@@ -1,0 +1,246 @@
+"""Read a trace (spec sections "Layout", "Parts", "Tables", "Tensor store").
+
+Constraints:
+- Opening a trace reads the manifests and the tables (metadata, small), checks them against each
+  other, and reads no tensor data. Tensors are read one at a time, on request.
+- Every path taken from a file is checked before use; nothing outside the trace folder is opened.
+- Unknown columns are ignored (minor versions only add); missing or mistyped columns are errors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracespec.errors import (
+    InvalidShapeError,
+    ManifestUnreadableError,
+    NotATraceError,
+    TableInvalidError,
+    TableMismatchError,
+    TraceFormatError,
+)
+from tracespec.format.dtypes import parse_dtype
+from tracespec.format.manifest import (
+    MANIFEST_FILE,
+    PART_FILE,
+    Manifest,
+    PartManifest,
+    parse_manifest,
+    parse_part_manifest,
+)
+from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
+from tracespec.storage.zarr_store import (
+    MAX_ARRAY_BYTES,
+    ArrayMeta,
+    check_relative_path,
+    read_array,
+    read_array_meta,
+)
+
+__all__ = ["Part", "Trace", "load_trace"]
+
+_PART_DIR: Final = re.compile(r"^rank_(0|[1-9][0-9]*)$")
+_ENUMS: Final = {
+    "nodes": {"kind": NODE_KINDS},
+    "calls": {"stage": STAGES},
+    "tensors": {"stage": STAGES, "role": ROLES, "level": LEVELS},
+}
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotATraceError(f"{path}: no {what} here; is this a tracespec trace folder?") from None
+    except OSError as exc:
+        raise ManifestUnreadableError(f"{path}: cannot read {what} ({exc.strerror})") from None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One rank's part: its manifest and its three tables."""
+
+    rank: int
+    folder: Path
+    manifest: PartManifest
+    nodes: pa.Table
+    calls: pa.Table
+    tensors: pa.Table
+
+    @property
+    def store(self) -> Path:
+        return self.folder / self.manifest.store_path
+
+    def array_meta(self, name: str) -> ArrayMeta:
+        return read_array_meta(self.store, name)
+
+    def read_array(self, name: str) -> np.ndarray:
+        """The tensor stored as array ``name``, with its true dtype."""
+        return read_array(self.store, read_array_meta(self.store, name))
+
+
+def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
+    schema = TABLE_SCHEMAS[table]
+    pieces = []
+    for segment in manifest.tables[table]:
+        where = f"{part_dir.name}/{segment.path}"
+        check_relative_path(segment.path, where)
+        path = part_dir / segment.path
+        try:
+            with pa.memory_map(str(path)) as source:
+                got = pa.ipc.open_file(source).read_all()
+        except FileNotFoundError:
+            raise TableMismatchError(f"{where}: listed in part.json but missing") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise TableInvalidError(f"{where}: not a readable Arrow IPC file ({exc})") from None
+        if got.num_rows != segment.rows:
+            raise TableMismatchError(
+                f"{where}: holds {got.num_rows} rows, part.json says {segment.rows}"
+            )
+        for field in schema:
+            if field.name not in got.column_names:
+                raise TableInvalidError(f"{where}: column {field.name!r} is missing")
+            found = got.schema.field(field.name).type
+            if found != field.type:
+                raise TableInvalidError(
+                    f"{where}: column {field.name!r} has type {found}, expected {field.type}"
+                )
+            if not field.nullable and got.column(field.name).null_count:
+                raise TableInvalidError(f"{where}: column {field.name!r} has nulls")
+        pieces.append(got.select(schema.names))
+    result = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    for column, allowed in _ENUMS[table].items():
+        values = set(pc.unique(result.column(column)).to_pylist()) - {None}
+        unknown = values - set(allowed)
+        if unknown:
+            raise TableInvalidError(
+                f"{part_dir.name}: {table}.{column} has unknown values {sorted(unknown)}; "
+                f"allowed: {list(allowed)}"
+            )
+    return result
+
+
+def _check_references(part_dir: Path, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
+    where = part_dir.name
+    ids = nodes.column("node").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
+    known = pa.array(ids, pa.int32())
+    for table, name in ((calls, "calls"), (tensors, "tensors")):
+        unknown = pc.filter(table.column("node"), pc.invert(pc.is_in(table.column("node"), value_set=known)))
+        if len(unknown):
+            raise TableMismatchError(
+                f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table"
+            )
+    parents = pc.drop_null(nodes.column("parent"))
+    orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=known)))
+    if len(orphans):
+        raise TableMismatchError(f"{where}: a node's parent {orphans[0].as_py()} is not in the nodes table")
+    for row in tensors.select(["id", "dtype", "shape", "array"]).to_pylist():
+        if row["dtype"] is not None:
+            parse_dtype(row["dtype"])
+        shape = row["shape"]
+        if shape is not None:
+            if any(d < 0 for d in shape):
+                raise InvalidShapeError(f"{where}: tensor {row['id']} has a negative extent in shape {shape}")
+            if math.prod(shape) > MAX_ARRAY_BYTES:
+                raise InvalidShapeError(f"{where}: tensor {row['id']} has an absurd shape {shape}")
+        if row["array"] is not None:
+            check_relative_path(row["array"], f"{where}: tensor {row['id']} array")
+
+
+def _load_part(folder: Path) -> Part:
+    manifest = parse_part_manifest(_read_bytes(folder / PART_FILE, PART_FILE), f"{folder.name}/{PART_FILE}")
+    expected = f"rank_{manifest.rank}"
+    if folder.name != expected:
+        raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
+    check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
+    tables = {name: _load_table(folder, name, manifest) for name in TABLE_NAMES}
+    _check_references(folder, tables["nodes"], tables["calls"], tables["tensors"])
+    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
+
+
+class Trace:
+    """A trace opened for reading. Tables are in memory; tensor data is read on request."""
+
+    def __init__(self, path: Path, manifest: Manifest, parts: dict[int, Part]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.parts = parts
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(self.parts)
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({s for part in self.parts.values() for s in part.manifest.steps})
+
+    @property
+    def complete(self) -> bool:
+        """Every rank of ``world_size`` wrote its part and closed it."""
+        return len(self.parts) == self.manifest.world_size and all(
+            p.manifest.complete for p in self.parts.values()
+        )
+
+    def missing_ranks(self) -> list[int]:
+        return sorted(set(range(self.manifest.world_size)) - set(self.parts))
+
+    def _concat(self, table: str) -> pa.Table:
+        pieces = []
+        for rank in self.ranks:
+            got = getattr(self.parts[rank], table)
+            pieces.append(got.append_column("rank", pa.array([rank] * got.num_rows, pa.int32())))
+        return pa.concat_tables(pieces)
+
+    def nodes(self) -> pa.Table:
+        """The module-tree nodes of every rank, with a ``rank`` column."""
+        return self._concat("nodes")
+
+    def calls(self) -> pa.Table:
+        return self._concat("calls")
+
+    def tensors(self) -> pa.Table:
+        return self._concat("tensors")
+
+    def read(self, rank: int, array: str) -> np.ndarray:
+        """The tensor stored as ``array`` in ``rank``'s store."""
+        return self.parts[rank].read_array(array)
+
+    def iter_arrays(self, records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        """Yield ``(record, array)`` one at a time for records that kept data (``array`` set)."""
+        for record in records:
+            if record.get("array") is not None:
+                yield record, self.read(record.get("rank", 0), record["array"])
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        return f"<Trace {self.path} {self.manifest.framework} ranks={self.ranks} steps={self.steps} {state}>"
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Open the trace folder ``path``: manifests and tables are read and checked, data is not."""
+    root = Path(path)
+    if not root.is_dir():
+        raise NotATraceError(f"{root}: not a folder; a trace is a folder with {MANIFEST_FILE}")
+    manifest = parse_manifest(_read_bytes(root / MANIFEST_FILE, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
+    parts: dict[int, Part] = {}
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and _PART_DIR.match(child.name):
+            part = _load_part(child)
+            parts[part.rank] = part
+    if not parts:
+        raise TraceFormatError(f"{root}: the trace has a manifest but no rank_<R>/ part")
+    beyond = [r for r in parts if r >= manifest.world_size]
+    if beyond:
+        raise TableMismatchError(f"{root}: part rank_{beyond[0]} is outside world_size {manifest.world_size}")
+    return Trace(root, manifest, parts)

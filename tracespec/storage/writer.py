@@ -1,0 +1,535 @@
+"""Write one rank's part of a trace, streaming (spec sections "Layout", "Parts", "Completeness").
+
+Constraints:
+- The caller's thread only appends rows and hands arrays over; writing tensor data, hashing and
+  statistics happen on one worker thread. The hand-over queue is bounded in bytes: a caller that
+  outruns the disk waits (back-pressure) instead of growing memory.
+- Crash safety comes from ordering: tensor data is written (and fsynced) before the row that
+  references it is published; rows are published by writing a new, complete Arrow segment under a
+  temporary name and renaming it; ``part.json`` lists the segments and is replaced atomically
+  after them. A process killed at any moment leaves a part whose ``part.json`` names only complete
+  files, with ``complete: false``.
+- Ranks never share a file: each writes ``rank_<R>/``; ``manifest.json`` is created once with an
+  atomic no-clobber link, by whichever rank comes first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+
+from tracespec.errors import TracespecError, UsageError
+from tracespec.format.dtypes import dtype_of
+from tracespec.format.manifest import (
+    MANIFEST_FILE,
+    PART_FILE,
+    STORE_DIR,
+    Manifest,
+    PartManifest,
+    Segment,
+    parse_manifest,
+    part_dir_name,
+)
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
+from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
+from tracespec.storage.zarr_store import write_array, write_group
+
+__all__ = ["TraceWriter"]
+
+_VALUE_REPR_LIMIT: Final = 200
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _producer_version() -> str:
+    from tracespec import __version__
+
+    return __version__
+
+
+def _write_atomically(path: Path, payload: bytes, durable: bool) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class _TensorJob:
+    row: dict[str, Any]
+    array: np.ndarray | None
+    same_as: int | None
+    nbytes: int
+
+
+class TraceWriter:
+    """Streams one rank's records and tensors into a trace folder.
+
+    Parameters
+    ----------
+    path:
+        The trace folder; created if needed. Several ranks may write the same folder.
+    framework, framework_version:
+        What produced the values (``"torch"``, ``"paddle"``, ``"onnxruntime"``, ``"numpy"``...).
+    rank, world_size:
+        This writer's rank; each rank writes its own ``rank_<R>/`` part.
+    device:
+        Where the values were computed (``"cpu"``, ``"cuda:0"``).
+    capture, metadata, dtype_policy, source:
+        Recorded in ``manifest.json``: the capture options, free-form user metadata (git commit,
+        hyper-parameters), the precision policy, and provenance of converted traces.
+    compression:
+        ``None`` (raw bytes, fastest) or ``"zstd"``.
+    durable:
+        fsync data, segments and manifests before publishing them (on by default).
+    max_pending_bytes:
+        Bound on tensor bytes handed over but not yet written; callers wait beyond it.
+    flush_interval:
+        Seconds after which rows waiting in memory are published even without a step boundary.
+    overwrite:
+        Replace an existing part of the same rank (and, for a single-rank trace, the manifest).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        framework: str,
+        framework_version: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str = "cpu",
+        capture: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        dtype_policy: str | None = None,
+        source: dict[str, Any] | None = None,
+        compression: str | None = None,
+        durable: bool = True,
+        max_pending_bytes: int = 512 << 20,
+        flush_interval: float = 2.0,
+        overwrite: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} is outside world_size {world_size}")
+        if compression not in (None, "zstd"):
+            raise UsageError(f"compression {compression!r} is not one of None, 'zstd'")
+        self.path = Path(path)
+        self.rank = rank
+        self.device = device
+        self.durable = durable
+        self.compression = compression
+        self._part_dir = self.path / part_dir_name(rank)
+        self._store = self._part_dir / STORE_DIR
+        self._prepare_folder(overwrite, world_size)
+        manifest = Manifest(
+            framework=framework,
+            framework_version=framework_version,
+            created=_now(),
+            world_size=world_size,
+            capture=capture or {},
+            metadata=metadata or {},
+            dtype_policy=dtype_policy,
+            source=source,
+            producer_version=_producer_version(),
+        )
+        self._create_manifest(manifest)
+        (self._part_dir / "tables").mkdir(parents=True)
+        write_group(self._store, "", durable)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_NAMES}
+        self._segments: dict[str, list[Segment]] = {name: [] for name in TABLE_NAMES}
+        self._jobs: deque[_TensorJob | threading.Event] = deque()
+        self._pending_bytes = 0
+        self._max_pending_bytes = max_pending_bytes
+        self._flush_interval = flush_interval
+        self._next_id = 0
+        self._next_node = 0
+        self._steps: set[int] = set()
+        self._step_groups: set[int] = set()
+        self._shared: dict[int, dict[str, Any]] = {}
+        self._new_dirs: list[Path] = []
+        self._store_arrays = 0
+        self._store_bytes = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._complete = False
+        self._write_part_manifest()
+        self._worker = threading.Thread(target=self._run, name=f"tracespec-writer-{rank}", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_folder(self, overwrite: bool, world_size: int) -> None:
+        if self._part_dir.exists():
+            if not overwrite:
+                raise UsageError(
+                    f"{self._part_dir}: a trace part for rank {self.rank} already exists; "
+                    "choose a new folder or pass overwrite=True"
+                )
+            shutil.rmtree(self._part_dir)
+            if world_size == 1 and (self.path / MANIFEST_FILE).exists():
+                (self.path / MANIFEST_FILE).unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._part_dir.mkdir()
+
+    def _create_manifest(self, manifest: Manifest) -> None:
+        target = self.path / MANIFEST_FILE
+        tmp = self.path / f".{MANIFEST_FILE}.tmp-{os.getpid()}-{self.rank}"
+        tmp.write_bytes(json.dumps(manifest.to_json(), indent=2).encode())
+        if self.durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        try:
+            os.link(tmp, target)  # fails if another rank created it first: never clobber
+        except FileExistsError:
+            existing = parse_manifest(target.read_bytes(), str(target))
+            if existing.framework != manifest.framework:
+                raise UsageError(
+                    f"{self.path}: this trace was started by {existing.framework!r}; "
+                    f"cannot add a {manifest.framework!r} part to it"
+                ) from None
+        finally:
+            tmp.unlink()
+        if self.durable:
+            _fsync_dir(self.path)
+
+    # ------------------------------------------------------------------ caller side
+    def add_node(
+        self,
+        route: str,
+        class_name: str,
+        *,
+        parent: int | None = None,
+        kind: str = "module",
+        position: int = 0,
+        attrs: dict[str, Any] | None = None,
+    ) -> int:
+        """Add a node of the module tree and return its id."""
+        if kind not in NODE_KINDS:
+            raise UsageError(f"node kind {kind!r} is not one of {NODE_KINDS}")
+        with self._lock:
+            self._raise_worker_error()
+            node = self._next_node
+            self._next_node += 1
+            self._pending_rows["nodes"].append(
+                {
+                    "node": node,
+                    "parent": parent,
+                    "route": route,
+                    "class_name": class_name,
+                    "kind": kind,
+                    "position": position,
+                    "attrs": json.dumps(attrs, sort_keys=True) if attrs else None,
+                }
+            )
+        return node
+
+    def add_call(self, *, step: int, stage: str, node: int, call: int, begin: int, end: int) -> None:
+        """Record that ``node`` ran (its ``call``-th time in this step and stage)."""
+        if stage not in STAGES:
+            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
+        with self._lock:
+            self._raise_worker_error()
+            self._steps.add(step)
+            self._pending_rows["calls"].append(
+                {"step": step, "stage": stage, "node": node, "call": call, "begin": begin, "end": end}
+            )
+
+    def add_tensor(
+        self,
+        *,
+        step: int,
+        stage: str,
+        node: int,
+        role: str,
+        slot: str,
+        call: int | None = None,
+        array: np.ndarray | None = None,
+        level: str = "full",
+        stats: TensorStats | None = None,
+        hash: str | None = None,
+        dtype: str | None = None,
+        shape: tuple[int, ...] | None = None,
+        same_as: int | None = None,
+    ) -> int:
+        """Record one tensor and return its record id.
+
+        ``array`` (host memory, owned by the writer from now on) is required for ``full`` and
+        is used for whatever of ``stats``/``hash`` is not given. Without ``array``, ``dtype`` and
+        ``shape`` describe the tensor. ``same_as`` names an earlier record whose identical tensor
+        this is: its data, statistics and hash are shared instead of written again.
+        """
+        if stage not in STAGES:
+            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
+        if role not in ROLES:
+            raise UsageError(f"role {role!r} is not one of {ROLES}")
+        if level not in LEVELS:
+            raise UsageError(f"level {level!r} is not one of {LEVELS}")
+        if array is not None:
+            dtype = dtype_of(array).name
+            shape = tuple(int(d) for d in array.shape)
+        elif same_as is None and (dtype is None or shape is None):
+            raise UsageError("add_tensor needs an array, or dtype and shape")
+        if level == "full" and array is None and same_as is None:
+            raise UsageError("level 'full' needs the array")
+        row: dict[str, Any] = {
+            "step": step,
+            "stage": stage,
+            "node": node,
+            "call": call,
+            "role": role,
+            "slot": slot,
+            "dtype": dtype,
+            "shape": list(shape) if shape is not None else None,
+            "level": level,
+            "value_type": None,
+            "value": None,
+            "hash": hash,
+            "array": None,
+            **_stats_columns(stats),
+        }
+        keep = array if (level == "full" or (level == "stats" and stats is None) or (level == "hash" and hash is None)) else None
+        return self._enqueue(row, keep, same_as)
+
+    def add_value(self, *, step: int, stage: str, node: int, role: str, slot: str, value: object, call: int | None = None) -> int:
+        """Record a non-tensor leaf (an int, None, a string...) so nothing is silently dropped."""
+        text = repr(value)
+        if len(text) > _VALUE_REPR_LIMIT:
+            text = text[: _VALUE_REPR_LIMIT - 3] + "..."
+        row: dict[str, Any] = {
+            "step": step, "stage": stage, "node": node, "call": call, "role": role, "slot": slot,
+            "dtype": None, "shape": None, "level": None,
+            "value_type": type(value).__name__, "value": text,
+            "hash": None, "array": None, **_stats_columns(None),
+        }
+        return self._enqueue(row, None, None)
+
+    def _enqueue(self, row: dict[str, Any], array: np.ndarray | None, same_as: int | None) -> int:
+        nbytes = int(array.nbytes) if array is not None else 0
+        with self._lock:
+            self._raise_worker_error()
+            if self._closed:
+                raise UsageError("the writer is closed")
+            while self._pending_bytes and self._pending_bytes + nbytes > self._max_pending_bytes:
+                self._wake.wait()
+                self._raise_worker_error()
+            row["id"] = self._next_id
+            self._next_id += 1
+            self._steps.add(row["step"])
+            self._pending_bytes += nbytes
+            self._jobs.append(_TensorJob(row, array, same_as, nbytes))
+            self._wake.notify_all()
+            return int(row["id"])
+
+    def end_step(self, step: int) -> None:
+        """Mark ``step`` as finished: its rows are published soon, without waiting."""
+        with self._lock:
+            self._steps.add(step)
+            self._jobs.append(threading.Event())
+            self._wake.notify_all()
+
+    def flush(self) -> None:
+        """Block until everything handed over so far is written and published."""
+        done = threading.Event()
+        with self._lock:
+            self._raise_worker_error()
+            self._jobs.append(done)
+            self._wake.notify_all()
+        while not done.wait(0.1):
+            with self._lock:
+                self._raise_worker_error()
+                if not self._worker.is_alive():
+                    raise TracespecError("the trace writer's worker thread stopped")
+        with self._lock:
+            self._raise_worker_error()
+
+    def close(self) -> None:
+        """Write everything, mark the part complete, and stop the worker."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self._complete = True
+            self._write_part_manifest()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._wake.notify_all()
+            self._worker.join()
+
+    def abort(self) -> None:
+        """Stop without marking the part complete (what a crash leaves, but cleanly)."""
+        with self._lock:
+            self._closed = True
+            self._jobs.clear()
+            self._wake.notify_all()
+        self._worker.join()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            self.close()
+        else:
+            try:
+                self.flush()
+            finally:
+                self.abort()
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            raise TracespecError(f"writing the trace failed: {self._error}") from self._error
+
+    # ------------------------------------------------------------------ worker side
+    def _run(self) -> None:
+        last_publish = time.monotonic()
+        try:
+            while True:
+                with self._lock:
+                    while not self._jobs and not self._closed:
+                        if not self._wake.wait(self._flush_interval) and self._has_pending_rows():
+                            break
+                    if not self._jobs and self._closed:
+                        return
+                    job = self._jobs.popleft() if self._jobs else None
+                if isinstance(job, threading.Event):
+                    self._publish()
+                    last_publish = time.monotonic()
+                    job.set()
+                elif job is not None:
+                    self._process(job)
+                    if time.monotonic() - last_publish > self._flush_interval:
+                        self._publish()
+                        last_publish = time.monotonic()
+                else:
+                    self._publish()
+                    last_publish = time.monotonic()
+        except BaseException as exc:  # surfaced to the caller at its next call
+            with self._lock:
+                self._error = exc
+                self._wake.notify_all()
+
+    def _has_pending_rows(self) -> bool:
+        return any(self._pending_rows.values())
+
+    def _process(self, job: _TensorJob) -> None:
+        row, array = job.row, job.array
+        if job.same_as is not None:
+            shared = self._shared.get(job.same_as)
+            if shared is None:
+                raise UsageError(f"record {row['id']}: same_as={job.same_as} names no earlier tensor record")
+            for key, value in shared.items():
+                if row.get(key) is None:
+                    row[key] = value
+        if array is not None:
+            if row["level"] == "full":
+                step = row["step"]
+                if step not in self._step_groups:
+                    write_group(self._store, f"step_{step}", self.durable)
+                    self._step_groups.add(step)
+                name = f"step_{step}/{row['id']}"
+                nbytes, dirs = write_array(self._store, name, array, compression=self.compression, durable=self.durable)
+                self._new_dirs.extend(dirs)
+                self._store_arrays += 1
+                self._store_bytes += nbytes
+                row["array"] = name
+            if row["hash"] is None and row["level"] in ("full", "hash"):
+                row["hash"] = content_hash(array)
+            if row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats"):
+                row.update(_stats_columns(compute_stats(array)))
+        if row["dtype"] is not None:
+            self._shared[row["id"]] = {
+                key: row[key]
+                for key in ("step", "dtype", "shape", "hash", "array", "min", "max", "mean", "std", "l2", "nan_count", "inf_count")
+            }
+        with self._lock:
+            self._pending_rows["tensors"].append(row)
+            self._pending_bytes -= job.nbytes
+            self._wake.notify_all()
+
+    def _publish(self) -> None:
+        with self._lock:
+            batches = {name: rows for name, rows in self._pending_rows.items() if rows}
+            self._pending_rows = {name: [] for name in TABLE_NAMES}
+            new_dirs, self._new_dirs = self._new_dirs, []
+        if self._shared:
+            # Sharing is between records of one step: older entries are dropped to bound memory.
+            latest = max(entry["step"] for entry in self._shared.values())
+            self._shared = {k: v for k, v in self._shared.items() if v["step"] >= latest}
+        if self.durable:
+            for folder in dict.fromkeys(d.parent for d in new_dirs):
+                _fsync_dir(folder)
+            for folder in dict.fromkeys(new_dirs):
+                _fsync_dir(folder)
+        # Nodes before calls before tensors, so a published row never names an unpublished node.
+        for name in TABLE_NAMES:
+            rows = batches.get(name)
+            if not rows:
+                continue
+            index = len(self._segments[name])
+            relative = f"tables/{name}-{index:06d}.arrow"
+            table = pa.Table.from_pylist(rows, schema=TABLE_SCHEMAS[name])
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, TABLE_SCHEMAS[name]) as out:
+                out.write_table(table)
+            _write_atomically(self._part_dir / relative, sink.getvalue().to_pybytes(), self.durable)
+            self._segments[name].append(Segment(relative, len(rows)))
+        if self.durable and batches:
+            _fsync_dir(self._part_dir / "tables")
+        self._write_part_manifest()
+
+    def _write_part_manifest(self) -> None:
+        part = PartManifest(
+            rank=self.rank,
+            device=self.device,
+            complete=self._complete,
+            steps=tuple(sorted(self._steps)),
+            tables={name: tuple(segs) for name, segs in self._segments.items()},
+            store_path=STORE_DIR,
+            store_arrays=self._store_arrays,
+            store_bytes=self._store_bytes,
+            updated=_now(),
+        )
+        _write_atomically(self._part_dir / PART_FILE, json.dumps(part.to_json(), indent=1).encode(), self.durable)
+        if self.durable:
+            _fsync_dir(self._part_dir)
+
+
+def _stats_columns(stats: TensorStats | None) -> dict[str, Any]:
+    if stats is None:
+        return dict.fromkeys(("min", "max", "mean", "std", "l2", "nan_count", "inf_count"))
+    return {
+        "min": stats.min,
+        "max": stats.max,
+        "mean": stats.mean,
+        "std": stats.std,
+        "l2": stats.l2,
+        "nan_count": stats.nan_count,
+        "inf_count": stats.inf_count,
+    }

@@ -1,0 +1,358 @@
+"""The Zarr v3 tensor store of a part (spec section "Tensor store").
+
+Constraints this module keeps:
+- Arrays are written as plain Zarr v3: a ``zarr.json`` per array and per group, a regular chunk
+  grid, the ``default`` chunk-key encoding with ``/``, and the ``bytes`` codec (little endian),
+  optionally followed by ``zstd``. Any Zarr v3 reader opens them.
+- Chunks split the leading axes only, so each chunk of an uncompressed array is one contiguous
+  byte range of the C-order tensor and is written without a copy; edge chunks are padded to the
+  full chunk shape as Zarr v3 requires.
+- Every chunk of a non-empty array is written. A missing chunk is an error on read, never
+  silently Zarr's fill value.
+- Paths come from untrusted metadata: every array name is checked before it touches the file
+  system, and nothing outside the store is ever opened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from tracespec.errors import (
+    ArrayMissingError,
+    ChunkMissingError,
+    InvalidShapeError,
+    PathEscapeError,
+    TraceFormatError,
+)
+from tracespec.format.dtypes import DType, dtype_of, parse_dtype
+
+__all__ = [
+    "CHUNK_BYTES",
+    "MAX_ARRAY_BYTES",
+    "ArrayMeta",
+    "check_relative_path",
+    "chunk_shape_for",
+    "missing_chunks",
+    "read_array",
+    "read_array_meta",
+    "write_array",
+    "write_group",
+]
+
+CHUNK_BYTES: Final = 64 << 20
+"""Target upper bound on one chunk's size."""
+
+MAX_ARRAY_BYTES: Final = 1 << 40
+"""A shape whose tensor would exceed 1 TiB is treated as corrupt metadata, not allocated."""
+
+_NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_ZARR_JSON: Final = "zarr.json"
+
+
+def check_relative_path(path: object, where: str) -> str:
+    """Return ``path`` if it is a safe relative path (``a/b/c``), else raise.
+
+    Safe means: a string of ``/``-separated names made of letters, digits, ``_``, ``.`` and ``-``,
+    none of them ``.`` or ``..`` or starting with a dot, so it cannot leave its base folder.
+    """
+    if not isinstance(path, str) or not path:
+        raise PathEscapeError(f"{where}: path {path!r} is not a non-empty string")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") or not _NAME.match(p) for p in parts):
+        raise PathEscapeError(
+            f"{where}: path {path!r} is not a plain relative path inside the trace folder"
+        )
+    return path
+
+
+def chunk_shape_for(shape: tuple[int, ...], itemsize: int, limit: int = CHUNK_BYTES) -> tuple[int, ...]:
+    """A chunk shape that splits leading axes only, each chunk at most ``limit`` bytes if it can."""
+    chunk = [max(d, 1) for d in shape]
+    for axis in range(len(chunk)):
+        inner = math.prod(chunk[axis + 1 :]) * itemsize
+        if chunk[axis] * inner <= limit:
+            break
+        if inner <= limit:
+            chunk[axis] = max(1, limit // inner)
+            break
+        chunk[axis] = 1
+    return tuple(chunk)
+
+
+def _fill_value(dt: DType) -> Any:
+    if dt.zarr_data_type == "bool":
+        return False
+    if dt.is_complex:
+        return [0.0, 0.0]
+    if dt.zarr_data_type.startswith(("float", "complex")):
+        return 0.0
+    return 0
+
+
+def _codecs(compression: str | None) -> list[dict[str, Any]]:
+    codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if compression == "zstd":
+        codecs.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
+    elif compression is not None:
+        raise ValueError(f"unknown compression {compression!r}; use None or 'zstd'")
+    return codecs
+
+
+def _write_file(path: Path, payload: memoryview | bytes, padding: int, durable: bool) -> None:
+    with open(path, "wb") as f:
+        f.write(payload)
+        if padding:
+            f.write(bytes(padding))
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_group(store: Path, name: str, durable: bool = True) -> None:
+    """Write the ``zarr.json`` of a group (the store root when ``name`` is empty)."""
+    folder = store / name if name else store
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+    _write_file(folder / _ZARR_JSON, json.dumps(doc).encode(), 0, durable)
+
+
+def write_array(
+    store: Path,
+    name: str,
+    array: np.ndarray,
+    *,
+    compression: str | None = None,
+    durable: bool = True,
+    chunk_limit: int = CHUNK_BYTES,
+) -> tuple[int, list[Path]]:
+    """Write ``array`` as the Zarr v3 array ``name`` under ``store``.
+
+    Returns the bytes written and the folders created, which the caller fsyncs at its next
+    durable flush (a new file is durable only once its directory entry is).
+    """
+    dt = dtype_of(array)
+    data = np.ascontiguousarray(array)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    storage = data.view(dt.zarr_data_type) if dt.stored_as_bits else data
+    shape = tuple(int(d) for d in storage.shape)
+    chunk = chunk_shape_for(shape, dt.itemsize, chunk_limit)
+    folder = store / name
+    created = [folder]
+    folder.mkdir(parents=True, exist_ok=True)
+
+    meta: dict[str, Any] = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(shape),
+        "data_type": dt.zarr_data_type,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": _fill_value(dt),
+        "codecs": _codecs(compression),
+        "attributes": {"tracespec": {"dtype": dt.name}},
+    }
+    written = 0
+    if storage.size:
+        written = _write_chunks(folder, storage, chunk, compression, durable, created)
+    meta_bytes = json.dumps(meta).encode()
+    # zarr.json last: an array whose metadata exists has all its chunks.
+    _write_file(folder / _ZARR_JSON, meta_bytes, 0, durable)
+    return written + len(meta_bytes), created
+
+
+def _write_chunks(
+    folder: Path,
+    storage: np.ndarray,
+    chunk: tuple[int, ...],
+    compression: str | None,
+    durable: bool,
+    created: list[Path],
+) -> int:
+    flat = storage.reshape(-1).view(np.uint8)
+    chunk_bytes = math.prod(chunk) * storage.itemsize
+    grid = [math.ceil(d / c) for d, c in zip(storage.shape, chunk)]
+    assert _splits_leading_axes(storage.shape, chunk), (storage.shape, chunk)
+    compressor = None
+    if compression == "zstd":
+        from numcodecs import Zstd
+
+        compressor = Zstd(level=3)
+    written = 0
+    if storage.ndim == 0:
+        keys: list[tuple[int, ...]] = [()]
+    else:
+        keys = [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
+    for key in keys:
+        start, length = _chunk_span(storage.shape, chunk, key, storage.itemsize)
+        payload = memoryview(flat[start : start + length])
+        padding = chunk_bytes - length
+        path = folder.joinpath("c", *map(str, key)) if key else folder / "c"
+        if path.parent not in created:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            created.append(path.parent)
+        if compressor is not None:
+            raw = bytes(payload) + bytes(padding)
+            payload, padding = memoryview(compressor.encode(raw)), 0
+        _write_file(path, payload, padding, durable)
+        written += len(payload) + padding
+    return written
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayMeta:
+    """What a reader needs from an array's ``zarr.json``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType
+    chunk_shape: tuple[int, ...]
+    compression: str | None
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def chunk_keys(self) -> list[tuple[int, ...]]:
+        if any(d == 0 for d in self.shape):
+            return []
+        if not self.shape:
+            return [()]
+        grid = [math.ceil(d / c) for d, c in zip(self.shape, self.chunk_shape)]
+        return [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
+
+
+def _chunk_path(folder: Path, key: tuple[int, ...]) -> Path:
+    return folder.joinpath("c", *map(str, key)) if key else folder / "c"
+
+
+def read_array_meta(store: Path, name: str) -> ArrayMeta:
+    """Read and check an array's ``zarr.json`` (no data is read)."""
+    check_relative_path(name, f"array {name!r}")
+    where = f"{store.name}/{name}"
+    path = store / name / _ZARR_JSON
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ArrayMissingError(f"{where}: the array has no zarr.json (missing array)") from None
+    except (OSError, ValueError) as exc:
+        raise TraceFormatError(f"{where}/zarr.json: unreadable ({exc})") from None
+    try:
+        shape = tuple(doc["shape"])
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InvalidShapeError(f"{where}: shape {list(shape)} has a negative or non-integer extent")
+        attrs = doc.get("attributes", {}).get("tracespec", {})
+        dt = parse_dtype(attrs.get("dtype", doc["data_type"]))
+        if dt.zarr_data_type != doc["data_type"]:
+            raise TraceFormatError(
+                f"{where}: data_type {doc['data_type']!r} cannot hold dtype {dt.name!r}"
+            )
+        chunk = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
+        codec_names = [c["name"] for c in doc["codecs"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TraceFormatError(f"{where}/zarr.json: not a Zarr v3 array ({exc!r} missing or wrong)") from None
+    if math.prod(shape) * dt.itemsize > MAX_ARRAY_BYTES:
+        raise InvalidShapeError(f"{where}: shape {list(shape)} is absurd ({math.prod(shape)} elements)")
+    if len(chunk) != len(shape) or not all(isinstance(c, int) and c > 0 for c in chunk):
+        raise TraceFormatError(f"{where}: chunk_shape {list(chunk)} does not fit shape {list(shape)}")
+    if codec_names not in (["bytes"], ["bytes", "zstd"]):
+        raise TraceFormatError(f"{where}: codecs {codec_names} are not among the spec's (bytes[, zstd])")
+    return ArrayMeta(name, shape, dt, chunk, "zstd" if "zstd" in codec_names else None)
+
+
+def missing_chunks(store: Path, meta: ArrayMeta) -> list[str]:
+    """The chunk keys of ``meta`` whose files are absent or of the wrong size."""
+    folder = store / meta.name
+    expected = math.prod(meta.chunk_shape) * meta.dtype.itemsize
+    bad = []
+    for key in meta.chunk_keys():
+        path = _chunk_path(folder, key)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            bad.append("/".join(map(str, key)) or "c")
+            continue
+        if meta.compression is None and size != expected:
+            bad.append("/".join(map(str, key)) or "c")
+    return bad
+
+
+def read_array(store: Path, meta: ArrayMeta) -> np.ndarray:
+    """Read a whole array with its true dtype. Chunks are read straight into the result."""
+    folder = store / meta.name
+    dt = meta.dtype
+    storage_dtype = np.dtype(dt.zarr_data_type).newbyteorder("<")
+    result = np.empty(meta.shape, dtype=storage_dtype)
+    if result.size:
+        flat = result.reshape(-1).view(np.uint8)
+        decoder = None
+        if meta.compression == "zstd":
+            from numcodecs import Zstd
+
+            decoder = Zstd()
+        leading_only = _splits_leading_axes(meta.shape, meta.chunk_shape)
+        if not leading_only:
+            return _read_general(store, meta)
+        for key in meta.chunk_keys():
+            start, length = _chunk_span(meta.shape, meta.chunk_shape, key, dt.itemsize)
+            path = _chunk_path(folder, key)
+            try:
+                if decoder is None:
+                    with open(path, "rb") as f:
+                        got = f.readinto(memoryview(flat[start : start + length]))
+                else:
+                    raw = decoder.decode(path.read_bytes())
+                    got = min(len(raw), length)
+                    flat[start : start + got] = np.frombuffer(raw, np.uint8, got)
+            except FileNotFoundError:
+                raise ChunkMissingError(
+                    f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is missing"
+                ) from None
+            if got != length:
+                raise ChunkMissingError(
+                    f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is truncated "
+                    f"({got} of {length} bytes)"
+                )
+    return result.view(dt.numpy) if dt.stored_as_bits else result
+
+
+def _splits_leading_axes(shape: tuple[int, ...], chunk: tuple[int, ...]) -> bool:
+    """True when every chunk is one contiguous byte range of the C-order array: the chunk is 1
+    along the axes before some axis ``a`` and spans the whole array after it."""
+    differing = [axis for axis, (c, s) in enumerate(zip(chunk, shape)) if c != s]
+    return not differing or all(c == 1 for c in chunk[: differing[-1]])
+
+
+def _chunk_span(
+    shape: tuple[int, ...], chunk: tuple[int, ...], key: tuple[int, ...], itemsize: int
+) -> tuple[int, int]:
+    """Byte offset and valid length of chunk ``key`` in the C-order array (leading-axis split)."""
+    if not shape:
+        return 0, itemsize
+    strides = [itemsize * math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
+    start = sum(k * c * st for k, c, st in zip(key, chunk, strides))
+    differing = [axis for axis, (c, s) in enumerate(zip(chunk, shape)) if c != s]
+    if not differing:
+        return start, math.prod(shape) * itemsize
+    axis = differing[-1]
+    rows = min(chunk[axis], shape[axis] - key[axis] * chunk[axis])
+    return start, rows * strides[axis]
+
+
+def _read_general(store: Path, meta: ArrayMeta) -> np.ndarray:
+    """Arrays chunked on trailing axes (written by another tool): read through zarr itself."""
+    for key in meta.chunk_keys():
+        if not _chunk_path(store / meta.name, key).exists():
+            raise ChunkMissingError(f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key))} is missing")
+    import zarr
+
+    data = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[...])
+    return data.view(meta.dtype.numpy) if meta.dtype.stored_as_bits else data
