@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from tracespec import __version__
+from tracespec.cli.convert import convert
 from tracespec.cli.errors import EXIT_INVALID_INPUT, report_errors
 from tracespec.cli.show import show
 from tracespec.cli.validate import validate
@@ -33,6 +34,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(convert)
 cli.add_command(show)
 cli.add_command(validate)
 

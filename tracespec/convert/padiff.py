@@ -192,7 +192,7 @@ class _Converter:
             raise InputFileError(f"{self.rel(folder)}: {what}: refusing tensor path {recorded!r:.120} (not a .npy file name)")
         path = folder / subdir / name
         resolved = path.resolve()
-        if not resolved.is_relative_to(self.root):
+        if not resolved.is_relative_to(folder.resolve()):
             raise InputFileError(f"{self.rel(folder)}/{subdir}/{name}: resolves outside the dump folder; refusing to follow it")
         if not resolved.is_file():
             self.missing.append(f"{self.rel(folder)}/{subdir}/{name} ({what})")
@@ -735,6 +735,6 @@ def _inside(conv: _Converter, folder: Path, name: object) -> Path | None:
     if not path.is_dir():
         conv.missing.append(f"{conv.rel(folder)}/{name}/ (report.json says it exists)")
         return None
-    if not path.resolve().is_relative_to(conv.root):
+    if not path.resolve().is_relative_to(folder.resolve()):
         raise InputFileError(f"{conv.rel(path)}: resolves outside the dump folder; refusing to follow it")
     return path
