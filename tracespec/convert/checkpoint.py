@@ -303,12 +303,15 @@ def split_key(key: str) -> tuple[str, str]:
     return route, slot
 
 
-def convert_checkpoint(path: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False) -> Checkpoint:
+def convert_checkpoint(
+    path: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False, durable: bool = True
+) -> Checkpoint:
     """Write the checkpoint ``path`` as a parameter-only trace at ``out``; return what was read.
 
     The tree follows the dotted names: module route = the key up to its last dot, slot = the
     last component. Every tensor is a ``parameter`` record of step 0, stage ``forward``.
     Non-tensor values (an epoch counter...) are kept as values on their module.
+    ``overwrite`` and ``durable`` are passed to :class:`~tracespec.TraceWriter`.
     """
     from tracespec.storage import TraceWriter
 
@@ -320,7 +323,7 @@ def convert_checkpoint(path: str | os.PathLike[str], out: str | os.PathLike[str]
         "tensors": len(checkpoint.entries),
         "metadata": checkpoint.metadata,
     }
-    with TraceWriter(out, framework=checkpoint.framework, source=source, overwrite=overwrite) as writer:
+    with TraceWriter(out, framework=checkpoint.framework, source=source, overwrite=overwrite, durable=durable) as writer:
         nodes = _add_tree(writer, [*(e.key for e in checkpoint.entries), *checkpoint.values])
         for entry, array in checkpoint.iter_tensors():
             route, slot = split_key(entry.key)

@@ -443,12 +443,14 @@ def convert_padiff(
     *,
     update_weights: str | Path | None = None,
     overwrite: bool = False,
+    durable: bool = True,
 ) -> PadiffConversion:
     """Convert the PaDiff dump of one model (``<dump root>/<model name>``) into a trace at ``out``.
 
     ``update_weights`` is an optional second dump folder of the same model holding
     ``weights.json`` files written after ``optimizer.step()`` (same step/rank layout); they
     become stage ``update``. ``weights.json`` files inside ``dump`` are used the same way.
+    ``overwrite`` and ``durable`` are passed to :class:`~tracespec.TraceWriter`.
     """
     from tracespec.storage import TraceWriter
 
@@ -520,7 +522,7 @@ def convert_padiff(
                         _add_params_tree(docs[(d.path, name)], tree)
                 if (d.path, "report.json") in docs:
                     _report_calls(docs[(d.path, "report.json")], tree)
-            writer = TraceWriter(out, framework=framework, rank=rank, world_size=world_size, source=source, overwrite=overwrite)
+            writer = TraceWriter(out, framework=framework, rank=rank, world_size=world_size, source=source, overwrite=overwrite, durable=durable)
             writers.append(writer)
             tree.write(writer)
             routes = {route: n.node_id for route, n in tree.nodes.items()}
