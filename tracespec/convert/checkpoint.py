@@ -18,6 +18,7 @@ import json
 import math
 import mmap
 import os
+import re
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -193,7 +194,10 @@ def _open_safetensors(file: Path, size: int) -> Checkpoint:
         if end - begin != math.prod(shape) * parse_dtype(dtype).itemsize:
             raise InputFileError(f"{file}: tensor {key!r} of shape {list(shape)} {dtype} has {end - begin} bytes")
         placed.append((begin, key, dtype, shape, end))
-    placed.sort()  # the order of the data in the file: safetensors keeps no other order
+    # safetensors keeps no key order (its data is ordered by dtype size, then name): use the
+    # natural order of the names, so that "layers.10" follows "layers.9" and a dtype change
+    # does not move a key.
+    placed.sort(key=lambda item: _natural_key(item[1]))
     entries = [TensorEntry(key, dtype, shape) for _, key, dtype, shape, _ in placed]
     arrays = {
         key: LazyArray(FileRegion(data_start + begin, end - begin), dtype, shape)
@@ -201,6 +205,10 @@ def _open_safetensors(file: Path, size: int) -> Checkpoint:
     }
     framework = {"pt": "torch", "torch": "torch", "paddle": "paddle", "np": "numpy"}.get(str(metadata.get("format")), "unknown")
     return Checkpoint(file, "safetensors", framework, entries, {}, dict(metadata), arrays)
+
+
+def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name))
 
 
 def _open_torch_zip(file: Path) -> Checkpoint:
