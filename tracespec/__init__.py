@@ -3,6 +3,7 @@
 The core never imports a framework: ``import tracespec`` loads numpy, zarr and pyarrow only.
 """
 
+from tracespec.compare import Verdict, compare
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
 from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
@@ -15,7 +16,9 @@ __all__ = [
     "TraceFormatError",
     "TraceWriter",
     "TracespecError",
+    "Verdict",
     "__version__",
+    "compare",
     "load_trace",
     "validate_trace",
 ]
