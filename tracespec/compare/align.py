@@ -564,6 +564,9 @@ class _Aligner:
         seq_a = self._ordered_children("a", parent_a)
         seq_b = self._ordered_children("b", parent_b)
         if not seq_a or not seq_b:
+            for side, seq, other_parent in (("a", seq_a, parent_b), ("b", seq_b, parent_a)):
+                for node in seq:
+                    self._note_deleted(side, node, other_parent, [])
             return []
         for _ in range(len(seq_a) + len(seq_b) + 8):
             ops = diff_sequences(

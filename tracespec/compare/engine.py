@@ -257,8 +257,7 @@ class _RankComparison:
                 unit.upstream = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_output")
                 forward = earlier.get(("forward", c.node, c.call))
                 if forward is not None:
-                    unit.upstream += forward.upstream
-                    unit.params = list(forward.params)
+                    unit.upstream += forward.upstream + forward.params
                 unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_input")
                 if last_call[c.node] == c.call:
                     unit.outputs += self._results(step, stage, c.node, lambda r: r.call is None)
