@@ -81,73 +81,62 @@ def _records(trace_path: Path) -> tuple[Any, dict[tuple[Any, ...], dict[str, Any
     return trace, out
 
 
-def _diverging(path_a: Path, path_b: Path, *, modules_only: bool = False, rtol: float = 1e-4, atol: float = 1e-5) -> list[tuple[Any, ...]]:
-    """Keys of the records that both traces hold and that differ beyond float32 tolerances.
-
-    Applies the Linear layout rule across frameworks (Paddle [in, out], PyTorch [out, in]).
-    Returns them in forward completion order (calls.end), then the rest.
-    """
-    trace_a, a = _records(path_a)
-    trace_b, b = _records(path_b)
-    cross = trace_a.manifest.framework != trace_b.manifest.framework
-    ends = {}
-    nodes = {n["node"]: n["route"] for n in trace_a.nodes().to_pylist()}
-    for c in trace_a.calls().to_pylist():
-        ends[(c["step"], c["stage"], nodes[c["node"]], c["call"])] = c["end"]
-    bad = []
-    for key in set(a) & set(b):
-        ra, rb = a[key], b[key]
-        if ra["array"] is None or (modules_only and ra["kind"] == "op"):
-            continue
-        x = trace_a.read(0, ra["array"]).astype(np.float64)
-        y = trace_b.read(0, rb["array"]).astype(np.float64)
-        if cross and ra["class_name"] == "Linear" and ra["slot"] == "weight":
-            y = y.T
-        assert x.shape == y.shape, key
-        if not np.allclose(x, y, rtol=rtol, atol=atol):
-            bad.append(key)
-    return sorted(bad, key=lambda k: (ends.get((k[0], k[1], k[2], k[5]), 1 << 40), str(k)))
-
+# Sensible float32 tolerances: PaDiff's "strict" 1e-5 with a tighter absolute floor. The compare
+# engine's default scales atol by each tensor's RMS, which fails on gradients that are pure
+# cancellation noise (b_block: d mean(LayerNorm(x)) is 0 analytically, ~1e-10 numerically).
+TOLERANCES = ["--rtol", "1e-5", "--atol", "1e-6"]
 
 IDENTICAL = [
-    ("a_mlp_identical", "torch_mlp", "paddle_mlp", False),
-    ("b_block_identical", "torch_block", "paddle_block", False),
-    ("b_block_identical_apicheck", "torch_block", "paddle_block", True),
-    ("d_mlp_multistep_adam_freq1", "torch_mlp", "paddle_mlp", False),
-    ("d_mlp_multistep_adam_freq2", "torch_mlp", "paddle_mlp", False),
-    ("f_dtype_float16", "torch_net", "paddle_net", False),
-    ("f_dtype_bfloat16", "paddle_net", "paddle_net_copy", False),
-    ("h_layer_map_mha_identical", "torch_mha_net", "paddle_mha_net", False),
-    ("i_auto_diff_block", "torch_block", "paddle_block", False),
+    ("a_mlp_identical", "torch_mlp", "paddle_mlp", []),
+    ("b_block_identical", "torch_block", "paddle_block", []),
+    # API nodes: torch permutes q/k/v and transposes k while paddle transposes q/k/v and uses
+    # matmul(transpose_y): no one-to-one pairing exists, so the API nodes are left out.
+    ("b_block_identical_apicheck", "torch_block", "paddle_block", ["--exclude", "*#*"]),
+    ("d_mlp_multistep_adam_freq1", "torch_mlp", "paddle_mlp", []),
+    ("d_mlp_multistep_adam_freq2", "torch_mlp", "paddle_mlp", []),
+    ("f_dtype_float16", "torch_net", "paddle_net", []),
+    ("f_dtype_bfloat16", "paddle_net", "paddle_net_copy", []),
+    ("f_dtype_bfloat16", "torch_net", "paddle_net", []),  # the partial dump: parameters only
+    ("h_layer_map_mha_identical", "torch_mha_net", "paddle_mha_net", []),
+    ("i_auto_diff_block", "torch_block", "paddle_block", []),
 ]
 
 
-@pytest.mark.parametrize("case,a,b,modules_only", IDENTICAL, ids=[c[0] for c in IDENTICAL])
-def test_identical_pairs_agree_at_float32_tolerances(case: str, a: str, b: str, modules_only: bool, tmp_path: Path) -> None:
-    # Checked with numpy on the converted traces; API nodes of different frameworks are not
-    # paired by route (torch permute vs paddle transpose), so the API case compares modules.
+def _convert_side(case: str, side: str, out: Path) -> Path:
     root = corpus_dir() / case
-    extra = {}
-    for side in (a, b):
-        weights = root / "post_step_weights" / side
-        convert_padiff(root / "padiff_dump" / side, tmp_path / side, update_weights=weights if weights.is_dir() else None)
-        extra[side] = _records(tmp_path / side)[1]
-    common = set(extra[a]) & set(extra[b])
-    assert len(common) >= 10
-    assert {k[1] for k in common} >= {"forward", "backward"}
-    assert _diverging(tmp_path / a, tmp_path / b, modules_only=modules_only) == []
+    weights = root / "post_step_weights" / side
+    convert_padiff(root / "padiff_dump" / side, out, update_weights=weights if weights.is_dir() else None)
+    return out
+
+
+def _diff(a: Path, b: Path, *options: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(cli, ["diff", str(a), str(b), "--json", "-", "--no-progress", *TOLERANCES, *options])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("case,a,b,options", IDENTICAL, ids=[f"{c[0]}:{c[1]}" for c in IDENTICAL])
+def test_identical_pairs_pass(case: str, a: str, b: str, options: list[str], tmp_path: Path) -> None:
+    code, verdict = _diff(_convert_side(case, a, tmp_path / "a"), _convert_side(case, b, tmp_path / "b"), *options)
+    assert code == 0 and verdict["status"] == "pass", verdict["first_divergence"]
+    assert verdict["summary"]["units"] >= 4 and verdict["summary"]["diverged"] == 0
+    compared_stages = {n["stage"] for n in verdict["nodes"] if n["status"] != "skipped"}
+    assert compared_stages >= {"forward", "backward"}
 
 
 def test_ln_eps_divergence_is_introduced_at_ln1(tmp_path: Path) -> None:
-    root = corpus_dir() / "c_block_ln_eps" / "padiff_dump"
-    convert_padiff(root / "torch_block", tmp_path / "t")
-    convert_padiff(root / "paddle_block", tmp_path / "p")
-    bad = _diverging(tmp_path / "t", tmp_path / "p")
-    forward_outputs = [k for k in bad if k[1] == "forward" and k[3] == "output"]
-    assert forward_outputs[0][2] == "ln1"
-    # everything before ln1 in completion order agrees: attn and its projections
-    assert not any(k[2].startswith("attn") for k in bad)
-    assert {k[2] for k in forward_outputs} == {"ln1", "ffn_in", "act", "ffn_out", "ln2", ""}
+    a = _convert_side("c_block_ln_eps", "torch_block", tmp_path / "a")
+    b = _convert_side("c_block_ln_eps", "paddle_block", tmp_path / "b")
+    code, verdict = _diff(a, b)
+    first = verdict["first_divergence"]
+    assert code == 1
+    assert (first["stage"], first["a"]["route"], first["b"]["route"], first["kind"]) == ("forward", "ln1", "ln1", "introduced")
+    # In completion order, everything before ln1 agrees and everything from ln1 on diverges.
+    # (PaDiff records no layer inputs, so the engine cannot show that ffn_in & co. only inherit.)
+    forward = [n for n in verdict["nodes"] if n["stage"] == "forward" and n["a"]["route"]]
+    routes = [n["a"]["route"] for n in forward]
+    assert routes == ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "attn", "ln1", "ffn_in", "act", "ffn_out", "ln2"]
+    assert [n["status"] == "diverged" for n in forward] == [r in ("ln1", "ffn_in", "act", "ffn_out", "ln2") for r in routes]
 
 
 def test_partial_bfloat16_dump_says_what_is_missing(tmp_path: Path) -> None:
@@ -195,9 +184,10 @@ def test_trace_conventions(tmp_path: Path) -> None:
     by_route = {n["route"]: n for n in nodes}
     assert nodes[0]["route"] == "" and nodes[0]["parent"] is None and nodes[0]["class_name"] == "PaddleBlock"
     assert by_route["attn.q_proj"]["parent"] == by_route["attn"]["node"]
-    assert by_route["attn.matmul#1"]["kind"] == "op" and by_route["attn.matmul#1"]["class_name"] == "matmul"
-    assert json.loads(by_route["attn.matmul#1"]["attrs"])["padiff_api"] == "paddle.matmul"
-    assert by_route["__add__#0"]["parent"] == by_route[""]["node"]
+    matmul = by_route["attn.paddle_matmul#1"]
+    assert matmul["kind"] == "op" and matmul["class_name"] == "matmul" and matmul["parent"] == by_route["attn"]["node"]
+    assert json.loads(matmul["attrs"])["padiff_api"] == "paddle.matmul"
+    assert by_route["paddle_Tensor___add__#1"]["parent"] == by_route[""]["node"]
     # registration order from params.json: positions of the root's children
     kids = sorted((n["position"], n["route"]) for n in nodes if n["parent"] == by_route[""]["node"] and n["kind"] == "module")
     assert [r for _, r in kids] == ["attn", "ln1", "ffn_in", "act", "ffn_out", "ln2"]
@@ -274,7 +264,8 @@ def test_v0_layout_and_string_paths(tmp_path: Path) -> None:
     reference = convert_padiff(src, tmp_path / "v2")
     assert result.source["layout"] == "step_N (v0)" and result.source["padiff_generation"] == ["v0"]
     assert reference.source["padiff_generation"] == ["v2"]
-    assert _diverging(tmp_path / "v0", tmp_path / "v2", rtol=0, atol=0) == []
+    code, verdict = _diff(tmp_path / "v0", tmp_path / "v2", "--mode", "bitwise")
+    assert code == 0 and verdict["summary"]["units"] == verdict["summary"]["pass"] >= 6  # bit for bit
     assert result.records == reference.records
 
 

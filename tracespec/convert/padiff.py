@@ -16,8 +16,9 @@ Constraints:
 - A partial dump converts what exists. What is missing (files, referenced tensors) and what was
   assumed is listed precisely, in the result and in the manifest's ``source``.
 - Mapping onto the trace conventions: the root's route (the model name) is stripped, so the root
-  is ``""``; PaDiff ``api`` nodes become ``kind="op"`` nodes named ``<parent>.<api>#<k>`` (the
-  k-th call of that API inside one call of the parent); ``fwd_outputs`` -> ``output``,
+  is ``""``; PaDiff ``api`` nodes become ``kind="op"`` nodes routed ``<parent>.<api>#<k>``, the
+  k-th call of that API inside one call of the parent, ``<api>`` being its qualified name with
+  ``_`` for dots (``attn.torch_matmul#1``), class name its last part (``matmul``); ``fwd_outputs`` -> ``output``,
   ``bwd_grads`` (gradients w.r.t. the inputs) -> ``grad_input``; ``params.json`` ->
   ``parameter`` / ``parameter_grad``; ``weights.json`` (written after ``optimizer.step()``) ->
   stage ``update``. Forward calls are ordered by ``metas.fwd_step`` (completion order).
@@ -314,8 +315,16 @@ def _strip_root(route: object, root_route: str) -> str:
     return route[len(prefix):] if route.startswith(prefix) else route
 
 
-def _api_name(node: dict[str, Any]) -> str:
-    return str(node.get("name", "api")).rsplit(".", 1)[-1]
+def _api_names(node: dict[str, Any]) -> tuple[str, str]:
+    """(route component, class name) of an API node: ``torch.Tensor.permute`` ->
+    (``torch_Tensor_permute``, ``permute``).
+
+    The component keeps the framework's qualified name (without dots, which separate routes),
+    so API calls of two frameworks never pair by route: ``torch.Tensor.transpose`` and
+    ``paddle.Tensor.transpose`` do different things; structural alignment pairs them instead.
+    """
+    qualified = str(node.get("name") or "api")
+    return re.sub(r"[^A-Za-z0-9_]", "_", qualified), qualified.rsplit(".", 1)[-1]
 
 
 def _child_order(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -361,11 +370,11 @@ def _report_calls(doc: dict[str, Any], tree: _Tree | None) -> list[_Call]:
         api_seen: dict[str, int] = {}
         for child in _child_order(list(node.get("children") or [])):
             if child.get("type") == "api":
-                name = _api_name(child)
-                k = api_seen[name] = api_seen.get(name, -1) + 1
-                child_route = f"{route}.{name}#{k}" if route else f"{name}#{k}"
+                component, class_name = _api_names(child)
+                k = api_seen[component] = api_seen.get(component, -1) + 1
+                child_route = f"{route}.{component}#{k}" if route else f"{component}#{k}"
                 if tree is not None:
-                    tree.add(child_route, name, "op", route, {"padiff_api": child.get("name")})
+                    tree.add(child_route, class_name, "op", route, {"padiff_api": child.get("name")})
                 sub = visit(child, route)
                 sub.route = child_route
             else:
