@@ -1,13 +1,23 @@
-"""``tracespec convert padiff|checkpoint``: turn what people already have into traces."""
+"""``tracespec convert padiff|checkpoint``: turn what people already have into traces.
+
+Also the checkpoint side of ``tracespec diff`` (two checkpoint files instead of two traces),
+which ``cli/diff.py`` dispatches to.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
 
 import click
 
-from tracespec.cli.errors import report_errors
-from tracespec.convert import convert_checkpoint, convert_padiff
+from tracespec.cli.errors import EXIT_DIVERGED, report_errors
+from tracespec.convert import convert_checkpoint, convert_padiff, diff_checkpoints
+from tracespec.errors import UsageError
 
 
 @click.group()
@@ -74,3 +84,77 @@ def checkpoint(file: str, out: str, overwrite: bool) -> None:
         f"{out}: {len(result.entries)} tensors ({size / 1e6:.1f} MB) from {result.format} checkpoint {file}"
         + (f", {len(result.values)} non-tensor values" if result.values else "")
     )
+
+
+# --------------------------------------------------------------------------- tracespec diff FILE FILE
+
+_CHECKPOINT_OPTION_DEFAULTS: Final = {"strip_prefix_a": "", "strip_prefix_b": "", "threshold": 1e-5, "scale": 1.0}
+_LINE_COLORS: Final = {"-": "red", "+": "green", "!": "yellow"}
+
+
+def checkpoint_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``tracespec diff`` options that apply to checkpoint files (allennlp's feature set)."""
+    options = [
+        click.option("--strip-prefix-a", metavar="PREFIX", default=None,
+                     help="Checkpoints: remove PREFIX from A's keys (e.g. 'model.').  [default: none]"),
+        click.option("--strip-prefix-b", metavar="PREFIX", default=None,
+                     help="Checkpoints: remove PREFIX from B's keys.  [default: none]"),
+        click.option("--threshold", type=float, default=None,
+                     help="Checkpoints: a tensor whose distance (x scale) is at most this is unchanged.  [default: 1e-05]"),
+        click.option("--scale", type=float, default=None,
+                     help="Checkpoints: multiply distances by this before display and threshold (to see 1e-6 "
+                          "differences at 4 decimals, use 1e4).  [default: 1]"),
+        click.option("--show-unchanged", is_flag=True, help="Checkpoints: also list unchanged tensors."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def diff_checkpoint_files(a: str, b: str, options: dict[str, Any], json_path: str | None, progress: bool | None) -> int:
+    """``tracespec diff`` on two checkpoint files: the edit script, streamed; returns the exit code.
+
+    Lines: ``-key`` only in A, ``+key`` only in B, ``!key`` in both but changed, with shapes and
+    the distance ``||a - b|| / sqrt(n) x scale`` (``\u25b3``). Exit 0 if nothing changed, else 1.
+    """
+    for path in (a, b):
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: not a file; tracespec diff compares two trace folders or two checkpoint files")
+    settings = {key: default if options.get(key) is None else options[key] for key, default in _CHECKPOINT_OPTION_DEFAULTS.items()}
+    show = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
+    with _checkpoint_progress(show) as update:
+        result = diff_checkpoints(a, b, progress=update, **settings)
+    if json_path == "-":
+        click.echo(json.dumps(result.to_json(), indent=1))
+    else:
+        if json_path is not None:
+            Path(json_path).write_text(json.dumps(result.to_json(), indent=1), encoding="utf-8")
+        click.echo(f"A {a}  vs  B {b}")
+        for line in result.lines(show_unchanged=bool(options.get("show_unchanged"))):
+            click.echo(click.style(line, fg=_LINE_COLORS.get(line[:1])) if line[:1] in _LINE_COLORS else line)
+    return 0 if result.same else EXIT_DIVERGED
+
+
+def reject_checkpoint_options(options: dict[str, Any]) -> None:
+    """Checkpoint-only options given for trace folders are a usage error, not silently ignored."""
+    given = [f"--{key.replace('_', '-')}" for key in (*_CHECKPOINT_OPTION_DEFAULTS, "show_unchanged") if options.get(key)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: only for checkpoint files, not for trace folders")
+
+
+@contextmanager
+def _checkpoint_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("comparing tensors"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("diff", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

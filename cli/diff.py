@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 
+from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
-from tracespec.errors import InputFileError, UsageError
+from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
 
 __all__ = ["diff", "render_report"]
@@ -47,12 +48,6 @@ def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
     return route, values
 
 
-def diff_files(a: str, b: str) -> int:
-    """A or B is a file, not a trace folder (a checkpoint): handled by the checkpoint converter."""
-    raise InputFileError(
-        f"{a if Path(a).is_file() else b}: a file, not a trace folder; this build of tracespec diff "
-        "compares trace folders (record them with tracespec.record)"
-    )
 
 
 @contextmanager
@@ -93,10 +88,11 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, rtol: float | None,
          overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, read_all: bool, top: int,
-         progress: bool | None) -> None:
+         progress: bool | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their module trees
@@ -112,6 +108,11 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
       tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
+    A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
+    mixed): the allennlp-style edit script, streamed tensor by tensor: -key only in A, +key only
+    in B, !key changed, with shapes and the distance ||a - b|| / sqrt(n) (docs/convert.md).
+      tracespec diff base.bin tuned.safetensors --strip-prefix-b 'model.' --threshold 1e-4
+
     \b
     Reading the report: the tree is collapsed to the path to the first divergence;
     ✓ identical, ≈ within tolerance, ✗ diverged; INTRODUCED marks the culprit,
@@ -120,8 +121,10 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
     Exit codes: 0 agree, 1 diverged, 2 usage error, 3 unreadable or invalid input.
     """
     with report_errors():
+        # Checkpoint files (safetensors, .pt/.bin, .pdparams): the allennlp-style edit script.
         if Path(a).is_file() or Path(b).is_file():
-            sys.exit(diff_files(a, b))
+            sys.exit(diff_checkpoint_files(a, b, checkpoint, json_path, progress))
+        reject_checkpoint_options(checkpoint)
         parsed = dict(_parse_override(text) for text in overrides)
         show_progress = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
         with _progress_bar(show_progress) as update:

@@ -5,6 +5,7 @@ The PyTorch and Paddle files are written by the real ``torch.save`` and ``paddle
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -145,6 +146,35 @@ def test_mixed_formats_and_prefix_errors(tmp_path: Path) -> None:
         diff_checkpoints(clash, path_b, strip_prefix_a="p.")
 
 
+def test_tracespec_diff_on_checkpoint_files(tmp_path: Path) -> None:
+    a, b = _state_dicts()
+    path_a = _save("pt", a, tmp_path / "a.pt")  # registration order
+    path_b = _save("safetensors", b, tmp_path / "b.safetensors")  # sorted by name
+    runner = CliRunner()
+    result = runner.invoke(cli, ["diff", str(path_a), str(path_b), "--strip-prefix-a", "model."])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    # keys present on both sides are compared even though the two orders differ
+    assert sorted(line for line in lines if line[:1] in "-+!") == sorted(
+        ["!layer.1.weight, shape = (4, 4), \u25b3 = 0.5000", "-layer.1.bias, shape = (4,)", "-norm.weight, shape = (4,)",
+         "+layer.1.scale, shape = (4,)", "+norm.weight, shape = (6,)"]
+    )
+    assert lines[-1] == "5 unchanged, 1 modified (\u25b3 > 1e-05), 2 added, 2 removed"
+    shown = runner.invoke(cli, ["diff", str(path_b), str(path_b), "--show-unchanged", "--scale", "10"])
+    assert shown.exit_code == 0 and " embed.weight, shape = (10, 4), \u25b3 = 0.0000" in shown.output
+    as_json = runner.invoke(cli, ["diff", str(path_a), str(path_b), "--strip-prefix-a", "model.", "--json", "-", "--threshold", "0.6"])
+    assert as_json.exit_code == 1
+    doc = json.loads(as_json.stdout)
+    assert doc["counts"] == {"keep": 6, "modify": 0, "insert": 2, "delete": 2} and doc["threshold"] == 0.6
+    misuse = runner.invoke(cli, ["diff", str(tmp_path), str(tmp_path), "--threshold", "1"])
+    assert misuse.exit_code == 2 and "only for checkpoint files" in misuse.output
+    typo = runner.invoke(cli, ["diff", str(path_a), str(path_b), "--strip-prefix-a", "modle."])
+    assert typo.exit_code == 2 and "no key starts with the prefix" in typo.output
+    calls: list[tuple[int, int]] = []
+    diff_checkpoints(path_a, path_b, strip_prefix_a="model.", progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+
+
 def test_nan_and_dtype_changes_count_as_modified(tmp_path: Path) -> None:
     base = {"w": np.ones(3, np.float32), "v": np.ones(3, np.float32)}
     path_a = _save("safetensors", base, tmp_path / "a.st")
@@ -278,7 +308,7 @@ def test_malicious_pickle_is_refused_and_never_runs(fmt: str, tmp_path: Path) ->
 
         paddle.save({"w": paddle.ones([2]), "evil": _Payload(marker)}, str(path))
     assert b"exec" in (zipfile.ZipFile(path).read("evil/data.pkl") if fmt == "pt" else path.read_bytes())
-    for args in (["convert", "checkpoint", str(path), str(tmp_path / "t")],):
+    for args in (["convert", "checkpoint", str(path), str(tmp_path / "t")], ["diff", str(path), str(path)]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 3, result.output
         assert "refuses to load global" in result.output and ".exec: only tensors" in result.output

@@ -6,8 +6,10 @@ Constraints:
   the model size. Both checkpoints are never in memory.
 - The edit script is Myers' shortest edit script over ``(key, shape)`` with a fourth operation,
   as in allennlp: a kept entry whose tensors differ by more than ``threshold`` is ``modify``.
-  Order matters (it is the order the modules were registered in, usually the data flow), so a
-  moved key is a delete plus an insert, as in ``git diff``.
+  Order matters (it is the order the modules were registered in, usually the data flow). One
+  departure from ``git diff``: a key that is in both files with the same shape is always
+  compared, even where the two orders disagree (safetensors sorts keys, a ``.bin`` does not);
+  it is reported where it stands in A.
 - Distance is the size-normalised L2 distance ``||a - b|| / sqrt(n)`` (the root of the mean
   squared difference), computed blockwise (float32 differences and squares for float32 and
   narrower inputs, summed in float64; relative error ~1e-7) and multiplied by ``scale``; the threshold
@@ -279,7 +281,7 @@ def diff_checkpoints(
     ckpt_b = b if isinstance(b, Checkpoint) else open_checkpoint(b)
     keyed_a = strip_prefix(ckpt_a.entries, strip_prefix_a, str(ckpt_a.path))
     keyed_b = strip_prefix(ckpt_b.entries, strip_prefix_b, str(ckpt_b.path))
-    script = edit_script([(k, e.shape) for k, e in keyed_a], [(k, e.shape) for k, e in keyed_b])
+    script = _pair_moves(edit_script([(k, e.shape) for k, e in keyed_a], [(k, e.shape) for k, e in keyed_b]), keyed_a, keyed_b)
     total = sum(op == "keep" for op, _, _ in script)
     steps: list[EditStep] = []
     done = 0
@@ -302,6 +304,35 @@ def diff_checkpoints(
                 if progress is not None:
                     progress(done, total)
     return CheckpointDiff(str(ckpt_a.path), str(ckpt_b.path), steps, threshold, scale)
+
+
+def _pair_moves(
+    script: list[tuple[Literal["keep", "insert", "delete"], int, int]],
+    keyed_a: list[tuple[str, TensorEntry]],
+    keyed_b: list[tuple[str, TensorEntry]],
+) -> list[tuple[Literal["keep", "insert", "delete"], int, int]]:
+    """Compare a key that only moved (same key and shape, another position) where it stands in A.
+
+    Orders differ for reasons that say nothing about the model (safetensors sorts its keys;
+    a ``.bin`` keeps registration order): reporting such a key as removed and added would hide
+    whether its values changed.
+    """
+    inserted = {(keyed_b[j][0], keyed_b[j][1].shape): j for op, _, j in script if op == "insert"}
+    moved = {}
+    for op, i, _ in script:
+        key = (keyed_a[i][0], keyed_a[i][1].shape) if op == "delete" else None
+        if key is not None and key in inserted:
+            moved[i] = inserted.pop(key)
+    if not moved:
+        return script
+    partners = set(moved.values())
+    out: list[tuple[Literal["keep", "insert", "delete"], int, int]] = []
+    for op, i, j in script:
+        if op == "delete" and i in moved:
+            out.append(("keep", i, moved[i]))
+        elif not (op == "insert" and j in partners):
+            out.append((op, i, j))
+    return out
 
 
 class _no_pool:
