@@ -242,10 +242,11 @@ def test_torch_checkpoint_converts_exactly(tmp_path: Path) -> None:
             ("head.weight", torch.ones(2, 3, dtype=torch.float16)),
         ]
     )
+    state["head.tied"] = state["head.weight"]  # tied weights: one storage, two names
     torch.save({"model": state, "epoch": 3}, tmp_path / "ckpt.pt")
     result = CliRunner().invoke(cli, ["convert", "checkpoint", str(tmp_path / "ckpt.pt"), str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
-    assert "5 tensors" in result.output and "1 non-tensor values" in result.output
+    assert "6 tensors" in result.output and "1 non-tensor values" in result.output
     assert validate_trace(tmp_path / "t", deep=True).complete
     trace = load_trace(tmp_path / "t")
     assert trace.manifest.framework == "torch" and trace.manifest.source["format"] == "torch"
@@ -257,6 +258,8 @@ def test_torch_checkpoint_converts_exactly(tmp_path: Path) -> None:
         got[key] = trace.read(0, r["array"]) if r["array"] else r["value"]
         assert (r["role"], r["stage"], r["step"], r["call"]) == ("parameter", "forward", 0, None)
     assert got["epoch"] == "3"
+    stored = trace.parts[0].manifest.store_arrays
+    assert stored == 5  # the tied weight is recorded with same_as, its bytes written once
     for key, tensor in state.items():
         expected = tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
         value = got[f"model.{key}"]

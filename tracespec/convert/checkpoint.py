@@ -113,6 +113,12 @@ class Checkpoint:
         strided = np.ndarray(lazy.shape, dtype, buffer, strides=tuple(s * dtype.itemsize for s in lazy.strides))
         return strided if strided.flags.c_contiguous else np.ascontiguousarray(strided)
 
+    def identity(self, key: str) -> object:
+        """Equal for two keys that name the same bytes viewed the same way (tied weights)."""
+        lazy = self._arrays[key]
+        source = lazy.source.key if isinstance(lazy.source, StorageRef) else id(lazy.source) if isinstance(lazy.source, bytes) else lazy.source
+        return (source, lazy.dtype, lazy.shape, lazy.offset, lazy.strides, lazy.order)
+
     def iter_tensors(self) -> Iterator[tuple[TensorEntry, np.ndarray]]:
         """Yield ``(entry, array)`` in file order, one tensor at a time."""
         for entry in self.entries:
@@ -333,9 +339,15 @@ def convert_checkpoint(
     }
     with TraceWriter(out, framework=checkpoint.framework, source=source, overwrite=overwrite, durable=durable) as writer:
         nodes = _add_tree(writer, [*(e.key for e in checkpoint.entries), *checkpoint.values])
-        for entry, array in checkpoint.iter_tensors():
+        written: dict[object, int] = {}
+        for entry in checkpoint.entries:
             route, slot = split_key(entry.key)
-            writer.add_tensor(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot, array=array)
+            where = dict(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot)
+            same = written.get(checkpoint.identity(entry.key))
+            if same is not None:  # tied weights: one storage saved under two names
+                writer.add_tensor(**where, same_as=same)
+            else:
+                written[checkpoint.identity(entry.key)] = writer.add_tensor(**where, array=checkpoint.read(entry.key))
         for key, value in checkpoint.values.items():
             route, slot = split_key(key)
             writer.add_value(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot, value=value)
