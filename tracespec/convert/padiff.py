@@ -85,7 +85,7 @@ class PadiffConversion:
         s = self.source
         text = (
             f"{self.out}: converted PaDiff dump {s['model_name']!r} ({s['framework']}, "
-            f"generation {'/'.join(s['padiff_generation']) or 'unknown'}, layout {s['layout']}): "
+            f"generation {'/'.join(s['padiff_generation']) or 'unknown (no report.json)'}, layout {s['layout']}): "
             f"steps {s['steps']}, ranks {s['ranks']}, {self.records} tensor records"
         )
         if self.partial:
