@@ -319,6 +319,17 @@ def test_malicious_pickle_is_refused_and_never_runs(fmt: str, tmp_path: Path) ->
     with pytest.raises(InputFileError):
         diff_checkpoints(path, path)
     assert not marker.exists()
+    # Control: the payload is live; an unrestricted load runs it.
+    if fmt == "pt":
+        import torch
+
+        torch.load(path, weights_only=False)
+    else:
+        import pickle
+
+        with open(path, "rb") as f:
+            pickle.load(f)  # what paddle.load does underneath
+    assert marker.read_text() == "ran"
 
 
 def test_damaged_files_are_one_line_errors(tmp_path: Path) -> None:

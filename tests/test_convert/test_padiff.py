@@ -378,3 +378,21 @@ def test_not_a_dump_and_several_models(tmp_path: Path) -> None:
         convert_padiff(tmp_path, tmp_path / "t")
     result = CliRunner().invoke(cli, ["convert", "padiff", str(corpus_dir() / "a_mlp_identical" / "padiff_dump"), str(tmp_path / "t")])
     assert result.exit_code == 3 and "several models" in result.output
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda doc: doc["tree"][0].update(children="fc1"),
+        lambda doc: doc["tree"][0]["children"].append(7),
+        lambda doc: doc["tree"][0].update(fwd_outputs={"path": "x"}),
+        lambda doc: doc["tree"][0].update(route=["paddle"]),
+    ],
+    ids=["children-string", "child-number", "outputs-object", "route-list"],
+)
+def test_malformed_json_is_one_line(damage: Any, tmp_path: Path) -> None:
+    dump = _copy_dump(corpus_dir() / "a_mlp_identical" / "padiff_dump" / "torch_mlp", tmp_path / "torch_mlp")
+    _rewrite(dump / "step_0" / "rank_0" / "report.json", damage)
+    result = CliRunner().invoke(cli, ["convert", "padiff", str(dump), str(tmp_path / "t")])
+    assert result.exit_code == 3, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "report.json" in result.output

@@ -41,7 +41,7 @@ import numpy as np
 from tracespec.errors import InputFileError
 from tracespec.format.dtypes import DTYPES
 
-__all__ = ["PadiffConversion", "convert_padiff", "locate_padiff_dumps"]
+__all__ = ["DumpFolder", "PadiffConversion", "convert_padiff", "locate_padiff_dumps"]
 
 _STEP: Final = re.compile(r"^step_(\d+)$")
 _RANK: Final = re.compile(r"^rank_(\d+)$")
@@ -53,7 +53,7 @@ _DTYPE_ALIASES: Final = {"float": "float32", "double": "float64", "half": "float
 
 
 @dataclass(frozen=True, slots=True)
-class _DumpDir:
+class DumpFolder:
     """One folder of PaDiff JSON files: one step of one rank."""
 
     path: Path
@@ -98,7 +98,7 @@ class PadiffConversion:
 # --------------------------------------------------------------------------- locating
 
 
-def locate_padiff_dumps(root: str | Path) -> tuple[str, list[_DumpDir]]:
+def locate_padiff_dumps(root: str | Path) -> tuple[str, list[DumpFolder]]:
     """The layout of the dump at ``root`` and its dump folders, steps sorted numerically."""
     folder = Path(root)
     if not folder.is_dir():
@@ -106,26 +106,26 @@ def locate_padiff_dumps(root: str | Path) -> tuple[str, list[_DumpDir]]:
     children = {c.name: c for c in folder.iterdir()}
     steps = {int(m.group(1)): c for name, c in children.items() if (m := _STEP.match(name)) and c.is_dir()}
     if steps:
-        dirs: list[_DumpDir] = []
+        dirs: list[DumpFolder] = []
         layouts = set()
         for step, step_dir in sorted(steps.items()):
             ranks = {int(m.group(1)): c for c in step_dir.iterdir() if (m := _RANK.match(c.name)) and c.is_dir()}
             if ranks:
                 layouts.add("step_N/rank_M")
-                dirs += [_DumpDir(path, step, rank) for rank, path in sorted(ranks.items())]
+                dirs += [DumpFolder(path, step, rank) for rank, path in sorted(ranks.items())]
             elif _has_json(step_dir):
                 layouts.add("step_N (v0)")
-                dirs.append(_DumpDir(step_dir, step, 0))
+                dirs.append(DumpFolder(step_dir, step, 0))
         if not dirs:
             raise InputFileError(f"{folder}: step_* folders hold no PaDiff JSON files")
         return " + ".join(sorted(layouts)), dirs
     if "auto_diff" in children and _has_json(children["auto_diff"]):
-        return "auto_diff", [_DumpDir(children["auto_diff"], 0, 0)]
+        return "auto_diff", [DumpFolder(children["auto_diff"], 0, 0)]
     if _has_json(folder):
         rank = _RANK.match(folder.name)
         step = _STEP.match(folder.parent.name if rank else folder.name)
         layout = "single folder" if (rank or step or folder.name == "auto_diff") else "flat (PaDiffGuard, v3)"
-        return layout, [_DumpDir(folder, int(step.group(1)) if step else 0, int(rank.group(1)) if rank else 0)]
+        return layout, [DumpFolder(folder, int(step.group(1)) if step else 0, int(rank.group(1)) if rank else 0)]
     models = sorted(name for name, c in children.items() if c.is_dir() and (_has_json(c) or any(_STEP.match(g.name) for g in c.iterdir())))
     if models:
         raise InputFileError(f"{folder}: holds the dumps of several models ({', '.join(models)}); convert one: {folder / models[0]}")
@@ -146,7 +146,33 @@ def _read_json(path: Path, where: str) -> dict[str, Any]:
         raise InputFileError(f"{where}: not readable JSON ({exc})") from None
     if not isinstance(doc, dict) or "tree" not in doc:
         raise InputFileError(f"{where}: not a PaDiff dump file (no 'tree')")
+    _check_tree(doc["tree"], where)
     return doc
+
+
+# What each node key must be, where present: the converter relies on nothing else.
+_NODE_KEYS: Final = {
+    "children": list, "fwd_outputs": list, "bwd_grads": list, "weights": dict, "grads": dict, "metas": dict,
+}
+
+
+def _check_tree(tree: object, where: str) -> None:
+    """Every node is an object whose containers have the right types (the file is untrusted)."""
+    roots = tree if isinstance(tree, list) else [tree]
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            raise InputFileError(f"{where}: a tree node is {type(node).__name__}, expected an object")
+        for key, kind in _NODE_KEYS.items():
+            if node.get(key) is not None and not isinstance(node[key], kind):
+                raise InputFileError(
+                    f"{where}: node {str(node.get('route'))[:80]!r}: {key!r} is {type(node[key]).__name__}, expected {kind.__name__}"
+                )
+        for key in ("route", "name", "type"):
+            if node.get(key) is not None and not isinstance(node[key], str):
+                raise InputFileError(f"{where}: a node's {key!r} is not a string")
+        stack.extend(node.get("children") or [])
 
 
 def _parse_shape(text: object) -> tuple[int, ...] | None:
@@ -359,7 +385,7 @@ def _report_calls(doc: dict[str, Any], tree: _Tree | None) -> list[_Call]:
     counters: dict[str, int] = {}
     event = 0
 
-    def visit(node: dict[str, Any], parent_route: str | None) -> _Call:
+    def visit(node: dict[str, Any]) -> _Call:
         nonlocal event
         if node.get("type") == "api":
             route = ""  # set by the parent, which numbers its API calls
@@ -375,13 +401,13 @@ def _report_calls(doc: dict[str, Any], tree: _Tree | None) -> list[_Call]:
                 child_route = f"{route}.{component}#{k}" if route else f"{component}#{k}"
                 if tree is not None:
                     tree.add(child_route, class_name, "op", route, {"padiff_api": child.get("name")})
-                sub = visit(child, route)
+                sub = visit(child)
                 sub.route = child_route
             else:
                 child_route = _strip_root(child.get("route"), root_route)
                 if tree is not None:
                     tree.add(child_route, str(child.get("name", "")), "module", route, _module_attrs(child))
-                sub = visit(child, route)
+                sub = visit(child)
             call.children.append(sub)
         call.end = event
         event += 1
@@ -391,7 +417,7 @@ def _report_calls(doc: dict[str, Any], tree: _Tree | None) -> list[_Call]:
     for root in roots:
         if tree is not None:
             tree.add("", str(root.get("name", "")), "module", None, _module_attrs(root))
-        calls.append(visit(root, None))
+        calls.append(visit(root))
     # call indices in begin order, per route
     for item in _preorder(calls):
         item.call = counters.get(item.route, 0)
@@ -465,7 +491,7 @@ def convert_padiff(
 
     root = Path(dump)
     layout, dirs = locate_padiff_dumps(root)
-    extra_dirs: list[_DumpDir] = []
+    extra_dirs: list[DumpFolder] = []
     if update_weights is not None:
         extra_dirs = locate_padiff_dumps(update_weights)[1]
     docs: dict[tuple[Path, str], dict[str, Any]] = {}
@@ -571,7 +597,7 @@ def _rewrite_source(out: Path, source: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _convert_dir(conv: _Converter, writer: Any, routes: dict[str, int], d: _DumpDir, docs: dict[tuple[Path, str], dict[str, Any]], layout: str) -> None:
+def _convert_dir(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, docs: dict[tuple[Path, str], dict[str, Any]], layout: str) -> None:
     where = conv.rel(d.path)
     report = docs.get((d.path, "report.json"))
     params = docs.get((d.path, "params.json"))
@@ -607,7 +633,7 @@ def _convert_dir(conv: _Converter, writer: Any, routes: dict[str, int], d: _Dump
     conv.orphans(d.path, referenced)
 
 
-def _convert_update(conv: _Converter, writer: Any, routes: dict[str, int], d: _DumpDir, docs: dict[tuple[Path, str], dict[str, Any]]) -> None:
+def _convert_update(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, docs: dict[tuple[Path, str], dict[str, Any]]) -> None:
     weights = docs.get((d.path, "weights.json"))
     if weights is None:
         conv.missing.append(f"{d.path}: no weights.json for step {d.step}, rank {d.rank}")
@@ -615,7 +641,7 @@ def _convert_update(conv: _Converter, writer: Any, routes: dict[str, int], d: _D
     _convert_params(conv, writer, routes, d, weights, stage_weights="update", grads=False)
 
 
-def _convert_report(conv: _Converter, writer: Any, routes: dict[str, int], d: _DumpDir, report: dict[str, Any]) -> None:
+def _convert_report(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, report: dict[str, Any]) -> None:
     calls = _report_calls(report, None)
     where = conv.rel(d.path)
     for item in _preorder(calls):
@@ -655,7 +681,7 @@ def _backward_events(calls: list[_Call]) -> dict[int, tuple[int, int]]:
     return events
 
 
-def _add_report_tensor(conv: _Converter, writer: Any, d: _DumpDir, node: int, call: int, stage: str, role: str, slot: int, entry: object, what: str) -> None:
+def _add_report_tensor(conv: _Converter, writer: Any, d: DumpFolder, node: int, call: int, stage: str, role: str, slot: int, entry: object, what: str) -> None:
     if isinstance(entry, dict):
         path, dtype, shape = entry.get("path"), entry.get("dtype"), entry.get("shape")
     else:
@@ -668,7 +694,7 @@ def _add_report_tensor(conv: _Converter, writer: Any, d: _DumpDir, node: int, ca
     conv.records += 1
 
 
-def _convert_params(conv: _Converter, writer: Any, routes: dict[str, int], d: _DumpDir, doc: dict[str, Any], *, stage_weights: str | None, grads: bool) -> None:
+def _convert_params(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, doc: dict[str, Any], *, stage_weights: str | None, grads: bool) -> None:
     root = doc["tree"] if isinstance(doc["tree"], dict) else {}
     root_route = str(root.get("route", ""))
     framework = str(doc.get("framework"))
@@ -705,7 +731,7 @@ def _param_dtype(conv: _Converter, array: np.ndarray, framework: str, what: str)
     return array
 
 
-def _convert_v3_extras(conv: _Converter, writer: Any, routes: dict[str, int], d: _DumpDir, report: dict[str, Any], has_params: bool) -> None:
+def _convert_v3_extras(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, report: dict[str, Any], has_params: bool) -> None:
     """v3 (2025) ``init_weights/`` and ``first_input/`` folders, named relative to the report."""
     where = conv.rel(d.path)
     if report.get("has_init_weights"):
