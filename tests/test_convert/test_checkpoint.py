@@ -295,7 +295,7 @@ class _Payload:
         self.path = str(path)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+        return (exec, (f"with open({self.path!r}, 'w') as f: f.write('ran')",))
 
 
 @pytest.mark.parametrize("fmt", ["pt", "pdparams"])

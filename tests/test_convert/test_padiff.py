@@ -363,6 +363,8 @@ def test_a_pickled_npy_is_refused_and_never_runs(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["convert", "padiff", str(dump), str(tmp_path / "t")])
     assert result.exit_code == 3 and "not a plain .npy" in result.output
     assert not marker.exists()
+    np.load(dump / "step_0" / "rank_0" / "tensors" / "tensor_1.npy", allow_pickle=True)  # control: the payload is live
+    assert marker.read_text() == "ran"
 
 
 class _Payload:
@@ -370,7 +372,7 @@ class _Payload:
         self.path = path
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+        return (exec, (f"with open({self.path!r}, 'w') as f: f.write('ran')",))
 
 
 def test_not_a_dump_and_several_models(tmp_path: Path) -> None:
