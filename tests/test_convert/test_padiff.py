@@ -284,10 +284,14 @@ def test_several_forward_roots_and_ranks(tmp_path: Path) -> None:
         doc["tree"].append(second)
 
     _rewrite(report, two_calls)
+    shutil.copytree(dump / "step_0" / "rank_0", dump / "step_0" / "rank_2")
     shutil.copytree(dump / "step_0" / "rank_0", dump / "step_0" / "rank_1")
-    convert_padiff(dump, tmp_path / "t")
+    shutil.copytree(dump / "step_0" / "rank_2", dump / "step_1" / "rank_2")  # step 1 lost ranks 0 and 1
+    result = convert_padiff(dump, tmp_path / "t")
+    assert result.missing == ["step_1: no folder for rank(s) [0, 1] (the dump has ranks up to 2)"]
     trace = load_trace(tmp_path / "t")
-    assert trace.ranks == [0, 1] and trace.manifest.world_size == 2 and trace.complete
+    assert trace.ranks == [0, 1, 2] and trace.manifest.world_size == 3 and trace.complete
+    assert trace.parts[2].manifest.steps == (0, 1) and trace.parts[1].manifest.steps == (0,)
     calls = trace.parts[1].calls.to_pylist()
     nodes = {n["node"]: n["route"] for n in trace.parts[1].nodes.to_pylist()}
     root_calls = sorted((c["call"], c["begin"], c["end"]) for c in calls if nodes[c["node"]] == "")

@@ -504,7 +504,7 @@ def convert_padiff(
                 docs[(d.path, name)] = doc
     if not docs:
         raise InputFileError(f"{root}: no PaDiff JSON file could be read")
-    frameworks = {str(doc.get("framework")) for doc in docs.values()}
+    frameworks = {str(doc.get("framework") or "unknown") for doc in docs.values()}
     models = {str(doc.get("model_name")) for doc in docs.values()}
     if len(frameworks) != 1 or len(models) != 1:
         raise InputFileError(f"{root}: the JSON files disagree on the model ({sorted(models)}) or framework ({sorted(frameworks)})")
@@ -543,7 +543,11 @@ def convert_padiff(
     if len(steps_present) > 1 and steps_present != list(range(steps_present[0], steps_present[-1] + 1)):
         source["notes"].append(f"steps {steps_present} only: PaDiff's dump_freq skipped the others")
 
-    world_size = max(ranks) + 1
+    world_size = max(ranks) + 1  # PaDiff records no world size: the highest rank seen
+    for step in source["steps"]:
+        absent = sorted(set(range(world_size)) - {d.rank for d in dirs if d.step == step})
+        if absent:
+            source["missing"].append(f"step_{step}: no folder for rank(s) {absent} (the dump has ranks up to {world_size - 1})")
     converter = _Converter(root, source)
     writers = []
     try:
