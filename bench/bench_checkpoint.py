@@ -1,7 +1,7 @@
 """Benchmark: diff two checkpoints of about 1 GB each, against reading both files once.
 
-Writes two safetensors checkpoints (every tensor of B differs from A) to a temporary folder
-under /tmp, then measures in fresh subprocesses, files warm in the page cache:
+Writes two checkpoints (safetensors, or ``--format pt`` for ``torch.save``'s zip format; every
+tensor of B differs from A) to a temporary folder under /tmp, then measures in fresh subprocesses, files warm in the page cache:
 
 - ``read``: reading both files once, sequentially, in 16 MiB chunks (the floor for any diff);
 - ``diff``: ``tracespec.convert.diff_checkpoints(a, b)`` (edit script + every distance).
@@ -11,7 +11,7 @@ minus the resident set after imports, so the interpreter and numpy are not count
 pages count while they are mapped. Linux only. Targets (issue 7): diff time <= 1.5x read time, and
 peak memory above the baseline <= 3x the largest tensor.
 
-    python bench/bench_checkpoint.py --quick     # ~64 MB per file, seconds
+    python bench/bench_checkpoint.py --quick     # ~40 MB per file, seconds
     flock /tmp/tracespec-bench.lock python bench/bench_checkpoint.py   # ~1 GB per file
 """
 
@@ -76,19 +76,28 @@ def _layout(hidden: int, layers: int, vocab: int) -> list[tuple[str, tuple[int, 
     return shapes + [("norm.weight", (hidden,))]
 
 
-def _write(folder: Path, hidden: int, layers: int, vocab: int) -> tuple[Path, Path, int, int]:
-    from safetensors.numpy import save_file
+def _save(state: dict[str, np.ndarray], path: Path, fmt: str) -> None:
+    if fmt == "safetensors":
+        from safetensors.numpy import save_file
 
+        save_file(state, str(path))
+    else:  # the zip format of torch.save, read by tracespec without torch
+        import torch
+
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+
+
+def _write(folder: Path, fmt: str, hidden: int, layers: int, vocab: int) -> tuple[Path, Path, int, int]:
     rng = np.random.default_rng(0)
     layout = _layout(hidden, layers, vocab)
     a = {k: rng.standard_normal(s, dtype=np.float32) for k, s in layout}
-    save_file(a, str(folder / "a.safetensors"))
+    _save(a, folder / f"a.{fmt}", fmt)
     b = {k: v + np.float32(1e-3) for k, v in a.items()}
     del a
-    save_file(b, str(folder / "b.safetensors"))
+    _save(b, folder / f"b.{fmt}", fmt)
     largest = max(v.nbytes for v in b.values())
     total = sum(v.nbytes for v in b.values())
-    return folder / "a.safetensors", folder / "b.safetensors", largest, total
+    return folder / f"a.{fmt}", folder / f"b.{fmt}", largest, total
 
 
 def _run(mode: str, a: Path, b: Path) -> dict[str, float]:
@@ -100,11 +109,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="~64 MB per file instead of ~1 GB")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per mode (median is reported)")
+    parser.add_argument("--format", choices=("safetensors", "pt"), default="safetensors", help="checkpoint format")
     args = parser.parse_args()
     hidden, layers, vocab = (256, 8, 16384) if args.quick else (1024, 18, 32768)
     with tempfile.TemporaryDirectory(prefix="tracespec-bench-", dir="/tmp") as tmp:
-        a, b, largest, total = _write(Path(tmp), hidden, layers, vocab)
-        print(f"checkpoints: 2 x {total / 1e9:.2f} GB safetensors float32, {len(_layout(hidden, layers, vocab))} tensors, "
+        a, b, largest, total = _write(Path(tmp), args.format, hidden, layers, vocab)
+        print(f"checkpoints: 2 x {total / 1e9:.2f} GB {args.format} float32, {len(_layout(hidden, layers, vocab))} tensors, "
               f"largest tensor {largest / 1e6:.0f} MB; {os.cpu_count()} CPU(s)")
         _run("read", a, b)  # warm the page cache: both modes then read from memory
         results: dict[str, list[dict[str, float]]] = {"read": [], "diff": []}
