@@ -1,7 +1,8 @@
 """Benchmark: diff two checkpoints of about 1 GB each, against reading both files once.
 
 Writes two checkpoints (safetensors, or ``--format pt`` for ``torch.save``'s zip format; every
-tensor of B differs from A) to a temporary folder under /tmp, then measures in fresh subprocesses, files warm in the page cache:
+tensor of B differs from A) to a temporary folder under /tmp, deleted afterwards, then measures
+in fresh subprocesses, with the files warm in the page cache:
 
 - ``read``: reading both files once, sequentially, in 16 MiB chunks (the floor for any diff);
 - ``diff``: ``tracespec.convert.diff_checkpoints(a, b)`` (edit script + every distance).
