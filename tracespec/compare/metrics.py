@@ -17,6 +17,8 @@ Non-finite results are reported as ``None`` in JSON (``sqnr_db`` of identical te
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,6 +33,9 @@ __all__ = ["BLOCK", "Metrics", "compare_arrays", "compare_hashes", "compare_stat
 
 BLOCK: Final = 1 << 18
 """Elements per block: 2 MiB of float64 per temporary, small enough to stay in cache."""
+
+WORKERS: Final = min(4, os.cpu_count() or 1)
+"""Threads comparing the blocks of one large tensor (work memory grows by a few blocks each)."""
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -167,6 +172,25 @@ class _Accumulator:
         self.worst: tuple[int, float, float] | None = None
         self.nan_agree = self.inf_agree = True
 
+    def merge(self, other: _Accumulator) -> None:
+        """Fold in the sums of the next blocks (``other`` covers elements after this one's)."""
+        self.count += other.count
+        self.finite += other.finite
+        self.mismatched += other.mismatched
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.max_ulp = max(self.max_ulp, other.max_ulp)
+        self.sum_abs += other.sum_abs
+        self.sum_sq += other.sum_sq
+        self.sum_abs_a += other.sum_abs_a
+        self.aa += other.aa
+        self.bb += other.bb
+        self.ab += other.ab
+        if other.worst_ratio > self.worst_ratio:  # the earliest element wins ties, as in one pass
+            self.worst_ratio, self.worst = other.worst_ratio, other.worst
+        self.nan_agree &= other.nan_agree
+        self.inf_agree &= other.inf_agree
+
     def add(self, start: int, block_a: np.ndarray, block_b: np.ndarray, ulp_dtype: np.dtype | None) -> None:
         """Fold one block (flat views of A and B at element offset ``start``) into the sums.
 
@@ -275,9 +299,23 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, reference
     ulp_numpy = parse_dtype(ulp_dtype).numpy if ulp_dtype is not None else None
     flat_a = np.ascontiguousarray(a).reshape(-1)
     flat_b = np.ascontiguousarray(b).reshape(-1)
+
+    def one_block(start: int) -> _Accumulator:
+        block = _Accumulator(tolerance, reference_rms)
+        block.add(start, flat_a[start : start + BLOCK], flat_b[start : start + BLOCK], ulp_numpy)
+        return block
+
+    starts = range(0, flat_a.size, BLOCK)
     acc = _Accumulator(tolerance, reference_rms)
-    for start in range(0, flat_a.size, BLOCK):
-        acc.add(start, flat_a[start : start + BLOCK], flat_b[start : start + BLOCK], ulp_numpy)
+    # Blocks are independent and folded in order, so the result is the same with any number of
+    # threads (numpy releases the GIL in its loops); threads only pay off on large tensors.
+    if len(starts) >= 4 and WORKERS > 1:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for part in pool.map(one_block, starts):
+                acc.merge(part)
+    else:
+        for start in starts:
+            acc.merge(one_block(start))
     return acc.finish(tuple(a.shape), ulp_dtype, reference_rms)
 
 
