@@ -256,6 +256,10 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     a, b = verdict.a, verdict.b
     out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
                f"  vs  B {b['path']} ({b['framework']} {b['framework_version'] or ''})".rstrip())
+    for side, trace in (("A", a), ("B", b)):
+        if not trace["complete"]:
+            out.append(click.style(f"warning: {side} is incomplete (a writer did not close); compared what it holds",
+                                   fg="yellow"))
     for rank, cov in verdict.coverage["ranks"].items():
         methods = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cov["by_method"].items() if v)
         out.append(f"rank {rank}: aligned {cov['matched']} of {cov['nodes_a']} nodes of A and {cov['nodes_b']} of B ({methods})")
