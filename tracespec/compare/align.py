@@ -439,10 +439,6 @@ class Alignment:
     nodes_a: int
     nodes_b: int
 
-    @property
-    def by_a(self) -> dict[int, Match]:
-        return {m.a: m for m in self.matches}
-
     def method_counts(self) -> dict[str, int]:
         counts = {"layer_map": 0, "exact": 0, "structural": 0}
         for match in self.matches:

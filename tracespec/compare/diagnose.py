@@ -26,7 +26,6 @@ from tracespec.compare.metrics import Metrics
 __all__ = ["RecordResult", "UnitResult", "classify_units", "error_growth", "first_divergence", "next_step_hint"]
 
 DIVERGED: Final = "diverged"
-UPSTREAM_ROLES: Final = {"forward": ("input",), "backward": ("grad_output",), "update": ()}
 
 
 @dataclass(slots=True)

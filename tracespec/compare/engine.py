@@ -30,6 +30,7 @@ from tracespec.compare.tolerance import MODES, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import UsageError
+from tracespec.format.dtypes import numpy_dtype
 from tracespec.format.tables import STAGES
 from tracespec.storage import Trace, load_trace
 
@@ -415,14 +416,8 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
                 count = 1
                 for extent in row["shape"]:
                     count *= extent
-                total += count * np.dtype(_itemsize_dtype(row["dtype"])).itemsize
+                total += count * numpy_dtype(row["dtype"]).itemsize
     return total
-
-
-def _itemsize_dtype(name: str) -> np.dtype:
-    from tracespec.format.dtypes import numpy_dtype
-
-    return numpy_dtype(name)
 
 
 def _describe_trace(trace: Trace) -> dict[str, Any]:
