@@ -113,6 +113,12 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
     \b
+    A layer map, for renames that structure cannot guess (docs/diff.md):
+      map:
+        - {a: "blocks.*.ln_1", b: "layers.*.norm1"}
+        - {a: "head", b: "lm_head", transforms: {weight: transpose}}
+
+    \b
     Reading the report: the tree is collapsed to the path to the first divergence;
     ✓ identical, ≈ within tolerance, ✗ diverged; INTRODUCED marks the culprit,
     "inherited" a node whose inputs already differed, "contains" a parent of the culprit.
