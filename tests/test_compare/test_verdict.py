@@ -68,3 +68,10 @@ def test_comparing_never_imports_a_framework(traces: tuple[Path, Path]) -> None:
         "print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))"
     )
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+def test_progress_reaches_the_bytes_to_compare(traces: tuple[Path, Path]) -> None:
+    seen: list[tuple[int, int]] = []
+    tracespec.compare(*traces, trust_hashes=False, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
