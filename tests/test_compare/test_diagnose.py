@@ -107,3 +107,10 @@ def test_ranks_are_compared_pairwise(tmp_path: Path) -> None:
     assert first is not None and (first["rank"], first["a"]["route"]) == (1, "scale")
     assert set(verdict.coverage["ranks"]) == {"0", "1"}
     assert tracespec.compare(tmp_path / "a", tmp_path / "b", ranks=[0]).status == "pass"
+
+
+def test_a_wrong_optimizer_update_is_found_in_the_update_stage(tmp_path: Path) -> None:
+    verdict = tracespec.compare(record_linear_chain(tmp_path / "a"), record_linear_chain(tmp_path / "b", wrong_update_at=1))
+    first = verdict.first_divergence
+    assert first is not None and (first["stage"], first["kind"], first["a"]["route"]) == ("update", "introduced", "l1")
+    assert "optimizer" in verdict.hint
