@@ -307,14 +307,23 @@ class EditOp:
     b: int | None
 
 
+MAX_EDITS: Final = 2000
+"""Beyond this many insertions and deletions the two sequences are unrelated (an exported op
+graph against a module tree): the diff gives up on keeps, and :func:`_pair_block` pairs what it
+can. Bounds time at O((n + m) * MAX_EDITS) and memory at O(MAX_EDITS ** 2)."""
+
+PAIRING_CELLS: Final = 1_000_000
+"""Largest deletions x insertions block paired optimally; larger blocks are paired greedily."""
+
+
 def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
     """Myers' O(ND) shortest edit script between two sequences of lengths n and m."""
     offset = n + m + 1
     v = [0] * (2 * offset + 1)
-    history: list[list[int]] = []
-    final_d = 0
-    for d in range(n + m + 1):
-        history.append(v.copy())
+    history: list[list[int]] = []  # history[d]: the part of v for diagonals -d-1 .. d+1
+    final_d = None
+    for d in range(min(n + m, MAX_EDITS) + 1):
+        history.append(v[offset - d - 1 : offset + d + 2])
         done = False
         for k in range(-d, d + 1, 2):
             if k == -d or (k != d and v[offset + k - 1] < v[offset + k + 1]):
@@ -331,16 +340,18 @@ def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
         if done:
             final_d = d
             break
+    if final_d is None:
+        return [EditOp("delete", i, None) for i in range(n)] + [EditOp("insert", None, j) for j in range(m)]
     ops: list[EditOp] = []
     x, y = n, m
     for d in range(final_d, 0, -1):
         before = history[d]
         k = x - y
-        if k == -d or (k != d and before[offset + k - 1] < before[offset + k + 1]):
+        if k == -d or (k != d and before[k - 1 + d + 1] < before[k + 1 + d + 1]):
             prev_k = k + 1
         else:
             prev_k = k - 1
-        prev_x = before[offset + prev_k]
+        prev_x = before[prev_k + d + 1]
         prev_y = prev_x - prev_k
         while x > prev_x and y > prev_y:
             x, y = x - 1, y - 1
@@ -360,6 +371,8 @@ def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
 def _pair_block(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float]) -> list[EditOp]:
     """Pair deletions with insertions in order, maximising total similarity (> 0 only)."""
     rows, cols = len(deleted), len(inserted)
+    if rows * cols > PAIRING_CELLS:
+        return _pair_greedily(deleted, inserted, similarity)
     best = [[0.0] * (cols + 1) for _ in range(rows + 1)]
     for i in range(rows - 1, -1, -1):
         for j in range(cols - 1, -1, -1):
@@ -380,6 +393,22 @@ def _pair_block(deleted: list[int], inserted: list[int], similarity: Callable[[i
             ops.append(EditOp("insert", None, inserted[j]))
             j += 1
     ops.extend(EditOp("delete", a, None) for a in deleted[i:])
+    ops.extend(EditOp("insert", None, b) for b in inserted[j:])
+    return ops
+
+
+def _pair_greedily(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float]) -> list[EditOp]:
+    """Pair in order, each deletion with the next insertion it is similar to (within a window)."""
+    ops: list[EditOp] = []
+    j = 0
+    for a in deleted:
+        found = next((k for k in range(j, min(j + 64, len(inserted))) if similarity(a, inserted[k]) > 0), None)
+        if found is None:
+            ops.append(EditOp("delete", a, None))
+            continue
+        ops.extend(EditOp("insert", None, b) for b in inserted[j:found])
+        ops.append(EditOp("modify", a, inserted[found]))
+        j = found + 1
     ops.extend(EditOp("insert", None, b) for b in inserted[j:])
     return ops
 
