@@ -64,6 +64,7 @@ def test_options_reach_the_comparison(traces: dict[str, Path], tmp_path: Path) -
     assert run("diff", a, bug, "--tol", "*=atol:1,rtol:1")[0] == 0
     assert run("diff", a, bug, "--stage", "backward")[0] == 0  # these traces have no backward
     assert run("diff", a, str(traces["same"]), "--mode", "bitwise")[0] == 1
+    assert run("diff", a, bug, "--progress", "--read-all")[0] == 1
     layer_map = tmp_path / "map.yaml"
     layer_map.write_text("map:\n  - {a: blocks.1.ln, b: blocks.1.ln}\n")
     code, out, _ = run("diff", a, bug, "--layer-map", str(layer_map), "--read-all")
