@@ -198,6 +198,7 @@ class PaddleRecorder(Recorder):
         super().__init__(model, path, options)
         self._handles: list[Any] = []
         self._recent_grads: deque[paddle.Tensor] = deque(maxlen=_RECENT_GRADS)
+        self._patched_optimizers: list[tuple[Any, Any]] = []
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -273,10 +274,33 @@ class PaddleRecorder(Recorder):
             self._handles.append(layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             self._handles.append(layer.register_forward_post_hook(self._post_hook, with_kwargs=True))
 
+    def install_optimizer_hooks(self, optimizer: Any) -> None:
+        # Paddle optimizers have no step hooks: the instance's ``step`` is wrapped (an instance
+        # attribute over the class method), and restored by remove_hooks().
+        if not callable(getattr(optimizer, "step", None)):
+            return
+        own = optimizer.__dict__.get("step")
+        original = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            self.before_optimizer_step()
+            result = original(*args, **kwargs)
+            self.after_optimizer_step(optimizer)
+            return result
+
+        optimizer.step = step
+        self._patched_optimizers.append((optimizer, own))
+
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for optimizer, own in reversed(self._patched_optimizers):
+            if own is None:
+                del optimizer.step
+            else:
+                optimizer.step = own
+        self._patched_optimizers.clear()
 
     def _pre_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         fc = self.forward_begin(layer, args, kwargs)
