@@ -209,7 +209,10 @@ class PaddleRecorder(Recorder):
 
     def device_name(self) -> str:
         first = next(iter(self.model.parameters()), None)
-        return _device_name(first.place) if first is not None else _device_name(paddle.framework._current_expected_place())
+        if first is not None:
+            return _device_name(first.place)
+        name = str(paddle.device.get_device())  # "cpu", "gpu:0", "xpu:0"...
+        return name.replace("gpu:", "cuda:", 1)
 
     def distributed(self) -> tuple[int, int] | None:
         # get_world_size/get_rank read the launcher's environment even before
