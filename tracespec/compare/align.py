@@ -529,12 +529,36 @@ class _Aligner:
                     self._claim(a, b, "layer_map", rule.transforms)
                 break
 
+    def _class(self, side: str, node: int) -> str:
+        view = self.va if side == "a" else self.vb
+        name = view.nodes[node].class_name
+        return CLASS_ALIASES.get((view.framework, name), name)
+
+    def _unwrap_for(self, side: str, wrapper: int, class_name: str) -> int | None:
+        """The only child of ``wrapper`` if it has that class (``wrapper`` then wraps it)."""
+        view = self.va if side == "a" else self.vb
+        kids = view.children.get(wrapper, [])
+        if len(kids) == 1 and self._class(side, kids[0]) == class_name and self._free(side, kids[0]):
+            self.reasons[(side, wrapper)] = (
+                f"a wrapper: its only child {view.nodes[kids[0]].route!r} was aligned in its place"
+            )
+            self.ignored.add((side, wrapper))
+            return kids[0]
+        return None
+
     def by_exact_route(self) -> None:
         for a in sorted(self.va.nodes):
-            if self._free("a", a) and ("a", a) not in self.reasons:
-                b = self.b_by_norm.get(self.norm_a[a])
-                if b is not None and self._free("b", b):
-                    self._claim(a, b, "exact")
+            if not self._free("a", a) or ("a", a) in self.reasons:
+                continue
+            b = self.b_by_norm.get(self.norm_a[a])
+            if b is None or not self._free("b", b):
+                continue
+            if self._class("a", a) != self._class("b", b):
+                # the same route, but one side is an extra wrapper around the other's layer
+                inner_b = self._unwrap_for("b", b, self._class("a", a))
+                inner_a = None if inner_b is not None else self._unwrap_for("a", a, self._class("b", b))
+                a, b = (inner_a if inner_a is not None else a), (inner_b if inner_b is not None else b)
+            self._claim(a, b, "exact")
 
     # -- structural
     def _signature(self, side: str, node: int, partner_transforms: dict[str, Transform]) -> tuple[Any, ...]:

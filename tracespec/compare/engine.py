@@ -486,5 +486,5 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
                for u in worst_units[:10]],
         error_growth=error_growth(units),
         unmatched=unmatched,
-        hint=next_step_hint(culprit, identical),
+        hint=next_step_hint(culprit, identical, len(unmatched)),
     )
