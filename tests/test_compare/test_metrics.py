@@ -112,7 +112,7 @@ def test_non_finite_metrics_become_null_in_json() -> None:
 
 
 def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tracespec.compare.metrics as metrics
+    from tracespec.compare import metrics
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal(BLOCK * 6 + 5).astype(np.float32)
