@@ -29,8 +29,8 @@ from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, c
 from tracespec.compare.tolerance import MODES, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
-from tracespec.errors import UsageError
-from tracespec.format.dtypes import numpy_dtype
+from tracespec.errors import TableMismatchError, UsageError
+from tracespec.format.dtypes import dtype_of, numpy_dtype
 from tracespec.format.tables import STAGES
 from tracespec.storage import Trace, load_trace
 
@@ -148,8 +148,8 @@ class _Comparer:
 
     def _read_and(self, ra: Record, rb: Record, transform: Any,
                   measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
-        a = self.ta.read(self.rank, ra.array)  # type: ignore[arg-type]
-        b = self.tb.read(self.rank, rb.array)  # type: ignore[arg-type]
+        a = _read_checked(self.ta, self.rank, ra, "A")
+        b = _read_checked(self.tb, self.rank, rb, "B")
         if transform is not None:
             b = transform.apply(b)
         metrics = measure(a, b)
@@ -181,6 +181,18 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
             if rms is not None and rms > 0:
                 found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
     return {key: float(np.median(values)) for key, values in found.items()}
+
+
+def _read_checked(trace: Trace, rank: int, record: Record, side: str) -> np.ndarray:
+    """Read a record's array; the array must hold what the record says (untrusted input)."""
+    array = trace.read(rank, record.array)  # type: ignore[arg-type]
+    if array.shape != record.shape or dtype_of(array).name != record.dtype:
+        raise TableMismatchError(
+            f"{side} {trace.path}: rank_{rank} tensor {record.id} says {record.dtype}{list(record.shape or [])}, "
+            f"its array {record.array} holds {dtype_of(array).name}{list(array.shape)}; "
+            "the trace is corrupt (tracespec validate tells more)"
+        )
+    return array
 
 
 def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ...] | None:
