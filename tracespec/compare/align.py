@@ -21,6 +21,7 @@ a Paddle ``Linear`` stores ``weight`` as ``[in, out]``, a PyTorch one as ``[out,
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -658,7 +659,8 @@ class _Aligner:
 
     def _note_deleted(self, side: str, node: int, other_parent: int | None, other_left: list[int]) -> None:
         view, other = (self.va, self.vb) if side == "a" else (self.vb, self.va)
-        left = [other.nodes[n].route for n in other_left if self._free("b" if side == "a" else "a", n)]
+        other_side = "b" if side == "a" else "a"
+        left = list(itertools.islice((other.nodes[n].route for n in other_left if self._free(other_side, n)), 5))
         where = "the top level" if other_parent is None else repr(other.nodes[other_parent].route)
         self.reasons.setdefault(
             (side, node),
