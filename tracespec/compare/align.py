@@ -665,7 +665,7 @@ class _Aligner:
         self.reasons.setdefault(
             (side, node),
             f"structural alignment found no counterpart ({view.nodes[node].class_name}) among the children "
-            f"of {where} in the other trace" + (f"; left there: {left[:5]}" if left else "; none left there"),
+            f"of {where} in the other trace" + (f"; left there: {left}" if left else "; none left there"),
         )
 
     def structural(self) -> None:
