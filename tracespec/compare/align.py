@@ -501,7 +501,7 @@ class _Aligner:
         self.ignored = {
             ("a", n) for n in view_a.nodes if any(p.regex.fullmatch(self.norm_a[n]) for p in layer_map.ignore_a)
         } | {("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)}
-        self._signatures: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self._signatures: dict[tuple[str, int, tuple[str, ...]], tuple[Any, ...]] = {}
 
     def _claim(self, a: int, b: int, method: str, transforms: dict[str, Transform] | None = None) -> None:
         merged = {**_layout_transforms(self.va, self.vb, a, b), **(transforms or {})}
@@ -577,18 +577,15 @@ class _Aligner:
                 if transform is not None:
                     shape = transform.apply_shape(record.shape)
                 params.append((record.slot, shape))
-        class_name = view.nodes[node].class_name
-        class_name = CLASS_ALIASES.get((view.framework, class_name), class_name)
-        return (class_name, view.forward_call_count(node), tuple(sorted(outputs)), tuple(sorted(params, key=str)))
+        return (self._class(side, node), view.forward_call_count(node), tuple(sorted(outputs)),
+                tuple(sorted(params, key=str)))
 
     def _sig(self, side: str, node: int, other: int | None = None) -> tuple[Any, ...]:
-        if side == "b" and other is not None:
-            transforms = _layout_transforms(self.va, self.vb, other, node)
-            if transforms:
-                return self._signature("b", node, transforms)
-        key = (side, node)
+        """The signature of ``node``; for B, with the layout rules that apply opposite A's ``other``."""
+        transforms = _layout_transforms(self.va, self.vb, other, node) if side == "b" and other is not None else {}
+        key = (side, node, tuple(sorted(transforms)))
         if key not in self._signatures:
-            self._signatures[key] = self._signature(side, node, {})
+            self._signatures[key] = self._signature(side, node, transforms)
         return self._signatures[key]
 
     def _similarity(self, a: int, b: int) -> float:
