@@ -26,7 +26,6 @@ from tracespec.compare.metrics import Metrics
 __all__ = ["RecordResult", "UnitResult", "classify_units", "error_growth", "first_divergence", "next_step_hint"]
 
 DIVERGED: Final = "diverged"
-UPSTREAM_ROLES: Final = {"forward": ("input",), "backward": ("grad_output",), "update": ()}
 
 
 @dataclass(slots=True)
@@ -194,21 +193,30 @@ def error_growth(units: list[UnitResult]) -> list[dict[str, Any]]:
     curve = []
     for unit in units:
         worst = unit.worst_output()
-        if worst is None or worst.metrics is None or worst.metrics.kind != "elementwise":
+        if worst is None or worst.metrics is None:
             continue
         metrics = worst.metrics
+        if metrics.identical:
+            rel_rmse, max_abs = 0.0, 0.0
+        elif metrics.kind == "elementwise":
+            doc = metrics.to_json()
+            rel_rmse, max_abs = doc["rel_rmse"], doc["max_abs"]
+        else:
+            continue
         curve.append({
             "step": unit.step, "rank": unit.rank, "stage": unit.stage,
             "route": unit.a_route, "call": unit.call, "depth": unit.depth,
-            "rel_rmse": metrics.to_json()["rel_rmse"], "max_abs": metrics.to_json()["max_abs"],
-            "status": unit.status,
+            "rel_rmse": rel_rmse, "max_abs": max_abs, "status": unit.status,
         })
     return curve
 
 
-def next_step_hint(culprit: UnitResult | None, identical: bool) -> str:
+def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int = 0) -> str:
     """One line saying what to try next."""
     if culprit is None:
+        if unmatched:
+            return (f"A and B agree on everything aligned, but {unmatched} node(s) have no counterpart: "
+                    "read 'unmatched' and add a --layer-map for the renames.")
         if identical:
             return "A and B are bitwise identical in everything compared."
         return "A and B agree within tolerance; tighten with --rtol/--atol or --mode bitwise to see smaller differences."
