@@ -17,7 +17,7 @@ import click
 
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
 from tracespec.convert import convert_checkpoint, convert_padiff, diff_checkpoints
-from tracespec.errors import UsageError
+from tracespec.errors import InputFileError
 
 
 @click.group()
@@ -117,9 +117,12 @@ def diff_checkpoint_files(a: str, b: str, options: dict[str, Any], json_path: st
     Lines: ``-key`` only in A, ``+key`` only in B, ``!key`` in both but changed, with shapes and
     the distance ``||a - b|| / sqrt(n) x scale`` (``\u25b3``). Exit 0 if nothing changed, else 1.
     """
-    for path in (a, b):
-        if not Path(path).is_file():
-            raise UsageError(f"{path}: not a file; tracespec diff compares two trace folders or two checkpoint files")
+    if not (Path(a).is_file() and Path(b).is_file()):
+        file, other = (a, b) if Path(a).is_file() else (b, a)
+        raise InputFileError(
+            f"{file}: a file, not a trace folder, while {other} is not a file; "
+            "tracespec diff compares two trace folders or two checkpoint files"
+        )
     settings = {key: default if options.get(key) is None else options[key] for key, default in _CHECKPOINT_OPTION_DEFAULTS.items()}
     show = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
     with _checkpoint_progress(show) as update:
