@@ -176,12 +176,14 @@ def test_tracespec_diff_on_checkpoint_files(tmp_path: Path) -> None:
 
 
 def test_nan_and_dtype_changes_count_as_modified(tmp_path: Path) -> None:
-    base = {"w": np.ones(3, np.float32), "v": np.ones(3, np.float32)}
+    both = np.array([np.nan, 2, np.inf], np.float32)  # the same NaN and Inf on both sides
+    base = {"w": np.ones(3, np.float32), "v": np.ones(3, np.float32), "x": both}
     path_a = _save("safetensors", base, tmp_path / "a.st")
-    path_b = _save("safetensors", {"w": np.array([1, np.nan, 1], np.float32), "v": np.ones(3, ml_dtypes.bfloat16)}, tmp_path / "b.st")
+    changed = {"w": np.array([1, np.nan, 1], np.float32), "v": np.ones(3, ml_dtypes.bfloat16), "x": both.copy()}
+    path_b = _save("safetensors", changed, tmp_path / "b.st")
     diff = diff_checkpoints(path_a, path_b)
-    assert [(s.op, s.key) for s in diff.steps] == [("modify", "v"), ("modify", "w")]
-    assert math.isnan(diff.steps[1].distance or 0.0) and diff.steps[0].distance == 0.0
+    assert [(s.op, s.key) for s in diff.steps] == [("modify", "v"), ("modify", "w"), ("keep", "x")]
+    assert math.isnan(diff.steps[1].distance or 0.0) and diff.steps[0].distance == 0.0 and diff.steps[2].distance == 0.0
     assert "dtype float32 -> bfloat16" in diff.steps[0].line()
 
 
@@ -384,3 +386,33 @@ def test_core_never_imports_a_framework() -> None:
         "print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))"
     )
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+_DTYPES = ["float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+@st.composite
+def _state(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    keys = draw(st.lists(st.from_regex(r"[a-z]{1,3}(\.[a-z0-9]{1,3}){0,2}", fullmatch=True), min_size=1, max_size=5, unique=True))
+    out = {}
+    for key in keys:
+        dtype = np.dtype(ml_dtypes.bfloat16) if (name := draw(st.sampled_from(_DTYPES))) == "bfloat16" else np.dtype(name)
+        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+        raw = draw(st.binary(min_size=int(np.prod(shape)) * dtype.itemsize, max_size=int(np.prod(shape)) * dtype.itemsize))
+        data = np.frombuffer(raw, np.uint8)
+        out[key] = np.asarray(data % 2 == 1).reshape(shape) if dtype == np.bool_ else data.view(dtype).reshape(shape)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(_state())
+def test_safetensors_read_back_bit_for_bit(tmp_path_factory: pytest.TempPathFactory, state: dict[str, np.ndarray]) -> None:
+    path = tmp_path_factory.mktemp("st") / "x.safetensors"
+    save_file({k: v.copy(order="C") for k, v in state.items()}, str(path))
+    checkpoint = open_checkpoint(path)
+    assert sorted(e.key for e in checkpoint.entries) == sorted(state)
+    for entry, array in checkpoint.iter_tensors():
+        expected = state[entry.key]
+        assert array.dtype == expected.dtype and array.shape == expected.shape
+        assert array.tobytes() == expected.tobytes()
+    assert diff_checkpoints(path, path).same

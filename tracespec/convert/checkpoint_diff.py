@@ -13,8 +13,8 @@ Constraints:
 - Distance is the size-normalised L2 distance ``||a - b|| / sqrt(n)`` (the root of the mean
   squared difference), computed blockwise (float32 differences and squares for float32 and
   narrower inputs, summed in float64; relative error ~1e-7) and multiplied by ``scale``; the threshold
-  applies to that scaled value, as allennlp did. NaN or Inf in the difference always counts as
-  modified.
+  applies to that scaled value, as allennlp did. NaN or Inf on one side only counts as
+  modified (distance NaN or Inf); the same NaN or Inf on both sides is unchanged.
 """
 
 from __future__ import annotations
@@ -223,13 +223,27 @@ def _squared_error(a: np.ndarray, b: np.ndarray, start: int, stop: int) -> float
     work = _work_dtype(a.dtype, b.dtype)
     buffer = np.empty(min(_BLOCK, max(stop - start, 0)), work)
     total = 0.0
-    for first in range(start, stop, _BLOCK):
-        last = min(first + _BLOCK, stop)
-        block = _block_squares(a[first:last], b[first:last], buffer[: last - first])
-        if math.isinf(block) and work == np.float32:
-            block = _block_squares(a[first:last], b[first:last], np.empty(last - first, np.float64))
-        total += block
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf are values here, not errors
+        for first in range(start, stop, _BLOCK):
+            last = min(first + _BLOCK, stop)
+            x, y = a[first:last], b[first:last]
+            block = _block_squares(x, y, buffer[: last - first])
+            if math.isinf(block) and work == np.float32:
+                block = _block_squares(x, y, np.empty(last - first, np.float64))
+            if not math.isfinite(block):
+                block = _nonfinite_block(x, y)
+            total += block
     return total
+
+
+def _nonfinite_block(a: np.ndarray, b: np.ndarray) -> float:
+    """A block with NaN or Inf: positions where both sides hold the same value (NaN and NaN,
+    Inf and Inf) are unchanged; any other NaN or Inf makes the distance NaN or Inf."""
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
+    x, y = a.astype(wide), b.astype(wide)
+    same = (x == y) | (np.isnan(x) & np.isnan(y))
+    difference = np.where(same, 0, x - y)
+    return float(np.vdot(difference, difference).real)
 
 
 def _block_squares(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> float:
