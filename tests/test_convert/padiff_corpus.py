@@ -17,7 +17,7 @@ def corpus_dir() -> Path:
 
 
 def model_dumps() -> list[Path]:
-    """Every ``<case>/padiff_dump/<model>`` folder of the corpus."""
+    """Every ``<case>/padiff_dump/<model>`` and ``<case>/post_step_weights/<model>`` folder."""
     if not (CORPUS / "FORMAT.md").is_file():
-        return [CORPUS / "missing-corpus"]  # collected, then fails in corpus_dir()
-    return sorted(CORPUS.glob("*/padiff_dump/*"))
+        return [CORPUS / "missing-corpus" / "case" / "model"]  # collected, then fails in corpus_dir()
+    return sorted([*CORPUS.glob("*/padiff_dump/*"), *CORPUS.glob("*/post_step_weights/*")])

@@ -32,30 +32,31 @@ def convert_padiff(dump: Path, out: Path, **options: Any) -> Any:
 
 
 def _referenced_existing(dump: Path) -> int:
-    """How many .npy files the dump's JSON files name and that exist (what must be converted)."""
+    """How many .npy files the dump's JSON files name and that exist: what must be converted.
+
+    PaDiff reuses weights/ and grads/: with weights.json next to params.json, params.json's
+    weights were overwritten (not converted); with grads.json, its grads are the same files.
+    """
     count = 0
-    for _, dirs in [locate_padiff_dumps(dump)]:
-        for d in dirs:
-            for name in ("report.json", "params.json", "weights.json", "grads.json"):
-                if not (d.path / name).is_file():
-                    continue
-                doc = json.loads((d.path / name).read_text())
-                if name == "params.json" and (d.path / "weights.json").is_file():
-                    continue  # weights/ was overwritten by dump_weights; only grads... see below
-                stack = doc["tree"] if isinstance(doc["tree"], list) else [doc["tree"]]
-                while stack:
-                    node = stack.pop()
-                    stack.extend(node.get("children") or [])
-                    items = [(e["path"] if isinstance(e, dict) else e, "tensors") for e in (node.get("fwd_outputs") or []) + (node.get("bwd_grads") or [])]
-                    if node.get("available", True):
+    for d in locate_padiff_dumps(dump)[1]:
+        present = {name for name in ("report.json", "params.json", "weights.json", "grads.json") if (d.path / name).is_file()}
+        for name in present:
+            doc = json.loads((d.path / name).read_text())
+            stack = doc["tree"] if isinstance(doc["tree"], list) else [doc["tree"]]
+            while stack:
+                node = stack.pop()
+                stack.extend(node.get("children") or [])
+                items = [(e["path"] if isinstance(e, dict) else e, "tensors") for e in (node.get("fwd_outputs") or []) + (node.get("bwd_grads") or [])]
+                if node.get("available", True):
+                    if not (name == "params.json" and "weights.json" in present):
                         items += [(p, "weights") for p in (node.get("weights") or {}).values()]
-                        if name != "params.json" or not (d.path / "grads.json").is_file():
-                            items += [(p, "grads") for p in (node.get("grads") or {}).values() if p is not None]
-                    count += sum((d.path / sub / PurePosixPath(p).name).is_file() for p, sub in items)
+                    if not (name == "params.json" and "grads.json" in present):
+                        items += [(p, "grads") for p in (node.get("grads") or {}).values() if p is not None]
+                count += sum((d.path / sub / PurePosixPath(p).name).is_file() for p, sub in items)
     return count
 
 
-@pytest.mark.parametrize("dump", model_dumps(), ids=lambda p: f"{p.parts[-3]}/{p.name}")
+@pytest.mark.parametrize("dump", model_dumps(), ids=lambda p: "/".join(p.parts[-3:]))
 def test_every_corpus_dump_converts_and_validates(dump: Path, tmp_path: Path) -> None:
     corpus_dir()
     result = convert_padiff(dump, tmp_path / "trace")
@@ -65,7 +66,7 @@ def test_every_corpus_dump_converts_and_validates(dump: Path, tmp_path: Path) ->
     source = load_trace(tmp_path / "trace").manifest.source
     assert source is not None and source["kind"] == "padiff"
     assert source["model_name"] == dump.name
-    meta = json.loads(next(dump.rglob("params.json")).read_text()) if any(dump.rglob("params.json")) else json.loads(next(dump.rglob("report.json")).read_text())
+    meta = json.loads(next(dump.rglob("*.json")).read_text())
     assert load_trace(tmp_path / "trace").manifest.framework == meta["framework"]
     assert all(f["file_path"].startswith("/home/alice/") for f in source["files"])
 
