@@ -416,3 +416,12 @@ def test_safetensors_read_back_bit_for_bit(tmp_path_factory: pytest.TempPathFact
         assert array.dtype == expected.dtype and array.shape == expected.shape
         assert array.tobytes() == expected.tobytes()
     assert diff_checkpoints(path, path).same
+
+
+def test_an_absurd_shape_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    import torch
+
+    # 2^42 elements viewing a one-element storage (stride 0): 16 TiB if materialised
+    torch.save({"w": torch.zeros(1).expand(1 << 21, 1 << 21)}, tmp_path / "expand.pt")
+    result = CliRunner().invoke(cli, ["diff", str(tmp_path / "expand.pt"), str(tmp_path / "expand.pt")])
+    assert result.exit_code == 3 and "absurd shape" in result.output

@@ -30,6 +30,7 @@ import numpy as np
 
 from tracespec.errors import InputFileError, TracespecError
 from tracespec.format.dtypes import parse_dtype
+from tracespec.storage.zarr_store import MAX_ARRAY_BYTES
 from tracespec.convert.restricted_pickle import (
     FileRegion,
     LazyArray,
@@ -51,6 +52,14 @@ _MAX_HEADER_BYTES: Final = 100 << 20
 _PADDLE_NAME_TABLE: Final = "StructuredToParameterName@@"
 _ZIP_LOCAL_HEADER: Final = struct.Struct("<IHHHHHIIIHH")
 _ZIP_LOCAL_MAGIC: Final = 0x04034B50
+
+
+def _entries(file: Path, arrays: dict[str, LazyArray]) -> list[TensorEntry]:
+    """The entries of ``arrays``; a shape beyond any real tensor is corrupt metadata."""
+    for key, array in arrays.items():
+        if math.prod(array.shape) * parse_dtype(array.dtype).itemsize > MAX_ARRAY_BYTES:
+            raise InputFileError(f"{file}: tensor {key!r} has an absurd shape {list(array.shape)}")
+    return [TensorEntry(key, a.dtype, a.shape) for key, a in arrays.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +213,11 @@ def _open_safetensors(file: Path, size: int) -> Checkpoint:
     # natural order of the names, so that "layers.10" follows "layers.9" and a dtype change
     # does not move a key.
     placed.sort(key=lambda item: _natural_key(item[1]))
-    entries = [TensorEntry(key, dtype, shape) for _, key, dtype, shape, _ in placed]
     arrays = {
         key: LazyArray(FileRegion(data_start + begin, end - begin), dtype, shape)
         for begin, key, dtype, shape, end in placed
     }
+    entries = _entries(file, arrays)
     framework = {"pt": "torch", "torch": "torch", "paddle": "paddle", "np": "numpy"}.get(str(metadata.get("format")), "unknown")
     return Checkpoint(file, "safetensors", framework, entries, {}, dict(metadata), arrays)
 
@@ -256,7 +265,7 @@ def _open_torch_zip(file: Path) -> Checkpoint:
             if info.file_size < ref.numel * parse_dtype(ref.dtype).itemsize:
                 raise InputFileError(f"{file}: storage data/{ref.key} holds {info.file_size} bytes, fewer than its {ref.numel} elements")
             offsets[ref.key] = (_zip_data_offset(f, info, file), info.file_size)
-    entries = [TensorEntry(key, a.dtype, a.shape) for key, a in lazy.items()]
+    entries = _entries(file, lazy)
     return Checkpoint(file, "torch", "torch", entries, values, {}, lazy, offsets)
 
 
@@ -284,7 +293,7 @@ def _open_paddle(file: Path, size: int) -> Checkpoint:
         key: LazyArray(a.source, "bfloat16", a.shape, a.offset, a.strides, a.order) if a.dtype == "uint16" else a
         for key, a in lazy.items()
     }
-    entries = [TensorEntry(key, a.dtype, a.shape) for key, a in lazy.items()]
+    entries = _entries(file, lazy)
     return Checkpoint(file, "paddle", "paddle", entries, values, {}, lazy)
 
 

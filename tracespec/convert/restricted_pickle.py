@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ class _NumpyArray:
             raise _bad(self.where, "an array is big-endian; only little-endian data is supported")
         if not isinstance(data, (bytes, FileRegion)):
             raise _bad(self.where, "an array's data is not raw bytes")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype.code).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype.code).itemsize  # Python ints: no overflow
         length = data.length if isinstance(data, FileRegion) else len(data)
         if length != nbytes:
             raise _bad(self.where, f"an array of shape {shape} and dtype {dtype.code} holds {length} bytes, expected {nbytes}")
