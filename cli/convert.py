@@ -66,7 +66,8 @@ def padiff(dump: str, out: str, update_weights: str | None, overwrite: bool, as_
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--overwrite", is_flag=True, help="Replace an existing trace at OUT.")
-def checkpoint(file: str, out: str, overwrite: bool) -> None:
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+def checkpoint(file: str, out: str, overwrite: bool, progress: bool | None) -> None:
     """Convert the checkpoint FILE (safetensors, PyTorch .pt/.bin, Paddle .pdparams) into a trace.
 
     Every tensor becomes a parameter record; the module tree follows the dotted names
@@ -77,8 +78,9 @@ def checkpoint(file: str, out: str, overwrite: bool) -> None:
     Example:
       tracespec convert checkpoint pytorch_model.bin runs/base
     """
-    with report_errors():
-        result = convert_checkpoint(file, out, overwrite=overwrite)
+    show = progress if progress is not None else sys.stderr.isatty()
+    with report_errors(), _progress_bar(show, "converting", in_bytes=True) as update:
+        result = convert_checkpoint(file, out, overwrite=overwrite, progress=update)
     size = sum(e.nbytes for e in result.entries)
     click.echo(
         f"{out}: {len(result.entries)} tensors ({size / 1e6:.1f} MB) from {result.format} checkpoint {file}"
@@ -125,7 +127,7 @@ def diff_checkpoint_files(a: str, b: str, options: dict[str, Any], json_path: st
         )
     settings = {key: default if options.get(key) is None else options[key] for key, default in _CHECKPOINT_OPTION_DEFAULTS.items()}
     show = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
-    with _checkpoint_progress(show) as update:
+    with _progress_bar(show, "comparing tensors", in_bytes=False) as update:
         result = diff_checkpoints(a, b, progress=update, **settings)
     if json_path == "-":
         click.echo(json.dumps(result.to_json(), indent=1))
@@ -146,14 +148,15 @@ def reject_checkpoint_options(options: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _checkpoint_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+def _progress_bar(enabled: bool, what: str, *, in_bytes: bool) -> Iterator[Callable[[int, int], None] | None]:
     if not enabled:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("comparing tensors"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    count = DownloadColumn() if in_bytes else MofNCompleteColumn()
+    columns = (TextColumn(what), BarColumn(), count, TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("diff", total=None)
 

@@ -21,7 +21,7 @@ import os
 import re
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -327,18 +327,25 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def convert_checkpoint(
-    path: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False, durable: bool = True
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    durable: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Checkpoint:
     """Write the checkpoint ``path`` as a parameter-only trace at ``out``; return what was read.
 
     The tree follows the dotted names: module route = the key up to its last dot, slot = the
     last component. Every tensor is a ``parameter`` record of step 0, stage ``forward``.
     Non-tensor values (an epoch counter...) are kept as values on their module.
-    ``overwrite`` and ``durable`` are passed to :class:`~tracespec.TraceWriter`.
+    ``overwrite`` and ``durable`` are passed to :class:`~tracespec.TraceWriter`;
+    ``progress(done_bytes, total_bytes)`` is called after each tensor.
     """
     from tracespec.storage import TraceWriter
 
     checkpoint = open_checkpoint(path)
+    total, done = sum(e.nbytes for e in checkpoint.entries), 0
     source = {
         "kind": "checkpoint",
         "format": checkpoint.format,
@@ -357,6 +364,9 @@ def convert_checkpoint(
                 writer.add_tensor(**where, same_as=same)
             else:
                 written[checkpoint.identity(entry.key)] = writer.add_tensor(**where, array=checkpoint.read(entry.key))
+            done += entry.nbytes
+            if progress is not None:
+                progress(done, total)
         for key, value in checkpoint.values.items():
             route, slot = split_key(key)
             writer.add_value(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot, value=value)
