@@ -264,6 +264,7 @@ def test_v0_layout_and_string_paths(tmp_path: Path) -> None:
     result = convert_padiff(dump, tmp_path / "v0")
     reference = convert_padiff(src, tmp_path / "v2")
     assert result.source["layout"] == "step_N (v0)" and result.source["padiff_generation"] == ["v0"]
+    assert result.source["padiff_version"][0].startswith("PaDiff eae9470")
     assert reference.source["padiff_generation"] == ["v2"]
     code, verdict = _diff(tmp_path / "v0", tmp_path / "v2", "--mode", "bitwise")
     assert code == 0 and verdict["summary"]["units"] == verdict["summary"]["pass"] >= 6  # bit for bit

@@ -48,6 +48,14 @@ _RANK: Final = re.compile(r"^rank_(\d+)$")
 _NPY_NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*\.npy$")
 _JSON_FILES: Final = ("report.json", "params.json", "weights.json", "grads.json")
 _TENSOR_DIRS: Final = ("tensors", "weights", "grads")
+# Dumps carry no PaDiff version; each generation of the format dates the code that wrote it
+# (FORMAT.md section 0, from the history of padiff/dump_tools.py).
+_GENERATION_VERSIONS: Final = {
+    "v0": "PaDiff eae9470 (2023-06-14) to before 861e2e5: tree is one node, step_N/ folders",
+    "v1": "PaDiff 861e2e5 (2023-07-05, distributed PaDiff) to before 6d6ae08: tensor paths as strings",
+    "v2": "PaDiff 6d6ae08 (2024-02-20) to 0a86a80, version string 0.3.0: tensor entries as objects",
+    "v3": "PaDiff 2025 refactor (PaDiffGuard): init_weights/, first_input/",
+}
 # Aliases PaDiff's frameworks print for dtypes, beyond the spec names themselves.
 _DTYPE_ALIASES: Final = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32"}
 
@@ -516,6 +524,7 @@ def convert_padiff(
         "update_weights": str(Path(update_weights).resolve()) if update_weights is not None else None,
         "layout": layout,
         "padiff_generation": sorted({_generation(doc) for (_, name), doc in docs.items() if name == "report.json"}),
+        "padiff_version": [],
         "model_name": model_name,
         "framework": framework,
         "steps": sorted({d.step for d in dirs}),
@@ -529,6 +538,7 @@ def convert_padiff(
             "grad_input_slots": "the i-th gradient PaDiff recorded for the layer's positional inputs",
         },
     }
+    source["padiff_version"] = [_GENERATION_VERSIONS[g] for g in source["padiff_generation"]]
     for (folder, name), doc in docs.items():
         base = update_weights if any(folder == d.path for d in extra_dirs) else root
         try:
