@@ -381,6 +381,12 @@ class _Payload:
         return (exec, (f"with open({self.path!r}, 'w') as f: f.write('ran')",))
 
 
+def test_a_dump_root_with_one_model(tmp_path: Path) -> None:
+    root = tmp_path / "padiff_dump"
+    _copy_dump(corpus_dir() / "a_mlp_identical" / "padiff_dump" / "torch_mlp", root / "torch_mlp")
+    assert convert_padiff(root, tmp_path / "t").source["model_name"] == "torch_mlp"
+
+
 def test_not_a_dump_and_several_models(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="no PaDiff dump"):
         convert_padiff(tmp_path, tmp_path / "t")

@@ -135,6 +135,8 @@ def locate_padiff_dumps(root: str | Path) -> tuple[str, list[DumpFolder]]:
         layout = "single folder" if (rank or step or folder.name == "auto_diff") else "flat (PaDiffGuard, v3)"
         return layout, [DumpFolder(folder, int(step.group(1)) if step else 0, int(rank.group(1)) if rank else 0)]
     models = sorted(name for name, c in children.items() if c.is_dir() and (_has_json(c) or any(_STEP.match(g.name) for g in c.iterdir())))
+    if len(models) == 1:  # the dump root of a single model
+        return locate_padiff_dumps(folder / models[0])
     if models:
         raise InputFileError(f"{folder}: holds the dumps of several models ({', '.join(models)}); convert one: {folder / models[0]}")
     raise InputFileError(f"{folder}: no PaDiff dump here (no report.json, params.json, step_N/ or auto_diff/)")
