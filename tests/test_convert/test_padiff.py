@@ -410,3 +410,24 @@ def test_malformed_json_is_one_line(damage: Any, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["convert", "padiff", str(dump), str(tmp_path / "t")])
     assert result.exit_code == 3, result.output
     assert len(result.output.strip().splitlines()) == 1 and "report.json" in result.output
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("paddle.float32", "float32"), ("torch.bfloat16", "bfloat16"), ("paddle.bfloat16", "bfloat16"), ("VarType.FP16", "float16"),
+     ("torch.int64", "int64"), ("paddle.bool", "bool"), ("torch.qint8", None), (None, None)],
+)
+def test_dtype_strings(text: str | None, expected: str | None) -> None:
+    from tracespec.convert.padiff import _spec_dtype
+
+    assert _spec_dtype(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("paddle.Size([4, 8])", (4, 8)), ("torch.Size([2, 0, 3])", (2, 0, 3)), ("[4, 8]", (4, 8)), ("torch.Size([])", ()), ("4x8", None)],
+)
+def test_shape_strings(text: str, expected: tuple[int, ...] | None) -> None:
+    from tracespec.convert.padiff import _parse_shape
+
+    assert _parse_shape(text) == expected

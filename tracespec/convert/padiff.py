@@ -57,7 +57,11 @@ _GENERATION_VERSIONS: Final = {
     "v3": "PaDiff 2025 refactor (PaDiffGuard): init_weights/, first_input/",
 }
 # Aliases PaDiff's frameworks print for dtypes, beyond the spec names themselves.
-_DTYPE_ALIASES: Final = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32"}
+# (Paddle's legacy ``VarType.FP32`` names included.)
+_DTYPE_ALIASES: Final = {
+    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+    "fp32": "float32", "fp64": "float64", "fp16": "float16", "bf16": "bfloat16",
+}
 
 
 @dataclass(frozen=True, slots=True)
