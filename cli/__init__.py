@@ -31,6 +31,8 @@ def cli() -> None:
       tracespec show runs/ref              the module tree with shapes, dtypes, statistics
       tracespec validate runs/ref          does the folder conform to the spec?
       tracespec diff runs/ref runs/port    where does B diverge from A, and who introduced it?
+      tracespec convert padiff DUMP OUT    a PaDiff dump (or: convert checkpoint FILE OUT) as a trace
+      tracespec diff a.bin b.safetensors   what changed between two checkpoints
 
     Exit codes: 0 ok, 1 diverged, 2 usage error, 3 unreadable or invalid input.
     """
