@@ -425,3 +425,12 @@ def test_an_absurd_shape_is_refused_before_any_allocation(tmp_path: Path) -> Non
     torch.save({"w": torch.zeros(1).expand(1 << 21, 1 << 21)}, tmp_path / "expand.pt")
     result = CliRunner().invoke(cli, ["diff", str(tmp_path / "expand.pt"), str(tmp_path / "expand.pt")])
     assert result.exit_code == 3 and "absurd shape" in result.output
+
+
+@pytest.mark.parametrize("command", [["convert"], ["convert", "padiff"], ["convert", "checkpoint"], ["diff"]])
+def test_help_teaches_with_examples(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output and "tracespec" in result.output
+    if command == ["diff"]:
+        assert "--strip-prefix-a" in result.output and "checkpoint files" in result.output
