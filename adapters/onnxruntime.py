@@ -230,7 +230,9 @@ class _GraphTree:
         for name in unnamed:
             owner = self.modules[self._owner_by_use(name)]
             readers = self.consumers.get(name, [])
-            as_weight = bool(readers) and all(
+            # Exporters name a pre-transposed Linear weight after the op that reads it ("val_2",
+            # "onnx::MatMul_213"); a graph without scopes keeps its own names.
+            as_weight = self.scope_source is not None and bool(readers) and all(
                 self.ops[index].node.op_type in _MATMUL_OPS and slot == 1 for index, slot in readers
             )
             if as_weight and "weight" not in owner.parameters:
