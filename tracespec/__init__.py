@@ -9,6 +9,17 @@ from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
 
 __version__ = "0.1.0"
 
+
+def record_onnx(model, inputs, path, **options):  # type: ignore[no-untyped-def]
+    """Record an ONNX Runtime run; see :func:`tracespec.adapters.onnxruntime.record_onnx`.
+
+    onnxruntime is imported on the first call, never by ``import tracespec``.
+    """
+    from tracespec.adapters.onnxruntime import record_onnx as record
+
+    return record(model, inputs, path, **options)
+
+
 __all__ = [
     "FORMAT_VERSION",
     "Trace",
@@ -17,5 +28,6 @@ __all__ = [
     "TracespecError",
     "__version__",
     "load_trace",
+    "record_onnx",
     "validate_trace",
 ]

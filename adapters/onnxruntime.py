@@ -1,0 +1,746 @@
+"""Record ONNX Runtime runs: every intermediate value of the graph, as a module tree.
+
+Constraints:
+- ONNX Runtime only hands back graph outputs, so the recorder runs a copy of the model whose
+  outputs are the values to capture. That copy holds every captured intermediate at once when the
+  run ends: ``outputs_per_run`` splits the captured values over several runs (each run recomputes
+  the graph) to bound memory; ``include``/``exclude`` and ``include_ops``/``exclude_ops`` capture
+  less.
+- Statistics of floating-point values are computed inside the graph by ONNX Runtime, in float64
+  (sum, sum of squares, min, max), so the ``stats`` level never copies a tensor to Python. A value
+  whose float64 sum of squares is not finite (it holds NaN or Inf) is fetched and summarised by
+  the reference :func:`tracespec.format.stats.compute_stats`, which counts NaN and Inf.
+- The module tree comes from the scope information ``torch.onnx.export`` leaves in the graph:
+  node metadata ``pkg.torch.onnx.name_scopes`` / ``class_hierarchy`` (torch.export-based
+  exporter) or node names such as ``/blocks.0/attn/q_proj/MatMul`` (TorchScript exporter). Routes
+  are the dotted ``named_modules()`` paths of the exported PyTorch model, root ``""``. A graph
+  without scope information gets its ops under the root, in topological order.
+- The model file is untrusted: external data must stay inside the model's folder, and a file that
+  is not an ONNX model raises :class:`~tracespec.errors.InputFileError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from tracespec.errors import InputFileError, UsageError
+from tracespec.format.stats import TensorStats
+from tracespec.format.tables import LEVELS
+from tracespec.storage.writer import TraceWriter
+
+__all__ = ["OnnxRecorder", "record_onnx"]
+
+STAGE: Final = "forward"
+
+_SCOPES_KEY: Final = "pkg.torch.onnx.name_scopes"
+_CLASSES_KEY: Final = "pkg.torch.onnx.class_hierarchy"
+_CALL_SUFFIX: Final = re.compile(r"@\d+$")
+# Ops whose outputs describe a tensor's shape, not its values: a value read outside a module only
+# by these is not one of the module's outputs.
+_SHAPE_OPS: Final = frozenset({"Shape", "Size"})
+# Weight-consuming ops whose second input is a Linear-style weight that exporters pre-transpose.
+_MATMUL_OPS: Final = frozenset({"MatMul", "Gemm"})
+_UNKNOWN_CLASS: Final = "Module"
+_STATS_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
+_PREFIX: Final = "tracespec::"
+
+
+# ---------------------------------------------------------------------------------------- the tree
+@dataclass(slots=True)
+class _Module:
+    route: str
+    class_name: str = _UNKNOWN_CLASS
+    qualified_class: str | None = None
+    called: bool = False
+    children: list[str] = field(default_factory=list)
+    ops: list[int] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    parameters: dict[str, str] = field(default_factory=dict)  # slot -> graph value name
+    layouts: dict[str, str] = field(default_factory=dict)  # slot -> note on the stored layout
+
+
+@dataclass(slots=True)
+class _Op:
+    index: int
+    node: onnx.NodeProto
+    scopes: tuple[str, ...]  # called module routes, outermost (root "") first
+    route: str = ""
+
+
+def _literal_list(text: str) -> list[str] | None:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
+def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None]]:
+    """The module routes a node ran in (outermost first) and their qualified class names."""
+    meta = {prop.key: prop.value for prop in node.metadata_props}
+    scopes = _literal_list(meta[_SCOPES_KEY]) if _SCOPES_KEY in meta else None
+    if scopes:
+        # The last entry names the FX node itself, not a module.
+        routes = [_CALL_SUFFIX.sub("", scope) for scope in scopes[:-1]] or [""]
+        classes: list[str | None] = list(_literal_list(meta.get(_CLASSES_KEY, "")) or [])[: len(routes)]
+        classes += [None] * (len(routes) - len(classes))
+        if routes[0] != "":
+            routes, classes = ["", *routes], [None, *classes]
+        return routes, classes
+    if node.name.startswith("/"):
+        parts = [_CALL_SUFFIX.sub("", part) for part in node.name.split("/")[1:-1] if part]
+        routes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+        return routes, [None] * len(routes)
+    return [""], [None]
+
+
+class _GraphTree:
+    """The module tree, op nodes and module-boundary values rebuilt from one graph."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+        self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
+        self.graph_outputs = [vi.name for vi in graph.output]
+        self.modules: dict[str, _Module] = {"": _Module("", called=True)}
+        self.ops: list[_Op] = []
+        self.scope_source: str | None = None
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[tuple[int, int]]] = {}
+        for index, node in enumerate(graph.node):
+            routes, classes = _scopes_of(node)
+            if len(routes) > 1 or any(p.key == _SCOPES_KEY for p in node.metadata_props):
+                self.scope_source = "name_scopes" if any(p.key == _SCOPES_KEY for p in node.metadata_props) else "node_names"
+            for route, qualified in zip(routes, classes, strict=True):
+                self._add_module(route, qualified, called=True)
+            op = _Op(index, node, tuple(dict.fromkeys(routes)))
+            self.ops.append(op)
+            self.modules[op.scopes[-1]].ops.append(index)
+            for slot, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((index, slot))
+            for name in node.output:
+                if name:
+                    self.producer[name] = index
+        self._name_ops()
+        self.parameter_aliases = self._find_parameter_aliases()
+        self._find_boundaries()
+        self._assign_parameters()
+
+    def _add_module(self, route: str, qualified: str | None, called: bool) -> None:
+        module = self.modules.get(route)
+        if module is None:
+            parent = route.rpartition(".")[0] if "." in route else ""
+            self._add_module(parent, None, called=False)
+            module = self.modules[route] = _Module(route)
+            self.modules[parent].children.append(route)
+        module.called = module.called or called
+        if qualified and module.qualified_class is None:
+            module.qualified_class = qualified
+            module.class_name = qualified.rpartition(".")[2]
+
+    def _name_ops(self) -> None:
+        for module in self.modules.values():
+            seen: dict[str, int] = {}
+            for index in module.ops:
+                op_type = self.ops[index].node.op_type
+                count = seen.get(op_type, 0)
+                seen[op_type] = count + 1
+                label = op_type if count == 0 else f"{op_type}_{count}"
+                self.ops[index].route = f"{module.route}.{label}" if module.route else label
+
+    def _find_boundaries(self) -> None:
+        """A called module's inputs: values its ops read and do not produce; outputs: values its
+        ops produce that are read outside it (or are graph outputs)."""
+        constants = {op.node.output[0] for op in self.ops if op.node.op_type == "Constant"}
+        graph_outputs = set(self.graph_outputs)
+        members: dict[str, set[int]] = {}
+        for op in self.ops:
+            for route in op.scopes:
+                members.setdefault(route, set()).add(op.index)
+        for route, inside in members.items():
+            module = self.modules[route]
+            inputs: dict[str, None] = {}
+            outputs: dict[str, None] = {}
+            for index in sorted(inside):
+                node = self.ops[index].node
+                for name in node.input:
+                    if (
+                        name
+                        and self.producer.get(name) not in inside
+                        and name not in self.initializers
+                        and name not in self.parameter_aliases
+                        and name not in constants
+                    ):
+                        inputs[name] = None
+                for name in node.output:
+                    readers = self.consumers.get(name, [])
+                    if name in graph_outputs or any(
+                        reader not in inside and self.ops[reader].node.op_type not in _SHAPE_OPS for reader, _ in readers
+                    ):
+                        outputs[name] = None
+            module.inputs = list(inputs)
+            module.outputs = list(outputs)
+
+    def _find_parameter_aliases(self) -> dict[str, str]:
+        """Identity ops that give an initializer a second name (the TorchScript exporter's way of
+        sharing one tensor between several parameters): alias -> initializer."""
+        aliases = {}
+        for op in self.ops:
+            node = op.node
+            if node.op_type == "Identity" and node.input and node.input[0] in self.initializers:
+                aliases[node.output[0]] = node.input[0]
+        return aliases
+
+    def _owner_by_use(self, name: str) -> str:
+        """The innermost called module that contains every op reading ``name``."""
+        chains = [self.ops[index].scopes for index, _ in self.consumers.get(name, [])]
+        if not chains:
+            return ""
+        common = 0
+        while all(len(chain) > common and chain[common] == chains[0][common] for chain in chains):
+            common += 1
+        return chains[0][common - 1] if common else ""
+
+    def _assign_parameters(self) -> None:
+        names = [*self.initializers, *self.parameter_aliases]
+        unnamed = []
+        for name in names:
+            route, dot, local = name.rpartition(".")
+            if dot and route in self.modules and local not in self.modules[route].parameters:
+                self.modules[route].parameters[local] = name
+            else:
+                unnamed.append(name)
+        for name in unnamed:
+            owner = self.modules[self._owner_by_use(name)]
+            readers = self.consumers.get(name, [])
+            # Exporters name a pre-transposed Linear weight after the op that reads it ("val_2",
+            # "onnx::MatMul_213"); a graph without scopes keeps its own names.
+            as_weight = self.scope_source is not None and bool(readers) and all(
+                self.ops[index].node.op_type in _MATMUL_OPS and slot == 1 for index, slot in readers
+            )
+            if as_weight and "weight" not in owner.parameters:
+                owner.parameters["weight"] = name
+                node = self.ops[readers[0][0]].node
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                if not trans_b:
+                    owner.layouts["weight"] = f"[in, out]: the exporter stored the transpose as {name!r}"
+                else:
+                    owner.layouts["weight"] = f"stored as {name!r}"
+            else:
+                owner.parameters[name if name not in owner.parameters else f"{name}#{len(owner.parameters)}"] = name
+
+    def preorder(self) -> Iterator[_Module]:
+        stack = [""]
+        while stack:
+            module = self.modules[stack.pop()]
+            yield module
+            stack.extend(reversed(module.children))
+
+
+# ---------------------------------------------------------------------------------------- selection
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    include: tuple[str, ...] | None
+    exclude: tuple[str, ...]
+    include_ops: frozenset[str] | None
+    exclude_ops: frozenset[str]
+
+    def route(self, route: str) -> bool:
+        if self.include is not None and not any(fnmatch.fnmatchcase(route, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(route, p) for p in self.exclude)
+
+    def op(self, op: _Op) -> bool:
+        op_type = op.node.op_type
+        if self.include_ops is not None and op_type not in self.include_ops:
+            return False
+        return op_type not in self.exclude_ops and self.route(op.route)
+
+
+def _patterns(value: str | Iterable[str] | None, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(item, str) for item in items):
+        raise UsageError(f"{what} must be a string or a list of strings, got {value!r}")
+    return items
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    path = Path(model)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such ONNX model file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError, and onnx several types
+        raise InputFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not proto.graph.node:
+        raise InputFileError(f"{path}: the ONNX model has no graph nodes")
+    return proto, path.parent.resolve()
+
+
+def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if base_dir is None:
+            raise UsageError(f"initializer {tensor.name!r} is stored externally; pass the model's path, not a ModelProto")
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (base_dir / location).resolve()
+        if not location or os.path.isabs(location) or not target.is_relative_to(base_dir):
+            raise InputFileError(f"{base_dir}: initializer {tensor.name!r} points outside the model's folder ({location!r})")
+        if not target.is_file():
+            raise InputFileError(f"{target}: external data file of initializer {tensor.name!r} is missing")
+
+
+def _value_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """ONNX element type of every value whose type is known or inferable."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        inferred = proto
+    graph = inferred.graph
+    types: dict[str, int] = {}
+    for info in (*graph.value_info, *graph.input, *graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+            types[info.name] = info.type.tensor_type.elem_type
+    for tensor in graph.initializer:
+        types[tensor.name] = tensor.data_type
+    return types
+
+
+def _stats_from_moments(count: int, moments: np.ndarray) -> TensorStats:
+    total, squares, low, high = (float(x) for x in moments)
+    if count == 0:
+        return TensorStats(0, None, None, None, None, None, 0, 0)
+    mean = total / count
+    return TensorStats(
+        count=count,
+        min=low,
+        max=high,
+        mean=mean,
+        std=math.sqrt(max(squares / count - mean * mean, 0.0)),
+        l2=math.sqrt(squares),
+        nan_count=0,
+        inf_count=0,
+    )
+
+
+def _default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+# ---------------------------------------------------------------------------------------- recorder
+class OnnxRecorder:
+    """Runs an ONNX model in ONNX Runtime and records every selected intermediate value.
+
+    Building the recorder analyses the graph and creates the instrumented session once;
+    :meth:`record` then runs it on one or more input feeds (one step each) and writes a trace.
+
+    Parameters
+    ----------
+    model:
+        A path to a ``.onnx`` file (external data files are read from its folder) or a loaded
+        ``onnx.ModelProto`` with its data inline.
+    providers:
+        ONNX Runtime execution providers; default: CUDA when available, then CPU.
+    level:
+        ``"full"`` (data, statistics, hash), ``"stats"`` (statistics only) or ``"hash"``.
+    include, exclude:
+        Route globs (``fnmatch``, e.g. ``"blocks.0.*"``) of the module and op nodes to capture.
+    include_ops, exclude_ops:
+        ONNX op types (``"MatMul"``) of the op nodes to capture.
+    modules, ops, parameters:
+        Whether to capture module inputs/outputs, op inputs/outputs and initializers.
+    outputs_per_run:
+        Capture at most this many values per ONNX Runtime run (the graph is run again for each
+        batch); ``None`` captures everything in one run.
+    session_options:
+        ``onnxruntime.SessionOptions`` for the instrumented session (threads, optimisation level).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | onnx.ModelProto,
+        *,
+        providers: Sequence[str] | None = None,
+        level: str = "full",
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        include_ops: str | Iterable[str] | None = None,
+        exclude_ops: str | Iterable[str] | None = None,
+        modules: bool = True,
+        ops: bool = True,
+        parameters: bool = True,
+        outputs_per_run: int | None = None,
+        session_options: ort.SessionOptions | None = None,
+    ) -> None:
+        if level not in LEVELS:
+            raise UsageError(f"level {level!r} is not one of {LEVELS}")
+        if outputs_per_run is not None and outputs_per_run < 1:
+            raise UsageError(f"outputs_per_run must be a positive integer or None, got {outputs_per_run!r}")
+        self.level = level
+        self._proto, self._base_dir = _load_model(model)
+        _check_external_data(self._proto, self._base_dir)
+        self._selection = _Selection(
+            _patterns(include, "include"),
+            _patterns(exclude, "exclude") or (),
+            None if include_ops is None else frozenset(_patterns(include_ops, "include_ops") or ()),
+            frozenset(_patterns(exclude_ops, "exclude_ops") or ()),
+        )
+        self._capture = {"modules": modules, "ops": ops, "parameters": parameters}
+        self.tree = _GraphTree(self._proto.graph)
+        self._providers = list(providers) if providers is not None else _default_providers()
+        self._session_options = session_options
+        self._events = self._plan()
+        needed = self._needed_values()
+        self._types = _value_types(self._proto)
+        types = self._types
+        self._fetched = [name for name in needed if name in self.tree.producer]
+        if level == "hash":
+            self._in_graph_stats: set[str] = set()
+        else:
+            self._in_graph_stats = {name for name in self._fetched if types.get(name) in _STATS_TYPES}
+        self._fetch_data = [n for n in self._fetched if level != "stats" or n not in self._in_graph_stats]
+        size = outputs_per_run or max(len(self._fetched), 1)
+        self._batches = [self._fetched[i : i + size] for i in range(0, len(self._fetched), size)]
+        self._session = self._make_session(self._fetch_data, sorted(self._in_graph_stats, key=self._fetched.index))
+        self._fallback_session: ort.InferenceSession | None = None
+        self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+        self._graph_outputs = self.tree.graph_outputs
+
+    # ---------------------------------------------------------------- planning
+    def _plan(self) -> list[tuple[str, Any]]:
+        """Module begin/end and op events in execution (topological) order.
+
+        A module begins before its first op and ends after its last one, so a module whose ops
+        the exporter interleaved with others' is still one call, and nesting is kept.
+        """
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for op in self.tree.ops:
+            for route in op.scopes:
+                first.setdefault(route, op.index)
+                last[route] = op.index
+        events: list[tuple[str, Any]] = []
+        for op in self.tree.ops:
+            events.extend(("begin", route) for route in op.scopes if first[route] == op.index)
+            events.append(("op", op))
+            events.extend(("end", route) for route in reversed(op.scopes) if last[route] == op.index)
+        return events
+
+    def _module_selected(self, route: str) -> bool:
+        return self._capture["modules"] and self._selection.route(route)
+
+    def _op_selected(self, op: _Op) -> bool:
+        return self._capture["ops"] and self._selection.op(op)
+
+    def _needed_values(self) -> list[str]:
+        needed: dict[str, None] = {}
+        for kind, item in self._events:
+            if kind == "begin" and self._module_selected(item):
+                needed.update(dict.fromkeys(self.tree.modules[item].inputs))
+            elif kind == "end" and self._module_selected(item):
+                needed.update(dict.fromkeys(self.tree.modules[item].outputs))
+            elif kind == "op" and self._op_selected(item):
+                needed.update(dict.fromkeys(n for n in (*item.node.input, *item.node.output) if n))
+        return list(needed)
+
+    # ---------------------------------------------------------------- sessions
+    def _make_session(self, outputs: Sequence[str], stats_of: Sequence[str]) -> ort.InferenceSession:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._proto)
+        graph = proto.graph
+        present = set(self.tree.graph_outputs)
+        for name in outputs:
+            if name not in present:
+                graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+        if stats_of:
+            graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_PREFIX}flat"))
+        for i, name in enumerate(stats_of):
+            graph.node.extend(_stats_nodes(name, f"{_PREFIX}{i}"))
+            graph.output.append(onnx.ValueInfoProto(name=f"{_PREFIX}{i}:moments"))
+            graph.output.append(onnx.ValueInfoProto(name=f"{_PREFIX}{i}:shape"))
+        options = self._session_options or ort.SessionOptions()
+        if self._base_dir is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._base_dir))
+        try:
+            payload = proto.SerializeToString()
+        except ValueError as exc:
+            raise UsageError(f"the model is too large to serialise ({exc}); save it with external data and pass its path") from None
+        return ort.InferenceSession(payload, options, providers=self._providers)
+
+    # ---------------------------------------------------------------- recording
+    def record(
+        self,
+        inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, np.ndarray]]:
+        """Run the model on each input feed (one step each), write the trace, return the outputs."""
+        feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+        feeds = [self._check_feed(feed) for feed in feeds]
+        capture = {
+            "level": self.level,
+            "include": list(self._selection.include) if self._selection.include is not None else None,
+            "exclude": list(self._selection.exclude),
+            "include_ops": sorted(self._selection.include_ops) if self._selection.include_ops is not None else None,
+            "exclude_ops": sorted(self._selection.exclude_ops),
+            **self._capture,
+            "outputs_per_run": len(self._batches),
+            "scope_source": self.tree.scope_source,
+            "stats": "float64 moments computed in the graph by onnxruntime",
+        }
+        results = []
+        with TraceWriter(
+            path,
+            framework="onnxruntime",
+            framework_version=ort.__version__,
+            device=self.device,
+            capture=capture,
+            metadata=dict(metadata or {}),
+            overwrite=overwrite,
+        ) as writer:
+            node_ids = self._write_tree(writer)
+            for step, feed in enumerate(feeds):
+                results.append(self._record_step(writer, node_ids, step, feed))
+                writer.end_step(step)
+        return results
+
+    def _check_feed(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feed, Mapping):
+            raise UsageError(f"inputs must be a dict of input name -> array (or a list of them), got {type(feed).__name__}")
+        expected = set(self.tree.graph_inputs)
+        if set(feed) != expected:
+            raise UsageError(f"the feed has inputs {sorted(feed)}; the model expects {sorted(expected)}")
+        return {name: np.asarray(value) for name, value in feed.items()}
+
+    def _write_tree(self, writer: TraceWriter) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for module in self.tree.preorder():
+            parent = module.route.rpartition(".")[0] if "." in module.route else ""
+            attrs: dict[str, Any] = {"scope_source": self.tree.scope_source}
+            if module.qualified_class:
+                attrs["qualified_class"] = module.qualified_class
+            if not module.called:
+                attrs["called"] = False
+            if module.layouts:
+                attrs["parameter_layout"] = module.layouts
+            if any(slot != name.rpartition(".")[2] for slot, name in module.parameters.items()):
+                attrs["parameter_source"] = module.parameters
+            position = module.route and self.tree.modules[parent].children.index(module.route)
+            ids[module.route] = writer.add_node(
+                module.route,
+                module.class_name,
+                parent=None if module.route == "" else ids[parent],
+                position=position or 0,
+                attrs=attrs,
+            )
+            for position, index in enumerate(module.ops, start=len(module.children)):
+                op = self.tree.ops[index]
+                if not self._op_selected(op):
+                    continue
+                node = op.node
+                op_attrs = {"op_type": node.op_type, "onnx_name": node.name}
+                if node.domain:
+                    op_attrs["domain"] = node.domain
+                ids[op.route] = writer.add_node(
+                    op.route, node.op_type, parent=ids[module.route], kind="op", position=position, attrs=op_attrs
+                )
+        return ids
+
+    def _run_batches(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+        """Yield, batch by batch, the fetched arrays and in-graph moments of captured values."""
+        for batch in self._batches:
+            names = [n for n in batch if n in self._fetch_data]
+            stats = [n for n in batch if n in self._in_graph_stats]
+            index = {name: i for i, name in enumerate(sorted(self._in_graph_stats, key=self._fetched.index))}
+            stat_outputs = [f"{_PREFIX}{index[n]}:{part}" for n in stats for part in ("moments", "shape")]
+            values = self._session.run([*names, *stat_outputs], feed)
+            got: dict[str, Any] = dict(zip(names, values[: len(names)], strict=True))
+            moments = values[len(names) :]
+            for k, name in enumerate(stats):
+                got[f"{_PREFIX}moments:{name}"] = (moments[2 * k], moments[2 * k + 1])
+            yield got
+
+    def _fallback(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fetch the data of values whose in-graph moments are not finite (NaN or Inf inside)."""
+        if self._fallback_session is None:
+            self._fallback_session = self._make_session(
+                [n for n in self._fetched if n in self._in_graph_stats], []
+            )
+        return dict(zip(names, self._fallback_session.run(names, feed), strict=True))
+
+    def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tree = self.tree
+        records: dict[str, int] = {}
+        pending: dict[str, Any] = {}
+        batches = self._run_batches(feed)
+        outputs: dict[str, np.ndarray] = {}
+
+        def value(name: str) -> tuple[np.ndarray | None, TensorStats | None, tuple[int, ...] | None]:
+            if name in feed:
+                return feed[name], None, None
+            if name in tree.initializers or name in tree.parameter_aliases:
+                return self._initializer(name), None, None
+            while name not in pending and f"{_PREFIX}moments:{name}" not in pending:
+                pending.clear()
+                pending.update(next(batches))
+            array = pending.pop(name, None)
+            moments = pending.pop(f"{_PREFIX}moments:{name}", None)
+            if moments is None:
+                return array, None, None
+            shape = tuple(int(d) for d in moments[1])
+            if not np.isfinite(moments[0]).all():
+                array = array if array is not None else self._fallback([name], feed)[name]
+                return array, None, shape
+            return array, _stats_from_moments(int(np.prod(shape, dtype=np.int64)), moments[0]), shape
+
+        def put(node: int, role: str, slot: str, name: str, call: int | None) -> None:
+            if not name:
+                writer.add_value(step=step, stage=STAGE, node=node, role=role, slot=slot, value=None, call=call)
+                return
+            if name in records:
+                writer.add_tensor(step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, same_as=records[name], level=self.level)
+                return
+            array, stats, shape = value(name)
+            if name in tree.graph_outputs and array is not None:
+                outputs[name] = array
+            dtype = None
+            if array is None:
+                dtype = _dtype_name(self._types.get(name, 0))
+            records[name] = writer.add_tensor(
+                step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, array=array,
+                level=self.level, stats=stats, dtype=dtype, shape=shape,
+            )
+
+        if self._capture["parameters"]:
+            for module in tree.preorder():
+                if self._selection.route(module.route):
+                    for slot, name in module.parameters.items():
+                        put(ids[module.route], "parameter", slot, name, None)
+        counter = 0
+        begins: dict[str, int] = {}
+        for kind, item in self._events:
+            if kind == "begin":
+                begins[item] = counter
+                counter += 1
+                if self._module_selected(item):
+                    for slot, name in enumerate(tree.modules[item].inputs):
+                        put(ids[item], "input", str(slot), name, 0)
+            elif kind == "end":
+                if self._module_selected(item):
+                    for slot, name in enumerate(tree.modules[item].outputs):
+                        put(ids[item], "output", str(slot), name, 0)
+                writer.add_call(step=step, stage=STAGE, node=ids[item], call=0, begin=begins[item], end=counter)
+                counter += 1
+            elif self._op_selected(item):
+                node_id = ids[item.route]
+                for slot, name in enumerate(item.node.input):
+                    put(node_id, "input", str(slot), name, 0)
+                for slot, name in enumerate(item.node.output):
+                    put(node_id, "output", str(slot), name, 0)
+                writer.add_call(step=step, stage=STAGE, node=node_id, call=0, begin=counter, end=counter + 1)
+                counter += 2
+            else:
+                counter += 2
+        for _ in batches:  # runs left over when nothing in them was recorded
+            pass
+        missing = [n for n in self._graph_outputs if n not in outputs]
+        if missing:
+            outputs.update(zip(missing, self._session.run(missing, feed), strict=True))
+        return {name: outputs[name] for name in self._graph_outputs}
+
+    def _initializer(self, name: str) -> np.ndarray:
+        tensor = self.tree.initializers[self.tree.parameter_aliases.get(name, name)]
+        try:
+            return numpy_helper.to_array(tensor, base_dir=str(self._base_dir or ""))
+        except (OSError, ValueError) as exc:
+            raise InputFileError(f"initializer {tensor.name!r} cannot be read: {exc}") from None
+
+
+def _stats_nodes(name: str, prefix: str) -> list[onnx.NodeProto]:
+    """Nodes computing ``[sum, sum of squares, min, max]`` of ``name`` in float64, and its shape."""
+    make = onnx.helper.make_node
+    flat, double = f"{prefix}:flat", f"{prefix}:double"
+    parts = [f"{prefix}:{part}" for part in ("sum", "squares", "min", "max")]
+    return [
+        make("Reshape", [name, f"{_PREFIX}flat"], [flat], name=f"{prefix}/Reshape"),
+        make("Cast", [flat], [double], to=onnx.TensorProto.DOUBLE, name=f"{prefix}/Cast"),
+        *(
+            make(op, [double], [out], keepdims=1, name=f"{prefix}/{op}")
+            for op, out in zip(("ReduceSum", "ReduceSumSquare", "ReduceMin", "ReduceMax"), parts, strict=True)
+        ),
+        make("Concat", parts, [f"{prefix}:moments"], axis=0, name=f"{prefix}/Concat"),
+        make("Shape", [name], [f"{prefix}:shape"], name=f"{prefix}/Shape"),
+    ]
+
+
+def _dtype_name(elem_type: int) -> str:
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError):
+        raise UsageError(f"cannot record a value of ONNX element type {elem_type} without its data") from None
+
+
+def record_onnx(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` in ONNX Runtime on ``inputs`` and record every intermediate value to ``path``.
+
+    Parameters
+    ----------
+    model:
+        A ``.onnx`` path (external data is read from its folder) or a loaded ``onnx.ModelProto``.
+    inputs:
+        The feed, ``{input name: array}``, or a list of feeds (one trace step each).
+    path:
+        The trace folder to write.
+    overwrite, metadata:
+        Replace an existing trace; free-form metadata for the manifest.
+    **options:
+        What :class:`OnnxRecorder` takes: ``providers``, ``level``, ``include``, ``exclude``,
+        ``include_ops``, ``exclude_ops``, ``modules``, ``ops``, ``parameters``,
+        ``outputs_per_run``, ``session_options``.
+
+    Returns
+    -------
+    list of dict
+        The model's graph outputs, one dict per feed.
+    """
+    recorder = OnnxRecorder(model, **options)
+    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata)
