@@ -12,6 +12,7 @@ import click
 
 from tracespec import __version__
 from tracespec.cli.errors import EXIT_INVALID_INPUT, report_errors
+from tracespec.cli.report import report
 from tracespec.cli.show import show
 from tracespec.cli.validate import validate
 
@@ -33,6 +34,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(report)
 cli.add_command(show)
 cli.add_command(validate)
 

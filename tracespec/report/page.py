@@ -8,7 +8,8 @@ Constraints:
   ``textContent`` only.
 - Large trees stay usable: the tree is built lazily (a node's children are created when it is
   opened), opened only along the path to the first divergence, and a filter box lists matching
-  nodes (at most ``FILTER_LIMIT``) instead of expanding everything.
+  nodes (at most ``FILTER_LIMIT``) instead of expanding everything; a very wide node opens
+  ``CHILD_PAGE`` children at a time.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import json
 from html import escape
 from typing import Any, Final
 
-__all__ = ["FILTER_LIMIT", "render_page"]
+__all__ = ["CHILD_PAGE", "FILTER_LIMIT", "render_page"]
 
 FILTER_LIMIT: Final = 500
+"""The filter lists at most this many matching nodes."""
+
+CHILD_PAGE: Final = 200
+"""An opened node shows this many children at a time (more behind a button)."""
 
 _CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
@@ -27,7 +32,7 @@ _CSP: Final = (
 )
 
 _CSS: Final = """
-:root { --pass:#059669; --fail:#dc2626; --inherited:#d97706; --unmatched:#6b7280; --bg:#f9fafb; }
+:root { --pass:#059669; --fail:#dc2626; --inherited:#d97706; --contains:#9d174d; --unmatched:#6b7280; --bg:#f9fafb; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #111827; background: var(--bg); }
 header { padding: 14px 24px; background: #111827; color: #f9fafb; }
@@ -39,6 +44,7 @@ section h2 { font-size: 15px; margin: 0 0 8px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; color: #fff; }
 .badge.pass { background: var(--pass); } .badge.fail { background: var(--fail); }
 .badge.introduced { background: var(--fail); } .badge.inherited { background: var(--inherited); }
+.badge.contains { background: var(--contains); }
 .badge.unmatched, .badge.skipped { background: var(--unmatched); }
 table.kv { border-collapse: collapse; font-size: 13px; }
 table.kv td { padding: 2px 10px 2px 0; vertical-align: top; }
@@ -56,7 +62,7 @@ button { border: 1px solid #d1d5db; background: #fff; border-radius: 6px; paddin
 .toggle { width: 14px; display: inline-block; color: #6b7280; cursor: pointer; user-select: none; }
 .dot { width: 9px; height: 9px; border-radius: 50%; display: inline-block; flex: none; }
 .dot.pass { background: var(--pass); } .dot.fail, .dot.introduced { background: var(--fail); }
-.dot.inherited { background: var(--inherited); } .dot.unmatched, .dot.skipped, .dot.none { background: #d1d5db; }
+.dot.inherited { background: var(--inherited); } .dot.contains { background: var(--contains); } .dot.unmatched, .dot.skipped, .dot.none { background: #d1d5db; }
 .cls { color: #6b7280; } .metric { color: #374151; font-size: 12px; }
 li.culprit > .row { background: #fde68a; outline: 2px solid var(--fail); }
 .note { color: #6b7280; font-size: 12.5px; }
@@ -69,7 +75,7 @@ _JS: Final = r"""
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("report-data").textContent);
-  const nodes = data.nodes;            // [route, route_b, class_name, status, parent, metric]
+  const nodes = data.nodes;  // [route, route_b, class_name, label, parent, metric, [[stage, label]...]]
   const children = nodes.map(() => []);
   const roots = [];
   nodes.forEach((n, i) => { if (n[4] === null) roots.push(i); else children[n[4]].push(i); });
@@ -94,7 +100,7 @@ _JS: Final = r"""
     r.appendChild(name);
     if (n[1] !== null && n[1] !== n[0]) r.appendChild(el("span", "route cls", "\u2194 " + (n[1] || "(root)")));
     r.appendChild(el("span", "cls", n[2]));
-    if (n[3]) r.appendChild(el("span", "badge " + n[3], n[3]));
+    n[6].forEach((b) => { if (b[1]) r.appendChild(el("span", "badge " + b[1], (b[0] ? b[0] + " " : "") + b[1])); });
     if (n[5]) r.appendChild(el("span", "metric", n[5]));
     r.title = n[0];
     return r;
@@ -117,14 +123,29 @@ _JS: Final = r"""
     const t = li.querySelector(":scope > .row > .toggle");
     if (open) { open.remove(); t.textContent = "\u25b8"; return; }
     const ul = el("ul");
-    children[i].forEach((c) => ul.appendChild(item(c)));
+    const kids = children[i];
+    const needed = kids.findIndex((c) => onPath.has(c)) + 1;
+    showMore(ul, kids, 0, Math.max(data.child_page, needed));
     li.appendChild(ul);
     t.textContent = "\u25be";
+  }
+  function showMore(ul, kids, from, count) {
+    // Very wide nodes (thousands of graph ops under one module) open a page at a time.
+    const to = Math.min(kids.length, from + count);
+    for (let k = from; k < to; k++) ul.appendChild(item(kids[k]));
+    if (to < kids.length) {
+      const more = el("li", "more");
+      const button = el("button", "", "show " + Math.min(data.child_page, kids.length - to) + " more of " + (kids.length - to));
+      button.type = "button";
+      button.addEventListener("click", () => { more.remove(); showMore(ul, kids, to, data.child_page); });
+      more.appendChild(button);
+      ul.appendChild(more);
+    }
   }
   function showTree() {
     tree.replaceChildren();
     const ul = el("ul");
-    roots.forEach((i) => ul.appendChild(item(i)));
+    showMore(ul, roots, 0, data.child_page);
     tree.appendChild(ul);
   }
   function showMatches(text, failingOnly) {
@@ -133,7 +154,7 @@ _JS: Final = r"""
     let shown = 0, total = 0;
     const needle = text.toLowerCase();
     nodes.forEach((n, i) => {
-      if (failingOnly && !(n[3] === "fail" || n[3] === "introduced" || n[3] === "inherited")) return;
+      if (failingOnly && !["fail", "introduced", "inherited", "contains"].includes(n[3])) return;
       if (needle && !(n[0].toLowerCase().includes(needle) || n[2].toLowerCase().includes(needle))) return;
       total += 1;
       if (shown >= data.filter_limit) return;
@@ -165,7 +186,9 @@ _JS: Final = r"""
     const c = document.getElementById("culprit-node");
     if (c) tree.scrollTop = c.offsetTop - tree.offsetTop - tree.clientHeight / 2;
   }
-  showTree();
+  // A link can carry a filter: report.html#filter=attention
+  if (location.hash.startsWith("#filter=")) filter.value = decodeURIComponent(location.hash.slice(8));
+  refresh();
   scrollToCulprit();
   document.body.dataset.rendered = "true";
 })();
@@ -197,7 +220,7 @@ def render_page(
     culprit: int | None,
 ) -> str:
     """The whole page. The ``*_html``/``*_svg`` arguments are already-escaped fragments."""
-    data = {"nodes": tree_nodes, "culprit": culprit, "filter_limit": FILTER_LIMIT}
+    data = {"nodes": tree_nodes, "culprit": culprit, "filter_limit": FILTER_LIMIT, "child_page": CHILD_PAGE}
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -37,15 +37,27 @@ _SHOWN_METRICS: Final = (
 
 
 @dataclass
+class _StageResult:
+    status: str
+    divergence: str | None = None
+    metric: str = ""
+
+
+@dataclass
 class _TreeNode:
     route: str
     route_b: str | None = None
     class_name: str = ""
-    status: str | None = None
-    divergence: str | None = None
-    metric: str = ""
+    stages: dict[str, _StageResult] = field(default_factory=dict)
     order: float = math.inf
     children: list[str] = field(default_factory=list)
+
+    def worst(self) -> _StageResult | None:
+        """The stage result to summarise the node with: the worst status, an introduction first."""
+        if not self.stages:
+            return None
+        return max(self.stages.values(),
+                   key=lambda r: (_STATUS_RANK.get(r.status, -1), r.divergence == "introduced"))
 
 
 def _fmt(value: Any) -> str:
@@ -97,19 +109,20 @@ def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None) -> dict[str, 
         node = tree.setdefault(route, _TreeNode(route, order=len(tree) + index))
         node.route_b = _route_of(unit.get("b"))
         node.class_name = node.class_name or str(unit.get("a", {}).get("class_name", ""))
-        status = unit.get("status")
-        if _STATUS_RANK.get(status, -1) > _STATUS_RANK.get(node.status or "", -1):
-            node.status = status
-            metrics = unit.get("metrics") or {}
-            ratio = metrics.get("tolerance_ratio")
-            node.metric = f"{unit.get('stage', '')} {_GROWTH_METRIC}={_fmt(metrics.get(_GROWTH_METRIC))}" + (
-                f" ×tol {_fmt(ratio)}" if ratio is not None else "")
-        if unit.get("divergence") == "introduced" or node.divergence is None:
-            node.divergence = unit.get("divergence") or node.divergence
+        stage, status = str(unit.get("stage", "")), str(unit.get("status", ""))
+        metrics = unit.get("metrics") or {}
+        ratio = metrics.get("tolerance_ratio")
+        result = _StageResult(status, unit.get("divergence"),
+                              f"{stage} {_GROWTH_METRIC}={_fmt(metrics.get(_GROWTH_METRIC))}"
+                              + (f" ×tol {_fmt(ratio)}" if ratio is not None else ""))
+        seen = node.stages.get(stage)
+        if seen is None or (_STATUS_RANK.get(status, -1), result.divergence == "introduced") > (
+                _STATUS_RANK.get(seen.status, -1), seen.divergence == "introduced"):
+            node.stages[stage] = result
     for item in verdict.get("unmatched", []) or []:
         if isinstance(item, Mapping) and item.get("side", "a") == "a" and isinstance(item.get("route"), str):
             node = tree.setdefault(item["route"], _TreeNode(item["route"], order=len(tree)))
-            node.status = node.status or "unmatched"
+            node.stages.setdefault("unmatched", _StageResult("unmatched", metric=str(item.get("reason", ""))))
     if "" not in tree:
         tree[""] = _TreeNode("", class_name="(root)", order=-1)
     for route in tree:
@@ -121,8 +134,12 @@ def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None) -> dict[str, 
     return tree
 
 
+_STAGE_TAGS: Final = {"forward": "fwd", "backward": "bwd", "update": "upd", "unmatched": ""}
+
+
 def _flatten_tree(tree: dict[str, _TreeNode], culprit_route: str | None) -> tuple[list[list[Any]], int | None]:
-    """Pre-order rows ``[route, route_b, class, status label, parent index, metric]`` for the page."""
+    """Pre-order rows for the page: ``[route, route_b, class, label, parent index, metric, badges]``
+    where ``label`` sums the node up and ``badges`` lists ``[stage tag, label]`` per stage."""
     rows: list[list[Any]] = []
     culprit = None
     stack: list[tuple[str, int | None]] = [("", None)]
@@ -132,8 +149,13 @@ def _flatten_tree(tree: dict[str, _TreeNode], culprit_route: str | None) -> tupl
         index = len(rows)
         if route == culprit_route:
             culprit = index
-        rows.append([route, node.route_b, node.class_name, _node_label(node.status, node.divergence), parent,
-                     node.metric])
+        worst = node.worst()
+        badges = [[_STAGE_TAGS.get(stage, stage), _node_label(r.status, r.divergence)]
+                  for stage, r in sorted(node.stages.items(), key=lambda item: list(_STAGE_TAGS).index(item[0])
+                                         if item[0] in _STAGE_TAGS else 9)]
+        rows.append([route, node.route_b, node.class_name,
+                     _node_label(worst.status, worst.divergence) if worst else None, parent,
+                     worst.metric if worst else "", badges])
         stack.extend((child, index) for child in reversed(node.children))
     return rows, culprit
 
@@ -161,24 +183,31 @@ def _layer_routes(tree: dict[str, _TreeNode]) -> list[str]:
     return sorted(chosen, key=lambda r: tree[r].order)
 
 
-def _growth(verdict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    growth = verdict.get("error_growth", verdict.get("growth", []))
-    return growth if isinstance(growth, list) else []
+def _unit_error(unit: Mapping[str, Any]) -> float | None:
+    """The unit's relative RMSE; 0 for a unit whose outputs are identical (compared by hash)."""
+    metrics = unit.get("metrics")
+    if not isinstance(metrics, Mapping):
+        return None
+    value = metrics.get(_GROWTH_METRIC)
+    if value is None and metrics.get("identical"):
+        return 0.0
+    return value if isinstance(value, (int, float)) else None
 
 
 def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit: Mapping[str, Any] | None) -> str:
-    points = _growth(verdict)
+    units = _units(verdict)
     step = culprit.get("step") if culprit else None
     rank = culprit.get("rank") if culprit else None
-    if step is None and points:
-        step, rank = points[0].get("step"), points[0].get("rank")
-    selected = [p for p in points if p.get("step") == step and p.get("rank") == rank]
+    if step is None and units:
+        step, rank = units[0].get("step"), units[0].get("rank")
+    # units are listed in execution (completion) order within each stage
+    selected = [u for u in units if u.get("step") == step and u.get("rank") == rank]
     by_stage: dict[str, dict[str, float | None]] = {}
-    for p in selected:
-        values = by_stage.setdefault(str(p.get("stage")), {})
-        route = p.get("route")
+    for u in selected:
+        values = by_stage.setdefault(str(u.get("stage")), {})
+        route = _route_of(u.get("a"))
         if isinstance(route, str) and route not in values:
-            values[route] = p.get(_GROWTH_METRIC)
+            values[route] = _unit_error(u)
     culprit_route = _route_of(culprit.get("a")) if culprit else None
     layers = [r for r in _layer_routes(tree) if any(r in v for v in by_stage.values())]
     parts = []
@@ -192,11 +221,11 @@ def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit:
         parts.append(line_plot([r or "(root)" for r in layers], series, highlight=highlight,
                                title=f"Layer by layer: relative RMSE (step {step}, rank {rank})",
                                y_label="RMSE / RMS of A"))
-    forward = [p for p in selected if p.get("stage") == "forward"]
+    forward = by_stage.get("forward", {})
     if forward:
-        routes = [str(p.get("route")) for p in forward]
+        routes = list(forward)
         highlight = routes.index(culprit_route) if culprit_route in routes else None
-        parts.append(line_plot(routes, [Series("forward: output", [p.get(_GROWTH_METRIC) for p in forward])],
+        parts.append(line_plot([r or "(root)" for r in routes], [Series("forward: output", list(forward.values()))],
                                highlight=highlight, title="Every module, in execution order (forward)",
                                y_label="RMSE / RMS of A"))
     if not parts:
@@ -207,14 +236,14 @@ def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit:
     return "".join(parts)
 
 
-def _culprit_record(unit: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The record that carries the evidence: the worst diverged output, else a diverged parameter."""
-    records = [r for r in unit.get("records", []) if isinstance(r, Mapping) and r.get("status") == "diverged"]
-    outputs = [r for r in records if r.get("role") in ("output", "grad_input", "parameter")]
-    candidates = outputs or records
-    if not candidates:
+def _culprit_record(culprit: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The record that carries the evidence (``first_divergence.record``), with its unit's ``call``
+    for activations and gradients and ``None`` for parameters."""
+    record = culprit.get("record")
+    if not isinstance(record, Mapping) or "role" not in record or "slot" not in record:
         return None
-    return max(candidates, key=lambda r: (r.get("metrics") or {}).get("tolerance_ratio") or 0.0)
+    call = None if record["role"] in ("parameter", "buffer", "parameter_grad", "optimizer_state") else culprit.get("call")
+    return {"role": record["role"], "slot": record["slot"], "call": call, "transform": record.get("transform")}
 
 
 def _find_array(trace: Trace, route: str, stage: str, step: int, role: str, slot: str, call: int | None) -> tuple[int, str] | None:
@@ -307,6 +336,21 @@ def _unmatched_html(verdict: Mapping[str, Any]) -> str:
     return f'<section><h2>Unmatched nodes ({len(items)})</h2><table class="kv">{rows}</table>{more}</section>'
 
 
+def _describe_tolerances(tolerances: Mapping[str, Any]) -> str:
+    """``mode strict; bfloat16 rtol 0.016 atol 0.01; float32 rtol 1.3e-06 atol 1e-05`` (+ overrides)."""
+    parts = [f"mode {tolerances.get('mode', '?')}"]
+    if tolerances.get("rtol") is not None or tolerances.get("atol") is not None:
+        parts.append(f"rtol {_fmt(tolerances.get('rtol'))} atol {_fmt(tolerances.get('atol'))} for every dtype")
+    by_dtype = tolerances.get("by_dtype")
+    if isinstance(by_dtype, Mapping):
+        parts.extend(f"{dtype} rtol {_fmt(t.get('rtol'))} atol {_fmt(t.get('atol'))}"
+                     for dtype, t in by_dtype.items() if isinstance(t, Mapping))
+    overrides = tolerances.get("overrides")
+    if overrides:
+        parts.append(f"{len(overrides)} per-route override(s)")
+    return "; ".join(parts)
+
+
 def _summary(verdict: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for side in ("a", "b"):
@@ -320,7 +364,7 @@ def _summary(verdict: Mapping[str, Any]) -> list[tuple[str, str]]:
                                            if not isinstance(v, (Mapping, list)))))
     tolerances = verdict.get("tolerances")
     if isinstance(tolerances, Mapping):
-        rows.append(("tolerances", ", ".join(f"{k}: {_fmt(v)}" for k, v in tolerances.items())[:400]))
+        rows.append(("tolerances", _describe_tolerances(tolerances)))
     return rows
 
 
@@ -339,7 +383,8 @@ def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trac
     tree = _build_tree(verdict, trace_a)
     culprit_route = _route_of(culprit.get("a")) if culprit else None
     if culprit_route is not None and culprit_route not in tree:
-        tree[culprit_route] = _TreeNode(culprit_route, status="diverged", divergence=str(culprit.get("kind")))
+        stage_result = _StageResult("diverged", str(culprit.get("kind")))
+        tree[culprit_route] = _TreeNode(culprit_route, stages={str(culprit.get("stage")): stage_result})
         tree[_parent_route(culprit_route, tree) or ""].children.append(culprit_route)
     rows, culprit_index = _flatten_tree(tree, culprit_route)
     status = str(verdict.get("status", "unknown"))

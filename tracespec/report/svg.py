@@ -88,21 +88,29 @@ def line_plot(
                      'stroke="#6b7280" stroke-dasharray="5 4"/>')
         parts.append(f'<text x="{left + plot_w - 4}" y="{y - 4:.1f}" text-anchor="end" {_FONT} '
                      f'fill="#6b7280">tolerance</text>')
-    label_every = max(1, math.ceil(n / 40))
+    label_every = max(1, math.ceil(n / 32))
     for i, label in enumerate(x_labels):
         if i % label_every == 0 or i == highlight:
             x = x_at(i)
             weight = ' font-weight="bold"' if i == highlight else ""
             parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 8}" transform="rotate(60 {x:.1f} {top + plot_h + 8})" '
                          f'{_FONT}{weight}>{escape(label)}</text>')
+    floor = top + plot_h
+    any_zero = False
     for s in series:
-        points = [(x_at(i), y_at(v)) for i, v in enumerate(s.values)
-                  if v is not None and v > 0 and math.isfinite(v)]
+        # an error of exactly zero has no logarithm: it sits on the bottom edge, drawn hollow
+        points = [(x_at(i), y_at(v) if v > 0 else floor, v == 0) for i, v in enumerate(s.values)
+                  if v is not None and v >= 0 and math.isfinite(v)]
+        any_zero = any_zero or any(zero for _, _, zero in points)
         if len(points) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="2"/>')
-        for x, y in points:
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{s.color}"/>')
+        for x, y, zero in points:
+            fill = "#fff" if zero else s.color
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{fill}" stroke="{s.color}"/>')
+    if any_zero:
+        parts.append(f'<text x="{left + plot_w - 4}" y="{floor - 4}" text-anchor="end" {_FONT} fill="#6b7280">'
+                     "hollow on the bottom edge: identical (0)</text>")
     for k, s in enumerate(series):
         x = left + 10 + 170 * k
         parts.append(f'<rect x="{x}" y="{top + 6}" width="12" height="3" fill="{s.color}"/>')
