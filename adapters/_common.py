@@ -416,6 +416,11 @@ class Recorder(ABC):
     def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
         """``(parameter, state key, value)`` for every entry of the optimizer's state."""
 
+    def install_optimizer_hooks(self, optimizer: Any) -> None:
+        """Make ``optimizer.step()`` call :meth:`before_optimizer_step` and
+        :meth:`after_optimizer_step`, where the framework allows it. Without such hooks the
+        gradients and the update are recorded at :meth:`step`."""
+
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> Recorder:
         self.start()
@@ -445,6 +450,8 @@ class Recorder(ABC):
         self.rank, self.world_size = rank, world_size
         self._build_tree()
         self.install_hooks()
+        if self.options.optimizer is not None:
+            self.install_optimizer_hooks(self.options.optimizer)
 
     def stop(self, failed: bool = False) -> None:
         """Remove the hooks, finish the current step and close the writer.
@@ -469,10 +476,12 @@ class Recorder(ABC):
                 writer.close()
 
     def step(self, optimizer: Any = None) -> None:
-        """End the current step: record parameter gradients (and, with an optimizer, the
-        weights and optimizer state after its ``step()``), then start the next step.
+        """End the current step and start the next one.
 
-        Call it after ``optimizer.step()`` and before ``optimizer.zero_grad()``.
+        Parameter gradients, and with an optimizer the weights and optimizer state after its
+        ``step()``, are recorded when the optimizer steps if the recorder hooks it (the
+        ``optimizer`` option, on frameworks with optimizer hooks); otherwise here, so then call
+        ``rec.step()`` after ``optimizer.step()`` and before the gradients are cleared.
         """
         if self.writer is None:
             raise UsageError("step() outside the recording; use `with tracespec.record(...) as rec:`")
@@ -580,6 +589,8 @@ class Recorder(ABC):
         self._seen: dict[tuple[str, Hashable], tuple[Any, int, str, _Record]] = {}
         self._pending: deque[_Record] = deque()
         self._params_recorded = False
+        self._grads_recorded = False
+        self._update_recorded = False
         self._step_dirty = False
 
     def _next_event(self, stage: str) -> int:
@@ -671,19 +682,31 @@ class Recorder(ABC):
         end = self._next_event("backward")
         self.writer.add_call(step=self.step_index, stage="backward", node=bc.node.id, call=bc.call, begin=bc.begin, end=end)
 
-    # ---------------------------------------------------------------- step end
+    # ---------------------------------------------------------------- optimizer and step end
+    def before_optimizer_step(self) -> None:
+        """The optimizer is about to step: the gradients are final, record them."""
+        if self.active and self._step_dirty and not self._grads_recorded:
+            self._grads_recorded = True
+            self._record_parameter_grads()
+
+    def after_optimizer_step(self, optimizer: Any) -> None:
+        """The optimizer stepped: record the updated weights and its state."""
+        if self.active and not self._update_recorded:
+            self._update_recorded = True
+            self._step_dirty = True
+            self._record_module_tensors("update", ("parameter",))
+            self._record_optimizer_state(optimizer)
+
     def _finish_step(self, optimizer: Any = None) -> None:
         assert self.writer is not None
         if self.active:
             for bc in self._backward_calls:
                 if bc.begin is not None and not bc.ended:
                     self._end_backward(bc)  # an input whose gradient never came: ends at step end
-            if self._step_dirty:
-                self._record_parameter_grads()
+            self.before_optimizer_step()
             optimizer = optimizer if optimizer is not None else self.options.optimizer
             if optimizer is not None:
-                self._record_module_tensors("update", ("parameter",))
-                self._record_optimizer_state(optimizer)
+                self.after_optimizer_step(optimizer)
             self._drain()
         self.writer.end_step(self.step_index)
 

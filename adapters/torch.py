@@ -185,6 +185,8 @@ def device_moments(tensor: torch.Tensor) -> torch.Tensor:
     :func:`stats_from_moments` once the device is done.
     """
     flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:
+        return torch.zeros(9, dtype=torch.float64, device=flat.device)
     if flat.is_complex():
         flat = flat.abs()
     if not flat.is_floating_point():
@@ -318,6 +320,10 @@ class TorchRecorder(Recorder):
             module = node.module
             self._handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True))
+
+    def install_optimizer_hooks(self, optimizer: Any) -> None:
+        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step()))
+        self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step(opt)))
 
     def remove_hooks(self) -> None:
         for handle in self._handles:

@@ -34,6 +34,7 @@ from tracespec.compare.view import RankView, Record
 from tracespec.errors import InputFileError
 
 __all__ = [
+    "CLASS_ALIASES",
     "LAYOUT_RULES",
     "Alignment",
     "EditOp",
@@ -54,6 +55,24 @@ LAYOUT_RULES: Final[dict[tuple[str, str, str], str]] = {
 }
 """Native layouts of parameters that differ between frameworks. Where A's and B's layouts of a
 matched pair differ, B's tensor is transposed (last two axes) before comparing."""
+
+CLASS_ALIASES: Final[dict[tuple[str, str], str]] = {
+    # (framework family, class name) -> the PyTorch name of the same building block
+    ("paddle", "LayerList"): "ModuleList",
+    ("paddle", "LayerDict"): "ModuleDict",
+    ("paddle", "ParameterList"): "ParameterList",
+    ("paddle", "Conv1D"): "Conv1d",
+    ("paddle", "Conv2D"): "Conv2d",
+    ("paddle", "Conv3D"): "Conv3d",
+    ("paddle", "BatchNorm1D"): "BatchNorm1d",
+    ("paddle", "BatchNorm2D"): "BatchNorm2d",
+    ("paddle", "BatchNorm3D"): "BatchNorm3d",
+    ("paddle", "MaxPool2D"): "MaxPool2d",
+    ("paddle", "AvgPool2D"): "AvgPool2d",
+    ("paddle", "AdaptiveAvgPool2D"): "AdaptiveAvgPool2d",
+}
+"""Class names that differ between frameworks for the same layer: structural alignment compares
+the PyTorch name."""
 
 PARAMETER_ROLES: Final = ("parameter", "parameter_grad")
 
@@ -508,7 +527,9 @@ class _Aligner:
                 if transform is not None:
                     shape = transform.apply_shape(record.shape)
                 params.append((record.slot, shape))
-        return (view.nodes[node].class_name, view.forward_call_count(node), tuple(sorted(outputs)), tuple(sorted(params, key=str)))
+        class_name = view.nodes[node].class_name
+        class_name = CLASS_ALIASES.get((view.framework, class_name), class_name)
+        return (class_name, view.forward_call_count(node), tuple(sorted(outputs)), tuple(sorted(params, key=str)))
 
     def _sig(self, side: str, node: int, other: int | None = None) -> tuple[Any, ...]:
         if side == "b" and other is not None:
@@ -543,6 +564,9 @@ class _Aligner:
         seq_a = self._ordered_children("a", parent_a)
         seq_b = self._ordered_children("b", parent_b)
         if not seq_a or not seq_b:
+            for side, seq, other_parent in (("a", seq_a, parent_b), ("b", seq_b, parent_a)):
+                for node in seq:
+                    self._note_deleted(side, node, other_parent, [])
             return []
         for _ in range(len(seq_a) + len(seq_b) + 8):
             ops = diff_sequences(

@@ -74,8 +74,9 @@ class UnitResult:
     """One call of one matched node in a (step, rank, stage), with its records' results.
 
     ``upstream`` holds what the unit consumed that was produced elsewhere (inputs, output
-    gradients, the forward values of a backward call); ``params`` its own parameters and buffers
-    as consumed; ``outputs`` what it produced.
+    gradients, the forward inputs and parameters of a backward call); ``params`` the forward
+    call's own parameters and buffers; ``outputs`` what it produced. A differing parameter makes
+    the unit diverge even where its outputs happen to agree.
     """
 
     step: int
@@ -100,9 +101,10 @@ class UnitResult:
 
     @property
     def status(self) -> str:
-        if any(r.status == DIVERGED for r in self.outputs):
+        own = (*self.params, *self.outputs)
+        if any(r.status == DIVERGED for r in own):
             return DIVERGED
-        statuses = {r.status for r in self.outputs}
+        statuses = {r.status for r in own}
         if not statuses or statuses <= {"skipped"}:
             return "skipped"
         return "pass" if statuses <= {"pass", "skipped"} else "pass_within_tolerance"
@@ -147,7 +149,7 @@ def classify_units(units: list[UnitResult]) -> None:
             continue
         upstream = [r for r in unit.upstream if r.status == DIVERGED]
         culprit_params = [r for r in unit.params if r.status == DIVERGED]
-        bad_outputs = ", ".join(_describe(r) for r in unit.outputs if r.status == DIVERGED)
+        bad_outputs = ", ".join(_describe(r) for r in unit.outputs if r.status == DIVERGED) or "nothing it computed"
         if upstream:
             unit.divergence = "inherited"
             unit.evidence = f"{bad_outputs} differ(s) because {', '.join(_describe(r) for r in upstream)} already differ(s)"

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class _Comparer:
         self.cache: dict[tuple[Any, ...], Metrics] = {}
         self.dtypes: set[str] = set()
 
-    def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any]) -> RecordResult:
+    def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
         transform = transform_for(transforms, ra)
         result = RecordResult(
             role=ra.role, slot=ra.slot, call=ra.call, status="skipped",
@@ -108,7 +108,9 @@ class _Comparer:
             return result
         mode = self.policy.mode_for(route)
         tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
-        metrics = self._metrics(ra, rb, transform, mode, tolerance)
+        own = _reference_rms(ra)
+        scale = max(own, typical_rms or 0.0) if own is not None else typical_rms
+        metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
         result.metrics = metrics
         if metrics.kind == "none":
             result.note = metrics.note
@@ -116,7 +118,7 @@ class _Comparer:
         result.status = _judge(metrics, mode, tolerance)
         return result
 
-    def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any) -> Metrics:
+    def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any, scale: float | None) -> Metrics:
         both_hash = ra.hash is not None and rb.hash is not None
         same_bytes_possible = transform is None and ra.dtype == rb.dtype
         if both_hash and same_bytes_possible and ra.hash == rb.hash and (self.trust_hashes or ra.array is None or rb.array is None):
@@ -129,10 +131,10 @@ class _Comparer:
                     kind="hash", identical=identical_arrays(a, b)))
             return Metrics(kind="none", identical=False, note="bitwise mode needs hashes or data on both sides")
         if mode != "stats" and ra.array is not None and rb.array is not None:
-            rms = _reference_rms(ra)
-            return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, rms), mode, tolerance)
+            return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, scale),
+                                  mode, tolerance, scale)
         if ra.stats is not None and rb.stats is not None:
-            return compare_stats(ra.stats, rb.stats, tolerance)
+            return compare_stats(ra.stats, rb.stats, tolerance, scale)
         if both_hash:
             return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
         return Metrics(kind="none", identical=False, note="nothing comparable: the two records kept different levels")
@@ -152,6 +154,32 @@ class _Comparer:
         del a, b
         self.cache[key] = metrics
         return metrics
+
+
+ROLE_GROUPS: Final = {
+    "input": "activation", "output": "activation", "parameter": "parameter", "buffer": "parameter",
+    "grad_output": "gradient", "grad_input": "gradient", "parameter_grad": "parameter_grad",
+    "optimizer_state": "optimizer_state",
+}
+"""Tensors of one group and (step, stage) share a typical magnitude (see :func:`typical_rms`)."""
+
+
+def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
+    """The median RMS of A's tensors per (stage, role group) in ``step``, from recorded statistics.
+
+    The default ``atol`` scales with the larger of a tensor's own RMS and this: an error far below
+    the typical magnitude of comparable tensors is rounding noise, even on a tensor that is
+    mathematically zero and numerically noise (the gradient of an attention key's bias).
+    """
+    found: dict[tuple[str, str], list[float]] = {}
+    for (record_step, stage, _), records in view.records.items():
+        if record_step != step:
+            continue
+        for record in records:
+            rms = _reference_rms(record)
+            if rms is not None and rms > 0:
+                found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
+    return {key: float(np.median(values)) for key, values in found.items()}
 
 
 def _reference_rms(record: Record) -> float | None:
@@ -188,6 +216,7 @@ class _RankComparison:
         self.matches = {m.a: m for m in alignment.matches if selection.wants(view_a.nodes[m.a].route)}
         self.unpaired_records = {"a": 0, "b": 0}
         self.compared_records = 0
+        self.typical: dict[int, dict[tuple[str, str], float]] = {}
 
     def _unit(self, step: int, stage: str, a: int, call: int | None, begin: int | None, end: int | None) -> UnitResult:
         match = self.matches[a]
@@ -205,7 +234,13 @@ class _RankComparison:
         self.unpaired_records["b"] += len(only_b)
         self.compared_records += len(pairs)
         route = self.va.nodes[a].route
-        return [self.comparer.compare(route, ra, rb, match.transforms) for ra, rb in pairs]
+        typical = self.typical.get(step)
+        if typical is None:
+            typical = self.typical[step] = typical_rms(self.va, step)
+        return [
+            self.comparer.compare(route, ra, rb, match.transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
+            for ra, rb in pairs
+        ]
 
     def stage_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
         """Units of (step, stage) in execution order; ``earlier`` indexes units by (stage, node, call)."""
@@ -222,8 +257,7 @@ class _RankComparison:
                 unit.upstream = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_output")
                 forward = earlier.get(("forward", c.node, c.call))
                 if forward is not None:
-                    unit.upstream += forward.upstream
-                    unit.params = list(forward.params)
+                    unit.upstream += forward.upstream + forward.params
                 unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_input")
                 if last_call[c.node] == c.call:
                     unit.outputs += self._results(step, stage, c.node, lambda r: r.call is None)

@@ -280,11 +280,11 @@ def _rms(stats: TensorStats) -> float | None:
     return stats.l2 / math.sqrt(finite)
 
 
-def compare_stats(a: TensorStats, b: TensorStats, tolerance: Tolerance) -> Metrics:
+def compare_stats(a: TensorStats, b: TensorStats, tolerance: Tolerance, reference_rms: float | None = None) -> Metrics:
     """Compare what two statistics records say: each moment within tolerance, same NaN/Inf counts."""
     delta: dict[str, float | None] = {}
     ratio = 0.0
-    atol = tolerance.atol_for(_rms(a))
+    atol = tolerance.atol_for(reference_rms if reference_rms is not None else _rms(a))
     for name in ("mean", "std", "min", "max", "l2"):
         va, vb = getattr(a, name), getattr(b, name)
         if va is None or vb is None:

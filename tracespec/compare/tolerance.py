@@ -4,9 +4,12 @@ Constraints: pure values; no framework import. Defaults depend on the dtype (wha
 for bfloat16 is a bug for float32): where A and B hold different dtypes, the coarser one decides.
 
 A tensor element ``b`` passes against its reference ``a`` (A is the reference) when
-``|b - a| <= atol + rtol * |a|``. The default ``atol`` is *relative to the scale of the reference
-tensor*: it is multiplied by the reference's RMS, so tiny gradients are held to the same relative
-standard as large activations. An ``atol`` given by the user (``--atol``) is absolute.
+``|b - a| <= atol + rtol * |a|``. The default ``atol`` is *relative to a scale*: it is multiplied by
+the larger of the reference tensor's RMS and the median RMS of the tensors of the same kind
+(activations, gradients, parameter gradients...) in the same step and stage. So small gradients
+are held to the same relative standard as large activations, while a tensor that is mathematically
+zero and numerically noise (the gradient of an attention key's bias) is judged against the size of
+its peers. An ``atol`` given by the user (``--atol``) is absolute.
 """
 
 from __future__ import annotations
