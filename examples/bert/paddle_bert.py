@@ -52,6 +52,8 @@ class BertEmbeddings(nn.Layer):
         hidden = config["hidden_size"]
         padding_idx = config["pad_token_id"] if bug == "padding-idx" else None
         self.word_embeddings = nn.Embedding(config["vocab_size"], hidden, padding_idx=padding_idx)
+        # with Paddle's padding_idx (the bug), the row is zero in the output and the gradient already
+        self.pad_token_id = None if bug == "padding-idx" else config["pad_token_id"]
         self.position_embeddings = nn.Embedding(config["max_position_embeddings"], hidden)
         self.token_type_embeddings = nn.Embedding(config["type_vocab_size"], hidden)
         self.LayerNorm = _layer_norm(config, "embeddings.LayerNorm", bug)
@@ -63,7 +65,13 @@ class BertEmbeddings(nn.Layer):
         position_ids = self.position_ids[:, : input_ids.shape[1]]
         if token_type_ids is None:
             token_type_ids = paddle.zeros_like(input_ids)
-        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        words = self.word_embeddings(input_ids)
+        if self.pad_token_id is not None:
+            # PyTorch's padding_idx keeps the [PAD] row out of the gradient but still looks it up;
+            # cutting the gradient at [PAD] positions does the same (found by the backward diff).
+            at_pad = (input_ids == self.pad_token_id).unsqueeze(-1)
+            words = paddle.where(at_pad, words.detach(), words)
+        embeddings = words + self.token_type_embeddings(token_type_ids)
         embeddings = embeddings + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
 

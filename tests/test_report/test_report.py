@@ -202,3 +202,11 @@ def test_importing_the_report_imports_no_framework() -> None:
     code = ("import sys, tracespec.report, tracespec.cli.report; "
             "print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))")
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+def test_diff_writes_the_html_report(bug_traces: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "diff.html"
+    done = CliRunner().invoke(cli, ["diff", str(bug_traces["a"]), str(bug_traces["b"]), "--html", str(out)])
+    assert done.exit_code == 1, done.output
+    html = out.read_text()
+    assert f'"{CULPRIT}"' in html and 'id="elementwise"' in html and "First divergence" in html
