@@ -21,7 +21,9 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import math
 import os
+import threading
 import warnings
 import weakref
 from abc import ABC, abstractmethod
@@ -34,7 +36,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 
 from tracespec.errors import UsageError
-from tracespec.format.stats import TensorStats
+from tracespec.format.stats import TensorStats, compute_stats
 from tracespec.format.tables import LEVELS, ROLES
 from tracespec.storage import TraceWriter
 
@@ -46,7 +48,9 @@ __all__ = [
     "Recorder",
     "Selector",
     "Summary",
+    "fast_stats",
     "flatten",
+    "map_tensors",
     "parse_options",
 ]
 
@@ -268,6 +272,51 @@ def map_tensors(value: Any, fn: Callable[[str, Any], Any], prefix: str, is_tenso
     return value
 
 
+# ------------------------------------------------------------------------------------ statistics
+# Above this ratio of n * mean^2 to the sum of squared deviations, the one-pass variance loses
+# digits to cancellation: the exact reference takes over.
+_CANCELLATION_RATIO: Final = 1e4
+_FAST_KINDS: Final = frozenset("fiu")
+
+
+_BLOCK: Final = 1 << 16
+_local = threading.local()
+
+
+def fast_stats(array: np.ndarray) -> TensorStats:
+    """:func:`tracespec.format.stats.compute_stats` of ``array``, in one pass over memory.
+
+    Blocks small enough to stay in cache are reduced four times each: min and max in the
+    array's dtype, the sum and (squared into a reused float64 buffer) the sum of squares
+    accumulated in float64. numpy runs single-threaded with the GIL released: no thread pool to
+    wake per tensor. Only when the sums are not finite (NaN/Inf present) or the variance would
+    lose digits to cancellation does the exact reference take over, so the result always has
+    the reference's semantics.
+    """
+    flat = array.reshape(-1)
+    count = flat.size
+    if count == 0 or (flat.dtype.kind not in _FAST_KINDS and flat.dtype.name != "bfloat16"):
+        return compute_stats(array)
+    buffer: np.ndarray | None = getattr(_local, "squares", None)
+    if buffer is None:
+        buffer = _local.squares = np.empty(_BLOCK, dtype=np.float64)
+    total = squares = 0.0
+    low, high = flat[0], flat[0]
+    for start in range(0, count, _BLOCK):
+        block = flat[start : start + _BLOCK]
+        out = buffer[: block.size]
+        total += float(np.add.reduce(block, dtype=np.float64))
+        np.multiply(block, block, out=out, dtype=np.float64)
+        squares += float(np.add.reduce(out))
+        low = min(low, block.min())
+        high = max(high, block.max())
+    mean = total / count
+    m2 = squares - total * mean
+    if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
+        return compute_stats(array)
+    return TensorStats(count, float(low), float(high), mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
+
+
 # ------------------------------------------------------------------------------------ summaries
 @dataclass(slots=True)
 class Summary:
@@ -292,9 +341,10 @@ class _Record:
     """One tensor record waiting to be handed to the writer."""
 
     kwargs: dict[str, Any]
-    summary: Summary
+    summary: Summary | None  # None for a non-tensor leaf
     same_as: _Record | None = None
     id: int | None = None
+    value: Any = None
 
 
 @dataclass(slots=True)
@@ -745,8 +795,7 @@ class Recorder(ABC):
             if self.is_tensor(leaf):
                 self._record_tensor(base, leaf, level)
             else:
-                self._drain()  # keep ids in submission order
-                self.writer.add_value(value=leaf, **base)
+                self._pending.append(_Record(base, None, value=leaf))
 
     def _record_tensor(self, base: dict[str, Any], tensor: Any, level: str) -> None:
         key = (base["stage"], self.dedup_key(tensor))
@@ -792,14 +841,20 @@ class Recorder(ABC):
         return int(tensor.nbytes)
 
     def _submit(self, record: _Record) -> None:
-        if record.summary.finish is None and not self._pending and (record.same_as is None or record.same_as.id is not None):
-            self._write(record)
-            return
+        """Queue a record for the writer, keeping submission order.
+
+        Records without data wait (for the step end or the next record with data): handing each
+        to the writer's thread as it comes costs a GIL hand-over per record while the model runs.
+        A record with host data ready flushes the queue, so full capture never holds copies; a
+        deferred (device) record waits, at most ``max_pending_records`` of them.
+        """
         self._pending.append(record)
-        # Deferred records hold host buffers: write the oldest (whose copies are long done)
-        # rather than keep a whole step in memory.
-        while len(self._pending) > self.max_pending_records:
-            self._write(self._pending.popleft())
+        summary = record.summary
+        if summary.array is not None and summary.finish is None:
+            self._drain()
+        elif summary.finish is not None:
+            while len(self._pending) > self.max_pending_records:
+                self._write(self._pending.popleft())
 
     def _drain(self) -> None:
         """Write every pending record, in order (completes deferred device work)."""
@@ -809,6 +864,9 @@ class Recorder(ABC):
     def _write(self, record: _Record) -> None:
         assert self.writer is not None
         summary = record.summary
+        if summary is None:
+            record.id = self.writer.add_value(value=record.value, **record.kwargs)
+            return
         if summary.finish is not None:
             finish, summary.finish = summary.finish, None
             finish(summary)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -37,13 +36,14 @@ from tracespec.adapters._common import (
     Recorder,
     RecordOptions,
     Summary,
+    fast_stats,
     flatten,
     map_tensors,
     parse_options,
 )
-from tracespec.format.stats import TensorStats, compute_stats, content_hash
+from tracespec.format.stats import TensorStats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "record", "tensor_stats"]
+__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "device_moments", "numpy_view", "record", "stats_from_moments"]
 
 FRAMEWORK: Final = "torch"
 
@@ -78,15 +78,6 @@ _BIT_VIEWS: Final[dict[torch.dtype, tuple[torch.dtype, Any]]] = {
     torch.float8_e5m2fnuz: (torch.uint8, ml_dtypes.float8_e5m2fnuz),
 }
 
-# float64 work buffer per thread: sums run blockwise into it, so no tensor-sized float64 copy is
-# ever allocated (allocating and faulting in fresh memory costs more than the arithmetic).
-_CPU_BLOCK: Final = 1 << 18
-_DEVICE_BLOCK: Final = 1 << 24
-# Above this ratio of mean^2 to variance, sum-of-squares loses digits: redo with a shift.
-_CANCELLATION_RATIO: Final = 1e4
-_local = threading.local()
-
-
 def accepts(model: Any) -> bool:
     """Whether this adapter records ``model`` (a ``torch.nn.Module``)."""
     return isinstance(model, torch.nn.Module)
@@ -106,10 +97,8 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def _host_copy(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """A host copy the writer may own; for a device tensor, an in-flight copy and its event."""
-    if tensor.device.type == "cpu":
-        return tensor.detach().clone(memory_format=torch.contiguous_format), None
+def _device_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+    """A pinned host copy of a device tensor, in flight, and the event that marks its end."""
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor.detach(), non_blocking=True)
     event = torch.cuda.Event()
@@ -118,97 +107,40 @@ def _host_copy(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | N
 
 
 # ------------------------------------------------------------------------------ statistics
-def _work_buffer(device: torch.device, size: int) -> torch.Tensor:
-    buffers: dict[torch.device, torch.Tensor] = _local.__dict__.setdefault("buffers", {})
-    buf = buffers.get(device)
-    if buf is None or buf.numel() < size:
-        buf = buffers[device] = torch.empty(size, dtype=torch.float64, device=device)
-    return buf
-
-
-def _blockwise_sums(flat: torch.Tensor, shift: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sum(x - shift)`` and ``sum((x - shift)**2)`` in float64, a block at a time."""
-    block = _CPU_BLOCK if flat.device.type == "cpu" else _DEVICE_BLOCK
-    buf = _work_buffer(flat.device, min(block, flat.numel()))
-    total = torch.zeros((), dtype=torch.float64, device=flat.device)
-    squares = torch.zeros((), dtype=torch.float64, device=flat.device)
-    for start in range(0, flat.numel(), block):
-        chunk = flat[start : start + block]
-        work = buf[: chunk.numel()]
-        work.copy_(chunk)
-        if not isinstance(shift, float) or shift:
-            work.sub_(shift)
-        total += work.sum()
-        squares += torch.dot(work, work)
-    return total, squares
-
-
-def _stats_from(count: int, finite: int, total: float, squares: float, low: float, high: float,
-                nan: int, inf: int, m2: float | None = None) -> TensorStats:
-    if finite == 0:
-        return TensorStats(count, None, None, None, None, None, nan, inf)
-    mean = total / finite
-    if m2 is None:
-        m2 = squares - total * mean
-    return TensorStats(count, low, high, mean, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), nan, inf)
-
-
-def tensor_stats(tensor: torch.Tensor) -> TensorStats:
-    """The statistics of a CPU tensor, equal to :func:`compute_stats` of its values.
-
-    Fast path: min/max in the tensor's dtype, sum and sum of squares in float64 blockwise (two
-    passes over the data). Only when the sums are not finite (NaN/Inf present) or the variance
-    would lose digits to cancellation does it take a slower exact path.
-    """
-    flat = tensor.detach().reshape(-1)
-    count = flat.numel()
-    if count == 0 or flat.dtype in (torch.bool, torch.complex64, torch.complex128) or flat.dtype in _BIT_VIEWS and flat.dtype != torch.bfloat16:
-        return compute_stats(numpy_view(flat.contiguous()))
-    total_t, squares_t = _blockwise_sums(flat)
-    total, squares = float(total_t), float(squares_t)
-    if not math.isfinite(total + squares):
-        return compute_stats(numpy_view(flat.contiguous()))
-    low_t, high_t = torch.aminmax(flat)
-    mean = total / count
-    m2 = None
-    if mean * mean * count > _CANCELLATION_RATIO * max(squares - total * mean, 0.0):
-        shifted_total, shifted_squares = _blockwise_sums(flat, mean)
-        m2 = float(shifted_squares) - float(shifted_total) ** 2 / count
-    return _stats_from(count, count, total, squares, float(low_t), float(high_t), 0, 0, m2)
-
-
 def device_moments(tensor: torch.Tensor) -> torch.Tensor:
     """The statistics of a tensor as a float64 tensor on its device, without synchronising.
 
     ``[count, finite, sum, sum of squares, m2, min, max, nan, inf]`` over the finite elements,
-    with ``m2`` (squared deviations from the mean) computed in a second pass. Read it with
-    :func:`stats_from_moments` once the device is done.
+    with ``m2`` (squared deviations from the mean) in a second pass. Read it with
+    :func:`stats_from_moments` once the device is done. Meant for accelerators, where the extra
+    passes are cheap and a host round trip per tensor is not.
     """
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() == 0:
-        return torch.zeros(9, dtype=torch.float64, device=flat.device)
-    if flat.is_complex():
-        flat = flat.abs()
-    if not flat.is_floating_point():
-        flat = flat.to(torch.float64)
-    finite_mask = torch.isfinite(flat)
+    x = tensor.detach().reshape(-1)
+    if x.is_complex():
+        x = x.abs()
+    x = x.to(torch.float64)
+    if x.numel() == 0:
+        return torch.zeros(9, dtype=torch.float64, device=x.device)
+    finite_mask = torch.isfinite(x)
     finite = finite_mask.sum(dtype=torch.float64)
-    nan = torch.isnan(flat).sum(dtype=torch.float64)
-    values = torch.where(finite_mask, flat, 0)
-    total, squares = _blockwise_sums(values)
-    mean = total / finite.clamp(min=1)
-    deviations = torch.where(finite_mask, flat.to(torch.float64) - mean, 0)
+    nan = torch.isnan(x).sum(dtype=torch.float64)
+    values = torch.where(finite_mask, x, 0.0)
+    total = values.sum()
+    squares = torch.dot(values, values)
+    deviations = torch.where(finite_mask, x - total / finite.clamp(min=1), 0.0)
     m2 = torch.dot(deviations, deviations)
-    low = torch.where(finite_mask, flat, math.inf).amin().to(torch.float64)
-    high = torch.where(finite_mask, flat, -math.inf).amax().to(torch.float64)
-    count = torch.tensor(float(flat.numel()), dtype=torch.float64, device=flat.device)
+    low = torch.where(finite_mask, x, math.inf).amin()
+    high = torch.where(finite_mask, x, -math.inf).amax()
+    count = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
     return torch.stack([count, finite, total, squares, m2, low, high, nan, count - finite - nan])
 
 
 def stats_from_moments(moments: list[float]) -> TensorStats:
     """:class:`TensorStats` from the values of :func:`device_moments`."""
     count, finite, total, squares, m2, low, high, nan, inf = moments
-    return _stats_from(int(count), int(finite), total, squares, low, high, int(nan), int(inf), m2)
+    if finite == 0:
+        return TensorStats(int(count), None, None, None, None, None, int(nan), int(inf))
+    return TensorStats(int(count), low, high, total / finite, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), int(nan), int(inf))
 
 
 # ------------------------------------------------------------------------------ recorder
@@ -285,27 +217,24 @@ class TorchRecorder(Recorder):
     def summarize(self, tensor: Any, level: str) -> Summary:
         tensor = tensor.detach()
         summary = Summary(_DTYPE_NAMES[tensor.dtype], tuple(int(d) for d in tensor.shape))
-        on_cpu = tensor.device.type == "cpu"
-        host: torch.Tensor | None = None
-        event = None
-        if level == "full":
-            host, event = _host_copy(tensor)
-        elif level == "hash":
-            host, event = (tensor.contiguous(), None) if on_cpu else _host_copy(tensor)
-        if on_cpu:
-            if level in ("full", "stats"):
-                summary.stats = tensor_stats(tensor)
-            if host is not None:
-                summary.array = numpy_view(host) if level == "full" else None
-                summary.hash = content_hash(numpy_view(host))
+        if tensor.device.type == "cpu":
+            # numpy on the tensor's own memory: single-threaded copies and reductions, no
+            # intra-op pool to wake for every small tensor.
+            values = numpy_view(tensor.resolve_conj().resolve_neg())
+            if level == "full":
+                values = summary.array = np.array(values, order="C")
+            if level != "hash":
+                summary.stats = fast_stats(values)
+            if level != "stats":
+                summary.hash = content_hash(values)
             return summary
-        moments = device_moments(tensor) if level in ("full", "stats") else None
+        moments = device_moments(tensor) if level != "hash" else None
+        host, event = _device_to_host(tensor) if level != "stats" else (None, None)
 
         def finish(s: Summary) -> None:
             if moments is not None:
                 s.stats = stats_from_moments(moments.tolist())
-            if host is not None:
-                assert event is not None
+            if host is not None and event is not None:
                 event.synchronize()
                 array = numpy_view(host)
                 s.hash = content_hash(array)
