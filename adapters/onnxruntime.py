@@ -37,7 +37,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from tracespec.errors import InputFileError, UsageError
-from tracespec.format.stats import TensorStats
+from tracespec.format.dtypes import dtype_of
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS
 from tracespec.storage.writer import TraceWriter
 
@@ -429,6 +430,7 @@ class OnnxRecorder:
         self._batches = [self._fetched[i : i + size] for i in range(0, len(self._fetched), size)]
         self._session = self._make_session(self._fetch_data, sorted(self._in_graph_stats, key=self._fetched.index))
         self._fallback_session: ort.InferenceSession | None = None
+        self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
         self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
         self._graph_outputs = self.tree.graph_outputs
 
@@ -607,8 +609,6 @@ class OnnxRecorder:
         def value(name: str) -> tuple[np.ndarray | None, TensorStats | None, tuple[int, ...] | None]:
             if name in feed:
                 return feed[name], None, None
-            if name in tree.initializers or name in tree.parameter_aliases:
-                return self._initializer(name), None, None
             while name not in pending and f"{_PREFIX}moments:{name}" not in pending:
                 pending.clear()
                 pending.update(next(batches))
@@ -628,6 +628,11 @@ class OnnxRecorder:
                 return
             if name in records:
                 writer.add_tensor(step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, same_as=records[name], level=self.level)
+                return
+            if name in tree.initializers or name in tree.parameter_aliases:
+                if role == "parameter":
+                    records[name] = self._put_constant(writer, step, node, slot, name)
+                # An op reading an initializer refers to its parameter record, if captured.
                 return
             array, stats, shape = value(name)
             if name in tree.graph_outputs and array is not None:
@@ -677,8 +682,24 @@ class OnnxRecorder:
             outputs.update(zip(missing, self._session.run(missing, feed), strict=True))
         return {name: outputs[name] for name in self._graph_outputs}
 
+    def _put_constant(self, writer: TraceWriter, step: int, node: int, slot: str, name: str) -> int:
+        """Record an initializer; its statistics and hash are computed once per recorder."""
+        source = self.tree.parameter_aliases.get(name, name)
+        array = None
+        summary = self._constants.get(source)
+        if summary is None or self.level == "full":
+            array = self._initializer(source)
+        if summary is None:
+            assert array is not None
+            summary = self._constants[source] = (compute_stats(array), content_hash(array), dtype_of(array).name, array.shape)
+        stats, digest, dtype, shape = summary
+        return writer.add_tensor(
+            step=step, stage=STAGE, node=node, role="parameter", slot=slot, array=array, level=self.level,
+            stats=stats, hash=digest, dtype=dtype, shape=shape,
+        )
+
     def _initializer(self, name: str) -> np.ndarray:
-        tensor = self.tree.initializers[self.tree.parameter_aliases.get(name, name)]
+        tensor = self.tree.initializers[name]
         try:
             return numpy_helper.to_array(tensor, base_dir=str(self._base_dir or ""))
         except (OSError, ValueError) as exc:
