@@ -57,6 +57,9 @@ _MATMUL_OPS: Final = frozenset({"MatMul", "Gemm"})
 _UNKNOWN_CLASS: Final = "Module"
 _STATS_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
 _PREFIX: Final = "tracespec::"
+_MOMENTS: Final = ("sum", "squares", "min", "max")
+# Ops whose output holds exactly the elements of their first input, in another order or shape.
+_SAME_ELEMENTS: Final = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 
 # ---------------------------------------------------------------------------------------- the tree
@@ -316,24 +319,29 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
             raise InputFileError(f"{target}: external data file of initializer {tensor.name!r} is missing")
 
 
-def _value_types(proto: onnx.ModelProto) -> dict[str, int]:
-    """ONNX element type of every value whose type is known or inferable."""
+def _value_info(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """ONNX element type and rank of every value whose type is known or inferable."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except (onnx.shape_inference.InferenceError, ValueError):
         inferred = proto
     graph = inferred.graph
     types: dict[str, int] = {}
+    ranks: dict[str, int] = {}
     for info in (*graph.value_info, *graph.input, *graph.output):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-            types[info.name] = info.type.tensor_type.elem_type
+        tensor_type = info.type.tensor_type
+        if info.type.HasField("tensor_type") and tensor_type.elem_type:
+            types[info.name] = tensor_type.elem_type
+            if tensor_type.HasField("shape"):
+                ranks[info.name] = len(tensor_type.shape.dim)
     for tensor in graph.initializer:
         types[tensor.name] = tensor.data_type
-    return types
+        ranks[tensor.name] = len(tensor.dims)
+    return types, ranks
 
 
-def _stats_from_moments(count: int, moments: np.ndarray) -> TensorStats:
-    total, squares, low, high = (float(x) for x in moments)
+def _stats_from_moments(shape: tuple[int, ...], total: float, squares: float, low: float, high: float) -> TensorStats:
+    count = math.prod(shape)
     if count == 0:
         return TensorStats(0, None, None, None, None, None, 0, 0)
     mean = total / count
@@ -418,21 +426,54 @@ class OnnxRecorder:
         self._session_options = session_options
         self._events = self._plan()
         needed = self._needed_values()
-        self._types = _value_types(self._proto)
-        types = self._types
-        self._fetched = [name for name in needed if name in self.tree.producer]
-        if level == "hash":
-            self._in_graph_stats: set[str] = set()
-        else:
-            self._in_graph_stats = {name for name in self._fetched if types.get(name) in _STATS_TYPES}
-        self._fetch_data = [n for n in self._fetched if level != "stats" or n not in self._in_graph_stats]
-        size = outputs_per_run or max(len(self._fetched), 1)
-        self._batches = [self._fetched[i : i + size] for i in range(0, len(self._fetched), size)]
-        self._session = self._make_session(self._fetch_data, sorted(self._in_graph_stats, key=self._fetched.index))
+        self._types, ranks = _value_info(self._proto)
+        captured = [name for name in needed if name in self.tree.producer]
+        self._moments_of = {} if level == "hash" else {
+            name: self._same_elements_source(name) for name in captured if self._types.get(name) in _STATS_TYPES
+        }
+        graph_outputs = [name for name in self.tree.graph_outputs if name in self.tree.producer]
+        # Graph outputs are always fetched whole: record() returns them.
+        self._data = {n for n in captured if level != "stats" or n not in self._moments_of} | set(graph_outputs)
+        sources = list(dict.fromkeys(self._moments_of.values()))
+        self._prefix = {source: f"{_PREFIX}{i}" for i, source in enumerate(sources)}
+        self._shape_output = {n: f"{_PREFIX}shape{i}" for i, n in enumerate(n for n in captured if n not in self._data)}
+        size = outputs_per_run or max(len(captured), 1)
+        chunks = [captured[i : i + size] for i in range(0, len(captured), size)] or [[]]
+        chunks[0] = list(dict.fromkeys([*chunks[0], *graph_outputs]))
+        self._batch_of = {name: k for k, chunk in enumerate(chunks) for name in chunk}
+        self._batches = [self._batch_outputs(chunk) for chunk in chunks]
+        opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self._session = self._make_session(
+            [n for n in captured + graph_outputs if n in self._data],
+            [node for source in sources for node in _moment_nodes(source, self._prefix[source], self._types[source], ranks.get(source), opset)],
+            list(self._shape_output.items()),
+        )
         self._fallback_session: ort.InferenceSession | None = None
         self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
         self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
-        self._graph_outputs = self.tree.graph_outputs
+
+    def _same_elements_source(self, name: str) -> str:
+        """The earliest value holding the same elements as ``name`` (through reshapes and
+        transposes): statistics do not depend on the order of elements, so they are computed once."""
+        while True:
+            producer = self.tree.ops[self.tree.producer[name]].node
+            source = producer.input[0] if producer.input else ""
+            if producer.op_type not in _SAME_ELEMENTS or name != producer.output[0] or source not in self.tree.producer:
+                return name
+            name = source
+
+    def _batch_outputs(self, chunk: list[str]) -> list[str]:
+        """The session outputs fetched for one batch of captured values."""
+        outputs: dict[str, None] = {}
+        for name in chunk:
+            if name in self._data:
+                outputs[name] = None
+            if name in self._moments_of:
+                prefix = self._prefix[self._moments_of[name]]
+                outputs.update(dict.fromkeys(f"{prefix}:{part}" for part in _MOMENTS))
+            if name in self._shape_output:
+                outputs[self._shape_output[name]] = None
+        return list(outputs)
 
     # ---------------------------------------------------------------- planning
     def _plan(self) -> list[tuple[str, Any]]:
@@ -472,21 +513,28 @@ class OnnxRecorder:
         return list(needed)
 
     # ---------------------------------------------------------------- sessions
-    def _make_session(self, outputs: Sequence[str], stats_of: Sequence[str]) -> ort.InferenceSession:
+    def _make_session(
+        self, outputs: Sequence[str], moment_nodes: Sequence[onnx.NodeProto], shapes: Sequence[tuple[str, str]]
+    ) -> ort.InferenceSession:
+        """A session over a copy of the model whose outputs are ``outputs``, the moments computed
+        by ``moment_nodes`` and the shapes of the ``(value, output)`` pairs in ``shapes``."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self._proto)
         graph = proto.graph
         present = set(self.tree.graph_outputs)
-        for name in outputs:
-            if name not in present:
-                graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-        if stats_of:
-            graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_PREFIX}flat"))
-        for i, name in enumerate(stats_of):
-            graph.node.extend(_stats_nodes(name, f"{_PREFIX}{i}"))
-            graph.output.append(onnx.ValueInfoProto(name=f"{_PREFIX}{i}:moments"))
-            graph.output.append(onnx.ValueInfoProto(name=f"{_PREFIX}{i}:shape"))
+        graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in present)
+        if moment_nodes:
+            used = {name for node in moment_nodes for name in node.input}
+            graph.initializer.extend(
+                numpy_helper.from_array(np.array(value, dtype=np.int64), name)
+                for name, value in ((f"{_PREFIX}row", [1, -1]), (f"{_PREFIX}last_axis", [-1]))
+                if name in used
+            )
+            graph.node.extend(moment_nodes)
+            graph.output.extend(onnx.ValueInfoProto(name=node.output[0]) for node in moment_nodes if node.output[0].rpartition(":")[2] in _MOMENTS)
+        for name, output in shapes:
+            graph.node.append(onnx.helper.make_node("Shape", [name], [output], name=output))
+            graph.output.append(onnx.ValueInfoProto(name=output))
         options = self._session_options or ort.SessionOptions()
         if self._base_dir is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._base_dir))
@@ -515,9 +563,9 @@ class OnnxRecorder:
             "include_ops": sorted(self._selection.include_ops) if self._selection.include_ops is not None else None,
             "exclude_ops": sorted(self._selection.exclude_ops),
             **self._capture,
-            "outputs_per_run": len(self._batches),
+            "runs_per_step": len(self._batches),
             "scope_source": self.tree.scope_source,
-            "stats": "float64 moments computed in the graph by onnxruntime",
+            "stats": "computed in the graph by onnxruntime: float32 row sums added in float64",
         }
         results = []
         with TraceWriter(
@@ -577,50 +625,42 @@ class OnnxRecorder:
                 )
         return ids
 
-    def _run_batches(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
-        """Yield, batch by batch, the fetched arrays and in-graph moments of captured values."""
-        for batch in self._batches:
-            names = [n for n in batch if n in self._fetch_data]
-            stats = [n for n in batch if n in self._in_graph_stats]
-            index = {name: i for i, name in enumerate(sorted(self._in_graph_stats, key=self._fetched.index))}
-            stat_outputs = [f"{_PREFIX}{index[n]}:{part}" for n in stats for part in ("moments", "shape")]
-            values = self._session.run([*names, *stat_outputs], feed)
-            got: dict[str, Any] = dict(zip(names, values[: len(names)], strict=True))
-            moments = values[len(names) :]
-            for k, name in enumerate(stats):
-                got[f"{_PREFIX}moments:{name}"] = (moments[2 * k], moments[2 * k + 1])
-            yield got
-
-    def _fallback(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Fetch the data of values whose in-graph moments are not finite (NaN or Inf inside)."""
+    def _fallback(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Fetch the data of a value whose in-graph moments are not finite (NaN or Inf inside)."""
         if self._fallback_session is None:
-            self._fallback_session = self._make_session(
-                [n for n in self._fetched if n in self._in_graph_stats], []
-            )
-        return dict(zip(names, self._fallback_session.run(names, feed), strict=True))
+            self._fallback_session = self._make_session(list(self._moments_of), [], [])
+        return self._fallback_session.run([name], feed)[0]
 
     def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tree = self.tree
         records: dict[str, int] = {}
-        pending: dict[str, Any] = {}
-        batches = self._run_batches(feed)
+        fetched: dict[str, Any] = {}
+        current = [-1]
         outputs: dict[str, np.ndarray] = {}
+
+        def load(batch: int) -> None:
+            if batch != current[0]:
+                names = self._batches[batch]
+                fetched.clear()
+                fetched.update(zip(names, self._session.run(names, feed), strict=True))
+                outputs.update((n, fetched[n]) for n in tree.graph_outputs if n in fetched)
+                current[0] = batch
 
         def value(name: str) -> tuple[np.ndarray | None, TensorStats | None, tuple[int, ...] | None]:
             if name in feed:
                 return feed[name], None, None
-            while name not in pending and f"{_PREFIX}moments:{name}" not in pending:
-                pending.clear()
-                pending.update(next(batches))
-            array = pending.pop(name, None)
-            moments = pending.pop(f"{_PREFIX}moments:{name}", None)
-            if moments is None:
+            load(self._batch_of[name])
+            array = fetched.get(name) if name in self._data else None
+            source = self._moments_of.get(name)
+            if source is None:
                 return array, None, None
-            shape = tuple(int(d) for d in moments[1])
-            if not np.isfinite(moments[0]).all():
-                array = array if array is not None else self._fallback([name], feed)[name]
-                return array, None, shape
-            return array, _stats_from_moments(int(np.prod(shape, dtype=np.int64)), moments[0]), shape
+            shape = array.shape if array is not None else tuple(int(d) for d in fetched[self._shape_output[name]])
+            prefix = self._prefix[source]
+            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in _MOMENTS)
+            if not math.isfinite(squares) or not math.isfinite(total):
+                # NaN or Inf inside (or a float32 overflow): the reference counts them.
+                return (array if array is not None else self._fallback(name, feed)), None, shape
+            return array, _stats_from_moments(shape, total, squares, low, high), shape
 
         def put(node: int, role: str, slot: str, name: str, call: int | None) -> None:
             if not name:
@@ -675,12 +715,9 @@ class OnnxRecorder:
                 counter += 2
             else:
                 counter += 2
-        for _ in batches:  # runs left over when nothing in them was recorded
-            pass
-        missing = [n for n in self._graph_outputs if n not in outputs]
-        if missing:
-            outputs.update(zip(missing, self._session.run(missing, feed), strict=True))
-        return {name: outputs[name] for name in self._graph_outputs}
+        if not outputs:
+            load(0)  # the batch holding the graph outputs when nothing in it was recorded
+        return {name: outputs.get(name, feed.get(name)) for name in tree.graph_outputs}
 
     def _put_constant(self, writer: TraceWriter, step: int, node: int, slot: str, name: str) -> int:
         """Record an initializer; its statistics and hash are computed once per recorder."""
@@ -706,21 +743,34 @@ class OnnxRecorder:
             raise InputFileError(f"initializer {tensor.name!r} cannot be read: {exc}") from None
 
 
-def _stats_nodes(name: str, prefix: str) -> list[onnx.NodeProto]:
-    """Nodes computing ``[sum, sum of squares, min, max]`` of ``name`` in float64, and its shape."""
+def _moment_nodes(name: str, prefix: str, elem_type: int, rank: int | None, opset: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``<prefix>:sum``, ``:squares`` (float64 scalars), ``:min`` and ``:max`` of
+    ``name``.
+
+    ONNX Runtime's float64 kernels are several times slower than its float32 ones, so sums are
+    taken in float32 along the last axis (rows of the tensor, in parallel), and the row sums are
+    added in float64: the error is that of float32 sums over one row.
+    """
     make = onnx.helper.make_node
-    flat, double = f"{prefix}:flat", f"{prefix}:double"
-    parts = [f"{prefix}:{part}" for part in ("sum", "squares", "min", "max")]
-    return [
-        make("Reshape", [name, f"{_PREFIX}flat"], [flat], name=f"{prefix}/Reshape"),
-        make("Cast", [flat], [double], to=onnx.TensorProto.DOUBLE, name=f"{prefix}/Cast"),
-        *(
-            make(op, [double], [out], keepdims=1, name=f"{prefix}/{op}")
-            for op, out in zip(("ReduceSum", "ReduceSumSquare", "ReduceMin", "ReduceMax"), parts, strict=True)
-        ),
-        make("Concat", parts, [f"{prefix}:moments"], axis=0, name=f"{prefix}/Concat"),
-        make("Shape", [name], [f"{prefix}:shape"], name=f"{prefix}/Shape"),
-    ]
+    nodes = []
+    source = name
+    if elem_type == onnx.TensorProto.FLOAT16:  # float16 squares overflow at 256
+        nodes.append(make("Cast", [source], [f"{prefix}:float"], to=onnx.TensorProto.FLOAT, name=f"{prefix}:float"))
+        source = f"{prefix}:float"
+    if not rank:  # a 0-d value or an unknown rank: one row
+        nodes.append(make("Reshape", [source, f"{_PREFIX}row"], [f"{prefix}:rows"], name=f"{prefix}:rows"))
+        source = f"{prefix}:rows"
+    for op, part in (("ReduceSum", "sum"), ("ReduceSumSquare", "squares")):
+        partial = f"{prefix}:row_{part}"
+        if opset >= 18 or (op == "ReduceSum" and opset >= 13):
+            nodes.append(make(op, [source, f"{_PREFIX}last_axis"], [partial], keepdims=0, name=partial))
+        else:
+            nodes.append(make(op, [source], [partial], axes=[-1], keepdims=0, name=partial))
+        nodes.append(make("Cast", [partial], [f"{partial}:double"], to=onnx.TensorProto.DOUBLE, name=f"{partial}:double"))
+        nodes.append(make("ReduceSum", [f"{partial}:double"], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
+    for op, part in (("ReduceMin", "min"), ("ReduceMax", "max")):
+        nodes.append(make(op, [source], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
+    return nodes
 
 
 def _dtype_name(elem_type: int) -> str:

@@ -204,15 +204,21 @@ def test_statistics_match_the_reference_and_levels_agree(exported: dict[str, Any
         if row["array"] is None:
             continue
         expected = compute_stats(full.read(0, row["array"]))
-        for key in ("min", "max", "mean", "std", "l2"):
-            assert getattr(expected, key) == pytest.approx(row[key], rel=1e-9, abs=1e-12), (row["slot"], key)
+        where = (row["node"], row["role"], row["slot"])
+        assert (row["min"], row["max"], row["nan_count"], row["inf_count"]) == (
+            expected.min, expected.max, expected.nan_count, expected.inf_count), where
+        # Sums are float32 per row, added in float64 (docs/onnx.md): relative error ~1e-7.
+        rms = expected.l2 / max(expected.count, 1) ** 0.5
+        assert row["mean"] == pytest.approx(expected.mean, abs=1e-6 * rms + 1e-30), where
+        assert row["std"] == pytest.approx(expected.std, rel=1e-6, abs=1e-6 * rms + 1e-30), where
+        assert row["l2"] == pytest.approx(expected.l2, rel=1e-6), where
     stats_rows = tracespec.load_trace(tmp_path / "stats").tensors().to_pylist()
     hash_rows = tracespec.load_trace(tmp_path / "hash").tensors().to_pylist()
     assert len(stats_rows) == len(hash_rows) == len(rows)
     for a, s, h in zip(rows, stats_rows, hash_rows, strict=True):
         assert (a["role"], a["slot"], a["shape"]) == (s["role"], s["slot"], s["shape"]) == (h["role"], h["slot"], h["shape"])
         assert s["array"] is None and h["array"] is None
-        assert s["mean"] == pytest.approx(a["mean"], rel=1e-9, abs=1e-12)
+        assert (s["mean"], s["l2"]) == (a["mean"], a["l2"])
         assert h["hash"] == a["hash"]
 
 
