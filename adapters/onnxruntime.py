@@ -57,6 +57,8 @@ _MATMUL_OPS: Final = frozenset({"MatMul", "Gemm"})
 _UNKNOWN_CLASS: Final = "Module"
 _STATS_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
 _PREFIX: Final = "tracespec::"
+# Where ONNX Runtime finds external data files of a model given as bytes.
+_EXTERNAL_DATA_FOLDER: Final = "session.model_external_initializers_file_folder_path"
 _MOMENTS: Final = ("sum", "squares", "min", "max")
 # Ops whose output holds exactly the elements of their first input, in another order or shape.
 _SAME_ELEMENTS: Final = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
@@ -357,6 +359,13 @@ def _stats_from_moments(shape: tuple[int, ...], total: float, squares: float, lo
     )
 
 
+def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return str(options.get_session_config_entry(key))
+    except RuntimeError:  # ONNX Runtime's way of saying "not set"
+        return None
+
+
 def _default_providers() -> list[str]:
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -426,31 +435,44 @@ class OnnxRecorder:
         self._session_options = session_options
         self._events = self._plan()
         needed = self._needed_values()
-        self._types, ranks = _value_info(self._proto)
-        captured = [name for name in needed if name in self.tree.producer]
+        self._types, self._ranks = _value_info(self._proto)
+        self._opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self._captured = [name for name in needed if name in self.tree.producer]
         self._moments_of = {} if level == "hash" else {
-            name: self._same_elements_source(name) for name in captured if self._types.get(name) in _STATS_TYPES
+            name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in _STATS_TYPES
         }
-        graph_outputs = [name for name in self.tree.graph_outputs if name in self.tree.producer]
+        self._outputs_per_run = outputs_per_run
         # Graph outputs are always fetched whole: record() returns them.
-        self._data = {n for n in captured if level != "stats" or n not in self._moments_of} | set(graph_outputs)
+        self._data = {n for n in self._captured if level != "stats" or n not in self._moments_of}
+        self._data.update(name for name in self.tree.graph_outputs if name in self.tree.producer)
+        self._fallback_session: ort.InferenceSession | None = None
+        self._stale = False
+        self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
+        self._build()
+        self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+
+    def _build(self) -> None:
+        """Create the instrumented session and the batches of outputs each run fetches."""
+        captured = self._captured
+        graph_outputs = [name for name in self.tree.graph_outputs if name in self.tree.producer]
         sources = list(dict.fromkeys(self._moments_of.values()))
         self._prefix = {source: f"{_PREFIX}{i}" for i, source in enumerate(sources)}
         self._shape_output = {n: f"{_PREFIX}shape{i}" for i, n in enumerate(n for n in captured if n not in self._data)}
-        size = outputs_per_run or max(len(captured), 1)
+        size = self._outputs_per_run or max(len(captured), 1)
         chunks = [captured[i : i + size] for i in range(0, len(captured), size)] or [[]]
         chunks[0] = list(dict.fromkeys([*chunks[0], *graph_outputs]))
+        self._chunks = chunks
         self._batch_of = {name: k for k, chunk in enumerate(chunks) for name in chunk}
         self._batches = [self._batch_outputs(chunk) for chunk in chunks]
-        opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        moment_nodes = [
+            node
+            for source in sources
+            for node in _moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
+        ]
         self._session = self._make_session(
-            [n for n in captured + graph_outputs if n in self._data],
-            [node for source in sources for node in _moment_nodes(source, self._prefix[source], self._types[source], ranks.get(source), opset)],
-            list(self._shape_output.items()),
+            [n for n in captured + graph_outputs if n in self._data], moment_nodes, list(self._shape_output.items())
         )
-        self._fallback_session: ort.InferenceSession | None = None
-        self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
-        self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+        self._stale = False
 
     def _same_elements_source(self, name: str) -> str:
         """The earliest value holding the same elements as ``name`` (through reshapes and
@@ -536,8 +558,8 @@ class OnnxRecorder:
             graph.node.append(onnx.helper.make_node("Shape", [name], [output], name=output))
             graph.output.append(onnx.ValueInfoProto(name=output))
         options = self._session_options or ort.SessionOptions()
-        if self._base_dir is not None:
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._base_dir))
+        if self._base_dir is not None and _config_entry(options, _EXTERNAL_DATA_FOLDER) != str(self._base_dir):
+            options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(self._base_dir))
         try:
             payload = proto.SerializeToString()
         except ValueError as exc:
@@ -625,24 +647,38 @@ class OnnxRecorder:
                 )
         return ids
 
-    def _fallback(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """Fetch the data of a value whose in-graph moments are not finite (NaN or Inf inside)."""
+    def _fetch_non_finite(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fetch, in one more run, the data of values whose in-graph moments are not finite (NaN
+        or Inf inside); from the next step on, the main session fetches them whole."""
         if self._fallback_session is None:
             self._fallback_session = self._make_session(list(self._moments_of), [], [])
-        return self._fallback_session.run([name], feed)[0]
+        self._data.update(names)
+        self._stale = True
+        return dict(zip(names, self._fallback_session.run(names, feed), strict=True))
 
     def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._stale:
+            self._build()
         tree = self.tree
         records: dict[str, int] = {}
         fetched: dict[str, Any] = {}
         current = [-1]
         outputs: dict[str, np.ndarray] = {}
 
+        def finite(prefix: str) -> bool:
+            return math.isfinite(float(fetched[f"{prefix}:sum"])) and math.isfinite(float(fetched[f"{prefix}:squares"]))
+
         def load(batch: int) -> None:
             if batch != current[0]:
                 names = self._batches[batch]
                 fetched.clear()
                 fetched.update(zip(names, self._session.run(names, feed), strict=True))
+                non_finite = [
+                    n for n in self._chunks[batch]
+                    if n in self._moments_of and n not in fetched and not finite(self._prefix[self._moments_of[n]])
+                ]
+                if non_finite:
+                    fetched.update(self._fetch_non_finite(non_finite, feed))
                 outputs.update((n, fetched[n]) for n in tree.graph_outputs if n in fetched)
                 current[0] = batch
 
@@ -650,16 +686,16 @@ class OnnxRecorder:
             if name in feed:
                 return feed[name], None, None
             load(self._batch_of[name])
-            array = fetched.get(name) if name in self._data else None
+            array = fetched.get(name)
             source = self._moments_of.get(name)
             if source is None:
                 return array, None, None
             shape = array.shape if array is not None else tuple(int(d) for d in fetched[self._shape_output[name]])
             prefix = self._prefix[source]
-            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in _MOMENTS)
-            if not math.isfinite(squares) or not math.isfinite(total):
+            if not finite(prefix):
                 # NaN or Inf inside (or a float32 overflow): the reference counts them.
-                return (array if array is not None else self._fallback(name, feed)), None, shape
+                return array, None, shape
+            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in _MOMENTS)
             return array, _stats_from_moments(shape, total, squares, low, high), shape
 
         def put(node: int, role: str, slot: str, name: str, call: int | None) -> None:
