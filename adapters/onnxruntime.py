@@ -42,8 +42,9 @@ from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS
 from tracespec.storage.writer import TraceWriter
 
-__all__ = ["OnnxRecorder", "record_onnx"]
+__all__ = ["FRAMEWORK", "OnnxRecorder", "OnnxTrace", "accepts", "record", "record_onnx"]
 
+FRAMEWORK: Final = "onnxruntime"
 STAGE: Final = "forward"
 
 _SCOPES_KEY: Final = "pkg.torch.onnx.name_scopes"
@@ -385,8 +386,9 @@ class OnnxRecorder:
         ``onnx.ModelProto`` with its data inline.
     providers:
         ONNX Runtime execution providers; default: CUDA when available, then CPU.
-    level:
-        ``"full"`` (data, statistics, hash), ``"stats"`` (statistics only) or ``"hash"``.
+    capture:
+        The level, as for :func:`tracespec.record`: ``"stats"`` (statistics only, the default),
+        ``"full"`` (data, statistics and hash) or ``"hash"``.
     include, exclude:
         Route globs (``fnmatch``, e.g. ``"blocks.0.*"``) of the module and op nodes to capture.
     include_ops, exclude_ops:
@@ -405,7 +407,7 @@ class OnnxRecorder:
         model: str | os.PathLike[str] | onnx.ModelProto,
         *,
         providers: Sequence[str] | None = None,
-        level: str = "full",
+        capture: str = "stats",
         include: str | Iterable[str] | None = None,
         exclude: str | Iterable[str] | None = None,
         include_ops: str | Iterable[str] | None = None,
@@ -416,8 +418,9 @@ class OnnxRecorder:
         outputs_per_run: int | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        if level not in LEVELS:
-            raise UsageError(f"level {level!r} is not one of {LEVELS}")
+        if capture not in LEVELS:
+            raise UsageError(f"capture {capture!r} is not one of {LEVELS}")
+        level = capture
         if outputs_per_run is not None and outputs_per_run < 1:
             raise UsageError(f"outputs_per_run must be a positive integer or None, got {outputs_per_run!r}")
         self.level = level
@@ -567,17 +570,15 @@ class OnnxRecorder:
         return ort.InferenceSession(payload, options, providers=self._providers)
 
     # ---------------------------------------------------------------- recording
-    def record(
+    def open(
         self,
-        inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         path: str | os.PathLike[str],
         *,
         overwrite: bool = False,
         metadata: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, np.ndarray]]:
-        """Run the model on each input feed (one step each), write the trace, return the outputs."""
-        feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
-        feeds = [self._check_feed(feed) for feed in feeds]
+        durable: bool = True,
+    ) -> OnnxTrace:
+        """Start a trace at ``path``; each :meth:`OnnxTrace.run` records one step."""
         capture = {
             "level": self.level,
             "include": list(self._selection.include) if self._selection.include is not None else None,
@@ -589,8 +590,7 @@ class OnnxRecorder:
             "scope_source": self.tree.scope_source,
             "stats": "computed in the graph by onnxruntime: float32 row sums added in float64",
         }
-        results = []
-        with TraceWriter(
+        writer = TraceWriter(
             path,
             framework="onnxruntime",
             framework_version=ort.__version__,
@@ -598,12 +598,24 @@ class OnnxRecorder:
             capture=capture,
             metadata=dict(metadata or {}),
             overwrite=overwrite,
-        ) as writer:
-            node_ids = self._write_tree(writer)
-            for step, feed in enumerate(feeds):
-                results.append(self._record_step(writer, node_ids, step, feed))
-                writer.end_step(step)
-        return results
+            durable=durable,
+        )
+        return OnnxTrace(self, writer, self._write_tree(writer))
+
+    def record(
+        self,
+        inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> list[dict[str, np.ndarray]]:
+        """Run the model on each input feed (one step each), write the trace, return the outputs."""
+        feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+        feeds = [self._check_feed(feed) for feed in feeds]
+        with self.open(path, overwrite=overwrite, metadata=metadata, durable=durable) as trace:
+            return [trace.run(feed) for feed in feeds]
 
     def _check_feed(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feed, Mapping):
@@ -779,6 +791,36 @@ class OnnxRecorder:
             raise InputFileError(f"initializer {tensor.name!r} cannot be read: {exc}") from None
 
 
+class OnnxTrace:
+    """An open trace of an :class:`OnnxRecorder`: each :meth:`run` is one step.
+
+    Use it as a context manager; leaving the block normally marks the trace complete, an
+    exception leaves it readable and marked incomplete.
+    """
+
+    def __init__(self, recorder: OnnxRecorder, writer: TraceWriter, node_ids: dict[str, int]) -> None:
+        self._recorder = recorder
+        self._writer = writer
+        self._node_ids = node_ids
+        self._step = 0
+
+    def run(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model on ``feed``, record the step, and return the graph outputs."""
+        outputs = self._recorder._record_step(self._writer, self._node_ids, self._step, self._recorder._check_feed(feed))
+        self._writer.end_step(self._step)
+        self._step += 1
+        return outputs
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> OnnxTrace:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._writer.__exit__(exc_type, exc, tb)
+
+
 def _moment_nodes(name: str, prefix: str, elem_type: int, rank: int | None, opset: int) -> list[onnx.NodeProto]:
     """Nodes computing ``<prefix>:sum``, ``:squares`` (float64 scalars), ``:min`` and ``:max`` of
     ``name``.
@@ -825,6 +867,7 @@ def record_onnx(
     *,
     overwrite: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    durable: bool = True,
     **options: Any,
 ) -> list[dict[str, np.ndarray]]:
     """Run ``model`` in ONNX Runtime on ``inputs`` and record every intermediate value to ``path``.
@@ -837,10 +880,11 @@ def record_onnx(
         The feed, ``{input name: array}``, or a list of feeds (one trace step each).
     path:
         The trace folder to write.
-    overwrite, metadata:
-        Replace an existing trace; free-form metadata for the manifest.
+    overwrite, metadata, durable:
+        Replace an existing trace; free-form metadata for the manifest; fsync what is written
+        (see :class:`~tracespec.storage.TraceWriter`).
     **options:
-        What :class:`OnnxRecorder` takes: ``providers``, ``level``, ``include``, ``exclude``,
+        What :class:`OnnxRecorder` takes: ``providers``, ``capture``, ``include``, ``exclude``,
         ``include_ops``, ``exclude_ops``, ``modules``, ``ops``, ``parameters``,
         ``outputs_per_run``, ``session_options``.
 
@@ -850,4 +894,19 @@ def record_onnx(
         The model's graph outputs, one dict per feed.
     """
     recorder = OnnxRecorder(model, **options)
-    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata)
+    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata, durable=durable)
+
+
+def accepts(model: Any) -> bool:
+    """Whether this adapter records ``model``: an ``onnx.ModelProto`` or a path to a ``.onnx`` file."""
+    return isinstance(model, onnx.ModelProto) or (isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"))
+
+
+def record(model: str | os.PathLike[str] | onnx.ModelProto, path: str | os.PathLike[str], **options: Any) -> OnnxTrace:
+    """The adapter-registry entry point (``tracespec.record(onnx_model, path)``): an open trace.
+
+    ``overwrite``, ``metadata`` and ``durable`` go to the trace, everything else to
+    :class:`OnnxRecorder`; call ``run(feed)`` on the result once per step, inside a ``with`` block.
+    """
+    trace_options = {key: options.pop(key) for key in ("overwrite", "metadata", "durable") if key in options}
+    return OnnxRecorder(model, **options).open(path, **trace_options)

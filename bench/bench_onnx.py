@@ -38,12 +38,12 @@ SIZES = {
 # /dev/shm: the adapter's own cost, without the disk.
 MODES: list[tuple[str, dict[str, Any] | None]] = [
     ("bare", None),
-    ("full", {"level": "full", "parameters": False}),
-    ("full@tmpfs", {"level": "full", "parameters": False}),
-    ("stats", {"level": "stats", "parameters": False}),
-    ("hash", {"level": "hash", "parameters": False}),
-    ("full+params", {"level": "full", "parameters": True}),
-    ("stats+params", {"level": "stats", "parameters": True}),
+    ("full", {"capture": "full", "parameters": False}),
+    ("full@tmpfs", {"capture": "full", "parameters": False}),
+    ("stats", {"capture": "stats", "parameters": False}),
+    ("hash", {"capture": "hash", "parameters": False}),
+    ("full+params", {"capture": "full", "parameters": True}),
+    ("stats+params", {"capture": "stats", "parameters": True}),
 ]
 TMPFS = Path("/dev/shm")
 
