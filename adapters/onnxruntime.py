@@ -37,12 +37,14 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from tracespec.errors import InputFileError, UsageError
-from tracespec.format.stats import TensorStats
+from tracespec.format.dtypes import dtype_of
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS
 from tracespec.storage.writer import TraceWriter
 
-__all__ = ["OnnxRecorder", "record_onnx"]
+__all__ = ["FRAMEWORK", "OnnxRecorder", "OnnxTrace", "accepts", "record", "record_onnx"]
 
+FRAMEWORK: Final = "onnxruntime"
 STAGE: Final = "forward"
 
 _SCOPES_KEY: Final = "pkg.torch.onnx.name_scopes"
@@ -56,6 +58,11 @@ _MATMUL_OPS: Final = frozenset({"MatMul", "Gemm"})
 _UNKNOWN_CLASS: Final = "Module"
 _STATS_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
 _PREFIX: Final = "tracespec::"
+# Where ONNX Runtime finds external data files of a model given as bytes.
+_EXTERNAL_DATA_FOLDER: Final = "session.model_external_initializers_file_folder_path"
+_MOMENTS: Final = ("sum", "squares", "min", "max")
+# Ops whose output holds exactly the elements of their first input, in another order or shape.
+_SAME_ELEMENTS: Final = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 
 # ---------------------------------------------------------------------------------------- the tree
@@ -315,24 +322,29 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
             raise InputFileError(f"{target}: external data file of initializer {tensor.name!r} is missing")
 
 
-def _value_types(proto: onnx.ModelProto) -> dict[str, int]:
-    """ONNX element type of every value whose type is known or inferable."""
+def _value_info(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """ONNX element type and rank of every value whose type is known or inferable."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except (onnx.shape_inference.InferenceError, ValueError):
         inferred = proto
     graph = inferred.graph
     types: dict[str, int] = {}
+    ranks: dict[str, int] = {}
     for info in (*graph.value_info, *graph.input, *graph.output):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-            types[info.name] = info.type.tensor_type.elem_type
+        tensor_type = info.type.tensor_type
+        if info.type.HasField("tensor_type") and tensor_type.elem_type:
+            types[info.name] = tensor_type.elem_type
+            if tensor_type.HasField("shape"):
+                ranks[info.name] = len(tensor_type.shape.dim)
     for tensor in graph.initializer:
         types[tensor.name] = tensor.data_type
-    return types
+        ranks[tensor.name] = len(tensor.dims)
+    return types, ranks
 
 
-def _stats_from_moments(count: int, moments: np.ndarray) -> TensorStats:
-    total, squares, low, high = (float(x) for x in moments)
+def _stats_from_moments(shape: tuple[int, ...], total: float, squares: float, low: float, high: float) -> TensorStats:
+    count = math.prod(shape)
     if count == 0:
         return TensorStats(0, None, None, None, None, None, 0, 0)
     mean = total / count
@@ -346,6 +358,13 @@ def _stats_from_moments(count: int, moments: np.ndarray) -> TensorStats:
         nan_count=0,
         inf_count=0,
     )
+
+
+def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return str(options.get_session_config_entry(key))
+    except RuntimeError:  # ONNX Runtime's way of saying "not set"
+        return None
 
 
 def _default_providers() -> list[str]:
@@ -367,8 +386,9 @@ class OnnxRecorder:
         ``onnx.ModelProto`` with its data inline.
     providers:
         ONNX Runtime execution providers; default: CUDA when available, then CPU.
-    level:
-        ``"full"`` (data, statistics, hash), ``"stats"`` (statistics only) or ``"hash"``.
+    capture:
+        The level, as for :func:`tracespec.record`: ``"stats"`` (statistics only, the default),
+        ``"full"`` (data, statistics and hash) or ``"hash"``.
     include, exclude:
         Route globs (``fnmatch``, e.g. ``"blocks.0.*"``) of the module and op nodes to capture.
     include_ops, exclude_ops:
@@ -387,7 +407,7 @@ class OnnxRecorder:
         model: str | os.PathLike[str] | onnx.ModelProto,
         *,
         providers: Sequence[str] | None = None,
-        level: str = "full",
+        capture: str = "stats",
         include: str | Iterable[str] | None = None,
         exclude: str | Iterable[str] | None = None,
         include_ops: str | Iterable[str] | None = None,
@@ -398,8 +418,9 @@ class OnnxRecorder:
         outputs_per_run: int | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        if level not in LEVELS:
-            raise UsageError(f"level {level!r} is not one of {LEVELS}")
+        if capture not in LEVELS:
+            raise UsageError(f"capture {capture!r} is not one of {LEVELS}")
+        level = capture
         if outputs_per_run is not None and outputs_per_run < 1:
             raise UsageError(f"outputs_per_run must be a positive integer or None, got {outputs_per_run!r}")
         self.level = level
@@ -417,20 +438,67 @@ class OnnxRecorder:
         self._session_options = session_options
         self._events = self._plan()
         needed = self._needed_values()
-        self._types = _value_types(self._proto)
-        types = self._types
-        self._fetched = [name for name in needed if name in self.tree.producer]
-        if level == "hash":
-            self._in_graph_stats: set[str] = set()
-        else:
-            self._in_graph_stats = {name for name in self._fetched if types.get(name) in _STATS_TYPES}
-        self._fetch_data = [n for n in self._fetched if level != "stats" or n not in self._in_graph_stats]
-        size = outputs_per_run or max(len(self._fetched), 1)
-        self._batches = [self._fetched[i : i + size] for i in range(0, len(self._fetched), size)]
-        self._session = self._make_session(self._fetch_data, sorted(self._in_graph_stats, key=self._fetched.index))
+        self._types, self._ranks = _value_info(self._proto)
+        self._opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self._captured = [name for name in needed if name in self.tree.producer]
+        self._moments_of = {} if level == "hash" else {
+            name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in _STATS_TYPES
+        }
+        self._outputs_per_run = outputs_per_run
+        # Graph outputs are always fetched whole: record() returns them.
+        self._data = {n for n in self._captured if level != "stats" or n not in self._moments_of}
+        self._data.update(name for name in self.tree.graph_outputs if name in self.tree.producer)
         self._fallback_session: ort.InferenceSession | None = None
+        self._stale = False
+        self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
+        self._build()
         self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
-        self._graph_outputs = self.tree.graph_outputs
+
+    def _build(self) -> None:
+        """Create the instrumented session and the batches of outputs each run fetches."""
+        captured = self._captured
+        graph_outputs = [name for name in self.tree.graph_outputs if name in self.tree.producer]
+        sources = list(dict.fromkeys(self._moments_of.values()))
+        self._prefix = {source: f"{_PREFIX}{i}" for i, source in enumerate(sources)}
+        self._shape_output = {n: f"{_PREFIX}shape{i}" for i, n in enumerate(n for n in captured if n not in self._data)}
+        size = self._outputs_per_run or max(len(captured), 1)
+        chunks = [captured[i : i + size] for i in range(0, len(captured), size)] or [[]]
+        chunks[0] = list(dict.fromkeys([*chunks[0], *graph_outputs]))
+        self._chunks = chunks
+        self._batch_of = {name: k for k, chunk in enumerate(chunks) for name in chunk}
+        self._batches = [self._batch_outputs(chunk) for chunk in chunks]
+        moment_nodes = [
+            node
+            for source in sources
+            for node in _moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
+        ]
+        self._session = self._make_session(
+            [n for n in captured + graph_outputs if n in self._data], moment_nodes, list(self._shape_output.items())
+        )
+        self._stale = False
+
+    def _same_elements_source(self, name: str) -> str:
+        """The earliest value holding the same elements as ``name`` (through reshapes and
+        transposes): statistics do not depend on the order of elements, so they are computed once."""
+        while True:
+            producer = self.tree.ops[self.tree.producer[name]].node
+            source = producer.input[0] if producer.input else ""
+            if producer.op_type not in _SAME_ELEMENTS or name != producer.output[0] or source not in self.tree.producer:
+                return name
+            name = source
+
+    def _batch_outputs(self, chunk: list[str]) -> list[str]:
+        """The session outputs fetched for one batch of captured values."""
+        outputs: dict[str, None] = {}
+        for name in chunk:
+            if name in self._data:
+                outputs[name] = None
+            if name in self._moments_of:
+                prefix = self._prefix[self._moments_of[name]]
+                outputs.update(dict.fromkeys(f"{prefix}:{part}" for part in _MOMENTS))
+            if name in self._shape_output:
+                outputs[self._shape_output[name]] = None
+        return list(outputs)
 
     # ---------------------------------------------------------------- planning
     def _plan(self) -> list[tuple[str, Any]]:
@@ -470,24 +538,31 @@ class OnnxRecorder:
         return list(needed)
 
     # ---------------------------------------------------------------- sessions
-    def _make_session(self, outputs: Sequence[str], stats_of: Sequence[str]) -> ort.InferenceSession:
+    def _make_session(
+        self, outputs: Sequence[str], moment_nodes: Sequence[onnx.NodeProto], shapes: Sequence[tuple[str, str]]
+    ) -> ort.InferenceSession:
+        """A session over a copy of the model whose outputs are ``outputs``, the moments computed
+        by ``moment_nodes`` and the shapes of the ``(value, output)`` pairs in ``shapes``."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self._proto)
         graph = proto.graph
         present = set(self.tree.graph_outputs)
-        for name in outputs:
-            if name not in present:
-                graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-        if stats_of:
-            graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{_PREFIX}flat"))
-        for i, name in enumerate(stats_of):
-            graph.node.extend(_stats_nodes(name, f"{_PREFIX}{i}"))
-            graph.output.append(onnx.ValueInfoProto(name=f"{_PREFIX}{i}:moments"))
-            graph.output.append(onnx.ValueInfoProto(name=f"{_PREFIX}{i}:shape"))
+        graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in present)
+        if moment_nodes:
+            used = {name for node in moment_nodes for name in node.input}
+            graph.initializer.extend(
+                numpy_helper.from_array(np.array(value, dtype=np.int64), name)
+                for name, value in ((f"{_PREFIX}row", [1, -1]), (f"{_PREFIX}last_axis", [-1]))
+                if name in used
+            )
+            graph.node.extend(moment_nodes)
+            graph.output.extend(onnx.ValueInfoProto(name=node.output[0]) for node in moment_nodes if node.output[0].rpartition(":")[2] in _MOMENTS)
+        for name, output in shapes:
+            graph.node.append(onnx.helper.make_node("Shape", [name], [output], name=output))
+            graph.output.append(onnx.ValueInfoProto(name=output))
         options = self._session_options or ort.SessionOptions()
-        if self._base_dir is not None:
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self._base_dir))
+        if self._base_dir is not None and _config_entry(options, _EXTERNAL_DATA_FOLDER) != str(self._base_dir):
+            options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(self._base_dir))
         try:
             payload = proto.SerializeToString()
         except ValueError as exc:
@@ -495,17 +570,15 @@ class OnnxRecorder:
         return ort.InferenceSession(payload, options, providers=self._providers)
 
     # ---------------------------------------------------------------- recording
-    def record(
+    def open(
         self,
-        inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         path: str | os.PathLike[str],
         *,
         overwrite: bool = False,
         metadata: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, np.ndarray]]:
-        """Run the model on each input feed (one step each), write the trace, return the outputs."""
-        feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
-        feeds = [self._check_feed(feed) for feed in feeds]
+        durable: bool = True,
+    ) -> OnnxTrace:
+        """Start a trace at ``path``; each :meth:`OnnxTrace.run` records one step."""
         capture = {
             "level": self.level,
             "include": list(self._selection.include) if self._selection.include is not None else None,
@@ -513,12 +586,11 @@ class OnnxRecorder:
             "include_ops": sorted(self._selection.include_ops) if self._selection.include_ops is not None else None,
             "exclude_ops": sorted(self._selection.exclude_ops),
             **self._capture,
-            "outputs_per_run": len(self._batches),
+            "runs_per_step": len(self._batches),
             "scope_source": self.tree.scope_source,
-            "stats": "float64 moments computed in the graph by onnxruntime",
+            "stats": "computed in the graph by onnxruntime: float32 row sums added in float64",
         }
-        results = []
-        with TraceWriter(
+        writer = TraceWriter(
             path,
             framework="onnxruntime",
             framework_version=ort.__version__,
@@ -526,12 +598,24 @@ class OnnxRecorder:
             capture=capture,
             metadata=dict(metadata or {}),
             overwrite=overwrite,
-        ) as writer:
-            node_ids = self._write_tree(writer)
-            for step, feed in enumerate(feeds):
-                results.append(self._record_step(writer, node_ids, step, feed))
-                writer.end_step(step)
-        return results
+            durable=durable,
+        )
+        return OnnxTrace(self, writer, self._write_tree(writer))
+
+    def record(
+        self,
+        inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> list[dict[str, np.ndarray]]:
+        """Run the model on each input feed (one step each), write the trace, return the outputs."""
+        feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+        feeds = [self._check_feed(feed) for feed in feeds]
+        with self.open(path, overwrite=overwrite, metadata=metadata, durable=durable) as trace:
+            return [trace.run(feed) for feed in feeds]
 
     def _check_feed(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feed, Mapping):
@@ -575,52 +659,56 @@ class OnnxRecorder:
                 )
         return ids
 
-    def _run_batches(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
-        """Yield, batch by batch, the fetched arrays and in-graph moments of captured values."""
-        for batch in self._batches:
-            names = [n for n in batch if n in self._fetch_data]
-            stats = [n for n in batch if n in self._in_graph_stats]
-            index = {name: i for i, name in enumerate(sorted(self._in_graph_stats, key=self._fetched.index))}
-            stat_outputs = [f"{_PREFIX}{index[n]}:{part}" for n in stats for part in ("moments", "shape")]
-            values = self._session.run([*names, *stat_outputs], feed)
-            got: dict[str, Any] = dict(zip(names, values[: len(names)], strict=True))
-            moments = values[len(names) :]
-            for k, name in enumerate(stats):
-                got[f"{_PREFIX}moments:{name}"] = (moments[2 * k], moments[2 * k + 1])
-            yield got
-
-    def _fallback(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Fetch the data of values whose in-graph moments are not finite (NaN or Inf inside)."""
+    def _fetch_non_finite(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fetch, in one more run, the data of values whose in-graph moments are not finite (NaN
+        or Inf inside); from the next step on, the main session fetches them whole."""
         if self._fallback_session is None:
-            self._fallback_session = self._make_session(
-                [n for n in self._fetched if n in self._in_graph_stats], []
-            )
+            self._fallback_session = self._make_session(list(self._moments_of), [], [])
+        self._data.update(names)
+        self._stale = True
         return dict(zip(names, self._fallback_session.run(names, feed), strict=True))
 
     def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._stale:
+            self._build()
         tree = self.tree
         records: dict[str, int] = {}
-        pending: dict[str, Any] = {}
-        batches = self._run_batches(feed)
+        fetched: dict[str, Any] = {}
+        current = [-1]
         outputs: dict[str, np.ndarray] = {}
+
+        def finite(prefix: str) -> bool:
+            return math.isfinite(float(fetched[f"{prefix}:sum"])) and math.isfinite(float(fetched[f"{prefix}:squares"]))
+
+        def load(batch: int) -> None:
+            if batch != current[0]:
+                names = self._batches[batch]
+                fetched.clear()
+                fetched.update(zip(names, self._session.run(names, feed), strict=True))
+                non_finite = [
+                    n for n in self._chunks[batch]
+                    if n in self._moments_of and n not in fetched and not finite(self._prefix[self._moments_of[n]])
+                ]
+                if non_finite:
+                    fetched.update(self._fetch_non_finite(non_finite, feed))
+                outputs.update((n, fetched[n]) for n in tree.graph_outputs if n in fetched)
+                current[0] = batch
 
         def value(name: str) -> tuple[np.ndarray | None, TensorStats | None, tuple[int, ...] | None]:
             if name in feed:
                 return feed[name], None, None
-            if name in tree.initializers or name in tree.parameter_aliases:
-                return self._initializer(name), None, None
-            while name not in pending and f"{_PREFIX}moments:{name}" not in pending:
-                pending.clear()
-                pending.update(next(batches))
-            array = pending.pop(name, None)
-            moments = pending.pop(f"{_PREFIX}moments:{name}", None)
-            if moments is None:
+            load(self._batch_of[name])
+            array = fetched.get(name)
+            source = self._moments_of.get(name)
+            if source is None:
                 return array, None, None
-            shape = tuple(int(d) for d in moments[1])
-            if not np.isfinite(moments[0]).all():
-                array = array if array is not None else self._fallback([name], feed)[name]
+            shape = array.shape if array is not None else tuple(int(d) for d in fetched[self._shape_output[name]])
+            prefix = self._prefix[source]
+            if not finite(prefix):
+                # NaN or Inf inside (or a float32 overflow): the reference counts them.
                 return array, None, shape
-            return array, _stats_from_moments(int(np.prod(shape, dtype=np.int64)), moments[0]), shape
+            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in _MOMENTS)
+            return array, _stats_from_moments(shape, total, squares, low, high), shape
 
         def put(node: int, role: str, slot: str, name: str, call: int | None) -> None:
             if not name:
@@ -628,6 +716,11 @@ class OnnxRecorder:
                 return
             if name in records:
                 writer.add_tensor(step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, same_as=records[name], level=self.level)
+                return
+            if name in tree.initializers or name in tree.parameter_aliases:
+                if role == "parameter":
+                    records[name] = self._put_constant(writer, step, node, slot, name)
+                # An op reading an initializer refers to its parameter record, if captured.
                 return
             array, stats, shape = value(name)
             if name in tree.graph_outputs and array is not None:
@@ -670,36 +763,92 @@ class OnnxRecorder:
                 counter += 2
             else:
                 counter += 2
-        for _ in batches:  # runs left over when nothing in them was recorded
-            pass
-        missing = [n for n in self._graph_outputs if n not in outputs]
-        if missing:
-            outputs.update(zip(missing, self._session.run(missing, feed), strict=True))
-        return {name: outputs[name] for name in self._graph_outputs}
+        if not outputs:
+            load(0)  # the batch holding the graph outputs when nothing in it was recorded
+        return {name: outputs.get(name, feed.get(name)) for name in tree.graph_outputs}
+
+    def _put_constant(self, writer: TraceWriter, step: int, node: int, slot: str, name: str) -> int:
+        """Record an initializer; its statistics and hash are computed once per recorder."""
+        source = self.tree.parameter_aliases.get(name, name)
+        array = None
+        summary = self._constants.get(source)
+        if summary is None or self.level == "full":
+            array = self._initializer(source)
+        if summary is None:
+            assert array is not None
+            summary = self._constants[source] = (compute_stats(array), content_hash(array), dtype_of(array).name, array.shape)
+        stats, digest, dtype, shape = summary
+        return writer.add_tensor(
+            step=step, stage=STAGE, node=node, role="parameter", slot=slot, array=array, level=self.level,
+            stats=stats, hash=digest, dtype=dtype, shape=shape,
+        )
 
     def _initializer(self, name: str) -> np.ndarray:
-        tensor = self.tree.initializers[self.tree.parameter_aliases.get(name, name)]
+        tensor = self.tree.initializers[name]
         try:
             return numpy_helper.to_array(tensor, base_dir=str(self._base_dir or ""))
         except (OSError, ValueError) as exc:
             raise InputFileError(f"initializer {tensor.name!r} cannot be read: {exc}") from None
 
 
-def _stats_nodes(name: str, prefix: str) -> list[onnx.NodeProto]:
-    """Nodes computing ``[sum, sum of squares, min, max]`` of ``name`` in float64, and its shape."""
+class OnnxTrace:
+    """An open trace of an :class:`OnnxRecorder`: each :meth:`run` is one step.
+
+    Use it as a context manager; leaving the block normally marks the trace complete, an
+    exception leaves it readable and marked incomplete.
+    """
+
+    def __init__(self, recorder: OnnxRecorder, writer: TraceWriter, node_ids: dict[str, int]) -> None:
+        self._recorder = recorder
+        self._writer = writer
+        self._node_ids = node_ids
+        self._step = 0
+
+    def run(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model on ``feed``, record the step, and return the graph outputs."""
+        outputs = self._recorder._record_step(self._writer, self._node_ids, self._step, self._recorder._check_feed(feed))
+        self._writer.end_step(self._step)
+        self._step += 1
+        return outputs
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> OnnxTrace:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._writer.__exit__(exc_type, exc, tb)
+
+
+def _moment_nodes(name: str, prefix: str, elem_type: int, rank: int | None, opset: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``<prefix>:sum``, ``:squares`` (float64 scalars), ``:min`` and ``:max`` of
+    ``name``.
+
+    ONNX Runtime's float64 kernels are several times slower than its float32 ones, so sums are
+    taken in float32 along the last axis (rows of the tensor, in parallel), and the row sums are
+    added in float64: the error is that of float32 sums over one row.
+    """
     make = onnx.helper.make_node
-    flat, double = f"{prefix}:flat", f"{prefix}:double"
-    parts = [f"{prefix}:{part}" for part in ("sum", "squares", "min", "max")]
-    return [
-        make("Reshape", [name, f"{_PREFIX}flat"], [flat], name=f"{prefix}/Reshape"),
-        make("Cast", [flat], [double], to=onnx.TensorProto.DOUBLE, name=f"{prefix}/Cast"),
-        *(
-            make(op, [double], [out], keepdims=1, name=f"{prefix}/{op}")
-            for op, out in zip(("ReduceSum", "ReduceSumSquare", "ReduceMin", "ReduceMax"), parts, strict=True)
-        ),
-        make("Concat", parts, [f"{prefix}:moments"], axis=0, name=f"{prefix}/Concat"),
-        make("Shape", [name], [f"{prefix}:shape"], name=f"{prefix}/Shape"),
-    ]
+    nodes = []
+    source = name
+    if elem_type == onnx.TensorProto.FLOAT16:  # float16 squares overflow at 256
+        nodes.append(make("Cast", [source], [f"{prefix}:float"], to=onnx.TensorProto.FLOAT, name=f"{prefix}:float"))
+        source = f"{prefix}:float"
+    if not rank:  # a 0-d value or an unknown rank: one row
+        nodes.append(make("Reshape", [source, f"{_PREFIX}row"], [f"{prefix}:rows"], name=f"{prefix}:rows"))
+        source = f"{prefix}:rows"
+    for op, part in (("ReduceSum", "sum"), ("ReduceSumSquare", "squares")):
+        partial = f"{prefix}:row_{part}"
+        if opset >= 18 or (op == "ReduceSum" and opset >= 13):
+            nodes.append(make(op, [source, f"{_PREFIX}last_axis"], [partial], keepdims=0, name=partial))
+        else:
+            nodes.append(make(op, [source], [partial], axes=[-1], keepdims=0, name=partial))
+        nodes.append(make("Cast", [partial], [f"{partial}:double"], to=onnx.TensorProto.DOUBLE, name=f"{partial}:double"))
+        nodes.append(make("ReduceSum", [f"{partial}:double"], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
+    for op, part in (("ReduceMin", "min"), ("ReduceMax", "max")):
+        nodes.append(make(op, [source], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
+    return nodes
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -718,6 +867,7 @@ def record_onnx(
     *,
     overwrite: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    durable: bool = True,
     **options: Any,
 ) -> list[dict[str, np.ndarray]]:
     """Run ``model`` in ONNX Runtime on ``inputs`` and record every intermediate value to ``path``.
@@ -730,10 +880,11 @@ def record_onnx(
         The feed, ``{input name: array}``, or a list of feeds (one trace step each).
     path:
         The trace folder to write.
-    overwrite, metadata:
-        Replace an existing trace; free-form metadata for the manifest.
+    overwrite, metadata, durable:
+        Replace an existing trace; free-form metadata for the manifest; fsync what is written
+        (see :class:`~tracespec.storage.TraceWriter`).
     **options:
-        What :class:`OnnxRecorder` takes: ``providers``, ``level``, ``include``, ``exclude``,
+        What :class:`OnnxRecorder` takes: ``providers``, ``capture``, ``include``, ``exclude``,
         ``include_ops``, ``exclude_ops``, ``modules``, ``ops``, ``parameters``,
         ``outputs_per_run``, ``session_options``.
 
@@ -743,4 +894,19 @@ def record_onnx(
         The model's graph outputs, one dict per feed.
     """
     recorder = OnnxRecorder(model, **options)
-    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata)
+    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata, durable=durable)
+
+
+def accepts(model: Any) -> bool:
+    """Whether this adapter records ``model``: an ``onnx.ModelProto`` or a path to a ``.onnx`` file."""
+    return isinstance(model, onnx.ModelProto) or (isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"))
+
+
+def record(model: str | os.PathLike[str] | onnx.ModelProto, path: str | os.PathLike[str], **options: Any) -> OnnxTrace:
+    """The adapter-registry entry point (``tracespec.record(onnx_model, path)``): an open trace.
+
+    ``overwrite``, ``metadata`` and ``durable`` go to the trace, everything else to
+    :class:`OnnxRecorder`; call ``run(feed)`` on the result once per step, inside a ``with`` block.
+    """
+    trace_options = {key: options.pop(key) for key in ("overwrite", "metadata", "durable") if key in options}
+    return OnnxRecorder(model, **options).open(path, **trace_options)

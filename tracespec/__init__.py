@@ -19,16 +19,6 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def record_onnx(model, inputs, path, **options):  # type: ignore[no-untyped-def]
-    """Record an ONNX Runtime run; see :func:`tracespec.adapters.onnxruntime.record_onnx`.
-
-    onnxruntime is imported on the first call, never by ``import tracespec``.
-    """
-    from tracespec.adapters.onnxruntime import record_onnx as record
-
-    return record(model, inputs, path, **options)
-
-
 __all__ = [
     "FORMAT_VERSION",
     "Trace",
@@ -55,3 +45,14 @@ def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recorder
     from tracespec.adapters import record as record_with_adapter
 
     return record_with_adapter(model, path, **options)
+
+
+def record_onnx(model: Any, inputs: Any, path: str | os.PathLike[str], **options: Any) -> Any:
+    """Run an ONNX model in ONNX Runtime and record every intermediate value into ``path``.
+
+    See :func:`tracespec.adapters.onnxruntime.record_onnx` and ``docs/onnx.md``. onnxruntime is
+    imported on the first call, never by ``import tracespec``.
+    """
+    from tracespec.adapters.onnxruntime import record_onnx as record_with_onnxruntime
+
+    return record_with_onnxruntime(model, inputs, path, **options)
