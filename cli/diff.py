@@ -189,7 +189,7 @@ def _metrics_line(metrics: dict[str, Any] | None) -> str:
         text += (
             f"; {metrics['mismatched']}/{metrics['count']} elements beyond tolerance"
             f" (worst ×{_num(metrics['tolerance_ratio'])} at {metrics['worst_index']}:"
-            f" A {_num(metrics['worst_a'])}, B {_num(metrics['worst_b'])})"
+            f" A {metrics['worst_a']:.7g}, B {metrics['worst_b']:.7g})"
         )
     if not (metrics["nan_agree"] and metrics["inf_agree"]):
         text += "; NaN/Inf at different positions"
@@ -251,6 +251,8 @@ def _growth_lines(verdict: Verdict) -> list[str]:
     seen = set()
     lines = []
     width = max(len(p["route"] or "(root)") for p in rows)
+    floor = -8.0  # log10 of the error drawn as an empty bar
+    top = max((math.log10(p["rel_rmse"]) for p in rows if p["rel_rmse"]), default=floor + 1)
     for point in rows:
         key = (point["route"], point["call"])
         if key in seen:
@@ -259,7 +261,7 @@ def _growth_lines(verdict: Verdict) -> list[str]:
         rel = point["rel_rmse"]
         bar = ""
         if rel:
-            bar = "█" * max(1, min(30, round((math.log10(rel) + 10) * 3)))
+            bar = "█" * max(1, round(30 * (math.log10(rel) - floor) / max(top - floor, 1e-9)))
         call = f"#{point['call']}" if point["call"] else ""
         lines.append(f"  {(point['route'] or '(root)') + call:<{width + 3}} {_num(rel):>9}  {_MARK[point['status']]} {bar}")
     return lines
@@ -300,16 +302,17 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append("")
         out.append(f"Path to the first divergence ({first['stage']}):")
         out.extend(_path_tree(verdict))
-        if verdict.worst:
+        worst = [w for w in verdict.worst if w["stage"] == first["stage"]] or verdict.worst
+        if worst:
             out.append("")
-            out.append("Worst nodes (× tolerance):")
-            for item in verdict.worst[:top]:
+            out.append(f"Worst nodes ({worst[0]['stage']}; × tolerance):")
+            for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
                 out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{_num(ratio)}  {item['divergence'] or ''}")
     growth = _growth_lines(verdict)
     if growth:
         out.append("")
-        out.append("Error growth (forward; RMSE / RMS of each layer's output):")
+        out.append("Error growth (forward; RMSE / RMS of each layer's output, log scale):")
         out.extend(growth)
     tol = verdict.tolerances
     by_dtype = "; ".join(

@@ -194,14 +194,20 @@ def error_growth(units: list[UnitResult]) -> list[dict[str, Any]]:
     curve = []
     for unit in units:
         worst = unit.worst_output()
-        if worst is None or worst.metrics is None or worst.metrics.kind != "elementwise":
+        if worst is None or worst.metrics is None:
             continue
         metrics = worst.metrics
+        if metrics.identical:
+            rel_rmse, max_abs = 0.0, 0.0
+        elif metrics.kind == "elementwise":
+            doc = metrics.to_json()
+            rel_rmse, max_abs = doc["rel_rmse"], doc["max_abs"]
+        else:
+            continue
         curve.append({
             "step": unit.step, "rank": unit.rank, "stage": unit.stage,
             "route": unit.a_route, "call": unit.call, "depth": unit.depth,
-            "rel_rmse": metrics.to_json()["rel_rmse"], "max_abs": metrics.to_json()["max_abs"],
-            "status": unit.status,
+            "rel_rmse": rel_rmse, "max_abs": max_abs, "status": unit.status,
         })
     return curve
 

@@ -71,7 +71,7 @@ def _select(values: Iterable[int] | None, a: list[int], b: list[int], what: str)
 
 
 class _Comparer:
-    """Compares record pairs of one rank, with a cache of array pairs already compared."""
+    """Compares record pairs of one rank, remembering the array pairs already judged."""
 
     def __init__(self, trace_a: Trace, trace_b: Trace, rank: int, policy: TolerancePolicy,
                  trust_hashes: bool, progress: Callable[[int], None]) -> None:
@@ -79,7 +79,7 @@ class _Comparer:
         self.policy = policy
         self.trust_hashes = trust_hashes
         self.progress = progress
-        self.cache: dict[tuple[Any, ...], Metrics] = {}
+        self.judged: dict[tuple[Any, ...], tuple[Metrics, str]] = {}
         self.dtypes: set[str] = set()
 
     def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
@@ -106,16 +106,23 @@ class _Comparer:
             result.note = f"shapes differ: A {list(ra.shape or [])} vs B {list(rb.shape or [])}" + (
                 f" ({result.transform} applied to B)" if transform else "")
             return result
-        mode = self.policy.mode_for(route)
-        tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
-        own = _reference_rms(ra)
-        scale = max(own, typical_rms or 0.0) if own is not None else typical_rms
-        metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
-        result.metrics = metrics
-        if metrics.kind == "none":
-            result.note = metrics.note
-            return result
-        result.status = _judge(metrics, mode, tolerance)
+        # A tensor shared by several records (a module's output is the next one's input) is
+        # judged once, under the tolerance of the first node in execution order that records it,
+        # so that producer and consumer never disagree about it.
+        key = _content_key(ra, rb, result.transform)
+        judged = self.judged.get(key) if key is not None else None
+        if judged is None:
+            mode = self.policy.mode_for(route)
+            tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
+            own = _reference_rms(ra)
+            scale = max(own, typical_rms or 0.0) if own is not None else typical_rms
+            metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
+            judged = (metrics, "skipped" if metrics.kind == "none" else _judge(metrics, mode, tolerance))
+            if key is not None:
+                self.judged[key] = judged
+        result.metrics, result.status = judged
+        if result.metrics.kind == "none":
+            result.note = result.metrics.note
         return result
 
     def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any, scale: float | None) -> Metrics:
@@ -131,28 +138,21 @@ class _Comparer:
                     kind="hash", identical=identical_arrays(a, b)))
             return Metrics(kind="none", identical=False, note="bitwise mode needs hashes or data on both sides")
         if mode != "stats" and ra.array is not None and rb.array is not None:
-            return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, scale),
-                                  mode, tolerance, scale)
+            return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, scale))
         if ra.stats is not None and rb.stats is not None:
             return compare_stats(ra.stats, rb.stats, tolerance, scale)
         if both_hash:
             return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
         return Metrics(kind="none", identical=False, note="nothing comparable: the two records kept different levels")
 
-    def _read_and(self, ra: Record, rb: Record, transform: Any, measure: Callable[[np.ndarray, np.ndarray], Metrics],
-                  *key_extra: Any) -> Metrics:
-        key = (ra.array, rb.array, transform, key_extra, measure.__code__)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
+    def _read_and(self, ra: Record, rb: Record, transform: Any,
+                  measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
         a = self.ta.read(self.rank, ra.array)  # type: ignore[arg-type]
         b = self.tb.read(self.rank, rb.array)  # type: ignore[arg-type]
         if transform is not None:
             b = transform.apply(b)
         metrics = measure(a, b)
         self.progress(a.nbytes + b.nbytes)
-        del a, b
-        self.cache[key] = metrics
         return metrics
 
 
@@ -180,6 +180,15 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
             if rms is not None and rms > 0:
                 found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
     return {key: float(np.median(values)) for key, values in found.items()}
+
+
+def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ...] | None:
+    """What identifies a pair of tensors: their content hashes, else their stored arrays."""
+    if ra.hash is not None and rb.hash is not None:
+        return (ra.hash, rb.hash, ra.shape, rb.shape, transform)
+    if ra.array is not None and rb.array is not None:
+        return (ra.array, rb.array, transform)
+    return None
 
 
 def _reference_rms(record: Record) -> float | None:

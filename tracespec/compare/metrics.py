@@ -17,6 +17,8 @@ Non-finite results are reported as ``None`` in JSON (``sqnr_db`` of identical te
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,6 +33,9 @@ __all__ = ["BLOCK", "Metrics", "compare_arrays", "compare_hashes", "compare_stat
 
 BLOCK: Final = 1 << 18
 """Elements per block: 2 MiB of float64 per temporary, small enough to stay in cache."""
+
+WORKERS: Final = min(4, os.cpu_count() or 1)
+"""Threads comparing the blocks of one large tensor (work memory grows by a few blocks each)."""
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -126,15 +131,15 @@ def identical_arrays(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _ordered_bits(block: np.ndarray) -> np.ndarray:
-    """Float bits mapped to integers whose difference counts representable values (ULPs)."""
+    """Float bits as integers whose differences count representable values (ULPs): the
+    sign-magnitude bit pattern turned into two's complement (-0.0 and +0.0 both map to 0)."""
     width = block.dtype.itemsize * 8
-    bits = block.view(f"u{block.dtype.itemsize}")
-    if width == 64:
-        magnitude = (bits & np.uint64((1 << 63) - 1)).astype(np.float64)
-    else:
-        magnitude = (bits & ((1 << (width - 1)) - 1)).astype(np.int64)
-    negative = bits >> (width - 1) != 0
-    return np.where(negative, -magnitude, magnitude)
+    signed = block.view(f"i{block.dtype.itemsize}")
+    sign = signed >> (width - 1)  # -1 for negative values, 0 otherwise
+    ordered = signed ^ (sign & np.array((1 << (width - 1)) - 1, signed.dtype))
+    ordered -= sign
+    # differences of two width-bit integers need width + 1 bits
+    return ordered.astype(np.float64 if width == 64 else np.int64)
 
 
 def _float_name(dtype: np.dtype) -> str | None:
@@ -167,57 +172,84 @@ class _Accumulator:
         self.worst: tuple[int, float, float] | None = None
         self.nan_agree = self.inf_agree = True
 
+    def merge(self, other: _Accumulator) -> None:
+        """Fold in the sums of the next blocks (``other`` covers elements after this one's)."""
+        self.count += other.count
+        self.finite += other.finite
+        self.mismatched += other.mismatched
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.max_ulp = max(self.max_ulp, other.max_ulp)
+        self.sum_abs += other.sum_abs
+        self.sum_sq += other.sum_sq
+        self.sum_abs_a += other.sum_abs_a
+        self.aa += other.aa
+        self.bb += other.bb
+        self.ab += other.ab
+        if other.worst_ratio > self.worst_ratio:  # the earliest element wins ties, as in one pass
+            self.worst_ratio, self.worst = other.worst_ratio, other.worst
+        self.nan_agree &= other.nan_agree
+        self.inf_agree &= other.inf_agree
+
     def add(self, start: int, block_a: np.ndarray, block_b: np.ndarray, ulp_dtype: np.dtype | None) -> None:
-        """Fold one block (flat views of A and B at element offset ``start``) into the sums."""
+        """Fold one block (flat views of A and B at element offset ``start``) into the sums.
+
+        Written for few passes over memory: temporaries are reused, and the NaN/Inf masks are
+        built only when a sum of squares says a block holds a non-finite value.
+        """
         self.count += block_a.size
         a = block_a.astype(np.float64)
         b = block_b.astype(np.float64)
         index = None
-        finite_a, finite_b = np.isfinite(a), np.isfinite(b)
-        if not (finite_a.all() and finite_b.all()):
-            nan_a, nan_b = np.isnan(a), np.isnan(b)
-            self.nan_agree &= bool(np.array_equal(nan_a, nan_b))
+        aa, bb = float(np.einsum("i,i->", a, a)), float(np.einsum("i,i->", b, b))
+        if not (math.isfinite(aa) and math.isfinite(bb)):
+            finite_a, finite_b = np.isfinite(a), np.isfinite(b)
+            self.nan_agree &= bool(np.array_equal(np.isnan(a), np.isnan(b)))
             inf_a = np.where(np.isinf(a), np.sign(a), 0)
             inf_b = np.where(np.isinf(b), np.sign(b), 0)
             self.inf_agree &= bool(np.array_equal(inf_a, inf_b))
             both = finite_a & finite_b
-            index = np.flatnonzero(both)
-            a, b = a[both], b[both]
-            block_a, block_b = block_a[both], block_b[both]
+            if not both.all():
+                index = np.flatnonzero(both)
+                a, b = a[both], b[both]
+                block_a, block_b = block_a[both], block_b[both]
+            with np.errstate(over="ignore"):
+                aa, bb = float(np.einsum("i,i->", a, a)), float(np.einsum("i,i->", b, b))
         if a.size == 0:
             return
         self.finite += a.size
-        diff = b - a
-        abs_diff = np.abs(diff)
-        abs_a = np.abs(a)
+        self.aa += aa
+        self.bb += bb
+        self.ab += float(np.einsum("i,i->", a, b))
+        diff = np.subtract(b, a, out=b)  # b is not needed any more
+        self.sum_sq += float(np.einsum("i,i->", diff, diff))
+        abs_diff = np.abs(diff, out=diff)
         self.sum_abs += float(abs_diff.sum())
-        self.sum_sq += float(np.dot(diff, diff))
-        self.aa += float(np.dot(a, a))
-        self.bb += float(np.dot(b, b))
-        self.ab += float(np.dot(a, b))
-        self.sum_abs_a += float(abs_a.sum())
         block_max = float(abs_diff.max())
+        abs_a = np.abs(a)
+        self.sum_abs_a += float(abs_a.sum())
         if block_max == 0.0:
             return
         self.max_abs = max(self.max_abs, block_max)
-        bound = abs_a * self.rtol
-        bound += self.atol
+        work = np.multiply(abs_a, self.rtol)
+        work += self.atol
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = abs_diff / bound
-            rel = abs_diff / abs_a
-        ratio[abs_diff == 0] = 0.0
-        self.mismatched += int(np.count_nonzero(ratio > 1.0))
-        worst = int(np.argmax(ratio))
-        if ratio[worst] > self.worst_ratio:
-            self.worst_ratio = float(ratio[worst])
-            position = start + (int(index[worst]) if index is not None else worst)
-            self.worst = (position, float(a[worst]), float(b[worst]))
-        rel[abs_a == 0] = 0.0
+            ratio = np.divide(abs_diff, work, out=work)
+            if self.atol == 0.0:
+                ratio[abs_diff == 0] = 0.0
+            worst = int(np.argmax(ratio))
+            worst_ratio = float(ratio[worst])
+            if worst_ratio > 1.0:
+                self.mismatched += int(np.count_nonzero(ratio > 1.0))
+            if worst_ratio > self.worst_ratio:
+                self.worst_ratio = worst_ratio
+                position = start + (int(index[worst]) if index is not None else worst)
+                self.worst = (position, float(block_a[worst]), float(block_b[worst]))
+            rel = np.divide(abs_diff, abs_a, out=ratio)
+            rel[abs_a == 0] = 0.0
         self.max_rel = max(self.max_rel, float(rel.max()))
         if ulp_dtype is not None:
-            ua = block_a.astype(ulp_dtype, copy=False)
-            ub = block_b.astype(ulp_dtype, copy=False)
-            ulps = np.abs(_ordered_bits(ua) - _ordered_bits(ub))
+            ulps = np.abs(_ordered_bits(block_a.astype(ulp_dtype, copy=False)) - _ordered_bits(block_b.astype(ulp_dtype, copy=False)))
             self.max_ulp = max(self.max_ulp, float(ulps.max()))
 
     def finish(self, shape: tuple[int, ...], ulp_dtype: str | None, reference_rms: float | None) -> Metrics:
@@ -267,9 +299,23 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, reference
     ulp_numpy = parse_dtype(ulp_dtype).numpy if ulp_dtype is not None else None
     flat_a = np.ascontiguousarray(a).reshape(-1)
     flat_b = np.ascontiguousarray(b).reshape(-1)
+
+    def one_block(start: int) -> _Accumulator:
+        block = _Accumulator(tolerance, reference_rms)
+        block.add(start, flat_a[start : start + BLOCK], flat_b[start : start + BLOCK], ulp_numpy)
+        return block
+
+    starts = range(0, flat_a.size, BLOCK)
     acc = _Accumulator(tolerance, reference_rms)
-    for start in range(0, flat_a.size, BLOCK):
-        acc.add(start, flat_a[start : start + BLOCK], flat_b[start : start + BLOCK], ulp_numpy)
+    # Blocks are independent and folded in order, so the result is the same with any number of
+    # threads (numpy releases the GIL in its loops); threads only pay off on large tensors.
+    if len(starts) >= 4 and WORKERS > 1:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for part in pool.map(one_block, starts):
+                acc.merge(part)
+    else:
+        for start in starts:
+            acc.merge(one_block(start))
     return acc.finish(tuple(a.shape), ulp_dtype, reference_rms)
 
 
