@@ -104,7 +104,7 @@ def export_onnx(onnx_file: Path, inputs: dict[str, np.ndarray]) -> Path:
 
 def record_onnx(path: Path, inputs: dict[str, np.ndarray], onnx_file: Path) -> None:
     """Run the exported model in ONNX Runtime on ``inputs``, every intermediate value recorded."""
-    tracespec.record_onnx(onnx_file, inputs, path, overwrite=True, level="full")
+    tracespec.record_onnx(onnx_file, inputs, path, overwrite=True, capture="full")
 
 
 RUN_OF: Final = {"bf16": "torch_bf16", "onnx": "onnxruntime", "paddle": "paddle"}
