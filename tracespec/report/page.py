@@ -50,7 +50,7 @@ table.kv { border-collapse: collapse; font-size: 13px; }
 table.kv td { padding: 2px 10px 2px 0; vertical-align: top; }
 table.kv td:first-child { color: #6b7280; white-space: nowrap; }
 code, .route { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12.5px; }
-#culprit-box { border-left: 4px solid var(--fail); }
+#culprit-box { border-left: 4px solid var(--fail); } #culprit-box.pass { border-left-color: var(--pass); }
 #controls { display: flex; gap: 8px; margin-bottom: 8px; flex-wrap: wrap; }
 #filter { flex: 1; min-width: 160px; padding: 4px 8px; border: 1px solid #d1d5db; border-radius: 6px; }
 button { border: 1px solid #d1d5db; background: #fff; border-radius: 6px; padding: 3px 10px; cursor: pointer; }

@@ -306,7 +306,7 @@ def _elementwise_html(what: str, err: ElementwiseError) -> str:
 def _culprit_html(culprit: Mapping[str, Any] | None, hint: str | None) -> str:
     if culprit is None:
         text = hint or "No divergence: every compared tensor is within tolerance."
-        return f'<section id="culprit-box"><h2>First divergence</h2><p>{escape(text)}</p></section>'
+        return f'<section id="culprit-box" class="pass"><h2>No divergence</h2><p>{escape(text)}</p></section>'
     route_a, route_b = _route_of(culprit.get("a")), _route_of(culprit.get("b"))
     rows = [
         ("where", f"{route_a or '(root)'}" + (f"  ↔  {route_b or '(root)'}" if route_b != route_a else "")),

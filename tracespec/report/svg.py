@@ -111,10 +111,10 @@ def line_plot(
     if any_zero:
         parts.append(f'<text x="{left + plot_w - 4}" y="{floor - 4}" text-anchor="end" {_FONT} fill="#6b7280">'
                      "hollow on the bottom edge: identical (0)</text>")
-    for k, s in enumerate(series):
-        x = left + 10 + 170 * k
-        parts.append(f'<rect x="{x}" y="{top + 6}" width="12" height="3" fill="{s.color}"/>')
-        parts.append(f'<text x="{x + 16}" y="{top + 11}" {_FONT}>{escape(s.label)}</text>')
+    for k, s in enumerate(series):  # the legend shares the title's line, right-aligned, off the data
+        x = left + plot_w - 190 * (len(series) - k)
+        parts.append(f'<rect x="{x}" y="11" width="12" height="3" fill="{s.color}"/>')
+        parts.append(f'<text x="{x + 16}" y="16" {_FONT}>{escape(s.label)}</text>')
     parts.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
                  f'text-anchor="middle" {_FONT}>{escape(y_label)}</text>')
     parts.append("</svg>")
