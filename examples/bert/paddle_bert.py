@@ -11,8 +11,8 @@ sublayer that introduced it:
 
 - ``"transpose"``: one square Linear weight (``encoder.layer.3.attention.output.dense``) is copied
   without the ``[out, in]`` -> ``[in, out]`` transpose; the shapes fit, so nothing complains.
-- ``"layernorm-eps"``: one LayerNorm (``encoder.layer.2.output.LayerNorm``) is built with Paddle's
-  default epsilon 1e-5 instead of the config's 1e-12.
+- ``"layernorm-eps"``: one LayerNorm (``encoder.layer.0.attention.output.LayerNorm``) is built with
+  Paddle's default epsilon 1e-5 instead of the config's 1e-12.
 - ``"padding-idx"``: the word embedding passes ``padding_idx`` the way PyTorch does; but Paddle's
   embedding outputs zeros for that id, while PyTorch looks up the stored row (non-zero in this
   checkpoint), so the padded positions differ.
@@ -30,7 +30,7 @@ __all__ = ["BUGS", "BUG_ROUTES", "BertModel", "load_paddle_bert"]
 
 BUG_ROUTES: Final = {
     "transpose": "encoder.layer.3.attention.output.dense",
-    "layernorm-eps": "encoder.layer.2.output.LayerNorm",
+    "layernorm-eps": "encoder.layer.0.attention.output.LayerNorm",
     "padding-idx": "embeddings.word_embeddings",
 }
 """Each porting bug and the route of the sublayer that introduces it."""

@@ -44,8 +44,8 @@ def port_error(bug: str | None = None) -> dict[str, float]:
     """:func:`relative_error` of the Paddle port's outputs against PyTorch's.
 
     Computed with numpy on the final outputs only: the check that the port loads and runs, before
-    any tracing. A bug that stays below float32 noise at the outputs (``layernorm-eps``) needs the
-    module-by-module diff to be seen.
+    any tracing. A bug that is faint at the outputs (``layernorm-eps``) needs the module-by-module
+    diff to be located.
     """
     import paddle_bert
     import torch
@@ -143,9 +143,9 @@ DIFF_OPTIONS: Final = {
     # ONNX Runtime runs the forward pass only.
     "onnx": ["--mode", "mean", "--stage", "forward",
              "--layer-map", str(Path(__file__).resolve().parent / "onnx_layer_map.json")],
-    # strict, at the default float32 tolerances: a wrong LayerNorm epsilon is only ~3x beyond them.
-    # The backward pass is recorded too, but gradients summed in a different order are ~3x beyond
-    # the strict defaults as well, so the pass/fail verdict is the forward one.
+    # strict, at the default float32 tolerances. The backward pass is recorded too, but gradients
+    # summed in a different order are up to ~3x beyond the strict float32 defaults, so the
+    # pass/fail verdict is the forward one.
     "paddle": ["--stage", "forward"],
 }
 """``tracespec diff`` options of each comparison (README.md explains each choice)."""

@@ -63,10 +63,11 @@ def test_padding_idx_bug_changes_only_padded_positions(bert: dict[str, Any]) -> 
     assert per_token[~padded].max() < FLOAT32_NOISE
 
 
-def test_layernorm_eps_bug_hides_below_noise_at_the_outputs(bert: dict[str, Any]) -> None:
-    # Why tracing matters: the final outputs cannot tell this bug from float32 noise.
-    errors = _port_error(bert, "layernorm-eps")
-    assert max(e.max() for e in errors.values()) < FLOAT32_NOISE
+def test_layernorm_eps_bug_is_faint_at_the_outputs(bert: dict[str, Any]) -> None:
+    # Why tracing matters: at the outputs the bug is a faint error that names no module.
+    clean = max(e.max() for e in _port_error(bert, None).values())
+    errors = max(e.max() for e in _port_error(bert, "layernorm-eps").values())
+    assert clean < errors < 1e-4
 
 
 def test_every_bug_names_a_real_route(bert: dict[str, Any]) -> None:
