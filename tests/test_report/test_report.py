@@ -210,3 +210,18 @@ def test_diff_writes_the_html_report(bug_traces: dict[str, Any], tmp_path: Path)
     assert done.exit_code == 1, done.output
     html = out.read_text()
     assert f'"{CULPRIT}"' in html and 'id="elementwise"' in html and "First divergence" in html
+
+
+def test_elementwise_error_brings_b_into_a_layout(tmp_path: Path) -> None:
+    weight = np.arange(15, dtype=np.float32).reshape(3, 5)  # PyTorch's [out, in]
+    names = {}
+    for side, array in (("a", weight), ("b", np.ascontiguousarray(weight.T))):  # Paddle's [in, out]
+        with tracespec.TraceWriter(tmp_path / side, framework="numpy") as w:
+            node = w.add_node("", "Linear")
+            w.add_tensor(step=0, stage="forward", node=node, role="parameter", slot="weight", array=array)
+            w.end_step(0)
+        names[side] = tracespec.load_trace(tmp_path / side).tensors().to_pylist()[0]["array"]
+    ta, tb = tracespec.load_trace(tmp_path / "a"), tracespec.load_trace(tmp_path / "b")
+    assert elementwise_error(ta, names["a"], tb, names["b"]) is None  # shapes do not pair as stored
+    same = elementwise_error(ta, names["a"], tb, names["b"], transpose_b=True)
+    assert same is not None and same.zero == 15 and same.max_abs == 0.0

@@ -159,19 +159,20 @@ def elementwise_error(
 ) -> ElementwiseError | None:
     """The element-wise error between two stored tensors, or ``None`` if their shapes do not pair.
 
-    ``transpose_b`` reverses the axes of ``b`` first (a Linear weight in the other framework's
-    layout); such tensors are parameters and are read whole.
+    ``transpose_b`` swaps the last two axes of ``b`` first (a Linear weight in the other
+    framework's layout, as the verdict's ``transform`` says); such tensors are parameters and are
+    read whole.
     """
     shape_a = trace_a.parts[rank_a].array_meta(array_a).shape
     shape_b = trace_b.parts[rank_b].array_meta(array_b).shape
-    if transpose_b:
-        shape_b = shape_b[::-1]
+    if transpose_b and len(shape_b) >= 2:
+        shape_b = (*shape_b[:-2], shape_b[-1], shape_b[-2])
     if shape_a != shape_b:
         return None
     acc = _Accumulator(shape_a)
     if transpose_b:
         a = trace_a.read(rank_a, array_a)
-        b = trace_b.read(rank_b, array_b).T
+        b = np.swapaxes(trace_b.read(rank_b, array_b), -1, -2) if len(shape_a) >= 2 else trace_b.read(rank_b, array_b)
         acc.add(_abs_error(a, b))
         return acc.result()
     rows = _rows_per_block([trace_a.parts[rank_a].array_meta(array_a), trace_b.parts[rank_b].array_meta(array_b)])

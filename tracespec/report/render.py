@@ -30,6 +30,7 @@ __all__ = ["render_report", "write_report"]
 
 _STATUS_RANK: Final = {"diverged": 4, "unmatched": 3, "pass_within_tolerance": 2, "pass": 1, "skipped": 0}
 _GROWTH_METRIC: Final = "rel_rmse"
+_MAX_PLOTTED_MODULES: Final = 2000
 _SHOWN_METRICS: Final = (
     "max_abs", "max_rel", "mean_abs", "rmse", "rel_rmse", "cosine", "sqnr_db", "max_ulp",
     "mismatched", "count", "tolerance_ratio", "worst_index", "worst_a", "worst_b",
@@ -222,7 +223,10 @@ def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit:
                                title=f"Layer by layer: relative RMSE (step {step}, rank {rank})",
                                y_label="RMSE / RMS of A"))
     forward = by_stage.get("forward", {})
-    if forward:
+    if len(forward) > _MAX_PLOTTED_MODULES:
+        parts.append(f'<p class="note">{len(forward)} modules ran forward; the every-module plot is drawn up to '
+                     f'{_MAX_PLOTTED_MODULES} (filter the tree to inspect them).</p>')
+    elif forward:
         routes = list(forward)
         highlight = routes.index(culprit_route) if culprit_route in routes else None
         parts.append(line_plot([r or "(root)" for r in routes], [Series("forward: output", list(forward.values()))],
@@ -236,14 +240,21 @@ def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit:
     return "".join(parts)
 
 
-def _culprit_record(culprit: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _culprit_record(verdict: Mapping[str, Any], culprit: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The record that carries the evidence (``first_divergence.record``), with its unit's ``call``
-    for activations and gradients and ``None`` for parameters."""
+    for activations and gradients (``None`` for parameters) and the layout transform applied to B."""
     record = culprit.get("record")
     if not isinstance(record, Mapping) or "role" not in record or "slot" not in record:
         return None
     call = None if record["role"] in ("parameter", "buffer", "parameter_grad", "optimizer_state") else culprit.get("call")
-    return {"role": record["role"], "slot": record["slot"], "call": call, "transform": record.get("transform")}
+    transform = None
+    for unit in _units(verdict):
+        if all(unit.get(k) == culprit.get(k) for k in ("step", "rank", "stage", "call")) and \
+                _route_of(unit.get("a")) == _route_of(culprit.get("a")):
+            transform = next((r.get("transform") for r in unit.get("records", [])
+                              if r.get("role") == record["role"] and r.get("slot") == record["slot"]), None)
+            break
+    return {"role": record["role"], "slot": record["slot"], "call": call, "transform": transform}
 
 
 def _find_array(trace: Trace, route: str, stage: str, step: int, role: str, slot: str, call: int | None) -> tuple[int, str] | None:
@@ -265,14 +276,15 @@ def _find_array(trace: Trace, route: str, stage: str, step: int, role: str, slot
     return None
 
 
-def _elementwise_section(culprit: Mapping[str, Any] | None, trace_a: Trace | None, trace_b: Trace | None) -> str:
+def _elementwise_section(verdict: Mapping[str, Any], culprit: Mapping[str, Any] | None, trace_a: Trace | None,
+                         trace_b: Trace | None) -> str:
     if culprit is None:
         return ""
     if trace_a is None or trace_b is None:
         return ('<section><h2>Element-wise error of the culprit</h2><p class="note">Pass the two traces '
                 '(<code>tracespec report VERDICT --traces A B</code>, or <code>tracespec diff A B --html</code>) '
                 'to see the element-wise error.</p></section>')
-    record = _culprit_record(culprit)
+    record = _culprit_record(verdict, culprit)
     if record is None:
         return ""
     stage, step = str(culprit.get("stage")), int(culprit.get("step", 0))
@@ -398,7 +410,7 @@ def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trac
         summary=_summary(verdict),
         culprit_html=_culprit_html(culprit, str(hint) if hint else None),
         growth_svg=_growth_svg(verdict, tree, culprit),
-        elementwise_html=_elementwise_section(culprit, trace_a, trace_b),
+        elementwise_html=_elementwise_section(verdict, culprit, trace_a, trace_b),
         unmatched_html=_unmatched_html(verdict),
         tree_nodes=rows,
         culprit=culprit_index,
