@@ -25,7 +25,6 @@ import ast
 import fnmatch
 import math
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,6 @@ STAGE: Final = "forward"
 
 _SCOPES_KEY: Final = "pkg.torch.onnx.name_scopes"
 _CLASSES_KEY: Final = "pkg.torch.onnx.class_hierarchy"
-_CALL_SUFFIX: Final = re.compile(r"@\d+$")
 # Ops whose outputs describe a tensor's shape, not its values: a value read outside a module only
 # by these is not one of the module's outputs.
 _SHAPE_OPS: Final = frozenset({"Shape", "Size"})
@@ -98,23 +96,24 @@ def _literal_list(text: str) -> list[str] | None:
     return None
 
 
-def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None]]:
-    """The module routes a node ran in (outermost first) and their qualified class names."""
+def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None], str | None]:
+    """The module routes a node ran in (outermost first), their qualified class names, and where
+    that came from (``"name_scopes"``, ``"node_names"``, or None: no scope information)."""
     meta = {prop.key: prop.value for prop in node.metadata_props}
     scopes = _literal_list(meta[_SCOPES_KEY]) if _SCOPES_KEY in meta else None
     if scopes:
         # The last entry names the FX node itself, not a module.
-        routes = [_CALL_SUFFIX.sub("", scope) for scope in scopes[:-1]] or [""]
+        routes = scopes[:-1] or [""]
         classes: list[str | None] = list(_literal_list(meta.get(_CLASSES_KEY, "")) or [])[: len(routes)]
         classes += [None] * (len(routes) - len(classes))
         if routes[0] != "":
             routes, classes = ["", *routes], [None, *classes]
-        return routes, classes
+        return routes, classes, "name_scopes"
     if node.name.startswith("/"):
-        parts = [_CALL_SUFFIX.sub("", part) for part in node.name.split("/")[1:-1] if part]
+        parts = [part for part in node.name.split("/")[1:-1] if part]
         routes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
-        return routes, [None] * len(routes)
-    return [""], [None]
+        return routes, [None] * len(routes), "node_names"
+    return [""], [None], None
 
 
 class _GraphTree:
@@ -131,9 +130,8 @@ class _GraphTree:
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[tuple[int, int]]] = {}
         for index, node in enumerate(graph.node):
-            routes, classes = _scopes_of(node)
-            if len(routes) > 1 or any(p.key == _SCOPES_KEY for p in node.metadata_props):
-                self.scope_source = "name_scopes" if any(p.key == _SCOPES_KEY for p in node.metadata_props) else "node_names"
+            routes, classes, source = _scopes_of(node)
+            self.scope_source = self.scope_source or source
             for route, qualified in zip(routes, classes, strict=True):
                 self._add_module(route, qualified, called=True)
             op = _Op(index, node, tuple(dict.fromkeys(routes)))
