@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -45,13 +44,14 @@ from tracespec.adapters._common import (
     Recorder,
     RecordOptions,
     Summary,
+    fast_stats,
     flatten,
     map_tensors,
     parse_options,
 )
-from tracespec.format.stats import TensorStats, compute_stats, content_hash
+from tracespec.format.stats import content_hash
 
-__all__ = ["FRAMEWORK", "PaddleRecorder", "accepts", "array_stats", "host_array", "record"]
+__all__ = ["FRAMEWORK", "PaddleRecorder", "accepts", "host_array", "record"]
 
 FRAMEWORK: Final = "paddle"
 
@@ -71,17 +71,11 @@ _BIT_TYPES: Final[dict[str, Any]] = {
     "float8_e5m2": ml_dtypes.float8_e5m2,
 }
 
-# float64 work buffer per thread: sums run blockwise into it, so no tensor-sized float64 copy is
-# ever allocated (allocating and faulting in fresh memory costs more than the arithmetic).
-_BLOCK: Final = 1 << 18
 # Gradients handed to the last few gradient hooks, kept alive: Paddle gives every hook a fresh
 # Python wrapper, which would die at once, and dedup needs the first tensor alive to trust that
 # an equal data pointer means equal values. A layer's grad_input and the grad_output of the layer
 # that produced that input arrive within a few hooks of each other.
 _RECENT_GRADS: Final = 8
-# Above this ratio of mean^2 to variance, sum-of-squares loses digits: redo with a shift.
-_CANCELLATION_RATIO: Final = 1e4
-_local = threading.local()
 
 
 def accepts(model: Any) -> bool:
@@ -116,63 +110,6 @@ def _owned_copy(array: np.ndarray, tensor: paddle.Tensor) -> np.ndarray:
     if _DTYPE_NAMES[tensor.dtype] in _BIT_TYPES and array.flags.c_contiguous:
         return array
     return np.array(array, order="C", copy=True)
-
-
-# ------------------------------------------------------------------------------ statistics
-def _work_buffer(size: int) -> np.ndarray:
-    buf: np.ndarray | None = getattr(_local, "buffer", None)
-    if buf is None or buf.size < size:
-        buf = _local.buffer = np.empty(size, dtype=np.float64)
-    return buf
-
-
-def _blockwise_sums(flat: np.ndarray, shift: float = 0.0) -> tuple[float, float]:
-    """``sum(x - shift)`` and ``sum((x - shift)**2)`` in float64, a block at a time."""
-    buf = _work_buffer(min(_BLOCK, flat.size))
-    total = squares = 0.0
-    for start in range(0, flat.size, _BLOCK):
-        chunk = flat[start : start + _BLOCK]
-        work = buf[: chunk.size]
-        np.copyto(work, chunk, casting="unsafe")
-        if shift:
-            work -= shift
-        total += float(work.sum())
-        # Squared in place and summed, not np.dot/np.vdot: those go to multi-threaded OpenBLAS,
-        # whose threads fight Paddle's OpenMP threads for the cores (100x slower on 2 cores).
-        np.multiply(work, work, out=work)
-        squares += float(work.sum())
-    return total, squares
-
-
-def array_stats(array: np.ndarray) -> TensorStats:
-    """The statistics of ``array``, equal to :func:`compute_stats` of it, computed faster.
-
-    Fast path: min/max in the array's dtype, sum and sum of squares in float64 blockwise. Only
-    when the sums are not finite (NaN/Inf present), the variance would lose digits to
-    cancellation, or the dtype is unusual (bool, complex, float8) does it take the reference path.
-    """
-    flat = array.reshape(-1)
-    count = flat.size
-    if count == 0 or not (flat.dtype.kind in "fiu" or flat.dtype == ml_dtypes.bfloat16):
-        return compute_stats(array)
-    total, squares = _blockwise_sums(flat)
-    if not math.isfinite(total + squares):
-        return compute_stats(array)
-    mean = total / count
-    m2 = squares - total * mean
-    if mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
-        shifted_total, shifted_squares = _blockwise_sums(flat, mean)
-        m2 = shifted_squares - shifted_total**2 / count
-    return TensorStats(
-        count=count,
-        min=float(flat.min()),
-        max=float(flat.max()),
-        mean=mean,
-        std=math.sqrt(max(m2, 0.0) / count),
-        l2=math.sqrt(squares),
-        nan_count=0,
-        inf_count=0,
-    )
 
 
 def _device_name(place: Any) -> str:
@@ -265,7 +202,7 @@ class PaddleRecorder(Recorder):
         summary = Summary(_DTYPE_NAMES[tensor.dtype], tuple(int(d) for d in tensor.shape))
         # Everything is computed now, from memory the model cannot change during the hook.
         if level in ("full", "stats"):
-            summary.stats = array_stats(array)
+            summary.stats = fast_stats(array)
         if level == "full":
             summary.array = _owned_copy(array, tensor)
             summary.hash = content_hash(summary.array)
