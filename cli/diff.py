@@ -116,6 +116,12 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
     \b
+    A layer map, for renames that structure cannot guess (docs/diff.md):
+      map:
+        - {a: "blocks.*.ln_1", b: "layers.*.norm1"}
+        - {a: "head", b: "lm_head", transforms: {weight: transpose}}
+
+    \b
     Reading the report: the tree is collapsed to the path to the first divergence;
     ✓ identical, ≈ within tolerance, ✗ diverged; INTRODUCED marks the culprit,
     "inherited" a node whose inputs already differed, "contains" a parent of the culprit.
@@ -273,6 +279,10 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     a, b = verdict.a, verdict.b
     out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
                f"  vs  B {b['path']} ({b['framework']} {b['framework_version'] or ''})".rstrip())
+    for side, trace in (("A", a), ("B", b)):
+        if not trace["complete"]:
+            out.append(click.style(f"warning: {side} is incomplete (a writer did not close); compared what it holds",
+                                   fg="yellow"))
     for rank, cov in verdict.coverage["ranks"].items():
         methods = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cov["by_method"].items() if v)
         out.append(f"rank {rank}: aligned {cov['matched']} of {cov['nodes_a']} nodes of A and {cov['nodes_b']} of B ({methods})")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import tracespec
 from test_compare.synthetic_nets import Knobs, record_tiny_net
 from tracespec.cli import cli
 from tracespec.compare import validate_verdict
@@ -64,6 +65,7 @@ def test_options_reach_the_comparison(traces: dict[str, Path], tmp_path: Path) -
     assert run("diff", a, bug, "--tol", "*=atol:1,rtol:1")[0] == 0
     assert run("diff", a, bug, "--stage", "backward")[0] == 0  # these traces have no backward
     assert run("diff", a, str(traces["same"]), "--mode", "bitwise")[0] == 1
+    assert run("diff", a, bug, "--progress", "--read-all")[0] == 1
     layer_map = tmp_path / "map.yaml"
     layer_map.write_text("map:\n  - {a: blocks.1.ln, b: blocks.1.ln}\n")
     code, out, _ = run("diff", a, bug, "--layer-map", str(layer_map), "--read-all")
@@ -103,3 +105,22 @@ def test_help_teaches_with_examples() -> None:
     assert code == 0
     for text in ("Examples:", "--layer-map", "--json", "Exit codes", "INTRODUCED"):
         assert text in out
+
+
+def test_a_record_whose_array_disagrees_is_invalid_input(traces: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from tracespec.storage.zarr_store import write_array
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(traces["bug"], corrupt)
+    store = corrupt / "rank_0" / "tensors.zarr"
+    trace = tracespec.load_trace(corrupt)
+    head = next(n["node"] for n in trace.nodes().to_pylist() if n["route"] == "head")
+    victim = next(r["array"] for r in trace.tensors().to_pylist() if r["node"] == head and r["role"] == "output")
+    shutil.rmtree(store / victim)
+    write_array(store, victim, np.zeros((2, 3, 5), np.float32), durable=False)
+    code, _, err = run("diff", str(traces["a"]), str(corrupt), "--read-all")
+    assert code == 3 and "corrupt" in err and "Traceback" not in err

@@ -136,10 +136,12 @@ def record_tiny_net(path: Path, knobs: Knobs = Knobs(), seed: int = 0, steps: in
     return path
 
 
-def record_linear_chain(path: Path, wrong_backward_at: int | None = None, depth: int = 4) -> Path:
-    """A chain of Linear layers with forward and backward (loss = sum of outputs).
+def record_linear_chain(path: Path, wrong_backward_at: int | None = None, depth: int = 4,
+                        wrong_update_at: int | None = None) -> Path:
+    """A chain of Linear layers with forward, backward (loss = sum of outputs) and an SGD update.
 
     ``wrong_backward_at``: that layer's input gradient is doubled (a wrong custom backward).
+    ``wrong_update_at``: that layer's update uses twice the learning rate.
     """
     rng = np.random.default_rng(7)
     weights = [(rng.standard_normal((8, 8)) / 3).astype(np.float32) for _ in range(depth)]
@@ -162,7 +164,10 @@ def record_linear_chain(path: Path, wrong_backward_at: int | None = None, depth:
             if i == wrong_backward_at:
                 grad_in = grad_in * np.float32(2)
             rec.backward(layers[i], [grad], [grad_in])
-            rec.parameter_grads(layers[i], {"weight": (grad.T @ activations[i]).astype(np.float32)})
+            weight_grad = (grad.T @ activations[i]).astype(np.float32)
+            rec.parameter_grads(layers[i], {"weight": weight_grad})
+            lr = np.float32(0.2 if i == wrong_update_at else 0.1)
+            rec.update(layers[i], {"weight": (weights[i] - lr * weight_grad).astype(np.float32)})
             grad = grad_in
         rec.backward(net, [grad_out_of_net], [grad])
         rec.end_step()

@@ -64,9 +64,9 @@ def test_an_extra_wrapper_is_looked_through(tmp_path: Path) -> None:
     b = record_tiny_net(tmp_path / "b", Knobs(wrap_fc1=True))
     va, vb, alignment = _align(a, b)
     pairs = {va.nodes[m.a].route: vb.nodes[m.b].route for m in alignment.matches}
-    assert pairs["blocks.0.fc1"] in ("blocks.0.fc1", "blocks.0.fc1.0")
+    assert pairs["blocks.0.fc1"] == "blocks.0.fc1.0"
     assert pairs["blocks.0.act"] == "blocks.0.act" and pairs["head"] == "head"
-    assert len(alignment.unmatched) == 3 and all(u.side == "b" for u in alignment.unmatched)
+    assert len(alignment.unmatched) == 3 and all(u.side == "b" and "wrapper" in u.reason for u in alignment.unmatched)
 
 
 def test_a_missing_layer_does_not_derail_the_rest(tmp_path: Path) -> None:
@@ -143,3 +143,12 @@ def test_an_unreadable_layer_map_file_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("map: [unclosed")
     with pytest.raises(InputFileError, match="not valid YAML"):
         load_layer_map(tmp_path / "bad.yaml")
+
+
+def test_a_pass_with_unmatched_nodes_says_so(tmp_path: Path) -> None:
+    a = record_tiny_net(tmp_path / "a")
+    b = record_tiny_net(tmp_path / "b", Knobs(wrap_fc1=True))
+    verdict = tracespec.compare(a, b)
+    assert verdict.status == "pass" and len(verdict.unmatched) == 3
+    assert all("wrapper" in u["reason"] for u in verdict.unmatched)
+    assert "no counterpart" in verdict.hint

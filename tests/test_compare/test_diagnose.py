@@ -82,3 +82,35 @@ def test_several_steps_report_the_earliest(reference: Path, tmp_path: Path) -> N
     verdict = tracespec.compare(a, b)
     assert verdict.first_divergence is not None and verdict.first_divergence["step"] == 0
     assert tracespec.compare(a, b, steps=[1]).first_divergence["step"] == 1  # type: ignore[index]
+
+
+def _two_ranks(path: Path, bug_on_rank: int | None) -> Path:
+    from tracespec.testing.synthetic import SyntheticRecorder
+    import numpy as np
+
+    for rank in (0, 1):
+        with SyntheticRecorder(path, rank=rank, world_size=2) as rec:
+            net = rec.module("", "Net")
+            scale = rec.module("scale", "Scale", net)
+            x = np.arange(6, dtype=np.float32) + rank
+            with rec.forward(net, x) as top:
+                with rec.forward(scale, x) as c:
+                    y = c.output(x * np.float32(3 if rank == bug_on_rank else 2))
+                top.output(y)
+            rec.end_step()
+    return path
+
+
+def test_ranks_are_compared_pairwise(tmp_path: Path) -> None:
+    verdict = tracespec.compare(_two_ranks(tmp_path / "a", None), _two_ranks(tmp_path / "b", 1))
+    first = verdict.first_divergence
+    assert first is not None and (first["rank"], first["a"]["route"]) == (1, "scale")
+    assert set(verdict.coverage["ranks"]) == {"0", "1"}
+    assert tracespec.compare(tmp_path / "a", tmp_path / "b", ranks=[0]).status == "pass"
+
+
+def test_a_wrong_optimizer_update_is_found_in_the_update_stage(tmp_path: Path) -> None:
+    verdict = tracespec.compare(record_linear_chain(tmp_path / "a"), record_linear_chain(tmp_path / "b", wrong_update_at=1))
+    first = verdict.first_divergence
+    assert first is not None and (first["stage"], first["kind"], first["a"]["route"]) == ("update", "introduced", "l1")
+    assert "optimizer" in verdict.hint

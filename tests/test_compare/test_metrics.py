@@ -109,3 +109,15 @@ def test_non_finite_metrics_become_null_in_json() -> None:
     m = compare_arrays(a, np.ones(4, np.float32), Tolerance(0.0, 0.0, False))
     doc = m.to_json()
     assert doc["sqnr_db"] is None and doc["tolerance_ratio"] is None
+
+
+def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracespec.compare import metrics
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(BLOCK * 6 + 5).astype(np.float32)
+    b = (a + rng.standard_normal(a.size).astype(np.float32) * np.float32(1e-4)).astype(np.float32)
+    monkeypatch.setattr(metrics, "WORKERS", 4)
+    threaded = compare_arrays(a, b, F32)
+    monkeypatch.setattr(metrics, "WORKERS", 1)
+    assert compare_arrays(a, b, F32) == threaded

@@ -80,3 +80,13 @@ def test_a_tight_rtol_override_turns_the_einsum_refactor_into_a_failure(referenc
     assert tracespec.compare(reference, refactor).status == "pass"
     strict = tracespec.compare(reference, refactor, mode="bitwise")
     assert strict.status == "fail"
+
+
+@pytest.mark.parametrize("capture", ["stats", "hash"])
+def test_traces_without_data_are_compared_with_what_they_kept(tmp_path: Path, capture: str) -> None:
+    reference = record_run(tmp_path / "a", capture=capture)
+    assert tracespec.compare(reference, record_run(tmp_path / "again", capture=capture)).status == "pass"
+    verdict = tracespec.compare(reference, record_run(tmp_path / "b", Variant(bug_block=0, ln_eps=1e-6), capture=capture))
+    first = verdict.first_divergence
+    assert first is not None and (first["a"]["route"], first["kind"]) == ("blocks.0.ln_1", "introduced")
+    assert first["metrics"]["kind"] == ("stats" if capture == "stats" else "hash")

@@ -68,3 +68,21 @@ def test_comparing_never_imports_a_framework(traces: tuple[Path, Path]) -> None:
         "print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))"
     )
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+def test_progress_reaches_the_bytes_to_compare(traces: tuple[Path, Path]) -> None:
+    seen: list[tuple[int, int]] = []
+    tracespec.compare(*traces, trust_hashes=False, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_cycle_in_the_module_tree_is_invalid_input(tmp_path: Path) -> None:
+    from tracespec import TraceWriter
+    from tracespec.errors import TableInvalidError
+
+    with TraceWriter(tmp_path / "loop", framework="numpy", durable=False) as w:
+        w.add_node("", "Net", parent=1)
+        w.add_node("x", "Net", parent=0)
+    with pytest.raises(TableInvalidError, match="cycle"):
+        tracespec.compare(tmp_path / "loop", tmp_path / "loop")

@@ -21,6 +21,7 @@ a Paddle ``Linear`` stores ``weight`` as ``[in, out]``, a PyTorch one as ``[out,
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -307,14 +308,23 @@ class EditOp:
     b: int | None
 
 
+MAX_EDITS: Final = 2000
+"""Beyond this many insertions and deletions the two sequences are unrelated (an exported op
+graph against a module tree): the diff gives up on keeps, and :func:`_pair_block` pairs what it
+can. Bounds time at O((n + m) * MAX_EDITS) and memory at O(MAX_EDITS ** 2)."""
+
+PAIRING_CELLS: Final = 1_000_000
+"""Largest deletions x insertions block paired optimally; larger blocks are paired greedily."""
+
+
 def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
     """Myers' O(ND) shortest edit script between two sequences of lengths n and m."""
     offset = n + m + 1
     v = [0] * (2 * offset + 1)
-    history: list[list[int]] = []
-    final_d = 0
-    for d in range(n + m + 1):
-        history.append(v.copy())
+    history: list[list[int]] = []  # history[d]: the part of v for diagonals -d-1 .. d+1
+    final_d = None
+    for d in range(min(n + m, MAX_EDITS) + 1):
+        history.append(v[offset - d - 1 : offset + d + 2])
         done = False
         for k in range(-d, d + 1, 2):
             if k == -d or (k != d and v[offset + k - 1] < v[offset + k + 1]):
@@ -331,16 +341,18 @@ def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
         if done:
             final_d = d
             break
+    if final_d is None:
+        return [EditOp("delete", i, None) for i in range(n)] + [EditOp("insert", None, j) for j in range(m)]
     ops: list[EditOp] = []
     x, y = n, m
     for d in range(final_d, 0, -1):
         before = history[d]
         k = x - y
-        if k == -d or (k != d and before[offset + k - 1] < before[offset + k + 1]):
+        if k == -d or (k != d and before[k - 1 + d + 1] < before[k + 1 + d + 1]):
             prev_k = k + 1
         else:
             prev_k = k - 1
-        prev_x = before[offset + prev_k]
+        prev_x = before[prev_k + d + 1]
         prev_y = prev_x - prev_k
         while x > prev_x and y > prev_y:
             x, y = x - 1, y - 1
@@ -360,6 +372,8 @@ def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
 def _pair_block(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float]) -> list[EditOp]:
     """Pair deletions with insertions in order, maximising total similarity (> 0 only)."""
     rows, cols = len(deleted), len(inserted)
+    if rows * cols > PAIRING_CELLS:
+        return _pair_greedily(deleted, inserted, similarity)
     best = [[0.0] * (cols + 1) for _ in range(rows + 1)]
     for i in range(rows - 1, -1, -1):
         for j in range(cols - 1, -1, -1):
@@ -380,6 +394,22 @@ def _pair_block(deleted: list[int], inserted: list[int], similarity: Callable[[i
             ops.append(EditOp("insert", None, inserted[j]))
             j += 1
     ops.extend(EditOp("delete", a, None) for a in deleted[i:])
+    ops.extend(EditOp("insert", None, b) for b in inserted[j:])
+    return ops
+
+
+def _pair_greedily(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float]) -> list[EditOp]:
+    """Pair in order, each deletion with the next insertion it is similar to (within a window)."""
+    ops: list[EditOp] = []
+    j = 0
+    for a in deleted:
+        found = next((k for k in range(j, min(j + 64, len(inserted))) if similarity(a, inserted[k]) > 0), None)
+        if found is None:
+            ops.append(EditOp("delete", a, None))
+            continue
+        ops.extend(EditOp("insert", None, b) for b in inserted[j:found])
+        ops.append(EditOp("modify", a, inserted[found]))
+        j = found + 1
     ops.extend(EditOp("insert", None, b) for b in inserted[j:])
     return ops
 
@@ -439,10 +469,6 @@ class Alignment:
     nodes_a: int
     nodes_b: int
 
-    @property
-    def by_a(self) -> dict[int, Match]:
-        return {m.a: m for m in self.matches}
-
     def method_counts(self) -> dict[str, int]:
         counts = {"layer_map": 0, "exact": 0, "structural": 0}
         for match in self.matches:
@@ -475,7 +501,7 @@ class _Aligner:
         self.ignored = {
             ("a", n) for n in view_a.nodes if any(p.regex.fullmatch(self.norm_a[n]) for p in layer_map.ignore_a)
         } | {("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)}
-        self._signatures: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self._signatures: dict[tuple[str, int, tuple[str, ...]], tuple[Any, ...]] = {}
 
     def _claim(self, a: int, b: int, method: str, transforms: dict[str, Transform] | None = None) -> None:
         merged = {**_layout_transforms(self.va, self.vb, a, b), **(transforms or {})}
@@ -504,12 +530,36 @@ class _Aligner:
                     self._claim(a, b, "layer_map", rule.transforms)
                 break
 
+    def _class(self, side: str, node: int) -> str:
+        view = self.va if side == "a" else self.vb
+        name = view.nodes[node].class_name
+        return CLASS_ALIASES.get((view.framework, name), name)
+
+    def _unwrap_for(self, side: str, wrapper: int, class_name: str) -> int | None:
+        """The only child of ``wrapper`` if it has that class (``wrapper`` then wraps it)."""
+        view = self.va if side == "a" else self.vb
+        kids = view.children.get(wrapper, [])
+        if len(kids) == 1 and self._class(side, kids[0]) == class_name and self._free(side, kids[0]):
+            self.reasons[(side, wrapper)] = (
+                f"a wrapper: its only child {view.nodes[kids[0]].route!r} was aligned in its place"
+            )
+            self.ignored.add((side, wrapper))
+            return kids[0]
+        return None
+
     def by_exact_route(self) -> None:
         for a in sorted(self.va.nodes):
-            if self._free("a", a) and ("a", a) not in self.reasons:
-                b = self.b_by_norm.get(self.norm_a[a])
-                if b is not None and self._free("b", b):
-                    self._claim(a, b, "exact")
+            if not self._free("a", a) or ("a", a) in self.reasons:
+                continue
+            b = self.b_by_norm.get(self.norm_a[a])
+            if b is None or not self._free("b", b):
+                continue
+            if self._class("a", a) != self._class("b", b):
+                # the same route, but one side is an extra wrapper around the other's layer
+                inner_b = self._unwrap_for("b", b, self._class("a", a))
+                inner_a = None if inner_b is not None else self._unwrap_for("a", a, self._class("b", b))
+                a, b = (inner_a if inner_a is not None else a), (inner_b if inner_b is not None else b)
+            self._claim(a, b, "exact")
 
     # -- structural
     def _signature(self, side: str, node: int, partner_transforms: dict[str, Transform]) -> tuple[Any, ...]:
@@ -527,18 +577,15 @@ class _Aligner:
                 if transform is not None:
                     shape = transform.apply_shape(record.shape)
                 params.append((record.slot, shape))
-        class_name = view.nodes[node].class_name
-        class_name = CLASS_ALIASES.get((view.framework, class_name), class_name)
-        return (class_name, view.forward_call_count(node), tuple(sorted(outputs)), tuple(sorted(params, key=str)))
+        return (self._class(side, node), view.forward_call_count(node), tuple(sorted(outputs)),
+                tuple(sorted(params, key=str)))
 
     def _sig(self, side: str, node: int, other: int | None = None) -> tuple[Any, ...]:
-        if side == "b" and other is not None:
-            transforms = _layout_transforms(self.va, self.vb, other, node)
-            if transforms:
-                return self._signature("b", node, transforms)
-        key = (side, node)
+        """The signature of ``node``; for B, with the layout rules that apply opposite A's ``other``."""
+        transforms = _layout_transforms(self.va, self.vb, other, node) if side == "b" and other is not None else {}
+        key = (side, node, tuple(sorted(transforms)))
         if key not in self._signatures:
-            self._signatures[key] = self._signature(side, node, {})
+            self._signatures[key] = self._signature(side, node, transforms)
         return self._signatures[key]
 
     def _similarity(self, a: int, b: int) -> float:
@@ -609,12 +656,13 @@ class _Aligner:
 
     def _note_deleted(self, side: str, node: int, other_parent: int | None, other_left: list[int]) -> None:
         view, other = (self.va, self.vb) if side == "a" else (self.vb, self.va)
-        left = [other.nodes[n].route for n in other_left if self._free("b" if side == "a" else "a", n)]
+        other_side = "b" if side == "a" else "a"
+        left = list(itertools.islice((other.nodes[n].route for n in other_left if self._free(other_side, n)), 5))
         where = "the top level" if other_parent is None else repr(other.nodes[other_parent].route)
         self.reasons.setdefault(
             (side, node),
             f"structural alignment found no counterpart ({view.nodes[node].class_name}) among the children "
-            f"of {where} in the other trace" + (f"; left there: {left[:5]}" if left else "; none left there"),
+            f"of {where} in the other trace" + (f"; left there: {left}" if left else "; none left there"),
         )
 
     def structural(self) -> None:

@@ -26,7 +26,6 @@ from tracespec.compare.metrics import Metrics
 __all__ = ["RecordResult", "UnitResult", "classify_units", "error_growth", "first_divergence", "next_step_hint"]
 
 DIVERGED: Final = "diverged"
-UPSTREAM_ROLES: Final = {"forward": ("input",), "backward": ("grad_output",), "update": ()}
 
 
 @dataclass(slots=True)
@@ -212,9 +211,12 @@ def error_growth(units: list[UnitResult]) -> list[dict[str, Any]]:
     return curve
 
 
-def next_step_hint(culprit: UnitResult | None, identical: bool) -> str:
+def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int = 0) -> str:
     """One line saying what to try next."""
     if culprit is None:
+        if unmatched:
+            return (f"A and B agree on everything aligned, but {unmatched} node(s) have no counterpart: "
+                    "read 'unmatched' and add a --layer-map for the renames.")
         if identical:
             return "A and B are bitwise identical in everything compared."
         return "A and B agree within tolerance; tighten with --rtol/--atol or --mode bitwise to see smaller differences."

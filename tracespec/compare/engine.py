@@ -29,7 +29,8 @@ from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, c
 from tracespec.compare.tolerance import MODES, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
-from tracespec.errors import UsageError
+from tracespec.errors import TableMismatchError, UsageError
+from tracespec.format.dtypes import dtype_of, numpy_dtype
 from tracespec.format.tables import STAGES
 from tracespec.storage import Trace, load_trace
 
@@ -147,8 +148,8 @@ class _Comparer:
 
     def _read_and(self, ra: Record, rb: Record, transform: Any,
                   measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
-        a = self.ta.read(self.rank, ra.array)  # type: ignore[arg-type]
-        b = self.tb.read(self.rank, rb.array)  # type: ignore[arg-type]
+        a = _read_checked(self.ta, self.rank, ra, "A")
+        b = _read_checked(self.tb, self.rank, rb, "B")
         if transform is not None:
             b = transform.apply(b)
         metrics = measure(a, b)
@@ -180,6 +181,18 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
             if rms is not None and rms > 0:
                 found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
     return {key: float(np.median(values)) for key, values in found.items()}
+
+
+def _read_checked(trace: Trace, rank: int, record: Record, side: str) -> np.ndarray:
+    """Read a record's array; the array must hold what the record says (untrusted input)."""
+    array = trace.read(rank, record.array)  # type: ignore[arg-type]
+    if array.shape != record.shape or dtype_of(array).name != record.dtype:
+        raise TableMismatchError(
+            f"{side} {trace.path}: rank_{rank} tensor {record.id} says {record.dtype}{list(record.shape or [])}, "
+            f"its array {record.array} holds {dtype_of(array).name}{list(array.shape)}; "
+            "the trace is corrupt (tracespec validate tells more)"
+        )
+    return array
 
 
 def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ...] | None:
@@ -415,14 +428,8 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
                 count = 1
                 for extent in row["shape"]:
                     count *= extent
-                total += count * np.dtype(_itemsize_dtype(row["dtype"])).itemsize
+                total += count * numpy_dtype(row["dtype"]).itemsize
     return total
-
-
-def _itemsize_dtype(name: str) -> np.dtype:
-    from tracespec.format.dtypes import numpy_dtype
-
-    return numpy_dtype(name)
 
 
 def _describe_trace(trace: Trace) -> dict[str, Any]:
@@ -491,5 +498,5 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
                for u in worst_units[:10]],
         error_growth=error_growth(units),
         unmatched=unmatched,
-        hint=next_step_hint(culprit, identical),
+        hint=next_step_hint(culprit, identical, len(unmatched)),
     )

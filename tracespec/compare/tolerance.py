@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -87,13 +86,13 @@ def coarser_dtype(a: str, b: str) -> str:
     return b if _mantissa_bits(b) < _mantissa_bits(a) else a
 
 
-def _parse_override(route: str, spec: Mapping[str, Any]) -> tuple[re.Pattern[str], dict[str, Any]]:
+def _check_override(route: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(spec) - {"rtol", "atol", "mode"}
     if unknown:
         raise UsageError(f"tolerance override for {route!r}: unknown keys {sorted(unknown)}; use rtol, atol, mode")
     if "mode" in spec and spec["mode"] not in MODES:
         raise UsageError(f"tolerance override for {route!r}: mode {spec['mode']!r} is not one of {MODES}")
-    return re.compile(fnmatch.translate(route)), dict(spec)
+    return dict(spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +118,7 @@ class TolerancePolicy:
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"{name} must be a finite number >= 0, not {value!r}")
         checked = tuple(
-            (route, tuple(sorted(_parse_override(route, spec)[1].items()))) for route, spec in (overrides or {}).items()
+            (route, tuple(sorted(_check_override(route, spec).items()))) for route, spec in (overrides or {}).items()
         )
         return cls(mode, rtol, atol, checked)
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Final
 
+from tracespec.errors import TableInvalidError
 from tracespec.format.stats import TensorStats
 from tracespec.storage import Trace
 
@@ -108,6 +109,7 @@ class RankView:
             self.nodes[node.id] = node
         for node in self.nodes.values():
             self.children[node.parent].append(node.id)
+        self._check_acyclic(trace)
         for kids in self.children.values():
             kids.sort(key=lambda n: (self.nodes[n].position, n))
         wanted = set(steps) if steps is not None else None
@@ -140,16 +142,30 @@ class RankView:
             self._call_count[call.node] += 1
             self._first_begin[call.node] = min(call.begin, self._first_begin.get(call.node, call.begin))
 
+    def _check_acyclic(self, trace: Trace) -> None:
+        """Untrusted tables: a parent chain that loops would make every tree walk hang."""
+        depth: dict[int, int] = {}
+        for start in self.nodes:
+            chain = []
+            node: int | None = start
+            while node is not None and node not in depth:
+                if len(chain) > len(self.nodes):
+                    raise TableInvalidError(
+                        f"{trace.path}: rank_{self.rank} nodes table: the parents of node {start} form a cycle"
+                    )
+                chain.append(node)
+                node = self.nodes[node].parent
+            base = -1 if node is None else depth[node]
+            for offset, member in enumerate(reversed(chain), start=1):
+                depth[member] = base + offset
+        self._depth = depth
+
     def roots(self) -> list[int]:
         return self.children.get(None, [])
 
     def depth(self, node: int) -> int:
-        depth = 0
-        parent = self.nodes[node].parent
-        while parent is not None:
-            depth += 1
-            parent = self.nodes[parent].parent
-        return depth
+        """0 for a root, 1 for its children..."""
+        return self._depth[node]
 
     def ancestors(self, node: int) -> list[int]:
         """``node``'s ancestors, nearest first."""
