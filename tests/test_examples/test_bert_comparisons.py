@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """PyTorch fp32, forward and backward, recorded once for every comparison."""
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """PyTorch fp32, forward and backward, recorded once for every comparison.
+
+    The traces (about 200 MB each, full capture) are removed afterwards: pytest keeps its last
+    temporary folders, and this machine is shared.
+    """
     folder = tmp_path_factory.mktemp("bert")
     inputs = hf_bert.tokenize()
     bert_run.record_run("torch_fp32", folder / "torch_fp32", inputs)
-    return {"folder": folder, "inputs": inputs, "a": folder / "torch_fp32"}
+    yield {"folder": folder, "inputs": inputs, "a": folder / "torch_fp32"}
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _diff(reference: dict[str, Any], comparison: str, bug: str | None = None) -> tuple[int, dict[str, Any], str]:
