@@ -22,6 +22,7 @@ a Paddle ``Linear`` stores ``weight`` as ``[in, out]``, a PyTorch one as ``[out,
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -578,7 +579,30 @@ class _Aligner:
                     shape = transform.apply_shape(record.shape)
                 params.append((record.slot, shape))
         return (self._class(side, node), view.forward_call_count(node), tuple(sorted(outputs)),
-                tuple(sorted(params, key=str)))
+                tuple(sorted(params, key=str)), self._leaf_profile(side, node))
+
+    def _leaf_profile(self, side: str, node: int) -> tuple[Any, ...]:
+        """The building blocks under ``node``: each leaf module's class and parameter sizes.
+
+        A port often renames its own classes (``Block`` -> ``Layer``) while the leaves stay the
+        frameworks' built-ins (Linear, LayerNorm, GELU), so equal leaves are evidence that two
+        differently named containers compute the same thing. Sizes, not shapes: layouts differ.
+        """
+        view = self.va if side == "a" else self.vb
+        leaves = []
+        stack = list(view.children.get(node, []))
+        while stack:
+            current = stack.pop()
+            kids = view.children.get(current, [])
+            if kids:
+                stack.extend(kids)
+                continue
+            sizes = sorted(
+                math.prod(r.shape) for r in view.node_records(current)
+                if r.stage == "forward" and r.role == "parameter" and r.shape is not None
+            )
+            leaves.append((self._class(side, current), tuple(sizes)))
+        return tuple(sorted(leaves))
 
     def _sig(self, side: str, node: int, other: int | None = None) -> tuple[Any, ...]:
         """The signature of ``node``; for B, with the layout rules that apply opposite A's ``other``."""
@@ -599,6 +623,8 @@ class _Aligner:
             score += 1
         if sa[1] == sb[1]:
             score += 0.5
+        if sa[4] == sb[4] and sa[4]:
+            score += 1
         return score if score >= 2 else 0.0
 
     def _ordered_children(self, side: str, parent: int | None) -> list[int]:
