@@ -31,6 +31,7 @@ def cli() -> None:
       tracespec show runs/ref              the module tree with shapes, dtypes, statistics
       tracespec validate runs/ref          does the folder conform to the spec?
       tracespec diff runs/ref runs/port    where does B diverge from A, and who introduced it?
+      tracespec diff A B --html r.html     ... and a report to open in a browser (offline)
 
     Exit codes: 0 ok, 1 diverged, 2 usage error, 3 unreadable or invalid input.
     """
