@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
@@ -168,7 +169,7 @@ def _layer_routes(tree: dict[str, _TreeNode]) -> list[str]:
     best, best_count = None, 1
     for route, node in tree.items():
         classes = [tree[c].class_name for c in node.children]
-        count = max((classes.count(c) for c in set(classes)), default=0)
+        count = max(Counter(classes).values(), default=0)
         if count > best_count:
             best, best_count = route, count
     if best is None:
