@@ -1,13 +1,7 @@
-"""Real traces of a small PyTorch model and a copy with one bug, their verdict, and a Chromium driver."""
+"""Real traces of a small PyTorch model and a copy with one bug, their verdict, and a page loader."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +10,7 @@ import torch
 from torch import nn
 
 import tracespec
-
-CULPRIT = "blocks.2.mlp.fc1"
-"""The module whose weight the buggy copy scales: the report must point at it."""
+from report_browser import CULPRIT, Page, run_chromium
 
 
 class MLP(nn.Module):
@@ -77,37 +69,6 @@ def bug_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _record(buggy, x, folder / "b")
     verdict = tracespec.compare(folder / "a", folder / "b")
     return {"a": folder / "a", "b": folder / "b", "verdict": verdict.to_json(), "folder": folder}
-
-
-@dataclass(frozen=True)
-class Page:
-    dom: str
-    console: list[str]
-
-
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0",
-)
-
-
-def chromium_binary() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("chromium is not installed: run `bash .ci/setup` (it installs Debian's chromium package)")
-    return found
-
-
-def run_chromium(url: str, *extra: str) -> tuple[str, list[str]]:
-    """Load ``url`` in a fresh headless Chromium; its stdout and the console lines it logged."""
-    with tempfile.TemporaryDirectory(prefix="tracespec-chromium-") as profile:
-        done = subprocess.run(
-            [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "LANG": "C.UTF-8"},
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if re.search(r":CONSOLE\(?\d*\)?\]|:CONSOLE:", line)]
-    return done.stdout, console
 
 
 @pytest.fixture(scope="session")

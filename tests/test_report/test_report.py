@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from click.testing import CliRunner
-from conftest import CULPRIT, run_chromium
+from report_browser import CULPRIT, run_chromium
 from PIL import Image
 
 import tracespec
