@@ -446,7 +446,6 @@ class OnnxRecorder:
         # Graph outputs are always fetched whole: record() returns them.
         self._data = {n for n in self._captured if level != "stats" or n not in self._moments_of}
         self._data.update(name for name in self.tree.graph_outputs if name in self.tree.producer)
-        self._fallback_session: ort.InferenceSession | None = None
         self._stale = False
         self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
         self._build()
@@ -476,7 +475,6 @@ class OnnxRecorder:
             [*(n for n in captured + graph_outputs if n in self._data), *moments, *self._shape_output.values()], added
         )
         self._stale = False
-        self._fallback_session = None  # it holds every value at once: rebuilt only if needed again
 
     def _same_elements_source(self, name: str) -> str:
         """The earliest value holding the same elements as ``name`` (through reshapes and
@@ -666,11 +664,9 @@ class OnnxRecorder:
     def _fetch_non_finite(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Fetch, in one more run, the data of values whose in-graph moments are not finite (NaN
         or Inf inside); from the next step on, the main session fetches them whole."""
-        if self._fallback_session is None:
-            self._fallback_session = self._make_session(list(self._moments_of), {})
         self._data.update(names)
         self._stale = True
-        return dict(zip(names, self._fallback_session.run(names, feed), strict=True))
+        return dict(zip(names, self._make_session(names, {}).run(names, feed), strict=True))
 
     def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._stale:
