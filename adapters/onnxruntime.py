@@ -446,7 +446,6 @@ class OnnxRecorder:
         # Graph outputs are always fetched whole: record() returns them.
         self._data = {n for n in self._captured if level != "stats" or n not in self._moments_of}
         self._data.update(name for name in self.tree.graph_outputs if name in self.tree.producer)
-        self._fallback_session: ort.InferenceSession | None = None
         self._stale = False
         self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
         self._build()
@@ -465,13 +464,15 @@ class OnnxRecorder:
         self._chunks = chunks
         self._batch_of = {name: k for k, chunk in enumerate(chunks) for name in chunk}
         self._batches = [self._batch_outputs(chunk) for chunk in chunks]
-        moment_nodes = [
-            node
+        added = {
+            source: _moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
             for source in sources
-            for node in _moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
-        ]
+        }
+        for name, output in self._shape_output.items():
+            added.setdefault(name, []).append(onnx.helper.make_node("Shape", [name], [output], name=output))
+        moments = [f"{self._prefix[source]}:{part}" for source in sources for part in _MOMENTS]
         self._session = self._make_session(
-            [n for n in captured + graph_outputs if n in self._data], moment_nodes, list(self._shape_output.items())
+            [*(n for n in captured + graph_outputs if n in self._data), *moments, *self._shape_output.values()], added
         )
         self._stale = False
 
@@ -536,28 +537,31 @@ class OnnxRecorder:
         return list(needed)
 
     # ---------------------------------------------------------------- sessions
-    def _make_session(
-        self, outputs: Sequence[str], moment_nodes: Sequence[onnx.NodeProto], shapes: Sequence[tuple[str, str]]
-    ) -> ort.InferenceSession:
-        """A session over a copy of the model whose outputs are ``outputs``, the moments computed
-        by ``moment_nodes`` and the shapes of the ``(value, output)`` pairs in ``shapes``."""
+    def _make_session(self, outputs: Sequence[str], added: Mapping[str, list[onnx.NodeProto]]) -> ort.InferenceSession:
+        """A session over a copy of the model whose outputs are ``outputs``.
+
+        ``added`` maps a value to nodes reading it; each group is placed right after the value's
+        producer, so ONNX Runtime runs it while the value is fresh in cache and can free the value
+        early instead of keeping it to the end of the graph.
+        """
         proto = onnx.ModelProto()
         proto.CopyFrom(self._proto)
         graph = proto.graph
         present = set(self.tree.graph_outputs)
         graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in present)
-        if moment_nodes:
-            used = {name for node in moment_nodes for name in node.input}
-            graph.initializer.extend(
-                numpy_helper.from_array(np.array(value, dtype=np.int64), name)
-                for name, value in ((f"{_PREFIX}row", [1, -1]), (f"{_PREFIX}last_axis", [-1]))
-                if name in used
-            )
-            graph.node.extend(moment_nodes)
-            graph.output.extend(onnx.ValueInfoProto(name=node.output[0]) for node in moment_nodes if node.output[0].rpartition(":")[2] in _MOMENTS)
-        for name, output in shapes:
-            graph.node.append(onnx.helper.make_node("Shape", [name], [output], name=output))
-            graph.output.append(onnx.ValueInfoProto(name=output))
+        nodes = []
+        for node in self._proto.graph.node:
+            nodes.append(node)
+            for name in node.output:
+                nodes.extend(added.get(name, ()))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {name for group in added.values() for node in group for name in node.input}
+        graph.initializer.extend(
+            numpy_helper.from_array(np.array(value, dtype=np.int64), name)
+            for name, value in ((f"{_PREFIX}row", [1, -1]), (f"{_PREFIX}last_axis", [-1]))
+            if name in used
+        )
         options = self._session_options or ort.SessionOptions()
         if self._base_dir is not None and _config_entry(options, _EXTERNAL_DATA_FOLDER) != str(self._base_dir):
             options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(self._base_dir))
@@ -660,11 +664,9 @@ class OnnxRecorder:
     def _fetch_non_finite(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Fetch, in one more run, the data of values whose in-graph moments are not finite (NaN
         or Inf inside); from the next step on, the main session fetches them whole."""
-        if self._fallback_session is None:
-            self._fallback_session = self._make_session(list(self._moments_of), [], [])
         self._data.update(names)
         self._stale = True
-        return dict(zip(names, self._fallback_session.run(names, feed), strict=True))
+        return dict(zip(names, self._make_session(names, {}).run(names, feed), strict=True))
 
     def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._stale:
