@@ -72,6 +72,8 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.argument("a", metavar="A", type=click.Path(path_type=str))
 @click.argument("b", metavar="B", type=click.Path(path_type=str))
 @click.option("--json", "json_path", metavar="PATH", help="Write the verdict as JSON to PATH ('-' for stdout, alone).")
+@click.option("--html", "html_path", metavar="PATH",
+              help="Also write the HTML report to PATH: one self-contained file that opens offline.")
 @click.option("--mode", type=click.Choice(MODES), default="strict", show_default=True,
               help="strict: every element within tolerance; mean: mean error; stats: recorded statistics "
                    "only (reads no data); bitwise: identical bits.")
@@ -89,7 +91,7 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
-def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, rtol: float | None,
+def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str, atol: float | None, rtol: float | None,
          overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, read_all: bool, top: int,
          progress: bool | None, **checkpoint: Any) -> None:
@@ -105,6 +107,7 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
       tracespec diff runs/torch runs/paddle
       tracespec diff runs/fp32 runs/bf16 --mode mean
       tracespec diff runs/ref runs/new --stage forward --route 'blocks.*' --json verdict.json
+      tracespec diff runs/torch runs/paddle --html report.html
       tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
@@ -152,8 +155,22 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
                 except OSError as exc:
                     raise click.BadParameter(f"cannot write {json_path}: {exc.strerror}", param_hint="--json") from None
             click.echo(render_report(verdict, top))
+        if html_path is not None:
+            write_html_report(html_path, verdict, a, b)
     if not verdict.passed:
         sys.exit(EXIT_DIVERGED)
+
+
+def write_html_report(path: str, verdict: Verdict, a: str, b: str) -> None:
+    """``--html``: the report of :mod:`tracespec.report`, with the culprit's element-wise error."""
+    from tracespec.report import write_report
+    from tracespec.storage import load_trace
+
+    try:
+        write_report(path, verdict.to_json(), load_trace(a), load_trace(b))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {path}: {exc.strerror}", param_hint="--html") from None
+    click.echo(f"HTML report: {path}", err=True)
 
 
 # --------------------------------------------------------------------------- the report
