@@ -185,7 +185,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _metrics_line(metrics: dict[str, Any] | None) -> str:
+def _metrics_line(metrics: dict[str, Any] | None, tolerances: dict[str, Any]) -> str:
     if not metrics:
         return "no metrics"
     if metrics["kind"] == "hash":
@@ -195,15 +195,17 @@ def _metrics_line(metrics: dict[str, Any] | None) -> str:
         return f"statistics only: {delta}; ×{_num(metrics.get('tolerance_ratio'))} of tolerance"
     if metrics["kind"] != "elementwise":
         return metrics.get("note", "not compared")
+    norm_bound = tolerances["by_dtype"].get(metrics.get("ulp_dtype"), {}).get("rel_rmse")
+    shown_bound = f" (norm tolerance {_num(norm_bound)})" if tolerances["mode"] == "norm" and norm_bound else ""
     text = (
         f"max abs {_num(metrics['max_abs'])}, max rel {_num(metrics['max_rel'])}, "
-        f"rel RMSE {_num(metrics['rel_rmse'])}, cosine {_num(metrics['cosine'])}"
+        f"rel RMSE {_num(metrics['rel_rmse'])}{shown_bound}, cosine {_num(metrics['cosine'])}"
     )
     if metrics.get("max_ulp") is not None:
         text += f", {metrics['max_ulp']:.0f} ULP ({metrics['ulp_dtype']})"
     if metrics.get("mismatched"):
         text += (
-            f"; {metrics['mismatched']}/{metrics['count']} elements beyond tolerance"
+            f"; {metrics['mismatched']}/{metrics['count']} elements beyond the elementwise tolerance"
             f" (worst ×{_num(metrics['tolerance_ratio'])} at {metrics['worst_index']}:"
             f" A {metrics['worst_a']:.7g}, B {metrics['worst_b']:.7g})"
         )
@@ -316,7 +318,7 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         if first["b"]["route"] != first["a"]["route"]:
             out.append(f"  in B: {first['b']['route']} ({first['b']['class_name']})")
         if first["record"]:
-            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'])}")
+            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'], verdict.tolerances)}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
         out.append("")
