@@ -75,7 +75,7 @@ class _Module:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     parameters: dict[str, str] = field(default_factory=dict)  # slot -> graph value name
-    layouts: dict[str, str] = field(default_factory=dict)  # slot -> note on the stored layout
+    layouts: dict[str, str] = field(default_factory=dict)  # slot -> "in_out" / "out_in" (attrs.parameter_layout)
 
 
 @dataclass(slots=True)
@@ -244,10 +244,9 @@ class _GraphTree:
                 owner.parameters["weight"] = name
                 node = self.ops[readers[0][0]].node
                 trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-                if not trans_b:
-                    owner.layouts["weight"] = f"[in, out]: the exporter stored the transpose as {name!r}"
-                else:
-                    owner.layouts["weight"] = f"stored as {name!r}"
+                # MatMul (and Gemm without transB) reads the weight as [in, out]: the exporter
+                # stored the transpose of the module's [out, in] weight
+                owner.layouts["weight"] = "out_in" if trans_b else "in_out"
             else:
                 owner.parameters[name if name not in owner.parameters else f"{name}#{len(owner.parameters)}"] = name
 

@@ -135,17 +135,14 @@ def prepare(comparison: str, out: Path, bug: str | None = None) -> tuple[Path, P
 
 
 DIFF_OPTIONS: Final = {
-    # bf16 rounds every product: judged on the mean error, is it within bf16 noise?
-    "bf16": ["--mode", "mean"],
-    # ONNX Runtime's fused LayerNormalization differs from PyTorch's by ~1.2x the strict float32
-    # per-element tolerance (noise): judged on the mean error. The exporter stores Linear weights
-    # transposed for MatMul: the layer map transposes them back.
-    # ONNX Runtime runs the forward pass only.
-    "onnx": ["--mode", "mean", "--stage", "forward",
-             "--layer-map", str(Path(__file__).resolve().parent / "onnx_layer_map.json")],
-    # strict, at the default float32 tolerances. The backward pass is recorded too, but gradients
-    # summed in a different order are up to ~3x beyond the strict float32 defaults, so the
-    # pass/fail verdict is the forward one.
+    # default options: bf16 against fp32 is judged at bfloat16's tolerance (the coarser dtype decides)
+    "bf16": [],
+    # ONNX Runtime runs the forward pass only. The exporter's [in, out] Linear weights are handled
+    # by the layout the adapter records (attrs.parameter_layout): no layer map.
+    "onnx": ["--stage", "forward"],
+    # The backward pass is recorded too, but the Paddle adapter's grad_input of a layer that feeds
+    # its input to several sublayers (BertSelfAttention -> query, key, value) holds only the last
+    # sublayer's share (an open adapter issue), so the pass/fail verdict is the forward one.
     "paddle": ["--stage", "forward"],
 }
 """``tracespec diff`` options of each comparison (README.md explains each choice)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -185,7 +186,7 @@ def test_modules_align_with_pytorch_by_route(exported: dict[str, Any], exporter:
     weight = _tensor(trace, nodes, records, "blocks.0.attn.q_proj", "parameter", "weight")
     assert weight is not None
     np.testing.assert_array_equal(weight, q_proj.weight.detach().numpy().T)
-    assert "in, out" in by_route["blocks.0.attn.q_proj"]["attrs"]
+    assert json.loads(by_route["blocks.0.attn.q_proj"]["attrs"])["parameter_layout"] == {"weight": "in_out"}
     bias = _tensor(trace, nodes, records, "blocks.0.attn.q_proj", "parameter", "bias")
     np.testing.assert_array_equal(bias, q_proj.bias.detach().numpy())
     ln_weight = _tensor(trace, nodes, records, "blocks.1.ln2", "parameter", "weight")
