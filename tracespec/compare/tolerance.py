@@ -49,8 +49,9 @@ ELEMENT_SLACK: Final = 256.0
 """How much looser than the strict elementwise bound (``atol + rtol * |a|``) one element may stray in
 mode ``norm``. Measured on BERT (all-MiniLM-L6-v2), the worst element of a correct port reaches
 ~6x the strict bound in float32 gradients and ~100x in bfloat16 gradients (errors of a gradient
-element that sums cancelling terms are heavy-tailed); 256 leaves headroom and still fails an
-element off by a few times the tensor's RMS (float32: 2.6e-3 times the scale)."""
+element that sums cancelling terms are heavy-tailed); 256 leaves headroom and still fails one
+element off by 2.6e-3 of the scale in float32 (2.6 times the scale in bfloat16), an error that a
+norm over many elements could dilute."""
 
 
 @dataclass(frozen=True, slots=True)
