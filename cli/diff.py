@@ -328,7 +328,7 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         worst = [w for w in verdict.worst if w["stage"] == first["stage"]] or verdict.worst
         if worst:
             out.append("")
-            out.append(f"Worst nodes ({worst[0]['stage']}; × tolerance):")
+            out.append(f"Worst nodes ({worst[0]['stage']}; worst element × elementwise tolerance):")
             for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
                 out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{_num(ratio)}  {item['divergence'] or ''}")

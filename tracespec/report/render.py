@@ -350,14 +350,16 @@ def _unmatched_html(verdict: Mapping[str, Any]) -> str:
 
 
 def _describe_tolerances(tolerances: Mapping[str, Any]) -> str:
-    """``mode strict; bfloat16 rtol 0.016 atol 0.01; float32 rtol 1.3e-06 atol 1e-05`` (+ overrides)."""
+    """``mode norm; float32 rel RMSE 7.6e-06 rtol 1.3e-06 atol 1e-05`` (+ overrides; rel RMSE in mode norm)."""
+    norm = tolerances.get("mode") == "norm"
     parts = [f"mode {tolerances.get('mode', '?')}"]
     if tolerances.get("rtol") is not None or tolerances.get("atol") is not None:
         parts.append(f"rtol {_fmt(tolerances.get('rtol'))} atol {_fmt(tolerances.get('atol'))} for every dtype")
     by_dtype = tolerances.get("by_dtype")
     if isinstance(by_dtype, Mapping):
-        parts.extend(f"{dtype} rtol {_fmt(t.get('rtol'))} atol {_fmt(t.get('atol'))}"
-                     for dtype, t in by_dtype.items() if isinstance(t, Mapping))
+        parts.extend(
+            f"{dtype}{' rel RMSE ' + _fmt(t.get('rel_rmse')) if norm else ''} rtol {_fmt(t.get('rtol'))} atol {_fmt(t.get('atol'))}"
+            for dtype, t in by_dtype.items() if isinstance(t, Mapping))
     overrides = tolerances.get("overrides")
     if overrides:
         parts.append(f"{len(overrides)} per-route override(s)")
