@@ -471,6 +471,8 @@ class OnnxRecorder:
         for name, output in self._shape_output.items():
             added.setdefault(name, []).append(onnx.helper.make_node("Shape", [name], [output], name=output))
         moments = [f"{self._prefix[source]}:{part}" for source in sources for part in _MOMENTS]
+        if hasattr(self, "_session"):
+            del self._session  # a rebuild frees the old session (its weights) before the new one loads
         self._session = self._make_session(
             [*(n for n in captured + graph_outputs if n in self._data), *moments, *self._shape_output.values()], added
         )
