@@ -120,7 +120,6 @@ class _GraphTree:
     """The module tree, op nodes and module-boundary values rebuilt from one graph."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
         self.initializers = {tensor.name: tensor for tensor in graph.initializer}
         self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
         self.graph_outputs = [vi.name for vi in graph.output]
