@@ -23,6 +23,7 @@ import fnmatch
 import json
 import math
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -48,6 +49,7 @@ __all__ = [
     "Recorder",
     "Selector",
     "Summary",
+    "HostBufferPool",
     "fast_stats",
     "flatten",
     "map_tensors",
@@ -279,42 +281,75 @@ _CANCELLATION_RATIO: Final = 1e4
 _FAST_KINDS: Final = frozenset("fiu")
 
 
-_BLOCK: Final = 1 << 16
+_BLOCK: Final = 1 << 17  # float64 elements: a 1 MiB buffer that stays in cache
 _local = threading.local()
 
 
 def fast_stats(array: np.ndarray) -> TensorStats:
-    """:func:`tracespec.format.stats.compute_stats` of ``array``, in one pass over memory.
+    """:func:`tracespec.format.stats.compute_stats` of ``array``, in few passes.
 
-    Blocks small enough to stay in cache are reduced four times each: min and max in the
-    array's dtype, the sum and (squared into a reused float64 buffer) the sum of squares
-    accumulated in float64. numpy runs single-threaded with the GIL released: no thread pool to
-    wake per tensor. Only when the sums are not finite (NaN/Inf present) or the variance would
-    lose digits to cancellation does the exact reference take over, so the result always has
-    the reference's semantics.
+    Min and max in the array's dtype (fast SIMD passes); then, a cache-sized block at a time,
+    the block is converted into a reused float64 buffer, summed, squared in place and summed
+    again, so the float64 work never leaves the cache. numpy runs single-threaded with the GIL
+    released: no thread pool to wake per tensor. Only when the sums are not finite (NaN/Inf
+    present) or the variance would lose digits to cancellation does the exact reference take
+    over, so the result always has the reference's semantics.
     """
     flat = array.reshape(-1)
     count = flat.size
     if count == 0 or (flat.dtype.kind not in _FAST_KINDS and flat.dtype.name != "bfloat16"):
         return compute_stats(array)
-    buffer: np.ndarray | None = getattr(_local, "squares", None)
+    buffer: np.ndarray | None = getattr(_local, "buffer", None)
     if buffer is None:
-        buffer = _local.squares = np.empty(_BLOCK, dtype=np.float64)
+        buffer = _local.buffer = np.empty(_BLOCK, dtype=np.float64)
     total = squares = 0.0
-    low, high = flat[0], flat[0]
     for start in range(0, count, _BLOCK):
         block = flat[start : start + _BLOCK]
-        out = buffer[: block.size]
-        total += float(np.add.reduce(block, dtype=np.float64))
-        np.multiply(block, block, out=out, dtype=np.float64)
-        squares += float(np.add.reduce(out))
-        low = min(low, block.min())
-        high = max(high, block.max())
+        work = buffer[: block.size]
+        np.copyto(work, block, casting="unsafe")
+        total += float(np.add.reduce(work))
+        np.multiply(work, work, out=work)
+        squares += float(np.add.reduce(work))
     mean = total / count
     m2 = squares - total * mean
     if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
         return compute_stats(array)
-    return TensorStats(count, float(low), float(high), mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
+    return TensorStats(count, float(flat.min()), float(flat.max()), mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
+
+
+# ------------------------------------------------------------------------------------ host copies
+class HostBufferPool:
+    """Reusable host buffers for ``full`` copies.
+
+    Writing into fresh memory costs a page fault per 4 KiB, more than the copy itself; buffers
+    are reused once nobody but the pool references them (the writer drops its reference when
+    the data is on disk). The pool holds at most what was in flight at once, which the writer
+    bounds (``max_pending_bytes``).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = []
+
+    def copy(self, values: np.ndarray) -> np.ndarray:
+        """A C-contiguous copy of ``values`` in a pooled buffer."""
+        out = self._take(values.nbytes).view(values.dtype).reshape(values.shape)
+        np.copyto(out, values, casting="no")
+        return out
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        best = None
+        for i in range(len(self._buffers)):
+            size = self._buffers[i].nbytes
+            # 2 references, the list's and getrefcount's argument: no view of it is alive.
+            if size >= nbytes and sys.getrefcount(self._buffers[i]) == 2 and (best is None or size < self._buffers[best].nbytes):
+                best = i
+        if best is None:
+            self._buffers.append(np.empty(max(nbytes, 1), dtype=np.uint8))
+            best = len(self._buffers) - 1
+        return self._buffers[best][:nbytes]
+
+    def clear(self) -> None:
+        self._buffers.clear()
 
 
 # ------------------------------------------------------------------------------------ summaries
@@ -882,3 +917,4 @@ class Recorder(ABC):
             shape=summary.shape,
             **record.kwargs,
         )
+        summary.array = None  # the writer owns the data now; dedup needs only the record id

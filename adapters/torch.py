@@ -33,6 +33,7 @@ import torch
 
 from tracespec.adapters._common import (
     BackwardCall,
+    HostBufferPool,
     Recorder,
     RecordOptions,
     Summary,
@@ -167,6 +168,7 @@ class TorchRecorder(Recorder):
     def __init__(self, model: torch.nn.Module, path: str | os.PathLike[str], options: RecordOptions) -> None:
         super().__init__(model, path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._host_buffers = HostBufferPool()
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -222,7 +224,7 @@ class TorchRecorder(Recorder):
             # intra-op pool to wake for every small tensor.
             values = numpy_view(tensor.resolve_conj().resolve_neg())
             if level == "full":
-                values = summary.array = np.array(values, order="C")
+                values = summary.array = self._host_buffers.copy(values)
             if level != "hash":
                 summary.stats = fast_stats(values)
             if level != "stats":
@@ -258,6 +260,7 @@ class TorchRecorder(Recorder):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._host_buffers.clear()
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         fc = self.forward_begin(module, args, kwargs)
