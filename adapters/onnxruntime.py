@@ -120,7 +120,6 @@ class _GraphTree:
     """The module tree, op nodes and module-boundary values rebuilt from one graph."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
         self.initializers = {tensor.name: tensor for tensor in graph.initializer}
         self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
         self.graph_outputs = [vi.name for vi in graph.output]
@@ -470,6 +469,8 @@ class OnnxRecorder:
         for name, output in self._shape_output.items():
             added.setdefault(name, []).append(onnx.helper.make_node("Shape", [name], [output], name=output))
         moments = [f"{self._prefix[source]}:{part}" for source in sources for part in _MOMENTS]
+        if hasattr(self, "_session"):
+            del self._session  # a rebuild frees the old session (its weights) before the new one loads
         self._session = self._make_session(
             [*(n for n in captured + graph_outputs if n in self._data), *moments, *self._shape_output.values()], added
         )

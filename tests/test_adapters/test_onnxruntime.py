@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import tracespec
+from tracespec.adapters.onnxruntime import OnnxRecorder
 from tracespec.errors import InputFileError, UsageError
 from tracespec.format.stats import compute_stats
 
@@ -307,6 +308,13 @@ def test_graph_without_scopes_records_ops_under_the_root(tmp_path: Path) -> None
     expected = compute_stats(log_output)
     assert expected.inf_count > 0
     assert (log_stats["inf_count"], log_stats["max"]) == (expected.inf_count, pytest.approx(expected.max))
+
+    # The next step fetches that value whole in the main run: same statistics.
+    recorder = OnnxRecorder(model, capture="stats")
+    recorder.record([{"x": x}, {"x": x}], tmp_path / "steps")
+    rows = [r for r in tracespec.load_trace(tmp_path / "steps").tensors().to_pylist()
+            if nodes[r["node"]]["route"] == "Log" and r["role"] == "output"]
+    assert [(r["step"], r["inf_count"], r["mean"]) for r in rows] == [(0, log_stats["inf_count"], log_stats["mean"]), (1, log_stats["inf_count"], log_stats["mean"])]
 
 
 def test_model_with_external_data_records_from_its_path(tmp_path: Path) -> None:
