@@ -7,6 +7,7 @@ the same disk with fsync.
 
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
 
 Frameworks plug in through ``FRAMEWORKS`` (``--framework``): a function that builds the model
 and returns ``(model, step)`` where ``step()`` runs one forward+backward.
@@ -122,7 +123,93 @@ def torch_model(size: Size, threads: int) -> tuple[Any, Callable[[], None]]:
     return model, step
 
 
-FRAMEWORKS: dict[str, Callable[[Size, int], tuple[Any, Callable[[], None]]]] = {"torch": torch_model}
+# ---------------------------------------------------------------------------------- paddle
+def paddle_model(size: Size, threads: int) -> tuple[Any, Callable[[], None]]:
+    """The same GPT-2 in Paddle: same layers, names and sizes; lm_head tied to wte."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # read when Paddle starts its pool
+    import paddle
+    from paddle import nn
+
+    paddle.base.core.set_num_threads(threads)
+    paddle.set_device("cpu")
+    paddle.seed(0)
+
+    class Attention(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_attn = nn.Linear(size.width, 3 * size.width)
+            self.c_proj = nn.Linear(size.width, size.width)
+            self.attn_dropout = nn.Dropout(0.0)
+            self.resid_dropout = nn.Dropout(0.0)
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            b, t, c = x.shape
+            q, k, v = (a.reshape([b, t, size.heads, c // size.heads]) for a in paddle.split(self.c_attn(x), 3, axis=2))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # [b, t, heads, head]
+            return self.resid_dropout(self.c_proj(y.reshape([b, t, c])))
+
+    class MLP(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_fc = nn.Linear(size.width, size.mlp)
+            self.act = nn.GELU(approximate=True)
+            self.c_proj = nn.Linear(size.mlp, size.width)
+            self.dropout = nn.Dropout(0.0)
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+    class Block(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(size.width)
+            self.attn = Attention()
+            self.ln_2 = nn.LayerNorm(size.width)
+            self.mlp = MLP()
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class TiedHead(nn.Layer):
+        """lm_head sharing wte's [vocab, width] weight (a Paddle Linear would want [width, vocab])."""
+
+        def __init__(self, weight: paddle.Tensor) -> None:
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            return paddle.matmul(x, self.weight, transpose_y=True)
+
+    class GPT2(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(size.vocab, size.width)
+            self.wpe = nn.Embedding(1024, size.width)
+            self.h = nn.LayerList([Block() for _ in range(size.layers)])
+            self.ln_f = nn.LayerNorm(size.width)
+            self.lm_head = TiedHead(self.wte.weight)
+
+        def forward(self, ids: paddle.Tensor) -> paddle.Tensor:
+            x = self.wte(ids) + self.wpe(paddle.arange(ids.shape[1]))
+            for block in self.h:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))  # type: ignore[no-any-return]
+
+    model = GPT2()
+    ids = paddle.randint(0, size.vocab, [size.batch, size.seq])
+    targets = paddle.randint(0, size.vocab, [size.batch, size.seq])
+
+    def step() -> None:
+        logits = model(ids)
+        loss = nn.functional.cross_entropy(logits.reshape([-1, size.vocab]), targets.reshape([-1]))
+        loss.backward()
+        model.clear_gradients(set_to_zero=False)
+
+    return model, step
+
+
+FRAMEWORKS: dict[str, Callable[[Size, int], tuple[Any, Callable[[], None]]]] = {"torch": torch_model, "paddle": paddle_model}
 
 
 # ---------------------------------------------------------------------------------- measuring
