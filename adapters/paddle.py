@@ -41,6 +41,7 @@ import paddle.distributed
 
 from tracespec.adapters._common import (
     BackwardCall,
+    HostBufferPool,
     Recorder,
     RecordOptions,
     Summary,
@@ -105,13 +106,6 @@ def host_array(tensor: paddle.Tensor) -> np.ndarray:
     return np.from_dlpack(tensor)
 
 
-def _owned_copy(array: np.ndarray, tensor: paddle.Tensor) -> np.ndarray:
-    """A C-contiguous array the writer may own (the bit-type path already made one)."""
-    if _DTYPE_NAMES[tensor.dtype] in _BIT_TYPES and array.flags.c_contiguous:
-        return array
-    return np.array(array, order="C", copy=True)
-
-
 def _device_name(place: Any) -> str:
     """``"cpu"``, ``"cuda:N"`` for an NVIDIA GPU (as PyTorch names it), else Paddle's name."""
     if place.is_cpu_place():
@@ -139,6 +133,7 @@ class PaddleRecorder(Recorder):
         self._handles: list[Any] = []
         self._recent_grads: deque[paddle.Tensor] = deque(maxlen=_RECENT_GRADS)
         self._patched_optimizers: list[tuple[Any, Any]] = []
+        self._host_buffers = HostBufferPool()
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -198,16 +193,20 @@ class PaddleRecorder(Recorder):
 
     # ---------------------------------------------------------------- summaries
     def summarize(self, tensor: Any, level: str) -> Summary:
-        array = host_array(tensor)
-        summary = Summary(_DTYPE_NAMES[tensor.dtype], tuple(int(d) for d in tensor.shape))
+        values = host_array(tensor)
+        name = _DTYPE_NAMES[tensor.dtype]
+        summary = Summary(name, tuple(int(d) for d in tensor.shape))
         # Everything is computed now, from memory the model cannot change during the hook.
-        if level in ("full", "stats"):
-            summary.stats = fast_stats(array)
         if level == "full":
-            summary.array = _owned_copy(array, tensor)
-            summary.hash = content_hash(summary.array)
-        elif level == "hash":
-            summary.hash = content_hash(array)
+            # The bit-type and device paths already made a private host copy; keep it.
+            private = name in _BIT_TYPES or not tensor.place.is_cpu_place()
+            if not (private and values.flags.c_contiguous):
+                values = self._host_buffers.copy(values)
+            summary.array = values
+        if level != "hash":
+            summary.stats = fast_stats(values)
+        if level != "stats":
+            summary.hash = content_hash(values)
         return summary
 
     # ---------------------------------------------------------------- hooks
@@ -238,6 +237,7 @@ class PaddleRecorder(Recorder):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._host_buffers.clear()
         for optimizer, own in reversed(self._patched_optimizers):
             if own is None:
                 del optimizer.step

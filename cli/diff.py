@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 
+from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
-from tracespec.errors import InputFileError, UsageError
+from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
 
 __all__ = ["diff", "render_report"]
@@ -28,15 +29,15 @@ _GROWTH_ROWS = 24
 
 
 def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
-    """``ROUTE_GLOB=rtol:1e-3,atol:1e-5,mode:mean`` -> (glob, {...})."""
+    """``ROUTE_GLOB=rtol:1e-3,atol:1e-5,rel_rmse:1e-4,mode:mean`` -> (glob, {...})."""
     route, sep, spec = text.partition("=")
     if not sep or not route:
-        raise click.BadParameter(f"{text!r}: expected ROUTE_GLOB=rtol:X,atol:Y[,mode:M]", param_hint="--tol")
+        raise click.BadParameter(f"{text!r}: expected ROUTE_GLOB=rtol:X,atol:Y,rel_rmse:Z[,mode:M]", param_hint="--tol")
     values: dict[str, Any] = {}
     for item in filter(None, spec.split(",")):
         key, colon, value = item.partition(":")
-        if not colon or key not in ("rtol", "atol", "mode"):
-            raise click.BadParameter(f"{item!r} in {text!r}: use rtol:X, atol:Y or mode:M", param_hint="--tol")
+        if not colon or key not in ("rtol", "atol", "rel_rmse", "mode"):
+            raise click.BadParameter(f"{item!r} in {text!r}: use rtol:X, atol:Y, rel_rmse:Z or mode:M", param_hint="--tol")
         if key == "mode":
             values[key] = value
         else:
@@ -47,12 +48,11 @@ def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
     return route, values
 
 
-def diff_files(a: str, b: str) -> int:
-    """A or B is a file, not a trace folder (a checkpoint): handled by the checkpoint converter."""
-    raise InputFileError(
-        f"{a if Path(a).is_file() else b}: a file, not a trace folder; this build of tracespec diff "
-        "compares trace folders (record them with tracespec.record)"
-    )
+def _dtype_tolerance(dtype: str, tolerance: dict[str, Any], mode: str) -> str:
+    """``float32 rel RMSE 7.6e-06, rtol 1.3e-06, atol 1e-05 × RMS`` (rel RMSE in mode norm only)."""
+    norm = f" rel RMSE {tolerance['rel_rmse']:.2g}," if mode == "norm" else ""
+    scaled = " × RMS" if tolerance["atol_scaled"] else ""
+    return f"{dtype}{norm} rtol {tolerance['rtol']:.2g}, atol {tolerance['atol']:.2g}{scaled}"
 
 
 @contextmanager
@@ -77,12 +77,17 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.argument("a", metavar="A", type=click.Path(path_type=str))
 @click.argument("b", metavar="B", type=click.Path(path_type=str))
 @click.option("--json", "json_path", metavar="PATH", help="Write the verdict as JSON to PATH ('-' for stdout, alone).")
-@click.option("--mode", type=click.Choice(MODES), default="strict", show_default=True,
-              help="strict: every element within tolerance; mean: mean error; stats: recorded statistics "
-                   "only (reads no data); bitwise: identical bits.")
+@click.option("--html", "html_path", metavar="PATH",
+              help="Also write the HTML report to PATH: one self-contained file that opens offline.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="norm (default): RMSE / RMS within the dtype's noise level, no element grossly off; strict "
+                   "(default with --rtol/--atol): every element within tolerance; mean: mean error; stats: recorded statistics only (reads no "
+                   "data); bitwise: identical bits.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every tensor (default: per dtype, times the tensors' RMS).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every tensor (default: per dtype).")
-@click.option("--tol", "overrides", multiple=True, metavar="GLOB=rtol:X,atol:Y,mode:M",
+@click.option("--rel-rmse", type=float, default=None,
+              help="Mode norm: the largest RMSE / RMS for every tensor (default: per dtype, docs/diff.md).")
+@click.option("--tol", "overrides", multiple=True, metavar="GLOB=rtol:X,atol:Y,rel_rmse:Z,mode:M",
               help="Per-route tolerance or mode, on A's routes (repeatable; later wins).")
 @click.option("--step", "steps", type=int, multiple=True, help="Compare only this step (repeatable).")
 @click.option("--rank", "ranks", type=int, multiple=True, help="Compare only this rank (repeatable).")
@@ -93,10 +98,11 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
-def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, rtol: float | None,
-         overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
+@checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
+def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
+         rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, read_all: bool, top: int,
-         progress: bool | None) -> None:
+         progress: bool | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their module trees
@@ -107,10 +113,16 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
     \b
     Examples:
       tracespec diff runs/torch runs/paddle
-      tracespec diff runs/fp32 runs/bf16 --mode mean
+      tracespec diff runs/ref runs/new --mode strict
       tracespec diff runs/ref runs/new --stage forward --route 'blocks.*' --json verdict.json
+      tracespec diff runs/torch runs/paddle --html report.html
       tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
+
+    A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
+    mixed): the allennlp-style edit script, streamed tensor by tensor: -key only in A, +key only
+    in B, !key changed, with shapes and the distance ||a - b|| / sqrt(n) (docs/convert.md).
+      tracespec diff base.bin tuned.safetensors --strip-prefix-b 'model.' --threshold 1e-4
 
     \b
     A layer map, for renames that structure cannot guess (docs/diff.md):
@@ -126,14 +138,16 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
     Exit codes: 0 agree, 1 diverged, 2 usage error, 3 unreadable or invalid input.
     """
     with report_errors():
+        # Checkpoint files (safetensors, .pt/.bin, .pdparams): the allennlp-style edit script.
         if Path(a).is_file() or Path(b).is_file():
-            sys.exit(diff_files(a, b))
+            sys.exit(diff_checkpoint_files(a, b, checkpoint, json_path, progress))
+        reject_checkpoint_options(checkpoint)
         parsed = dict(_parse_override(text) for text in overrides)
         show_progress = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
         with _progress_bar(show_progress) as update:
             try:
                 verdict = compare_traces(
-                    a, b, mode=mode, rtol=rtol, atol=atol, tolerances=parsed,
+                    a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
                     steps=steps or None, ranks=ranks or None, stages=stages or None,
                     routes=routes, exclude=exclude, layer_map=layer_map,
                     trust_hashes=not read_all, progress=update,
@@ -149,8 +163,22 @@ def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, r
                 except OSError as exc:
                     raise click.BadParameter(f"cannot write {json_path}: {exc.strerror}", param_hint="--json") from None
             click.echo(render_report(verdict, top))
+        if html_path is not None:
+            write_html_report(html_path, verdict, a, b)
     if not verdict.passed:
         sys.exit(EXIT_DIVERGED)
+
+
+def write_html_report(path: str, verdict: Verdict, a: str, b: str) -> None:
+    """``--html``: the report of :mod:`tracespec.report`, with the culprit's element-wise error."""
+    from tracespec.report import write_report
+    from tracespec.storage import load_trace
+
+    try:
+        write_report(path, verdict.to_json(), load_trace(a), load_trace(b))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {path}: {exc.strerror}", param_hint="--html") from None
+    click.echo(f"HTML report: {path}", err=True)
 
 
 # --------------------------------------------------------------------------- the report
@@ -158,7 +186,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _metrics_line(metrics: dict[str, Any] | None) -> str:
+def _metrics_line(metrics: dict[str, Any] | None, tolerances: dict[str, Any]) -> str:
     if not metrics:
         return "no metrics"
     if metrics["kind"] == "hash":
@@ -168,15 +196,17 @@ def _metrics_line(metrics: dict[str, Any] | None) -> str:
         return f"statistics only: {delta}; ×{_num(metrics.get('tolerance_ratio'))} of tolerance"
     if metrics["kind"] != "elementwise":
         return metrics.get("note", "not compared")
+    norm_bound = tolerances["by_dtype"].get(metrics.get("ulp_dtype"), {}).get("rel_rmse")
+    shown_bound = f" (norm tolerance {_num(norm_bound)})" if tolerances["mode"] == "norm" and norm_bound else ""
     text = (
         f"max abs {_num(metrics['max_abs'])}, max rel {_num(metrics['max_rel'])}, "
-        f"rel RMSE {_num(metrics['rel_rmse'])}, cosine {_num(metrics['cosine'])}"
+        f"rel RMSE {_num(metrics['rel_rmse'])}{shown_bound}, cosine {_num(metrics['cosine'])}"
     )
     if metrics.get("max_ulp") is not None:
         text += f", {metrics['max_ulp']:.0f} ULP ({metrics['ulp_dtype']})"
     if metrics.get("mismatched"):
         text += (
-            f"; {metrics['mismatched']}/{metrics['count']} elements beyond tolerance"
+            f"; {metrics['mismatched']}/{metrics['count']} elements beyond the elementwise tolerance"
             f" (worst ×{_num(metrics['tolerance_ratio'])} at {metrics['worst_index']}:"
             f" A {metrics['worst_a']:.7g}, B {metrics['worst_b']:.7g})"
         )
@@ -289,7 +319,7 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         if first["b"]["route"] != first["a"]["route"]:
             out.append(f"  in B: {first['b']['route']} ({first['b']['class_name']})")
         if first["record"]:
-            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'])}")
+            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'], verdict.tolerances)}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
         out.append("")
@@ -298,7 +328,7 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         worst = [w for w in verdict.worst if w["stage"] == first["stage"]] or verdict.worst
         if worst:
             out.append("")
-            out.append(f"Worst nodes ({worst[0]['stage']}; × tolerance):")
+            out.append(f"Worst nodes ({worst[0]['stage']}; worst element × elementwise tolerance):")
             for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
                 out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{_num(ratio)}  {item['divergence'] or ''}")
@@ -308,11 +338,10 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append("Error growth (forward; RMSE / RMS of each layer's output, log scale):")
         out.extend(growth)
     tol = verdict.tolerances
-    by_dtype = "; ".join(
-        f"{d} rtol {t['rtol']:.2g}, atol {t['atol']:.2g}{' × RMS' if t['atol_scaled'] else ''}" for d, t in tol["by_dtype"].items()
-    )
+    by_dtype = "; ".join(_dtype_tolerance(d, t, tol["mode"]) for d, t in tol["by_dtype"].items())
     out.append("")
-    out.append(f"Tolerances: mode {tol['mode']}" + (f"; {by_dtype}" if by_dtype else "") +
+    slack = f" (each element within ×{tol['element_slack']:g} rtol/atol)" if tol["mode"] == "norm" else ""
+    out.append(f"Tolerances: mode {tol['mode']}{slack}" + (f"; {by_dtype}" if by_dtype else "") +
                (f"; {len(tol['overrides'])} route override(s)" if tol["overrides"] else ""))
     if verdict.unmatched:
         out.append(f"Unmatched nodes: {len(verdict.unmatched)}")

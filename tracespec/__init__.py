@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+
 __all__ = [
     "FORMAT_VERSION",
     "Trace",
@@ -29,6 +30,7 @@ __all__ = [
     "compare",
     "load_trace",
     "record",
+    "record_onnx",
     "validate_trace",
 ]
 
@@ -43,3 +45,14 @@ def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recorder
     from tracespec.adapters import record as record_with_adapter
 
     return record_with_adapter(model, path, **options)
+
+
+def record_onnx(model: Any, inputs: Any, path: str | os.PathLike[str], **options: Any) -> Any:
+    """Run an ONNX model in ONNX Runtime and record every intermediate value into ``path``.
+
+    See :func:`tracespec.adapters.onnxruntime.record_onnx` and ``docs/onnx.md``. onnxruntime is
+    imported on the first call, never by ``import tracespec``.
+    """
+    from tracespec.adapters.onnxruntime import record_onnx as record_with_onnxruntime
+
+    return record_with_onnxruntime(model, inputs, path, **options)

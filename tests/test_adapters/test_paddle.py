@@ -263,14 +263,14 @@ def test_dropout_in_train_mode_is_bit_identical_without_reseeding(tmp_path: Path
     assert (dropped == 0).any() and (dropped != 0).any()
 
 
-class ScaleInPlace(nn.Layer):
+class ReluInPlace(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return F.relu_(x)
 
 
 def test_inplace_layer_keeps_gradients(tmp_path: Path) -> None:
     paddle.seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), ScaleInPlace(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(4, 8), ReluInPlace(), nn.Linear(8, 2))
     x = paddle.randn([5, 4])
     x.stop_gradient = False
     with tracespec.record(model, tmp_path / "t", capture="full") as rec:

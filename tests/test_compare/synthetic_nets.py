@@ -32,6 +32,7 @@ class Knobs:
     wrap_fc1: bool = False
     blocks: int = 3
     transpose_linear: bool = False  # store Linear weights [in, out] (Paddle's layout)
+    layout_note: object = None  # the Linear nodes' attrs.parameter_layout["weight"], if any
 
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:
@@ -84,9 +85,11 @@ def record_tiny_net(path: Path, knobs: Knobs = Knobs(), seed: int = 0, steps: in
     def stored(weight: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(weight.T) if knobs.transpose_linear else weight
 
+    linear_attrs = {"parameter_layout": {"weight": knobs.layout_note}} if knobs.layout_note is not None else None
+
     with SyntheticRecorder(path, framework=knobs.framework) as rec:
         net = rec.module("", "TinyNet")
-        embed = rec.module("embed", "Linear", net, {"weight": stored(w["embed.weight"])})
+        embed = rec.module("embed", "Linear", net, {"weight": stored(w["embed.weight"])}, attrs=linear_attrs)
         blocks = rec.module("blocks", "ModuleList", net)
         block_nodes = []
         for i in range(knobs.blocks):
@@ -98,11 +101,11 @@ def record_tiny_net(path: Path, knobs: Knobs = Knobs(), seed: int = 0, steps: in
             if knobs.wrap_fc1:
                 wrapper = rec.module(f"blocks.{i}.{fc1_name}", "Sequential", b)
                 parent, fc1_route = wrapper, f"blocks.{i}.{fc1_name}.0"
-            fc1 = rec.module(fc1_route, "Linear", parent, {"weight": stored(w[f"{i}.fc1.weight"])})
+            fc1 = rec.module(fc1_route, "Linear", parent, {"weight": stored(w[f"{i}.fc1.weight"])}, attrs=linear_attrs)
             act = rec.module(f"blocks.{i}.act", "GELU", b)
-            fc2 = rec.module(f"blocks.{i}.{fc2_name}", "Linear", b, {"weight": stored(w[f"{i}.fc2.weight"])})
+            fc2 = rec.module(f"blocks.{i}.{fc2_name}", "Linear", b, {"weight": stored(w[f"{i}.fc2.weight"])}, attrs=linear_attrs)
             block_nodes.append((b, ln, wrapper, fc1, act, fc2))
-        head = rec.module("head", "Linear", net, {"weight": stored(w["head.weight"])})
+        head = rec.module("head", "Linear", net, {"weight": stored(w["head.weight"])}, attrs=linear_attrs)
         for _ in range(steps):
             with rec.forward(net, x) as top:
                 with rec.forward(embed, x) as c:

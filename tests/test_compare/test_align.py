@@ -13,7 +13,7 @@ import tracespec
 from test_compare.synthetic_nets import Knobs, record_tiny_net
 from tracespec.compare.align import align_trees, diff_sequences, load_layer_map, parse_layer_map
 from tracespec.compare.view import RankView
-from tracespec.errors import InputFileError
+from tracespec.errors import InputFileError, TableInvalidError
 
 letters = st.text(alphabet="abcd", max_size=12)
 
@@ -90,6 +90,28 @@ def test_paddle_linear_weights_are_transposed_by_the_layout_rule(tmp_path: Path)
     # the same tensors, both said to be PyTorch: no rule applies and the shapes differ
     c = record_tiny_net(tmp_path / "c", Knobs(framework="torch", transpose_linear=True))
     assert tracespec.compare(a, c).status == "fail"
+
+
+def test_a_layout_recorded_by_the_adapter_overrides_the_framework_rule(tmp_path: Path) -> None:
+    a = record_tiny_net(tmp_path / "a", Knobs(framework="torch"))
+    # an ONNX graph has no Linear layout of its own; its adapter says the weights are [in, out]
+    noted = record_tiny_net(tmp_path / "noted", Knobs(framework="onnxruntime", transpose_linear=True, layout_note="in_out"))
+    va, _, alignment = _align(a, noted)
+    linear = [m for m in alignment.matches if va.nodes[m.a].class_name == "Linear"]
+    assert linear and all(m.transforms["weight"].describe() == "transpose" for m in linear)
+    assert tracespec.compare(a, noted).status == "pass"
+    # a note saying the native layout cancels the Paddle rule: Paddle weights stored [out, in]
+    paddle = record_tiny_net(tmp_path / "paddle", Knobs(framework="paddle", layout_note="out_in"))
+    assert tracespec.compare(a, paddle).status == "pass"
+    silent = record_tiny_net(tmp_path / "silent", Knobs(framework="onnxruntime", transpose_linear=True))
+    assert tracespec.compare(a, silent).status == "fail"
+
+
+def test_a_malformed_layout_note_is_invalid_input(tmp_path: Path) -> None:
+    a = record_tiny_net(tmp_path / "a", Knobs(framework="torch"))
+    bad = record_tiny_net(tmp_path / "bad", Knobs(framework="onnxruntime", layout_note="[in, out]"))
+    with pytest.raises(TableInvalidError, match="parameter_layout"):
+        tracespec.compare(a, bad)
 
 
 def test_layer_map_globs_regexes_prefixes_and_transforms(tmp_path: Path) -> None:

@@ -55,8 +55,10 @@ LAYOUT_RULES: Final[dict[tuple[str, str, str], str]] = {
     ("torch", "Linear", "weight"): "out_in",
     ("paddle", "Linear", "weight"): "in_out",
 }
-"""Native layouts of parameters that differ between frameworks. Where A's and B's layouts of a
-matched pair differ, B's tensor is transposed (last two axes) before comparing."""
+"""Native layouts of parameters that differ between frameworks. A node's ``attrs.parameter_layout``
+(written by an adapter that knows better, e.g. ONNX Runtime's for an exporter's transposed weight)
+overrides the rule for that node. Where A's and B's layouts of a matched pair differ, B's tensor is
+transposed (last two axes) before comparing."""
 
 CLASS_ALIASES: Final[dict[tuple[str, str], str]] = {
     # (framework family, class name) -> the PyTorch name of the same building block
@@ -477,15 +479,21 @@ class Alignment:
         return counts
 
 
-def _layout_transforms(view_a: RankView, view_b: RankView, a: int, b: int) -> dict[str, Transform]:
-    found = {}
-    for (framework, class_name, slot), layout in LAYOUT_RULES.items():
-        if framework != view_a.framework or class_name != view_a.nodes[a].class_name:
-            continue
-        other = LAYOUT_RULES.get((view_b.framework, view_b.nodes[b].class_name, slot))
-        if other is not None and other != layout:
-            found[slot] = TRANSPOSE
+def _layouts(view: RankView, node: int) -> dict[str, str]:
+    """How ``node`` lays out its parameters, by slot: the framework's rules for its class, overridden
+    by the layout its adapter recorded for this node (``attrs.parameter_layout``)."""
+    class_name = view.nodes[node].class_name
+    found = {slot: layout for (framework, name, slot), layout in LAYOUT_RULES.items()
+             if framework == view.framework and name == class_name}
+    found.update(view.nodes[node].layouts)
     return found
+
+
+def _layout_transforms(view_a: RankView, view_b: RankView, a: int, b: int) -> dict[str, Transform]:
+    """Transforms that bring B's parameters into A's layout where both layouts are known and differ."""
+    layouts_a, layouts_b = _layouts(view_a, a), _layouts(view_b, b)
+    return {slot: TRANSPOSE for slot, layout in sorted(layouts_a.items())
+            if layouts_b.get(slot, layout) != layout}
 
 
 class _Aligner:

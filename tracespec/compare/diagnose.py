@@ -219,7 +219,7 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
                     "read 'unmatched' and add a --layer-map for the renames.")
         if identical:
             return "A and B are bitwise identical in everything compared."
-        return "A and B agree within tolerance; tighten with --rtol/--atol or --mode bitwise to see smaller differences."
+        return "A and B agree within tolerance; tighten with --mode strict (elementwise), --rel-rmse or --mode bitwise to see smaller differences."
     where = f"{culprit.a_route or '(root)'} ({culprit.a_class})"
     if culprit.divergence != "introduced":
         if culprit.stage == "forward":

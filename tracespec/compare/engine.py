@@ -26,7 +26,7 @@ from tracespec.compare.diagnose import (
     next_step_hint,
 )
 from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays
-from tracespec.compare.tolerance import MODES, TolerancePolicy
+from tracespec.compare.tolerance import ELEMENT_SLACK, MODES, Tolerance, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import TableMismatchError, UsageError
@@ -212,7 +212,7 @@ def _reference_rms(record: Record) -> float | None:
     return stats.l2 / finite**0.5 if finite > 0 else None
 
 
-def _judge(metrics: Metrics, mode: str, tolerance: Any) -> str:
+def _judge(metrics: Metrics, mode: str, tolerance: Tolerance) -> str:
     if metrics.identical:
         return "pass"
     if metrics.kind == "hash":
@@ -223,6 +223,8 @@ def _judge(metrics: Metrics, mode: str, tolerance: Any) -> str:
     elif mode == "mean":
         bound = tolerance.atol_for(metrics.reference_rms) + tolerance.rtol * (metrics.reference_mean_abs or 0.0)
         within = (metrics.mean_abs or 0.0) <= bound
+    elif mode == "norm":
+        within = (metrics.rel_rmse or 0.0) <= tolerance.rel_rmse and (metrics.tolerance_ratio or 0.0) <= ELEMENT_SLACK
     else:
         within = metrics.mismatched == 0
     return "pass_within_tolerance" if within and agree else "diverged"
@@ -320,9 +322,10 @@ def compare_traces(
     a: Trace | str | os.PathLike[str],
     b: Trace | str | os.PathLike[str],
     *,
-    mode: str = "strict",
+    mode: str | None = None,
     rtol: float | None = None,
     atol: float | None = None,
+    rel_rmse: float | None = None,
     tolerances: Mapping[str, Mapping[str, Any]] | None = None,
     steps: Iterable[int] | None = None,
     ranks: Iterable[int] | None = None,
@@ -340,11 +343,16 @@ def compare_traces(
     a, b:
         Trace folders (or opened :class:`~tracespec.Trace` objects). A is the reference.
     mode:
-        ``strict`` (every element within tolerance), ``mean``, ``stats`` or ``bitwise``.
+        ``norm`` (the default: the norm-wise relative error at the dtype's noise level, and no
+        element grossly off; ``strict`` by default where ``rtol`` or ``atol`` is given without
+        ``rel_rmse``), ``strict`` (every element within tolerance), ``mean``, ``stats`` or
+        ``bitwise``.
     rtol, atol:
-        Override the dtype-aware defaults for every tensor (``atol`` is then absolute).
+        Override the dtype-aware elementwise defaults for every tensor (``atol`` is then absolute).
+    rel_rmse:
+        Override the dtype-aware norm-wise default (RMSE / scale) of mode ``norm``.
     tolerances:
-        Per-route overrides, ``{"blocks.*.attn": {"rtol": 1e-3, "atol": 1e-4, "mode": "mean"}}``
+        Per-route overrides, ``{"blocks.*.attn": {"rtol": 1e-3, "rel_rmse": 1e-4, "mode": "mean"}}``
         (glob patterns on A's routes; later entries win).
     steps, ranks, stages:
         What to compare (default: everything both traces have).
@@ -362,9 +370,9 @@ def compare_traces(
     Verdict
         ``status`` is ``"pass"`` or ``"fail"``; see ``spec/v1/verdict.md``.
     """
-    if mode not in MODES:
+    if mode is not None and mode not in MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    policy = TolerancePolicy.build(mode, rtol, atol, tolerances)
+    policy = TolerancePolicy.build(mode, rtol, atol, tolerances, rel_rmse)
     chosen_stages = tuple(stages) if stages is not None else STAGES
     unknown = [s for s in chosen_stages if s not in STAGES]
     if unknown:
@@ -377,7 +385,7 @@ def compare_traces(
     selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
                            tuple(routes or ()), tuple(exclude or ()))
 
-    total = _bytes_to_compare(trace_a, trace_b, selection, mode)
+    total = _bytes_to_compare(trace_a, trace_b, selection, policy.global_mode)
     done = 0
 
     def advance(nbytes: int) -> None:

@@ -7,6 +7,7 @@ without scanning the whole table again.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Final
@@ -20,6 +21,9 @@ __all__ = ["Call", "Node", "RankView", "Record", "framework_family"]
 STAGE_ORDER: Final = ("forward", "backward", "update")
 
 _FRAMEWORK_FAMILIES: Final = {"pytorch": "torch", "paddlepaddle": "paddle"}
+
+PARAMETER_LAYOUTS: Final = ("out_in", "in_out")
+"""Values of a node's ``attrs.parameter_layout`` entries: how the recorded 2-D weight is laid out."""
 
 
 def framework_family(name: str) -> str:
@@ -38,6 +42,31 @@ class Node:
     class_name: str
     kind: str
     position: int
+    layouts: tuple[tuple[str, str], ...] = ()
+    """``attrs.parameter_layout`` as (slot, layout) pairs: the adapter's word on how it stored a
+    parameter, which overrides the framework's built-in layout rule."""
+
+
+def _parameter_layouts(trace: Trace, rank: int, row: dict[str, object]) -> tuple[tuple[str, str], ...]:
+    """Read ``attrs.parameter_layout`` of one nodes-table row (untrusted: checked, never trusted)."""
+    text = row.get("attrs")
+    if not isinstance(text, str) or "parameter_layout" not in text:
+        return ()
+    where = f"{trace.path}: rank_{rank} nodes table, node {row['node']}"
+    try:
+        attrs = json.loads(text)
+    except ValueError:
+        raise TableInvalidError(f"{where}: attrs is not JSON") from None
+    layouts = attrs.get("parameter_layout") if isinstance(attrs, dict) else None
+    if layouts is None:
+        return ()
+    if not isinstance(layouts, dict) or not all(
+        isinstance(slot, str) and value in PARAMETER_LAYOUTS for slot, value in layouts.items()
+    ):
+        raise TableInvalidError(
+            f"{where}: attrs.parameter_layout must map parameter slots to one of {', '.join(PARAMETER_LAYOUTS)}"
+        )
+    return tuple(sorted(layouts.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +134,8 @@ class RankView:
         self.nodes: dict[int, Node] = {}
         self.children: dict[int | None, list[int]] = defaultdict(list)
         for row in part.nodes.to_pylist():
-            node = Node(row["node"], row["parent"], row["route"], row["class_name"], row["kind"], row["position"])
+            node = Node(row["node"], row["parent"], row["route"], row["class_name"], row["kind"], row["position"],
+                        _parameter_layouts(trace, rank, row))
             self.nodes[node.id] = node
         for node in self.nodes.values():
             self.children[node.parent].append(node.id)

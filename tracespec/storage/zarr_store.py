@@ -139,7 +139,7 @@ def write_array(
     durable flush (a new file is durable only once its directory entry is).
     """
     dt = dtype_of(array)
-    data = np.ascontiguousarray(array)
+    data = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("<"))
     storage = data.view(dt.zarr_data_type) if dt.stored_as_bits else data

@@ -71,11 +71,12 @@ class SyntheticRecorder:
 
     # ------------------------------------------------------------------ tree
     def module(self, route: str, class_name: str, parent: int | None = None,
-               params: dict[str, np.ndarray] | None = None, kind: str = "module") -> int:
+               params: dict[str, np.ndarray] | None = None, kind: str = "module",
+               attrs: dict[str, Any] | None = None) -> int:
         """Add a node (in pre-order); ``params`` are its own parameters by local name."""
         position = self._children[parent]
         self._children[parent] += 1
-        node = self.writer.add_node(route, class_name, parent=parent, position=position, kind=kind)
+        node = self.writer.add_node(route, class_name, parent=parent, position=position, kind=kind, attrs=attrs)
         self._params[node] = dict(params or {})
         return node
 
