@@ -834,9 +834,14 @@ class Recorder(ABC):
             else:
                 self._pending.append(_Record(base, None, value=leaf))
 
+    #: Whether gradients may be deduplicated by :meth:`dedup_key`. An autograd engine that
+    #: accumulates a gradient into the buffer of its first contribution, in place and without
+    #: bumping the version counter (Paddle's does), breaks the "equal key, equal values" rule.
+    dedups_gradients: bool = True
+
     def _record_tensor(self, base: dict[str, Any], tensor: Any, level: str) -> None:
         key = (base["stage"], self.dedup_key(tensor))
-        seen = self._seen.get(key)
+        seen = None if base["stage"] == "backward" and not self.dedups_gradients else self._seen.get(key)
         version = self.tensor_version(tensor)
         if seen is not None:
             ref, seen_version, seen_level, earlier = seen

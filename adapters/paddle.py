@@ -171,6 +171,10 @@ class PaddleRecorder(Recorder):
     def tensor_nbytes(self, tensor: Any) -> int:
         return math.prod(tensor.shape) * int(tensor.element_size())
 
+    # Paddle sums a gradient's contributions into the first one's buffer in place, with no
+    # version bump: a layer's grad_input then shares a data pointer with a sublayer's partial one.
+    dedups_gradients = False
+
     def dedup_key(self, tensor: Any) -> Hashable:
         # Views of the same memory with the same geometry hold the same values (a Paddle view
         # shares its base's version counter, so an in-place change through either is seen):
