@@ -4,8 +4,11 @@ Constraints:
 - The caller's thread only appends rows and hands arrays over; writing tensor data, hashing and
   statistics happen on one worker thread. The hand-over queue is bounded in bytes: a caller that
   outruns the disk waits (back-pressure) instead of growing memory.
-- Crash safety comes from ordering: tensor data is written (and fsynced) before the row that
-  references it is published; rows are published by writing a new, complete Arrow segment under a
+- Statistics and the content hash of a ``full`` record are computed on a helper thread while the
+  worker writes its data: both release the GIL, so the slower of the two sets the pace.
+- Crash safety comes from ordering: tensor data is written and fsynced before the row that
+  references it is published (files written since the last publish are fsynced together at the
+  next one, so the kernel writes back data while the worker moves on); rows are published by writing a new, complete Arrow segment under a
   temporary name and renaming it; ``part.json`` lists the segments and is replaced atomically
   after them. A process killed at any moment leaves a part whose ``part.json`` names only complete
   files, with ``complete: false``.
@@ -21,6 +24,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +47,7 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
-from tracespec.storage.zarr_store import write_array, write_group
+from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, write_array, write_group
 
 __all__ = ["TraceWriter"]
 
@@ -68,6 +72,15 @@ def _write_atomically(path: Path, payload: bytes, durable: bool) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _fsync_files(paths: list[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -110,6 +123,8 @@ class TraceWriter:
         Bound on tensor bytes handed over but not yet written; callers wait beyond it.
     flush_interval:
         Seconds after which rows waiting in memory are published even without a step boundary.
+    chunk_limit:
+        Upper bound in bytes on one Zarr chunk (arrays are split along leading axes to fit).
     overwrite:
         Replace an existing part of the same rank (and, for a single-rank trace, the manifest).
     """
@@ -132,6 +147,7 @@ class TraceWriter:
         max_pending_bytes: int = 512 << 20,
         flush_interval: float = 2.0,
         overwrite: bool = False,
+        chunk_limit: int = CHUNK_BYTES,
     ) -> None:
         if not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} is outside world_size {world_size}")
@@ -142,6 +158,7 @@ class TraceWriter:
         self.device = device
         self.durable = durable
         self.compression = compression
+        self.chunk_limit = chunk_limit
         self._part_dir = self.path / part_dir_name(rank)
         self._store = self._part_dir / STORE_DIR
         self._prepare_folder(overwrite, world_size)
@@ -158,7 +175,10 @@ class TraceWriter:
         )
         self._create_manifest(manifest)
         (self._part_dir / "tables").mkdir(parents=True)
-        write_group(self._store, "", durable)
+        self._unsynced = WrittenFiles()
+        self._syncing: list[Future[None]] = []
+        self._store.mkdir()
+        write_group(self._store, "", self._unsynced)
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -173,13 +193,15 @@ class TraceWriter:
         self._steps: set[int] = set()
         self._step_groups: set[int] = set()
         self._shared: dict[int, dict[str, Any]] = {}
-        self._new_dirs: list[Path] = []
         self._store_arrays = 0
         self._store_bytes = 0
         self._error: BaseException | None = None
         self._closed = False
         self._complete = False
+        self._sync_written()
         self._write_part_manifest()
+        self._summarizer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-summary-{rank}")
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-fsync-{rank}")
         self._worker = threading.Thread(target=self._run, name=f"tracespec-writer-{rank}", daemon=True)
         self._worker.start()
 
@@ -381,6 +403,8 @@ class TraceWriter:
                 self._closed = True
                 self._wake.notify_all()
             self._worker.join()
+            self._summarizer.shutdown()
+            self._syncer.shutdown()
 
     def abort(self) -> None:
         """Stop without marking the part complete (what a crash leaves, but cleanly)."""
@@ -389,6 +413,8 @@ class TraceWriter:
             self._jobs.clear()
             self._wake.notify_all()
         self._worker.join()
+        self._summarizer.shutdown()
+        self._syncer.shutdown()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -448,21 +474,20 @@ class TraceWriter:
                 if row.get(key) is None:
                     row[key] = value
         if array is not None:
+            # One C-order copy (if any) shared by the data writer and the summary thread.
+            array = np.require(array, requirements="C")
+            need_hash = row["hash"] is None and row["level"] in ("full", "hash")
+            need_stats = row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats")
             if row["level"] == "full":
-                step = row["step"]
-                if step not in self._step_groups:
-                    write_group(self._store, f"step_{step}", self.durable)
-                    self._step_groups.add(step)
-                name = f"step_{step}/{row['id']}"
-                nbytes, dirs = write_array(self._store, name, array, compression=self.compression, durable=self.durable)
-                self._new_dirs.extend(dirs)
-                self._store_arrays += 1
-                self._store_bytes += nbytes
-                row["array"] = name
-            if row["hash"] is None and row["level"] in ("full", "hash"):
-                row["hash"] = content_hash(array)
-            if row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats"):
-                row.update(_stats_columns(compute_stats(array)))
+                summary = self._summarizer.submit(_summarize, array, need_hash, need_stats)
+                row["array"] = self._write_array(row["step"], row["id"], array)
+                digest, stats = summary.result()
+            else:
+                digest, stats = _summarize(array, need_hash, need_stats)
+            if digest is not None:
+                row["hash"] = digest
+            if stats is not None:
+                row.update(_stats_columns(stats))
         if row["dtype"] is not None:
             self._shared[row["id"]] = {
                 key: row[key]
@@ -473,20 +498,47 @@ class TraceWriter:
             self._pending_bytes -= job.nbytes
             self._wake.notify_all()
 
+    def _write_array(self, step: int, record: int, array: np.ndarray) -> str:
+        if step not in self._step_groups:
+            (self._store / f"step_{step}").mkdir()
+            self._unsynced.folders.append(self._store / f"step_{step}")
+            write_group(self._store, f"step_{step}", self._unsynced)
+            self._step_groups.add(step)
+        name = f"step_{step}/{record}"
+        written = WrittenFiles()
+        write_array(self._store, name, array, written, compression=self.compression, chunk_limit=self.chunk_limit)
+        self._store_arrays += 1
+        self._store_bytes += written.nbytes
+        if self.durable:
+            # fsync on the syncer thread: the disk writes this array while the worker goes on.
+            self._syncing.append(self._syncer.submit(_fsync_files, written.files))
+        self._unsynced.folders.extend(dict.fromkeys([*written.folders, *(f.parent for f in written.files)]))
+        return name
+
+    def _sync_written(self) -> None:
+        """Make every file and folder written since the last publish durable: files first, then
+        the folders holding their entries (parents of new folders included)."""
+        written, self._unsynced = self._unsynced, WrittenFiles()
+        syncing, self._syncing = self._syncing, []
+        if not self.durable:
+            return
+        for future in syncing:
+            future.result()
+        _fsync_files(written.files)
+        folders = dict.fromkeys([*(f.parent for f in written.files), *written.folders,
+                                 *(d.parent for d in written.folders)])
+        for folder in folders:
+            _fsync_dir(folder)
+
     def _publish(self) -> None:
         with self._lock:
             batches = {name: rows for name, rows in self._pending_rows.items() if rows}
             self._pending_rows = {name: [] for name in TABLE_NAMES}
-            new_dirs, self._new_dirs = self._new_dirs, []
         if self._shared:
             # Sharing is between records of one step: older entries are dropped to bound memory.
             latest = max(entry["step"] for entry in self._shared.values())
             self._shared = {k: v for k, v in self._shared.items() if v["step"] >= latest}
-        if self.durable:
-            for folder in dict.fromkeys(d.parent for d in new_dirs):
-                _fsync_dir(folder)
-            for folder in dict.fromkeys(new_dirs):
-                _fsync_dir(folder)
+        self._sync_written()
         # Nodes before calls before tensors, so a published row never names an unpublished node.
         for name in TABLE_NAMES:
             rows = batches.get(name)
@@ -519,6 +571,10 @@ class TraceWriter:
         _write_atomically(self._part_dir / PART_FILE, json.dumps(part.to_json(), indent=1).encode(), self.durable)
         if self.durable:
             _fsync_dir(self._part_dir)
+
+
+def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:
+    return (content_hash(array) if need_hash else None, compute_stats(array) if need_stats else None)
 
 
 def _stats_columns(stats: TensorStats | None) -> dict[str, Any]:

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +42,7 @@ __all__ = [
     "missing_chunks",
     "read_array",
     "read_array_meta",
+    "WrittenFiles",
     "write_array",
     "write_group",
 ]
@@ -106,49 +106,54 @@ def _codecs(compression: str | None) -> list[dict[str, Any]]:
     return codecs
 
 
-def _write_file(path: Path, payload: memoryview | bytes, padding: int, durable: bool) -> None:
-    with open(path, "wb") as f:
-        f.write(payload)
-        if padding:
-            f.write(bytes(padding))
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+@dataclass(slots=True)
+class WrittenFiles:
+    """What a write created: the caller makes it durable (fsync files, then folders) before it
+    publishes anything that refers to it."""
+
+    nbytes: int = 0
+    files: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+
+    def write(self, path: Path, payload: memoryview | bytes, padding: int = 0) -> None:
+        if path.parent not in self.folders and not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+            self.folders.append(path.parent)
+        with open(path, "wb") as f:
+            f.write(payload)
+            if padding:
+                f.write(bytes(padding))
+        self.files.append(path)
+        self.nbytes += len(payload) + padding
 
 
-def write_group(store: Path, name: str, durable: bool = True) -> None:
+def write_group(store: Path, name: str, written: WrittenFiles) -> None:
     """Write the ``zarr.json`` of a group (the store root when ``name`` is empty)."""
     folder = store / name if name else store
-    folder.mkdir(parents=True, exist_ok=True)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
-    _write_file(folder / _ZARR_JSON, json.dumps(doc).encode(), 0, durable)
+    written.write(folder / _ZARR_JSON, json.dumps(doc).encode())
 
 
 def write_array(
     store: Path,
     name: str,
     array: np.ndarray,
+    written: WrittenFiles,
     *,
     compression: str | None = None,
-    durable: bool = True,
     chunk_limit: int = CHUNK_BYTES,
-) -> tuple[int, list[Path]]:
-    """Write ``array`` as the Zarr v3 array ``name`` under ``store``.
-
-    Returns the bytes written and the folders created, which the caller fsyncs at its next
-    durable flush (a new file is durable only once its directory entry is).
-    """
+) -> None:
+    """Write ``array`` as the Zarr v3 array ``name`` under ``store``, recording into ``written``
+    the files and folders it created (nothing is fsynced here)."""
     dt = dtype_of(array)
-    data = np.ascontiguousarray(array)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,); np.require keeps the shape.
+    data = np.require(array, requirements="C")
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("<"))
     storage = data.view(dt.zarr_data_type) if dt.stored_as_bits else data
     shape = tuple(int(d) for d in storage.shape)
     chunk = chunk_shape_for(shape, dt.itemsize, chunk_limit)
     folder = store / name
-    created = [folder]
-    folder.mkdir(parents=True, exist_ok=True)
-
     meta: dict[str, Any] = {
         "zarr_format": 3,
         "node_type": "array",
@@ -160,13 +165,10 @@ def write_array(
         "codecs": _codecs(compression),
         "attributes": {"tracespec": {"dtype": dt.name}},
     }
-    written = 0
     if storage.size:
-        written = _write_chunks(folder, storage, chunk, compression, durable, created)
-    meta_bytes = json.dumps(meta).encode()
+        _write_chunks(folder, storage, chunk, compression, written)
     # zarr.json last: an array whose metadata exists has all its chunks.
-    _write_file(folder / _ZARR_JSON, meta_bytes, 0, durable)
-    return written + len(meta_bytes), created
+    written.write(folder / _ZARR_JSON, json.dumps(meta).encode())
 
 
 def _write_chunks(
@@ -174,37 +176,31 @@ def _write_chunks(
     storage: np.ndarray,
     chunk: tuple[int, ...],
     compression: str | None,
-    durable: bool,
-    created: list[Path],
-) -> int:
+    written: WrittenFiles,
+) -> None:
     flat = storage.reshape(-1).view(np.uint8)
     chunk_bytes = math.prod(chunk) * storage.itemsize
-    grid = [math.ceil(d / c) for d, c in zip(storage.shape, chunk)]
     assert _splits_leading_axes(storage.shape, chunk), (storage.shape, chunk)
     compressor = None
     if compression == "zstd":
         from numcodecs import Zstd
 
         compressor = Zstd(level=3)
-    written = 0
-    if storage.ndim == 0:
-        keys: list[tuple[int, ...]] = [()]
-    else:
-        keys = [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
-    for key in keys:
+    for key in _grid_keys(storage.shape, chunk):
         start, length = _chunk_span(storage.shape, chunk, key, storage.itemsize)
         payload = memoryview(flat[start : start + length])
         padding = chunk_bytes - length
-        path = folder.joinpath("c", *map(str, key)) if key else folder / "c"
-        if path.parent not in created:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            created.append(path.parent)
         if compressor is not None:
-            raw = bytes(payload) + bytes(padding)
-            payload, padding = memoryview(compressor.encode(raw)), 0
-        _write_file(path, payload, padding, durable)
-        written += len(payload) + padding
-    return written
+            payload, padding = memoryview(compressor.encode(bytes(payload) + bytes(padding))), 0
+        written.write(_chunk_path(folder, key), payload, padding)
+
+
+def _grid_keys(shape: tuple[int, ...], chunk: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every chunk key of a non-empty array in C order; ``()`` alone for a 0-d array."""
+    if any(d == 0 for d in shape):
+        return []
+    grid = [math.ceil(d / c) for d, c in zip(shape, chunk)]
+    return [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +218,7 @@ class ArrayMeta:
         return math.prod(self.shape) * self.dtype.itemsize
 
     def chunk_keys(self) -> list[tuple[int, ...]]:
-        if any(d == 0 for d in self.shape):
-            return []
-        if not self.shape:
-            return [()]
-        grid = [math.ceil(d / c) for d, c in zip(self.shape, self.chunk_shape)]
-        return [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
+        return _grid_keys(self.shape, self.chunk_shape)
 
 
 def _chunk_path(folder: Path, key: tuple[int, ...]) -> Path:
