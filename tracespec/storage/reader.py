@@ -129,11 +129,20 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     return result
 
 
-def _check_references(part_dir: Path, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
+def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
     if len(np.unique(ids)) != len(ids):
         raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
+    record_ids = tensors.column("id").to_numpy()
+    if len(np.unique(record_ids)) != len(record_ids):
+        raise TableInvalidError(f"{where}: tensors.id has duplicate ids")
+    for table, name in ((calls, "calls"), (tensors, "tensors")):
+        unlisted = set(pc.unique(table.column("step")).to_pylist()) - set(manifest.steps)
+        if unlisted:
+            raise TableMismatchError(
+                f"{where}: {name} has step {min(unlisted)}, which part.json's steps {list(manifest.steps)} lack"
+            )
     known = pa.array(ids, pa.int32())
     for table, name in ((calls, "calls"), (tensors, "tensors")):
         unknown = pc.filter(table.column("node"), pc.invert(pc.is_in(table.column("node"), value_set=known)))
@@ -145,7 +154,14 @@ def _check_references(part_dir: Path, nodes: pa.Table, calls: pa.Table, tensors:
     orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=known)))
     if len(orphans):
         raise TableMismatchError(f"{where}: a node's parent {orphans[0].as_py()} is not in the nodes table")
-    for row in tensors.select(["id", "dtype", "shape", "array"]).to_pylist():
+    late = pc.filter(nodes, pc.greater_equal(nodes.column("parent"), nodes.column("node")))
+    if len(late):
+        raise TableInvalidError(
+            f"{where}: node {late.column('node')[0].as_py()} has parent {late.column('parent')[0].as_py()}; "
+            "a parent's id must be smaller than its children's (pre-order)"
+        )
+    for row in tensors.select(["id", "dtype", "shape", "level", "value_type", "array"]).to_pylist():
+        _check_record_kind(where, row)
         if row["dtype"] is not None:
             parse_dtype(row["dtype"])
         shape = row["shape"]
@@ -158,6 +174,23 @@ def _check_references(part_dir: Path, nodes: pa.Table, calls: pa.Table, tensors:
             check_relative_path(row["array"], f"{where}: tensor {row['id']} array")
 
 
+def _check_record_kind(where: str, row: dict[str, Any]) -> None:
+    """A row is a tensor record (dtype, shape, level set) or a value record (value_type set)."""
+    tensor_columns = (row["dtype"], row["shape"], row["level"])
+    if row["value_type"] is None:
+        if None in tensor_columns:
+            raise TableInvalidError(
+                f"{where}: tensor {row['id']} lacks one of dtype, shape, level (and is not a value record)"
+            )
+        if (row["level"] == "full") != (row["array"] is not None):
+            raise TableInvalidError(
+                f"{where}: tensor {row['id']} has level {row['level']!r} and array {row['array']!r}; "
+                "exactly the records of level 'full' name an array"
+            )
+    elif any(c is not None for c in tensor_columns) or row["array"] is not None:
+        raise TableInvalidError(f"{where}: record {row['id']} is a value record but has tensor columns set")
+
+
 def _load_part(folder: Path) -> Part:
     manifest = parse_part_manifest(_read_bytes(folder / PART_FILE, PART_FILE), f"{folder.name}/{PART_FILE}")
     expected = f"rank_{manifest.rank}"
@@ -165,7 +198,7 @@ def _load_part(folder: Path) -> Part:
         raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
     tables = {name: _load_table(folder, name, manifest) for name in TABLE_NAMES}
-    _check_references(folder, tables["nodes"], tables["calls"], tables["tensors"])
+    _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
     return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
 
 

@@ -99,6 +99,14 @@ class _TensorJob:
     nbytes: int
 
 
+@dataclass(slots=True)
+class _Barrier:
+    """Publish everything queued before it, then set ``done``; ``ended_step`` closes a step."""
+
+    done: threading.Event
+    ended_step: int | None = None
+
+
 class TraceWriter:
     """Streams one rank's records and tensors into a trace folder.
 
@@ -184,7 +192,7 @@ class TraceWriter:
         self._wake = threading.Condition(self._lock)
         self._pending_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_NAMES}
         self._segments: dict[str, list[Segment]] = {name: [] for name in TABLE_NAMES}
-        self._jobs: deque[_TensorJob | threading.Event] = deque()
+        self._jobs: deque[_TensorJob | _Barrier] = deque()
         self._pending_bytes = 0
         self._max_pending_bytes = max_pending_bytes
         self._flush_interval = flush_interval
@@ -192,6 +200,9 @@ class TraceWriter:
         self._next_node = 0
         self._steps: set[int] = set()
         self._step_groups: set[int] = set()
+        # Records that a later same_as may name, until their step ends: the caller's view
+        # (step, dtype, shape, level) and the worker's (the columns a duplicate shares).
+        self._tensor_records: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
         self._shared: dict[int, dict[str, Any]] = {}
         self._store_arrays = 0
         self._store_bytes = 0
@@ -257,6 +268,8 @@ class TraceWriter:
         with self._lock:
             self._raise_worker_error()
             node = self._next_node
+            if parent is not None and not 0 <= parent < node:
+                raise UsageError(f"parent {parent} is not the id of a node added before {route!r}")
             self._next_node += 1
             self._pending_rows["nodes"].append(
                 {
@@ -273,8 +286,7 @@ class TraceWriter:
 
     def add_call(self, *, step: int, stage: str, node: int, call: int, begin: int, end: int) -> None:
         """Record that ``node`` ran (its ``call``-th time in this step and stage)."""
-        if stage not in STAGES:
-            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
+        self._check_coordinates(step, stage, node, call)
         with self._lock:
             self._raise_worker_error()
             self._steps.add(step)
@@ -306,13 +318,21 @@ class TraceWriter:
         ``shape`` describe the tensor. ``same_as`` names an earlier record whose identical tensor
         this is: its data, statistics and hash are shared instead of written again.
         """
-        if stage not in STAGES:
-            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
-        if role not in ROLES:
-            raise UsageError(f"role {role!r} is not one of {ROLES}")
+        self._check_coordinates(step, stage, node, call, role)
         if level not in LEVELS:
             raise UsageError(f"level {level!r} is not one of {LEVELS}")
-        if array is not None:
+        if same_as is not None:
+            # The tensor is the earlier record's: its dtype, shape and level are taken from it,
+            # and an array passed along is not written again.
+            earlier = self._same_step_record(same_as, step)
+            if array is not None and (dtype_of(array).name, tuple(array.shape)) != earlier[:2]:
+                raise UsageError(
+                    f"same_as={same_as} names a {earlier[0]}{list(earlier[1])} tensor, "
+                    f"but the array passed is {dtype_of(array).name}{list(array.shape)}"
+                )
+            dtype, shape, level = earlier
+            array = None
+        elif array is not None:
             dtype = dtype_of(array).name
             shape = tuple(int(d) for d in array.shape)
         elif same_as is None and (dtype is None or shape is None):
@@ -336,13 +356,34 @@ class TraceWriter:
             **_stats_columns(stats),
         }
         keep = array if (level == "full" or (level == "stats" and stats is None) or (level == "hash" and hash is None)) else None
-        return self._enqueue(row, keep, same_as)
+        record = self._enqueue(row, keep, same_as)
+        with self._lock:
+            self._tensor_records[record] = (step, row["dtype"], tuple(row["shape"]), level)
+        return record
+
+    def _check_coordinates(self, step: int, stage: str, node: int, call: int | None, role: str | None = None) -> None:
+        if stage not in STAGES:
+            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
+        if role is not None and role not in ROLES:
+            raise UsageError(f"role {role!r} is not one of {ROLES}")
+        if not 0 <= node < self._next_node:
+            raise UsageError(f"node {node} has not been added (add_node returns the ids)")
+        if step < 0 or (call is not None and call < 0):
+            raise UsageError(f"step ({step}) and call ({call}) count from 0")
+
+    def _same_step_record(self, record: int, step: int) -> tuple[str, tuple[int, ...], str]:
+        with self._lock:
+            earlier = self._tensor_records.get(record)
+        if earlier is None or earlier[0] != step:
+            raise UsageError(f"same_as={record} names no earlier tensor record of step {step}")
+        return earlier[1], earlier[2], earlier[3]
 
     def add_value(self, *, step: int, stage: str, node: int, role: str, slot: str, value: object, call: int | None = None) -> int:
         """Record a non-tensor leaf (an int, None, a string...) so nothing is silently dropped."""
         text = repr(value)
         if len(text) > _VALUE_REPR_LIMIT:
             text = text[: _VALUE_REPR_LIMIT - 3] + "..."
+        self._check_coordinates(step, stage, node, call, role)
         row: dict[str, Any] = {
             "step": step, "stage": stage, "node": node, "call": call, "role": role, "slot": slot,
             "dtype": None, "shape": None, "level": None,
@@ -369,10 +410,14 @@ class TraceWriter:
             return int(row["id"])
 
     def end_step(self, step: int) -> None:
-        """Mark ``step`` as finished: its rows are published soon, without waiting."""
+        """Mark ``step`` as finished: its rows are published soon, without waiting.
+
+        Records of ``step`` and earlier can no longer be named by ``same_as``.
+        """
         with self._lock:
             self._steps.add(step)
-            self._jobs.append(threading.Event())
+            self._tensor_records = {k: v for k, v in self._tensor_records.items() if v[0] > step}
+            self._jobs.append(_Barrier(threading.Event(), ended_step=step))
             self._wake.notify_all()
 
     def flush(self) -> None:
@@ -380,7 +425,7 @@ class TraceWriter:
         done = threading.Event()
         with self._lock:
             self._raise_worker_error()
-            self._jobs.append(done)
+            self._jobs.append(_Barrier(done))
             self._wake.notify_all()
         while not done.wait(0.1):
             with self._lock:
@@ -444,10 +489,12 @@ class TraceWriter:
                     if not self._jobs and self._closed:
                         return
                     job = self._jobs.popleft() if self._jobs else None
-                if isinstance(job, threading.Event):
+                if isinstance(job, _Barrier):
+                    if job.ended_step is not None:
+                        self._shared = {k: v for k, v in self._shared.items() if v["step"] > job.ended_step}
                     self._publish()
                     last_publish = time.monotonic()
-                    job.set()
+                    job.done.set()
                 elif job is not None:
                     self._process(job)
                     if time.monotonic() - last_publish > self._flush_interval:
@@ -467,9 +514,7 @@ class TraceWriter:
     def _process(self, job: _TensorJob) -> None:
         row, array = job.row, job.array
         if job.same_as is not None:
-            shared = self._shared.get(job.same_as)
-            if shared is None:
-                raise UsageError(f"record {row['id']}: same_as={job.same_as} names no earlier tensor record")
+            shared = self._shared[job.same_as]  # checked on the caller's side
             for key, value in shared.items():
                 if row.get(key) is None:
                     row[key] = value
@@ -534,10 +579,6 @@ class TraceWriter:
         with self._lock:
             batches = {name: rows for name, rows in self._pending_rows.items() if rows}
             self._pending_rows = {name: [] for name in TABLE_NAMES}
-        if self._shared:
-            # Sharing is between records of one step: older entries are dropped to bound memory.
-            latest = max(entry["step"] for entry in self._shared.values())
-            self._shared = {k: v for k, v in self._shared.items() if v["step"] >= latest}
         self._sync_written()
         # Nodes before calls before tensors, so a published row never names an unpublished node.
         for name in TABLE_NAMES:
