@@ -26,7 +26,6 @@ from tracespec.errors import (
     NotATraceError,
     TableInvalidError,
     TableMismatchError,
-    TraceFormatError,
 )
 from tracespec.format.dtypes import parse_dtype
 from tracespec.format.manifest import (
@@ -229,7 +228,7 @@ class Trace:
         return sorted(set(range(self.manifest.world_size)) - set(self.parts))
 
     def _concat(self, table: str) -> pa.Table:
-        pieces = []
+        pieces = [TABLE_SCHEMAS[table].empty_table().append_column("rank", pa.array([], pa.int32()))]
         for rank in self.ranks:
             got = getattr(self.parts[rank], table)
             pieces.append(got.append_column("rank", pa.array([rank] * got.num_rows, pa.int32())))
@@ -268,11 +267,11 @@ def load_trace(path: str | Path) -> Trace:
     manifest = parse_manifest(_read_bytes(root / MANIFEST_FILE, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
     parts: dict[int, Part] = {}
     for child in sorted(root.iterdir()):
-        if child.is_dir() and _PART_DIR.match(child.name):
+        # A part folder without part.json belongs to a writer that died before its first
+        # write: that rank is missing (the trace is incomplete), not corrupt.
+        if child.is_dir() and _PART_DIR.match(child.name) and (child / PART_FILE).exists():
             part = _load_part(child)
             parts[part.rank] = part
-    if not parts:
-        raise TraceFormatError(f"{root}: the trace has a manifest but no rank_<R>/ part")
     beyond = [r for r in parts if r >= manifest.world_size]
     if beyond:
         raise TableMismatchError(f"{root}: part rank_{beyond[0]} is outside world_size {manifest.world_size}")

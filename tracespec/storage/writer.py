@@ -182,6 +182,7 @@ class TraceWriter:
             producer_version=_producer_version(),
         )
         self._create_manifest(manifest)
+        # The part folder only after the manifest is settled: a refused writer leaves nothing.
         (self._part_dir / "tables").mkdir(parents=True)
         self._unsynced = WrittenFiles()
         self._syncing: list[Future[None]] = []
@@ -228,7 +229,6 @@ class TraceWriter:
             if world_size == 1 and (self.path / MANIFEST_FILE).exists():
                 (self.path / MANIFEST_FILE).unlink()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._part_dir.mkdir()
 
     def _create_manifest(self, manifest: Manifest) -> None:
         target = self.path / MANIFEST_FILE
