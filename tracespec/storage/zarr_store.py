@@ -25,17 +25,18 @@ from typing import Any, Final
 import numpy as np
 
 from tracespec.errors import (
+    ArrayInvalidError,
     ArrayMissingError,
     ChunkMissingError,
     InvalidShapeError,
     PathEscapeError,
-    TraceFormatError,
 )
 from tracespec.format.dtypes import DType, dtype_of, parse_dtype
 
 __all__ = [
     "CHUNK_BYTES",
     "MAX_ARRAY_BYTES",
+    "MAX_CHUNKS",
     "ArrayMeta",
     "check_relative_path",
     "chunk_shape_for",
@@ -53,8 +54,12 @@ CHUNK_BYTES: Final = 64 << 20
 MAX_ARRAY_BYTES: Final = 1 << 40
 """A shape whose tensor would exceed 1 TiB is treated as corrupt metadata, not allocated."""
 
+MAX_CHUNKS: Final = 1 << 20
+"""More chunks than this in one array is corrupt metadata (it would take hours to list)."""
+
 _NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ZARR_JSON: Final = "zarr.json"
+_CHUNK_KEY_ENCODING: Final = {"name": "default", "configuration": {"separator": "/"}}
 
 
 def check_relative_path(path: object, where: str) -> str:
@@ -160,7 +165,7 @@ def write_array(
         "shape": list(shape),
         "data_type": dt.zarr_data_type,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "chunk_key_encoding": _CHUNK_KEY_ENCODING,
         "fill_value": _fill_value(dt),
         "codecs": _codecs(compression),
         "attributes": {"tracespec": {"dtype": dt.name}},
@@ -235,27 +240,38 @@ def read_array_meta(store: Path, name: str) -> ArrayMeta:
     except FileNotFoundError:
         raise ArrayMissingError(f"{where}: the array has no zarr.json (missing array)") from None
     except (OSError, ValueError) as exc:
-        raise TraceFormatError(f"{where}/zarr.json: unreadable ({exc})") from None
+        raise ArrayInvalidError(f"{where}/zarr.json: unreadable ({exc})") from None
     try:
+        if (doc["zarr_format"], doc["node_type"]) != (3, "array"):
+            raise ArrayInvalidError(f"{where}/zarr.json: not a Zarr v3 array")
+        if doc["chunk_grid"]["name"] != "regular" or doc["chunk_key_encoding"] != _CHUNK_KEY_ENCODING:
+            raise ArrayInvalidError(
+                f"{where}/zarr.json: the spec requires a regular chunk grid and chunk keys {_CHUNK_KEY_ENCODING}"
+            )
         shape = tuple(doc["shape"])
         if not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InvalidShapeError(f"{where}: shape {list(shape)} has a negative or non-integer extent")
         attrs = doc.get("attributes", {}).get("tracespec", {})
         dt = parse_dtype(attrs.get("dtype", doc["data_type"]))
         if dt.zarr_data_type != doc["data_type"]:
-            raise TraceFormatError(
+            raise ArrayInvalidError(
                 f"{where}: data_type {doc['data_type']!r} cannot hold dtype {dt.name!r}"
             )
         chunk = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
         codec_names = [c["name"] for c in doc["codecs"]]
+        if doc["codecs"][0].get("configuration", {}).get("endian", "little") != "little":
+            raise ArrayInvalidError(f"{where}/zarr.json: the bytes codec must be little endian")
     except (KeyError, TypeError, AttributeError) as exc:
-        raise TraceFormatError(f"{where}/zarr.json: not a Zarr v3 array ({exc!r} missing or wrong)") from None
+        raise ArrayInvalidError(f"{where}/zarr.json: not a Zarr v3 array ({exc!r} missing or wrong)") from None
     if math.prod(shape) * dt.itemsize > MAX_ARRAY_BYTES:
         raise InvalidShapeError(f"{where}: shape {list(shape)} is absurd ({math.prod(shape)} elements)")
     if len(chunk) != len(shape) or not all(isinstance(c, int) and c > 0 for c in chunk):
-        raise TraceFormatError(f"{where}: chunk_shape {list(chunk)} does not fit shape {list(shape)}")
+        raise ArrayInvalidError(f"{where}: chunk_shape {list(chunk)} does not fit shape {list(shape)}")
+    chunks = math.prod(math.ceil(d / c) for d, c in zip(shape, chunk))
+    if chunks > MAX_CHUNKS:
+        raise InvalidShapeError(f"{where}: chunk_shape {list(chunk)} cuts shape {list(shape)} into {chunks} chunks")
     if codec_names not in (["bytes"], ["bytes", "zstd"]):
-        raise TraceFormatError(f"{where}: codecs {codec_names} are not among the spec's (bytes[, zstd])")
+        raise ArrayInvalidError(f"{where}: codecs {codec_names} are not among the spec's (bytes[, zstd])")
     return ArrayMeta(name, shape, dt, chunk, "zstd" if "zstd" in codec_names else None)
 
 
@@ -300,7 +316,7 @@ def read_array(store: Path, meta: ArrayMeta) -> np.ndarray:
                     with open(path, "rb") as f:
                         got = f.readinto(memoryview(flat[start : start + length]))
                 else:
-                    raw = decoder.decode(path.read_bytes())
+                    raw = _decode(decoder, path, f"{store.name}/{meta.name}")
                     got = min(len(raw), length)
                     flat[start : start + got] = np.frombuffer(raw, np.uint8, got)
             except FileNotFoundError:
@@ -313,6 +329,16 @@ def read_array(store: Path, meta: ArrayMeta) -> np.ndarray:
                     f"({got} of {length} bytes)"
                 )
     return result.view(dt.numpy) if dt.stored_as_bits else result
+
+
+def _decode(decoder: Any, path: Path, where: str) -> bytes:
+    """Decompress one chunk; a corrupt or cut-off frame is a damaged chunk, not a crash."""
+    try:
+        return bytes(decoder.decode(path.read_bytes()))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError for bad frames
+        raise ChunkMissingError(f"{where}: chunk {path.name} is corrupt ({exc})") from None
 
 
 def _splits_leading_axes(shape: tuple[int, ...], chunk: tuple[int, ...]) -> bool:
