@@ -167,7 +167,7 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
         if shape is not None:
             if any(d < 0 for d in shape):
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has a negative extent in shape {shape}")
-            if math.prod(shape) > MAX_ARRAY_BYTES:
+            if math.prod(shape) * parse_dtype(row["dtype"]).itemsize > MAX_ARRAY_BYTES:
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has an absurd shape {shape}")
         if row["array"] is not None:
             check_relative_path(row["array"], f"{where}: tensor {row['id']} array")
