@@ -159,7 +159,8 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             f"{where}: node {late.column('node')[0].as_py()} has parent {late.column('parent')[0].as_py()}; "
             "a parent's id must be smaller than its children's (pre-order)"
         )
-    for row in tensors.select(["id", "dtype", "shape", "level", "value_type", "array"]).to_pylist():
+    columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
+    for row in tensors.select(columns).to_pylist():
         _check_record_kind(where, row)
         if row["dtype"] is not None:
             parse_dtype(row["dtype"])
@@ -186,6 +187,10 @@ def _check_record_kind(where: str, row: dict[str, Any]) -> None:
                 f"{where}: tensor {row['id']} has level {row['level']!r} and array {row['array']!r}; "
                 "exactly the records of level 'full' name an array"
             )
+        if row["level"] in ("full", "stats") and (row["nan_count"] is None or row["inf_count"] is None):
+            raise TableInvalidError(f"{where}: tensor {row['id']} of level {row['level']!r} lacks its statistics")
+        if row["level"] in ("full", "hash") and row["hash"] is None:
+            raise TableInvalidError(f"{where}: tensor {row['id']} of level {row['level']!r} lacks its hash")
     elif any(c is not None for c in tensor_columns) or row["array"] is not None:
         raise TableInvalidError(f"{where}: record {row['id']} is a value record but has tensor columns set")
 

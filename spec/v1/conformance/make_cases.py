@@ -343,6 +343,16 @@ def _full_without_array(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: set_column(t, "array", [None, None]))
 
 
+@invalid("stats-missing", "A record of level 'stats' has no nan_count.", "table_invalid")
+def _stats_missing(folder: Path) -> None:
+    edit_table(segment(folder, "tensors"), lambda t: set_column(t, "nan_count", [0, None]))
+
+
+@invalid("hash-missing", "A record of level 'full' has no hash.", "table_invalid")
+def _hash_missing(folder: Path) -> None:
+    edit_table(segment(folder, "tensors"), lambda t: set_column(t, "hash", [None, None]))
+
+
 @invalid("unknown-dtype", "A tensor record's dtype is 'float128'.", "unsupported_dtype")
 def _unknown_dtype(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: set_column(t, "dtype", ["float128", "float32"]))
