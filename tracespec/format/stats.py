@@ -66,10 +66,11 @@ class _Moments:
     nan: int = 0
     inf: int = 0
 
-    def add_block(self, values: np.ndarray) -> None:
-        """Add a float64 block; ``values`` is scratch space and is overwritten."""
+    def add_block(self, block: np.ndarray, values: np.ndarray) -> None:
+        """Add ``block``, whose float64 copy is ``values`` (scratch space, overwritten)."""
         total = float(np.add.reduce(values))
-        if not math.isfinite(total):  # NaN and Inf propagate into the sum: count and drop them
+        all_finite = math.isfinite(total)
+        if not all_finite:  # NaN and Inf propagate into the sum: count and drop them
             finite_mask = np.isfinite(values)
             nan = int(np.count_nonzero(np.isnan(values)))
             self.nan += nan
@@ -79,11 +80,14 @@ class _Moments:
         n = values.size
         if n == 0:
             return
-        low, high = float(values.min()), float(values.max())
+        # min/max of the narrower original when numpy has fast loops for it (same values)
+        extremes = block if all_finite and block.dtype.kind in _NATIVE_EXTREMES_KINDS and block.dtype.itemsize >= 4 else values
+        low, high = float(extremes.min()), float(extremes.max())
         block_mean = total / n
         np.subtract(values, block_mean, out=values)
-        # einsum, not np.dot: BLAS would spin up threads that stall on a busy machine.
-        block_m2 = float(np.einsum("i,i->", values, values))
+        # square and sum in place, not np.dot: BLAS threads stall on a busy machine
+        np.multiply(values, values, out=values)
+        block_m2 = float(np.add.reduce(values))
         # sum(x^2) = sum((x - mean)^2) + n mean^2: two non-negative terms, no cancellation.
         self.merge(n, block_mean, block_m2, block_m2 + n * block_mean * block_mean, low, high)
 
@@ -96,6 +100,9 @@ class _Moments:
         self.sumsq += sumsq
         self.low = min(self.low, low)
         self.high = max(self.high, high)
+
+
+_NATIVE_EXTREMES_KINDS: Final = "fiu"
 
 
 @cache
@@ -124,7 +131,8 @@ def compute_stats(array: np.ndarray) -> TensorStats:
     scratch = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # huge float64 inputs may overflow a sum
         for start in range(0, flat.size, _BLOCK):
-            moments.add_block(_to_float64(flat[start : start + _BLOCK], scratch))
+            block = flat[start : start + _BLOCK]
+            moments.add_block(block, _to_float64(block, scratch))
     return _finish(flat.size, moments)
 
 
