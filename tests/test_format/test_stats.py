@@ -87,3 +87,10 @@ def test_hash_is_xxh3_128_of_little_endian_c_order_bytes() -> None:
     assert content_hash(array.T) != expected  # but the logical element order does
     assert content_hash(np.zeros((0, 3), np.float32)) == "xxh3_128:" + xxhash.xxh3_128_hexdigest(b"")
     assert content_hash(np.array(np.float64(2.5))) == "xxh3_128:" + xxhash.xxh3_128_hexdigest(np.float64(2.5).tobytes())
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_bit_identical_statistics(threads: int) -> None:
+    array = np.random.default_rng(5).standard_normal(9_000_001).astype(np.float32) * 3 + 1
+    array[[7, 8_000_000]] = [np.nan, -np.inf]
+    assert compute_stats(array, threads=threads) == compute_stats(array)

@@ -52,6 +52,9 @@ from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, write_array,
 __all__ = ["TraceWriter"]
 
 _VALUE_REPR_LIMIT: Final = 200
+# Statistics of big tensors use two threads: together with the data writer they keep two cores
+# busy, and take no more than that from the run being recorded.
+_STATS_THREADS: Final = min(2, os.cpu_count() or 1)
 
 
 def _now() -> str:
@@ -615,7 +618,8 @@ class TraceWriter:
 
 
 def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:
-    return (content_hash(array) if need_hash else None, compute_stats(array) if need_stats else None)
+    stats = compute_stats(array, threads=_STATS_THREADS) if need_stats else None
+    return (content_hash(array) if need_hash else None, stats)
 
 
 def _stats_columns(stats: TensorStats | None) -> dict[str, Any]:
