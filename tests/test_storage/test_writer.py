@@ -118,6 +118,8 @@ def test_overwrite_replaces_a_part(tmp_path: Path) -> None:
         (dict(array=None), "needs an array"),
         (dict(array=None, dtype="float32", shape=(2,)), "needs the array"),
         (dict(array=np.array(["a"])), "no tracespec dtype"),
+        (dict(array=None, dtype="float128", shape=(2,), level="stats"), "unknown dtype"),
+        (dict(array=None, dtype="float32", shape=(-2,), level="hash"), "negative"),
     ],
 )
 def test_bad_calls_are_usage_errors(tmp_path: Path, call: dict[str, object], match: str) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracespec.errors import TracespecError, UsageError
-from tracespec.format.dtypes import dtype_of
+from tracespec.format.dtypes import dtype_of, parse_dtype
 from tracespec.format.manifest import (
     MANIFEST_FILE,
     PART_FILE,
@@ -338,10 +338,15 @@ class TraceWriter:
         elif array is not None:
             dtype = dtype_of(array).name
             shape = tuple(int(d) for d in array.shape)
-        elif same_as is None and (dtype is None or shape is None):
+        elif dtype is None or shape is None:
             raise UsageError("add_tensor needs an array, or dtype and shape")
-        if level == "full" and array is None and same_as is None:
-            raise UsageError("level 'full' needs the array")
+        else:
+            dtype = parse_dtype(dtype).name
+            shape = tuple(int(d) for d in shape)
+            if any(d < 0 for d in shape):
+                raise UsageError(f"shape {list(shape)} has a negative extent")
+            if level == "full":
+                raise UsageError("level 'full' needs the array")
         row: dict[str, Any] = {
             "step": step,
             "stage": stage,
@@ -350,7 +355,7 @@ class TraceWriter:
             "role": role,
             "slot": slot,
             "dtype": dtype,
-            "shape": list(shape) if shape is not None else None,
+            "shape": list(shape),
             "level": level,
             "value_type": None,
             "value": None,
