@@ -3,11 +3,21 @@
 The core never imports a framework: ``import tracespec`` loads numpy, zarr and pyarrow only.
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from tracespec.compare import Verdict, compare
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
 from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
 
+if TYPE_CHECKING:
+    from tracespec.adapters import Recorder
+
 __version__ = "0.1.0"
+
 
 __all__ = [
     "FORMAT_VERSION",
@@ -15,7 +25,34 @@ __all__ = [
     "TraceFormatError",
     "TraceWriter",
     "TracespecError",
+    "Verdict",
     "__version__",
+    "compare",
     "load_trace",
+    "record",
+    "record_onnx",
     "validate_trace",
 ]
+
+
+def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recorder:
+    """Record what ``model`` computes into the trace folder ``path`` (a context manager).
+
+    The framework is picked from the model's type (PyTorch, PaddlePaddle, ONNX Runtime); see
+    ``docs/recording.md`` for the options. Importing the adapters happens here, on first use, so
+    ``import tracespec`` stays free of any framework.
+    """
+    from tracespec.adapters import record as record_with_adapter
+
+    return record_with_adapter(model, path, **options)
+
+
+def record_onnx(model: Any, inputs: Any, path: str | os.PathLike[str], **options: Any) -> Any:
+    """Run an ONNX model in ONNX Runtime and record every intermediate value into ``path``.
+
+    See :func:`tracespec.adapters.onnxruntime.record_onnx` and ``docs/onnx.md``. onnxruntime is
+    imported on the first call, never by ``import tracespec``.
+    """
+    from tracespec.adapters.onnxruntime import record_onnx as record_with_onnxruntime
+
+    return record_with_onnxruntime(model, inputs, path, **options)

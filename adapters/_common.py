@@ -1,0 +1,920 @@
+"""The framework-agnostic half of recording: options, selection, the tree, counters, slots, dedup.
+
+A framework adapter (``adapters/torch.py``, ``adapters/paddle.py``) subclasses :class:`Recorder`
+and provides only what needs the framework: module enumeration, hook installation and removal,
+and turning a tensor into a :class:`Summary` (host copy, statistics, hash). Everything that
+decides *what* is recorded and *how it is named* lives here, so two frameworks name the same
+thing the same way.
+
+Constraints:
+- Nothing here imports a framework. Tensors are opaque objects recognised by the adapter's
+  :meth:`Recorder.is_tensor`.
+- Hooks call :meth:`Recorder.forward_begin` / :meth:`Recorder.forward_end` and the backward
+  helpers; they must never change a value the model computes (no observer effect).
+- Summaries may be deferred (a device copy in flight): they are written in submission order,
+  so ``same_as`` always names an earlier record id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+import math
+import os
+import sys
+import threading
+import warnings
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+import numpy as np
+
+from tracespec.errors import UsageError
+from tracespec.format.stats import TensorStats, compute_stats
+from tracespec.format.tables import LEVELS, ROLES
+from tracespec.storage import TraceWriter
+
+__all__ = [
+    "CaptureBudgetWarning",
+    "ROLE_GROUPS",
+    "BackwardCall",
+    "RecordOptions",
+    "Recorder",
+    "Selector",
+    "Summary",
+    "HostBufferPool",
+    "fast_stats",
+    "flatten",
+    "map_tensors",
+    "parse_options",
+]
+
+Selector = str | type
+"""A route glob (``"blocks.*"``), a class name (``"Linear"``) or a class object (``nn.Dropout``)."""
+
+ROLE_GROUPS: Final[dict[str, frozenset[str]]] = {
+    "inputs": frozenset({"input"}),
+    "outputs": frozenset({"output"}),
+    "grads": frozenset({"grad_output", "grad_input", "parameter_grad"}),
+    "params": frozenset({"parameter", "buffer"}),
+    "optimizer": frozenset({"optimizer_state"}),
+}
+"""Names a user may give in ``roles=`` besides the spec roles themselves."""
+
+_LEVEL_ORDER: Final = {"hash": 0, "stats": 1, "full": 2}
+_FORWARD_ROLES: Final = frozenset({"input", "output"})
+_BACKWARD_ROLES: Final = frozenset({"grad_output", "grad_input"})
+
+
+class CaptureBudgetWarning(UserWarning):
+    """The byte budget (``max_bytes``) is spent: later tensors keep statistics, not data."""
+
+
+# ---------------------------------------------------------------------------------------- options
+@dataclass(frozen=True, slots=True)
+class RecordOptions:
+    """The validated options of :func:`tracespec.record` (see ``docs/recording.md``)."""
+
+    capture: str = "stats"
+    levels: tuple[tuple[Selector, str], ...] = ()
+    include: tuple[Selector, ...] | None = None
+    exclude: tuple[Selector, ...] = ()
+    roles: frozenset[str] = frozenset(ROLES)
+    every: int = 1
+    max_bytes: int | None = None
+    optimizer: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    compression: str | None = None
+    durable: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """The capture options as recorded in the manifest's ``capture`` object."""
+        return {
+            "level": self.capture,
+            "levels": [[_selector_text(s), level] for s, level in self.levels],
+            "include": None if self.include is None else [_selector_text(s) for s in self.include],
+            "exclude": [_selector_text(s) for s in self.exclude],
+            "roles": sorted(self.roles),
+            "every": self.every,
+            "max_bytes": self.max_bytes,
+            "optimizer": None if self.optimizer is None else type(self.optimizer).__name__,
+        }
+
+
+_OPTION_NAMES: Final = tuple(f.name for f in dataclasses.fields(RecordOptions))
+
+
+def _selector_text(selector: Selector) -> str:
+    if isinstance(selector, type):
+        return f"{selector.__module__}.{selector.__qualname__}"
+    return selector
+
+
+def _check_level(level: object, where: str) -> str:
+    if level not in LEVELS:
+        raise UsageError(f"{where} is {level!r}; expected one of {', '.join(map(repr, LEVELS))}")
+    return str(level)
+
+
+def _check_selectors(value: object, name: str) -> tuple[Selector, ...]:
+    items = (value,) if isinstance(value, (str, type)) else value
+    if not isinstance(items, Iterable):
+        raise UsageError(f"{name} must be a route glob, a class or a list of them, not {type(value).__name__}")
+    result = tuple(items)
+    for item in result:
+        if not isinstance(item, (str, type)):
+            raise UsageError(
+                f"{name} holds {item!r}; each entry is a route glob ('blocks.*'), "
+                "a class name ('Linear') or a class object"
+            )
+    return result
+
+
+def _parse_roles(value: object) -> frozenset[str]:
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Iterable):
+        raise UsageError(f"roles must be a list of role names, not {type(value).__name__}")
+    roles: set[str] = set()
+    for item in items:
+        if item in ROLE_GROUPS:
+            roles |= ROLE_GROUPS[item]
+        elif item in ROLES:
+            roles.add(item)
+        else:
+            known = sorted(ROLE_GROUPS) + list(ROLES)
+            raise UsageError(f"roles holds {item!r}; known roles: {', '.join(known)}")
+    return frozenset(roles)
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def parse_options(**options: Any) -> RecordOptions:
+    """Validate the keyword options of :func:`tracespec.record`.
+
+    Raises :class:`tracespec.errors.UsageError` naming the option, what was found and what is
+    allowed; an unknown option name suggests the closest known one.
+    """
+    for name in options:
+        if name not in _OPTION_NAMES:
+            close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"record() got an unknown option {name!r}{hint} Options: {', '.join(_OPTION_NAMES)}")
+    values: dict[str, Any] = {}
+    capture = options.get("capture", "stats")
+    values["capture"] = _check_level(capture, "capture")
+    levels = options.get("levels") or {}
+    if not isinstance(levels, Mapping):
+        raise UsageError("levels must be a mapping {selector or role: level}, e.g. {'blocks.0.*': 'full'}")
+    for key, level in levels.items():
+        _check_selectors(key, "levels")
+        _check_level(level, f"levels[{_selector_text(key)!r}]")
+    values["levels"] = tuple(levels.items())
+    if options.get("include") is not None:
+        values["include"] = _check_selectors(options["include"], "include")
+    if options.get("exclude") is not None:
+        values["exclude"] = _check_selectors(options["exclude"], "exclude")
+    if options.get("roles") is not None:
+        values["roles"] = _parse_roles(options["roles"])
+    values["every"] = _check_int(options.get("every", 1), "every", 1)
+    if options.get("max_bytes") is not None:
+        values["max_bytes"] = _check_int(options["max_bytes"], "max_bytes", 0)
+    metadata = options.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise UsageError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        json.dumps(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"metadata must be JSON-serialisable: {exc}") from None
+    values["metadata"] = dict(metadata)
+    for name in ("rank", "world_size"):
+        if options.get(name) is not None:
+            values[name] = _check_int(options[name], name, 0 if name == "rank" else 1)
+    if (values.get("rank") is None) != (values.get("world_size") is None):
+        raise UsageError("give rank and world_size together (or neither, to detect them)")
+    if options.get("compression") not in (None, "zstd"):
+        raise UsageError(f"compression is {options['compression']!r}; expected None or 'zstd'")
+    for name in ("optimizer", "compression"):
+        if options.get(name) is not None:
+            values[name] = options[name]
+    for name in ("overwrite", "durable"):
+        if name in options:
+            values[name] = bool(options[name])
+    return RecordOptions(**values)
+
+
+# ----------------------------------------------------------------------------------------- slots
+def flatten(value: Any, prefix: str, is_tensor: Callable[[Any], bool]) -> Iterator[tuple[str, Any]]:
+    """Yield ``(slot, leaf)`` for every leaf of a nested tuple/list/dict/dataclass structure.
+
+    ``prefix`` is the slot of ``value`` itself; nested entries append ``.index`` or ``.key``.
+    An empty prefix means ``value`` is a top-level container whose entries are slots ``"0"``,
+    ``"key"``... Tensors and non-container objects are leaves.
+    """
+    def join(key: object) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if is_tensor(value):
+        yield prefix or "0", value
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            yield from flatten(item, join(i), is_tensor)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from flatten(item, join(key), is_tensor)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from flatten(getattr(value, f.name), join(f.name), is_tensor)
+    else:
+        yield prefix or "0", value
+
+
+def map_tensors(value: Any, fn: Callable[[str, Any], Any], prefix: str, is_tensor: Callable[[Any], bool]) -> Any:
+    """Rebuild ``value`` with every tensor leaf ``t`` at slot ``s`` replaced by ``fn(s, t)``.
+
+    Containers whose leaves are all unchanged are returned as the same object.
+    """
+    def join(key: object) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if is_tensor(value):
+        return fn(prefix or "0", value)
+    if isinstance(value, (tuple, list)):
+        items = [map_tensors(item, fn, join(i), is_tensor) for i, item in enumerate(value)]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+            return type(value)(*items)
+        return type(value)(items)
+    if isinstance(value, dict):
+        new = {key: map_tensors(item, fn, join(key), is_tensor) for key, item in value.items()}
+        if all(new[k] is value[k] for k in value):
+            return value
+        rebuilt = value.copy()
+        rebuilt.update(new)
+        return rebuilt
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: map_tensors(getattr(value, f.name), fn, join(f.name), is_tensor) for f in dataclasses.fields(value) if f.init}
+        if all(changes[k] is getattr(value, k) for k in changes):
+            return value
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+# ------------------------------------------------------------------------------------ statistics
+# Above this ratio of n * mean^2 to the sum of squared deviations, the one-pass variance loses
+# digits to cancellation: the exact reference takes over.
+_CANCELLATION_RATIO: Final = 1e4
+_FAST_KINDS: Final = frozenset("fiu")
+
+
+_BLOCK: Final = 1 << 17  # float64 elements: a 1 MiB buffer that stays in cache
+_local = threading.local()
+
+
+def fast_stats(array: np.ndarray) -> TensorStats:
+    """:func:`tracespec.format.stats.compute_stats` of ``array``, in few passes.
+
+    Min and max in the array's dtype (fast SIMD passes); then, a cache-sized block at a time,
+    the block is converted into a reused float64 buffer, summed, squared in place and summed
+    again, so the float64 work never leaves the cache. numpy runs single-threaded with the GIL
+    released: no thread pool to wake per tensor. Only when the sums are not finite (NaN/Inf
+    present) or the variance would lose digits to cancellation does the exact reference take
+    over, so the result always has the reference's semantics.
+    """
+    flat = array.reshape(-1)
+    count = flat.size
+    if count == 0 or (flat.dtype.kind not in _FAST_KINDS and flat.dtype.name != "bfloat16"):
+        return compute_stats(array)
+    buffer: np.ndarray | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = np.empty(_BLOCK, dtype=np.float64)
+    total = squares = 0.0
+    for start in range(0, count, _BLOCK):
+        block = flat[start : start + _BLOCK]
+        work = buffer[: block.size]
+        np.copyto(work, block, casting="unsafe")
+        total += float(np.add.reduce(work))
+        np.multiply(work, work, out=work)
+        squares += float(np.add.reduce(work))
+    mean = total / count
+    m2 = squares - total * mean
+    if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
+        return compute_stats(array)
+    return TensorStats(count, float(flat.min()), float(flat.max()), mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
+
+
+# ------------------------------------------------------------------------------------ host copies
+class HostBufferPool:
+    """Reusable host buffers for ``full`` copies.
+
+    Writing into fresh memory costs a page fault per 4 KiB, more than the copy itself; buffers
+    are reused once nobody but the pool references them (the writer drops its reference when
+    the data is on disk). The pool holds at most what was in flight at once, which the writer
+    bounds (``max_pending_bytes``).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = []
+
+    def copy(self, values: np.ndarray) -> np.ndarray:
+        """A C-contiguous copy of ``values`` in a pooled buffer."""
+        out = self._take(values.nbytes).view(values.dtype).reshape(values.shape)
+        np.copyto(out, values, casting="no")
+        return out
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        best = None
+        for i in range(len(self._buffers)):
+            size = self._buffers[i].nbytes
+            # 2 references, the list's and getrefcount's argument: no view of it is alive.
+            if size >= nbytes and sys.getrefcount(self._buffers[i]) == 2 and (best is None or size < self._buffers[best].nbytes):
+                best = i
+        if best is None:
+            self._buffers.append(np.empty(max(nbytes, 1), dtype=np.uint8))
+            best = len(self._buffers) - 1
+        return self._buffers[best][:nbytes]
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+# ------------------------------------------------------------------------------------ summaries
+@dataclass(slots=True)
+class Summary:
+    """What the adapter hands back for one tensor at one capture level.
+
+    ``array`` (a host copy the writer may keep) is required at level ``full``; ``stats`` and
+    ``hash`` should be filled by the adapter's fast path for the levels that need them, otherwise
+    the writer computes them from ``array`` (slowly, with numpy). ``finish``, when set, must be
+    called before the other fields are read: it completes a deferred (device) computation.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    array: np.ndarray | None = None
+    stats: TensorStats | None = None
+    hash: str | None = None
+    finish: Callable[[Summary], None] | None = None
+
+
+@dataclass(slots=True)
+class _Record:
+    """One tensor record waiting to be handed to the writer."""
+
+    kwargs: dict[str, Any]
+    summary: Summary | None  # None for a non-tensor leaf
+    same_as: _Record | None = None
+    id: int | None = None
+    value: Any = None
+
+
+@dataclass(slots=True)
+class _Node:
+    id: int
+    route: str
+    module: Any
+    selected: bool
+    levels: dict[str, str | None]  # role -> capture level, None = not captured
+    local_names: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _ForwardCall:
+    node: _Node
+    call: int
+    begin: int
+    extra: Any = None  # the adapter's per-call state (e.g. the input views it installed)
+
+
+@dataclass(slots=True)
+class BackwardCall:
+    """The backward counterpart of one forward call; adapters create it at forward end.
+
+    ``begin`` is the event at which the first gradient with respect to one of the call's outputs
+    arrived; ``end`` the event at which the last expected gradient with respect to its inputs was
+    computed (``expected_inputs`` of them). A call with no differentiable input ends right after
+    it begins.
+    """
+
+    node: _Node
+    call: int
+    expected_inputs: int
+    step: int
+    begin: int | None = None
+    received_inputs: int = 0
+    ended: bool = False
+
+
+# ------------------------------------------------------------------------------------- recorder
+class Recorder(ABC):
+    """Records one model into one trace; subclassed once per framework.
+
+    Use it as a context manager (``with tracespec.record(model, path) as rec``) and call
+    :meth:`step` after each training step. A subclass implements the abstract methods below;
+    its hooks call :meth:`forward_begin`, :meth:`forward_end`, :meth:`backward_output_grad`
+    and :meth:`backward_input_grad`.
+    """
+
+    framework: ClassVar[str] = ""
+    max_pending_records: ClassVar[int] = 256
+
+    def __init__(self, model: Any, path: str | os.PathLike[str], options: RecordOptions) -> None:
+        self.model = model
+        self.path = Path(path)
+        self.options = options
+        self.step_index = 0
+        self.writer: TraceWriter | None = None
+        self._nodes: list[_Node] = []
+        self._node_of: dict[int, _Node] = {}
+        self._param_owner: dict[int, tuple[_Node, str]] = {}
+        self._data_bytes = 0
+        self._budget_warned = False
+        self._reset_step_state()
+
+    # ---------------------------------------------------------------- framework-specific
+    @abstractmethod
+    def framework_version(self) -> str | None:
+        """The framework's version string."""
+
+    @abstractmethod
+    def device_name(self) -> str:
+        """Where the model runs (``"cpu"``, ``"cuda:0"``), for the part manifest."""
+
+    @abstractmethod
+    def distributed(self) -> tuple[int, int] | None:
+        """``(rank, world_size)`` when the framework's distributed runtime is initialised."""
+
+    @abstractmethod
+    def named_modules(self) -> Iterable[tuple[str, Any]]:
+        """Every module once, in pre-order, the root first with route ``""``."""
+
+    @abstractmethod
+    def local_tensors(self, module: Any, role: str) -> Iterable[tuple[str, Any]]:
+        """The module's own (not its children's) parameters (``role="parameter"``) or buffers."""
+
+    @abstractmethod
+    def is_tensor(self, value: Any) -> bool:
+        """Whether ``value`` is one of the framework's tensors."""
+
+    @abstractmethod
+    def tensor_version(self, tensor: Any) -> int:
+        """A counter that changes when the tensor is modified in place (for dedup)."""
+
+    def dedup_key(self, tensor: Any) -> Hashable:
+        """A key such that two tensors with equal keys hold the same values, as long as the
+        first is alive and neither was modified in place since (checked with
+        :meth:`tensor_version`). The default is the object's identity; an adapter may use the
+        data pointer, shape, strides and dtype to also catch views of the same memory."""
+        return id(tensor)
+
+    @abstractmethod
+    def summarize(self, tensor: Any, level: str) -> Summary:
+        """Describe ``tensor`` at ``level``: host copy for ``full``, statistics, hash."""
+
+    @abstractmethod
+    def install_hooks(self) -> None:
+        """Install the framework hooks on every module of ``named_modules()``."""
+
+    @abstractmethod
+    def remove_hooks(self) -> None:
+        """Remove every hook :meth:`install_hooks` installed."""
+
+    @abstractmethod
+    def parameter_grad(self, parameter: Any) -> Any:
+        """The gradient accumulated on ``parameter`` (None when it has none)."""
+
+    @abstractmethod
+    def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
+        """``(parameter, state key, value)`` for every entry of the optimizer's state."""
+
+    def install_optimizer_hooks(self, optimizer: Any) -> None:
+        """Make ``optimizer.step()`` call :meth:`before_optimizer_step` and
+        :meth:`after_optimizer_step`, where the framework allows it. Without such hooks the
+        gradients and the update are recorded at :meth:`step`."""
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Recorder:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop(failed=exc is not None)
+
+    def start(self) -> None:
+        """Open the writer, build the module tree and install the hooks."""
+        if self.writer is not None:
+            raise UsageError("this recorder is already started; use a new tracespec.record(...)")
+        rank, world_size = self._rank_and_world_size()
+        self.writer = TraceWriter(
+            self.path,
+            framework=self.framework,
+            framework_version=self.framework_version(),
+            rank=rank,
+            world_size=world_size,
+            device=self.device_name(),
+            capture=self.options.to_json(),
+            metadata=self.options.metadata,
+            compression=self.options.compression,
+            durable=self.options.durable,
+            overwrite=self.options.overwrite,
+        )
+        self.rank, self.world_size = rank, world_size
+        self._build_tree()
+        self.install_hooks()
+        if self.options.optimizer is not None:
+            self.install_optimizer_hooks(self.options.optimizer)
+
+    def stop(self, failed: bool = False) -> None:
+        """Remove the hooks, finish the current step and close the writer.
+
+        With ``failed`` (an exception left the ``with`` block) the part is flushed but marked
+        incomplete, exactly as a crash would leave it.
+        """
+        if self.writer is None:
+            return
+        writer = self.writer
+        try:
+            self.remove_hooks()
+            if failed:
+                self._drain()
+                writer.flush()
+            elif self._step_dirty:
+                self._finish_step()
+        finally:
+            if failed:
+                writer.abort()
+            else:
+                writer.close()
+
+    def step(self, optimizer: Any = None) -> None:
+        """End the current step and start the next one.
+
+        Parameter gradients, and with an optimizer the weights and optimizer state after its
+        ``step()``, are recorded when the optimizer steps if the recorder hooks it (the
+        ``optimizer`` option, on frameworks with optimizer hooks); otherwise here, so then call
+        ``rec.step()`` after ``optimizer.step()`` and before the gradients are cleared.
+        """
+        if self.writer is None:
+            raise UsageError("step() outside the recording; use `with tracespec.record(...) as rec:`")
+        self._finish_step(optimizer)
+        self.step_index += 1
+        self._reset_step_state()
+
+    @property
+    def active(self) -> bool:
+        """Whether the current step is recorded (``every``-th step)."""
+        return self.step_index % self.options.every == 0
+
+    @property
+    def bytes_captured(self) -> int:
+        """Tensor data bytes handed to the writer so far (what ``max_bytes`` limits)."""
+        return self._data_bytes
+
+    # ---------------------------------------------------------------- tree
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        if self.options.rank is not None and self.options.world_size is not None:
+            if self.options.rank >= self.options.world_size:
+                raise UsageError(f"rank {self.options.rank} is outside world_size {self.options.world_size}")
+            return self.options.rank, self.options.world_size
+        return self.distributed() or (0, 1)
+
+    def _build_tree(self) -> None:
+        assert self.writer is not None
+        children: dict[int, int] = {}
+        by_route: dict[str, _Node] = {}
+        for route, module in self.named_modules():
+            if id(module) in self._node_of:
+                continue  # registered under a second name: one identity, its first route
+            parent = by_route.get(route.rpartition(".")[0]) if route else None
+            position = children.get(parent.id, 0) if parent else 0
+            if parent:
+                children[parent.id] = position + 1
+            cls = type(module)
+            node_id = self.writer.add_node(
+                route,
+                cls.__name__,
+                parent=parent.id if parent else None,
+                position=position,
+                attrs={"qualified_class": f"{cls.__module__}.{cls.__qualname__}"},
+            )
+            chain = self._ancestors(route, by_route) + [module]
+            node = _Node(node_id, route, module, self._is_selected(route, chain), {})
+            node.levels = {role: self._level_for(route, chain, role) if node.selected else None for role in ROLES}
+            self._nodes.append(node)
+            self._node_of[id(module)] = node
+            by_route[route] = node
+            for name, param in self.local_tensors(module, "parameter"):
+                self._param_owner.setdefault(id(param), (node, name))
+
+    @staticmethod
+    def _ancestors(route: str, by_route: dict[str, _Node]) -> list[Any]:
+        found = []
+        parts = route.split(".") if route else []
+        for i in range(len(parts)):
+            prefix = ".".join(parts[:i])
+            if prefix in by_route:
+                found.append(by_route[prefix].module)
+        return found
+
+    def _routes_of_chain(self, route: str) -> list[str]:
+        parts = route.split(".") if route else []
+        return [".".join(parts[:i]) for i in range(len(parts) + 1)]
+
+    def _matches(self, selector: Selector, routes: list[str], chain: list[Any]) -> bool:
+        if isinstance(selector, type):
+            return any(isinstance(m, selector) for m in chain)
+        if any(fnmatch.fnmatchcase(r, selector) for r in routes):
+            return True
+        return any(
+            selector in (c.__name__, f"{c.__module__}.{c.__qualname__}") for m in chain for c in type(m).__mro__
+        )
+
+    def _is_selected(self, route: str, chain: list[Any]) -> bool:
+        routes = self._routes_of_chain(route)
+        if self.options.include is not None and not any(self._matches(s, routes, chain) for s in self.options.include):
+            return False
+        return not any(self._matches(s, routes, chain) for s in self.options.exclude)
+
+    def _level_for(self, route: str, chain: list[Any], role: str) -> str | None:
+        if role not in self.options.roles:
+            return None
+        routes = self._routes_of_chain(route)
+        for key, level in self.options.levels:
+            if isinstance(key, str) and (key == role or role in ROLE_GROUPS.get(key, ())):
+                return level
+            if isinstance(key, type) or (key not in ROLES and key not in ROLE_GROUPS):
+                if self._matches(key, routes, chain):
+                    return level
+        return self.options.capture
+
+    def node_of(self, module: Any) -> _Node | None:
+        """The node of a module of the tree (None for a module outside it)."""
+        return self._node_of.get(id(module))
+
+    # ---------------------------------------------------------------- per-step state
+    def _reset_step_state(self) -> None:
+        self._events: dict[str, int] = {"forward": 0, "backward": 0, "update": 0}
+        self._call_counts: dict[int, int] = {}
+        self._open_calls: dict[int, list[_ForwardCall]] = {}
+        self._backward_calls: list[BackwardCall] = []
+        self._seen: dict[tuple[str, Hashable], tuple[Any, int, str, _Record]] = {}
+        self._pending: deque[_Record] = deque()
+        self._params_recorded = False
+        self._grads_recorded = False
+        self._update_recorded = False
+        self._step_dirty = False
+
+    def _next_event(self, stage: str) -> int:
+        event = self._events[stage]
+        self._events[stage] = event + 1
+        return event
+
+    # ---------------------------------------------------------------- forward (called by hooks)
+    def forward_begin(self, module: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ForwardCall | None:
+        """A module's forward starts: count the call, record its inputs (and, at the first call
+        of the step, every parameter and buffer). Returns the call, or None when not recording."""
+        node = self._node_of.get(id(module))
+        if node is None or not self.active:
+            return None
+        self._step_dirty = True
+        if not self._params_recorded:
+            self._params_recorded = True
+            self._record_module_tensors("forward", ("parameter", "buffer"))
+        call = self._call_counts.get(node.id, 0)
+        self._call_counts[node.id] = call + 1
+        fc = _ForwardCall(node, call, self._next_event("forward"))
+        self._open_calls.setdefault(node.id, []).append(fc)
+        level = node.levels["input"]
+        if level is not None:
+            for i, arg in enumerate(args):
+                self._record_leaves("forward", node, call, "input", flatten(arg, str(i), self.is_tensor), level)
+            for key, arg in kwargs.items():
+                self._record_leaves("forward", node, call, "input", flatten(arg, str(key), self.is_tensor), level)
+        return fc
+
+    def forward_end(self, module: Any, output: Any) -> _ForwardCall | None:
+        """A module's forward returned ``output``: record the outputs and the call row."""
+        node = self._node_of.get(id(module))
+        if node is None or not self.active:
+            return None
+        stack = self._open_calls.get(node.id)
+        if not stack:
+            return None
+        fc = stack.pop()
+        end = self._next_event("forward")
+        level = node.levels["output"]
+        if level is not None:
+            self._record_leaves("forward", node, fc.call, "output", flatten(output, "", self.is_tensor), level)
+        assert self.writer is not None
+        self.writer.add_call(step=self.step_index, stage="forward", node=node.id, call=fc.call, begin=fc.begin, end=end)
+        return fc
+
+    def wants_backward(self, node: _Node) -> bool:
+        """Whether gradients of this node's calls are recorded (adapters skip their hooks if not)."""
+        return node.levels["grad_output"] is not None or node.levels["grad_input"] is not None
+
+    # ---------------------------------------------------------------- backward (called by hooks)
+    def backward_call(self, fc: _ForwardCall, expected_inputs: int) -> BackwardCall:
+        """Create the backward counterpart of a forward call (at its forward end)."""
+        bc = BackwardCall(fc.node, fc.call, expected_inputs, self.step_index)
+        self._backward_calls.append(bc)
+        return bc
+
+    def backward_output_grad(self, bc: BackwardCall, slot: str, grad: Any) -> None:
+        """The gradient with respect to output ``slot`` of the call arrived."""
+        if bc.step != self.step_index:
+            return  # backward of a forward from an earlier step: not this step's record
+        self._step_dirty = True
+        if bc.begin is None:
+            bc.begin = self._next_event("backward")
+        level = bc.node.levels["grad_output"]
+        if level is not None:
+            self._record_leaves("backward", bc.node, bc.call, "grad_output", [(slot, grad)], level)
+        if bc.expected_inputs == 0 and not bc.ended:
+            self._end_backward(bc)
+
+    def backward_input_grad(self, bc: BackwardCall, slot: str, grad: Any) -> None:
+        """The gradient with respect to input ``slot`` of the call was computed."""
+        if bc.step != self.step_index or bc.ended:
+            return
+        self._step_dirty = True
+        if bc.begin is None:
+            bc.begin = self._next_event("backward")
+        level = bc.node.levels["grad_input"]
+        if level is not None:
+            self._record_leaves("backward", bc.node, bc.call, "grad_input", [(slot, grad)], level)
+        bc.received_inputs += 1
+        if bc.received_inputs >= bc.expected_inputs:
+            self._end_backward(bc)
+
+    def _end_backward(self, bc: BackwardCall) -> None:
+        assert self.writer is not None and bc.begin is not None
+        bc.ended = True
+        end = self._next_event("backward")
+        self.writer.add_call(step=self.step_index, stage="backward", node=bc.node.id, call=bc.call, begin=bc.begin, end=end)
+
+    # ---------------------------------------------------------------- optimizer and step end
+    def before_optimizer_step(self) -> None:
+        """The optimizer is about to step: the gradients are final, record them."""
+        if self.active and self._step_dirty and not self._grads_recorded:
+            self._grads_recorded = True
+            self._record_parameter_grads()
+
+    def after_optimizer_step(self, optimizer: Any) -> None:
+        """The optimizer stepped: record the updated weights and its state."""
+        if self.active and not self._update_recorded:
+            self._update_recorded = True
+            self._step_dirty = True
+            self._record_module_tensors("update", ("parameter",))
+            self._record_optimizer_state(optimizer)
+
+    def _finish_step(self, optimizer: Any = None) -> None:
+        assert self.writer is not None
+        if self.active:
+            for bc in self._backward_calls:
+                if bc.begin is not None and not bc.ended:
+                    self._end_backward(bc)  # an input whose gradient never came: ends at step end
+            self.before_optimizer_step()
+            optimizer = optimizer if optimizer is not None else self.options.optimizer
+            if optimizer is not None:
+                self.after_optimizer_step(optimizer)
+            self._drain()
+        self.writer.end_step(self.step_index)
+
+    def _record_module_tensors(self, stage: str, roles: tuple[str, ...]) -> None:
+        for node in self._nodes:
+            for role in roles:
+                level = node.levels[role]
+                if level is not None:
+                    self._record_leaves(stage, node, None, role, self.local_tensors(node.module, role), level)
+
+    def _record_parameter_grads(self) -> None:
+        for node in self._nodes:
+            level = node.levels["parameter_grad"]
+            if level is None:
+                continue
+            grads = [(name, self.parameter_grad(p)) for name, p in self.local_tensors(node.module, "parameter")]
+            self._record_leaves("backward", node, None, "parameter_grad", [(n, g) for n, g in grads if g is not None], level)
+
+    def _record_optimizer_state(self, optimizer: Any) -> None:
+        for param, key, value in self.optimizer_state(optimizer):
+            owner = self._param_owner.get(id(param))
+            if owner is None:
+                continue
+            node, name = owner
+            level = node.levels["optimizer_state"]
+            if level is not None:
+                self._record_leaves("update", node, None, "optimizer_state", [(f"{name}.{key}", value)], level)
+
+    # ---------------------------------------------------------------- records
+    def _record_leaves(
+        self, stage: str, node: _Node, call: int | None, role: str, leaves: Iterable[tuple[str, Any]], level: str
+    ) -> None:
+        assert self.writer is not None
+        for slot, leaf in leaves:
+            base = {"step": self.step_index, "stage": stage, "node": node.id, "role": role, "slot": slot, "call": call}
+            if self.is_tensor(leaf):
+                self._record_tensor(base, leaf, level)
+            else:
+                self._pending.append(_Record(base, None, value=leaf))
+
+    def _record_tensor(self, base: dict[str, Any], tensor: Any, level: str) -> None:
+        key = (base["stage"], self.dedup_key(tensor))
+        seen = self._seen.get(key)
+        version = self.tensor_version(tensor)
+        if seen is not None:
+            ref, seen_version, seen_level, earlier = seen
+            # While the earlier tensor is alive its memory cannot be reused, so an equal key and
+            # an unchanged version mean equal values.
+            if ref() is not None and seen_version == version and seen_level == level:
+                self._submit(_Record({**base, "level": level}, earlier.summary, same_as=earlier))
+                return
+        if level == "full" and self.options.max_bytes is not None:
+            level = self._within_budget(tensor, level)
+        summary = self.summarize(tensor, level)
+        if level == "full" and summary.array is not None:
+            self._data_bytes += int(summary.array.nbytes)
+        record = _Record({**base, "level": level}, summary)
+        try:
+            self._seen[key] = (weakref.ref(tensor), version, level, record)
+        except TypeError:
+            pass  # a tensor type without weak references: no dedup for it
+        self._submit(record)
+
+    def _within_budget(self, tensor: Any, level: str) -> str:
+        assert self.options.max_bytes is not None
+        nbytes = self.tensor_nbytes(tensor)
+        if self._data_bytes + nbytes <= self.options.max_bytes:
+            return level
+        if not self._budget_warned:
+            self._budget_warned = True
+            warnings.warn(
+                f"tracespec.record: the byte budget max_bytes={self.options.max_bytes} is spent "
+                f"({self._data_bytes} bytes captured, step {self.step_index}); from now on tensors "
+                "keep statistics only. Raise max_bytes or narrow the selection to keep more data.",
+                CaptureBudgetWarning,
+                stacklevel=4,
+            )
+        return "stats"
+
+    def tensor_nbytes(self, tensor: Any) -> int:
+        """Bytes of the tensor's data; adapters override when ``nbytes`` is not an attribute."""
+        return int(tensor.nbytes)
+
+    def _submit(self, record: _Record) -> None:
+        """Queue a record for the writer, keeping submission order.
+
+        Records without data wait (for the step end or the next record with data): handing each
+        to the writer's thread as it comes costs a GIL hand-over per record while the model runs.
+        A record with host data ready flushes the queue, so full capture never holds copies; a
+        deferred (device) record waits, at most ``max_pending_records`` of them.
+        """
+        self._pending.append(record)
+        summary = record.summary
+        if summary.array is not None and summary.finish is None:
+            self._drain()
+        elif summary.finish is not None:
+            while len(self._pending) > self.max_pending_records:
+                self._write(self._pending.popleft())
+
+    def _drain(self) -> None:
+        """Write every pending record, in order (completes deferred device work)."""
+        while self._pending:
+            self._write(self._pending.popleft())
+
+    def _write(self, record: _Record) -> None:
+        assert self.writer is not None
+        summary = record.summary
+        if summary is None:
+            record.id = self.writer.add_value(value=record.value, **record.kwargs)
+            return
+        if summary.finish is not None:
+            finish, summary.finish = summary.finish, None
+            finish(summary)
+        if record.same_as is not None:
+            assert record.same_as.id is not None
+            record.id = self.writer.add_tensor(same_as=record.same_as.id, dtype=summary.dtype, shape=summary.shape, **record.kwargs)
+            return
+        record.id = self.writer.add_tensor(
+            array=summary.array if record.kwargs["level"] == "full" or (summary.stats is None and summary.hash is None) else None,
+            stats=summary.stats,
+            hash=summary.hash,
+            dtype=summary.dtype,
+            shape=summary.shape,
+            **record.kwargs,
+        )
+        summary.array = None  # the writer owns the data now; dedup needs only the record id

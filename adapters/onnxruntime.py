@@ -1,0 +1,912 @@
+"""Record ONNX Runtime runs: every intermediate value of the graph, as a module tree.
+
+Constraints:
+- ONNX Runtime only hands back graph outputs, so the recorder runs a copy of the model whose
+  outputs are the values to capture. That copy holds every captured intermediate at once when the
+  run ends: ``outputs_per_run`` splits the captured values over several runs (each run recomputes
+  the graph) to bound memory; ``include``/``exclude`` and ``include_ops``/``exclude_ops`` capture
+  less.
+- Statistics of floating-point values are computed inside the graph by ONNX Runtime, in float64
+  (sum, sum of squares, min, max), so the ``stats`` level never copies a tensor to Python. A value
+  whose float64 sum of squares is not finite (it holds NaN or Inf) is fetched and summarised by
+  the reference :func:`tracespec.format.stats.compute_stats`, which counts NaN and Inf.
+- The module tree comes from the scope information ``torch.onnx.export`` leaves in the graph:
+  node metadata ``pkg.torch.onnx.name_scopes`` / ``class_hierarchy`` (torch.export-based
+  exporter) or node names such as ``/blocks.0/attn/q_proj/MatMul`` (TorchScript exporter). Routes
+  are the dotted ``named_modules()`` paths of the exported PyTorch model, root ``""``. A graph
+  without scope information gets its ops under the root, in topological order.
+- The model file is untrusted: external data must stay inside the model's folder, and a file that
+  is not an ONNX model raises :class:`~tracespec.errors.InputFileError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from tracespec.errors import InputFileError, UsageError
+from tracespec.format.dtypes import dtype_of
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
+from tracespec.format.tables import LEVELS
+from tracespec.storage.writer import TraceWriter
+
+__all__ = ["FRAMEWORK", "OnnxRecorder", "OnnxTrace", "accepts", "record", "record_onnx"]
+
+FRAMEWORK: Final = "onnxruntime"
+STAGE: Final = "forward"
+
+_SCOPES_KEY: Final = "pkg.torch.onnx.name_scopes"
+_CLASSES_KEY: Final = "pkg.torch.onnx.class_hierarchy"
+# Ops whose outputs describe a tensor's shape, not its values: a value read outside a module only
+# by these is not one of the module's outputs.
+_SHAPE_OPS: Final = frozenset({"Shape", "Size"})
+# Weight-consuming ops whose second input is a Linear-style weight that exporters pre-transpose.
+_MATMUL_OPS: Final = frozenset({"MatMul", "Gemm"})
+_UNKNOWN_CLASS: Final = "Module"
+_STATS_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
+_PREFIX: Final = "tracespec::"
+# Where ONNX Runtime finds external data files of a model given as bytes.
+_EXTERNAL_DATA_FOLDER: Final = "session.model_external_initializers_file_folder_path"
+_MOMENTS: Final = ("sum", "squares", "min", "max")
+# Ops whose output holds exactly the elements of their first input, in another order or shape.
+_SAME_ELEMENTS: Final = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+# ---------------------------------------------------------------------------------------- the tree
+@dataclass(slots=True)
+class _Module:
+    route: str
+    class_name: str = _UNKNOWN_CLASS
+    qualified_class: str | None = None
+    called: bool = False
+    children: list[str] = field(default_factory=list)
+    ops: list[int] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    parameters: dict[str, str] = field(default_factory=dict)  # slot -> graph value name
+    layouts: dict[str, str] = field(default_factory=dict)  # slot -> note on the stored layout
+
+
+@dataclass(slots=True)
+class _Op:
+    index: int
+    node: onnx.NodeProto
+    scopes: tuple[str, ...]  # called module routes, outermost (root "") first
+    route: str = ""
+
+
+def _literal_list(text: str) -> list[str] | None:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
+def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None], str | None]:
+    """The module routes a node ran in (outermost first), their qualified class names, and where
+    that came from (``"name_scopes"``, ``"node_names"``, or None: no scope information)."""
+    meta = {prop.key: prop.value for prop in node.metadata_props}
+    scopes = _literal_list(meta[_SCOPES_KEY]) if _SCOPES_KEY in meta else None
+    if scopes:
+        # The last entry names the FX node itself, not a module.
+        routes = scopes[:-1] or [""]
+        classes: list[str | None] = list(_literal_list(meta.get(_CLASSES_KEY, "")) or [])[: len(routes)]
+        classes += [None] * (len(routes) - len(classes))
+        if routes[0] != "":
+            routes, classes = ["", *routes], [None, *classes]
+        return routes, classes, "name_scopes"
+    if node.name.startswith("/"):
+        parts = [part for part in node.name.split("/")[1:-1] if part]
+        routes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+        return routes, [None] * len(routes), "node_names"
+    return [""], [None], None
+
+
+class _GraphTree:
+    """The module tree, op nodes and module-boundary values rebuilt from one graph."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+        self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
+        self.graph_outputs = [vi.name for vi in graph.output]
+        self.modules: dict[str, _Module] = {"": _Module("", called=True)}
+        self.ops: list[_Op] = []
+        self.scope_source: str | None = None
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[tuple[int, int]]] = {}
+        for index, node in enumerate(graph.node):
+            routes, classes, source = _scopes_of(node)
+            self.scope_source = self.scope_source or source
+            for route, qualified in zip(routes, classes, strict=True):
+                self._add_module(route, qualified, called=True)
+            op = _Op(index, node, tuple(dict.fromkeys(routes)))
+            self.ops.append(op)
+            self.modules[op.scopes[-1]].ops.append(index)
+            for slot, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((index, slot))
+            for name in node.output:
+                if name:
+                    self.producer[name] = index
+        self._name_ops()
+        self.parameter_aliases = self._find_parameter_aliases()
+        self._find_boundaries()
+        self._assign_parameters()
+
+    def _add_module(self, route: str, qualified: str | None, called: bool) -> None:
+        module = self.modules.get(route)
+        if module is None:
+            parent = route.rpartition(".")[0] if "." in route else ""
+            self._add_module(parent, None, called=False)
+            module = self.modules[route] = _Module(route)
+            self.modules[parent].children.append(route)
+        module.called = module.called or called
+        if qualified and module.qualified_class is None:
+            module.qualified_class = qualified
+            module.class_name = qualified.rpartition(".")[2]
+
+    def _name_ops(self) -> None:
+        for module in self.modules.values():
+            seen: dict[str, int] = {}
+            for index in module.ops:
+                op_type = self.ops[index].node.op_type
+                count = seen.get(op_type, 0)
+                seen[op_type] = count + 1
+                label = op_type if count == 0 else f"{op_type}_{count}"
+                self.ops[index].route = f"{module.route}.{label}" if module.route else label
+
+    def _find_boundaries(self) -> None:
+        """A called module's inputs: values its ops read and do not produce; outputs: values its
+        ops produce that are read outside it (or are graph outputs)."""
+        constants = {op.node.output[0] for op in self.ops if op.node.op_type == "Constant"}
+        graph_outputs = set(self.graph_outputs)
+        members: dict[str, set[int]] = {}
+        for op in self.ops:
+            for route in op.scopes:
+                members.setdefault(route, set()).add(op.index)
+        for route, inside in members.items():
+            module = self.modules[route]
+            inputs: dict[str, None] = {}
+            outputs: dict[str, None] = {}
+            for index in sorted(inside):
+                node = self.ops[index].node
+                for name in node.input:
+                    if (
+                        name
+                        and self.producer.get(name) not in inside
+                        and name not in self.initializers
+                        and name not in self.parameter_aliases
+                        and name not in constants
+                    ):
+                        inputs[name] = None
+                for name in node.output:
+                    readers = self.consumers.get(name, [])
+                    if name in graph_outputs or any(
+                        reader not in inside and self.ops[reader].node.op_type not in _SHAPE_OPS for reader, _ in readers
+                    ):
+                        outputs[name] = None
+            module.inputs = list(inputs)
+            module.outputs = list(outputs)
+
+    def _find_parameter_aliases(self) -> dict[str, str]:
+        """Identity ops that give an initializer a second name (the TorchScript exporter's way of
+        sharing one tensor between several parameters): alias -> initializer."""
+        aliases = {}
+        for op in self.ops:
+            node = op.node
+            if node.op_type == "Identity" and node.input and node.input[0] in self.initializers:
+                aliases[node.output[0]] = node.input[0]
+        return aliases
+
+    def _owner_by_use(self, name: str) -> str:
+        """The innermost called module that contains every op reading ``name``."""
+        chains = [self.ops[index].scopes for index, _ in self.consumers.get(name, [])]
+        if not chains:
+            return ""
+        common = 0
+        while all(len(chain) > common and chain[common] == chains[0][common] for chain in chains):
+            common += 1
+        return chains[0][common - 1] if common else ""
+
+    def _assign_parameters(self) -> None:
+        names = [*self.initializers, *self.parameter_aliases]
+        unnamed = []
+        for name in names:
+            route, dot, local = name.rpartition(".")
+            if dot and route in self.modules and local not in self.modules[route].parameters:
+                self.modules[route].parameters[local] = name
+            else:
+                unnamed.append(name)
+        for name in unnamed:
+            owner = self.modules[self._owner_by_use(name)]
+            readers = self.consumers.get(name, [])
+            # Exporters name a pre-transposed Linear weight after the op that reads it ("val_2",
+            # "onnx::MatMul_213"); a graph without scopes keeps its own names.
+            as_weight = self.scope_source is not None and bool(readers) and all(
+                self.ops[index].node.op_type in _MATMUL_OPS and slot == 1 for index, slot in readers
+            )
+            if as_weight and "weight" not in owner.parameters:
+                owner.parameters["weight"] = name
+                node = self.ops[readers[0][0]].node
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                if not trans_b:
+                    owner.layouts["weight"] = f"[in, out]: the exporter stored the transpose as {name!r}"
+                else:
+                    owner.layouts["weight"] = f"stored as {name!r}"
+            else:
+                owner.parameters[name if name not in owner.parameters else f"{name}#{len(owner.parameters)}"] = name
+
+    def preorder(self) -> Iterator[_Module]:
+        stack = [""]
+        while stack:
+            module = self.modules[stack.pop()]
+            yield module
+            stack.extend(reversed(module.children))
+
+
+# ---------------------------------------------------------------------------------------- selection
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    include: tuple[str, ...] | None
+    exclude: tuple[str, ...]
+    include_ops: frozenset[str] | None
+    exclude_ops: frozenset[str]
+
+    def route(self, route: str) -> bool:
+        if self.include is not None and not any(fnmatch.fnmatchcase(route, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(route, p) for p in self.exclude)
+
+    def op(self, op: _Op) -> bool:
+        op_type = op.node.op_type
+        if self.include_ops is not None and op_type not in self.include_ops:
+            return False
+        return op_type not in self.exclude_ops and self.route(op.route)
+
+
+def _patterns(value: str | Iterable[str] | None, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(item, str) for item in items):
+        raise UsageError(f"{what} must be a string or a list of strings, got {value!r}")
+    return items
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    path = Path(model)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such ONNX model file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError, and onnx several types
+        raise InputFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not proto.graph.node:
+        raise InputFileError(f"{path}: the ONNX model has no graph nodes")
+    return proto, path.parent.resolve()
+
+
+def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if base_dir is None:
+            raise UsageError(f"initializer {tensor.name!r} is stored externally; pass the model's path, not a ModelProto")
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (base_dir / location).resolve()
+        if not location or os.path.isabs(location) or not target.is_relative_to(base_dir):
+            raise InputFileError(f"{base_dir}: initializer {tensor.name!r} points outside the model's folder ({location!r})")
+        if not target.is_file():
+            raise InputFileError(f"{target}: external data file of initializer {tensor.name!r} is missing")
+
+
+def _value_info(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """ONNX element type and rank of every value whose type is known or inferable."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        inferred = proto
+    graph = inferred.graph
+    types: dict[str, int] = {}
+    ranks: dict[str, int] = {}
+    for info in (*graph.value_info, *graph.input, *graph.output):
+        tensor_type = info.type.tensor_type
+        if info.type.HasField("tensor_type") and tensor_type.elem_type:
+            types[info.name] = tensor_type.elem_type
+            if tensor_type.HasField("shape"):
+                ranks[info.name] = len(tensor_type.shape.dim)
+    for tensor in graph.initializer:
+        types[tensor.name] = tensor.data_type
+        ranks[tensor.name] = len(tensor.dims)
+    return types, ranks
+
+
+def _stats_from_moments(shape: tuple[int, ...], total: float, squares: float, low: float, high: float) -> TensorStats:
+    count = math.prod(shape)
+    if count == 0:
+        return TensorStats(0, None, None, None, None, None, 0, 0)
+    mean = total / count
+    return TensorStats(
+        count=count,
+        min=low,
+        max=high,
+        mean=mean,
+        std=math.sqrt(max(squares / count - mean * mean, 0.0)),
+        l2=math.sqrt(squares),
+        nan_count=0,
+        inf_count=0,
+    )
+
+
+def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return str(options.get_session_config_entry(key))
+    except RuntimeError:  # ONNX Runtime's way of saying "not set"
+        return None
+
+
+def _default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+# ---------------------------------------------------------------------------------------- recorder
+class OnnxRecorder:
+    """Runs an ONNX model in ONNX Runtime and records every selected intermediate value.
+
+    Building the recorder analyses the graph and creates the instrumented session once;
+    :meth:`record` then runs it on one or more input feeds (one step each) and writes a trace.
+
+    Parameters
+    ----------
+    model:
+        A path to a ``.onnx`` file (external data files are read from its folder) or a loaded
+        ``onnx.ModelProto`` with its data inline.
+    providers:
+        ONNX Runtime execution providers; default: CUDA when available, then CPU.
+    capture:
+        The level, as for :func:`tracespec.record`: ``"stats"`` (statistics only, the default),
+        ``"full"`` (data, statistics and hash) or ``"hash"``.
+    include, exclude:
+        Route globs (``fnmatch``, e.g. ``"blocks.0.*"``) of the module and op nodes to capture.
+    include_ops, exclude_ops:
+        ONNX op types (``"MatMul"``) of the op nodes to capture.
+    modules, ops, parameters:
+        Whether to capture module inputs/outputs, op inputs/outputs and initializers.
+    outputs_per_run:
+        Capture at most this many values per ONNX Runtime run (the graph is run again for each
+        batch); ``None`` captures everything in one run.
+    session_options:
+        ``onnxruntime.SessionOptions`` for the instrumented session (threads, optimisation level).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | onnx.ModelProto,
+        *,
+        providers: Sequence[str] | None = None,
+        capture: str = "stats",
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        include_ops: str | Iterable[str] | None = None,
+        exclude_ops: str | Iterable[str] | None = None,
+        modules: bool = True,
+        ops: bool = True,
+        parameters: bool = True,
+        outputs_per_run: int | None = None,
+        session_options: ort.SessionOptions | None = None,
+    ) -> None:
+        if capture not in LEVELS:
+            raise UsageError(f"capture {capture!r} is not one of {LEVELS}")
+        level = capture
+        if outputs_per_run is not None and outputs_per_run < 1:
+            raise UsageError(f"outputs_per_run must be a positive integer or None, got {outputs_per_run!r}")
+        self.level = level
+        self._proto, self._base_dir = _load_model(model)
+        _check_external_data(self._proto, self._base_dir)
+        self._selection = _Selection(
+            _patterns(include, "include"),
+            _patterns(exclude, "exclude") or (),
+            None if include_ops is None else frozenset(_patterns(include_ops, "include_ops") or ()),
+            frozenset(_patterns(exclude_ops, "exclude_ops") or ()),
+        )
+        self._capture = {"modules": modules, "ops": ops, "parameters": parameters}
+        self.tree = _GraphTree(self._proto.graph)
+        self._providers = list(providers) if providers is not None else _default_providers()
+        self._session_options = session_options
+        self._events = self._plan()
+        needed = self._needed_values()
+        self._types, self._ranks = _value_info(self._proto)
+        self._opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self._captured = [name for name in needed if name in self.tree.producer]
+        self._moments_of = {} if level == "hash" else {
+            name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in _STATS_TYPES
+        }
+        self._outputs_per_run = outputs_per_run
+        # Graph outputs are always fetched whole: record() returns them.
+        self._data = {n for n in self._captured if level != "stats" or n not in self._moments_of}
+        self._data.update(name for name in self.tree.graph_outputs if name in self.tree.producer)
+        self._stale = False
+        self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
+        self._build()
+        self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+
+    def _build(self) -> None:
+        """Create the instrumented session and the batches of outputs each run fetches."""
+        captured = self._captured
+        graph_outputs = [name for name in self.tree.graph_outputs if name in self.tree.producer]
+        sources = list(dict.fromkeys(self._moments_of.values()))
+        self._prefix = {source: f"{_PREFIX}{i}" for i, source in enumerate(sources)}
+        self._shape_output = {n: f"{_PREFIX}shape{i}" for i, n in enumerate(n for n in captured if n not in self._data)}
+        size = self._outputs_per_run or max(len(captured), 1)
+        chunks = [captured[i : i + size] for i in range(0, len(captured), size)] or [[]]
+        chunks[0] = list(dict.fromkeys([*chunks[0], *graph_outputs]))
+        self._chunks = chunks
+        self._batch_of = {name: k for k, chunk in enumerate(chunks) for name in chunk}
+        self._batches = [self._batch_outputs(chunk) for chunk in chunks]
+        added = {
+            source: _moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
+            for source in sources
+        }
+        for name, output in self._shape_output.items():
+            added.setdefault(name, []).append(onnx.helper.make_node("Shape", [name], [output], name=output))
+        moments = [f"{self._prefix[source]}:{part}" for source in sources for part in _MOMENTS]
+        self._session = self._make_session(
+            [*(n for n in captured + graph_outputs if n in self._data), *moments, *self._shape_output.values()], added
+        )
+        self._stale = False
+
+    def _same_elements_source(self, name: str) -> str:
+        """The earliest value holding the same elements as ``name`` (through reshapes and
+        transposes): statistics do not depend on the order of elements, so they are computed once."""
+        while True:
+            producer = self.tree.ops[self.tree.producer[name]].node
+            source = producer.input[0] if producer.input else ""
+            if producer.op_type not in _SAME_ELEMENTS or name != producer.output[0] or source not in self.tree.producer:
+                return name
+            name = source
+
+    def _batch_outputs(self, chunk: list[str]) -> list[str]:
+        """The session outputs fetched for one batch of captured values."""
+        outputs: dict[str, None] = {}
+        for name in chunk:
+            if name in self._data:
+                outputs[name] = None
+            if name in self._moments_of:
+                prefix = self._prefix[self._moments_of[name]]
+                outputs.update(dict.fromkeys(f"{prefix}:{part}" for part in _MOMENTS))
+            if name in self._shape_output:
+                outputs[self._shape_output[name]] = None
+        return list(outputs)
+
+    # ---------------------------------------------------------------- planning
+    def _plan(self) -> list[tuple[str, Any]]:
+        """Module begin/end and op events in execution (topological) order.
+
+        A module begins before its first op and ends after its last one, so a module whose ops
+        the exporter interleaved with others' is still one call, and nesting is kept.
+        """
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for op in self.tree.ops:
+            for route in op.scopes:
+                first.setdefault(route, op.index)
+                last[route] = op.index
+        events: list[tuple[str, Any]] = []
+        for op in self.tree.ops:
+            events.extend(("begin", route) for route in op.scopes if first[route] == op.index)
+            events.append(("op", op))
+            events.extend(("end", route) for route in reversed(op.scopes) if last[route] == op.index)
+        return events
+
+    def _module_selected(self, route: str) -> bool:
+        return self._capture["modules"] and self._selection.route(route)
+
+    def _op_selected(self, op: _Op) -> bool:
+        return self._capture["ops"] and self._selection.op(op)
+
+    def _needed_values(self) -> list[str]:
+        needed: dict[str, None] = {}
+        for kind, item in self._events:
+            if kind == "begin" and self._module_selected(item):
+                needed.update(dict.fromkeys(self.tree.modules[item].inputs))
+            elif kind == "end" and self._module_selected(item):
+                needed.update(dict.fromkeys(self.tree.modules[item].outputs))
+            elif kind == "op" and self._op_selected(item):
+                needed.update(dict.fromkeys(n for n in (*item.node.input, *item.node.output) if n))
+        return list(needed)
+
+    # ---------------------------------------------------------------- sessions
+    def _make_session(self, outputs: Sequence[str], added: Mapping[str, list[onnx.NodeProto]]) -> ort.InferenceSession:
+        """A session over a copy of the model whose outputs are ``outputs``.
+
+        ``added`` maps a value to nodes reading it; each group is placed right after the value's
+        producer, so ONNX Runtime runs it while the value is fresh in cache and can free the value
+        early instead of keeping it to the end of the graph.
+        """
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._proto)
+        graph = proto.graph
+        present = set(self.tree.graph_outputs)
+        graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in present)
+        nodes = []
+        for node in self._proto.graph.node:
+            nodes.append(node)
+            for name in node.output:
+                nodes.extend(added.get(name, ()))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {name for group in added.values() for node in group for name in node.input}
+        graph.initializer.extend(
+            numpy_helper.from_array(np.array(value, dtype=np.int64), name)
+            for name, value in ((f"{_PREFIX}row", [1, -1]), (f"{_PREFIX}last_axis", [-1]))
+            if name in used
+        )
+        options = self._session_options or ort.SessionOptions()
+        if self._base_dir is not None and _config_entry(options, _EXTERNAL_DATA_FOLDER) != str(self._base_dir):
+            options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(self._base_dir))
+        try:
+            payload = proto.SerializeToString()
+        except ValueError as exc:
+            raise UsageError(f"the model is too large to serialise ({exc}); save it with external data and pass its path") from None
+        return ort.InferenceSession(payload, options, providers=self._providers)
+
+    # ---------------------------------------------------------------- recording
+    def open(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> OnnxTrace:
+        """Start a trace at ``path``; each :meth:`OnnxTrace.run` records one step."""
+        capture = {
+            "level": self.level,
+            "include": list(self._selection.include) if self._selection.include is not None else None,
+            "exclude": list(self._selection.exclude),
+            "include_ops": sorted(self._selection.include_ops) if self._selection.include_ops is not None else None,
+            "exclude_ops": sorted(self._selection.exclude_ops),
+            **self._capture,
+            "runs_per_step": len(self._batches),
+            "scope_source": self.tree.scope_source,
+            "stats": "computed in the graph by onnxruntime: float32 row sums added in float64",
+        }
+        writer = TraceWriter(
+            path,
+            framework="onnxruntime",
+            framework_version=ort.__version__,
+            device=self.device,
+            capture=capture,
+            metadata=dict(metadata or {}),
+            overwrite=overwrite,
+            durable=durable,
+        )
+        return OnnxTrace(self, writer, self._write_tree(writer))
+
+    def record(
+        self,
+        inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> list[dict[str, np.ndarray]]:
+        """Run the model on each input feed (one step each), write the trace, return the outputs."""
+        feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+        feeds = [self._check_feed(feed) for feed in feeds]
+        with self.open(path, overwrite=overwrite, metadata=metadata, durable=durable) as trace:
+            return [trace.run(feed) for feed in feeds]
+
+    def _check_feed(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feed, Mapping):
+            raise UsageError(f"inputs must be a dict of input name -> array (or a list of them), got {type(feed).__name__}")
+        expected = set(self.tree.graph_inputs)
+        if set(feed) != expected:
+            raise UsageError(f"the feed has inputs {sorted(feed)}; the model expects {sorted(expected)}")
+        return {name: np.asarray(value) for name, value in feed.items()}
+
+    def _write_tree(self, writer: TraceWriter) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for module in self.tree.preorder():
+            parent = module.route.rpartition(".")[0] if "." in module.route else ""
+            attrs: dict[str, Any] = {"scope_source": self.tree.scope_source}
+            if module.qualified_class:
+                attrs["qualified_class"] = module.qualified_class
+            if not module.called:
+                attrs["called"] = False
+            if module.layouts:
+                attrs["parameter_layout"] = module.layouts
+            if any(slot != name.rpartition(".")[2] for slot, name in module.parameters.items()):
+                attrs["parameter_source"] = module.parameters
+            position = module.route and self.tree.modules[parent].children.index(module.route)
+            ids[module.route] = writer.add_node(
+                module.route,
+                module.class_name,
+                parent=None if module.route == "" else ids[parent],
+                position=position or 0,
+                attrs=attrs,
+            )
+            for position, index in enumerate(module.ops, start=len(module.children)):
+                op = self.tree.ops[index]
+                if not self._op_selected(op):
+                    continue
+                node = op.node
+                op_attrs = {"op_type": node.op_type, "onnx_name": node.name}
+                if node.domain:
+                    op_attrs["domain"] = node.domain
+                ids[op.route] = writer.add_node(
+                    op.route, node.op_type, parent=ids[module.route], kind="op", position=position, attrs=op_attrs
+                )
+        return ids
+
+    def _fetch_non_finite(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fetch, in one more run, the data of values whose in-graph moments are not finite (NaN
+        or Inf inside); from the next step on, the main session fetches them whole."""
+        self._data.update(names)
+        self._stale = True
+        return dict(zip(names, self._make_session(names, {}).run(names, feed), strict=True))
+
+    def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._stale:
+            self._build()
+        tree = self.tree
+        records: dict[str, int] = {}
+        fetched: dict[str, Any] = {}
+        current = [-1]
+        outputs: dict[str, np.ndarray] = {}
+
+        def finite(prefix: str) -> bool:
+            return math.isfinite(float(fetched[f"{prefix}:sum"])) and math.isfinite(float(fetched[f"{prefix}:squares"]))
+
+        def load(batch: int) -> None:
+            if batch != current[0]:
+                names = self._batches[batch]
+                fetched.clear()
+                fetched.update(zip(names, self._session.run(names, feed), strict=True))
+                non_finite = [
+                    n for n in self._chunks[batch]
+                    if n in self._moments_of and n not in fetched and not finite(self._prefix[self._moments_of[n]])
+                ]
+                if non_finite:
+                    fetched.update(self._fetch_non_finite(non_finite, feed))
+                outputs.update((n, fetched[n]) for n in tree.graph_outputs if n in fetched)
+                current[0] = batch
+
+        def value(name: str) -> tuple[np.ndarray | None, TensorStats | None, tuple[int, ...] | None]:
+            if name in feed:
+                return feed[name], None, None
+            load(self._batch_of[name])
+            array = fetched.get(name)
+            source = self._moments_of.get(name)
+            if source is None:
+                return array, None, None
+            shape = array.shape if array is not None else tuple(int(d) for d in fetched[self._shape_output[name]])
+            prefix = self._prefix[source]
+            if not finite(prefix):
+                # NaN or Inf inside (or a float32 overflow): the reference counts them.
+                return array, None, shape
+            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in _MOMENTS)
+            return array, _stats_from_moments(shape, total, squares, low, high), shape
+
+        def put(node: int, role: str, slot: str, name: str, call: int | None) -> None:
+            if not name:
+                writer.add_value(step=step, stage=STAGE, node=node, role=role, slot=slot, value=None, call=call)
+                return
+            if name in records:
+                writer.add_tensor(step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, same_as=records[name], level=self.level)
+                return
+            if name in tree.initializers or name in tree.parameter_aliases:
+                if role == "parameter":
+                    records[name] = self._put_constant(writer, step, node, slot, name)
+                # An op reading an initializer refers to its parameter record, if captured.
+                return
+            array, stats, shape = value(name)
+            if name in tree.graph_outputs and array is not None:
+                outputs[name] = array
+            dtype = None
+            if array is None:
+                dtype = _dtype_name(self._types.get(name, 0))
+            records[name] = writer.add_tensor(
+                step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, array=array,
+                level=self.level, stats=stats, dtype=dtype, shape=shape,
+            )
+
+        if self._capture["parameters"]:
+            for module in tree.preorder():
+                if self._selection.route(module.route):
+                    for slot, name in module.parameters.items():
+                        put(ids[module.route], "parameter", slot, name, None)
+        counter = 0
+        begins: dict[str, int] = {}
+        for kind, item in self._events:
+            if kind == "begin":
+                begins[item] = counter
+                counter += 1
+                if self._module_selected(item):
+                    for slot, name in enumerate(tree.modules[item].inputs):
+                        put(ids[item], "input", str(slot), name, 0)
+            elif kind == "end":
+                if self._module_selected(item):
+                    for slot, name in enumerate(tree.modules[item].outputs):
+                        put(ids[item], "output", str(slot), name, 0)
+                writer.add_call(step=step, stage=STAGE, node=ids[item], call=0, begin=begins[item], end=counter)
+                counter += 1
+            elif self._op_selected(item):
+                node_id = ids[item.route]
+                for slot, name in enumerate(item.node.input):
+                    put(node_id, "input", str(slot), name, 0)
+                for slot, name in enumerate(item.node.output):
+                    put(node_id, "output", str(slot), name, 0)
+                writer.add_call(step=step, stage=STAGE, node=node_id, call=0, begin=counter, end=counter + 1)
+                counter += 2
+            else:
+                counter += 2
+        if not outputs:
+            load(0)  # the batch holding the graph outputs when nothing in it was recorded
+        return {name: outputs.get(name, feed.get(name)) for name in tree.graph_outputs}
+
+    def _put_constant(self, writer: TraceWriter, step: int, node: int, slot: str, name: str) -> int:
+        """Record an initializer; its statistics and hash are computed once per recorder."""
+        source = self.tree.parameter_aliases.get(name, name)
+        array = None
+        summary = self._constants.get(source)
+        if summary is None or self.level == "full":
+            array = self._initializer(source)
+        if summary is None:
+            assert array is not None
+            summary = self._constants[source] = (compute_stats(array), content_hash(array), dtype_of(array).name, array.shape)
+        stats, digest, dtype, shape = summary
+        return writer.add_tensor(
+            step=step, stage=STAGE, node=node, role="parameter", slot=slot, array=array, level=self.level,
+            stats=stats, hash=digest, dtype=dtype, shape=shape,
+        )
+
+    def _initializer(self, name: str) -> np.ndarray:
+        tensor = self.tree.initializers[name]
+        try:
+            return numpy_helper.to_array(tensor, base_dir=str(self._base_dir or ""))
+        except (OSError, ValueError) as exc:
+            raise InputFileError(f"initializer {tensor.name!r} cannot be read: {exc}") from None
+
+
+class OnnxTrace:
+    """An open trace of an :class:`OnnxRecorder`: each :meth:`run` is one step.
+
+    Use it as a context manager; leaving the block normally marks the trace complete, an
+    exception leaves it readable and marked incomplete.
+    """
+
+    def __init__(self, recorder: OnnxRecorder, writer: TraceWriter, node_ids: dict[str, int]) -> None:
+        self._recorder = recorder
+        self._writer = writer
+        self._node_ids = node_ids
+        self._step = 0
+
+    def run(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model on ``feed``, record the step, and return the graph outputs."""
+        outputs = self._recorder._record_step(self._writer, self._node_ids, self._step, self._recorder._check_feed(feed))
+        self._writer.end_step(self._step)
+        self._step += 1
+        return outputs
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> OnnxTrace:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._writer.__exit__(exc_type, exc, tb)
+
+
+def _moment_nodes(name: str, prefix: str, elem_type: int, rank: int | None, opset: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``<prefix>:sum``, ``:squares`` (float64 scalars), ``:min`` and ``:max`` of
+    ``name``.
+
+    ONNX Runtime's float64 kernels are several times slower than its float32 ones, so sums are
+    taken in float32 along the last axis (rows of the tensor, in parallel), and the row sums are
+    added in float64: the error is that of float32 sums over one row.
+    """
+    make = onnx.helper.make_node
+    nodes = []
+    source = name
+    if elem_type == onnx.TensorProto.FLOAT16:  # float16 squares overflow at 256
+        nodes.append(make("Cast", [source], [f"{prefix}:float"], to=onnx.TensorProto.FLOAT, name=f"{prefix}:float"))
+        source = f"{prefix}:float"
+    if not rank:  # a 0-d value or an unknown rank: one row
+        nodes.append(make("Reshape", [source, f"{_PREFIX}row"], [f"{prefix}:rows"], name=f"{prefix}:rows"))
+        source = f"{prefix}:rows"
+    for op, part in (("ReduceSum", "sum"), ("ReduceSumSquare", "squares")):
+        partial = f"{prefix}:row_{part}"
+        if opset >= 18 or (op == "ReduceSum" and opset >= 13):
+            nodes.append(make(op, [source, f"{_PREFIX}last_axis"], [partial], keepdims=0, name=partial))
+        else:
+            nodes.append(make(op, [source], [partial], axes=[-1], keepdims=0, name=partial))
+        nodes.append(make("Cast", [partial], [f"{partial}:double"], to=onnx.TensorProto.DOUBLE, name=f"{partial}:double"))
+        nodes.append(make("ReduceSum", [f"{partial}:double"], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
+    for op, part in (("ReduceMin", "min"), ("ReduceMax", "max")):
+        nodes.append(make(op, [source], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
+    return nodes
+
+
+def _dtype_name(elem_type: int) -> str:
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError):
+        raise UsageError(f"cannot record a value of ONNX element type {elem_type} without its data") from None
+
+
+def record_onnx(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    durable: bool = True,
+    **options: Any,
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` in ONNX Runtime on ``inputs`` and record every intermediate value to ``path``.
+
+    Parameters
+    ----------
+    model:
+        A ``.onnx`` path (external data is read from its folder) or a loaded ``onnx.ModelProto``.
+    inputs:
+        The feed, ``{input name: array}``, or a list of feeds (one trace step each).
+    path:
+        The trace folder to write.
+    overwrite, metadata, durable:
+        Replace an existing trace; free-form metadata for the manifest; fsync what is written
+        (see :class:`~tracespec.storage.TraceWriter`).
+    **options:
+        What :class:`OnnxRecorder` takes: ``providers``, ``capture``, ``include``, ``exclude``,
+        ``include_ops``, ``exclude_ops``, ``modules``, ``ops``, ``parameters``,
+        ``outputs_per_run``, ``session_options``.
+
+    Returns
+    -------
+    list of dict
+        The model's graph outputs, one dict per feed.
+    """
+    recorder = OnnxRecorder(model, **options)
+    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata, durable=durable)
+
+
+def accepts(model: Any) -> bool:
+    """Whether this adapter records ``model``: an ``onnx.ModelProto`` or a path to a ``.onnx`` file."""
+    return isinstance(model, onnx.ModelProto) or (isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"))
+
+
+def record(model: str | os.PathLike[str] | onnx.ModelProto, path: str | os.PathLike[str], **options: Any) -> OnnxTrace:
+    """The adapter-registry entry point (``tracespec.record(onnx_model, path)``): an open trace.
+
+    ``overwrite``, ``metadata`` and ``durable`` go to the trace, everything else to
+    :class:`OnnxRecorder`; call ``run(feed)`` on the result once per step, inside a ``with`` block.
+    """
+    trace_options = {key: options.pop(key) for key in ("overwrite", "metadata", "durable") if key in options}
+    return OnnxRecorder(model, **options).open(path, **trace_options)

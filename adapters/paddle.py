@@ -1,0 +1,295 @@
+"""Record PaddlePaddle runs (``tracespec.record(paddle_layer, path)``).
+
+The same options and the same semantics as the PyTorch adapter (``docs/recording.md``); the
+Paddle specifics are in ``docs/paddle.md``.
+
+Constraints:
+- No observer effect: hooks read tensors and never change what the model computes; nothing
+  draws from an RNG. The only change to the graph is that a layer's inputs that need a gradient
+  are handed to it as ``x.view(x.shape)`` (same memory, same values, and in Paddle the same
+  in-place version counter), so that the gradient flowing through *this* call into ``x`` can be
+  observed apart from other uses of ``x``. A view's backward is a reshape of the gradient: no
+  arithmetic, so every gradient stays bit-identical.
+- Paddle has no module-level backward hook; backward is observed with ``Tensor.register_hook``:
+  on the outputs (``grad_output``: the full gradient of the output, all its uses; ``begin`` when
+  the first arrives) and on the input views (``grad_input``: the part that flows through this
+  call; ``end`` when the last differentiable input's arrives). A layer that modifies its input
+  view in place still reports the gradient with respect to the value it received.
+- Values keep their true dtype: ``Tensor.numpy()`` returns bfloat16 as raw ``uint16`` and float8
+  as ``int8``; those bits are reinterpreted as ``ml_dtypes`` types, never converted.
+- Parameters keep Paddle's layout (``Linear.weight`` is ``[in, out]``); the node's class name
+  and the parameter's local name let ``diff`` apply layout rules.
+- Devices: statistics and hashes are computed on the host from a zero-copy view of a CPU tensor,
+  in the hook, before the model can modify it; only ``full`` copies the data. A tensor on another
+  device is first copied to the host (a blocking ``Tensor.cpu()``): the device path is this one
+  line, shared with the CPU path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import ml_dtypes
+import numpy as np
+import paddle
+import paddle.distributed
+
+from tracespec.adapters._common import (
+    BackwardCall,
+    HostBufferPool,
+    Recorder,
+    RecordOptions,
+    Summary,
+    fast_stats,
+    flatten,
+    map_tensors,
+    parse_options,
+)
+from tracespec.format.stats import content_hash
+
+__all__ = ["FRAMEWORK", "PaddleRecorder", "accepts", "host_array", "record"]
+
+FRAMEWORK: Final = "paddle"
+
+_DTYPE_NAMES: Final[dict[Any, str]] = {
+    getattr(paddle, name): name
+    for name in (
+        "bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64",
+        "bfloat16", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2",
+    )
+    if hasattr(paddle, name)
+}
+
+# dtypes numpy lacks: Tensor.numpy() hands back their bits as a same-width integer array.
+_BIT_TYPES: Final[dict[str, Any]] = {
+    "bfloat16": ml_dtypes.bfloat16,
+    "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+    "float8_e5m2": ml_dtypes.float8_e5m2,
+}
+
+# Gradients handed to the last few gradient hooks, kept alive: Paddle gives every hook a fresh
+# Python wrapper, which would die at once, and dedup needs the first tensor alive to trust that
+# an equal data pointer means equal values. A layer's grad_input and the grad_output of the layer
+# that produced that input arrive within a few hooks of each other.
+_RECENT_GRADS: Final = 8
+
+
+def accepts(model: Any) -> bool:
+    """Whether this adapter records ``model`` (a ``paddle.nn.Layer``)."""
+    return isinstance(model, paddle.nn.Layer)
+
+
+def record(model: paddle.nn.Layer, path: str | os.PathLike[str], **options: Any) -> PaddleRecorder:
+    """Record ``model``; see :func:`tracespec.record`, ``docs/recording.md`` and ``docs/paddle.md``."""
+    return PaddleRecorder(model, path, parse_options(**options))
+
+
+# ------------------------------------------------------------------------------ host arrays
+def host_array(tensor: paddle.Tensor) -> np.ndarray:
+    """The values of ``tensor`` as a numpy array with its true dtype.
+
+    For a CPU tensor of a dtype numpy knows, the array shares the tensor's memory (DLPack, no
+    copy); bfloat16 and float8 come through ``Tensor.numpy()`` (a copy of the raw bits) and are
+    reinterpreted, bit for bit, as ``ml_dtypes`` types. Other devices are copied to the host.
+    """
+    tensor = tensor.detach()
+    if not tensor.place.is_cpu_place():
+        tensor = tensor.cpu()
+    bits = _BIT_TYPES.get(_DTYPE_NAMES[tensor.dtype])
+    if bits is not None:
+        return tensor.numpy().view(bits)
+    return np.from_dlpack(tensor)
+
+
+def _device_name(place: Any) -> str:
+    """``"cpu"``, ``"cuda:N"`` for an NVIDIA GPU (as PyTorch names it), else Paddle's name."""
+    if place.is_cpu_place():
+        return "cpu"
+    if place.is_gpu_place():
+        return f"cuda:{place.gpu_device_id()}"
+    text = str(place)
+    return text[len("Place(") : -1] if text.startswith("Place(") else text
+
+
+# ------------------------------------------------------------------------------ recorder
+@dataclass(slots=True)
+class _CallState:
+    backward: BackwardCall | None = None
+    inputs: list[tuple[str, paddle.Tensor]] = field(default_factory=list)
+
+
+class PaddleRecorder(Recorder):
+    """Records a ``paddle.nn.Layer`` through forward pre/post hooks and tensor gradient hooks."""
+
+    framework = FRAMEWORK
+
+    def __init__(self, model: paddle.nn.Layer, path: str | os.PathLike[str], options: RecordOptions) -> None:
+        super().__init__(model, path, options)
+        self._handles: list[Any] = []
+        self._recent_grads: deque[paddle.Tensor] = deque(maxlen=_RECENT_GRADS)
+        self._patched_optimizers: list[tuple[Any, Any]] = []
+        self._host_buffers = HostBufferPool()
+
+    # ---------------------------------------------------------------- description
+    def framework_version(self) -> str:
+        return str(paddle.__version__)
+
+    def device_name(self) -> str:
+        first = next(iter(self.model.parameters()), None)
+        if first is not None:
+            return _device_name(first.place)
+        name = str(paddle.device.get_device())  # "cpu", "gpu:0", "xpu:0"...
+        return name.replace("gpu:", "cuda:", 1)
+
+    def distributed(self) -> tuple[int, int] | None:
+        # get_world_size/get_rank read the launcher's environment even before
+        # init_parallel_env(), so every process of a launched job writes its own part.
+        world_size = paddle.distributed.get_world_size()
+        if world_size > 1:
+            return paddle.distributed.get_rank(), world_size
+        return None
+
+    def named_modules(self) -> Iterable[tuple[str, Any]]:
+        return self.model.named_sublayers(include_self=True)
+
+    def local_tensors(self, module: Any, role: str) -> Iterable[tuple[str, Any]]:
+        if role == "parameter":
+            return module.named_parameters(include_sublayers=False)
+        return module.named_buffers(include_sublayers=False)
+
+    def is_tensor(self, value: Any) -> bool:
+        return isinstance(value, paddle.Tensor) and value.dtype in _DTYPE_NAMES
+
+    def tensor_version(self, tensor: Any) -> int:
+        return int(tensor.inplace_version)
+
+    def tensor_nbytes(self, tensor: Any) -> int:
+        return math.prod(tensor.shape) * int(tensor.element_size())
+
+    def dedup_key(self, tensor: Any) -> Hashable:
+        # Views of the same memory with the same geometry hold the same values (a Paddle view
+        # shares its base's version counter, so an in-place change through either is seen):
+        # this catches a layer's input view, which is the previous layer's output.
+        return (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.strides), tensor.dtype)
+
+    def parameter_grad(self, parameter: Any) -> Any:
+        return parameter.grad
+
+    def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
+        # Paddle keys its optimizer state by parameter *name* (``linear_0.w_0``): map it back.
+        by_name = {p.name: p for p in self.model.parameters()}
+        for key, per_param in getattr(optimizer, "_accumulators", {}).items():
+            for name, value in per_param.items():
+                if name in by_name:
+                    yield by_name[name], str(key), value
+        for name, value in getattr(optimizer, "_master_weights", {}).items():
+            if name in by_name:
+                yield by_name[name], "master_weight", value
+
+    # ---------------------------------------------------------------- summaries
+    def summarize(self, tensor: Any, level: str) -> Summary:
+        values = host_array(tensor)
+        name = _DTYPE_NAMES[tensor.dtype]
+        summary = Summary(name, tuple(int(d) for d in tensor.shape))
+        # Everything is computed now, from memory the model cannot change during the hook.
+        if level == "full":
+            # The bit-type and device paths already made a private host copy; keep it.
+            private = name in _BIT_TYPES or not tensor.place.is_cpu_place()
+            if not (private and values.flags.c_contiguous):
+                values = self._host_buffers.copy(values)
+            summary.array = values
+        if level != "hash":
+            summary.stats = fast_stats(values)
+        if level != "stats":
+            summary.hash = content_hash(values)
+        return summary
+
+    # ---------------------------------------------------------------- hooks
+    def install_hooks(self) -> None:
+        for node in self._nodes:
+            layer = node.module
+            self._handles.append(layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._handles.append(layer.register_forward_post_hook(self._post_hook, with_kwargs=True))
+
+    def install_optimizer_hooks(self, optimizer: Any) -> None:
+        # Paddle optimizers have no step hooks: the instance's ``step`` is wrapped (an instance
+        # attribute over the class method), and restored by remove_hooks().
+        if not callable(getattr(optimizer, "step", None)):
+            return
+        own = optimizer.__dict__.get("step")
+        original = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            self.before_optimizer_step()
+            result = original(*args, **kwargs)
+            self.after_optimizer_step(optimizer)
+            return result
+
+        optimizer.step = step
+        self._patched_optimizers.append((optimizer, own))
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._host_buffers.clear()
+        for optimizer, own in reversed(self._patched_optimizers):
+            if own is None:
+                del optimizer.step
+            else:
+                optimizer.step = own
+        self._patched_optimizers.clear()
+
+    def _pre_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fc = self.forward_begin(layer, args, kwargs)
+        if fc is None or not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
+            return None
+        state = _CallState()
+        fc.extra = state
+
+        def wrap(slot: str, tensor: paddle.Tensor) -> paddle.Tensor:
+            if tensor.stop_gradient:
+                return tensor
+            view = tensor.view(tensor.shape)
+            state.inputs.append((slot, view))
+            return view
+
+        new_args = tuple(map_tensors(a, wrap, str(i), self.is_tensor) for i, a in enumerate(args))
+        new_kwargs = {k: map_tensors(v, wrap, str(k), self.is_tensor) for k, v in kwargs.items()}
+        if not state.inputs:
+            return None
+        bc = state.backward = self.backward_call(fc, len(state.inputs))
+        for slot, view in state.inputs:
+            view.register_hook(self._input_grad_hook(bc, slot))
+        return new_args, new_kwargs
+
+    def _input_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
+        def hook(grad: paddle.Tensor) -> None:
+            self._recent_grads.append(grad)
+            self.backward_input_grad(bc, slot, grad)
+
+        return hook
+
+    def _post_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        fc = self.forward_end(layer, output)
+        if fc is None or not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
+            return
+        state: _CallState = fc.extra if fc.extra is not None else _CallState()
+        outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and not t.stop_gradient]
+        if not outputs:
+            return
+        bc = state.backward or self.backward_call(fc, 0)
+        for slot, tensor in outputs:
+            tensor.register_hook(self._output_grad_hook(bc, slot))
+
+    def _output_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
+        def hook(grad: paddle.Tensor) -> None:
+            self._recent_grads.append(grad)
+            self.backward_output_grad(bc, slot, grad)
+
+        return hook

@@ -1,0 +1,321 @@
+"""Record PyTorch runs (``tracespec.record(torch_module, path)``).
+
+Constraints:
+- No observer effect: hooks read tensors and never change what the model computes; nothing
+  touches an RNG. The only change to the graph is that a module's inputs that require grad are
+  handed to it as ``x.view_as(x)`` (same memory, same values), so the gradient that flows through
+  *this* module into ``x`` can be observed separately from other uses of ``x``.
+- Backward semantics (spec "Calls"): a module call's backward ``begin`` is the event at which the
+  gradient with respect to one of its outputs first arrives (a tensor hook on the output); its
+  ``end`` the event at which the gradient with respect to its last differentiable input is
+  computed (a tensor hook on the input view). ``grad_output`` is the full gradient of the output
+  tensor (all its uses); ``grad_input`` is the part that flows through this module call. When a
+  module modifies its input in place (``ReLU(inplace=True)``), PyTorch drops hooks on the view; a
+  hook on the input tensor itself stands in, giving the gradient of the input's value before the
+  modification.
+- Devices: statistics are computed where the tensor lives, in float64. CPU tensors are summarised
+  immediately; CUDA tensors are copied to pinned host memory with non-blocking copies and their
+  statistics stay on the device until the records are written (at the step end or when too many
+  wait), so no hook synchronises the device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from tracespec.adapters._common import (
+    BackwardCall,
+    HostBufferPool,
+    Recorder,
+    RecordOptions,
+    Summary,
+    fast_stats,
+    flatten,
+    map_tensors,
+    parse_options,
+)
+from tracespec.format.stats import TensorStats, content_hash
+
+__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "device_moments", "numpy_view", "record", "stats_from_moments"]
+
+FRAMEWORK: Final = "torch"
+
+_DTYPE_NAMES: Final[dict[torch.dtype, str]] = {
+    torch.bool: "bool",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.uint8: "uint8",
+    torch.uint16: "uint16",
+    torch.uint32: "uint32",
+    torch.uint64: "uint64",
+    torch.float16: "float16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.bfloat16: "bfloat16",
+    torch.complex64: "complex64",
+    torch.complex128: "complex128",
+    torch.float8_e4m3fn: "float8_e4m3fn",
+    torch.float8_e5m2: "float8_e5m2",
+    torch.float8_e4m3fnuz: "float8_e4m3fnuz",
+    torch.float8_e5m2fnuz: "float8_e5m2fnuz",
+}
+
+# dtypes numpy lacks: viewed as unsigned integers of the same width, then as the ml_dtypes type.
+_BIT_VIEWS: Final[dict[torch.dtype, tuple[torch.dtype, Any]]] = {
+    torch.bfloat16: (torch.uint16, ml_dtypes.bfloat16),
+    torch.float8_e4m3fn: (torch.uint8, ml_dtypes.float8_e4m3fn),
+    torch.float8_e5m2: (torch.uint8, ml_dtypes.float8_e5m2),
+    torch.float8_e4m3fnuz: (torch.uint8, ml_dtypes.float8_e4m3fnuz),
+    torch.float8_e5m2fnuz: (torch.uint8, ml_dtypes.float8_e5m2fnuz),
+}
+
+def accepts(model: Any) -> bool:
+    """Whether this adapter records ``model`` (a ``torch.nn.Module``)."""
+    return isinstance(model, torch.nn.Module)
+
+
+def record(model: torch.nn.Module, path: str | os.PathLike[str], **options: Any) -> TorchRecorder:
+    """Record ``model``; see :func:`tracespec.record` and ``docs/recording.md``."""
+    return TorchRecorder(model, path, parse_options(**options))
+
+
+# ------------------------------------------------------------------------------ host copies
+def numpy_view(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy array sharing the memory of a contiguous CPU tensor, with its true dtype."""
+    bits = _BIT_VIEWS.get(tensor.dtype)
+    if bits is not None:
+        return tensor.view(bits[0]).numpy().view(bits[1])
+    return tensor.numpy()
+
+
+def _device_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+    """A pinned host copy of a device tensor, in flight, and the event that marks its end."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor.detach(), non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+# ------------------------------------------------------------------------------ statistics
+def device_moments(tensor: torch.Tensor) -> torch.Tensor:
+    """The statistics of a tensor as a float64 tensor on its device, without synchronising.
+
+    ``[count, finite, sum, sum of squares, m2, min, max, nan, inf]`` over the finite elements,
+    with ``m2`` (squared deviations from the mean) in a second pass. Read it with
+    :func:`stats_from_moments` once the device is done. Meant for accelerators, where the extra
+    passes are cheap and a host round trip per tensor is not.
+    """
+    x = tensor.detach().reshape(-1)
+    if x.is_complex():
+        x = x.abs()
+    x = x.to(torch.float64)
+    if x.numel() == 0:
+        return torch.zeros(9, dtype=torch.float64, device=x.device)
+    finite_mask = torch.isfinite(x)
+    finite = finite_mask.sum(dtype=torch.float64)
+    nan = torch.isnan(x).sum(dtype=torch.float64)
+    values = torch.where(finite_mask, x, 0.0)
+    total = values.sum()
+    squares = torch.dot(values, values)
+    deviations = torch.where(finite_mask, x - total / finite.clamp(min=1), 0.0)
+    m2 = torch.dot(deviations, deviations)
+    low = torch.where(finite_mask, x, math.inf).amin()
+    high = torch.where(finite_mask, x, -math.inf).amax()
+    count = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
+    return torch.stack([count, finite, total, squares, m2, low, high, nan, count - finite - nan])
+
+
+def stats_from_moments(moments: list[float]) -> TensorStats:
+    """:class:`TensorStats` from the values of :func:`device_moments`."""
+    count, finite, total, squares, m2, low, high, nan, inf = moments
+    if finite == 0:
+        return TensorStats(int(count), None, None, None, None, None, int(nan), int(inf))
+    return TensorStats(int(count), low, high, total / finite, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), int(nan), int(inf))
+
+
+# ------------------------------------------------------------------------------ recorder
+@dataclass(slots=True)
+class _WrappedInput:
+    slot: str
+    base: torch.Tensor
+    view: torch.Tensor
+    version: int
+    fallback: Any  # handle of the hook on ``base``, kept only if the module modified the view
+
+
+@dataclass(slots=True)
+class _CallState:
+    backward: BackwardCall | None = None
+    inputs: list[_WrappedInput] = field(default_factory=list)
+
+
+class TorchRecorder(Recorder):
+    """Records a ``torch.nn.Module`` through forward pre/post hooks and tensor gradient hooks."""
+
+    framework = FRAMEWORK
+
+    def __init__(self, model: torch.nn.Module, path: str | os.PathLike[str], options: RecordOptions) -> None:
+        super().__init__(model, path, options)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._host_buffers = HostBufferPool()
+
+    # ---------------------------------------------------------------- description
+    def framework_version(self) -> str:
+        return str(torch.__version__)
+
+    def device_name(self) -> str:
+        first = next(iter(self.model.parameters()), None)
+        return str(first.device) if first is not None else "cpu"
+
+    def distributed(self) -> tuple[int, int] | None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return None
+
+    def named_modules(self) -> Iterable[tuple[str, Any]]:
+        return self.model.named_modules()
+
+    def local_tensors(self, module: Any, role: str) -> Iterable[tuple[str, Any]]:
+        if role == "parameter":
+            return module.named_parameters(recurse=False)
+        return module.named_buffers(recurse=False)
+
+    def is_tensor(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.dtype in _DTYPE_NAMES and value.layout == torch.strided
+
+    def tensor_version(self, tensor: Any) -> int:
+        return int(tensor._version)
+
+    def tensor_nbytes(self, tensor: Any) -> int:
+        return int(tensor.numel() * tensor.element_size())
+
+    def dedup_key(self, tensor: Any) -> Hashable:
+        # Views of the same memory with the same geometry hold the same values: this also
+        # catches a gradient handed on as a new tensor object over the same buffer.
+        return (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
+
+    def parameter_grad(self, parameter: Any) -> Any:
+        return parameter.grad
+
+    def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                for key, value in optimizer.state.get(param, {}).items():
+                    yield param, str(key), value
+
+    # ---------------------------------------------------------------- summaries
+    def summarize(self, tensor: Any, level: str) -> Summary:
+        tensor = tensor.detach()
+        summary = Summary(_DTYPE_NAMES[tensor.dtype], tuple(int(d) for d in tensor.shape))
+        if tensor.device.type == "cpu":
+            # numpy on the tensor's own memory: single-threaded copies and reductions, no
+            # intra-op pool to wake for every small tensor.
+            values = numpy_view(tensor.resolve_conj().resolve_neg())
+            if level == "full":
+                values = summary.array = self._host_buffers.copy(values)
+            if level != "hash":
+                summary.stats = fast_stats(values)
+            if level != "stats":
+                summary.hash = content_hash(values)
+            return summary
+        moments = device_moments(tensor) if level != "hash" else None
+        host, event = _device_to_host(tensor) if level != "stats" else (None, None)
+
+        def finish(s: Summary) -> None:
+            if moments is not None:
+                s.stats = stats_from_moments(moments.tolist())
+            if host is not None and event is not None:
+                event.synchronize()
+                array = numpy_view(host)
+                s.hash = content_hash(array)
+                s.array = array if level == "full" else None
+
+        summary.finish = finish
+        return summary
+
+    # ---------------------------------------------------------------- hooks
+    def install_hooks(self) -> None:
+        for node in self._nodes:
+            module = node.module
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True))
+
+    def install_optimizer_hooks(self, optimizer: Any) -> None:
+        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step()))
+        self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step(opt)))
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._host_buffers.clear()
+
+    def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fc = self.forward_begin(module, args, kwargs)
+        if fc is None or not torch.is_grad_enabled() or not self.wants_backward(fc.node):
+            return None
+        state = _CallState()
+        fc.extra = state
+
+        def wrap(slot: str, tensor: torch.Tensor) -> torch.Tensor:
+            if not tensor.requires_grad:
+                return tensor
+            view = tensor.view_as(tensor)
+            state.inputs.append(_WrappedInput(slot, tensor, view, view._version, None))
+            return view
+
+        new_args = tuple(map_tensors(a, wrap, str(i), self.is_tensor) for i, a in enumerate(args))
+        new_kwargs = {k: map_tensors(v, wrap, str(k), self.is_tensor) for k, v in kwargs.items()}
+        if not state.inputs:
+            return None
+        bc = self.backward_call(fc, len(state.inputs))
+        state.backward = bc
+        for wrapped in state.inputs:
+            wrapped.view.register_hook(self._input_grad_hook(bc, wrapped))
+            wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(bc, wrapped))
+        return new_args, new_kwargs
+
+    def _input_grad_hook(self, bc: BackwardCall, wrapped: _WrappedInput) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            if wrapped.slot is not None:
+                slot, wrapped.slot = wrapped.slot, None  # type: ignore[assignment]
+                self.backward_input_grad(bc, slot, grad)
+
+        return hook
+
+    def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        fc = self.forward_end(module, output)
+        if fc is None or not torch.is_grad_enabled() or not self.wants_backward(fc.node):
+            return
+        state: _CallState | None = fc.extra
+        if state is None:
+            state = fc.extra = _CallState()
+        for wrapped in state.inputs:
+            if wrapped.view._version == wrapped.version:
+                wrapped.fallback.remove()  # the view's own hook will fire
+                wrapped.fallback = None
+        outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and t.requires_grad]
+        if not outputs:
+            return
+        bc = state.backward or self.backward_call(fc, 0)
+        state.backward = bc
+        for slot, tensor in outputs:
+            tensor.register_hook(self._output_grad_hook(bc, slot))
+
+    def _output_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            self.backward_output_grad(bc, slot, grad)
+
+        return hook

@@ -1,0 +1,337 @@
+"""Recording overhead: forward+backward of a GPT-2-small-sized model, bare vs recorded.
+
+For each capture level it prints the median step time and its ratio to the bare step (measured
+in the same run, interleaved), the bytes written per step, and for ``full`` the machine's own
+limit: the bare step plus the time to copy the same number of bytes in memory and write them to
+the same disk with fsync.
+
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size
+    .venv/bin/python bench/bench_record.py --quick                                    # seconds
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
+
+Frameworks plug in through ``FRAMEWORKS`` (``--framework``): a function that builds the model
+and returns ``(model, step)`` where ``step()`` runs one forward+backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tracespec
+
+
+@dataclass(frozen=True)
+class Size:
+    layers: int
+    width: int
+    heads: int
+    mlp: int
+    vocab: int
+    seq: int
+    batch: int
+
+
+FULL = Size(layers=12, width=768, heads=12, mlp=3072, vocab=50257, seq=128, batch=4)
+QUICK = Size(layers=2, width=256, heads=4, mlp=1024, vocab=5000, seq=64, batch=2)
+
+
+# ---------------------------------------------------------------------------------- torch
+def torch_model(size: Size, threads: int) -> tuple[Any, Callable[[], None]]:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_attn = nn.Linear(size.width, 3 * size.width)
+            self.c_proj = nn.Linear(size.width, size.width)
+            self.attn_dropout = nn.Dropout(0.0)
+            self.resid_dropout = nn.Dropout(0.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, c = x.shape
+            q, k, v = (a.view(b, t, size.heads, c // size.heads).transpose(1, 2) for a in self.c_attn(x).split(c, dim=2))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_fc = nn.Linear(size.width, size.mlp)
+            self.act = nn.GELU(approximate="tanh")
+            self.c_proj = nn.Linear(size.mlp, size.width)
+            self.dropout = nn.Dropout(0.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(size.width)
+            self.attn = Attention()
+            self.ln_2 = nn.LayerNorm(size.width)
+            self.mlp = MLP()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT2(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(size.vocab, size.width)
+            self.wpe = nn.Embedding(1024, size.width)
+            self.h = nn.ModuleList(Block() for _ in range(size.layers))
+            self.ln_f = nn.LayerNorm(size.width)
+            self.lm_head = nn.Linear(size.width, size.vocab, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+            for block in self.h:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))  # type: ignore[no-any-return]
+
+    model = GPT2()
+    ids = torch.randint(0, size.vocab, (size.batch, size.seq))
+    targets = torch.randint(0, size.vocab, (size.batch, size.seq))
+
+    def step() -> None:
+        logits = model(ids)
+        loss = nn.functional.cross_entropy(logits.view(-1, size.vocab), targets.view(-1))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+# ---------------------------------------------------------------------------------- paddle
+def paddle_model(size: Size, threads: int) -> tuple[Any, Callable[[], None]]:
+    """The same GPT-2 in Paddle: same layers, names and sizes; lm_head tied to wte."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # read when Paddle starts its pool
+    import paddle
+    from paddle import nn
+
+    paddle.base.core.set_num_threads(threads)
+    paddle.set_device("cpu")
+    paddle.seed(0)
+
+    class Attention(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_attn = nn.Linear(size.width, 3 * size.width)
+            self.c_proj = nn.Linear(size.width, size.width)
+            self.attn_dropout = nn.Dropout(0.0)
+            self.resid_dropout = nn.Dropout(0.0)
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            b, t, c = x.shape
+            q, k, v = (a.reshape([b, t, size.heads, c // size.heads]) for a in paddle.split(self.c_attn(x), 3, axis=2))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # [b, t, heads, head]
+            return self.resid_dropout(self.c_proj(y.reshape([b, t, c])))
+
+    class MLP(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c_fc = nn.Linear(size.width, size.mlp)
+            self.act = nn.GELU(approximate=True)
+            self.c_proj = nn.Linear(size.mlp, size.width)
+            self.dropout = nn.Dropout(0.0)
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+    class Block(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(size.width)
+            self.attn = Attention()
+            self.ln_2 = nn.LayerNorm(size.width)
+            self.mlp = MLP()
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class TiedHead(nn.Layer):
+        """lm_head sharing wte's [vocab, width] weight (a Paddle Linear would want [width, vocab])."""
+
+        def __init__(self, weight: paddle.Tensor) -> None:
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+            return paddle.matmul(x, self.weight, transpose_y=True)
+
+    class GPT2(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(size.vocab, size.width)
+            self.wpe = nn.Embedding(1024, size.width)
+            self.h = nn.LayerList([Block() for _ in range(size.layers)])
+            self.ln_f = nn.LayerNorm(size.width)
+            self.lm_head = TiedHead(self.wte.weight)
+
+        def forward(self, ids: paddle.Tensor) -> paddle.Tensor:
+            x = self.wte(ids) + self.wpe(paddle.arange(ids.shape[1]))
+            for block in self.h:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))  # type: ignore[no-any-return]
+
+    model = GPT2()
+    ids = paddle.randint(0, size.vocab, [size.batch, size.seq])
+    targets = paddle.randint(0, size.vocab, [size.batch, size.seq])
+
+    def step() -> None:
+        logits = model(ids)
+        loss = nn.functional.cross_entropy(logits.reshape([-1, size.vocab]), targets.reshape([-1]))
+        loss.backward()
+        model.clear_gradients(set_to_zero=False)
+
+    return model, step
+
+
+FRAMEWORKS: dict[str, Callable[[Size, int], tuple[Any, Callable[[], None]]]] = {"torch": torch_model, "paddle": paddle_model}
+
+
+# ---------------------------------------------------------------------------------- measuring
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def timed_steps(step: Callable[[], None], steps: int, after_each: Callable[[], None] | None = None) -> list[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if after_each is not None:
+            after_each()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def recorded_steps(model: Any, step: Callable[[], None], level: str, folder: Path, steps: int, roles: list[str]) -> tuple[list[float], int]:
+    """Step times while recording at ``level`` (``rec.step()`` included), and bytes per step.
+
+    The last measured step includes closing the recording, so data still queued for the disk
+    is paid for.
+    """
+    path = folder / f"trace-{level}"
+    shutil.rmtree(path, ignore_errors=True)
+    rec = tracespec.record(model, path, capture=level, roles=roles)
+    rec.__enter__()
+    step()  # warm-up step, recorded but not timed
+    rec.step()
+    times = timed_steps(step, steps - 1, rec.step)
+    start = time.perf_counter()
+    step()
+    rec.step()
+    rec.__exit__(None, None, None)
+    times.append(time.perf_counter() - start)
+    size = folder_bytes(path)
+    shutil.rmtree(path)
+    return times, size // (steps + 1)
+
+
+def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
+    """The machine's limit for ``nbytes``: copy them in memory, then write and fsync a file."""
+    block = 64 << 20
+    source = np.ones(min(nbytes, block), dtype=np.uint8)
+    target = folder / "limit.bin"
+    start = time.perf_counter()
+    with open(target, "wb") as f:
+        left = nbytes
+        while left > 0:
+            n = min(left, block)
+            copy = source[:n].copy()
+            f.write(memoryview(copy))
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - start
+    target.unlink()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=sorted(FRAMEWORKS), default="torch")
+    parser.add_argument("--quick", action="store_true", help="a small model, for development")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat bare/recorded rounds; medians are reported")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--levels", default="stats,hash,full")
+    parser.add_argument(
+        "--roles", default="input,output,grad_output,grad_input",
+        help="roles recorded (default: module inputs, outputs and their gradients; 'all' for every role)",
+    )
+    parser.add_argument("--folder", type=Path, default=None, help="where traces are written (default: a temp folder in .)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    levels = args.levels.split(",")
+    roles = ["inputs", "outputs", "grads", "params", "optimizer"] if args.roles == "all" else args.roles.split(",")
+    model, step = FRAMEWORKS[args.framework](size, args.threads)
+    folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
+    print(f"{args.framework}, {size}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps, roles {roles}", file=sys.stderr)
+    try:
+        step()  # warm-up
+        bare: list[float] = []
+        recorded: dict[str, list[float]] = {level: [] for level in levels}
+        written: dict[str, int] = {}
+        limit: list[float] = []
+        for round_ in range(args.rounds):
+            bare.extend(timed_steps(step, args.steps))
+            for level in levels:
+                gc.collect()
+                times, per_step = recorded_steps(model, step, level, folder, args.steps, roles)
+                recorded[level].extend(times)
+                written[level] = per_step
+                if level == "full":
+                    limit.append(copy_and_write_seconds(per_step, folder))
+            print(f"round {round_ + 1}: bare {statistics.median(bare):.3f}s "
+                  + " ".join(f"{lv} {statistics.median(t):.3f}s" for lv, t in recorded.items()), file=sys.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    bare_s = statistics.median(bare)
+    rows = []
+    for level in levels:
+        t = statistics.median(recorded[level])
+        row = {"level": level, "step_s": t, "ratio": t / bare_s, "bytes_per_step": written[level]}
+        if level == "full" and limit:
+            io = statistics.median(limit)
+            row["copy_write_s"] = io
+            row["limit_s"] = bare_s + io
+            row["ratio_to_limit"] = t / (bare_s + io)
+        rows.append(row)
+    print(f"\n{args.framework} {'quick' if args.quick else 'GPT-2 small'}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)})")
+    print(f"| capture | step (s) | x bare | MB written / step | limit (s) | x limit |")
+    print(f"|---|---|---|---|---|---|")
+    for row in rows:
+        lim = f"{row['limit_s']:.3f} | {row['ratio_to_limit']:.2f}" if "limit_s" in row else "- | -"
+        print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['bytes_per_step'] / 1e6:.2f} | {lim} |")
+    if args.json:
+        args.json.write_text(json.dumps({"framework": args.framework, "size": size.__dict__, "bare_s": bare_s, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,442 @@
+"""The PaddlePaddle adapter: the shared suite, plus what only Paddle has."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+from paddle import nn
+
+import tracespec
+from tracespec.adapters._common import fast_stats
+from tracespec.adapters.paddle import host_array
+from tracespec.format.stats import compute_stats, content_hash
+from tracespec.testing.adapter_tests import SPECS, AdapterTests, ModelSpec, TraceView
+
+
+# ------------------------------------------------------------------------------ the spec models
+class MLP(nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SelfAttention(nn.Layer):
+    def __init__(self, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        batch, seq, d = x.shape
+        head = d // self.heads
+        q, k, v = (t.reshape([batch, seq, self.heads, head]).transpose([0, 2, 1, 3]) for t in paddle.split(self.qkv(x), 3, axis=-1))
+        mask = paddle.triu(paddle.full([seq, seq], -1e9), diagonal=1)
+        probs = F.softmax(q @ k.transpose([0, 1, 3, 2]) / head**0.5 + mask, axis=-1)
+        context = (probs @ v).transpose([0, 2, 1, 3]).reshape([batch, seq, d])
+        return self.drop(self.proj(context))
+
+
+class FeedForward(nn.Layer):
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.act = nn.GELU(approximate=True)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Block(nn.Layer):
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = FeedForward(d)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        h = x + self.attn(self.ln1(x))
+        return h + self.mlp(self.ln2(h))
+
+
+class Head(nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(4, 4)
+
+    def forward(self, h: paddle.Tensor, mask: paddle.Tensor, bias: paddle.Tensor) -> dict[str, Any]:
+        g = self.gate(h)
+        return {"y": g * mask + bias, "parts": (g, h), "count": 2}
+
+
+class Tricky(nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.alias = self.proj
+        self.head = Head()
+
+    def forward(self, pair: tuple[paddle.Tensor, dict[str, paddle.Tensor]], scale: float, *, offset: paddle.Tensor) -> dict[str, Any]:
+        x, aux = pair
+        h = self.proj(x)
+        h = self.alias(h * scale)
+        return self.head(h, mask=aux["m"], bias=offset)  # type: ignore[no-any-return]
+
+
+_CLASSES = {"mlp": MLP, "block": Block, "tricky": Tricky}
+
+
+def build(spec: ModelSpec) -> nn.Layer:
+    """The spec's model in Paddle; spec weights are ``[in, out]``, Paddle's own Linear layout."""
+    model = _CLASSES[spec.name]()
+    layers = dict(model.named_sublayers(include_self=True))
+    for key, value in spec.weights.items():
+        route, _, name = key.rpartition(".")
+        getattr(layers[route], name).set_value(value)
+    return model
+
+
+class TestPaddleAdapter(AdapterTests):
+    framework = "paddle"
+    linear_weight_layout = "in_out"
+
+    def build(self, spec: ModelSpec) -> nn.Layer:
+        return build(spec)
+
+    def seed(self, seed: int) -> None:
+        paddle.seed(seed)
+
+    def to_tensor(self, array: np.ndarray, requires_grad: bool = False) -> paddle.Tensor:
+        return paddle.to_tensor(array, stop_gradient=not requires_grad)
+
+    def to_numpy(self, tensor: Any) -> np.ndarray:
+        return host_array(tensor).copy()
+
+    def is_tensor(self, value: Any) -> bool:
+        return isinstance(value, paddle.Tensor)
+
+    def set_training(self, model: Any, training: bool) -> None:
+        model.train() if training else model.eval()
+
+    def backward(self, loss: Any) -> None:
+        loss.backward()
+
+    def input_grad(self, tensor: Any) -> np.ndarray | None:
+        return None if tensor.grad is None else self.to_numpy(tensor.grad)
+
+    def parameters(self, model: Any) -> dict[str, Any]:
+        return dict(model.named_parameters())
+
+    def make_optimizer(self, model: Any) -> Any:
+        return paddle.optimizer.Momentum(learning_rate=0.1, momentum=0.9, parameters=model.parameters())
+
+    def optimizer_step(self, optimizer: Any) -> None:
+        optimizer.step()
+
+    def clear_grads(self, optimizer: Any) -> None:
+        optimizer.clear_grad()
+
+
+# ------------------------------------------------------------------------------ paddle only
+class Cast(nn.Layer):
+    def __init__(self, dtype: str) -> None:
+        super().__init__()
+        self.dtype_name = dtype
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x.astype(self.dtype_name)
+
+
+def bits_of(tensor: paddle.Tensor) -> bytes:
+    """The raw bytes of a tensor, taken by Paddle itself (numpy() gives bf16/fp8 as integers)."""
+    return tensor.numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float8_e4m3fn"])
+def test_low_precision_activations_read_back_with_their_dtype_and_bits(dtype: str, tmp_path: Path) -> None:
+    model = Cast(dtype)
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32) * 3)
+    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+        out = model(x)
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    record = view.one("", role="output")
+    assert record["dtype"] == dtype
+    got = view.array(record)
+    assert got.dtype == np.dtype(getattr(ml_dtypes, dtype, dtype)), "never the uint16 bits, never upcast"
+    assert got.tobytes() == bits_of(out)
+    expected = x.numpy().astype(got.dtype)  # numpy's own rounding of the same float32 values
+    assert got.tobytes() == expected.tobytes()
+    assert record["hash"] == content_hash(got)
+    assert record["mean"] == pytest.approx(float(expected.astype(np.float64).mean()), rel=1e-12)
+
+
+class Scale(nn.Layer):
+    """One multiply: CPU Paddle has few bfloat16 kernels (no matmul, no add)."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.weight = self.create_parameter(shape, default_initializer=nn.initializer.Normal())
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x * self.weight
+
+
+def test_bfloat16_gradients_and_parameters_are_recorded_exactly(tmp_path: Path) -> None:
+    paddle.seed(3)
+    model = Scale([2, 4])
+    model.to(dtype="bfloat16")
+    x = paddle.randn([2, 4]).astype("bfloat16")
+    x.stop_gradient = False
+    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+        out = model(x)
+        (out.astype("float32") * paddle.to_tensor(np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4))).sum().backward()
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    weight = view.one("", role="parameter", slot="weight")
+    assert weight["dtype"] == "bfloat16" and weight["shape"] == [2, 4]
+    assert view.array(weight).tobytes() == bits_of(model.weight)
+    for role, tensor in (("output", out), ("grad_input", x.grad)):
+        record = view.one("", role=role, slot="0")
+        assert record["dtype"] == "bfloat16" and view.array(record).dtype == ml_dtypes.bfloat16
+        assert view.array(record).tobytes() == bits_of(tensor), role
+    grad = view.one("", role="parameter_grad", slot="weight")
+    assert grad["dtype"] == "bfloat16" and view.array(grad).tobytes() == bits_of(model.weight.grad)
+
+
+def test_linear_weight_keeps_paddle_layout_with_class_and_name(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(6, 3))
+    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+        model(paddle.randn([2, 6])).sum().backward()
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    weight = view.one("0", role="parameter", slot="weight")
+    assert weight["shape"] == [6, 3], "Paddle's [in, out], not transposed"
+    node = next(n for n in view.nodes if n["route"] == "0")
+    assert node["class_name"] == "Linear" and "paddle.nn" in node["attrs"]
+    np.testing.assert_array_equal(view.array(weight), model[0].weight.numpy())
+    np.testing.assert_array_equal(view.array(view.one("0", role="parameter_grad", slot="weight")), model[0].weight.grad.numpy())
+
+
+def test_dropout_in_train_mode_is_bit_identical_without_reseeding(tmp_path: Path) -> None:
+    def run(path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        paddle.seed(7)
+        model = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+        model.train()
+        x = paddle.randn([8, 16])
+        x.stop_gradient = False
+        if path is None:
+            out = model(x)
+            out.sum().backward()
+            out2 = model(x)  # a second draw from the same RNG stream
+        else:
+            with tracespec.record(model, path, capture="full") as rec:
+                out = model(x)
+                out.sum().backward()
+                rec.step()
+                out2 = model(x)
+        return np.concatenate([out.numpy(), out2.numpy()]), x.grad.numpy()
+
+    bare_out, bare_grad = run(None)
+    rec_out, rec_grad = run(tmp_path / "t")
+    assert bare_out.tobytes() == rec_out.tobytes()
+    assert bare_grad.tobytes() == rec_grad.tobytes()
+    dropped = TraceView(tmp_path / "t").array(TraceView(tmp_path / "t").one("1", role="output", step=0))
+    assert (dropped == 0).any() and (dropped != 0).any()
+
+
+class ReluInPlace(nn.Layer):
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return F.relu_(x)
+
+
+def test_inplace_layer_keeps_gradients(tmp_path: Path) -> None:
+    paddle.seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), ReluInPlace(), nn.Linear(8, 2))
+    x = paddle.randn([5, 4])
+    x.stop_gradient = False
+    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+        model(x).sum().backward()
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    pre = model[0](x).numpy()
+    np.testing.assert_allclose(view.array(view.one("0", role="output")), pre, rtol=1e-6)
+    np.testing.assert_allclose(view.array(view.one("1", role="output")), np.maximum(pre, 0), rtol=1e-6)
+    g = view.array(view.one("1", role="grad_output"))
+    np.testing.assert_allclose(view.array(view.one("1", role="grad_input")), g * (pre > 0), rtol=1e-6)
+    assert len(view.calls_of("1", "backward")) == 1
+
+
+class Square(paddle.autograd.PyLayer):
+    @staticmethod
+    def forward(ctx: Any, x: paddle.Tensor) -> paddle.Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx: Any, grad: paddle.Tensor) -> paddle.Tensor:
+        (x,) = ctx.saved_tensor()
+        return 2 * x * grad
+
+
+class SquareLayer(nn.Layer):
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return Square.apply(x)  # type: ignore[no-any-return]
+
+
+def test_custom_pylayer(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(3, 3), SquareLayer(), nn.Linear(3, 1))
+    x = paddle.randn([4, 3])
+    x.stop_gradient = False
+    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+        model(x).sum().backward()
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    h = model[0](x).numpy()
+    np.testing.assert_allclose(view.array(view.one("1", role="output")), h * h, rtol=1e-6)
+    g_out = view.array(view.one("1", role="grad_output"))
+    np.testing.assert_allclose(g_out, np.broadcast_to(model[2].weight.numpy().T, (4, 3)), rtol=1e-6)
+    np.testing.assert_allclose(view.array(view.one("1", role="grad_input")), 2 * h * g_out, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:When training, we now always track global mean and variance")
+def test_batchnorm_running_statistics_are_recorded_as_paddle_keeps_them(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1D(4))
+    model.train()
+    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+        model(paddle.randn([8, 3])).sum().backward()
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    slots = {r["slot"] for r in view.records("1", stage="forward", role="parameter")}
+    # Paddle keeps the running mean and variance as non-trainable parameters, not buffers.
+    assert slots == {"weight", "bias", "_mean", "_variance"}
+    grads = {r["slot"] for r in view.records("1", role="parameter_grad")}
+    assert grads == {"weight", "bias"}
+
+
+def test_no_grad_inference_records_forward_only(tmp_path: Path) -> None:
+    model = build(SPECS["mlp"])
+    model.eval()
+    with tracespec.record(model, tmp_path / "t", capture="stats") as rec, paddle.no_grad():
+        model(paddle.randn([2, 6]))
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    assert {r["stage"] for r in view.tensors} == {"forward"}
+    assert {c["stage"] for c in view.calls} == {"forward"}
+
+
+def test_adam_state_is_mapped_back_to_parameters(tmp_path: Path) -> None:
+    model = build(SPECS["mlp"])
+    opt = paddle.optimizer.Adam(learning_rate=0.01, parameters=model.parameters())
+    with tracespec.record(model, tmp_path / "t", capture="full", optimizer=opt) as rec:
+        model(paddle.randn([2, 6])).sum().backward()
+        opt.step()
+        rec.step()
+    view = TraceView(tmp_path / "t")
+    state = {(view.route_of[r["node"]], r["slot"]): r for r in view.records(role="optimizer_state")}
+    assert ("fc1", "weight.moment1") in state and ("fc2", "bias.moment2") in state
+    moment = view.array(state[("fc1", "weight.moment1")])
+    np.testing.assert_array_equal(moment, opt._accumulators["moment1"][model.fc1.weight.name].numpy())
+
+
+def test_optimizer_step_records_gradients_before_they_are_cleared(tmp_path: Path) -> None:
+    model = build(SPECS["mlp"])
+    opt = paddle.optimizer.Momentum(learning_rate=0.1, momentum=0.9, parameters=model.parameters())
+    x = paddle.randn([2, 6])
+    with tracespec.record(model, tmp_path / "t", capture="full", optimizer=opt) as rec:
+        model(x).sum().backward()
+        grad = model.fc1.weight.grad.numpy().copy()
+        opt.step()
+        opt.clear_grad()  # before rec.step(): the wrapped step already recorded the gradients
+        rec.step()
+    assert "step" not in vars(opt), "the optimizer is restored after recording"
+    view = TraceView(tmp_path / "t")
+    np.testing.assert_array_equal(view.array(view.one("fc1", role="parameter_grad", slot="weight")), grad)
+    np.testing.assert_array_equal(view.array(view.one("fc1", role="parameter", stage="update", slot="weight")), model.fc1.weight.numpy())
+    velocity = view.one("fc1", role="optimizer_state", slot="weight.velocity")
+    np.testing.assert_array_equal(view.array(velocity), grad)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float8_e4m3fn", "int64", "bool"])
+def test_statistics_of_paddle_tensors_match_the_reference(dtype: str) -> None:
+    # What host_array hands to the statistics: DLPack views (here strided), or ml_dtypes bits.
+    base = paddle.to_tensor(np.random.default_rng(1).standard_normal((300, 70)).astype(np.float32) * 4)
+    tensor = base.astype(dtype).transpose([1, 0])
+    array = host_array(tensor)
+    reference = compute_stats(np.ascontiguousarray(array))
+    got = fast_stats(array)
+    assert (got.count, got.nan_count, got.inf_count) == (reference.count, reference.nan_count, reference.inf_count)
+    for name in ("min", "max", "mean", "std", "l2"):
+        assert getattr(got, name) == pytest.approx(getattr(reference, name), rel=1e-9, abs=1e-300), name
+
+
+def test_host_array_shares_memory_on_cpu_and_keeps_bits() -> None:
+    x = paddle.randn([3, 4])
+    x.stop_gradient = False
+    view = host_array(x)
+    assert view.ctypes.data == x.data_ptr(), "no copy for a CPU float tensor"
+    assert host_array(x.transpose([1, 0])).tobytes() == x.numpy().T.tobytes()
+    bf = x.astype("bfloat16")
+    assert host_array(bf).dtype == ml_dtypes.bfloat16
+    assert host_array(bf).view(np.uint16).tobytes() == bf.numpy().tobytes()
+
+
+def test_rank_and_world_size_from_options(tmp_path: Path) -> None:
+    model = build(SPECS["mlp"])
+    for rank in (0, 1):
+        with tracespec.record(model, tmp_path / "t", rank=rank, world_size=2) as rec:
+            model(paddle.randn([2, 6]))
+            rec.step()
+    trace = tracespec.load_trace(tmp_path / "t")
+    assert trace.ranks == [0, 1] and trace.complete
+
+
+def test_paddle_distributed_rank_is_picked_up(tmp_path: Path) -> None:
+    # What `python -m paddle.distributed.launch` sets for each process it starts.
+    script = f"""
+import warnings; warnings.simplefilter("ignore")
+import paddle, tracespec
+model = paddle.nn.Linear(3, 2)
+with tracespec.record(model, "{tmp_path}/t") as rec:
+    model(paddle.ones([1, 3])).sum().backward(); rec.step()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={**env, "PADDLE_TRAINER_ID": str(rank), "PADDLE_TRAINERS_NUM": "2", "PADDLE_RANK_IN_NODE": str(rank)},
+        )
+        for rank in (0, 1)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    trace = tracespec.load_trace(tmp_path / "t")
+    assert trace.ranks == [0, 1] and trace.manifest.world_size == 2 and trace.complete
+    assert trace.manifest.framework == "paddle"
+
+
+def test_record_picks_the_paddle_adapter(tmp_path: Path) -> None:
+    from tracespec.adapters import adapter_for
+
+    assert adapter_for(nn.Linear(2, 2)).FRAMEWORK == "paddle"
+    with tracespec.record(nn.Linear(2, 2), tmp_path / "t") as rec:
+        rec.step()
+    manifest = tracespec.load_trace(tmp_path / "t").manifest
+    assert manifest.framework == "paddle" and manifest.framework_version == paddle.__version__
