@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from tracespec import TraceWriter, load_trace, validate_trace
-from tracespec.storage.zarr_store import chunk_shape_for
+from tracespec.storage.zarr_store import WrittenFiles, chunk_shape_for, write_array
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,13 @@ def test_row_split_chunks_cover_every_element(tmp_path: Path) -> None:
     np.testing.assert_array_equal(trace.read(0, row["array"]), array, strict=True)
     plain = zarr.open_array(store=str(tmp_path / "t" / "rank_0" / "tensors.zarr"), path=row["array"], mode="r")
     np.testing.assert_array_equal(plain[...], array, strict=True)
+
+
+def test_every_created_folder_is_recorded_for_fsync(tmp_path: Path) -> None:
+    """Deep chunk keys (c/i/j/k) create several folders; each new entry must be made durable."""
+    written = WrittenFiles()
+    nbytes, folders = write_array(tmp_path, "step_0/3", np.ones((2, 2, 2), np.float32), durable=False,
+                                  chunk_limit=4, written=written)
+    created = {p.relative_to(tmp_path).as_posix() for p in written.folders}
+    assert {"step_0", "step_0/3", "step_0/3/c", "step_0/3/c/0", "step_0/3/c/0/0", "step_0/3/c/1/1"} <= created
+    assert folders == written.folders and nbytes == written.nbytes == 8 * 4 + len((tmp_path / "step_0/3/zarr.json").read_bytes())

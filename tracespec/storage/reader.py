@@ -157,7 +157,7 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
     if len(late):
         raise TableInvalidError(
             f"{where}: node {late.column('node')[0].as_py()} has parent {late.column('parent')[0].as_py()}; "
-            "a parent's id must be smaller than its children's (pre-order)"
+            "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
     for row in tensors.select(columns).to_pylist():

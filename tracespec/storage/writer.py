@@ -47,7 +47,7 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
-from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, write_array, write_group
+from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, write_array, write_group
 
 __all__ = ["TraceWriter"]
 
@@ -75,15 +75,6 @@ def _write_atomically(path: Path, payload: bytes, durable: bool) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_files(paths: list[Path]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -189,8 +180,7 @@ class TraceWriter:
         (self._part_dir / "tables").mkdir(parents=True)
         self._unsynced = WrittenFiles()
         self._syncing: list[Future[None]] = []
-        self._store.mkdir()
-        write_group(self._store, "", self._unsynced)
+        write_group(self._store, "", durable=False, written=self._unsynced)
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -553,19 +543,18 @@ class TraceWriter:
 
     def _write_array(self, step: int, record: int, array: np.ndarray) -> str:
         if step not in self._step_groups:
-            (self._store / f"step_{step}").mkdir()
-            self._unsynced.folders.append(self._store / f"step_{step}")
-            write_group(self._store, f"step_{step}", self._unsynced)
+            write_group(self._store, f"step_{step}", durable=False, written=self._unsynced)
             self._step_groups.add(step)
         name = f"step_{step}/{record}"
         written = WrittenFiles()
-        write_array(self._store, name, array, written, compression=self.compression, chunk_limit=self.chunk_limit)
+        write_array(self._store, name, array, compression=self.compression, durable=False,
+                    chunk_limit=self.chunk_limit, written=written)
         self._store_arrays += 1
         self._store_bytes += written.nbytes
         if self.durable:
             # fsync on the syncer thread: the disk writes this array while the worker goes on.
-            self._syncing.append(self._syncer.submit(_fsync_files, written.files))
-        self._unsynced.folders.extend(dict.fromkeys([*written.folders, *(f.parent for f in written.files)]))
+            self._syncing.append(self._syncer.submit(fsync_files, written.files))
+        self._unsynced.folders.extend([*written.folders, *(f.parent for f in written.files)])
         return name
 
     def _sync_written(self) -> None:
@@ -577,7 +566,7 @@ class TraceWriter:
             return
         for future in syncing:
             future.result()
-        _fsync_files(written.files)
+        fsync_files(written.files)
         folders = dict.fromkeys([*(f.parent for f in written.files), *written.folders,
                                  *(d.parent for d in written.folders)])
         for folder in folders:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "read_array",
     "read_array_meta",
     "WrittenFiles",
+    "fsync_files",
     "write_array",
     "write_group",
 ]
@@ -121,9 +123,7 @@ class WrittenFiles:
     folders: list[Path] = field(default_factory=list)
 
     def write(self, path: Path, payload: memoryview | bytes, padding: int = 0) -> None:
-        if path.parent not in self.folders and not path.parent.is_dir():
-            path.parent.mkdir(parents=True)
-            self.folders.append(path.parent)
+        self._make_folder(path.parent)
         with open(path, "wb") as f:
             f.write(payload)
             if padding:
@@ -131,25 +131,68 @@ class WrittenFiles:
         self.files.append(path)
         self.nbytes += len(payload) + padding
 
+    def extend(self, other: WrittenFiles) -> None:
+        self.nbytes += other.nbytes
+        self.files.extend(other.files)
+        self.folders.extend(other.folders)
 
-def write_group(store: Path, name: str, written: WrittenFiles) -> None:
-    """Write the ``zarr.json`` of a group (the store root when ``name`` is empty)."""
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents, recording each (every new entry counts)."""
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            new.mkdir()
+            self.folders.append(new)
+
+
+def fsync_files(paths: list[Path]) -> None:
+    """fsync each file (its data and size); their directory entries are the caller's to sync."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_group(store: Path, name: str, durable: bool = True, *, written: WrittenFiles | None = None) -> None:
+    """Write the ``zarr.json`` of a group (the store root when ``name`` is empty).
+
+    ``durable`` fsyncs the file now; ``written`` collects what was created, for a caller that
+    syncs later (before publishing anything that refers to it).
+    """
     folder = store / name if name else store
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
-    written.write(folder / _ZARR_JSON, json.dumps(doc).encode())
+    record = WrittenFiles()
+    record.write(folder / _ZARR_JSON, json.dumps(doc).encode())
+    _finish_write(record, durable, written)
+
+
+def _finish_write(record: WrittenFiles, durable: bool, written: WrittenFiles | None) -> None:
+    if durable:
+        fsync_files(record.files)
+    if written is not None:
+        written.extend(record)
 
 
 def write_array(
     store: Path,
     name: str,
     array: np.ndarray,
-    written: WrittenFiles,
     *,
     compression: str | None = None,
+    durable: bool = True,
     chunk_limit: int = CHUNK_BYTES,
-) -> None:
-    """Write ``array`` as the Zarr v3 array ``name`` under ``store``, recording into ``written``
-    the files and folders it created (nothing is fsynced here)."""
+    written: WrittenFiles | None = None,
+) -> tuple[int, list[Path]]:
+    """Write ``array`` as the Zarr v3 array ``name`` under ``store``.
+
+    Returns the bytes written and the folders created, whose entries the caller fsyncs before
+    publishing the array. ``durable`` fsyncs the files now; ``written`` collects the files and
+    folders instead, for a caller that syncs them later.
+    """
     dt = dtype_of(array)
     # np.ascontiguousarray would turn a 0-d array into shape (1,); np.require keeps the shape.
     data = np.require(array, requirements="C")
@@ -170,10 +213,13 @@ def write_array(
         "codecs": _codecs(compression),
         "attributes": {"tracespec": {"dtype": dt.name}},
     }
+    record = WrittenFiles()
     if storage.size:
-        _write_chunks(folder, storage, chunk, compression, written)
+        _write_chunks(folder, storage, chunk, compression, record)
     # zarr.json last: an array whose metadata exists has all its chunks.
-    written.write(folder / _ZARR_JSON, json.dumps(meta).encode())
+    record.write(folder / _ZARR_JSON, json.dumps(meta).encode())
+    _finish_write(record, durable, written)
+    return record.nbytes, record.folders
 
 
 def _write_chunks(
