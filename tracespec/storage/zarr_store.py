@@ -417,5 +417,8 @@ def _read_general(store: Path, meta: ArrayMeta) -> np.ndarray:
             raise ChunkMissingError(f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key))} is missing")
     import zarr
 
-    data = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[...])
+    try:
+        data = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[...])
+    except Exception as exc:  # zarr's own errors on damaged chunks: report them, never crash
+        raise ChunkMissingError(f"{store.name}/{meta.name}: zarr cannot read the array ({exc})") from None
     return data.view(meta.dtype.numpy) if meta.dtype.stored_as_bits else data

@@ -219,6 +219,25 @@ def _future_minor(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: t.append_column("future", pa.array(["a"] * len(t))))
 
 
+@case(
+    "valid-foreign-chunking",
+    "An array written by zarr-python itself, chunked along its last axis (chunks of 2 x 2, edge "
+    "chunks padded): readers accept any regular chunk grid.",
+    valid=True,
+    complete=True,
+)
+def _foreign_chunking(folder: Path) -> None:
+    import zarr
+
+    write_small(folder)
+    store = folder / "rank_0" / "tensors.zarr"
+    shutil.rmtree(first_array(folder))
+    data = np.arange(15, dtype=np.float32).reshape(5, 3) / 7
+    array = zarr.create_array(store=str(store), name="step_0/0", shape=data.shape, chunks=(2, 2), dtype="float32",
+                              fill_value=0.0, compressors=None, attributes={"tracespec": {"dtype": "float32"}})
+    array[...] = data
+
+
 # ----------------------------------------------------------------------------- invalid cases
 def invalid(name: str, description: str, error: str) -> Callable[[Mutation], Mutation]:
     def register(mutate: Mutation) -> Mutation:
