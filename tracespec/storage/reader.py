@@ -40,6 +40,7 @@ from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAM
 from tracespec.storage.zarr_store import (
     MAX_ARRAY_BYTES,
     ArrayMeta,
+    check_inside,
     check_relative_path,
     read_array,
     read_array_meta,
@@ -93,7 +94,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     for segment in manifest.tables[table]:
         where = f"{part_dir.name}/{segment.path}"
         check_relative_path(segment.path, where)
-        path = part_dir / segment.path
+        path = check_inside(part_dir / segment.path, part_dir, where)
         try:
             with pa.memory_map(str(path)) as source:
                 got = pa.ipc.open_file(source).read_all()
@@ -196,11 +197,13 @@ def _check_record_kind(where: str, row: dict[str, Any]) -> None:
 
 
 def _load_part(folder: Path) -> Part:
-    manifest = parse_part_manifest(_read_bytes(folder / PART_FILE, PART_FILE), f"{folder.name}/{PART_FILE}")
+    part_file = check_inside(folder / PART_FILE, folder, f"{folder.name}/{PART_FILE}")
+    manifest = parse_part_manifest(_read_bytes(part_file, PART_FILE), f"{folder.name}/{PART_FILE}")
     expected = f"rank_{manifest.rank}"
     if folder.name != expected:
         raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
+    check_inside(folder / manifest.store_path, folder, f"{folder.name}/{PART_FILE}: store.path")
     tables = {name: _load_table(folder, name, manifest) for name in TABLE_NAMES}
     _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
     return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
@@ -269,13 +272,14 @@ def load_trace(path: str | Path) -> Trace:
     root = Path(path)
     if not root.is_dir():
         raise NotATraceError(f"{root}: not a folder; a trace is a folder with {MANIFEST_FILE}")
-    manifest = parse_manifest(_read_bytes(root / MANIFEST_FILE, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
+    manifest_file = check_inside(root / MANIFEST_FILE, root, f"{root.name}/{MANIFEST_FILE}")
+    manifest = parse_manifest(_read_bytes(manifest_file, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
     parts: dict[int, Part] = {}
     for child in sorted(root.iterdir()):
         # A part folder without part.json belongs to a writer that died before its first
         # write: that rank is missing (the trace is incomplete), not corrupt.
         if child.is_dir() and _PART_DIR.match(child.name) and (child / PART_FILE).exists():
-            part = _load_part(child)
+            part = _load_part(check_inside(child, root, child.name))
             parts[part.rank] = part
     beyond = [r for r in parts if r >= manifest.world_size]
     if beyond:

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_ARRAY_BYTES",
     "MAX_CHUNKS",
     "ArrayMeta",
+    "check_inside",
     "check_relative_path",
     "chunk_shape_for",
     "missing_chunks",
@@ -77,6 +78,19 @@ def check_relative_path(path: object, where: str) -> str:
         raise PathEscapeError(
             f"{where}: path {path!r} is not a plain relative path inside the trace folder"
         )
+    return path
+
+
+def check_inside(path: Path, base: Path, where: str) -> Path:
+    """Return ``path`` if, symbolic links followed, it stays inside ``base``; else raise.
+
+    A trace may contain links (it may be copied around with them); one that leads out of the
+    trace would make a reader open a file the trace has no business naming.
+    """
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(path)
+    if real != real_base and not real.startswith(real_base + os.sep):
+        raise PathEscapeError(f"{where}: {path} leads outside {base} through a symbolic link")
     return path
 
 
@@ -280,7 +294,7 @@ def read_array_meta(store: Path, name: str) -> ArrayMeta:
     """Read and check an array's ``zarr.json`` (no data is read)."""
     check_relative_path(name, f"array {name!r}")
     where = f"{store.name}/{name}"
-    path = store / name / _ZARR_JSON
+    path = check_inside(store / name / _ZARR_JSON, store, where)
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -356,7 +370,7 @@ def read_array(store: Path, meta: ArrayMeta) -> np.ndarray:
             return _read_general(store, meta)
         for key in meta.chunk_keys():
             start, length = _chunk_span(meta.shape, meta.chunk_shape, key, dt.itemsize)
-            path = _chunk_path(folder, key)
+            path = check_inside(_chunk_path(folder, key), store, f"{store.name}/{meta.name}")
             try:
                 if decoder is None:
                     with open(path, "rb") as f:

@@ -321,6 +321,17 @@ def _store_escape(folder: Path) -> None:
     edit_json(folder / "rank_0" / "part.json", lambda d: d["store"].update(path="/tmp"))
 
 
+@invalid(
+    "symlink-escape",
+    "An array folder is a symbolic link to an array of another trace: the path is plain, but it "
+    "leads outside the trace folder.",
+    "path_escape",
+)
+def _symlink_escape(folder: Path) -> None:
+    shutil.rmtree(first_array(folder))
+    first_array(folder).symlink_to(Path("../../../../../valid-small/trace/rank_0/tensors.zarr/step_0/0"))
+
+
 @invalid("array-path-escape", "A tensor record's array path climbs out of the store.", "path_escape")
 def _array_escape(folder: Path) -> None:
     edit_table(segment(folder, "tensors"),
