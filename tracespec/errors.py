@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ArrayInvalidError",
     "ArrayMissingError",
     "ChunkMissingError",
     "InvalidShapeError",
@@ -88,6 +89,10 @@ class PathEscapeError(TraceFormatError):
 
 class ArrayMissingError(TraceFormatError):
     reason = "array_missing"
+
+
+class ArrayInvalidError(TraceFormatError):
+    reason = "array_invalid"
 
 
 class ChunkMissingError(TraceFormatError):

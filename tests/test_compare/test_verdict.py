@@ -81,8 +81,16 @@ def test_a_cycle_in_the_module_tree_is_invalid_input(tmp_path: Path) -> None:
     from tracespec import TraceWriter
     from tracespec.errors import TableInvalidError
 
+    import pyarrow as pa
+
     with TraceWriter(tmp_path / "loop", framework="numpy", durable=False) as w:
-        w.add_node("", "Net", parent=1)
+        w.add_node("", "Net")
         w.add_node("x", "Net", parent=0)
+    # The writer refuses a forward parent, so the cycle is made by rewriting the nodes table.
+    segment = tmp_path / "loop" / "rank_0" / "tables" / "nodes-000000.arrow"
+    nodes = pa.ipc.open_file(pa.BufferReader(segment.read_bytes())).read_all()
+    nodes = nodes.set_column(1, nodes.schema.field("parent"), pa.array([1, 0], pa.int32()))
+    with pa.OSFile(str(segment), "wb") as sink, pa.ipc.new_file(sink, nodes.schema) as out:
+        out.write_table(nodes)
     with pytest.raises(TableInvalidError, match="cycle"):
         tracespec.compare(tmp_path / "loop", tmp_path / "loop")

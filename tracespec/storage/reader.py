@@ -26,7 +26,6 @@ from tracespec.errors import (
     NotATraceError,
     TableInvalidError,
     TableMismatchError,
-    TraceFormatError,
 )
 from tracespec.format.dtypes import parse_dtype
 from tracespec.format.manifest import (
@@ -41,6 +40,7 @@ from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAM
 from tracespec.storage.zarr_store import (
     MAX_ARRAY_BYTES,
     ArrayMeta,
+    check_inside,
     check_relative_path,
     read_array,
     read_array_meta,
@@ -94,7 +94,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     for segment in manifest.tables[table]:
         where = f"{part_dir.name}/{segment.path}"
         check_relative_path(segment.path, where)
-        path = part_dir / segment.path
+        path = check_inside(part_dir / segment.path, part_dir, where)
         try:
             with pa.memory_map(str(path)) as source:
                 got = pa.ipc.open_file(source).read_all()
@@ -129,11 +129,20 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     return result
 
 
-def _check_references(part_dir: Path, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
+def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
     if len(np.unique(ids)) != len(ids):
         raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
+    record_ids = tensors.column("id").to_numpy()
+    if len(np.unique(record_ids)) != len(record_ids):
+        raise TableInvalidError(f"{where}: tensors.id has duplicate ids")
+    for table, name in ((calls, "calls"), (tensors, "tensors")):
+        unlisted = set(pc.unique(table.column("step")).to_pylist()) - set(manifest.steps)
+        if unlisted:
+            raise TableMismatchError(
+                f"{where}: {name} has step {min(unlisted)}, which part.json's steps {list(manifest.steps)} lack"
+            )
     known = pa.array(ids, pa.int32())
     for table, name in ((calls, "calls"), (tensors, "tensors")):
         unknown = pc.filter(table.column("node"), pc.invert(pc.is_in(table.column("node"), value_set=known)))
@@ -145,27 +154,58 @@ def _check_references(part_dir: Path, nodes: pa.Table, calls: pa.Table, tensors:
     orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=known)))
     if len(orphans):
         raise TableMismatchError(f"{where}: a node's parent {orphans[0].as_py()} is not in the nodes table")
-    for row in tensors.select(["id", "dtype", "shape", "array"]).to_pylist():
+    late = pc.filter(nodes, pc.greater_equal(nodes.column("parent"), nodes.column("node")))
+    if len(late):
+        raise TableInvalidError(
+            f"{where}: node {late.column('node')[0].as_py()} has parent {late.column('parent')[0].as_py()}; "
+            "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
+        )
+    columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
+    for row in tensors.select(columns).to_pylist():
+        _check_record_kind(where, row)
         if row["dtype"] is not None:
             parse_dtype(row["dtype"])
         shape = row["shape"]
         if shape is not None:
             if any(d < 0 for d in shape):
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has a negative extent in shape {shape}")
-            if math.prod(shape) > MAX_ARRAY_BYTES:
+            if math.prod(shape) * parse_dtype(row["dtype"]).itemsize > MAX_ARRAY_BYTES:
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has an absurd shape {shape}")
         if row["array"] is not None:
             check_relative_path(row["array"], f"{where}: tensor {row['id']} array")
 
 
+def _check_record_kind(where: str, row: dict[str, Any]) -> None:
+    """A row is a tensor record (dtype, shape, level set) or a value record (value_type set)."""
+    tensor_columns = (row["dtype"], row["shape"], row["level"])
+    if row["value_type"] is None:
+        if None in tensor_columns:
+            raise TableInvalidError(
+                f"{where}: tensor {row['id']} lacks one of dtype, shape, level (and is not a value record)"
+            )
+        if (row["level"] == "full") != (row["array"] is not None):
+            raise TableInvalidError(
+                f"{where}: tensor {row['id']} has level {row['level']!r} and array {row['array']!r}; "
+                "exactly the records of level 'full' name an array"
+            )
+        if row["level"] in ("full", "stats") and (row["nan_count"] is None or row["inf_count"] is None):
+            raise TableInvalidError(f"{where}: tensor {row['id']} of level {row['level']!r} lacks its statistics")
+        if row["level"] in ("full", "hash") and row["hash"] is None:
+            raise TableInvalidError(f"{where}: tensor {row['id']} of level {row['level']!r} lacks its hash")
+    elif any(c is not None for c in tensor_columns) or row["array"] is not None:
+        raise TableInvalidError(f"{where}: record {row['id']} is a value record but has tensor columns set")
+
+
 def _load_part(folder: Path) -> Part:
-    manifest = parse_part_manifest(_read_bytes(folder / PART_FILE, PART_FILE), f"{folder.name}/{PART_FILE}")
+    part_file = check_inside(folder / PART_FILE, folder, f"{folder.name}/{PART_FILE}")
+    manifest = parse_part_manifest(_read_bytes(part_file, PART_FILE), f"{folder.name}/{PART_FILE}")
     expected = f"rank_{manifest.rank}"
     if folder.name != expected:
         raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
+    check_inside(folder / manifest.store_path, folder, f"{folder.name}/{PART_FILE}: store.path")
     tables = {name: _load_table(folder, name, manifest) for name in TABLE_NAMES}
-    _check_references(folder, tables["nodes"], tables["calls"], tables["tensors"])
+    _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
     return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
 
 
@@ -196,7 +236,7 @@ class Trace:
         return sorted(set(range(self.manifest.world_size)) - set(self.parts))
 
     def _concat(self, table: str) -> pa.Table:
-        pieces = []
+        pieces = [TABLE_SCHEMAS[table].empty_table().append_column("rank", pa.array([], pa.int32()))]
         for rank in self.ranks:
             got = getattr(self.parts[rank], table)
             pieces.append(got.append_column("rank", pa.array([rank] * got.num_rows, pa.int32())))
@@ -232,14 +272,15 @@ def load_trace(path: str | Path) -> Trace:
     root = Path(path)
     if not root.is_dir():
         raise NotATraceError(f"{root}: not a folder; a trace is a folder with {MANIFEST_FILE}")
-    manifest = parse_manifest(_read_bytes(root / MANIFEST_FILE, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
+    manifest_file = check_inside(root / MANIFEST_FILE, root, f"{root.name}/{MANIFEST_FILE}")
+    manifest = parse_manifest(_read_bytes(manifest_file, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
     parts: dict[int, Part] = {}
     for child in sorted(root.iterdir()):
-        if child.is_dir() and _PART_DIR.match(child.name):
-            part = _load_part(child)
+        # A part folder without part.json belongs to a writer that died before its first
+        # write: that rank is missing (the trace is incomplete), not corrupt.
+        if child.is_dir() and _PART_DIR.match(child.name) and (child / PART_FILE).exists():
+            part = _load_part(check_inside(child, root, child.name))
             parts[part.rank] = part
-    if not parts:
-        raise TraceFormatError(f"{root}: the trace has a manifest but no rank_<R>/ part")
     beyond = [r for r in parts if r >= manifest.world_size]
     if beyond:
         raise TableMismatchError(f"{root}: part rank_{beyond[0]} is outside world_size {manifest.world_size}")

@@ -4,8 +4,11 @@ Constraints:
 - The caller's thread only appends rows and hands arrays over; writing tensor data, hashing and
   statistics happen on one worker thread. The hand-over queue is bounded in bytes: a caller that
   outruns the disk waits (back-pressure) instead of growing memory.
-- Crash safety comes from ordering: tensor data is written (and fsynced) before the row that
-  references it is published; rows are published by writing a new, complete Arrow segment under a
+- Statistics and the content hash of a ``full`` record are computed on a helper thread while the
+  worker writes its data: both release the GIL, so the slower of the two sets the pace.
+- Crash safety comes from ordering: tensor data is written and fsynced before the row that
+  references it is published (files written since the last publish are fsynced together at the
+  next one, so the kernel writes back data while the worker moves on); rows are published by writing a new, complete Arrow segment under a
   temporary name and renaming it; ``part.json`` lists the segments and is replaced atomically
   after them. A process killed at any moment leaves a part whose ``part.json`` names only complete
   files, with ``complete: false``.
@@ -21,6 +24,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracespec.errors import TracespecError, UsageError
-from tracespec.format.dtypes import dtype_of
+from tracespec.format.dtypes import dtype_of, parse_dtype
 from tracespec.format.manifest import (
     MANIFEST_FILE,
     PART_FILE,
@@ -43,11 +47,14 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
-from tracespec.storage.zarr_store import write_array, write_group
+from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, write_array, write_group
 
 __all__ = ["TraceWriter"]
 
 _VALUE_REPR_LIMIT: Final = 200
+# Statistics of big tensors use two threads: together with the data writer they keep two cores
+# busy, and take no more than that from the run being recorded.
+_STATS_THREADS: Final = min(2, os.cpu_count() or 1)
 
 
 def _now() -> str:
@@ -86,6 +93,14 @@ class _TensorJob:
     nbytes: int
 
 
+@dataclass(slots=True)
+class _Barrier:
+    """Publish everything queued before it, then set ``done``; ``ended_step`` closes a step."""
+
+    done: threading.Event
+    ended_step: int | None = None
+
+
 class TraceWriter:
     """Streams one rank's records and tensors into a trace folder.
 
@@ -110,6 +125,8 @@ class TraceWriter:
         Bound on tensor bytes handed over but not yet written; callers wait beyond it.
     flush_interval:
         Seconds after which rows waiting in memory are published even without a step boundary.
+    chunk_limit:
+        Upper bound in bytes on one Zarr chunk (arrays are split along leading axes to fit).
     overwrite:
         Replace an existing part of the same rank (and, for a single-rank trace, the manifest).
     """
@@ -132,6 +149,7 @@ class TraceWriter:
         max_pending_bytes: int = 512 << 20,
         flush_interval: float = 2.0,
         overwrite: bool = False,
+        chunk_limit: int = CHUNK_BYTES,
     ) -> None:
         if not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} is outside world_size {world_size}")
@@ -142,6 +160,7 @@ class TraceWriter:
         self.device = device
         self.durable = durable
         self.compression = compression
+        self.chunk_limit = chunk_limit
         self._part_dir = self.path / part_dir_name(rank)
         self._store = self._part_dir / STORE_DIR
         self._prepare_folder(overwrite, world_size)
@@ -157,14 +176,17 @@ class TraceWriter:
             producer_version=_producer_version(),
         )
         self._create_manifest(manifest)
+        # The part folder only after the manifest is settled: a refused writer leaves nothing.
         (self._part_dir / "tables").mkdir(parents=True)
-        write_group(self._store, "", durable)
+        self._unsynced = WrittenFiles()
+        self._syncing: list[Future[None]] = []
+        write_group(self._store, "", durable=False, written=self._unsynced)
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_NAMES}
         self._segments: dict[str, list[Segment]] = {name: [] for name in TABLE_NAMES}
-        self._jobs: deque[_TensorJob | threading.Event] = deque()
+        self._jobs: deque[_TensorJob | _Barrier] = deque()
         self._pending_bytes = 0
         self._max_pending_bytes = max_pending_bytes
         self._flush_interval = flush_interval
@@ -172,14 +194,19 @@ class TraceWriter:
         self._next_node = 0
         self._steps: set[int] = set()
         self._step_groups: set[int] = set()
+        # Records that a later same_as may name, until their step ends: the caller's view
+        # (step, dtype, shape, level) and the worker's (the columns a duplicate shares).
+        self._tensor_records: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
         self._shared: dict[int, dict[str, Any]] = {}
-        self._new_dirs: list[Path] = []
         self._store_arrays = 0
         self._store_bytes = 0
         self._error: BaseException | None = None
         self._closed = False
         self._complete = False
+        self._sync_written()
         self._write_part_manifest()
+        self._summarizer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-summary-{rank}")
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-fsync-{rank}")
         self._worker = threading.Thread(target=self._run, name=f"tracespec-writer-{rank}", daemon=True)
         self._worker.start()
 
@@ -195,7 +222,6 @@ class TraceWriter:
             if world_size == 1 and (self.path / MANIFEST_FILE).exists():
                 (self.path / MANIFEST_FILE).unlink()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._part_dir.mkdir()
 
     def _create_manifest(self, manifest: Manifest) -> None:
         target = self.path / MANIFEST_FILE
@@ -235,6 +261,8 @@ class TraceWriter:
         with self._lock:
             self._raise_worker_error()
             node = self._next_node
+            if parent is not None and not 0 <= parent < node:
+                raise UsageError(f"parent {parent} is not the id of a node added before {route!r}")
             self._next_node += 1
             self._pending_rows["nodes"].append(
                 {
@@ -251,8 +279,7 @@ class TraceWriter:
 
     def add_call(self, *, step: int, stage: str, node: int, call: int, begin: int, end: int) -> None:
         """Record that ``node`` ran (its ``call``-th time in this step and stage)."""
-        if stage not in STAGES:
-            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
+        self._check_coordinates(step, stage, node, call)
         with self._lock:
             self._raise_worker_error()
             self._steps.add(step)
@@ -284,19 +311,32 @@ class TraceWriter:
         ``shape`` describe the tensor. ``same_as`` names an earlier record whose identical tensor
         this is: its data, statistics and hash are shared instead of written again.
         """
-        if stage not in STAGES:
-            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
-        if role not in ROLES:
-            raise UsageError(f"role {role!r} is not one of {ROLES}")
+        self._check_coordinates(step, stage, node, call, role)
         if level not in LEVELS:
             raise UsageError(f"level {level!r} is not one of {LEVELS}")
-        if array is not None:
+        if same_as is not None:
+            # The tensor is the earlier record's: its dtype, shape and level are taken from it,
+            # and an array passed along is not written again.
+            earlier = self._same_step_record(same_as, step)
+            if array is not None and (dtype_of(array).name, tuple(array.shape)) != earlier[:2]:
+                raise UsageError(
+                    f"same_as={same_as} names a {earlier[0]}{list(earlier[1])} tensor, "
+                    f"but the array passed is {dtype_of(array).name}{list(array.shape)}"
+                )
+            dtype, shape, level = earlier
+            array = None
+        elif array is not None:
             dtype = dtype_of(array).name
             shape = tuple(int(d) for d in array.shape)
-        elif same_as is None and (dtype is None or shape is None):
+        elif dtype is None or shape is None:
             raise UsageError("add_tensor needs an array, or dtype and shape")
-        if level == "full" and array is None and same_as is None:
-            raise UsageError("level 'full' needs the array")
+        else:
+            dtype = parse_dtype(dtype).name
+            shape = tuple(int(d) for d in shape)
+            if any(d < 0 for d in shape):
+                raise UsageError(f"shape {list(shape)} has a negative extent")
+            if level == "full":
+                raise UsageError("level 'full' needs the array")
         row: dict[str, Any] = {
             "step": step,
             "stage": stage,
@@ -305,7 +345,7 @@ class TraceWriter:
             "role": role,
             "slot": slot,
             "dtype": dtype,
-            "shape": list(shape) if shape is not None else None,
+            "shape": list(shape),
             "level": level,
             "value_type": None,
             "value": None,
@@ -314,13 +354,34 @@ class TraceWriter:
             **_stats_columns(stats),
         }
         keep = array if (level == "full" or (level == "stats" and stats is None) or (level == "hash" and hash is None)) else None
-        return self._enqueue(row, keep, same_as)
+        record = self._enqueue(row, keep, same_as)
+        with self._lock:
+            self._tensor_records[record] = (step, row["dtype"], tuple(row["shape"]), level)
+        return record
+
+    def _check_coordinates(self, step: int, stage: str, node: int, call: int | None, role: str | None = None) -> None:
+        if stage not in STAGES:
+            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
+        if role is not None and role not in ROLES:
+            raise UsageError(f"role {role!r} is not one of {ROLES}")
+        if not 0 <= node < self._next_node:
+            raise UsageError(f"node {node} has not been added (add_node returns the ids)")
+        if step < 0 or (call is not None and call < 0):
+            raise UsageError(f"step ({step}) and call ({call}) count from 0")
+
+    def _same_step_record(self, record: int, step: int) -> tuple[str, tuple[int, ...], str]:
+        with self._lock:
+            earlier = self._tensor_records.get(record)
+        if earlier is None or earlier[0] != step:
+            raise UsageError(f"same_as={record} names no earlier tensor record of step {step}")
+        return earlier[1], earlier[2], earlier[3]
 
     def add_value(self, *, step: int, stage: str, node: int, role: str, slot: str, value: object, call: int | None = None) -> int:
         """Record a non-tensor leaf (an int, None, a string...) so nothing is silently dropped."""
         text = repr(value)
         if len(text) > _VALUE_REPR_LIMIT:
             text = text[: _VALUE_REPR_LIMIT - 3] + "..."
+        self._check_coordinates(step, stage, node, call, role)
         row: dict[str, Any] = {
             "step": step, "stage": stage, "node": node, "call": call, "role": role, "slot": slot,
             "dtype": None, "shape": None, "level": None,
@@ -347,10 +408,14 @@ class TraceWriter:
             return int(row["id"])
 
     def end_step(self, step: int) -> None:
-        """Mark ``step`` as finished: its rows are published soon, without waiting."""
+        """Mark ``step`` as finished: its rows are published soon, without waiting.
+
+        Records of ``step`` and earlier can no longer be named by ``same_as``.
+        """
         with self._lock:
             self._steps.add(step)
-            self._jobs.append(threading.Event())
+            self._tensor_records = {k: v for k, v in self._tensor_records.items() if v[0] > step}
+            self._jobs.append(_Barrier(threading.Event(), ended_step=step))
             self._wake.notify_all()
 
     def flush(self) -> None:
@@ -358,7 +423,7 @@ class TraceWriter:
         done = threading.Event()
         with self._lock:
             self._raise_worker_error()
-            self._jobs.append(done)
+            self._jobs.append(_Barrier(done))
             self._wake.notify_all()
         while not done.wait(0.1):
             with self._lock:
@@ -381,6 +446,8 @@ class TraceWriter:
                 self._closed = True
                 self._wake.notify_all()
             self._worker.join()
+            self._summarizer.shutdown()
+            self._syncer.shutdown()
 
     def abort(self) -> None:
         """Stop without marking the part complete (what a crash leaves, but cleanly)."""
@@ -389,6 +456,8 @@ class TraceWriter:
             self._jobs.clear()
             self._wake.notify_all()
         self._worker.join()
+        self._summarizer.shutdown()
+        self._syncer.shutdown()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -418,10 +487,12 @@ class TraceWriter:
                     if not self._jobs and self._closed:
                         return
                     job = self._jobs.popleft() if self._jobs else None
-                if isinstance(job, threading.Event):
+                if isinstance(job, _Barrier):
+                    if job.ended_step is not None:
+                        self._shared = {k: v for k, v in self._shared.items() if v["step"] > job.ended_step}
                     self._publish()
                     last_publish = time.monotonic()
-                    job.set()
+                    job.done.set()
                 elif job is not None:
                     self._process(job)
                     if time.monotonic() - last_publish > self._flush_interval:
@@ -441,28 +512,25 @@ class TraceWriter:
     def _process(self, job: _TensorJob) -> None:
         row, array = job.row, job.array
         if job.same_as is not None:
-            shared = self._shared.get(job.same_as)
-            if shared is None:
-                raise UsageError(f"record {row['id']}: same_as={job.same_as} names no earlier tensor record")
+            shared = self._shared[job.same_as]  # checked on the caller's side
             for key, value in shared.items():
                 if row.get(key) is None:
                     row[key] = value
         if array is not None:
+            # One C-order copy (if any) shared by the data writer and the summary thread.
+            array = np.require(array, requirements="C")
+            need_hash = row["hash"] is None and row["level"] in ("full", "hash")
+            need_stats = row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats")
             if row["level"] == "full":
-                step = row["step"]
-                if step not in self._step_groups:
-                    write_group(self._store, f"step_{step}", self.durable)
-                    self._step_groups.add(step)
-                name = f"step_{step}/{row['id']}"
-                nbytes, dirs = write_array(self._store, name, array, compression=self.compression, durable=self.durable)
-                self._new_dirs.extend(dirs)
-                self._store_arrays += 1
-                self._store_bytes += nbytes
-                row["array"] = name
-            if row["hash"] is None and row["level"] in ("full", "hash"):
-                row["hash"] = content_hash(array)
-            if row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats"):
-                row.update(_stats_columns(compute_stats(array)))
+                summary = self._summarizer.submit(_summarize, array, need_hash, need_stats)
+                row["array"] = self._write_array(row["step"], row["id"], array)
+                digest, stats = summary.result()
+            else:
+                digest, stats = _summarize(array, need_hash, need_stats)
+            if digest is not None:
+                row["hash"] = digest
+            if stats is not None:
+                row.update(_stats_columns(stats))
         if row["dtype"] is not None:
             self._shared[row["id"]] = {
                 key: row[key]
@@ -473,20 +541,42 @@ class TraceWriter:
             self._pending_bytes -= job.nbytes
             self._wake.notify_all()
 
+    def _write_array(self, step: int, record: int, array: np.ndarray) -> str:
+        if step not in self._step_groups:
+            write_group(self._store, f"step_{step}", durable=False, written=self._unsynced)
+            self._step_groups.add(step)
+        name = f"step_{step}/{record}"
+        written = WrittenFiles()
+        write_array(self._store, name, array, compression=self.compression, durable=False,
+                    chunk_limit=self.chunk_limit, written=written)
+        self._store_arrays += 1
+        self._store_bytes += written.nbytes
+        if self.durable:
+            # fsync on the syncer thread: the disk writes this array while the worker goes on.
+            self._syncing.append(self._syncer.submit(fsync_files, written.files))
+        self._unsynced.folders.extend([*written.folders, *(f.parent for f in written.files)])
+        return name
+
+    def _sync_written(self) -> None:
+        """Make every file and folder written since the last publish durable: files first, then
+        the folders holding their entries (parents of new folders included)."""
+        written, self._unsynced = self._unsynced, WrittenFiles()
+        syncing, self._syncing = self._syncing, []
+        if not self.durable:
+            return
+        for future in syncing:
+            future.result()
+        fsync_files(written.files)
+        folders = dict.fromkeys([*(f.parent for f in written.files), *written.folders,
+                                 *(d.parent for d in written.folders)])
+        for folder in folders:
+            _fsync_dir(folder)
+
     def _publish(self) -> None:
         with self._lock:
             batches = {name: rows for name, rows in self._pending_rows.items() if rows}
             self._pending_rows = {name: [] for name in TABLE_NAMES}
-            new_dirs, self._new_dirs = self._new_dirs, []
-        if self._shared:
-            # Sharing is between records of one step: older entries are dropped to bound memory.
-            latest = max(entry["step"] for entry in self._shared.values())
-            self._shared = {k: v for k, v in self._shared.items() if v["step"] >= latest}
-        if self.durable:
-            for folder in dict.fromkeys(d.parent for d in new_dirs):
-                _fsync_dir(folder)
-            for folder in dict.fromkeys(new_dirs):
-                _fsync_dir(folder)
+        self._sync_written()
         # Nodes before calls before tensors, so a published row never names an unpublished node.
         for name in TABLE_NAMES:
             rows = batches.get(name)
@@ -519,6 +609,11 @@ class TraceWriter:
         _write_atomically(self._part_dir / PART_FILE, json.dumps(part.to_json(), indent=1).encode(), self.durable)
         if self.durable:
             _fsync_dir(self._part_dir)
+
+
+def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:
+    stats = compute_stats(array, threads=_STATS_THREADS) if need_stats else None
+    return (content_hash(array) if need_hash else None, stats)
 
 
 def _stats_columns(stats: TensorStats | None) -> dict[str, Any]:

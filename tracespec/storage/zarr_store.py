@@ -19,30 +19,34 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
 from tracespec.errors import (
+    ArrayInvalidError,
     ArrayMissingError,
     ChunkMissingError,
     InvalidShapeError,
     PathEscapeError,
-    TraceFormatError,
 )
 from tracespec.format.dtypes import DType, dtype_of, parse_dtype
 
 __all__ = [
     "CHUNK_BYTES",
     "MAX_ARRAY_BYTES",
+    "MAX_CHUNKS",
     "ArrayMeta",
+    "check_inside",
     "check_relative_path",
     "chunk_shape_for",
     "missing_chunks",
     "read_array",
     "read_array_meta",
+    "WrittenFiles",
+    "fsync_files",
     "write_array",
     "write_group",
 ]
@@ -53,8 +57,12 @@ CHUNK_BYTES: Final = 64 << 20
 MAX_ARRAY_BYTES: Final = 1 << 40
 """A shape whose tensor would exceed 1 TiB is treated as corrupt metadata, not allocated."""
 
+MAX_CHUNKS: Final = 1 << 20
+"""More chunks than this in one array is corrupt metadata (it would take hours to list)."""
+
 _NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ZARR_JSON: Final = "zarr.json"
+_CHUNK_KEY_ENCODING: Final = {"name": "default", "configuration": {"separator": "/"}}
 
 
 def check_relative_path(path: object, where: str) -> str:
@@ -70,6 +78,19 @@ def check_relative_path(path: object, where: str) -> str:
         raise PathEscapeError(
             f"{where}: path {path!r} is not a plain relative path inside the trace folder"
         )
+    return path
+
+
+def check_inside(path: Path, base: Path, where: str) -> Path:
+    """Return ``path`` if, symbolic links followed, it stays inside ``base``; else raise.
+
+    A trace may contain links (it may be copied around with them); one that leads out of the
+    trace would make a reader open a file the trace has no business naming.
+    """
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(path)
+    if real != real_base and not real.startswith(real_base + os.sep):
+        raise PathEscapeError(f"{where}: {path} leads outside {base} through a symbolic link")
     return path
 
 
@@ -106,22 +127,68 @@ def _codecs(compression: str | None) -> list[dict[str, Any]]:
     return codecs
 
 
-def _write_file(path: Path, payload: memoryview | bytes, padding: int, durable: bool) -> None:
-    with open(path, "wb") as f:
-        f.write(payload)
-        if padding:
-            f.write(bytes(padding))
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+@dataclass(slots=True)
+class WrittenFiles:
+    """What a write created: the caller makes it durable (fsync files, then folders) before it
+    publishes anything that refers to it."""
+
+    nbytes: int = 0
+    files: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+
+    def write(self, path: Path, payload: memoryview | bytes, padding: int = 0) -> None:
+        self._make_folder(path.parent)
+        with open(path, "wb") as f:
+            f.write(payload)
+            if padding:
+                f.write(bytes(padding))
+        self.files.append(path)
+        self.nbytes += len(payload) + padding
+
+    def extend(self, other: WrittenFiles) -> None:
+        self.nbytes += other.nbytes
+        self.files.extend(other.files)
+        self.folders.extend(other.folders)
+
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents, recording each (every new entry counts)."""
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            new.mkdir()
+            self.folders.append(new)
 
 
-def write_group(store: Path, name: str, durable: bool = True) -> None:
-    """Write the ``zarr.json`` of a group (the store root when ``name`` is empty)."""
+def fsync_files(paths: list[Path]) -> None:
+    """fsync each file (its data and size); their directory entries are the caller's to sync."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_group(store: Path, name: str, durable: bool = True, *, written: WrittenFiles | None = None) -> None:
+    """Write the ``zarr.json`` of a group (the store root when ``name`` is empty).
+
+    ``durable`` fsyncs the file now; ``written`` collects what was created, for a caller that
+    syncs later (before publishing anything that refers to it).
+    """
     folder = store / name if name else store
-    folder.mkdir(parents=True, exist_ok=True)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
-    _write_file(folder / _ZARR_JSON, json.dumps(doc).encode(), 0, durable)
+    record = WrittenFiles()
+    record.write(folder / _ZARR_JSON, json.dumps(doc).encode())
+    _finish_write(record, durable, written)
+
+
+def _finish_write(record: WrittenFiles, durable: bool, written: WrittenFiles | None) -> None:
+    if durable:
+        fsync_files(record.files)
+    if written is not None:
+        written.extend(record)
 
 
 def write_array(
@@ -132,41 +199,41 @@ def write_array(
     compression: str | None = None,
     durable: bool = True,
     chunk_limit: int = CHUNK_BYTES,
+    written: WrittenFiles | None = None,
 ) -> tuple[int, list[Path]]:
     """Write ``array`` as the Zarr v3 array ``name`` under ``store``.
 
-    Returns the bytes written and the folders created, which the caller fsyncs at its next
-    durable flush (a new file is durable only once its directory entry is).
+    Returns the bytes written and the folders created, whose entries the caller fsyncs before
+    publishing the array. ``durable`` fsyncs the files now; ``written`` collects the files and
+    folders instead, for a caller that syncs them later.
     """
     dt = dtype_of(array)
-    data = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
+    # np.ascontiguousarray would turn a 0-d array into shape (1,); np.require keeps the shape.
+    data = np.require(array, requirements="C")
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("<"))
     storage = data.view(dt.zarr_data_type) if dt.stored_as_bits else data
     shape = tuple(int(d) for d in storage.shape)
     chunk = chunk_shape_for(shape, dt.itemsize, chunk_limit)
     folder = store / name
-    created = [folder]
-    folder.mkdir(parents=True, exist_ok=True)
-
     meta: dict[str, Any] = {
         "zarr_format": 3,
         "node_type": "array",
         "shape": list(shape),
         "data_type": dt.zarr_data_type,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "chunk_key_encoding": _CHUNK_KEY_ENCODING,
         "fill_value": _fill_value(dt),
         "codecs": _codecs(compression),
         "attributes": {"tracespec": {"dtype": dt.name}},
     }
-    written = 0
+    record = WrittenFiles()
     if storage.size:
-        written = _write_chunks(folder, storage, chunk, compression, durable, created)
-    meta_bytes = json.dumps(meta).encode()
+        _write_chunks(folder, storage, chunk, compression, record)
     # zarr.json last: an array whose metadata exists has all its chunks.
-    _write_file(folder / _ZARR_JSON, meta_bytes, 0, durable)
-    return written + len(meta_bytes), created
+    record.write(folder / _ZARR_JSON, json.dumps(meta).encode())
+    _finish_write(record, durable, written)
+    return record.nbytes, record.folders
 
 
 def _write_chunks(
@@ -174,37 +241,31 @@ def _write_chunks(
     storage: np.ndarray,
     chunk: tuple[int, ...],
     compression: str | None,
-    durable: bool,
-    created: list[Path],
-) -> int:
+    written: WrittenFiles,
+) -> None:
     flat = storage.reshape(-1).view(np.uint8)
     chunk_bytes = math.prod(chunk) * storage.itemsize
-    grid = [math.ceil(d / c) for d, c in zip(storage.shape, chunk)]
     assert _splits_leading_axes(storage.shape, chunk), (storage.shape, chunk)
     compressor = None
     if compression == "zstd":
         from numcodecs import Zstd
 
         compressor = Zstd(level=3)
-    written = 0
-    if storage.ndim == 0:
-        keys: list[tuple[int, ...]] = [()]
-    else:
-        keys = [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
-    for key in keys:
+    for key in _grid_keys(storage.shape, chunk):
         start, length = _chunk_span(storage.shape, chunk, key, storage.itemsize)
         payload = memoryview(flat[start : start + length])
         padding = chunk_bytes - length
-        path = folder.joinpath("c", *map(str, key)) if key else folder / "c"
-        if path.parent not in created:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            created.append(path.parent)
         if compressor is not None:
-            raw = bytes(payload) + bytes(padding)
-            payload, padding = memoryview(compressor.encode(raw)), 0
-        _write_file(path, payload, padding, durable)
-        written += len(payload) + padding
-    return written
+            payload, padding = memoryview(compressor.encode(bytes(payload) + bytes(padding))), 0
+        written.write(_chunk_path(folder, key), payload, padding)
+
+
+def _grid_keys(shape: tuple[int, ...], chunk: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every chunk key of a non-empty array in C order; ``()`` alone for a 0-d array."""
+    if any(d == 0 for d in shape):
+        return []
+    grid = [math.ceil(d / c) for d, c in zip(shape, chunk)]
+    return [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +283,7 @@ class ArrayMeta:
         return math.prod(self.shape) * self.dtype.itemsize
 
     def chunk_keys(self) -> list[tuple[int, ...]]:
-        if any(d == 0 for d in self.shape):
-            return []
-        if not self.shape:
-            return [()]
-        grid = [math.ceil(d / c) for d, c in zip(self.shape, self.chunk_shape)]
-        return [tuple(int(i) for i in idx) for idx in np.ndindex(*grid)]
+        return _grid_keys(self.shape, self.chunk_shape)
 
 
 def _chunk_path(folder: Path, key: tuple[int, ...]) -> Path:
@@ -238,33 +294,44 @@ def read_array_meta(store: Path, name: str) -> ArrayMeta:
     """Read and check an array's ``zarr.json`` (no data is read)."""
     check_relative_path(name, f"array {name!r}")
     where = f"{store.name}/{name}"
-    path = store / name / _ZARR_JSON
+    path = check_inside(store / name / _ZARR_JSON, store, where)
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ArrayMissingError(f"{where}: the array has no zarr.json (missing array)") from None
     except (OSError, ValueError) as exc:
-        raise TraceFormatError(f"{where}/zarr.json: unreadable ({exc})") from None
+        raise ArrayInvalidError(f"{where}/zarr.json: unreadable ({exc})") from None
     try:
+        if (doc["zarr_format"], doc["node_type"]) != (3, "array"):
+            raise ArrayInvalidError(f"{where}/zarr.json: not a Zarr v3 array")
+        if doc["chunk_grid"]["name"] != "regular" or doc["chunk_key_encoding"] != _CHUNK_KEY_ENCODING:
+            raise ArrayInvalidError(
+                f"{where}/zarr.json: the spec requires a regular chunk grid and chunk keys {_CHUNK_KEY_ENCODING}"
+            )
         shape = tuple(doc["shape"])
         if not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InvalidShapeError(f"{where}: shape {list(shape)} has a negative or non-integer extent")
         attrs = doc.get("attributes", {}).get("tracespec", {})
         dt = parse_dtype(attrs.get("dtype", doc["data_type"]))
         if dt.zarr_data_type != doc["data_type"]:
-            raise TraceFormatError(
+            raise ArrayInvalidError(
                 f"{where}: data_type {doc['data_type']!r} cannot hold dtype {dt.name!r}"
             )
         chunk = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
         codec_names = [c["name"] for c in doc["codecs"]]
+        if doc["codecs"][0].get("configuration", {}).get("endian", "little") != "little":
+            raise ArrayInvalidError(f"{where}/zarr.json: the bytes codec must be little endian")
     except (KeyError, TypeError, AttributeError) as exc:
-        raise TraceFormatError(f"{where}/zarr.json: not a Zarr v3 array ({exc!r} missing or wrong)") from None
+        raise ArrayInvalidError(f"{where}/zarr.json: not a Zarr v3 array ({exc!r} missing or wrong)") from None
     if math.prod(shape) * dt.itemsize > MAX_ARRAY_BYTES:
         raise InvalidShapeError(f"{where}: shape {list(shape)} is absurd ({math.prod(shape)} elements)")
     if len(chunk) != len(shape) or not all(isinstance(c, int) and c > 0 for c in chunk):
-        raise TraceFormatError(f"{where}: chunk_shape {list(chunk)} does not fit shape {list(shape)}")
+        raise ArrayInvalidError(f"{where}: chunk_shape {list(chunk)} does not fit shape {list(shape)}")
+    chunks = math.prod(math.ceil(d / c) for d, c in zip(shape, chunk))
+    if chunks > MAX_CHUNKS:
+        raise InvalidShapeError(f"{where}: chunk_shape {list(chunk)} cuts shape {list(shape)} into {chunks} chunks")
     if codec_names not in (["bytes"], ["bytes", "zstd"]):
-        raise TraceFormatError(f"{where}: codecs {codec_names} are not among the spec's (bytes[, zstd])")
+        raise ArrayInvalidError(f"{where}: codecs {codec_names} are not among the spec's (bytes[, zstd])")
     return ArrayMeta(name, shape, dt, chunk, "zstd" if "zstd" in codec_names else None)
 
 
@@ -303,13 +370,13 @@ def read_array(store: Path, meta: ArrayMeta) -> np.ndarray:
             return _read_general(store, meta)
         for key in meta.chunk_keys():
             start, length = _chunk_span(meta.shape, meta.chunk_shape, key, dt.itemsize)
-            path = _chunk_path(folder, key)
+            path = check_inside(_chunk_path(folder, key), store, f"{store.name}/{meta.name}")
             try:
                 if decoder is None:
                     with open(path, "rb") as f:
                         got = f.readinto(memoryview(flat[start : start + length]))
                 else:
-                    raw = decoder.decode(path.read_bytes())
+                    raw = _decode(decoder, path, f"{store.name}/{meta.name}")
                     got = min(len(raw), length)
                     flat[start : start + got] = np.frombuffer(raw, np.uint8, got)
             except FileNotFoundError:
@@ -322,6 +389,16 @@ def read_array(store: Path, meta: ArrayMeta) -> np.ndarray:
                     f"({got} of {length} bytes)"
                 )
     return result.view(dt.numpy) if dt.stored_as_bits else result
+
+
+def _decode(decoder: Any, path: Path, where: str) -> bytes:
+    """Decompress one chunk; a corrupt or cut-off frame is a damaged chunk, not a crash."""
+    try:
+        return bytes(decoder.decode(path.read_bytes()))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError for bad frames
+        raise ChunkMissingError(f"{where}: chunk {path.name} is corrupt ({exc})") from None
 
 
 def _splits_leading_axes(shape: tuple[int, ...], chunk: tuple[int, ...]) -> bool:
@@ -354,5 +431,8 @@ def _read_general(store: Path, meta: ArrayMeta) -> np.ndarray:
             raise ChunkMissingError(f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key))} is missing")
     import zarr
 
-    data = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[...])
+    try:
+        data = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[...])
+    except Exception as exc:  # zarr's own errors on damaged chunks: report them, never crash
+        raise ChunkMissingError(f"{store.name}/{meta.name}: zarr cannot read the array ({exc})") from None
     return data.view(meta.dtype.numpy) if meta.dtype.stored_as_bits else data

@@ -1,0 +1,77 @@
+"""Run every conformance case of spec/v1 through validate_trace and through `tracespec validate`.
+
+A valid case passes deep validation (and is complete or not, as its case.json says); an invalid
+case is rejected with exactly its reason code: by the API as the error's ``reason``, by the CLI
+as exit code 3 and one line on stderr naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tracespec import validate_trace
+from tracespec.cli import cli
+from tracespec.errors import TraceFormatError
+
+CONFORMANCE = Path(__file__).resolve().parents[2] / "spec" / "v1" / "conformance"
+CASE_FILES = sorted(CONFORMANCE.glob("*/case.json"))
+
+
+def load_case(path: Path) -> dict[str, Any]:
+    case: dict[str, Any] = json.loads(path.read_text())
+    case["trace"] = path.parent / "trace"
+    return case
+
+
+def test_the_corpus_exists_and_covers_both_kinds() -> None:
+    assert CONFORMANCE.is_dir(), f"{CONFORMANCE} is missing"
+    cases = [load_case(p) for p in CASE_FILES]
+    assert sum(1 for c in cases if c.get("valid")) >= 5
+    assert sum(1 for c in cases if "error" in c) >= 20
+    for c in cases:
+        assert c["name"] == c["trace"].parent.name and c["description"]
+        assert ("valid" in c) != ("error" in c), c["name"]
+
+
+@pytest.mark.parametrize("case_file", CASE_FILES, ids=[p.parent.name for p in CASE_FILES])
+def test_case_through_the_api(case_file: Path) -> None:
+    case = load_case(case_file)
+    if case.get("valid"):
+        report = validate_trace(case["trace"], deep=True)
+        assert report.complete == case["complete"]
+    else:
+        with pytest.raises(TraceFormatError) as caught:
+            validate_trace(case["trace"], deep=True)
+        assert caught.value.reason == case["error"], str(caught.value)
+
+
+@pytest.mark.parametrize("case_file", CASE_FILES, ids=[p.parent.name for p in CASE_FILES])
+def test_case_through_the_cli(case_file: Path) -> None:
+    case = load_case(case_file)
+    # catch_exceptions=False: anything but a clean click exit propagates and fails the test
+    result = CliRunner().invoke(cli, ["validate", "--deep", str(case["trace"])], catch_exceptions=False)
+    if case.get("valid"):
+        assert result.exit_code == 0, result.stderr
+        assert ("INCOMPLETE" in result.stdout) != case["complete"]
+    else:
+        assert result.exit_code == 3
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: [{case['error']}] "), lines
+
+
+def test_a_real_process_prints_one_line_and_no_traceback() -> None:
+    for name in ("manifest-garbled", "chunk-truncated", "array-path-escape"):
+        case = load_case(CONFORMANCE / name / "case.json")
+        done = subprocess.run([sys.executable, "-m", "tracespec.cli", "validate", "--deep", str(case["trace"])],
+                              capture_output=True, text=True)
+        assert done.returncode == 3 and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and f"[{case['error']}]" in done.stderr
+        assert "Traceback" not in done.stderr
