@@ -303,13 +303,14 @@ def fast_stats(array: np.ndarray) -> TensorStats:
     if buffer is None:
         buffer = _local.buffer = np.empty(_BLOCK, dtype=np.float64)
     total = squares = 0.0
-    for start in range(0, count, _BLOCK):
-        block = flat[start : start + _BLOCK]
-        work = buffer[: block.size]
-        np.copyto(work, block, casting="unsafe")
-        total += float(np.add.reduce(work))
-        np.multiply(work, work, out=work)
-        squares += float(np.add.reduce(work))
+    with np.errstate(all="ignore"):  # overflow to inf is detected below, never a warning
+        for start in range(0, count, _BLOCK):
+            block = flat[start : start + _BLOCK]
+            work = buffer[: block.size]
+            np.copyto(work, block, casting="unsafe")
+            total += float(np.add.reduce(work))
+            np.multiply(work, work, out=work)
+            squares += float(np.add.reduce(work))
     mean = total / count
     m2 = squares - total * mean
     if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):

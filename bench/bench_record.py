@@ -5,7 +5,7 @@ in the same run, interleaved), the bytes written per step, and for ``full`` the 
 limit: the bare step plus the time to copy the same number of bytes in memory and write them to
 the same disk with fsync.
 
-    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
 
@@ -217,38 +217,36 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def timed_steps(step: Callable[[], None], steps: int, after_each: Callable[[], None] | None = None) -> list[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        if after_each is not None:
-            after_each()
-        times.append(time.perf_counter() - start)
-    return times
+def bare_step(step: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
-def recorded_steps(model: Any, step: Callable[[], None], level: str, folder: Path, steps: int, roles: list[str]) -> tuple[list[float], int]:
-    """Step times while recording at ``level`` (``rec.step()`` included), and bytes per step.
+def recorded_step(model: Any, step: Callable[[], None], level: str, folder: Path, roles: list[str]) -> tuple[float, int]:
+    """One recorded step at ``level``: its time and the bytes it added to the trace.
 
-    The last measured step includes closing the recording, so data still queued for the disk
-    is paid for.
+    A first recorded step (trace set-up, first touch of buffers) is not timed. The timed step
+    includes ``rec.step()`` and waiting until everything it handed to the writer is on disk
+    (fsynced), so background writing is paid for, not hidden.
     """
     path = folder / f"trace-{level}"
     shutil.rmtree(path, ignore_errors=True)
     rec = tracespec.record(model, path, capture=level, roles=roles)
     rec.__enter__()
-    step()  # warm-up step, recorded but not timed
+    step()
     rec.step()
-    times = timed_steps(step, steps - 1, rec.step)
+    rec.writer.flush()  # type: ignore[union-attr]
+    before = folder_bytes(path)
     start = time.perf_counter()
     step()
     rec.step()
+    rec.writer.flush()  # type: ignore[union-attr]
+    elapsed = time.perf_counter() - start
     rec.__exit__(None, None, None)
-    times.append(time.perf_counter() - start)
-    size = folder_bytes(path)
+    written = folder_bytes(path) - before
     shutil.rmtree(path)
-    return times, size // (steps + 1)
+    return elapsed, written
 
 
 def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
@@ -275,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", choices=sorted(FRAMEWORKS), default="torch")
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="repeat bare/recorded rounds; medians are reported")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level) single steps; medians are reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levels", default="stats,hash,full")
     parser.add_argument(
@@ -291,43 +288,53 @@ def main(argv: list[str] | None = None) -> int:
     roles = ["inputs", "outputs", "grads", "params", "optimizer"] if args.roles == "all" else args.roles.split(",")
     model, step = FRAMEWORKS[args.framework](size, args.threads)
     folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
-    print(f"{args.framework}, {size}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps, roles {roles}", file=sys.stderr)
+    print(f"{args.framework}, {size}, {args.threads} threads, {args.rounds} rounds, roles {roles}", file=sys.stderr)
+    bare: list[float] = []
+    recorded: dict[str, list[float]] = {level: [] for level in levels}
+    ratios: dict[str, list[float]] = {level: [] for level in levels}
+    written: dict[str, list[int]] = {level: [] for level in levels}
+    limit: list[float] = []
     try:
         step()  # warm-up
-        bare: list[float] = []
-        recorded: dict[str, list[float]] = {level: [] for level in levels}
-        written: dict[str, int] = {}
-        limit: list[float] = []
         for round_ in range(args.rounds):
-            bare.extend(timed_steps(step, args.steps))
+            # Bare and recorded steps alternate within a round and each level is compared with
+            # the bare step of its own round: load from other processes hits both alike.
+            gc.collect()
+            bare.append(bare_step(step))
             for level in levels:
                 gc.collect()
-                times, per_step = recorded_steps(model, step, level, folder, args.steps, roles)
-                recorded[level].extend(times)
-                written[level] = per_step
+                elapsed, nbytes = recorded_step(model, step, level, folder, roles)
+                recorded[level].append(elapsed)
+                ratios[level].append(elapsed / bare[-1])
+                written[level].append(nbytes)
                 if level == "full":
-                    limit.append(copy_and_write_seconds(per_step, folder))
-            print(f"round {round_ + 1}: bare {statistics.median(bare):.3f}s "
-                  + " ".join(f"{lv} {statistics.median(t):.3f}s" for lv, t in recorded.items()), file=sys.stderr)
+                    limit.append(copy_and_write_seconds(nbytes, folder))
+            print(f"round {round_ + 1}: bare {bare[-1]:.3f}s " + " ".join(f"{lv} {t[-1]:.3f}s" for lv, t in recorded.items()), file=sys.stderr)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     bare_s = statistics.median(bare)
     rows = []
     for level in levels:
-        t = statistics.median(recorded[level])
-        row = {"level": level, "step_s": t, "ratio": t / bare_s, "bytes_per_step": written[level]}
+        row: dict[str, Any] = {
+            "level": level,
+            "step_s": statistics.median(recorded[level]),
+            "ratio": statistics.median(ratios[level]),
+            "bytes_per_step": int(statistics.median(written[level])),
+        }
         if level == "full" and limit:
             io = statistics.median(limit)
             row["copy_write_s"] = io
             row["limit_s"] = bare_s + io
-            row["ratio_to_limit"] = t / (bare_s + io)
+            row["ratio_to_limit"] = row["step_s"] / (bare_s + io)
         rows.append(row)
-    print(f"\n{args.framework} {'quick' if args.quick else 'GPT-2 small'}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)})")
-    print(f"| capture | step (s) | x bare | MB written / step | limit (s) | x limit |")
-    print(f"|---|---|---|---|---|---|")
+    name = "quick" if args.quick else "GPT-2 small"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\n{args.framework} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}); x bare = median of per-round ratios; load average at the end {load}")
+    print("| capture | step (s) | x bare | MB written / step | bare + copy&write (s) | x limit |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         lim = f"{row['limit_s']:.3f} | {row['ratio_to_limit']:.2f}" if "limit_s" in row else "- | -"
-        print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['bytes_per_step'] / 1e6:.2f} | {lim} |")
+        print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['bytes_per_step'] / 1e6:.1f} | {lim} |")
     if args.json:
         args.json.write_text(json.dumps({"framework": args.framework, "size": size.__dict__, "bare_s": bare_s, "rows": rows}, indent=1))
     return 0

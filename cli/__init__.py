@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from tracespec import __version__
+from tracespec.cli.diff import diff
 from tracespec.cli.errors import EXIT_INVALID_INPUT, report_errors
 from tracespec.cli.show import show
 from tracespec.cli.validate import validate
@@ -28,11 +29,13 @@ def cli() -> None:
     Typical use:
       tracespec show runs/ref              the module tree with shapes, dtypes, statistics
       tracespec validate runs/ref          does the folder conform to the spec?
+      tracespec diff runs/ref runs/port    where does B diverge from A, and who introduced it?
 
     Exit codes: 0 ok, 1 diverged, 2 usage error, 3 unreadable or invalid input.
     """
 
 
+cli.add_command(diff)
 cli.add_command(show)
 cli.add_command(validate)
 

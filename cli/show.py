@@ -31,6 +31,10 @@ def _fmt(value: float | None) -> str:
 def describe_record(record: dict[str, Any]) -> str:
     """One line for one tensor record: role, slot, dtype, shape and what was kept."""
     tag = f"{_ROLE_TAGS[record['role']]}[{record['slot']}]"
+    if record.get("call"):
+        tag += f"#{record['call']}"  # the second (third...) call of a module called more than once
+    if record.get("stage") == "update":
+        tag += "@update"  # weights and optimizer state after the optimizer step
     if record["dtype"] is None:
         return f"{tag} {record['value_type']} {record['value']}"
     shape = "x".join(map(str, record["shape"])) or "scalar"

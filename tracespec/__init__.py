@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from tracespec.compare import Verdict, compare
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
 from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
@@ -23,7 +24,9 @@ __all__ = [
     "TraceFormatError",
     "TraceWriter",
     "TracespecError",
+    "Verdict",
     "__version__",
+    "compare",
     "load_trace",
     "record",
     "validate_trace",

@@ -705,6 +705,7 @@ class AdapterTests(ABC):
         for route, cls, _ in spec.tree[1:]:
             assert any(route in line and cls in line for line in lines), route
         assert any("proj" in line and "×2" in line for line in lines), "a module called twice shows ×2"
+        assert any("out[0]#1" in line for line in lines), "the second call's output is marked"
 
     def test_warnings_are_not_raised_on_a_plain_recording(self, tmp_path: Path) -> None:
         with warnings.catch_warnings():

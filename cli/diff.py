@@ -1,0 +1,324 @@
+"""``tracespec diff A B``: where do two runs diverge? A thin layer over :func:`tracespec.compare`.
+
+Exit codes: 0 the runs agree within tolerance, 1 they diverge, 2 usage error, 3 unreadable or
+invalid input. ``--json -`` prints the verdict alone on stdout; the report and the progress bar go
+to the terminal (stdout for the report, stderr for progress).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tracespec.cli.errors import EXIT_DIVERGED, report_errors
+from tracespec.compare import MODES, Verdict, compare_traces
+from tracespec.errors import InputFileError, UsageError
+from tracespec.format.tables import STAGES
+
+__all__ = ["diff", "render_report"]
+
+_MARK = {"pass": "✓", "pass_within_tolerance": "≈", "diverged": "✗", "skipped": "·"}
+_GROWTH_ROWS = 24
+
+
+def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
+    """``ROUTE_GLOB=rtol:1e-3,atol:1e-5,mode:mean`` -> (glob, {...})."""
+    route, sep, spec = text.partition("=")
+    if not sep or not route:
+        raise click.BadParameter(f"{text!r}: expected ROUTE_GLOB=rtol:X,atol:Y[,mode:M]", param_hint="--tol")
+    values: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, colon, value = item.partition(":")
+        if not colon or key not in ("rtol", "atol", "mode"):
+            raise click.BadParameter(f"{item!r} in {text!r}: use rtol:X, atol:Y or mode:M", param_hint="--tol")
+        if key == "mode":
+            values[key] = value
+        else:
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise click.BadParameter(f"{key} {value!r} in {text!r} is not a number", param_hint="--tol") from None
+    return route, values
+
+
+def diff_files(a: str, b: str) -> int:
+    """A or B is a file, not a trace folder (a checkpoint): handled by the checkpoint converter."""
+    raise InputFileError(
+        f"{a if Path(a).is_file() else b}: a file, not a trace folder; this build of tracespec diff "
+        "compares trace folders (record them with tracespec.record)"
+    )
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (TextColumn("comparing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("diff", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("a", metavar="A", type=click.Path(path_type=str))
+@click.argument("b", metavar="B", type=click.Path(path_type=str))
+@click.option("--json", "json_path", metavar="PATH", help="Write the verdict as JSON to PATH ('-' for stdout, alone).")
+@click.option("--mode", type=click.Choice(MODES), default="strict", show_default=True,
+              help="strict: every element within tolerance; mean: mean error; stats: recorded statistics "
+                   "only (reads no data); bitwise: identical bits.")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance for every tensor (default: per dtype, times the tensors' RMS).")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance for every tensor (default: per dtype).")
+@click.option("--tol", "overrides", multiple=True, metavar="GLOB=rtol:X,atol:Y,mode:M",
+              help="Per-route tolerance or mode, on A's routes (repeatable; later wins).")
+@click.option("--step", "steps", type=int, multiple=True, help="Compare only this step (repeatable).")
+@click.option("--rank", "ranks", type=int, multiple=True, help="Compare only this rank (repeatable).")
+@click.option("--stage", "stages", type=click.Choice(STAGES), multiple=True, help="Compare only this stage (repeatable).")
+@click.option("--route", "routes", multiple=True, metavar="GLOB", help="Compare only nodes whose A route matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip nodes whose A route matches (repeatable).")
+@click.option("--layer-map", type=click.Path(dir_okay=False, path_type=str), help="YAML/JSON file mapping A's routes to B's (docs/diff.md).")
+@click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
+@click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+def diff(a: str, b: str, json_path: str | None, mode: str, atol: float | None, rtol: float | None,
+         overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
+         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, read_all: bool, top: int,
+         progress: bool | None) -> None:
+    """Find where run B diverges from run A (the reference), and which module introduced it.
+
+    A and B are trace folders recorded with tracespec.record (any framework). Their module trees
+    are aligned (layer map, then equal routes, then structure), every aligned tensor is compared
+    in float64 with dtype-aware tolerances, and the walk in execution order names the first module
+    whose inputs agree but whose outputs do not.
+
+    \b
+    Examples:
+      tracespec diff runs/torch runs/paddle
+      tracespec diff runs/fp32 runs/bf16 --mode mean
+      tracespec diff runs/ref runs/new --stage forward --route 'blocks.*' --json verdict.json
+      tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
+      tracespec diff runs/ref runs/new --json - | jq .first_divergence
+
+    \b
+    A layer map, for renames that structure cannot guess (docs/diff.md):
+      map:
+        - {a: "blocks.*.ln_1", b: "layers.*.norm1"}
+        - {a: "head", b: "lm_head", transforms: {weight: transpose}}
+
+    \b
+    Reading the report: the tree is collapsed to the path to the first divergence;
+    ✓ identical, ≈ within tolerance, ✗ diverged; INTRODUCED marks the culprit,
+    "inherited" a node whose inputs already differed, "contains" a parent of the culprit.
+
+    Exit codes: 0 agree, 1 diverged, 2 usage error, 3 unreadable or invalid input.
+    """
+    with report_errors():
+        if Path(a).is_file() or Path(b).is_file():
+            sys.exit(diff_files(a, b))
+        parsed = dict(_parse_override(text) for text in overrides)
+        show_progress = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
+        with _progress_bar(show_progress) as update:
+            try:
+                verdict = compare_traces(
+                    a, b, mode=mode, rtol=rtol, atol=atol, tolerances=parsed,
+                    steps=steps or None, ranks=ranks or None, stages=stages or None,
+                    routes=routes, exclude=exclude, layer_map=layer_map,
+                    trust_hashes=not read_all, progress=update,
+                )
+            except UsageError as exc:
+                raise click.UsageError(str(exc)) from None
+        if json_path == "-":
+            click.echo(verdict.dumps(), nl=False)
+        else:
+            if json_path is not None:
+                try:
+                    Path(json_path).write_text(verdict.dumps(), encoding="utf-8")
+                except OSError as exc:
+                    raise click.BadParameter(f"cannot write {json_path}: {exc.strerror}", param_hint="--json") from None
+            click.echo(render_report(verdict, top))
+    if not verdict.passed:
+        sys.exit(EXIT_DIVERGED)
+
+
+# --------------------------------------------------------------------------- the report
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _metrics_line(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "no metrics"
+    if metrics["kind"] == "hash":
+        return "identical bits" if metrics["identical"] else "content hashes differ"
+    if metrics["kind"] == "stats":
+        delta = ", ".join(f"Δ{k} {_num(v)}" for k, v in metrics.get("stats_delta", {}).items())
+        return f"statistics only: {delta}; ×{_num(metrics.get('tolerance_ratio'))} of tolerance"
+    if metrics["kind"] != "elementwise":
+        return metrics.get("note", "not compared")
+    text = (
+        f"max abs {_num(metrics['max_abs'])}, max rel {_num(metrics['max_rel'])}, "
+        f"rel RMSE {_num(metrics['rel_rmse'])}, cosine {_num(metrics['cosine'])}"
+    )
+    if metrics.get("max_ulp") is not None:
+        text += f", {metrics['max_ulp']:.0f} ULP ({metrics['ulp_dtype']})"
+    if metrics.get("mismatched"):
+        text += (
+            f"; {metrics['mismatched']}/{metrics['count']} elements beyond tolerance"
+            f" (worst ×{_num(metrics['tolerance_ratio'])} at {metrics['worst_index']}:"
+            f" A {metrics['worst_a']:.7g}, B {metrics['worst_b']:.7g})"
+        )
+    if not (metrics["nan_agree"] and metrics["inf_agree"]):
+        text += "; NaN/Inf at different positions"
+    return text
+
+
+def _unit_label(node: dict[str, Any]) -> str:
+    mark = _MARK[node["status"]]
+    label = node["divergence"] or ("pass" if node["status"] == "pass" else node["status"].replace("_", " "))
+    if node["divergence"] == "introduced":
+        label = click.style("INTRODUCED", fg="red", bold=True)
+    return f"{mark} {label}"
+
+
+def _path_tree(verdict: Verdict) -> list[str]:
+    first = verdict.first_divergence
+    assert first is not None
+    units = [n for n in verdict.nodes if (n["step"], n["rank"], n["stage"]) == (first["step"], first["rank"], first["stage"])]
+    by_route: dict[str, dict[str, Any]] = {}
+    for unit in units:
+        by_route.setdefault(unit["a"]["route"], unit)  # the first call of each node
+    target = first["a"]["route"]
+    chain = [r for r in by_route if r == "" or target == r or target.startswith(r + ".")]
+    chain.sort(key=lambda r: (r != "", r.count(".") if r else -1))
+    lines = []
+    for depth, route in enumerate(chain):
+        unit = by_route[route]
+        indent = "    " * (depth - 1) if depth else ""
+        if depth:
+            siblings = [r for r in by_route if _parent_of(r) == chain[depth - 1] and r != route]
+            if siblings:
+                failed = sum(1 for r in siblings if by_route[r]["status"] == "diverged")
+                lines.append(f"{indent}├── … {len(siblings) - failed} sibling(s) agree, {failed} diverge")
+        branch = "└── " if depth else ""
+        name = click.style(route or "(root)", bold=True)
+        lines.append(f"{indent}{branch}{name} {unit['a']['class_name']}  {_unit_label(unit)}")
+    return lines
+
+
+def _parent_of(route: str) -> str | None:
+    if route == "":
+        return None
+    return route.rpartition(".")[0]
+
+
+def _growth_lines(verdict: Verdict) -> list[str]:
+    first = verdict.first_divergence
+    if first is not None:
+        step, rank = first["step"], first["rank"]
+    else:
+        step, rank = (verdict.selection["steps"] or [0])[0], (verdict.selection["ranks"] or [0])[0]
+    curve = [p for p in verdict.error_growth if p["stage"] == "forward" and p["step"] == step and p["rank"] == rank]
+    if not curve:
+        return []
+    depth = 1
+    while depth < 8 and sum(1 for p in curve if 0 < p["depth"] <= depth + 1) <= _GROWTH_ROWS:
+        depth += 1
+    rows = [p for p in curve if 0 < p["depth"] <= depth] or curve
+    seen = set()
+    lines = []
+    width = max(len(p["route"] or "(root)") for p in rows)
+    floor = -8.0  # log10 of the error drawn as an empty bar
+    top = max((math.log10(p["rel_rmse"]) for p in rows if p["rel_rmse"]), default=floor + 1)
+    for point in rows:
+        key = (point["route"], point["call"])
+        if key in seen:
+            continue
+        seen.add(key)
+        rel = point["rel_rmse"]
+        bar = ""
+        if rel:
+            bar = "█" * max(1, round(30 * (math.log10(rel) - floor) / max(top - floor, 1e-9)))
+        call = f"#{point['call']}" if point["call"] else ""
+        lines.append(f"  {(point['route'] or '(root)') + call:<{width + 3}} {_num(rel):>9}  {_MARK[point['status']]} {bar}")
+    return lines
+
+
+def render_report(verdict: Verdict, top: int = 5) -> str:
+    """The terminal report of a verdict (what ``tracespec diff`` prints)."""
+    out: list[str] = []
+    a, b = verdict.a, verdict.b
+    out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
+               f"  vs  B {b['path']} ({b['framework']} {b['framework_version'] or ''})".rstrip())
+    for side, trace in (("A", a), ("B", b)):
+        if not trace["complete"]:
+            out.append(click.style(f"warning: {side} is incomplete (a writer did not close); compared what it holds",
+                                   fg="yellow"))
+    for rank, cov in verdict.coverage["ranks"].items():
+        methods = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cov["by_method"].items() if v)
+        out.append(f"rank {rank}: aligned {cov['matched']} of {cov['nodes_a']} nodes of A and {cov['nodes_b']} of B ({methods})")
+    s = verdict.summary
+    out.append(
+        f"compared {verdict.coverage['records_compared']} tensor pairs in {s['units']} calls: "
+        f"{s['pass']} identical, {s['pass_within_tolerance']} within tolerance, {s['diverged']} diverged"
+        + (f", {s['skipped']} skipped" if s["skipped"] else "")
+    )
+    first = verdict.first_divergence
+    out.append("")
+    if first is None:
+        out.append(click.style("PASS", fg="green", bold=True) + ": no divergence")
+    else:
+        kind = "INTRODUCED it" if first["kind"] == "introduced" else "inherited it (see below)"
+        out.append(
+            click.style("FAIL", fg="red", bold=True)
+            + f": first divergence in {first['stage']}, step {first['step']}, rank {first['rank']}: "
+            + f"{first['a']['route'] or '(root)'} ({first['a']['class_name']}) {kind}"
+        )
+        if first["b"]["route"] != first["a"]["route"]:
+            out.append(f"  in B: {first['b']['route']} ({first['b']['class_name']})")
+        if first["record"]:
+            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'])}")
+        if first["evidence"]:
+            out.append(f"  evidence: {first['evidence']}")
+        out.append("")
+        out.append(f"Path to the first divergence ({first['stage']}):")
+        out.extend(_path_tree(verdict))
+        worst = [w for w in verdict.worst if w["stage"] == first["stage"]] or verdict.worst
+        if worst:
+            out.append("")
+            out.append(f"Worst nodes ({worst[0]['stage']}; × tolerance):")
+            for item in worst[:top]:
+                ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
+                out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{_num(ratio)}  {item['divergence'] or ''}")
+    growth = _growth_lines(verdict)
+    if growth:
+        out.append("")
+        out.append("Error growth (forward; RMSE / RMS of each layer's output, log scale):")
+        out.extend(growth)
+    tol = verdict.tolerances
+    by_dtype = "; ".join(
+        f"{d} rtol {t['rtol']:.2g}, atol {t['atol']:.2g}{' × RMS' if t['atol_scaled'] else ''}" for d, t in tol["by_dtype"].items()
+    )
+    out.append("")
+    out.append(f"Tolerances: mode {tol['mode']}" + (f"; {by_dtype}" if by_dtype else "") +
+               (f"; {len(tol['overrides'])} route override(s)" if tol["overrides"] else ""))
+    if verdict.unmatched:
+        out.append(f"Unmatched nodes: {len(verdict.unmatched)}")
+        for item in verdict.unmatched[:5]:
+            out.append(f"  {item['side'].upper()} {item['route'] or '(root)'} ({item['class_name']}): {item['reason']}")
+        if len(verdict.unmatched) > 5:
+            out.append(f"  … {len(verdict.unmatched) - 5} more in --json")
+    out.append("Next: " + verdict.hint)
+    return "\n".join(out)

@@ -1,0 +1,126 @@
+"""The framework-agnostic half of recording: options, slots, statistics, host buffers, registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tracespec.adapters import available_adapters
+from tracespec.adapters._common import HostBufferPool, fast_stats, flatten, map_tensors, parse_options
+from tracespec.errors import UsageError
+from tracespec.format.stats import compute_stats
+
+
+def is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+@dataclass(frozen=True)
+class Hidden:
+    state: np.ndarray
+    extra: tuple[np.ndarray, int]
+
+
+class Pair(NamedTuple):
+    a: np.ndarray
+    b: np.ndarray
+
+
+def test_flatten_names_every_leaf_by_its_path() -> None:
+    x, y, z = np.zeros(1), np.ones(1), np.full(1, 2.0)
+    value = {"logits": x, "past": [Hidden(y, (z, 3))], "n": None}
+    assert [(slot, leaf if not is_array(leaf) else float(leaf[0])) for slot, leaf in flatten(value, "", is_array)] == [
+        ("logits", 0.0), ("past.0.state", 1.0), ("past.0.extra.0", 2.0), ("past.0.extra.1", 3), ("n", None),
+    ]
+    assert [s for s, _ in flatten(x, "", is_array)] == ["0"]
+    assert [s for s, _ in flatten(7, "", is_array)] == ["0"]
+    assert [s for s, _ in flatten((x, y), "", is_array)] == ["0", "1"]
+    assert [s for s, _ in flatten((x, {"m": y}), "0", is_array)] == ["0.0", "0.1.m"]
+
+
+def test_map_tensors_rebuilds_only_what_changed() -> None:
+    x, y = np.zeros(2), np.ones(2)
+    value = (Pair(x, y), {"k": [x]}, Hidden(y, (x, 1)), "text")
+    doubled = map_tensors(value, lambda slot, t: t * 2 if slot != "0.1" else t, "", is_array)
+    assert isinstance(doubled[0], Pair) and doubled[0].b is y and doubled[0].a[0] == 0
+    assert isinstance(doubled[2], Hidden) and doubled[2].state[0] == 2 and doubled[2].extra[1] == 1
+    same = map_tensors(value, lambda slot, t: t, "", is_array)
+    assert same is value
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"capture": "all"}, "capture is 'all'; expected one of 'full', 'stats', 'hash'"),
+        ({"levels": ["full"]}, "levels must be a mapping"),
+        ({"levels": {"fc": "everything"}}, r"levels\['fc'\]"),
+        ({"include": 3}, "include must be"),
+        ({"exclude": [1.5]}, "exclude holds 1.5"),
+        ({"roles": ["weights"]}, "roles holds 'weights'; known roles"),
+        ({"every": 0}, "every must be an integer >= 1"),
+        ({"every": True}, "every must be an integer"),
+        ({"max_bytes": -1}, "max_bytes must be an integer >= 0"),
+        ({"metadata": {"f": object()}}, "metadata must be JSON-serialisable"),
+        ({"rank": 1}, "give rank and world_size together"),
+        ({"compression": "gzip"}, "compression is 'gzip'"),
+        ({"captur": "full"}, "did you mean 'capture'"),
+    ],
+)
+def test_bad_options_say_what_is_allowed(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_options(**options)
+
+
+def test_options_expand_role_groups_and_keep_selector_order() -> None:
+    options = parse_options(capture="hash", roles=["grads", "output"], levels={"grad_input": "stats", "fc": "full"}, include="blocks.*")
+    assert options.roles == {"grad_output", "grad_input", "parameter_grad", "output"}
+    assert [key for key, _ in options.levels] == ["grad_input", "fc"]
+    assert options.include == ("blocks.*",)
+    assert options.to_json()["levels"] == [["grad_input", "stats"], ["fc", "full"]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.uint8]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=40),
+        elements={"allow_nan": True, "allow_infinity": True, "allow_subnormal": False},
+    )
+)
+def test_fast_stats_equal_the_reference(array: np.ndarray) -> None:
+    if array.dtype == np.float64:  # squares beyond float64 range: both give inf, the reference warns
+        array = np.where(np.abs(array) > 1e100, np.copysign(np.inf, array), array)
+    got, expected = fast_stats(array), compute_stats(array)
+    assert (got.count, got.nan_count, got.inf_count) == (expected.count, expected.nan_count, expected.inf_count)
+    for name in ("min", "max", "mean", "std", "l2"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert (a is None) == (b is None)
+        if b is not None:
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12 * max(1.0, abs(expected.l2 or 0.0))), name
+
+
+def test_host_buffers_are_reused_once_released() -> None:
+    pool = HostBufferPool()
+    first = pool.copy(np.arange(12, dtype=np.float32).reshape(3, 4))
+    second = pool.copy(np.ones(3))
+    assert len(pool._buffers) == 2
+    np.testing.assert_array_equal(first, np.arange(12).reshape(3, 4))
+    assert first.flags.c_contiguous and first.dtype == np.float32
+    del first
+    third = pool.copy(np.zeros(10, dtype=np.float32))
+    assert len(pool._buffers) == 2, "the released buffer is reused"
+    assert second[0] == 1 and third.sum() == 0
+
+
+def test_registry_lists_the_adapters_without_importing_frameworks() -> None:
+    assert {"torch", "paddle", "onnxruntime"} <= set(available_adapters())
+    code = "import sys, tracespec.adapters; print(sorted({'torch','paddle','onnxruntime'} & set(sys.modules)))"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"

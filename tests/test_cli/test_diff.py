@@ -1,0 +1,126 @@
+"""``tracespec diff`` through click's CliRunner: report, JSON, exit codes, help."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import tracespec
+from test_compare.synthetic_nets import Knobs, record_tiny_net
+from tracespec.cli import cli
+from tracespec.compare import validate_verdict
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    return {
+        "a": record_tiny_net(root / "a"),
+        "same": record_tiny_net(root / "same", Knobs(einsum=True)),
+        "bug": record_tiny_net(root / "bug", Knobs(bug_ln_eps=1e-2)),
+    }
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), prog_name="tracespec")
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_agreeing_runs_exit_0(traces: dict[str, Path]) -> None:
+    code, out, _ = run("diff", str(traces["a"]), str(traces["same"]))
+    assert code == 0, out
+    assert "PASS" in out and "Tolerances: mode strict" in out and "Next:" in out
+
+
+def test_a_divergence_exits_1_and_names_the_culprit(traces: dict[str, Path]) -> None:
+    code, out, _ = run("diff", str(traces["a"]), str(traces["bug"]), "--no-progress")
+    assert code == 1
+    assert "FAIL" in out and "blocks.1.ln (LayerNorm) INTRODUCED it" in out
+    assert "Path to the first divergence" in out and "Error growth" in out and "Worst nodes" in out
+    assert "Next: blocks.1.ln (LayerNorm)" in out
+
+
+def test_json_to_stdout_is_the_verdict_alone(traces: dict[str, Path]) -> None:
+    code, out, _ = run("diff", str(traces["a"]), str(traces["bug"]), "--json", "-")
+    assert code == 1
+    doc = json.loads(out)
+    validate_verdict(doc)
+    assert doc["first_divergence"]["a"]["route"] == "blocks.1.ln"
+
+
+def test_json_to_a_file_and_the_report(traces: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "verdict.json"
+    code, out, _ = run("diff", str(traces["a"]), str(traces["same"]), "--json", str(target))
+    assert code == 0 and "PASS" in out
+    assert json.loads(target.read_text())["status"] == "pass"
+
+
+def test_options_reach_the_comparison(traces: dict[str, Path], tmp_path: Path) -> None:
+    a, bug = str(traces["a"]), str(traces["bug"])
+    assert run("diff", a, bug, "--atol", "1", "--rtol", "1")[0] == 0
+    assert run("diff", a, bug, "--route", "blocks.0*", "--route", "embed")[0] == 0
+    assert run("diff", a, bug, "--tol", "*=atol:1,rtol:1")[0] == 0
+    assert run("diff", a, bug, "--stage", "backward")[0] == 0  # these traces have no backward
+    assert run("diff", a, str(traces["same"]), "--mode", "bitwise")[0] == 1
+    assert run("diff", a, bug, "--progress", "--read-all")[0] == 1
+    layer_map = tmp_path / "map.yaml"
+    layer_map.write_text("map:\n  - {a: blocks.1.ln, b: blocks.1.ln}\n")
+    code, out, _ = run("diff", a, bug, "--layer-map", str(layer_map), "--read-all")
+    assert code == 1 and "layer map 1" in out
+
+
+@pytest.mark.parametrize("args", [
+    ("--mode", "loose"), ("--tol", "no-equals-sign"), ("--tol", "x=rtol:abc"), ("--step", "7"), ("--rank", "3"),
+])
+def test_usage_errors_exit_2(traces: dict[str, Path], args: tuple[str, ...]) -> None:
+    code, _, err = run("diff", str(traces["a"]), str(traces["bug"]), *args)
+    assert code == 2, err
+
+
+def test_unreadable_inputs_exit_3_with_one_line(traces: dict[str, Path], tmp_path: Path) -> None:
+    code, _, err = run("diff", str(traces["a"]), str(tmp_path / "missing"))
+    assert code == 3 and err.count("\n") == 1 and "Traceback" not in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    assert run("diff", str(traces["a"]), str(broken))[0] == 3
+    bad_map = tmp_path / "bad.json"
+    bad_map.write_text('{"map": 3}')
+    code, _, err = run("diff", str(traces["a"]), str(traces["bug"]), "--layer-map", str(bad_map))
+    assert code == 3 and "map" in err
+
+
+def test_a_file_argument_is_dispatched_early(traces: dict[str, Path], tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"\0" * 16)
+    code, _, err = run("diff", str(checkpoint), str(traces["a"]))
+    assert code == 3 and "not a trace folder" in err
+
+
+def test_help_teaches_with_examples() -> None:
+    code, out, _ = run("diff", "--help")
+    assert code == 0
+    for text in ("Examples:", "--layer-map", "--json", "Exit codes", "INTRODUCED"):
+        assert text in out
+
+
+def test_a_record_whose_array_disagrees_is_invalid_input(traces: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from tracespec.storage.zarr_store import write_array
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(traces["bug"], corrupt)
+    store = corrupt / "rank_0" / "tensors.zarr"
+    trace = tracespec.load_trace(corrupt)
+    head = next(n["node"] for n in trace.nodes().to_pylist() if n["route"] == "head")
+    victim = next(r["array"] for r in trace.tensors().to_pylist() if r["node"] == head and r["role"] == "output")
+    shutil.rmtree(store / victim)
+    write_array(store, victim, np.zeros((2, 3, 5), np.float32), durable=False)
+    code, _, err = run("diff", str(traces["a"]), str(corrupt), "--read-all")
+    assert code == 3 and "corrupt" in err and "Traceback" not in err

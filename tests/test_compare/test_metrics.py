@@ -1,0 +1,123 @@
+"""Metrics in float64 against direct numpy formulas, ULPs in the stored dtype, statistics, hashes."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tracespec.compare.metrics import BLOCK, compare_arrays, compare_hashes, compare_stats
+from tracespec.compare.tolerance import DEFAULT_TOLERANCES, Tolerance
+from tracespec.format.stats import compute_stats
+
+F32 = DEFAULT_TOLERANCES["float32"]
+
+
+def test_metrics_match_numpy_formulas() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 11)).astype(np.float32)
+    b = (a + rng.standard_normal(a.shape) * 1e-3).astype(np.float32)
+    m = compare_arrays(a, b, F32)
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    assert m.max_abs == pytest.approx(np.abs(y - x).max())
+    assert m.max_rel == pytest.approx((np.abs(y - x) / np.abs(x)).max())
+    assert m.mean_abs == pytest.approx(np.abs(y - x).mean())
+    assert m.rmse == pytest.approx(math.sqrt(((y - x) ** 2).mean()))
+    assert m.cosine == pytest.approx(float(x.ravel() @ y.ravel() / np.linalg.norm(x) / np.linalg.norm(y)))
+    assert m.sqnr_db == pytest.approx(10 * math.log10((x**2).sum() / ((y - x) ** 2).sum()))
+    bound = F32.atol * math.sqrt((x**2).mean()) + F32.rtol * np.abs(x)
+    assert m.mismatched == int((np.abs(y - x) > bound).sum())
+    worst = np.unravel_index(np.argmax(np.abs(y - x) / bound), a.shape)
+    assert tuple(m.worst_index or ()) == tuple(int(i) for i in worst)
+
+
+def test_blockwise_streaming_gives_the_same_answer_as_one_block() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(BLOCK * 2 + 17).astype(np.float32)
+    b = a.copy()
+    b[BLOCK + 5] += 1.0
+    m = compare_arrays(a, b, F32)
+    assert m.mismatched == 1 and m.worst_index == [BLOCK + 5]
+    assert m.max_abs == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_ulp_distance_counts_representable_values(dtype: type, steps: int) -> None:
+    a = np.array([1.0, 0.5, 0.0, -2.0], dtype=dtype)
+    bits = a.view(f"u{a.itemsize}")
+    sign = np.where(a < 0, -1, 1).astype(np.int64)  # away from zero on both sides
+    b = (bits.astype(np.int64) + sign * sign * steps).astype(bits.dtype).view(dtype)
+    m = compare_arrays(a, b, DEFAULT_TOLERANCES["float64"])
+    assert m.ulp_dtype == np.dtype(dtype).name and m.max_ulp == steps
+
+
+def test_ulp_across_zero_counts_both_sides() -> None:
+    a = np.array([np.float32(1e-45)])  # the smallest subnormal
+    b = np.array([np.float32(-1e-45)])
+    assert compare_arrays(a, b, F32).max_ulp == 2
+
+
+def test_mixed_dtypes_use_the_coarser_for_ulps() -> None:
+    a = np.linspace(-2, 2, 50, dtype=np.float32)
+    b = a.astype(ml_dtypes.bfloat16)
+    m = compare_arrays(a, b, DEFAULT_TOLERANCES["bfloat16"])
+    assert m.ulp_dtype == "bfloat16" and m.max_ulp == 0
+    assert m.mismatched == 0 and not m.identical
+
+
+def test_nan_and_inf_positions_must_agree() -> None:
+    a = np.array([1.0, np.nan, np.inf, 2.0], dtype=np.float32)
+    same = compare_arrays(a, a.copy(), F32)
+    assert same.identical
+    moved = compare_arrays(a, np.array([np.nan, 1.0, np.inf, 2.0], dtype=np.float32), F32)
+    assert not moved.nan_agree and moved.inf_agree
+    flipped = compare_arrays(a, np.array([1.0, np.nan, -np.inf, 2.0], dtype=np.float32), F32)
+    assert flipped.nan_agree and not flipped.inf_agree
+
+
+@given(hnp.arrays(np.float32, hnp.array_shapes(max_dims=3, max_side=6), elements=st.floats(-1e3, 1e3, width=32)))
+def test_an_array_compared_with_itself_is_identical(a: np.ndarray) -> None:
+    m = compare_arrays(a, a.copy(), F32)
+    assert m.identical and m.max_abs == 0 and m.mismatched == 0
+
+
+def test_statistics_only_records_are_compared_by_their_moments() -> None:
+    a = np.random.default_rng(2).standard_normal(1000).astype(np.float32)
+    close = compare_stats(compute_stats(a), compute_stats(a * np.float32(1 + 1e-7)), F32)
+    assert close.kind == "stats" and close.tolerance_ratio is not None and close.tolerance_ratio <= 1
+    far = compare_stats(compute_stats(a), compute_stats(a * np.float32(1.01)), F32)
+    assert far.tolerance_ratio is not None and far.tolerance_ratio > 1
+    nan = a.copy()
+    nan[3] = np.nan
+    assert not compare_stats(compute_stats(a), compute_stats(nan), F32).nan_agree
+
+
+def test_hash_only_records_say_equal_or_not() -> None:
+    assert compare_hashes("xxh3_128:aa", "xxh3_128:aa").identical
+    differ = compare_hashes("xxh3_128:aa", "xxh3_128:bb")
+    assert not differ.identical and "not bitwise identical" in (differ.note or "")
+
+
+def test_non_finite_metrics_become_null_in_json() -> None:
+    a = np.zeros(4, np.float32)
+    m = compare_arrays(a, np.ones(4, np.float32), Tolerance(0.0, 0.0, False))
+    doc = m.to_json()
+    assert doc["sqnr_db"] is None and doc["tolerance_ratio"] is None
+
+
+def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracespec.compare import metrics
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(BLOCK * 6 + 5).astype(np.float32)
+    b = (a + rng.standard_normal(a.size).astype(np.float32) * np.float32(1e-4)).astype(np.float32)
+    monkeypatch.setattr(metrics, "WORKERS", 4)
+    threaded = compare_arrays(a, b, F32)
+    monkeypatch.setattr(metrics, "WORKERS", 1)
+    assert compare_arrays(a, b, F32) == threaded

@@ -1,0 +1,502 @@
+"""Compare two traces: align, pair records, measure, diagnose, and build a :class:`Verdict`.
+
+Constraints: no framework import; memory bounded by a few tensors (each tensor pair is read, compared
+block by block and released before the next; results of an array pair already compared are reused,
+so a module input that is the previous module's output is read once); deterministic output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from tracespec.compare.align import Alignment, LayerMap, align_trees, load_layer_map, pair_records, transform_for
+from tracespec.compare.diagnose import (
+    RecordResult,
+    UnitResult,
+    classify_units,
+    error_growth,
+    first_divergence,
+    next_step_hint,
+)
+from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays
+from tracespec.compare.tolerance import MODES, TolerancePolicy
+from tracespec.compare.verdict import VERDICT_VERSION, Verdict
+from tracespec.compare.view import STAGE_ORDER, RankView, Record
+from tracespec.errors import TableMismatchError, UsageError
+from tracespec.format.dtypes import dtype_of, numpy_dtype
+from tracespec.format.tables import STAGES
+from tracespec.storage import Trace, load_trace
+
+__all__ = ["Progress", "compare_traces"]
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes compared so far, bytes to compare in all)."""
+
+_FORWARD_PARAMS = ("parameter", "buffer")
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    steps: list[int]
+    ranks: list[int]
+    stages: tuple[str, ...]
+    routes: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def wants(self, route: str) -> bool:
+        if self.routes and not any(fnmatch.fnmatchcase(route, p) for p in self.routes):
+            return False
+        return not any(fnmatch.fnmatchcase(route, p) for p in self.exclude)
+
+
+def _open(trace: Trace | str | os.PathLike[str]) -> Trace:
+    return trace if isinstance(trace, Trace) else load_trace(trace)
+
+
+def _select(values: Iterable[int] | None, a: list[int], b: list[int], what: str) -> list[int]:
+    common = sorted(set(a) & set(b))
+    if values is None:
+        return common
+    chosen = sorted(set(values))
+    missing = [v for v in chosen if v not in common]
+    if missing:
+        raise UsageError(f"{what} {missing} not in both traces (A has {a}, B has {b})")
+    return chosen
+
+
+class _Comparer:
+    """Compares record pairs of one rank, remembering the array pairs already judged."""
+
+    def __init__(self, trace_a: Trace, trace_b: Trace, rank: int, policy: TolerancePolicy,
+                 trust_hashes: bool, progress: Callable[[int], None]) -> None:
+        self.ta, self.tb, self.rank = trace_a, trace_b, rank
+        self.policy = policy
+        self.trust_hashes = trust_hashes
+        self.progress = progress
+        self.judged: dict[tuple[Any, ...], tuple[Metrics, str]] = {}
+        self.dtypes: set[str] = set()
+
+    def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
+        transform = transform_for(transforms, ra)
+        result = RecordResult(
+            role=ra.role, slot=ra.slot, call=ra.call, status="skipped",
+            dtype_a=ra.dtype, dtype_b=rb.dtype,
+            shape_a=list(ra.shape) if ra.shape is not None else None,
+            shape_b=list(rb.shape) if rb.shape is not None else None,
+            transform=transform.describe() if transform is not None else None,
+        )
+        if ra.dtype is None or rb.dtype is None:
+            if ra.dtype is None and rb.dtype is None:
+                result.status = "pass" if ra.value == rb.value else "skipped"
+                if ra.value != rb.value:
+                    result.note = f"non-tensor values differ: A {ra.value} vs B {rb.value} (not counted)"
+            else:
+                result.note = "a tensor on one side, a non-tensor value on the other"
+            return result
+        self.dtypes.update((ra.dtype, rb.dtype))
+        shape_b = rb.shape if transform is None or rb.shape is None else transform.apply_shape(rb.shape)
+        if ra.shape != shape_b:
+            result.status = "diverged"
+            result.note = f"shapes differ: A {list(ra.shape or [])} vs B {list(rb.shape or [])}" + (
+                f" ({result.transform} applied to B)" if transform else "")
+            return result
+        # A tensor shared by several records (a module's output is the next one's input) is
+        # judged once, under the tolerance of the first node in execution order that records it,
+        # so that producer and consumer never disagree about it.
+        key = _content_key(ra, rb, result.transform)
+        judged = self.judged.get(key) if key is not None else None
+        if judged is None:
+            mode = self.policy.mode_for(route)
+            tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
+            own = _reference_rms(ra)
+            scale = max(own, typical_rms or 0.0) if own is not None else typical_rms
+            metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
+            judged = (metrics, "skipped" if metrics.kind == "none" else _judge(metrics, mode, tolerance))
+            if key is not None:
+                self.judged[key] = judged
+        result.metrics, result.status = judged
+        if result.metrics.kind == "none":
+            result.note = result.metrics.note
+        return result
+
+    def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any, scale: float | None) -> Metrics:
+        both_hash = ra.hash is not None and rb.hash is not None
+        same_bytes_possible = transform is None and ra.dtype == rb.dtype
+        if both_hash and same_bytes_possible and ra.hash == rb.hash and (self.trust_hashes or ra.array is None or rb.array is None):
+            return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
+        if mode == "bitwise":
+            if both_hash and same_bytes_possible:
+                return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
+            if ra.array is not None and rb.array is not None:
+                return self._read_and(ra, rb, transform, lambda a, b: Metrics(
+                    kind="hash", identical=identical_arrays(a, b)))
+            return Metrics(kind="none", identical=False, note="bitwise mode needs hashes or data on both sides")
+        if mode != "stats" and ra.array is not None and rb.array is not None:
+            return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, scale))
+        if ra.stats is not None and rb.stats is not None:
+            return compare_stats(ra.stats, rb.stats, tolerance, scale)
+        if both_hash:
+            return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
+        return Metrics(kind="none", identical=False, note="nothing comparable: the two records kept different levels")
+
+    def _read_and(self, ra: Record, rb: Record, transform: Any,
+                  measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
+        a = _read_checked(self.ta, self.rank, ra, "A")
+        b = _read_checked(self.tb, self.rank, rb, "B")
+        if transform is not None:
+            b = transform.apply(b)
+        metrics = measure(a, b)
+        self.progress(a.nbytes + b.nbytes)
+        return metrics
+
+
+ROLE_GROUPS: Final = {
+    "input": "activation", "output": "activation", "parameter": "parameter", "buffer": "parameter",
+    "grad_output": "gradient", "grad_input": "gradient", "parameter_grad": "parameter_grad",
+    "optimizer_state": "optimizer_state",
+}
+"""Tensors of one group and (step, stage) share a typical magnitude (see :func:`typical_rms`)."""
+
+
+def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
+    """The median RMS of A's tensors per (stage, role group) in ``step``, from recorded statistics.
+
+    The default ``atol`` scales with the larger of a tensor's own RMS and this: an error far below
+    the typical magnitude of comparable tensors is rounding noise, even on a tensor that is
+    mathematically zero and numerically noise (the gradient of an attention key's bias).
+    """
+    found: dict[tuple[str, str], list[float]] = {}
+    for (record_step, stage, _), records in view.records.items():
+        if record_step != step:
+            continue
+        for record in records:
+            rms = _reference_rms(record)
+            if rms is not None and rms > 0:
+                found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
+    return {key: float(np.median(values)) for key, values in found.items()}
+
+
+def _read_checked(trace: Trace, rank: int, record: Record, side: str) -> np.ndarray:
+    """Read a record's array; the array must hold what the record says (untrusted input)."""
+    array = trace.read(rank, record.array)  # type: ignore[arg-type]
+    if array.shape != record.shape or dtype_of(array).name != record.dtype:
+        raise TableMismatchError(
+            f"{side} {trace.path}: rank_{rank} tensor {record.id} says {record.dtype}{list(record.shape or [])}, "
+            f"its array {record.array} holds {dtype_of(array).name}{list(array.shape)}; "
+            "the trace is corrupt (tracespec validate tells more)"
+        )
+    return array
+
+
+def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ...] | None:
+    """What identifies a pair of tensors: their content hashes, else their stored arrays."""
+    if ra.hash is not None and rb.hash is not None:
+        return (ra.hash, rb.hash, ra.shape, rb.shape, transform)
+    if ra.array is not None and rb.array is not None:
+        return (ra.array, rb.array, transform)
+    return None
+
+
+def _reference_rms(record: Record) -> float | None:
+    stats = record.stats
+    if stats is None or stats.l2 is None:
+        return None
+    finite = stats.count - stats.nan_count - stats.inf_count
+    return stats.l2 / finite**0.5 if finite > 0 else None
+
+
+def _judge(metrics: Metrics, mode: str, tolerance: Any) -> str:
+    if metrics.identical:
+        return "pass"
+    if metrics.kind == "hash":
+        return "diverged"
+    agree = metrics.nan_agree and metrics.inf_agree
+    if metrics.kind == "stats":
+        within = metrics.tolerance_ratio is not None and metrics.tolerance_ratio <= 1.0
+    elif mode == "mean":
+        bound = tolerance.atol_for(metrics.reference_rms) + tolerance.rtol * (metrics.reference_mean_abs or 0.0)
+        within = (metrics.mean_abs or 0.0) <= bound
+    else:
+        within = metrics.mismatched == 0
+    return "pass_within_tolerance" if within and agree else "diverged"
+
+
+class _RankComparison:
+    """Builds and compares the units of one rank."""
+
+    def __init__(self, view_a: RankView, view_b: RankView, alignment: Alignment, selection: _Selection,
+                 comparer: _Comparer) -> None:
+        self.va, self.vb, self.alignment = view_a, view_b, alignment
+        self.selection, self.comparer = selection, comparer
+        self.matches = {m.a: m for m in alignment.matches if selection.wants(view_a.nodes[m.a].route)}
+        self.unpaired_records = {"a": 0, "b": 0}
+        self.compared_records = 0
+        self.typical: dict[int, dict[tuple[str, str], float]] = {}
+
+    def _unit(self, step: int, stage: str, a: int, call: int | None, begin: int | None, end: int | None) -> UnitResult:
+        match = self.matches[a]
+        na, nb = self.va.nodes[a], self.vb.nodes[match.b]
+        ancestors = tuple(self.va.ancestors(a))
+        return UnitResult(step, self.va.rank, stage, a, match.b, na.route, nb.route, na.class_name, nb.class_name,
+                          call, begin, end, len(ancestors), ancestors)
+
+    def _results(self, step: int, stage: str, a: int, select: Callable[[Record], bool]) -> list[RecordResult]:
+        match = self.matches[a]
+        recs_a = [r for r in self.va.records.get((step, stage, a), []) if select(r)]
+        recs_b = [r for r in self.vb.records.get((step, stage, match.b), []) if select(r)]
+        pairs, only_a, only_b = pair_records(recs_a, recs_b)
+        self.unpaired_records["a"] += len(only_a)
+        self.unpaired_records["b"] += len(only_b)
+        self.compared_records += len(pairs)
+        route = self.va.nodes[a].route
+        typical = self.typical.get(step)
+        if typical is None:
+            typical = self.typical[step] = typical_rms(self.va, step)
+        return [
+            self.comparer.compare(route, ra, rb, match.transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
+            for ra, rb in pairs
+        ]
+
+    def stage_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
+        """Units of (step, stage) in execution order; ``earlier`` indexes units by (stage, node, call)."""
+        units: list[UnitResult] = []
+        calls = [c for c in self.va.calls.get((step, stage), []) if c.node in self.matches]
+        last_call = {c.node: c.call for c in calls}  # calls are sorted by end: the last one wins
+        for c in calls:
+            unit = self._unit(step, stage, c.node, c.call, c.begin, c.end)
+            if stage == "forward":
+                unit.upstream = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "input")
+                unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "output")
+                unit.params = self._results(step, stage, c.node, lambda r: r.call is None and r.role in _FORWARD_PARAMS)
+            elif stage == "backward":
+                unit.upstream = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_output")
+                forward = earlier.get(("forward", c.node, c.call))
+                if forward is not None:
+                    unit.upstream += forward.upstream + forward.params
+                unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_input")
+                if last_call[c.node] == c.call:
+                    unit.outputs += self._results(step, stage, c.node, lambda r: r.call is None)
+            else:
+                unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k)
+            units.append(unit)
+            earlier[(stage, c.node, c.call)] = unit
+        called = {c.node for c in calls}
+        for a in sorted(self.matches):
+            if a in called or not self.va.records.get((step, stage, a)):
+                continue
+            # records outside any call: parameters of a node that did not run, gradients of a
+            # backward without call rows, and the whole update stage
+            unit = self._unit(step, stage, a, None, None, None)
+            unit.outputs = self._results(step, stage, a, lambda r: r.call is None)
+            if stage == "update":
+                unit.upstream = _parameter_history(earlier, a)
+            if unit.outputs:
+                units.append(unit)
+                earlier[(stage, a, None)] = unit
+        classify_units(units)
+        return units
+
+
+def _parameter_history(earlier: dict[tuple[str, int, int | None], UnitResult], node: int) -> list[RecordResult]:
+    """What an optimizer update of ``node`` consumed: its parameters' forward values and gradients."""
+    found: dict[tuple[str, str], RecordResult] = {}
+    for (stage, owner, _), unit in earlier.items():
+        if owner != node:
+            continue
+        for record in (*unit.params, *unit.outputs):
+            if record.role in ("parameter", "buffer", "parameter_grad") and stage != "update":
+                found.setdefault((record.role, record.slot), record)
+    return list(found.values())
+
+
+def compare_traces(
+    a: Trace | str | os.PathLike[str],
+    b: Trace | str | os.PathLike[str],
+    *,
+    mode: str = "strict",
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerances: Mapping[str, Mapping[str, Any]] | None = None,
+    steps: Iterable[int] | None = None,
+    ranks: Iterable[int] | None = None,
+    stages: Iterable[str] | None = None,
+    routes: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    layer_map: LayerMap | str | os.PathLike[str] | None = None,
+    trust_hashes: bool = True,
+    progress: Progress | None = None,
+) -> Verdict:
+    """Compare trace ``b`` against the reference ``a`` and say where they diverge.
+
+    Parameters
+    ----------
+    a, b:
+        Trace folders (or opened :class:`~tracespec.Trace` objects). A is the reference.
+    mode:
+        ``strict`` (every element within tolerance), ``mean``, ``stats`` or ``bitwise``.
+    rtol, atol:
+        Override the dtype-aware defaults for every tensor (``atol`` is then absolute).
+    tolerances:
+        Per-route overrides, ``{"blocks.*.attn": {"rtol": 1e-3, "atol": 1e-4, "mode": "mean"}}``
+        (glob patterns on A's routes; later entries win).
+    steps, ranks, stages:
+        What to compare (default: everything both traces have).
+    routes, exclude:
+        Glob patterns on A's routes: compare only nodes matching ``routes``, none matching ``exclude``.
+    layer_map:
+        A layer map (:func:`~tracespec.compare.align.load_layer_map`) or the path of one.
+    trust_hashes:
+        Treat records with equal content hashes as identical without reading their data.
+    progress:
+        Called as data is compared, with (bytes done, bytes in all).
+
+    Returns
+    -------
+    Verdict
+        ``status`` is ``"pass"`` or ``"fail"``; see ``spec/v1/verdict.md``.
+    """
+    if mode not in MODES:
+        raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    policy = TolerancePolicy.build(mode, rtol, atol, tolerances)
+    chosen_stages = tuple(stages) if stages is not None else STAGES
+    unknown = [s for s in chosen_stages if s not in STAGES]
+    if unknown:
+        raise UsageError(f"stage(s) {unknown} not among {', '.join(STAGES)}")
+    if layer_map is not None and not isinstance(layer_map, LayerMap):
+        layer_map = load_layer_map(layer_map)
+    trace_a, trace_b = _open(a), _open(b)
+    chosen_ranks = _select(ranks, trace_a.ranks, trace_b.ranks, "rank(s)")
+    chosen_steps = _select(steps, trace_a.steps, trace_b.steps, "step(s)")
+    selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
+                           tuple(routes or ()), tuple(exclude or ()))
+
+    total = _bytes_to_compare(trace_a, trace_b, selection, mode)
+    done = 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        if progress is not None:
+            progress(min(done, total), total)
+
+    groups: dict[tuple[int, str], list[UnitResult]] = {}
+    alignments: dict[int, Alignment] = {}
+    counts = {"records_compared": 0, "records_only_a": 0, "records_only_b": 0}
+    dtypes: set[str] = set()
+    for rank in chosen_ranks:
+        view_a = RankView(trace_a, rank, chosen_steps)
+        view_b = RankView(trace_b, rank, chosen_steps)
+        alignment = align_trees(view_a, view_b, layer_map)
+        alignments[rank] = alignment
+        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance)
+        ranked = _RankComparison(view_a, view_b, alignment, selection, comparer)
+        for step in chosen_steps:
+            earlier: dict[tuple[str, int, int | None], UnitResult] = {}
+            for stage in selection.stages:
+                groups.setdefault((step, stage), []).extend(ranked.stage_units(step, stage, earlier))
+        counts["records_compared"] += ranked.compared_records
+        counts["records_only_a"] += ranked.unpaired_records["a"]
+        counts["records_only_b"] += ranked.unpaired_records["b"]
+        dtypes |= comparer.dtypes
+    if progress is not None:
+        progress(total, total)
+    ordered = [groups[key] for key in sorted(groups, key=lambda k: (k[0], STAGE_ORDER.index(k[1])))]
+    units = [u for group in ordered for u in group]
+    culprit = first_divergence(ordered)
+    return _build_verdict(trace_a, trace_b, selection, policy, layer_map, alignments, units, culprit, counts, dtypes)
+
+
+def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mode: str) -> int:
+    if mode == "stats":
+        return 0
+    total = 0
+    for trace in (trace_a, trace_b):
+        for rank in selection.ranks:
+            table = trace.parts[rank].tensors.select(["step", "array", "dtype", "shape"]).to_pylist()
+            seen = set()
+            for row in table:
+                if row["array"] is None or row["step"] not in selection.steps or row["array"] in seen:
+                    continue
+                seen.add(row["array"])
+                count = 1
+                for extent in row["shape"]:
+                    count *= extent
+                total += count * numpy_dtype(row["dtype"]).itemsize
+    return total
+
+
+def _describe_trace(trace: Trace) -> dict[str, Any]:
+    m = trace.manifest
+    return {"path": str(Path(trace.path)), "framework": m.framework, "framework_version": m.framework_version,
+            "complete": trace.complete}
+
+
+def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy: TolerancePolicy,
+                   layer_map: LayerMap | None, alignments: dict[int, Alignment], units: list[UnitResult],
+                   culprit: UnitResult | None, counts: dict[str, int], dtypes: set[str]) -> Verdict:
+    diverged = [u for u in units if u.status == "diverged"]
+    identical = bool(units) and all(u.status in ("pass", "skipped") for u in units)
+    coverage: dict[str, Any] = {"ranks": {}}
+    unmatched = []
+    for rank, alignment in alignments.items():
+        matched = len(alignment.matches)
+        coverage["ranks"][str(rank)] = {
+            "nodes_a": alignment.nodes_a, "nodes_b": alignment.nodes_b, "matched": matched,
+            "by_method": alignment.method_counts(),
+            "matched_fraction_a": matched / alignment.nodes_a if alignment.nodes_a else 1.0,
+            "matched_fraction_b": matched / alignment.nodes_b if alignment.nodes_b else 1.0,
+        }
+        unmatched += [{"rank": rank, "side": u.side, "route": u.route, "class_name": u.class_name, "reason": u.reason}
+                      for u in alignment.unmatched]
+    coverage.update(counts)
+    first = None
+    if culprit is not None:
+        worst = culprit.worst_output()
+        first = {
+            "step": culprit.step, "rank": culprit.rank, "stage": culprit.stage,
+            "kind": "introduced" if culprit.divergence == "introduced" else "inherited",
+            "call": culprit.call,
+            "a": {"route": culprit.a_route, "class_name": culprit.a_class},
+            "b": {"route": culprit.b_route, "class_name": culprit.b_class},
+            "record": {"role": worst.role, "slot": worst.slot} if worst is not None else None,
+            "metrics": worst.metrics.to_json() if worst is not None and worst.metrics is not None else None,
+            "evidence": culprit.evidence,
+        }
+    worst_units = sorted(diverged, key=lambda u: (-(u.worst_output().badness if u.worst_output() else 0.0), units.index(u)))
+    summary = {
+        "units": len(units),
+        "diverged": len(diverged),
+        "introduced": sum(1 for u in units if u.divergence == "introduced"),
+        "inherited": sum(1 for u in units if u.divergence == "inherited"),
+        "pass": sum(1 for u in units if u.status == "pass"),
+        "pass_within_tolerance": sum(1 for u in units if u.status == "pass_within_tolerance"),
+        "skipped": sum(1 for u in units if u.status == "skipped"),
+    }
+    return Verdict(
+        verdict_version=VERDICT_VERSION,
+        status="fail" if diverged else "pass",
+        a=_describe_trace(trace_a),
+        b=_describe_trace(trace_b),
+        selection={"steps": selection.steps, "ranks": selection.ranks, "stages": list(selection.stages),
+                   "routes": list(selection.routes), "exclude": list(selection.exclude),
+                   "layer_map": layer_map.to_json() if layer_map is not None else None},
+        tolerances=policy.to_json(sorted(dtypes)),
+        first_divergence=first,
+        coverage=coverage,
+        summary=summary,
+        nodes=[u.to_json() for u in units],
+        worst=[{"step": u.step, "rank": u.rank, "stage": u.stage, "route": u.a_route, "call": u.call,
+                "divergence": u.divergence,
+                "metrics": (u.worst_output().metrics.to_json() if u.worst_output() and u.worst_output().metrics else None)}  # type: ignore[union-attr]
+               for u in worst_units[:10]],
+        error_growth=error_growth(units),
+        unmatched=unmatched,
+        hint=next_step_hint(culprit, identical, len(unmatched)),
+    )

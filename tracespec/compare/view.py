@@ -1,0 +1,191 @@
+"""The metadata of one rank of a trace, arranged for comparison.
+
+Constraints: reads the tables only (already in memory once the trace is open), never tensor data;
+no framework import. Records are grouped by (step, stage, node) so that the comparison walks them
+without scanning the whole table again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Final
+
+from tracespec.errors import TableInvalidError
+from tracespec.format.stats import TensorStats
+from tracespec.storage import Trace
+
+__all__ = ["Call", "Node", "RankView", "Record", "framework_family"]
+
+STAGE_ORDER: Final = ("forward", "backward", "update")
+
+_FRAMEWORK_FAMILIES: Final = {"pytorch": "torch", "paddlepaddle": "paddle"}
+
+
+def framework_family(name: str) -> str:
+    """``torch`` for ``torch``/``pytorch``, ``paddle`` for ``paddle``/``paddlepaddle``, else the name."""
+    lowered = name.lower()
+    return _FRAMEWORK_FAMILIES.get(lowered, lowered)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of the module tree."""
+
+    id: int
+    parent: int | None
+    route: str
+    class_name: str
+    kind: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call of a node in a (step, stage): ``begin``/``end`` are event-counter values."""
+
+    node: int
+    call: int
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One tensor (or non-tensor value) record, as much as the comparison needs of it."""
+
+    id: int
+    step: int
+    stage: str
+    node: int
+    call: int | None
+    role: str
+    slot: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    level: str | None
+    hash: str | None
+    array: str | None
+    stats: TensorStats | None
+    value: str | None
+
+    @property
+    def key(self) -> tuple[str, int | None, str]:
+        """What pairs a record with its counterpart on a matched node: role, call, slot."""
+        return (self.role, self.call, self.slot)
+
+
+def _stats_of(row: dict[str, object]) -> TensorStats | None:
+    if row["nan_count"] is None:
+        return None
+    shape = row["shape"] or []
+    count = 1
+    for extent in shape:  # type: ignore[attr-defined]
+        count *= int(extent)
+    return TensorStats(
+        count=count,
+        min=row["min"],  # type: ignore[arg-type]
+        max=row["max"],  # type: ignore[arg-type]
+        mean=row["mean"],  # type: ignore[arg-type]
+        std=row["std"],  # type: ignore[arg-type]
+        l2=row["l2"],  # type: ignore[arg-type]
+        nan_count=int(row["nan_count"]),  # type: ignore[call-overload]
+        inf_count=int(row["inf_count"] or 0),  # type: ignore[call-overload]
+    )
+
+
+class RankView:
+    """Nodes, calls and records of one rank of a trace, for the selected steps."""
+
+    def __init__(self, trace: Trace, rank: int, steps: list[int] | None = None) -> None:
+        part = trace.parts[rank]
+        self.trace = trace
+        self.rank = rank
+        self.framework = framework_family(trace.manifest.framework)
+        self.nodes: dict[int, Node] = {}
+        self.children: dict[int | None, list[int]] = defaultdict(list)
+        for row in part.nodes.to_pylist():
+            node = Node(row["node"], row["parent"], row["route"], row["class_name"], row["kind"], row["position"])
+            self.nodes[node.id] = node
+        for node in self.nodes.values():
+            self.children[node.parent].append(node.id)
+        self._check_acyclic(trace)
+        for kids in self.children.values():
+            kids.sort(key=lambda n: (self.nodes[n].position, n))
+        wanted = set(steps) if steps is not None else None
+        self.calls: dict[tuple[int, str], list[Call]] = defaultdict(list)
+        for row in part.calls.to_pylist():
+            if wanted is None or row["step"] in wanted:
+                self.calls[(row["step"], row["stage"])].append(Call(row["node"], row["call"], row["begin"], row["end"]))
+        for calls in self.calls.values():
+            calls.sort(key=lambda c: (c.end, c.begin, c.node, c.call))
+        self.records: dict[tuple[int, str, int], list[Record]] = defaultdict(list)
+        self.steps: list[int] = []
+        seen_steps: set[int] = set()
+        for row in part.tensors.to_pylist():
+            if wanted is not None and row["step"] not in wanted:
+                continue
+            seen_steps.add(row["step"])
+            record = Record(
+                id=row["id"], step=row["step"], stage=row["stage"], node=row["node"], call=row["call"],
+                role=row["role"], slot=row["slot"], dtype=row["dtype"],
+                shape=tuple(row["shape"]) if row["shape"] is not None else None,
+                level=row["level"], hash=row["hash"], array=row["array"], stats=_stats_of(row),
+                value=row["value"],
+            )
+            self.records[(record.step, record.stage, record.node)].append(record)
+        self.steps = sorted(seen_steps | {step for step, _ in self.calls})
+        self.by_route = {node.route: node.id for node in reversed(list(self.nodes.values()))}
+        self._first_begin: dict[int, int] = {}
+        self._call_count: dict[int, int] = defaultdict(int)
+        for call in self.calls.get((self.steps[0], "forward"), []) if self.steps else []:
+            self._call_count[call.node] += 1
+            self._first_begin[call.node] = min(call.begin, self._first_begin.get(call.node, call.begin))
+
+    def _check_acyclic(self, trace: Trace) -> None:
+        """Untrusted tables: a parent chain that loops would make every tree walk hang."""
+        depth: dict[int, int] = {}
+        for start in self.nodes:
+            chain = []
+            node: int | None = start
+            while node is not None and node not in depth:
+                if len(chain) > len(self.nodes):
+                    raise TableInvalidError(
+                        f"{trace.path}: rank_{self.rank} nodes table: the parents of node {start} form a cycle"
+                    )
+                chain.append(node)
+                node = self.nodes[node].parent
+            base = -1 if node is None else depth[node]
+            for offset, member in enumerate(reversed(chain), start=1):
+                depth[member] = base + offset
+        self._depth = depth
+
+    def roots(self) -> list[int]:
+        return self.children.get(None, [])
+
+    def depth(self, node: int) -> int:
+        """0 for a root, 1 for its children..."""
+        return self._depth[node]
+
+    def ancestors(self, node: int) -> list[int]:
+        """``node``'s ancestors, nearest first."""
+        found = []
+        parent = self.nodes[node].parent
+        while parent is not None:
+            found.append(parent)
+            parent = self.nodes[parent].parent
+        return found
+
+    def first_call_begin(self, node: int) -> int | None:
+        """When ``node`` first ran forward in the first step (its place in execution order)."""
+        return self._first_begin.get(node)
+
+    def forward_call_count(self, node: int) -> int:
+        """How many times ``node`` ran forward in the first step."""
+        return self._call_count.get(node, 0)
+
+    def node_records(self, node: int) -> list[Record]:
+        """The records of ``node`` in the first step, every stage (for alignment signatures)."""
+        if not self.steps:
+            return []
+        return [r for stage in STAGE_ORDER for r in self.records.get((self.steps[0], stage, node), [])]
