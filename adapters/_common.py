@@ -314,7 +314,8 @@ def fast_stats(array: np.ndarray) -> TensorStats:
     mean = total / count
     m2 = squares - total * mean
     if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
-        return compute_stats(array)
+        with np.errstate(all="ignore"):  # squares beyond float64 range are inf, not a warning
+            return compute_stats(array)
     return TensorStats(count, float(flat.min()), float(flat.max()), mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
 
 

@@ -217,14 +217,15 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def bare_step(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
+def bare_step(step: Callable[[], None]) -> tuple[float, float]:
+    """Wall and CPU (all threads of this process) seconds of one step."""
+    start, cpu = time.perf_counter(), time.process_time()
     step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def recorded_step(model: Any, step: Callable[[], None], level: str, folder: Path, roles: list[str]) -> tuple[float, int]:
-    """One recorded step at ``level``: its time and the bytes it added to the trace.
+def recorded_step(model: Any, step: Callable[[], None], level: str, folder: Path, roles: list[str]) -> tuple[float, float, int]:
+    """One recorded step at ``level``: its wall and CPU time and the bytes it added to the trace.
 
     A first recorded step (trace set-up, first touch of buffers) is not timed. The timed step
     includes ``rec.step()`` and waiting until everything it handed to the writer is on disk
@@ -238,15 +239,15 @@ def recorded_step(model: Any, step: Callable[[], None], level: str, folder: Path
     rec.step()
     rec.writer.flush()  # type: ignore[union-attr]
     before = folder_bytes(path)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     step()
     rec.step()
     rec.writer.flush()  # type: ignore[union-attr]
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     rec.__exit__(None, None, None)
     written = folder_bytes(path) - before
     shutil.rmtree(path)
-    return elapsed, written
+    return elapsed, cpu, written
 
 
 def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
@@ -290,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
     print(f"{args.framework}, {size}, {args.threads} threads, {args.rounds} rounds, roles {roles}", file=sys.stderr)
     bare: list[float] = []
+    bare_cpu: list[float] = []
     recorded: dict[str, list[float]] = {level: [] for level in levels}
     ratios: dict[str, list[float]] = {level: [] for level in levels}
+    cpu_ratios: dict[str, list[float]] = {level: [] for level in levels}
     written: dict[str, list[int]] = {level: [] for level in levels}
     limit: list[float] = []
     try:
@@ -300,12 +303,15 @@ def main(argv: list[str] | None = None) -> int:
             # Bare and recorded steps alternate within a round and each level is compared with
             # the bare step of its own round: load from other processes hits both alike.
             gc.collect()
-            bare.append(bare_step(step))
+            wall, cpu = bare_step(step)
+            bare.append(wall)
+            bare_cpu.append(cpu)
             for level in levels:
                 gc.collect()
-                elapsed, nbytes = recorded_step(model, step, level, folder, roles)
+                elapsed, cpu, nbytes = recorded_step(model, step, level, folder, roles)
                 recorded[level].append(elapsed)
                 ratios[level].append(elapsed / bare[-1])
+                cpu_ratios[level].append(cpu / bare_cpu[-1])
                 written[level].append(nbytes)
                 if level == "full":
                     limit.append(copy_and_write_seconds(nbytes, folder))
@@ -319,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "level": level,
             "step_s": statistics.median(recorded[level]),
             "ratio": statistics.median(ratios[level]),
+            "cpu_ratio": statistics.median(cpu_ratios[level]),
             "bytes_per_step": int(statistics.median(written[level])),
         }
         if level == "full" and limit:
@@ -329,12 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     name = "quick" if args.quick else "GPT-2 small"
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\n{args.framework} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}); x bare = median of per-round ratios; load average at the end {load}")
-    print("| capture | step (s) | x bare | MB written / step | bare + copy&write (s) | x limit |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n{args.framework} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}); x bare = median of per-round ratios (CPU time: of all this process's threads); load average at the end {load}")
+    print("| capture | step (s) | x bare | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| bare | {bare_s:.3f} | 1.00 | 1.00 | - | - | - |")
     for row in rows:
         lim = f"{row['limit_s']:.3f} | {row['ratio_to_limit']:.2f}" if "limit_s" in row else "- | -"
-        print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['bytes_per_step'] / 1e6:.1f} | {lim} |")
+        print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['cpu_ratio']:.2f} | {row['bytes_per_step'] / 1e6:.1f} | {lim} |")
     if args.json:
         args.json.write_text(json.dumps({"framework": args.framework, "size": size.__dict__, "bare_s": bare_s, "rows": rows}, indent=1))
     return 0

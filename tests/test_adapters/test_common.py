@@ -96,15 +96,15 @@ def test_options_expand_role_groups_and_keep_selector_order() -> None:
     )
 )
 def test_fast_stats_equal_the_reference(array: np.ndarray) -> None:
-    if array.dtype == np.float64:  # squares beyond float64 range: both give inf, the reference warns
-        array = np.where(np.abs(array) > 1e100, np.copysign(np.inf, array), array)
-    got, expected = fast_stats(array), compute_stats(array)
+    got = fast_stats(array)  # never warns (pytest turns warnings into errors)
+    with np.errstate(all="ignore"):
+        expected = compute_stats(array)
     assert (got.count, got.nan_count, got.inf_count) == (expected.count, expected.nan_count, expected.inf_count)
     for name in ("min", "max", "mean", "std", "l2"):
         a, b = getattr(got, name), getattr(expected, name)
         assert (a is None) == (b is None)
         if b is not None:
-            assert a == pytest.approx(b, rel=1e-9, abs=1e-12 * max(1.0, abs(expected.l2 or 0.0))), name
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12 * max(1.0, abs(expected.l2 or 0.0)), nan_ok=True), name
 
 
 def test_host_buffers_are_reused_once_released() -> None:
