@@ -242,6 +242,7 @@ class PaddleRecorder(Recorder):
             handle.remove()
         self._handles.clear()
         self._host_buffers.clear()
+        self._recent_grads.clear()
         for optimizer, own in reversed(self._patched_optimizers):
             if own is None:
                 del optimizer.step
