@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -71,12 +70,6 @@ _BIT_TYPES: Final[dict[str, Any]] = {
     "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
     "float8_e5m2": ml_dtypes.float8_e5m2,
 }
-
-# Gradients handed to the last few gradient hooks, kept alive: Paddle gives every hook a fresh
-# Python wrapper, which would die at once, and dedup needs the first tensor alive to trust that
-# an equal data pointer means equal values. A layer's grad_input and the grad_output of the layer
-# that produced that input arrive within a few hooks of each other.
-_RECENT_GRADS: Final = 8
 
 
 def accepts(model: Any) -> bool:
@@ -131,7 +124,6 @@ class PaddleRecorder(Recorder):
     def __init__(self, model: paddle.nn.Layer, path: str | os.PathLike[str], options: RecordOptions) -> None:
         super().__init__(model, path, options)
         self._handles: list[Any] = []
-        self._recent_grads: deque[paddle.Tensor] = deque(maxlen=_RECENT_GRADS)
         self._patched_optimizers: list[tuple[Any, Any]] = []
         self._host_buffers = HostBufferPool()
 
@@ -242,7 +234,6 @@ class PaddleRecorder(Recorder):
             handle.remove()
         self._handles.clear()
         self._host_buffers.clear()
-        self._recent_grads.clear()
         for optimizer, own in reversed(self._patched_optimizers):
             if own is None:
                 del optimizer.step
@@ -275,7 +266,6 @@ class PaddleRecorder(Recorder):
 
     def _input_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
         def hook(grad: paddle.Tensor) -> None:
-            self._recent_grads.append(grad)
             self.backward_input_grad(bc, slot, grad)
 
         return hook
@@ -294,7 +284,6 @@ class PaddleRecorder(Recorder):
 
     def _output_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
         def hook(grad: paddle.Tensor) -> None:
-            self._recent_grads.append(grad)
             self.backward_output_grad(bc, slot, grad)
 
         return hook
