@@ -140,10 +140,8 @@ DIFF_OPTIONS: Final = {
     # ONNX Runtime runs the forward pass only. The exporter's [in, out] Linear weights are handled
     # by the layout the adapter records (attrs.parameter_layout): no layer map.
     "onnx": ["--stage", "forward"],
-    # The backward pass is recorded too, but the Paddle adapter's grad_input of a layer that feeds
-    # its input to several sublayers (BertSelfAttention -> query, key, value) holds only the last
-    # sublayer's share (an open adapter issue), so the pass/fail verdict is the forward one.
-    "paddle": ["--stage", "forward"],
+    # Forward and backward, at default tolerances.
+    "paddle": [],
 }
 """``tracespec diff`` options of each comparison (README.md explains each choice)."""
 

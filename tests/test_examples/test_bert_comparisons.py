@@ -92,13 +92,14 @@ def test_paddle_port_passes(reference: dict[str, Any]) -> None:
     code, verdict, _ = _diff(reference, "paddle")
     assert code == 0 and verdict["status"] == "pass", verdict["hint"]
     assert verdict["coverage"]["ranks"]["0"]["matched"] == verdict["coverage"]["ranks"]["0"]["nodes_a"]
-    # the backward pass, at default tolerances: every parameter gradient agrees (summation order
-    # differs between the frameworks: noise). Input gradients wait for the Paddle adapter's fix
-    # of grad_input for a layer that feeds several sublayers (examples/bert/README.md).
-    backward = tracespec.compare(reference["a"], reference["folder"] / "paddle_ok" / "paddle", stages=["backward"])
-    gradients = [r for u in backward.nodes for r in u["records"] if r["role"] == "parameter_grad"]
-    assert len(gradients) >= 100
-    assert all(r["status"] in ("pass", "pass_within_tolerance") for r in gradients)
+    # the verdict covers the backward pass too: every gradient, of parameters and of module
+    # inputs (BertSelfAttention feeds its input to query, key and value: their sum), agrees
+    backward = [u for u in verdict["nodes"] if u["stage"] == "backward"]
+    gradients = [r for u in backward for r in u["records"]]
+    assert len([r for r in gradients if r["role"] == "parameter_grad"]) >= 100
+    assert len([r for r in gradients if r["role"] == "grad_input"]) >= 100
+    assert all(u["status"] in ("pass", "pass_within_tolerance", "skipped") for u in backward)
+    assert sum(u["status"] != "skipped" for u in backward) >= 100
 
 
 @pytest.mark.parametrize("bug", paddle_bert.BUGS)
