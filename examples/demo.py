@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def record_torch(weights: dict[str, np.ndarray], tokens: np.ndarray, out: Path) 
 
 
 def record_paddle(weights: dict[str, np.ndarray], tokens: np.ndarray, out: Path, bug: bool) -> None:
+    warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time notice
     import paddle
     import paddle.nn.functional as F
     from paddle import nn
