@@ -76,9 +76,13 @@ def raw_write(folder: Path, tensors: list[np.ndarray]) -> None:
 
 
 def raw_read(folder: Path, tensors: list[np.ndarray]) -> int:
+    # The loop holds each array until the next one is read, as a reader's consumer does
+    # (`for record, array in trace.iter_arrays(...)`): freeing it first would let the allocator
+    # hand the same, already-mapped pages back and spare the raw side the page faults.
     total = 0
     for i in range(len(tensors)):
-        total += np.load(folder / f"{i}.npy", allow_pickle=False).nbytes
+        array = np.load(folder / f"{i}.npy", allow_pickle=False)
+        total += array.nbytes
     return total
 
 

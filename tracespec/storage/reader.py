@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAM
 from tracespec.storage.zarr_store import (
     MAX_ARRAY_BYTES,
     ArrayMeta,
+    Confinement,
     check_inside,
     check_relative_path,
     read_array,
@@ -80,12 +82,16 @@ class Part:
     def store(self) -> Path:
         return self.folder / self.manifest.store_path
 
+    @cached_property
+    def _confined_store(self) -> Confinement:
+        return Confinement(self.store)
+
     def array_meta(self, name: str) -> ArrayMeta:
-        return read_array_meta(self.store, name)
+        return read_array_meta(self._confined_store, name)
 
     def read_array(self, name: str) -> np.ndarray:
         """The tensor stored as array ``name``, with its true dtype."""
-        return read_array(self.store, read_array_meta(self.store, name))
+        return read_array(self._confined_store, self.array_meta(name))
 
 
 def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
