@@ -51,6 +51,7 @@ __all__ = [
     "Summary",
     "HostBufferPool",
     "fast_stats",
+    "stats_from_sums",
     "flatten",
     "map_tensors",
     "parse_options",
@@ -288,12 +289,12 @@ _local = threading.local()
 def fast_stats(array: np.ndarray) -> TensorStats:
     """:func:`tracespec.format.stats.compute_stats` of ``array``, in few passes.
 
-    Min and max in the array's dtype (fast SIMD passes); then, a cache-sized block at a time,
-    the block is converted into a reused float64 buffer, summed, squared in place and summed
-    again, so the float64 work never leaves the cache. numpy runs single-threaded with the GIL
-    released: no thread pool to wake per tensor. Only when the sums are not finite (NaN/Inf
-    present) or the variance would lose digits to cancellation does the exact reference take
-    over, so the result always has the reference's semantics.
+    Min and max in the array's dtype where numpy has SIMD loops for it (4- and 8-byte numbers);
+    then, a cache-sized block at a time, the block is converted into a reused float64 buffer,
+    summed, squared in place and summed again, so the float64 work never leaves the cache (the
+    extremes of narrow floats, bfloat16 or float16, come from that block too: numpy's own
+    loops for them are twenty times slower). numpy runs single-threaded with the GIL released:
+    no thread pool to wake per tensor. :func:`stats_from_sums` keeps the reference's semantics.
     """
     flat = array.reshape(-1)
     count = flat.size
@@ -302,24 +303,42 @@ def fast_stats(array: np.ndarray) -> TensorStats:
     buffer: np.ndarray | None = getattr(_local, "buffer", None)
     if buffer is None:
         buffer = _local.buffer = np.empty(_BLOCK, dtype=np.float64)
+    native_extremes = flat.dtype.kind in _FAST_KINDS and flat.dtype.itemsize >= 4
     total = squares = 0.0
+    low, high = math.inf, -math.inf
     with np.errstate(all="ignore"):  # overflow to inf is detected below, never a warning
         for start in range(0, count, _BLOCK):
             block = flat[start : start + _BLOCK]
             work = buffer[: block.size]
             np.copyto(work, block, casting="unsafe")
+            if not native_extremes:
+                low, high = min(low, float(work.min())), max(high, float(work.max()))
             total += float(np.add.reduce(work))
             np.multiply(work, work, out=work)
             squares += float(np.add.reduce(work))
+    if native_extremes:
+        low, high = float(flat.min()), float(flat.max())
+    return stats_from_sums(count, low, high, total, squares, lambda: compute_stats(array))
+
+
+def stats_from_sums(
+    count: int, low: float, high: float, total: float, squares: float, reference: Callable[[], TensorStats]
+) -> TensorStats:
+    """Statistics from one pass's float64 sums, or ``reference()`` where the sums cannot be
+    trusted: not finite (NaN or Inf present, or an overflow), or a variance that would lose
+    digits to cancellation. Either way the result has :func:`compute_stats`'s semantics."""
     mean = total / count
     m2 = squares - total * mean
     if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
         with np.errstate(all="ignore"):  # squares beyond float64 range are inf, not a warning
-            return compute_stats(array)
-    return TensorStats(count, float(flat.min()), float(flat.max()), mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
+            return reference()
+    return TensorStats(count, low, high, mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
 
 
 # ------------------------------------------------------------------------------------ host copies
+_PAGE: Final = 4096
+
+
 class HostBufferPool:
     """Reusable host buffers for ``full`` copies.
 
@@ -334,21 +353,27 @@ class HostBufferPool:
 
     def copy(self, values: np.ndarray) -> np.ndarray:
         """A C-contiguous copy of ``values`` in a pooled buffer."""
-        out = self._take(values.nbytes).view(values.dtype).reshape(values.shape)
+        out = self.take(values.nbytes).view(values.dtype).reshape(values.shape)
         np.copyto(out, values, casting="no")
         return out
 
-    def _take(self, nbytes: int) -> np.ndarray:
+    def take(self, nbytes: int) -> np.ndarray:
+        """A free, page-aligned buffer of ``nbytes`` bytes (uint8), for the caller to fill."""
         best = None
         for i in range(len(self._buffers)):
-            size = self._buffers[i].nbytes
+            size = self._buffers[i].nbytes - _PAGE
             # 2 references, the list's and getrefcount's argument: no view of it is alive.
             if size >= nbytes and sys.getrefcount(self._buffers[i]) == 2 and (best is None or size < self._buffers[best].nbytes):
                 best = i
         if best is None:
-            self._buffers.append(np.empty(max(nbytes, 1), dtype=np.uint8))
+            self._buffers.append(np.empty(nbytes + _PAGE, dtype=np.uint8))
             best = len(self._buffers) - 1
-        return self._buffers[best][:nbytes]
+        # Page-aligned, so the writer's direct I/O sends it to the disk without a staging copy.
+        # The list keeps the allocation itself: numpy points every view's base at it, which is
+        # what the reference count above sees.
+        buffer = self._buffers[best]
+        start = -buffer.ctypes.data % _PAGE
+        return buffer[start : start + nbytes]
 
     def clear(self) -> None:
         self._buffers.clear()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -41,10 +42,11 @@ from tracespec.adapters._common import (
     flatten,
     map_tensors,
     parse_options,
+    stats_from_sums,
 )
-from tracespec.format.stats import TensorStats, content_hash
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "device_moments", "numpy_view", "record", "stats_from_moments"]
+__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments"]
 
 FRAMEWORK: Final = "torch"
 
@@ -108,6 +110,38 @@ def _device_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Even
 
 
 # ------------------------------------------------------------------------------ statistics
+_TORCH_STATS_DTYPES: Final = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_STATS_BLOCK: Final = 1 << 20  # float64 elements: an 8 MiB scratch, reused
+_scratch = threading.local()
+
+
+def cpu_stats(tensor: torch.Tensor) -> TensorStats:
+    """The statistics of a CPU tensor, with torch's kernels on its intra-op threads.
+
+    A hook runs while the model's other intra-op threads wait for the next operator (spinning,
+    with OpenMP): torch's reductions put them to work, where numpy would run on the hook's
+    thread alone. Min and max in the tensor's dtype, then a block at a time a copy into a reused
+    float64 scratch, summed and dotted with itself (fresh float64 temporaries of a large tensor
+    would cost a page fault per 4 KiB). :func:`stats_from_sums` keeps the reference's semantics.
+    Other dtypes go to numpy's :func:`fast_stats`.
+    """
+    flat = tensor.detach().reshape(-1)
+    count = flat.numel()
+    if flat.dtype not in _TORCH_STATS_DTYPES or count == 0:
+        return fast_stats(numpy_view(flat))
+    scratch: torch.Tensor | None = getattr(_scratch, "tensor", None)
+    if scratch is None:
+        scratch = _scratch.tensor = torch.empty(_STATS_BLOCK, dtype=torch.float64)
+    low, high = torch.aminmax(flat)
+    total = squares = 0.0
+    for start in range(0, count, _STATS_BLOCK):
+        work = scratch[: min(_STATS_BLOCK, count - start)]
+        work.copy_(flat[start : start + _STATS_BLOCK])
+        total += float(work.sum())
+        squares += float(torch.dot(work, work))
+    return stats_from_sums(count, float(low), float(high), total, squares, lambda: compute_stats(numpy_view(flat)))
+
+
 def device_moments(tensor: torch.Tensor) -> torch.Tensor:
     """The statistics of a tensor as a float64 tensor on its device, without synchronising.
 
@@ -220,13 +254,18 @@ class TorchRecorder(Recorder):
         tensor = tensor.detach()
         summary = Summary(_DTYPE_NAMES[tensor.dtype], tuple(int(d) for d in tensor.shape))
         if tensor.device.type == "cpu":
-            # numpy on the tensor's own memory: single-threaded copies and reductions, no
-            # intra-op pool to wake for every small tensor.
-            values = numpy_view(tensor.resolve_conj().resolve_neg())
+            # Statistics with torch's kernels (see cpu_stats), the hash with xxh3 on the
+            # tensor's own memory or on the copy.
+            tensor = tensor.resolve_conj().resolve_neg()
             if level == "full":
-                values = summary.array = self._host_buffers.copy(values)
+                # torch's copy runs on the intra-op threads too
+                buffer = torch.from_numpy(self._host_buffers.take(tensor.nbytes))
+                copy = buffer.view(tensor.dtype).view(tensor.shape).copy_(tensor)
+                values = summary.array = numpy_view(copy)
+            else:
+                values = numpy_view(tensor)
             if level != "hash":
-                summary.stats = fast_stats(values)
+                summary.stats = cpu_stats(tensor)
             if level != "stats":
                 summary.hash = content_hash(values)
             return summary

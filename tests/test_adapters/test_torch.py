@@ -15,8 +15,8 @@ from torch import nn
 
 import tracespec
 from tracespec.adapters._common import fast_stats
-from tracespec.adapters.torch import device_moments, numpy_view, stats_from_moments
-from tracespec.format.stats import compute_stats, content_hash
+from tracespec.adapters.torch import cpu_stats, device_moments, numpy_view, stats_from_moments
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.testing.adapter_tests import SPECS, AdapterTests, ModelSpec, TraceView
 
 
@@ -279,14 +279,35 @@ def test_no_grad_inference_records_forward_only(tmp_path: Path) -> None:
 def test_statistics_match_the_reference(values: np.ndarray) -> None:
     tensor = torch.from_numpy(values) if values.flags.writeable and values.ndim else torch.tensor(values)
     reference = compute_stats(values)
-    for got in (fast_stats(numpy_view(tensor)), stats_from_moments(device_moments(tensor).tolist())):
-        assert got.count == reference.count
-        assert (got.nan_count, got.inf_count) == (reference.nan_count, reference.inf_count)
-        for name in ("min", "max", "mean", "std", "l2"):
-            expected = getattr(reference, name)
-            assert (getattr(got, name) is None) == (expected is None), name
-            if expected is not None:
-                assert getattr(got, name) == pytest.approx(expected, rel=1e-9, abs=1e-300), name
+    for got in (cpu_stats(tensor), fast_stats(numpy_view(tensor)), stats_from_moments(device_moments(tensor).tolist())):
+        assert_stats_match(got, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["normal", "offset", "nan", "large"])
+def test_cpu_statistics_of_every_float_dtype_match_the_reference(dtype: torch.dtype, case: str) -> None:
+    # sizes past one scratch block (2^20 elements), an offset that triggers the cancellation
+    # fallback, a NaN that triggers the non-finite one
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(2_500_003 if case == "large" else 10_001, generator=generator)
+    if case == "offset":
+        values += 300.0
+    if case == "nan":
+        values[17] = float("nan")
+    tensor = values.to(dtype)
+    reference = compute_stats(numpy_view(tensor))
+    for got in (cpu_stats(tensor), fast_stats(numpy_view(tensor))):
+        assert_stats_match(got, reference)
+
+
+def assert_stats_match(got: TensorStats, reference: TensorStats) -> None:
+    assert got.count == reference.count
+    assert (got.nan_count, got.inf_count) == (reference.nan_count, reference.inf_count)
+    for name in ("min", "max", "mean", "std", "l2"):
+        expected = getattr(reference, name)
+        assert (getattr(got, name) is None) == (expected is None), name
+        if expected is not None:
+            assert getattr(got, name) == pytest.approx(expected, rel=1e-9, abs=1e-300), name
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn])

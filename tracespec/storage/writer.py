@@ -121,6 +121,10 @@ class TraceWriter:
         ``None`` (raw bytes, fastest) or ``"zstd"``.
     durable:
         fsync data, segments and manifests before publishing them (on by default).
+    direct_io:
+        Write chunk files of 1 MiB and more past the page cache (``O_DIRECT``) where the file
+        system allows it (on by default): the kernel's page-cache copy and write-back of a
+        gigabyte per step otherwise costs more CPU than the recording itself.
     max_pending_bytes:
         Bound on tensor bytes handed over but not yet written; callers wait beyond it.
     flush_interval:
@@ -146,6 +150,7 @@ class TraceWriter:
         source: dict[str, Any] | None = None,
         compression: str | None = None,
         durable: bool = True,
+        direct_io: bool = True,
         max_pending_bytes: int = 512 << 20,
         flush_interval: float = 2.0,
         overwrite: bool = False,
@@ -159,6 +164,7 @@ class TraceWriter:
         self.rank = rank
         self.device = device
         self.durable = durable
+        self.direct_io = direct_io
         self.compression = compression
         self.chunk_limit = chunk_limit
         self._part_dir = self.path / part_dir_name(rank)
@@ -548,7 +554,7 @@ class TraceWriter:
         name = f"step_{step}/{record}"
         written = WrittenFiles()
         write_array(self._store, name, array, compression=self.compression, durable=False,
-                    chunk_limit=self.chunk_limit, written=written)
+                    chunk_limit=self.chunk_limit, written=written, direct_io=self.direct_io)
         self._store_arrays += 1
         self._store_bytes += written.nbytes
         if self.durable:
