@@ -558,6 +558,9 @@ class Recorder(ABC):
             compression=self.options.compression,
             durable=self.options.durable,
             overwrite=self.options.overwrite,
+            # The model computes while the trace is written: keep the kernel's page-cache work
+            # off the cores it trains on.
+            direct_io=True,
         )
         self.rank, self.world_size = rank, world_size
         self._build_tree()

@@ -601,6 +601,7 @@ class OnnxRecorder:
             metadata=dict(metadata or {}),
             overwrite=overwrite,
             durable=durable,
+            direct_io=True,  # the next run computes while this one's values are written
         )
         return OnnxTrace(self, writer, self._write_tree(writer))
 

@@ -180,8 +180,20 @@ def stats_from_moments(moments: list[float]) -> TensorStats:
 
 # ------------------------------------------------------------------------------ recorder
 @dataclass(slots=True)
+class _InputSlot:
+    """What the two gradient hooks of one input share: its slot, taken by the first to fire.
+
+    It holds no tensor on purpose: a hook that referenced the tensor it is registered on would
+    make a reference cycle through autograd that Python's collector cannot see, and every step's
+    module inputs would stay in memory for good.
+    """
+
+    slot: str | None
+
+
+@dataclass(slots=True)
 class _WrappedInput:
-    slot: str
+    slot: _InputSlot
     base: torch.Tensor
     view: torch.Tensor
     version: int
@@ -312,7 +324,7 @@ class TorchRecorder(Recorder):
             if not tensor.requires_grad:
                 return tensor
             view = tensor.view_as(tensor)
-            state.inputs.append(_WrappedInput(slot, tensor, view, view._version, None))
+            state.inputs.append(_WrappedInput(_InputSlot(slot), tensor, view, view._version, None))
             return view
 
         new_args = tuple(map_tensors(a, wrap, str(i), self.is_tensor) for i, a in enumerate(args))
@@ -322,14 +334,14 @@ class TorchRecorder(Recorder):
         bc = self.backward_call(fc, len(state.inputs))
         state.backward = bc
         for wrapped in state.inputs:
-            wrapped.view.register_hook(self._input_grad_hook(bc, wrapped))
-            wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(bc, wrapped))
+            wrapped.view.register_hook(self._input_grad_hook(bc, wrapped.slot))
+            wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(bc, wrapped.slot))
         return new_args, new_kwargs
 
-    def _input_grad_hook(self, bc: BackwardCall, wrapped: _WrappedInput) -> Any:
+    def _input_grad_hook(self, bc: BackwardCall, pending: _InputSlot) -> Any:
         def hook(grad: torch.Tensor) -> None:
-            if wrapped.slot is not None:
-                slot, wrapped.slot = wrapped.slot, None  # type: ignore[assignment]
+            if pending.slot is not None:
+                slot, pending.slot = pending.slot, None
                 self.backward_input_grad(bc, slot, grad)
 
         return hook

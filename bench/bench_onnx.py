@@ -40,6 +40,7 @@ MODES: list[tuple[str, dict[str, Any] | None]] = [
     ("bare", None),
     ("full", {"capture": "full", "parameters": False}),
     ("full@tmpfs", {"capture": "full", "parameters": False}),
+    ("full-4steps", {"capture": "full", "parameters": False, "steps": 4}),
     ("stats", {"capture": "stats", "parameters": False}),
     ("hash", {"capture": "hash", "parameters": False}),
     ("full+params", {"capture": "full", "parameters": True}),
@@ -112,10 +113,17 @@ def _runner(model: Path, size: dict[str, int], mode: str, workdir: Path) -> Any:
         return lambda: session.run(None, feed)
     from tracespec.adapters.onnxruntime import OnnxRecorder
 
+    options = dict(options)
+    steps = options.pop("steps", 1)
     recorder = OnnxRecorder(model, providers=["CPUExecutionProvider"], session_options=session_options, **options)
     runs = iter(range(1 << 30))
     # A new folder per run: deleting the previous trace is not part of recording.
-    return lambda: recorder.record(feed, _trace_dir(workdir, mode) / f"run_{next(runs)}")
+    return lambda: recorder.record([feed] * steps, _trace_dir(workdir, mode) / f"run_{next(runs)}")
+
+
+def _steps(mode: str) -> int:
+    """Inference steps one run of ``mode`` records (into one trace); times are per step."""
+    return (dict(MODES)[mode] or {}).get("steps", 1)
 
 
 def _trace_dir(workdir: Path, mode: str) -> Path:
@@ -147,7 +155,7 @@ def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: i
         setup[mode] = time.perf_counter() - start
         runners[mode]()  # warm-up
     trace_mib = {
-        mode: sum(f.stat().st_size for f in _trace_dir(workdir, mode).rglob("*") if f.is_file()) / (1 << 20)
+        mode: sum(f.stat().st_size for f in _trace_dir(workdir, mode).rglob("*") if f.is_file()) / (1 << 20) / _steps(mode)
         for mode in modes if _trace_dir(workdir, mode).exists()
     }
     times: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -155,7 +163,7 @@ def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: i
         for mode in modes:
             start = time.perf_counter()
             runners[mode]()
-            times[mode].append(time.perf_counter() - start)
+            times[mode].append((time.perf_counter() - start) / _steps(mode))
             shutil.rmtree(_trace_dir(workdir, mode), ignore_errors=True)
     return {
         mode: {"setup_s": setup[mode], "min_s": min(times[mode]), "median_s": statistics.median(times[mode]), "trace_mib": trace_mib.get(mode, 0.0)}

@@ -391,3 +391,25 @@ def test_optimizer_hooks_record_grads_and_update_even_when_grads_are_cleared_fir
         state = {r["slot"]: view.array(r) for r in view.records("0", role="optimizer_state", step=step)}
         np.testing.assert_array_equal(state["weight.exp_avg"], opt.state[model[0].weight]["exp_avg"].numpy() if step == 1 else state["weight.exp_avg"])
         assert set(state) == {"weight.step", "weight.exp_avg", "weight.exp_avg_sq", "bias.step", "bias.exp_avg", "bias.exp_avg_sq"}
+
+
+def test_recording_keeps_no_step_alive(tmp_path: Path) -> None:
+    # A gradient hook that referenced the tensor it sits on made a cycle through autograd that
+    # Python's collector cannot see: every step's module inputs, and the recorder, stayed alive.
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    seen: list[weakref.ref[torch.Tensor]] = []
+    model[2].register_forward_pre_hook(lambda module, args: seen.append(weakref.ref(args[0])))
+    rec = tracespec.record(model, tmp_path / "t", capture="full")
+    with rec:
+        for _ in range(3):
+            model(torch.randn(5, 8, requires_grad=True)).sum().backward()
+            rec.step()
+    recorder = weakref.ref(rec)
+    del rec
+    gc.collect()
+    assert len(seen) == 3
+    assert recorder() is None
+    assert [ref() for ref in seen] == [None, None, None]

@@ -1,15 +1,16 @@
 """Write one rank's part of a trace, streaming (spec sections "Layout", "Parts", "Completeness").
 
 Constraints:
-- The caller's thread only appends rows and hands arrays over; writing tensor data, hashing and
-  statistics happen on one worker thread. The hand-over queue is bounded in bytes: a caller that
-  outruns the disk waits (back-pressure) instead of growing memory.
+- The caller's thread only appends rows and hands arrays over; a worker thread turns them into
+  rows, hashes and statistics, and hands tensor data to a few I/O threads that write and fsync
+  it. Bytes handed over and not yet on disk are bounded: a caller that outruns the disk waits
+  (back-pressure) instead of growing memory.
 - Statistics and the content hash of a ``full`` record are computed on a helper thread while the
-  worker writes its data: both release the GIL, so the slower of the two sets the pace.
+  I/O threads write its data: all release the GIL.
 - Crash safety comes from ordering: tensor data is written and fsynced before the row that
-  references it is published (files written since the last publish are fsynced together at the
-  next one, so the kernel writes back data while the worker moves on); rows are published by writing a new, complete Arrow segment under a
-  temporary name and renaming it; ``part.json`` lists the segments and is replaced atomically
+  references it is published (the worker waits for the I/O threads, then fsyncs the folders);
+  rows are published by writing a new, complete Arrow segment under a temporary name and
+  renaming it; ``part.json`` lists the segments and is replaced atomically
   after them. A process killed at any moment leaves a part whose ``part.json`` names only complete
   files, with ``complete: false``.
 - Ranks never share a file: each writes ``rank_<R>/``; ``manifest.json`` is created once with an
@@ -47,7 +48,7 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
-from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, write_array, write_group
+from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, make_durable, write_array, write_group
 
 __all__ = ["TraceWriter"]
 
@@ -55,6 +56,7 @@ _VALUE_REPR_LIMIT: Final = 200
 # Statistics of big tensors use two threads: together with the data writer they keep two cores
 # busy, and take no more than that from the run being recorded.
 _STATS_THREADS: Final = min(2, os.cpu_count() or 1)
+_IO_THREADS: Final = 4
 
 
 def _now() -> str:
@@ -123,8 +125,10 @@ class TraceWriter:
         fsync data, segments and manifests before publishing them (on by default).
     direct_io:
         Write chunk files of 1 MiB and more past the page cache (``O_DIRECT``) where the file
-        system allows it (on by default): the kernel's page-cache copy and write-back of a
-        gigabyte per step otherwise costs more CPU than the recording itself.
+        system allows it. The recorders turn it on: while a model trains, the kernel's
+        page-cache copy and write-back of a gigabyte per step cost more CPU than the recording
+        itself. Off by default, because data written through the page cache is also still there
+        for a reader that comes right after (directly written data is read from the disk).
     max_pending_bytes:
         Bound on tensor bytes handed over but not yet written; callers wait beyond it.
     flush_interval:
@@ -150,7 +154,7 @@ class TraceWriter:
         source: dict[str, Any] | None = None,
         compression: str | None = None,
         durable: bool = True,
-        direct_io: bool = True,
+        direct_io: bool = False,
         max_pending_bytes: int = 512 << 20,
         flush_interval: float = 2.0,
         overwrite: bool = False,
@@ -185,7 +189,7 @@ class TraceWriter:
         # The part folder only after the manifest is settled: a refused writer leaves nothing.
         (self._part_dir / "tables").mkdir(parents=True)
         self._unsynced = WrittenFiles()
-        self._syncing: list[Future[None]] = []
+        self._writing: list[Future[WrittenFiles]] = []
         write_group(self._store, "", durable=False, written=self._unsynced)
 
         self._lock = threading.Lock()
@@ -212,7 +216,9 @@ class TraceWriter:
         self._sync_written()
         self._write_part_manifest()
         self._summarizer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-summary-{rank}")
-        self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-fsync-{rank}")
+        # Arrays are written and fsynced on several threads: one file at a time, a disk waits
+        # out each write's latency (direct I/O is synchronous), several keep it busy.
+        self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix=f"tracespec-io-{rank}")
         self._worker = threading.Thread(target=self._run, name=f"tracespec-writer-{rank}", daemon=True)
         self._worker.start()
 
@@ -453,7 +459,7 @@ class TraceWriter:
                 self._wake.notify_all()
             self._worker.join()
             self._summarizer.shutdown()
-            self._syncer.shutdown()
+            self._io.shutdown()
 
     def abort(self) -> None:
         """Stop without marking the part complete (what a crash leaves, but cleanly)."""
@@ -463,7 +469,7 @@ class TraceWriter:
             self._wake.notify_all()
         self._worker.join()
         self._summarizer.shutdown()
-        self._syncer.shutdown()
+        self._io.shutdown()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -522,6 +528,7 @@ class TraceWriter:
             for key, value in shared.items():
                 if row.get(key) is None:
                     row[key] = value
+        writing = False
         if array is not None:
             # One C-order copy (if any) shared by the data writer and the summary thread.
             array = np.require(array, requirements="C")
@@ -529,7 +536,8 @@ class TraceWriter:
             need_stats = row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats")
             if row["level"] == "full":
                 summary = self._summarizer.submit(_summarize, array, need_hash, need_stats)
-                row["array"] = self._write_array(row["step"], row["id"], array)
+                row["array"] = self._write_array(row["step"], row["id"], array, job.nbytes)
+                writing = True
                 digest, stats = summary.result()
             else:
                 digest, stats = _summarize(array, need_hash, need_stats)
@@ -544,39 +552,48 @@ class TraceWriter:
             }
         with self._lock:
             self._pending_rows["tensors"].append(row)
-            self._pending_bytes -= job.nbytes
+        if not writing:
+            self._release(job.nbytes)  # else once its data is on disk
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._pending_bytes -= nbytes
             self._wake.notify_all()
 
-    def _write_array(self, step: int, record: int, array: np.ndarray) -> str:
+    def _write_array(self, step: int, record: int, array: np.ndarray, nbytes: int) -> str:
+        """Start writing ``array`` on an I/O thread; its bytes count as pending until it is on disk."""
         if step not in self._step_groups:
             write_group(self._store, f"step_{step}", durable=False, written=self._unsynced)
             self._step_groups.add(step)
         name = f"step_{step}/{record}"
-        written = WrittenFiles()
-        write_array(self._store, name, array, compression=self.compression, durable=False,
-                    chunk_limit=self.chunk_limit, written=written, direct_io=self.direct_io)
-        self._store_arrays += 1
-        self._store_bytes += written.nbytes
-        if self.durable:
-            # fsync on the syncer thread: the disk writes this array while the worker goes on.
-            self._syncing.append(self._syncer.submit(fsync_files, written.files))
-        self._unsynced.folders.extend([*written.folders, *(f.parent for f in written.files)])
+        writing = self._io.submit(self._write_durably, name, array)
+        writing.add_done_callback(lambda _: self._release(nbytes))
+        self._writing.append(writing)
         return name
 
+    def _write_durably(self, name: str, array: np.ndarray) -> WrittenFiles:
+        """Write one array and fsync its files (the disk writes them while others are written);
+        the entries of its folders are made durable at the next publish, all at once."""
+        written = WrittenFiles()
+        write_array(self._store, name, array, compression=self.compression, durable=self.durable,
+                    chunk_limit=self.chunk_limit, written=written, direct_io=self.direct_io)
+        return written
+
     def _sync_written(self) -> None:
-        """Make every file and folder written since the last publish durable: files first, then
-        the folders holding their entries (parents of new folders included)."""
+        """Wait for the arrays being written, then make every file and folder written since the
+        last publish durable: files first, then the folders holding their entries (parents of
+        new folders included)."""
         written, self._unsynced = self._unsynced, WrittenFiles()
-        syncing, self._syncing = self._syncing, []
+        writing, self._writing = self._writing, []
+        for future in writing:
+            array = future.result()
+            self._store_arrays += 1
+            self._store_bytes += array.nbytes
+            written.folders.extend([*array.folders, *(f.parent for f in array.files)])
         if not self.durable:
             return
-        for future in syncing:
-            future.result()
-        fsync_files(written.files)
-        folders = dict.fromkeys([*(f.parent for f in written.files), *written.folders,
-                                 *(d.parent for d in written.folders)])
-        for folder in folders:
-            _fsync_dir(folder)
+        folders = dict.fromkeys([*(f.parent for f in written.files), *written.folders, *(d.parent for d in written.folders)])
+        make_durable([*written.files, *folders])
 
     def _publish(self) -> None:
         with self._lock:
