@@ -175,6 +175,7 @@ _DIRECT_ALIGN: Final = 4096  # address, offset and length alignment that O_DIREC
 _STAGING_MIN_BYTES: Final = 4 << 20
 _staging = threading.local()
 _no_direct_io_devices: set[int] = set()  # file systems that refused O_DIRECT (tmpfs, some FUSE)
+_DIRECT_IO_REFUSED: Final = frozenset({errno.EINVAL, errno.EOPNOTSUPP})
 
 
 @dataclass(slots=True)
@@ -237,7 +238,7 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     except OSError as exc:
-        if exc.errno != errno.EINVAL:
+        if exc.errno not in _DIRECT_IO_REFUSED:
             raise
         _no_direct_io_devices.add(device)
         return False
@@ -256,7 +257,7 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
         if total % _DIRECT_ALIGN:
             os.ftruncate(fd, total)
     except OSError as exc:
-        if exc.errno != errno.EINVAL:
+        if exc.errno not in _DIRECT_IO_REFUSED:
             raise
         os.close(fd)
         _no_direct_io_devices.add(device)
