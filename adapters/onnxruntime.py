@@ -6,8 +6,10 @@ Constraints:
   run ends: ``outputs_per_run`` splits the captured values over several runs (each run recomputes
   the graph) to bound memory; ``include``/``exclude`` and ``include_ops``/``exclude_ops`` capture
   less.
-- Statistics of floating-point values are computed inside the graph by ONNX Runtime, in float64
-  (sum, sum of squares, min, max), so the ``stats`` level never copies a tensor to Python. A value
+- At the ``stats`` level, statistics of floating-point values are computed inside the graph by
+  ONNX Runtime (sum, sum of squares, min, max; row sums added in float64), so no tensor is copied
+  to Python; at ``full``, where every value is fetched anyway, the writer computes them from the
+  data in float64 while it writes, after the run. A value
   whose float64 sum of squares is not finite (it holds NaN or Inf) is fetched and summarised by
   the reference :func:`tracespec.format.stats.compute_stats`, which counts NaN and Inf.
 - The module tree comes from the scope information ``torch.onnx.export`` leaves in the graph:
@@ -437,7 +439,9 @@ class OnnxRecorder:
         self._types, self._ranks = _value_info(self._proto)
         self._opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self._captured = [name for name in needed if name in self.tree.producer]
-        self._moments_of = {} if level == "hash" else {
+        # At ``full`` every value is fetched anyway: its statistics come from the data, computed
+        # by the writer while it writes (after the run), not by extra reductions inside it.
+        self._moments_of = {} if level in ("hash", "full") else {
             name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in _STATS_TYPES
         }
         self._outputs_per_run = outputs_per_run
@@ -590,7 +594,10 @@ class OnnxRecorder:
             **self._capture,
             "runs_per_step": len(self._batches),
             "scope_source": self.tree.scope_source,
-            "stats": "computed in the graph by onnxruntime: float32 row sums added in float64",
+            "stats": (
+                "computed in float64 from the fetched data" if self.level == "full"
+                else "computed in the graph by onnxruntime: float32 row sums added in float64"
+            ),
         }
         writer = TraceWriter(
             path,
