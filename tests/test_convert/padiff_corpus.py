@@ -1,4 +1,5 @@
-"""Where the converter tests find the PaDiff corpus: relative to the repository, failing loudly."""
+"""Where the converter tests find the PaDiff corpus: a copy of ``../shared/corpus/padiff`` shipped
+with the tests (4.9 MB), so a bare clone of the repository runs them; failing loudly if absent."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-CORPUS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "padiff").resolve()
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "padiff_corpus"
 
 
 def corpus_dir() -> Path:
     """The PaDiff corpus; a missing corpus fails the run loudly instead of skipping tests."""
     if not (CORPUS / "FORMAT.md").is_file():
-        pytest.fail(f"the PaDiff corpus is missing at {CORPUS}; these tests need ../shared/corpus/padiff next to the repository")
+        pytest.fail(f"the PaDiff corpus is missing at {CORPUS}; copy ../shared/corpus/padiff there")
     return CORPUS
 
 

@@ -1,4 +1,4 @@
-"""Convert PaDiff legacy dumps into traces (``shared/corpus/padiff/FORMAT.md`` describes them).
+"""Convert PaDiff legacy dumps into traces (``tests/data/padiff_corpus/FORMAT.md`` describes them).
 
 Constraints:
 - Every layout and generation: ``<model>/step_N/rank_M/`` (v1, v2), ``<model>/step_N/`` (v0),
