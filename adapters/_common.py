@@ -361,9 +361,9 @@ class HostBufferPool:
         """A free, page-aligned buffer of ``nbytes`` bytes (uint8), for the caller to fill."""
         best = None
         for i in range(len(self._buffers)):
-            size = self._buffers[i].nbytes - _PAGE
+            size = self._buffers[i].nbytes
             # 2 references, the list's and getrefcount's argument: no view of it is alive.
-            if size >= nbytes and sys.getrefcount(self._buffers[i]) == 2 and (best is None or size < self._buffers[best].nbytes):
+            if size >= nbytes + _PAGE and sys.getrefcount(self._buffers[i]) == 2 and (best is None or size < self._buffers[best].nbytes):
                 best = i
         if best is None:
             self._buffers.append(np.empty(nbytes + _PAGE, dtype=np.uint8))

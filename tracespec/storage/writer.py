@@ -48,7 +48,7 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
-from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, make_durable, write_array, write_group
+from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, make_durable, write_array, write_group
 
 __all__ = ["TraceWriter"]
 
@@ -77,14 +77,6 @@ def _write_atomically(path: Path, payload: bytes, durable: bool) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True)
@@ -254,7 +246,7 @@ class TraceWriter:
         finally:
             tmp.unlink()
         if self.durable:
-            _fsync_dir(self.path)
+            fsync_files([self.path])
 
     # ------------------------------------------------------------------ caller side
     def add_node(
@@ -614,7 +606,7 @@ class TraceWriter:
             _write_atomically(self._part_dir / relative, sink.getvalue().to_pybytes(), self.durable)
             self._segments[name].append(Segment(relative, len(rows)))
         if self.durable and batches:
-            _fsync_dir(self._part_dir / "tables")
+            fsync_files([self._part_dir / "tables"])
         self._write_part_manifest()
 
     def _write_part_manifest(self) -> None:
@@ -631,7 +623,7 @@ class TraceWriter:
         )
         _write_atomically(self._part_dir / PART_FILE, json.dumps(part.to_json(), indent=1).encode(), self.durable)
         if self.durable:
-            _fsync_dir(self._part_dir)
+            fsync_files([self._part_dir])
 
 
 def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:

@@ -15,9 +15,9 @@ Constraints this module keeps:
 
 from __future__ import annotations
 
-import json
 import ctypes
 import errno
+import json
 import math
 import mmap
 import os
@@ -27,7 +27,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Final
 
 import numpy as np
@@ -228,9 +227,9 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
     A page-aligned payload goes to the disk straight from its memory; the rest (an unaligned
     payload, the tail, the padding) is first copied into this thread's aligned staging buffer,
     zero-filled to a whole block, after which the file is cut to its true size. Each part is
-    one ``write``: between system calls this thread needs the GIL back, which a busy caller
-    thread hands over only every few milliseconds. Returns False, having written nothing,
-    where the file system refuses ``O_DIRECT``.
+    one ``write``: staging through a small buffer, piece by piece, made a recorded ONNX Runtime
+    step 1.7x slower (``bench/bench_onnx.py``). Returns False, having written nothing, where the
+    file system refuses ``O_DIRECT``.
     """
     device = os.stat(path.parent).st_dev
     if not hasattr(os, "O_DIRECT") or device in _no_direct_io_devices:
@@ -259,10 +258,10 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
     except OSError as exc:
         if exc.errno not in _DIRECT_IO_REFUSED:
             raise
-        os.close(fd)
         _no_direct_io_devices.add(device)
         return False
-    os.close(fd)
+    finally:
+        os.close(fd)
     return True
 
 
