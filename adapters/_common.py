@@ -349,34 +349,49 @@ class HostBufferPool:
     """
 
     def __init__(self) -> None:
-        self._buffers: list[np.ndarray] = []
+        self._buffers: dict[Hashable, list[np.ndarray]] = {}
+        self._next: dict[Hashable, int] = {}  # where the next search starts, per key
 
-    def copy(self, values: np.ndarray) -> np.ndarray:
-        """A C-contiguous copy of ``values`` in a pooled buffer."""
-        out = self.take(values.nbytes).view(values.dtype).reshape(values.shape)
+    def copy(self, values: np.ndarray, key: Hashable = None) -> np.ndarray:
+        """A C-contiguous copy of ``values`` in a pooled buffer (``key``: see :meth:`take`)."""
+        out = self.take(values.nbytes, key).view(values.dtype).reshape(values.shape)
         np.copyto(out, values, casting="no")
         return out
 
-    def take(self, nbytes: int) -> np.ndarray:
-        """A free, page-aligned buffer of ``nbytes`` bytes (uint8), for the caller to fill."""
+    def take(self, nbytes: int, key: Hashable = None) -> np.ndarray:
+        """A free, page-aligned buffer of ``nbytes`` bytes (uint8), for the caller to fill.
+
+        Buffers taken with a ``key`` are kept apart from the others: a caller that takes the
+        same sizes under the same keys every step (the ONNX Runtime recorder keys by size) finds
+        a free one among its own. The search starts after the buffer taken last and stops at
+        one of exactly the right size: buffers are taken and released in the same order step
+        after step, so the next one is usually free.
+        """
+        buffers = self._buffers.setdefault(key, [])
+        start = self._next.get(key, 0)
         best = None
-        for i in range(len(self._buffers)):
-            size = self._buffers[i].nbytes
+        for offset in range(len(buffers)):
+            i = (start + offset) % len(buffers)
+            size = buffers[i].nbytes
             # 2 references, the list's and getrefcount's argument: no view of it is alive.
-            if size >= nbytes + _PAGE and sys.getrefcount(self._buffers[i]) == 2 and (best is None or size < self._buffers[best].nbytes):
+            if size >= nbytes + _PAGE and sys.getrefcount(buffers[i]) == 2 and (best is None or size < buffers[best].nbytes):
                 best = i
+                if size == nbytes + _PAGE:
+                    break
         if best is None:
-            self._buffers.append(np.empty(nbytes + _PAGE, dtype=np.uint8))
-            best = len(self._buffers) - 1
+            buffers.append(np.empty(nbytes + _PAGE, dtype=np.uint8))
+            best = len(buffers) - 1
+        self._next[key] = best + 1
         # Page-aligned, so the writer's direct I/O sends it to the disk without a staging copy.
         # The list keeps the allocation itself: numpy points every view's base at it, which is
         # what the reference count above sees.
-        buffer = self._buffers[best]
+        buffer = buffers[best]
         start = -buffer.ctypes.data % _PAGE
         return buffer[start : start + nbytes]
 
     def clear(self) -> None:
         self._buffers.clear()
+        self._next.clear()
 
 
 # ------------------------------------------------------------------------------------ summaries

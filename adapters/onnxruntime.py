@@ -5,7 +5,9 @@ Constraints:
   outputs are the values to capture. That copy holds every captured intermediate at once when the
   run ends: ``outputs_per_run`` splits the captured values over several runs (each run recomputes
   the graph) to bound memory; ``include``/``exclude`` and ``include_ops``/``exclude_ops`` capture
-  less.
+  less. At ``full``, from the second run with the same input shapes on, ONNX Runtime computes
+  the captured values into buffers the recorder reuses (IOBinding), which it keeps: up to about
+  two steps' worth.
 - At the ``stats`` level, statistics of floating-point values are computed inside the graph by
   ONNX Runtime (sum, sum of squares, min, max; row sums added in float64), so no tensor is copied
   to Python; at ``full``, where every value is fetched anyway, the writer computes them from the
@@ -36,7 +38,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
+from tracespec.adapters._common import HostBufferPool
 from tracespec.errors import InputFileError, UsageError
 from tracespec.format.dtypes import dtype_of
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
@@ -63,6 +67,14 @@ _EXTERNAL_DATA_FOLDER: Final = "session.model_external_initializers_file_folder_
 _MOMENTS: Final = ("sum", "squares", "min", "max")
 # Ops whose output holds exactly the elements of their first input, in another order or shape.
 _SAME_ELEMENTS: Final = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+# numpy kinds of outputs ONNX Runtime can compute into a caller's buffer (not strings, objects).
+_BINDABLE_KINDS: Final = "biufc"
+# Smaller outputs (statistics, shapes) are left to ONNX Runtime to allocate: a buffer of their
+# own would cost a page each, and page faults only matter for large values.
+_BIND_MIN_BYTES: Final = 1 << 16
+# What a run into bound buffers raises when an output's shape changed (RuntimeError), or for a
+# reason the same run unbound reports better.
+_BOUND_RUN_ERRORS: Final = (RuntimeError, Fail, InvalidArgument)
 
 
 # ---------------------------------------------------------------------------------------- the tree
@@ -450,6 +462,15 @@ class OnnxRecorder:
         self._data.update(name for name in self.tree.graph_outputs if name in self.tree.producer)
         self._stale = False
         self._constants: dict[str, tuple[TensorStats, str, str, tuple[int, ...]]] = {}
+        self._output_buffers = HostBufferPool()
+        # A bound run that fails on a changed shape is run again unbound: no need for ONNX
+        # Runtime to log the failure.
+        self._quiet_run = ort.RunOptions()
+        self._quiet_run.log_severity_level = 4
+        self._shrinking_run = ort.RunOptions()
+        self._shrinking_run.log_severity_level = 4
+        self._shrinking_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._next_run_options = self._quiet_run
         self._build()
         self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
 
@@ -478,6 +499,8 @@ class OnnxRecorder:
         self._session = self._make_session(
             [*(n for n in captured + graph_outputs if n in self._data), *moments, *self._shape_output.values()], added
         )
+        # Output shapes and dtypes per (batch, input shapes and dtypes); None: do not bind.
+        self._layouts: dict[tuple[Any, ...], list[tuple[tuple[int, ...], np.dtype]] | None] = {}
         self._stale = False
 
     def _same_elements_source(self, name: str) -> str:
@@ -690,9 +713,8 @@ class OnnxRecorder:
 
         def load(batch: int) -> None:
             if batch != current[0]:
-                names = self._batches[batch]
                 fetched.clear()
-                fetched.update(zip(names, self._session.run(names, feed), strict=True))
+                fetched.update(self._run_batch(batch, feed))
                 non_finite = [
                     n for n in self._chunks[batch]
                     if n in self._moments_of and n not in fetched and not finite(self._prefix[self._moments_of[n]])
@@ -774,6 +796,61 @@ class OnnxRecorder:
         if not outputs:
             load(0)  # the batch holding the graph outputs when nothing in it was recorded
         return {name: outputs.get(name, feed.get(name)) for name in tree.graph_outputs}
+
+    def _run_batch(self, batch: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session for one batch of outputs: output name -> value.
+
+        At ``full``, the first run for given input shapes lets ONNX Runtime allocate the
+        outputs, and notes their shapes; later runs bind the large outputs to reused,
+        page-aligned buffers (IOBinding), which ONNX Runtime computes into. Fresh outputs cost a
+        page fault per 4 KiB while the writer still holds the previous step's values: a recorded
+        GPT-2-sized run took twice as long. Aligned buffers also go to the disk without a
+        staging copy. A value whose shape depends on the data makes a bound run fail; those
+        input shapes are then run unbound.
+        """
+        names = self._batches[batch]
+        signature = (batch, *((name, feed[name].shape, feed[name].dtype.str) for name in sorted(feed)))
+        layout = self._layouts.get(signature)
+        if layout is not None:
+            binding = self._session.io_binding()
+            for name, value in feed.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            bound: dict[str, np.ndarray] = {}
+            for name, (shape, dtype) in zip(names, layout, strict=True):
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes < _BIND_MIN_BYTES:
+                    binding.bind_output(name, "cpu")  # ONNX Runtime allocates it
+                    continue
+                bound[name] = self._output_buffers.take(nbytes, nbytes).view(dtype).reshape(shape)
+                binding.bind_output(name, "cpu", 0, dtype, shape, bound[name].ctypes.data)
+            options, self._next_run_options = self._next_run_options, self._quiet_run
+            try:
+                self._session.run_with_iobinding(binding, options)
+            except _BOUND_RUN_ERRORS:  # a shape changed with the data (the feed itself was checked)
+                self._layouts[signature] = None
+            else:
+                return {
+                    name: bound[name] if name in bound else value.numpy()
+                    for name, value in zip(names, binding.get_outputs(), strict=True)
+                }
+        values = self._session.run(names, feed)
+        if signature in self._layouts:
+            return dict(zip(names, values, strict=True))
+        # Only at ``full`` does the writer hold a step's values while the next run computes; at
+        # the other levels they are summarised and freed at once, and buffers would only add memory.
+        if self.level != "full" or not all(isinstance(v, np.ndarray) and v.dtype.kind in _BINDABLE_KINDS for v in values):
+            self._layouts[signature] = None
+            return dict(zip(names, values, strict=True))
+        self._layouts[signature] = [(v.shape, v.dtype) for v in values]
+        # Memory ONNX Runtime allocated outputs in stays in its arena once they are freed: move
+        # them to the recorder's buffers, and have the next run give that memory back.
+        copies = {
+            name: self._output_buffers.copy(value, value.nbytes) if value.nbytes >= _BIND_MIN_BYTES else value
+            for name, value in zip(names, values, strict=True)
+        }
+        if self._session.get_session_options().enable_cpu_mem_arena:
+            self._next_run_options = self._shrinking_run
+        return copies
 
     def _put_constant(self, writer: TraceWriter, step: int, node: int, slot: str, name: str) -> int:
         """Record an initializer; its statistics and hash are computed once per recorder."""

@@ -111,13 +111,26 @@ def test_host_buffers_are_reused_once_released() -> None:
     pool = HostBufferPool()
     first = pool.copy(np.arange(12, dtype=np.float32).reshape(3, 4))
     second = pool.copy(np.ones(3))
-    assert len(pool._buffers) == 2
+    assert first.ctypes.data != second.ctypes.data
     np.testing.assert_array_equal(first, np.arange(12).reshape(3, 4))
     assert first.flags.c_contiguous and first.dtype == np.float32
+    assert first.ctypes.data % 4096 == 0 and second.ctypes.data % 4096 == 0, "page-aligned, for direct I/O"
+    address = first.ctypes.data
     del first
     third = pool.copy(np.zeros(10, dtype=np.float32))
-    assert len(pool._buffers) == 2, "the released buffer is reused"
+    assert third.ctypes.data == address, "the released buffer is reused"
     assert second[0] == 1 and third.sum() == 0
+
+
+def test_host_buffers_under_a_key_are_kept_apart() -> None:
+    pool = HostBufferPool()
+    keyed = pool.take(64, "logits")
+    address = keyed.ctypes.data
+    del keyed
+    assert pool.take(64).ctypes.data != address, "an unkeyed take does not get a keyed buffer"
+    again = pool.take(64, "logits")
+    assert again.ctypes.data == address
+    assert pool.take(64, "logits").ctypes.data != address, "a buffer still in use is not handed out"
 
 
 def test_registry_lists_the_adapters_without_importing_frameworks() -> None:

@@ -269,6 +269,87 @@ def test_recording_in_several_runs_gives_the_same_trace(exported: dict[str, Any]
     assert [(r["node"], r["role"], r["slot"], r["hash"]) for r in one] == [(r["node"], r["role"], r["slot"], r["hash"]) for r in many]
 
 
+def _step_values(path: Path) -> dict[int, dict[tuple[int, str, str], np.ndarray]]:
+    """Each step's recorded data: step -> (node, role, slot) -> array."""
+    trace = tracespec.load_trace(path)
+    steps: dict[int, dict[tuple[int, str, str], np.ndarray]] = {}
+    for row in trace.tensors().to_pylist():
+        if row["array"]:
+            steps.setdefault(row["step"], {})[(row["node"], row["role"], row["slot"])] = trace.read(0, row["array"])
+    return steps
+
+
+def _wide_graph() -> onnx.ModelProto:
+    """x @ w + b -> Relu -> ReduceSum: values of 128 KiB (computed into the recorder's buffers
+    from the second step on) and a scalar (left to ONNX Runtime)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Add", ["h", "b"], ["z"]),
+            helper.make_node("Relu", ["z"], ["r"]),
+            helper.make_node("ReduceSum", ["r"], ["total"], keepdims=0),
+        ],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 256])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [128, 256]), helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+        [
+            numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(256).astype(np.float32), "b"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_later_steps_computed_into_reused_buffers_keep_their_own_values(tmp_path: Path) -> None:
+    """From the second step on, ONNX Runtime computes into the recorder's reused buffers: every
+    step must still hold its own values, the same as a first (unbound) run of its feed gives,
+    and what ``record`` returned must not change with later steps."""
+    model = _wide_graph()
+    rng = np.random.default_rng(7)
+    feeds = [{"x": rng.standard_normal((128, 256)).astype(np.float32)} for _ in range(5)]
+    recorder = OnnxRecorder(model, capture="full")
+    outputs = recorder.record(feeds[:3], tmp_path / "steps")
+    outputs += recorder.record(feeds[3:], tmp_path / "more_steps")  # a second trace, same buffers
+    recorded = _step_values(tmp_path / "steps")
+    recorded.update({step + 3: values for step, values in _step_values(tmp_path / "more_steps").items()})
+    assert sorted(recorded) == [0, 1, 2, 3, 4]
+    for step, feed in enumerate(feeds):
+        alone = tracespec.record_onnx(model, feed, tmp_path / f"alone_{step}", capture="full")
+        expected = _step_values(tmp_path / f"alone_{step}")[0]
+        assert recorded[step].keys() == expected.keys()
+        for key, array in expected.items():
+            np.testing.assert_array_equal(recorded[step][key], array, err_msg=f"step {step}, record {key}")
+        for name, value in outputs[step].items():
+            np.testing.assert_array_equal(value, alone[0][name])
+    assert any(not np.array_equal(recorded[0][key], recorded[1][key]) for key in recorded[0]), "the feeds differ"
+
+
+def test_values_whose_shape_follows_the_data_are_recorded_each_step(tmp_path: Path) -> None:
+    """NonZero's output shape depends on the values: steps with the same input shape but another
+    count of positives cannot reuse the previous step's output buffers."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("NonZero", ["r"], ["where"])],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [20000])],
+        [helper.make_tensor_value_info("where", TensorProto.INT64, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # 10000 to 13000 positives: int64 indices of 80 KB and more, large enough to be bound.
+    xs = [np.where(np.arange(20000) < positives, 1.0, -1.0).astype(np.float32) for positives in (10000, 12000, 12000, 13000)]
+    outputs = OnnxRecorder(model, capture="full").record([{"x": x} for x in xs], tmp_path / "trace")
+    assert [o["where"].tolist() for o in outputs] == [[np.nonzero(np.maximum(x, 0))[0].tolist()] for x in xs]
+    trace = tracespec.load_trace(tmp_path / "trace")
+    nodes, records = _records(trace)
+    recorded = {
+        row["step"]: trace.read(0, row["array"]) for row in records
+        if nodes[row["node"]]["route"] == "NonZero" and row["role"] == "output"
+    }
+    assert {step: value.tolist() for step, value in recorded.items()} == {
+        step: [np.nonzero(np.maximum(x, 0))[0].tolist()] for step, x in enumerate(xs)
+    }
+
+
 def _unscoped_graph() -> onnx.ModelProto:
     """x @ w + b -> Relu -> Log: no node names, no metadata; Log of zeros gives -inf."""
     rng = np.random.default_rng(0)

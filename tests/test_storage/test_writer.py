@@ -64,6 +64,28 @@ def test_same_as_shares_the_array_and_writes_nothing_twice(tmp_path: Path) -> No
     assert trace.parts[0].manifest.store_arrays == 1
 
 
+@pytest.mark.parametrize("level", ["full", "stats", "hash"])
+def test_copies_take_what_the_writer_computes_for_the_record_they_repeat(tmp_path: Path, level: str) -> None:
+    """Statistics and hashes are filled in when rows are published, after the data: a copy (and
+    a copy of a copy, published later) must still carry them."""
+    x = np.random.default_rng(3).standard_normal((512, 1024)).astype(np.float32)
+    w, node = one_node_writer(tmp_path / "t")
+    with w:
+        first = w.add_tensor(step=0, stage="forward", node=node, call=0, role="output", slot="0", array=x, level=level)
+        copy = w.add_tensor(step=0, stage="forward", node=node, call=1, role="input", slot="0", same_as=first)
+        w.flush()
+        copy_of_copy = w.add_tensor(step=0, stage="forward", node=node, call=2, role="input", slot="0", same_as=copy)
+    rows = {r["id"]: r for r in load_trace(tmp_path / "t").tensors().to_pylist()}
+    expected = compute_stats(x)
+    columns = ("hash", "array", "min", "max", "mean", "std", "l2", "nan_count", "inf_count")
+    for record in (first, copy, copy_of_copy):
+        assert [rows[record][c] for c in columns] == [rows[first][c] for c in columns], record
+    if level != "hash":
+        assert (rows[copy_of_copy]["mean"], rows[copy_of_copy]["l2"]) == (expected.mean, expected.l2)
+    assert (rows[copy_of_copy]["hash"] is not None) == (level != "stats")
+    assert (rows[copy_of_copy]["array"] is not None) == (level == "full")
+
+
 def test_values_are_recorded_not_dropped(tmp_path: Path) -> None:
     w, node = one_node_writer(tmp_path / "t")
     with w:

@@ -13,6 +13,7 @@ and their tests compare against these functions.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def _summarize_block(block: np.ndarray, scratch: np.ndarray) -> _Block:
     return _Block(n, mean, float(np.add.reduce(values)), low, high, nan, inf)
 
 
-def _summarize_blocks(flat: np.ndarray, starts: Sequence[int], scratch: np.ndarray) -> list[_Block]:
+def _summarize_blocks(flat: np.ndarray, starts: Sequence[int]) -> list[_Block]:
+    scratch = _scratch_block()
     # errstate is per thread: huge float64 inputs may overflow a sum, sNaNs flag "invalid"
     with np.errstate(over="ignore", invalid="ignore"):
         return [_summarize_block(flat[start : start + _BLOCK], scratch) for start in starts]
@@ -166,19 +168,30 @@ def compute_stats(array: np.ndarray, *, threads: int = 1) -> TensorStats:
     starts = range(0, flat.size, _BLOCK)
     moments = _Moments()
     if threads <= 1 or len(starts) < 2 * threads:
-        for block in _summarize_blocks(flat, starts, np.empty(min(flat.size, _BLOCK))):
+        for block in _summarize_blocks(flat, starts):
             moments.add(block)
         return _finish(flat.size, moments)
-    scratches = [np.empty(_BLOCK) for _ in range(threads)]
     per_round = threads * _BLOCKS_PER_TASK
     with ThreadPoolExecutor(threads, thread_name_prefix="tracespec-stats") as pool:
         for first in range(0, len(starts), per_round):
             batch = starts[first : first + per_round]
             tasks = [batch[i * _BLOCKS_PER_TASK : (i + 1) * _BLOCKS_PER_TASK] for i in range(threads)]
-            for summaries in pool.map(_summarize_blocks, repeat(flat), tasks, scratches):
+            for summaries in pool.map(_summarize_blocks, repeat(flat), tasks):
                 for block in summaries:
                     moments.add(block)
     return _finish(flat.size, moments)
+
+
+_scratch = threading.local()
+
+
+def _scratch_block() -> np.ndarray:
+    """This thread's float64 work block, allocated once: a fresh one per tensor costs a page
+    fault per 4 KiB, as much as the statistics themselves."""
+    block = getattr(_scratch, "block", None)
+    if block is None:
+        block = _scratch.block = np.empty(_BLOCK)
+    return block
 
 
 def combine_stats(parts: list[TensorStats]) -> TensorStats:

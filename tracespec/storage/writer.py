@@ -2,11 +2,13 @@
 
 Constraints:
 - The caller's thread only appends rows and hands arrays over; a worker thread turns them into
-  rows, hashes and statistics, and hands tensor data to a few I/O threads that write and fsync
-  it. Bytes handed over and not yet on disk are bounded: a caller that outruns the disk waits
-  (back-pressure) instead of growing memory.
-- Statistics and the content hash of a ``full`` record are computed on a helper thread while the
-  I/O threads write its data: all release the GIL.
+  rows, and hands tensor data to a few I/O threads that write and fsync it and to summary
+  threads that compute hashes and statistics. Bytes handed over and not yet written and
+  summarised are bounded: a caller that outruns the disk waits (back-pressure) instead of
+  growing memory.
+- Writing and summarising do not wait for each other (all release the GIL): a row is completed
+  with its statistics, hash, and those of the record it repeats (``same_as``) when it is
+  published.
 - Crash safety comes from ordering: tensor data is written and fsynced before the row that
   references it is published (the worker waits for the I/O threads, then fsyncs the folders);
   rows are published by writing a new, complete Arrow segment under a temporary name and
@@ -53,10 +55,12 @@ from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files,
 __all__ = ["TraceWriter"]
 
 _VALUE_REPR_LIMIT: Final = 200
-# Statistics of big tensors use two threads: together with the data writer they keep two cores
-# busy, and take no more than that from the run being recorded.
+# Statistics and hashes are computed on this many threads, one tensor each: together with the
+# data writer they keep two cores busy, and take no more than that from the run being recorded.
 _STATS_THREADS: Final = min(2, os.cpu_count() or 1)
 _IO_THREADS: Final = 4
+# What a same_as record takes from the record it repeats.
+_SHARED_COLUMNS: Final = ("hash", "array", "min", "max", "mean", "std", "l2", "nan_count", "inf_count")
 
 
 def _now() -> str:
@@ -197,9 +201,11 @@ class TraceWriter:
         self._steps: set[int] = set()
         self._step_groups: set[int] = set()
         # Records that a later same_as may name, until their step ends: the caller's view
-        # (step, dtype, shape, level) and the worker's (the columns a duplicate shares).
+        # (step, dtype, shape, level) and the worker's (the row, whose columns a copy shares).
         self._tensor_records: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
-        self._shared: dict[int, dict[str, Any]] = {}
+        self._shared: dict[int, dict[str, Any]] = {}  # record id -> its row
+        self._summaries: list[tuple[dict[str, Any], Future[tuple[str | None, TensorStats | None]]]] = []
+        self._copies: list[tuple[dict[str, Any], int]] = []  # (row, the record it is a copy of)
         self._store_arrays = 0
         self._store_bytes = 0
         self._error: BaseException | None = None
@@ -207,7 +213,7 @@ class TraceWriter:
         self._complete = False
         self._sync_written()
         self._write_part_manifest()
-        self._summarizer = ThreadPoolExecutor(1, thread_name_prefix=f"tracespec-summary-{rank}")
+        self._summarizer = ThreadPoolExecutor(_STATS_THREADS, thread_name_prefix=f"tracespec-summary-{rank}")
         # Arrays are written and fsynced on several threads: one file at a time, a disk waits
         # out each write's latency (direct I/O is synchronous), several keep it busy.
         self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix=f"tracespec-io-{rank}")
@@ -492,9 +498,9 @@ class TraceWriter:
                         return
                     job = self._jobs.popleft() if self._jobs else None
                 if isinstance(job, _Barrier):
+                    self._publish()
                     if job.ended_step is not None:
                         self._shared = {k: v for k, v in self._shared.items() if v["step"] > job.ended_step}
-                    self._publish()
                     last_publish = time.monotonic()
                     job.done.set()
                 elif job is not None:
@@ -514,53 +520,82 @@ class TraceWriter:
         return any(self._pending_rows.values())
 
     def _process(self, job: _TensorJob) -> None:
+        """Start the work a tensor record needs; its row is completed when it is published.
+
+        Writing and summarising run on their own threads and do not wait for each other, so
+        the disk is kept busy while statistics are computed; the array's bytes count as pending
+        until both are done with it.
+        """
         row, array = job.row, job.array
+        with self._lock:
+            self._pending_rows["tensors"].append(row)
         if job.same_as is not None:
-            shared = self._shared[job.same_as]  # checked on the caller's side
-            for key, value in shared.items():
-                if row.get(key) is None:
-                    row[key] = value
-        writing = False
-        if array is not None:
-            # One C-order copy (if any) shared by the data writer and the summary thread.
-            array = np.require(array, requirements="C")
-            need_hash = row["hash"] is None and row["level"] in ("full", "hash")
-            need_stats = row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats")
-            if row["level"] == "full":
-                summary = self._summarizer.submit(_summarize, array, need_hash, need_stats)
-                row["array"] = self._write_array(row["step"], row["id"], array, job.nbytes)
-                writing = True
-                digest, stats = summary.result()
-            else:
-                digest, stats = _summarize(array, need_hash, need_stats)
+            self._copies.append((row, job.same_as))  # filled from the earlier record at publish
+        if row["dtype"] is not None:
+            self._shared[row["id"]] = row
+        if array is None:
+            self._release(job.nbytes)
+            return
+        # One C-order copy (if any) shared by the data writer and the summary threads.
+        array = np.require(array, requirements="C")
+        need_hash = row["hash"] is None and row["level"] in ("full", "hash")
+        need_stats = row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats")
+        work = []
+        if need_hash or need_stats:
+            summary = self._summarizer.submit(_summarize, array, need_hash, need_stats)
+            self._summaries.append((row, summary))
+            work.append(summary)
+        if row["level"] == "full":
+            row["array"] = self._write_array(row["step"], row["id"], array)
+            work.append(self._writing[-1])
+        self._release_when_done(work, job.nbytes)
+
+    def _release_when_done(self, work: list[Future[Any]], nbytes: int) -> None:
+        """Count ``nbytes`` as pending until every future in ``work`` is done (the array is
+        then no longer used)."""
+        remaining = [len(work)]
+        countdown = threading.Lock()
+
+        def finished(_: Future[Any]) -> None:
+            with countdown:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self._release(nbytes)
+
+        if not work:
+            self._release(nbytes)
+        for future in work:
+            future.add_done_callback(finished)
+
+    def _complete_rows(self) -> None:
+        """Fill in the statistics and hashes computed since the last publish, then the rows that
+        share an earlier record's (in record order, so a copy of a copy is complete too)."""
+        summaries, self._summaries = self._summaries, []
+        for row, summary in summaries:
+            digest, stats = summary.result()
             if digest is not None:
                 row["hash"] = digest
             if stats is not None:
                 row.update(_stats_columns(stats))
-        if row["dtype"] is not None:
-            self._shared[row["id"]] = {
-                key: row[key]
-                for key in ("step", "dtype", "shape", "hash", "array", "min", "max", "mean", "std", "l2", "nan_count", "inf_count")
-            }
-        with self._lock:
-            self._pending_rows["tensors"].append(row)
-        if not writing:
-            self._release(job.nbytes)  # else once its data is on disk
+        copies, self._copies = self._copies, []
+        for row, source in copies:
+            for key in _SHARED_COLUMNS:
+                if row.get(key) is None:
+                    row[key] = self._shared[source][key]
 
     def _release(self, nbytes: int) -> None:
         with self._lock:
             self._pending_bytes -= nbytes
             self._wake.notify_all()
 
-    def _write_array(self, step: int, record: int, array: np.ndarray, nbytes: int) -> str:
-        """Start writing ``array`` on an I/O thread; its bytes count as pending until it is on disk."""
+    def _write_array(self, step: int, record: int, array: np.ndarray) -> str:
+        """Start writing ``array`` on an I/O thread (the future goes to ``_writing``)."""
         if step not in self._step_groups:
             write_group(self._store, f"step_{step}", durable=False, written=self._unsynced)
             self._step_groups.add(step)
         name = f"step_{step}/{record}"
-        writing = self._io.submit(self._write_durably, name, array)
-        writing.add_done_callback(lambda _: self._release(nbytes))
-        self._writing.append(writing)
+        self._writing.append(self._io.submit(self._write_durably, name, array))
         return name
 
     def _write_durably(self, name: str, array: np.ndarray) -> WrittenFiles:
@@ -592,6 +627,7 @@ class TraceWriter:
             batches = {name: rows for name, rows in self._pending_rows.items() if rows}
             self._pending_rows = {name: [] for name in TABLE_NAMES}
         self._sync_written()
+        self._complete_rows()
         # Nodes before calls before tensors, so a published row never names an unpublished node.
         for name in TABLE_NAMES:
             rows = batches.get(name)
@@ -627,7 +663,7 @@ class TraceWriter:
 
 
 def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:
-    stats = compute_stats(array, threads=_STATS_THREADS) if need_stats else None
+    stats = compute_stats(array) if need_stats else None
     return (content_hash(array) if need_hash else None, stats)
 
 
