@@ -1,8 +1,9 @@
 """ONNX Runtime bare vs recorded by tracespec, forward only, on a GPT-2-small-sized model.
 
     python bench/bench_onnx.py            # 12 layers, width 768, 12 heads, MLP 3072, vocab 50257,
-                                          # seq 128, batch 4, fp32, 2 threads
+                                          # seq 128, batch 4, fp32, 2 ONNX Runtime threads
     python bench/bench_onnx.py --quick    # a small model, for development
+    python bench/bench_onnx.py --ort-threads 1   # ONNX Runtime on one core, the other left free
 
 The model is built in PyTorch (random weights), exported once with ``torch.onnx.export`` (the
 torch.export-based exporter, external data) to a temporary folder. Times: one subprocess sets up
@@ -98,14 +99,14 @@ def export_model(size: dict[str, int], folder: Path) -> Path:
     return path
 
 
-def _runner(model: Path, size: dict[str, int], mode: str, workdir: Path) -> Any:
+def _runner(model: Path, size: dict[str, int], mode: str, workdir: Path, threads: int) -> Any:
     """Set up one mode and return a function doing one forward pass (recorded or not)."""
     import numpy as np
     import onnxruntime as ort
 
     options = dict(MODES)[mode]
     session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = 2
+    session_options.intra_op_num_threads = threads
     session_options.inter_op_num_threads = 1
     feed = {"ids": np.random.default_rng(0).integers(0, size["vocab"], (size["batch"], size["seq"]), dtype=np.int64)}
     if options is None:
@@ -145,13 +146,13 @@ def disk_bandwidth(folder: Path, mib: int = 256) -> float:
     return mib / elapsed
 
 
-def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: int, workdir: Path) -> dict[str, Any]:
+def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: int, workdir: Path, threads: int) -> dict[str, Any]:
     """Time every mode in one process, round-robin, so that load from other processes on the
     machine hits all modes alike; the minimum over the repeats is the least disturbed run."""
     runners, setup = {}, {}
     for mode in modes:
         start = time.perf_counter()
-        runners[mode] = _runner(model, size, mode, workdir)
+        runners[mode] = _runner(model, size, mode, workdir, threads)
         setup[mode] = time.perf_counter() - start
         runners[mode]()  # warm-up
     trace_mib = {
@@ -171,9 +172,9 @@ def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: i
     }
 
 
-def measure_memory(model: Path, size: dict[str, int], mode: str, workdir: Path) -> dict[str, Any]:
+def measure_memory(model: Path, size: dict[str, int], mode: str, workdir: Path, threads: int) -> dict[str, Any]:
     """Peak resident memory of a process that sets up one mode and runs it twice."""
-    run = _runner(model, size, mode, workdir)
+    run = _runner(model, size, mode, workdir, threads)
     run()
     run()
     # VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's peak at fork.
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode")
     parser.add_argument("--modes", default=",".join(name for name, _ in MODES), help="comma-separated subset of the modes")
+    parser.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -200,10 +202,10 @@ def main() -> None:
     size = SIZES["quick" if args.quick else "full"]
     modes = args.modes.split(",")
     if args.child == "time":
-        print(json.dumps(measure_time(Path(args.model), size, modes, args.repeats, Path(args.workdir))))
+        print(json.dumps(measure_time(Path(args.model), size, modes, args.repeats, Path(args.workdir), args.ort_threads)))
         return
     if args.child == "memory":
-        print(json.dumps(measure_memory(Path(args.model), size, modes[0], Path(args.workdir))))
+        print(json.dumps(measure_memory(Path(args.model), size, modes[0], Path(args.workdir), args.ort_threads)))
         return
 
     folder = Path(tempfile.mkdtemp(prefix="tracespec-bench-onnx-"))
@@ -211,7 +213,7 @@ def main() -> None:
     try:
         print(f"exporting the model {size} ...", file=sys.stderr)
         model = export_model(size, folder)
-        common = ["--model", str(model), "--workdir", str(folder), *quick]
+        common = ["--model", str(model), "--workdir", str(folder), "--ort-threads", str(args.ort_threads), *quick]
         print("timing all modes, round-robin ...", file=sys.stderr)
         results = _child(["--child", "time", "--modes", ",".join(modes), "--repeats", str(args.repeats), *common])
         for mode in modes:
@@ -226,9 +228,9 @@ def main() -> None:
         result["ratio_min"] = result["min_s"] / bare["min_s"] if bare else None
         result["ratio_median"] = result["median_s"] / bare["median_s"] if bare else None
     if args.json:
-        print(json.dumps({"size": size, "repeats": args.repeats, "disk_mib_s": bandwidth, "results": results}, indent=1))
+        print(json.dumps({"size": size, "repeats": args.repeats, "ort_threads": args.ort_threads, "disk_mib_s": bandwidth, "results": results}, indent=1))
         return
-    print(f"size: {size}, {args.repeats} timed runs per mode, 2 ONNX Runtime threads")
+    print(f"size: {size}, {args.repeats} timed runs per mode, {args.ort_threads} ONNX Runtime thread(s), {os.cpu_count()} CPUs")
     print(f"disk: {bandwidth:.0f} MiB/s written with fsync; a full trace cannot be written faster than that")
     print(f"{'mode':<14}{'min (s)':>9}{'x bare':>8}{'median (s)':>12}{'x bare':>8}{'set-up (s)':>12}{'peak RSS (MiB)':>16}{'trace (MiB)':>13}")
     for mode, r in results.items():
