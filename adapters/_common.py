@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import threading
 import warnings
 import weakref
 from abc import ABC, abstractmethod
@@ -37,7 +36,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 
 from tracespec.errors import UsageError
-from tracespec.format.stats import TensorStats, compute_stats
+from tracespec.format.stats import TensorStats, compute_stats, scratch_block
 from tracespec.format.tables import LEVELS, ROLES
 from tracespec.storage import TraceWriter
 
@@ -282,8 +281,7 @@ _CANCELLATION_RATIO: Final = 1e4
 _FAST_KINDS: Final = frozenset("fiu")
 
 
-_BLOCK: Final = 1 << 17  # float64 elements: a 1 MiB buffer that stays in cache
-_local = threading.local()
+_BLOCK: Final = 1 << 17  # float64 elements: 1 MiB of the thread's scratch_block, stays in cache
 
 
 def fast_stats(array: np.ndarray) -> TensorStats:
@@ -300,9 +298,7 @@ def fast_stats(array: np.ndarray) -> TensorStats:
     count = flat.size
     if count == 0 or (flat.dtype.kind not in _FAST_KINDS and flat.dtype.name != "bfloat16"):
         return compute_stats(array)
-    buffer: np.ndarray | None = getattr(_local, "buffer", None)
-    if buffer is None:
-        buffer = _local.buffer = np.empty(_BLOCK, dtype=np.float64)
+    buffer = scratch_block()[:_BLOCK]
     native_extremes = flat.dtype.kind in _FAST_KINDS and flat.dtype.itemsize >= 4
     total = squares = 0.0
     low, high = math.inf, -math.inf

@@ -24,7 +24,7 @@ from typing import Final
 import numpy as np
 import xxhash
 
-__all__ = ["HASH_ALGORITHM", "TensorStats", "combine_stats", "compute_stats", "content_hash"]
+__all__ = ["HASH_ALGORITHM", "TensorStats", "combine_stats", "compute_stats", "content_hash", "scratch_block"]
 
 HASH_ALGORITHM: Final = "xxh3_128"
 
@@ -130,7 +130,7 @@ def _summarize_block(block: np.ndarray, scratch: np.ndarray) -> _Block:
 
 
 def _summarize_blocks(flat: np.ndarray, starts: Sequence[int]) -> list[_Block]:
-    scratch = _scratch_block()
+    scratch = scratch_block()
     # errstate is per thread: huge float64 inputs may overflow a sum, sNaNs flag "invalid"
     with np.errstate(over="ignore", invalid="ignore"):
         return [_summarize_block(flat[start : start + _BLOCK], scratch) for start in starts]
@@ -185,9 +185,10 @@ def compute_stats(array: np.ndarray, *, threads: int = 1) -> TensorStats:
 _scratch = threading.local()
 
 
-def _scratch_block() -> np.ndarray:
-    """This thread's float64 work block, allocated once: a fresh one per tensor costs a page
-    fault per 4 KiB, as much as the statistics themselves."""
+def scratch_block() -> np.ndarray:
+    """This thread's float64 work block (``_BLOCK`` elements), allocated once: a fresh one per
+    tensor costs a page fault per 4 KiB, as much as the statistics themselves. Adapters' fast
+    statistics use it too."""
     block = getattr(_scratch, "block", None)
     if block is None:
         block = _scratch.block = np.empty(_BLOCK)

@@ -234,14 +234,9 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
     device = os.stat(path.parent).st_dev
     if not hasattr(os, "O_DIRECT") or device in _no_direct_io_devices:
         return False
+    fd = -1
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-    except OSError as exc:
-        if exc.errno not in _DIRECT_IO_REFUSED:
-            raise
-        _no_direct_io_devices.add(device)
-        return False
-    try:
         data = np.frombuffer(payload, dtype=np.uint8)
         total = data.size + padding
         head = data.size - data.size % _DIRECT_ALIGN if data.ctypes.data % _DIRECT_ALIGN == 0 else 0
@@ -255,13 +250,14 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
             _write_all(fd, memoryview(staging[:whole]))
         if total % _DIRECT_ALIGN:
             os.ftruncate(fd, total)
-    except OSError as exc:
+    except OSError as exc:  # refused at open, or at the first write on some file systems
         if exc.errno not in _DIRECT_IO_REFUSED:
             raise
         _no_direct_io_devices.add(device)
         return False
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     return True
 
 
