@@ -47,7 +47,7 @@ def test_a_tree_aligns_to_itself_by_exact_route(tmp_path: Path) -> None:
     trace = record_tiny_net(tmp_path / "a")
     va, _, alignment = _align(trace, trace)
     assert len(alignment.matches) == len(va.nodes) and not alignment.unmatched
-    assert alignment.method_counts() == {"layer_map": 0, "exact": len(va.nodes), "structural": 0}
+    assert alignment.method_counts() == {"layer_map": 0, "exact": len(va.nodes), "structural": 0, "dataflow": 0, "fused": 0}
 
 
 def test_renamed_submodules_align_structurally(tmp_path: Path) -> None:
@@ -77,7 +77,10 @@ def test_a_missing_layer_does_not_derail_the_rest(tmp_path: Path) -> None:
     assert pairs["head"] == "head" and pairs["blocks.0.ln"] == "blocks.0.norm"
     unmatched = {u.route: u.reason for u in alignment.unmatched if u.side == "a"}
     assert "blocks.2" in unmatched and "structural alignment found no counterpart" in unmatched["blocks.2"]
-    assert "its parent 'blocks.2' is unmatched" == unmatched["blocks.2.ln"]
+    # the missing block's leaf calls are reported call by call: B has nothing between head's neighbours
+    calls = {u.route: u.reason for u in alignment.unmatched_calls if u.side == "a"}
+    assert {"blocks.2.ln", "blocks.2.fc1", "blocks.2.act", "blocks.2.fc2"} <= set(calls)
+    assert "records no call between 'blocks.1.fc2' and 'head'" in calls["blocks.2.ln"]
 
 
 def test_paddle_linear_weights_are_transposed_by_the_layout_rule(tmp_path: Path) -> None:

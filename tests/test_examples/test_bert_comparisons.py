@@ -74,7 +74,7 @@ def test_onnx_export_passes_aligned_by_route(reference: dict[str, Any]) -> None:
     assert code == 0 and verdict["status"] == "pass"
     coverage = verdict["coverage"]["ranks"]["0"]
     # every module of the export found its PyTorch counterpart by its route, without a layer map
-    assert coverage["by_method"] == {"layer_map": 0, "exact": coverage["matched"], "structural": 0}
+    assert coverage["by_method"] == {"layer_map": 0, "exact": coverage["matched"], "structural": 0, "dataflow": 0, "fused": 0}
     assert coverage["matched"] >= 100
     routes = {u["a"]["route"] for u in verdict["nodes"]}
     assert {f"encoder.layer.{i}.attention.self.query" for i in range(6)} <= routes

@@ -21,9 +21,10 @@ a Paddle ``Linear`` stores ``weight`` as ``[in, out]``, a PyTorch one as ``[out,
 
 from __future__ import annotations
 
+import bisect
 import itertools
-import math
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from tracespec.compare.view import RankView, Record
+from tracespec.compare.dataflow import align_call_sequences, describe_call
+from tracespec.compare.families import op_family
+from tracespec.compare.sequence import EditOp, diff_sequences
+from tracespec.compare.view import Call, RankView, Record
 from tracespec.errors import InputFileError
 
 __all__ = [
@@ -300,147 +304,6 @@ def load_layer_map(path: str | Path) -> LayerMap:
     return parse_layer_map(doc, str(path))
 
 
-# --------------------------------------------------------------------------- sequence diff
-@dataclass(frozen=True, slots=True)
-class EditOp:
-    """One operation of a sequence diff: ``keep``/``modify`` pair ``a`` with ``b``; ``delete`` has
-    only ``a``, ``insert`` only ``b``."""
-
-    op: str
-    a: int | None
-    b: int | None
-
-
-MAX_EDITS: Final = 2000
-"""Beyond this many insertions and deletions the two sequences are unrelated (an exported op
-graph against a module tree): the diff gives up on keeps, and :func:`_pair_block` pairs what it
-can. Bounds time at O((n + m) * MAX_EDITS) and memory at O(MAX_EDITS ** 2)."""
-
-PAIRING_CELLS: Final = 1_000_000
-"""Largest deletions x insertions block paired optimally; larger blocks are paired greedily."""
-
-
-def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
-    """Myers' O(ND) shortest edit script between two sequences of lengths n and m."""
-    offset = n + m + 1
-    v = [0] * (2 * offset + 1)
-    history: list[list[int]] = []  # history[d]: the part of v for diagonals -d-1 .. d+1
-    final_d = None
-    for d in range(min(n + m, MAX_EDITS) + 1):
-        history.append(v[offset - d - 1 : offset + d + 2])
-        done = False
-        for k in range(-d, d + 1, 2):
-            if k == -d or (k != d and v[offset + k - 1] < v[offset + k + 1]):
-                x = v[offset + k + 1]
-            else:
-                x = v[offset + k - 1] + 1
-            y = x - k
-            while x < n and y < m and equal(x, y):
-                x, y = x + 1, y + 1
-            v[offset + k] = x
-            if x >= n and y >= m:
-                done = True
-                break
-        if done:
-            final_d = d
-            break
-    if final_d is None:
-        return [EditOp("delete", i, None) for i in range(n)] + [EditOp("insert", None, j) for j in range(m)]
-    ops: list[EditOp] = []
-    x, y = n, m
-    for d in range(final_d, 0, -1):
-        before = history[d]
-        k = x - y
-        if k == -d or (k != d and before[k - 1 + d + 1] < before[k + 1 + d + 1]):
-            prev_k = k + 1
-        else:
-            prev_k = k - 1
-        prev_x = before[prev_k + d + 1]
-        prev_y = prev_x - prev_k
-        while x > prev_x and y > prev_y:
-            x, y = x - 1, y - 1
-            ops.append(EditOp("keep", x, y))
-        if x == prev_x:
-            ops.append(EditOp("insert", None, prev_y))
-        else:
-            ops.append(EditOp("delete", prev_x, None))
-        x, y = prev_x, prev_y
-    while x > 0 and y > 0:
-        x, y = x - 1, y - 1
-        ops.append(EditOp("keep", x, y))
-    ops.reverse()
-    return ops
-
-
-def _pair_block(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float]) -> list[EditOp]:
-    """Pair deletions with insertions in order, maximising total similarity (> 0 only)."""
-    rows, cols = len(deleted), len(inserted)
-    if rows * cols > PAIRING_CELLS:
-        return _pair_greedily(deleted, inserted, similarity)
-    best = [[0.0] * (cols + 1) for _ in range(rows + 1)]
-    for i in range(rows - 1, -1, -1):
-        for j in range(cols - 1, -1, -1):
-            score = similarity(deleted[i], inserted[j])
-            paired = best[i + 1][j + 1] + score if score > 0 else -1.0
-            best[i][j] = max(paired, best[i + 1][j], best[i][j + 1])
-    ops: list[EditOp] = []
-    i = j = 0
-    while i < rows and j < cols:
-        score = similarity(deleted[i], inserted[j])
-        if score > 0 and best[i][j] == best[i + 1][j + 1] + score:
-            ops.append(EditOp("modify", deleted[i], inserted[j]))
-            i, j = i + 1, j + 1
-        elif best[i][j] == best[i + 1][j]:
-            ops.append(EditOp("delete", deleted[i], None))
-            i += 1
-        else:
-            ops.append(EditOp("insert", None, inserted[j]))
-            j += 1
-    ops.extend(EditOp("delete", a, None) for a in deleted[i:])
-    ops.extend(EditOp("insert", None, b) for b in inserted[j:])
-    return ops
-
-
-def _pair_greedily(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float]) -> list[EditOp]:
-    """Pair in order, each deletion with the next insertion it is similar to (within a window)."""
-    ops: list[EditOp] = []
-    j = 0
-    for a in deleted:
-        found = next((k for k in range(j, min(j + 64, len(inserted))) if similarity(a, inserted[k]) > 0), None)
-        if found is None:
-            ops.append(EditOp("delete", a, None))
-            continue
-        ops.extend(EditOp("insert", None, b) for b in inserted[j:found])
-        ops.append(EditOp("modify", a, inserted[found]))
-        j = found + 1
-    ops.extend(EditOp("insert", None, b) for b in inserted[j:])
-    return ops
-
-
-def diff_sequences(
-    n: int, m: int, equal: Callable[[int, int], bool], similarity: Callable[[int, int], float]
-) -> list[EditOp]:
-    """Myers diff with a "modify" operation.
-
-    ``equal(i, j)`` decides "keep"; each run of deletions and insertions between two keeps is then
-    paired in order where ``similarity(i, j) > 0`` ("modify"), maximising the total similarity.
-    """
-    result: list[EditOp] = []
-    deleted: list[int] = []
-    inserted: list[int] = []
-    for op in [*_myers(n, m, equal), EditOp("keep", None, None)]:
-        if op.op == "delete":
-            deleted.append(op.a)  # type: ignore[arg-type]
-        elif op.op == "insert":
-            inserted.append(op.b)  # type: ignore[arg-type]
-        else:
-            result.extend(_pair_block(deleted, inserted, similarity))
-            deleted, inserted = [], []
-            if op.a is not None:
-                result.append(op)
-    return result
-
-
 # --------------------------------------------------------------------------- tree alignment
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -448,7 +311,7 @@ class Match:
 
     a: int
     b: int
-    method: str  # "layer_map", "exact", "structural"
+    method: str  # "layer_map", "exact", "structural", "dataflow", "fused"
     transforms: dict[str, Transform] = field(default_factory=dict)
 
 
@@ -463,20 +326,70 @@ class Unmatched:
     reason: str
 
 
+CallRef = tuple[int, int]
+"""A call: (node id, call index) in a (step, stage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallMatch:
+    """Calls ``a`` of A compute what calls ``b`` of B compute (each one call, or consecutive calls in
+    execution order: a fused group, or a span under a container). They are compared at the
+    boundary: the first members' inputs, the last members' outputs; their parameters only where
+    ``params`` (one call on each side that is the same layer)."""
+
+    a: tuple[CallRef, ...]
+    b: tuple[CallRef, ...]
+    method: str  # layer_map, exact, structural, dataflow, fused
+    transforms: dict[str, Transform] = field(default_factory=dict)
+    params: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedCall:
+    """A leaf call left without a counterpart, and why."""
+
+    side: str
+    node: int
+    call: int
+    route: str
+    class_name: str
+    reason: str
+
+
+CALL_METHODS: Final = ("layer_map", "exact", "structural", "dataflow", "fused")
+
+
 @dataclass(frozen=True, slots=True)
 class Alignment:
-    """The result of :func:`align_trees`: matches in A's pre-order, and the unmatched nodes."""
+    """The result of :func:`align_trees`: node matches in A's pre-order (for the records outside
+    calls: parameters, gradients, optimizer state), call matches (for everything inside calls), and
+    what stayed unmatched, with the leaf-call coverage of each side."""
 
     matches: tuple[Match, ...]
     unmatched: tuple[Unmatched, ...]
     nodes_a: int
     nodes_b: int
+    calls: tuple[CallMatch, ...] = ()
+    unmatched_calls: tuple[UnmatchedCall, ...] = ()
+    leaf_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    compared_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    calls_by_method: dict[str, int] = field(default_factory=dict)
 
     def method_counts(self) -> dict[str, int]:
-        counts = {"layer_map": 0, "exact": 0, "structural": 0}
+        counts = dict.fromkeys(CALL_METHODS, 0)
         for match in self.matches:
             counts[match.method] += 1
         return counts
+
+    def call_coverage(self) -> dict[str, Any]:
+        """The share of each side's leaf calls (first step, forward) that is compared, by method."""
+        return {
+            "leaf_a": self.leaf_calls["a"], "leaf_b": self.leaf_calls["b"],
+            "compared_a": self.compared_calls["a"], "compared_b": self.compared_calls["b"],
+            "fraction_a": self.compared_calls["a"] / self.leaf_calls["a"] if self.leaf_calls["a"] else 1.0,
+            "fraction_b": self.compared_calls["b"] / self.leaf_calls["b"] if self.leaf_calls["b"] else 1.0,
+            "by_method": {m: self.calls_by_method.get(m, 0) for m in CALL_METHODS},
+        }
 
 
 def _layouts(view: RankView, node: int) -> dict[str, str]:
@@ -511,6 +424,7 @@ class _Aligner:
             ("a", n) for n in view_a.nodes if any(p.regex.fullmatch(self.norm_a[n]) for p in layer_map.ignore_a)
         } | {("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)}
         self._signatures: dict[tuple[str, int, tuple[str, ...]], tuple[Any, ...]] = {}
+        self.accounted: set[tuple[str, int]] = set()
 
     def _claim(self, a: int, b: int, method: str, transforms: dict[str, Transform] | None = None) -> None:
         merged = {**_layout_transforms(self.va, self.vb, a, b), **(transforms or {})}
@@ -715,11 +629,27 @@ class _Aligner:
                     if kid in self.matches:
                         queue.append((kid, self.matches[kid].b))
 
+    def adopt_call_matches(self, calls: list[CallMatch], leaf: dict[str, set[CallRef]],
+                           accounted: set[tuple[str, int]]) -> None:
+        """Make the node matches agree with the call alignment: a structural guess about a leaf
+        yields to what the calls compute, and one-to-one call matches pair their nodes' parameters.
+        Nodes in ``accounted`` (aligned or reported call by call) are not reported as nodes."""
+        leaf_nodes_a = {node for node, _ in leaf["a"]}
+        for a, match in list(self.matches.items()):
+            if match.method == "structural" and a in leaf_nodes_a:
+                del self.claimed_b[match.b]
+                del self.matches[a]
+        for match in calls:
+            a, b = match.a[0][0], match.b[0][0]
+            if match.params and a not in self.matches and b not in self.claimed_b:
+                self._claim(a, b, match.method)
+        self.accounted = accounted
+
     def unmatched(self) -> list[Unmatched]:
         found = []
         for side, view, free in (("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b)):
             for node_id in sorted(view.nodes):
-                if not free(node_id):
+                if not free(node_id) or (side, node_id) in self.accounted:
                     continue
                 node = view.nodes[node_id]
                 reason = self.reasons.get((side, node_id))
@@ -735,14 +665,197 @@ class _Aligner:
         return found
 
 
+class _CallPhase:
+    """Aligns the calls of one step's forward pass, after the node pipeline (see the module docstring).
+
+    Leaf calls, the ones with no call nested inside, are what a model computes; a leaf on one side
+    matched by layer map or route to a call that has nested calls on the other (a PyTorch ``Conv2d``
+    against the ONNX module holding its ``Conv`` op) stands for those nested calls, which count as
+    compared through it. The leaf calls left over are aligned by :mod:`tracespec.compare.dataflow`.
+    """
+
+    def __init__(self, aligner: _Aligner) -> None:
+        self.aligner = aligner
+        self.va, self.vb = aligner.va, aligner.vb
+        self.calls = {"a": self._forward_calls(self.va), "b": self._forward_calls(self.vb)}
+        self.parent = {side: _call_parents(calls) for side, calls in self.calls.items()}
+        self.leaf = {side: set(calls) - {p for p in self.parent[side].values() if p is not None}
+                     for side, calls in self.calls.items()}
+
+    @staticmethod
+    def _forward_calls(view: RankView) -> dict[CallRef, Call]:
+        if not view.steps:
+            return {}
+        calls = sorted(view.calls.get((view.steps[0], "forward"), []), key=lambda c: (c.begin, -c.end))
+        return {(c.node, c.call): c for c in calls}
+
+    def _node_pairs(self) -> dict[CallRef, tuple[CallRef, str]]:
+        """Call pairs of the node matches: the k-th call of a node with the k-th of its partner."""
+        by_node: dict[str, dict[int, list[CallRef]]] = {"a": {}, "b": {}}
+        for side in ("a", "b"):
+            for ref in self.calls[side]:
+                by_node[side].setdefault(ref[0], []).append(ref)
+        pairs = {}
+        for match in self.aligner.matches.values():
+            for ca, cb in zip(by_node["a"].get(match.a, []), by_node["b"].get(match.b, [])):
+                pairs[ca] = (cb, match.method)
+        return pairs
+
+    def _covered_by(self, side: str, stands_for: set[CallRef]) -> dict[CallRef, CallRef]:
+        """Each call nested inside a call of ``stands_for``, with that call."""
+        found = {}
+        for ref in self.calls[side]:
+            parent = self.parent[side][ref]
+            while parent is not None:
+                if parent in stands_for:
+                    found[ref] = parent
+                    break
+                parent = self.parent[side][parent]
+        return found
+
+    def _transforms(self, a: int, b: int) -> dict[str, Transform]:
+        """The node match's transforms (a layer map's, with the layout rules) where ``a`` and ``b`` are
+        matched as nodes, else the layout rules alone."""
+        match = self.aligner.matches.get(a)
+        if match is not None and match.b == b:
+            return match.transforms
+        return _layout_transforms(self.va, self.vb, a, b)
+
+    def _inner_family(self, side: str, view: RankView, ref: CallRef, covered: dict[CallRef, CallRef]) -> str | None:
+        """The family of the leaf calls nested in ``ref`` when they all share one (an ONNX module that
+        holds one ``Conv`` op computes a convolution), else None."""
+        families = {op_family(view.nodes[inner[0]].class_name)
+                    for inner, outer in covered.items() if outer == ref and inner in self.leaf[side]}
+        return families.pop() if len(families) == 1 else None
+
+    def run(self) -> tuple[list[CallMatch], list[UnmatchedCall], dict[str, Any]]:
+        node_pairs = self._node_pairs()
+        trusted = {ca: (cb, method) for ca, (cb, method) in node_pairs.items() if method in ("layer_map", "exact")}
+        stands_a = {ca for ca, (cb, _) in trusted.items() if ca in self.leaf["a"] or cb in self.leaf["b"]}
+        stands_b = {trusted[ca][0] for ca in stands_a}
+        covered = {"a": self._covered_by("a", stands_a), "b": self._covered_by("b", stands_b)}
+        seqs = {
+            side: [ref for ref in self.calls[side]
+                   if (ref in self.leaf[side] or ref in stands) and ref not in covered[side]]
+            for side, stands in (("a", stands_a), ("b", stands_b))
+        }
+        infos = {
+            side: [describe_call(view, view.steps[0], ref[0], ref[1], self.calls[side][ref].begin,
+                                 self.calls[side][ref].end, self._inner_family(side, view, ref, covered[side]))
+                   for ref in seqs[side]]
+            for side, view in (("a", self.va), ("b", self.vb))
+        }
+        position_b = {ref: j for j, ref in enumerate(seqs["b"])}
+        anchors = [(i, position_b[trusted[ref][0]], trusted[ref][1]) for i, ref in enumerate(seqs["a"])
+                   if ref in trusted and trusted[ref][0] in position_b]
+        structural = {ca: cb for ca, (cb, method) in node_pairs.items() if method == "structural"}
+        matches: list[CallMatch] = []
+        in_sequence: dict[str, dict[CallRef, str]] = {"a": {}, "b": {}}
+        for pairing in align_call_sequences(infos["a"], infos["b"], anchors):
+            refs_a = tuple(seqs["a"][i] for i in pairing.a)
+            refs_b = tuple(seqs["b"][j] for j in pairing.b)
+            method = pairing.method
+            if method == "dataflow" and structural.get(refs_a[0]) == refs_b[0]:
+                method = "structural"
+            single = len(refs_a) == 1 and len(refs_b) == 1
+            transforms = self._transforms(refs_a[0][0], refs_b[0][0]) if single else {}
+            matches.append(CallMatch(refs_a, refs_b, method, transforms, params=single))
+            for side, refs in (("a", refs_a), ("b", refs_b)):
+                for ref in refs:
+                    in_sequence[side][ref] = method
+        # containers matched as nodes keep their calls matched, for "contains" and their boundaries
+        sequenced = {ref for side in seqs.values() for ref in side} | set(covered["a"]) | set(covered["b"])
+        for ca, (cb, method) in node_pairs.items():
+            if ca not in sequenced and cb not in sequenced and ca not in self.leaf["a"] and cb not in self.leaf["b"]:
+                matches.append(CallMatch((ca,), (cb,), method, self._transforms(ca[0], cb[0])))
+        unmatched = self._unmatched(seqs, matches, infos)
+        coverage = self._coverage(in_sequence, covered)
+        self.accounted = {(side, node) for side in ("a", "b") for node, _ in [*in_sequence[side], *covered[side]]}
+        self.accounted |= {(u.side, u.node) for u in unmatched}
+        return matches, unmatched, coverage
+
+    def _coverage(self, in_sequence: dict[str, dict[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]]) -> dict[str, Any]:
+        compared = {"a": 0, "b": 0}
+        by_method: dict[str, int] = {}
+        for side in ("a", "b"):
+            for ref in self.leaf[side]:
+                method = in_sequence[side].get(ref)
+                if method is None and ref in covered[side]:
+                    method = in_sequence[side].get(covered[side][ref])
+                if method is None:
+                    continue
+                compared[side] += 1
+                if side == "a":
+                    by_method[method] = by_method.get(method, 0) + 1
+        return {"leaf": {side: len(self.leaf[side]) for side in ("a", "b")}, "compared": compared, "by_method": by_method}
+
+    def _unmatched(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
+                   infos: dict[str, list[Any]]) -> list[UnmatchedCall]:
+        """Each leaf call of either sequence that no match covers, with what the other side has there."""
+        position = {side: {ref: i for i, ref in enumerate(seq)} for side, seq in seqs.items()}
+        partner: dict[str, dict[int, int]] = {"a": {}, "b": {}}
+        for match in matches:
+            for side, mine, theirs, other_side in (("a", match.a, match.b, "b"), ("b", match.b, match.a, "a")):
+                there = position[other_side].get(theirs[-1])
+                for ref in mine:
+                    if ref in position[side] and there is not None:
+                        partner[side][position[side][ref]] = there
+        found = []
+        for side, other_side in (("a", "b"), ("b", "a")):
+            view = self.va if side == "a" else self.vb
+            seq, matched = seqs[side], sorted(partner[side])
+            taken = set(partner[other_side])
+            for i, ref in enumerate(seq):
+                if i in partner[side]:
+                    continue
+                k = bisect.bisect_left(matched, i)
+                before = matched[k - 1] if k > 0 else None
+                after = matched[k] if k < len(matched) else None
+                low = partner[side][before] if before is not None else -1
+                high = partner[side][after] if after is not None else len(seqs[other_side])
+                gap = sum(1 for j in range(low + 1, high) if j not in taken)
+                where = f"between {self._neighbour(view, seq, before, 'the start')} and {self._neighbour(view, seq, after, 'the end')}"
+                if gap == 0:
+                    reason = (f"the other trace records no call {where} (counterparts of its neighbours): it computes "
+                              "this outside any recorded module (a functional op), fused into a neighbour, or not at all")
+                else:
+                    reason = (f"none of the {gap} unmatched call(s) of the other trace {where} computes the same "
+                              f"{infos[side][i].family} (op family, shapes and values differ)")
+                node = view.nodes[ref[0]]
+                found.append(UnmatchedCall(side, ref[0], ref[1], node.route, node.class_name, reason))
+        return found
+
+    @staticmethod
+    def _neighbour(view: RankView, seq: list[CallRef], index: int | None, default: str) -> str:
+        if index is None:
+            return default
+        return repr(view.nodes[seq[index][0]].route or "(root)")
+
+
+def _call_parents(calls: dict[CallRef, Call]) -> dict[CallRef, CallRef | None]:
+    """The innermost call enclosing each call (calls nest: a module's call encloses its children's)."""
+    parents: dict[CallRef, CallRef | None] = {}
+    stack: list[tuple[CallRef, Call]] = []
+    for ref, call in calls.items():  # in begin order
+        while stack and stack[-1][1].end < call.begin:
+            stack.pop()
+        parents[ref] = stack[-1][0] if stack and stack[-1][1].begin < call.begin and call.end < stack[-1][1].end else None
+        stack.append((ref, call))
+    return parents
+
+
 def align_trees(view_a: RankView, view_b: RankView, layer_map: LayerMap | None = None) -> Alignment:
-    """Align the module trees of ``view_a`` and ``view_b`` (see the module docstring)."""
+    """Align the module trees and the calls of ``view_a`` and ``view_b`` (see the module docstring)."""
     aligner = _Aligner(view_a, view_b, layer_map or LayerMap())
     aligner.by_layer_map()
     aligner.by_exact_route()
     aligner.structural()
+    phase = _CallPhase(aligner)
+    calls, unmatched_calls, coverage = phase.run()
+    aligner.adopt_call_matches(calls, phase.leaf, phase.accounted)
     matches = tuple(sorted(aligner.matches.values(), key=lambda m: m.a))
-    return Alignment(matches, tuple(aligner.unmatched()), len(view_a.nodes), len(view_b.nodes))
+    return Alignment(matches, tuple(aligner.unmatched()), len(view_a.nodes), len(view_b.nodes),
+                     tuple(calls), tuple(unmatched_calls), coverage["leaf"], coverage["compared"], coverage["by_method"])
 
 
 def pair_records(a: Sequence[Record], b: Sequence[Record]) -> tuple[list[tuple[Record, Record]], list[Record], list[Record]]:

@@ -97,6 +97,20 @@ class UnitResult:
     outputs: list[RecordResult] = field(default_factory=list)
     divergence: str | None = None
     evidence: str | None = None
+    method: str | None = None
+    """How the unit's calls were aligned: layer_map, exact, structural, dataflow or fused."""
+    a_routes: tuple[str, ...] = ()
+    b_routes: tuple[str, ...] = ()
+    """The members of a group compared at its boundary (a fused Conv + BatchNorm); empty for one call."""
+
+    def side_json(self, side: str) -> dict[str, Any]:
+        """``{"route", "class_name"}`` of one side, with ``routes`` when that side is a group."""
+        route, class_name, routes = ((self.a_route, self.a_class, self.a_routes) if side == "a"
+                                     else (self.b_route, self.b_class, self.b_routes))
+        doc: dict[str, Any] = {"route": route, "class_name": class_name}
+        if self.a_routes or self.b_routes:
+            doc["routes"] = list(routes) or [route]
+        return doc
 
     @property
     def status(self) -> str:
@@ -126,8 +140,9 @@ class UnitResult:
             "rank": self.rank,
             "stage": self.stage,
             "call": self.call,
-            "a": {"route": self.a_route, "class_name": self.a_class},
-            "b": {"route": self.b_route, "class_name": self.b_class},
+            "a": self.side_json("a"),
+            "b": self.side_json("b"),
+            "alignment": self.method,
             "status": self.status,
             "divergence": self.divergence,
             "evidence": self.evidence,

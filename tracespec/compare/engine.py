@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from tracespec.compare.align import Alignment, LayerMap, align_trees, load_layer_map, pair_records, transform_for
+from tracespec.compare.align import Alignment, CallMatch, LayerMap, align_trees, load_layer_map, transform_for
 from tracespec.compare.diagnose import (
     RecordResult,
     UnitResult,
@@ -31,7 +31,7 @@ from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import TableMismatchError, UsageError
 from tracespec.format.dtypes import dtype_of, numpy_dtype
-from tracespec.format.tables import STAGES
+from tracespec.format.tables import ROLES, STAGES
 from tracespec.storage import Trace, load_trace
 
 __all__ = ["Progress", "compare_traces"]
@@ -231,72 +231,108 @@ def _judge(metrics: Metrics, mode: str, tolerance: Tolerance) -> str:
 
 
 class _RankComparison:
-    """Builds and compares the units of one rank."""
+    """Builds and compares the units of one rank: one unit per call match (see
+    :class:`~tracespec.compare.align.CallMatch`), plus the records outside calls of matched nodes."""
 
     def __init__(self, view_a: RankView, view_b: RankView, alignment: Alignment, selection: _Selection,
                  comparer: _Comparer) -> None:
         self.va, self.vb, self.alignment = view_a, view_b, alignment
         self.selection, self.comparer = selection, comparer
         self.matches = {m.a: m for m in alignment.matches if selection.wants(view_a.nodes[m.a].route)}
+        self.call_matches = [cm for cm in alignment.calls if selection.wants(view_a.nodes[cm.a[-1][0]].route)]
+        self.by_member = {ref: cm for cm in self.call_matches for ref in cm.a}
         self.unpaired_records = {"a": 0, "b": 0}
         self.compared_records = 0
         self.typical: dict[int, dict[tuple[str, str], float]] = {}
 
-    def _unit(self, step: int, stage: str, a: int, call: int | None, begin: int | None, end: int | None) -> UnitResult:
-        match = self.matches[a]
-        na, nb = self.va.nodes[a], self.vb.nodes[match.b]
+    def _unit(self, step: int, stage: str, a: int, b: int, call: int | None, begin: int | None, end: int | None,
+              match: CallMatch | None = None) -> UnitResult:
+        na, nb = self.va.nodes[a], self.vb.nodes[b]
         ancestors = tuple(self.va.ancestors(a))
-        return UnitResult(step, self.va.rank, stage, a, match.b, na.route, nb.route, na.class_name, nb.class_name,
+        unit = UnitResult(step, self.va.rank, stage, a, b, na.route, nb.route, na.class_name, nb.class_name,
                           call, begin, end, len(ancestors), ancestors)
+        if match is not None:
+            unit.method = match.method
+            if len(match.a) > 1 or len(match.b) > 1:
+                unit.a_routes = tuple(self.va.nodes[n].route for n, _ in match.a)
+                unit.b_routes = tuple(self.vb.nodes[n].route for n, _ in match.b)
+        else:
+            unit.method = self.matches[a].method
+        return unit
 
-    def _results(self, step: int, stage: str, a: int, select: Callable[[Record], bool]) -> list[RecordResult]:
-        match = self.matches[a]
-        recs_a = [r for r in self.va.records.get((step, stage, a), []) if select(r)]
-        recs_b = [r for r in self.vb.records.get((step, stage, match.b), []) if select(r)]
-        pairs, only_a, only_b = pair_records(recs_a, recs_b)
-        self.unpaired_records["a"] += len(only_a)
-        self.unpaired_records["b"] += len(only_b)
+    def _results(self, step: int, stage: str, a: tuple[int, int | None], b: tuple[int, int | None], roles: tuple[str, ...],
+                 transforms: dict[str, Any]) -> list[RecordResult]:
+        """Compare the records of A's (node, call) with B's, of the given roles, paired by role and slot."""
+        recs_a = [r for r in self.va.records.get((step, stage, a[0]), []) if r.call == a[1] and r.role in roles]
+        recs_b = [r for r in self.vb.records.get((step, stage, b[0]), []) if r.call == b[1] and r.role in roles]
+        by_key = {(r.role, r.slot): r for r in recs_b}
+        pairs = []
+        for record in recs_a:
+            other = by_key.pop((record.role, record.slot), None)
+            if other is None:
+                self.unpaired_records["a"] += 1
+            else:
+                pairs.append((record, other))
+        self.unpaired_records["b"] += len(by_key)
         self.compared_records += len(pairs)
-        route = self.va.nodes[a].route
+        route = self.va.nodes[a[0]].route
         typical = self.typical.get(step)
         if typical is None:
             typical = self.typical[step] = typical_rms(self.va, step)
         return [
-            self.comparer.compare(route, ra, rb, match.transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
+            self.comparer.compare(route, ra, rb, transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
             for ra, rb in pairs
         ]
 
-    def stage_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
-        """Units of (step, stage) in execution order; ``earlier`` indexes units by (stage, node, call)."""
-        units: list[UnitResult] = []
-        calls = [c for c in self.va.calls.get((step, stage), []) if c.node in self.matches]
-        last_call = {c.node: c.call for c in calls}  # calls are sorted by end: the last one wins
-        for c in calls:
-            unit = self._unit(step, stage, c.node, c.call, c.begin, c.end)
+    def _call_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
+        calls = self.va.calls.get((step, stage), [])
+        # a match's unit comes when its last member finishes (calls are sorted by end)
+        last_position: dict[int, int] = {}
+        for position, c in enumerate(calls):
+            match = self.by_member.get((c.node, c.call))
+            if match is not None:
+                last_position[id(match)] = position
+        last_call = {c.node: c.call for c in calls}
+        units = []
+        for position, c in enumerate(calls):
+            match = self.by_member.get((c.node, c.call))
+            if match is None or last_position[id(match)] != position:
+                continue
+            (a_first, a_last), (b_first, b_last) = (match.a[0], match.a[-1]), (match.b[0], match.b[-1])
+            begin = min(x.begin for x in calls if (x.node, x.call) in match.a)
+            unit = self._unit(step, stage, a_last[0], b_last[0], a_last[1], begin, c.end, match)
+            node_a, node_b = (a_first[0], None), (b_first[0], None)
             if stage == "forward":
-                unit.upstream = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "input")
-                unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "output")
-                unit.params = self._results(step, stage, c.node, lambda r: r.call is None and r.role in _FORWARD_PARAMS)
+                unit.upstream = self._results(step, stage, a_first, b_first, ("input",), match.transforms)
+                unit.outputs = self._results(step, stage, a_last, b_last, ("output",), match.transforms)
+                if match.params:
+                    unit.params = self._results(step, stage, node_a, node_b, _FORWARD_PARAMS, match.transforms)
             elif stage == "backward":
-                unit.upstream = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_output")
-                forward = earlier.get(("forward", c.node, c.call))
+                unit.upstream = self._results(step, stage, a_last, b_last, ("grad_output",), match.transforms)
+                forward = earlier.get(("forward", a_last[0], a_last[1]))
                 if forward is not None:
                     unit.upstream += forward.upstream + forward.params
-                unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k and r.role == "grad_input")
-                if last_call[c.node] == c.call:
-                    unit.outputs += self._results(step, stage, c.node, lambda r: r.call is None)
+                unit.outputs = self._results(step, stage, a_first, b_first, ("grad_input",), match.transforms)
+                if match.params and last_call[a_first[0]] == a_first[1]:
+                    unit.outputs += self._results(step, stage, node_a, node_b, ROLES, match.transforms)
             else:
-                unit.outputs = self._results(step, stage, c.node, lambda r, k=c.call: r.call == k)
+                unit.outputs = self._results(step, stage, a_last, b_last, ROLES, match.transforms)
             units.append(unit)
-            earlier[(stage, c.node, c.call)] = unit
-        called = {c.node for c in calls}
+            earlier[(stage, a_last[0], a_last[1])] = unit
+        return units
+
+    def stage_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
+        """Units of (step, stage) in execution order; ``earlier`` indexes units by (stage, node, call)."""
+        units = self._call_units(step, stage, earlier)
+        called = {c.node for c in self.va.calls.get((step, stage), []) if (c.node, c.call) in self.by_member}
         for a in sorted(self.matches):
             if a in called or not self.va.records.get((step, stage, a)):
                 continue
             # records outside any call: parameters of a node that did not run, gradients of a
             # backward without call rows, and the whole update stage
-            unit = self._unit(step, stage, a, None, None, None)
-            unit.outputs = self._results(step, stage, a, lambda r: r.call is None)
+            match = self.matches[a]
+            unit = self._unit(step, stage, a, match.b, None, None, None)
+            unit.outputs = self._results(step, stage, (a, None), (match.b, None), ROLES, match.transforms)
             if stage == "update":
                 unit.upstream = _parameter_history(earlier, a)
             if unit.outputs:
@@ -460,9 +496,12 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
             "by_method": alignment.method_counts(),
             "matched_fraction_a": matched / alignment.nodes_a if alignment.nodes_a else 1.0,
             "matched_fraction_b": matched / alignment.nodes_b if alignment.nodes_b else 1.0,
+            "calls": alignment.call_coverage(),
         }
         unmatched += [{"rank": rank, "side": u.side, "route": u.route, "class_name": u.class_name, "reason": u.reason}
                       for u in alignment.unmatched]
+        unmatched += [{"rank": rank, "side": u.side, "route": u.route, "class_name": u.class_name, "call": u.call,
+                       "reason": u.reason} for u in alignment.unmatched_calls]
     coverage.update(counts)
     first = None
     if culprit is not None:
@@ -471,8 +510,9 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
             "step": culprit.step, "rank": culprit.rank, "stage": culprit.stage,
             "kind": "introduced" if culprit.divergence == "introduced" else "inherited",
             "call": culprit.call,
-            "a": {"route": culprit.a_route, "class_name": culprit.a_class},
-            "b": {"route": culprit.b_route, "class_name": culprit.b_class},
+            "a": culprit.side_json("a"),
+            "b": culprit.side_json("b"),
+            "alignment": culprit.method,
             "record": {"role": worst.role, "slot": worst.slot} if worst is not None else None,
             "metrics": worst.metrics.to_json() if worst is not None and worst.metrics is not None else None,
             "evidence": culprit.evidence,

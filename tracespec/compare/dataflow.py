@@ -1,0 +1,364 @@
+"""Align the calls of two runs by what they compute: op family, shapes and the recorded values.
+
+Constraints: pure functions over trace metadata (statistics and hashes already in the tables, no
+tensor data, no framework import); time O(n log n) plus small dynamic programs between anchors,
+memory linear in the number of calls, so two runs of 10,000 calls align in about a second.
+
+The unit is a *call*: one execution of a leaf module or op (a shared ``ReLU`` called twice is two
+calls). Each side's leaf calls form a sequence in execution order, and the two sequences are
+aligned in three passes:
+
+1. **Anchors.** Pairs that a layer map or equal routes fixed, then pairs whose outputs have the
+   same number of elements and nearly the same values (mean, RMS, min, max within
+   :data:`ANCHOR_DISTANCE` of the RMS, or equal content hashes), each the other's only close
+   partner. The longest chain of anchors in execution order on both sides is kept.
+2. **Gaps.** Between consecutive anchors, the calls left over are aligned by a dynamic program that
+   maximises the total :func:`similarity` (op family, input and output shapes, parameter sizes,
+   values), so an op present on one side only (a ``Linear`` realised as a functional ``matmul``,
+   a layer the other side does not record) stays unmatched without shifting its neighbours.
+3. **Fusion.** A matched call whose partner also computes the unmatched calls next to it (a
+   ``BatchNorm`` folded into the preceding ``Conv`` by an exporter, a ``Dropout`` that is the
+   identity in eval mode) becomes a group compared at the group's boundary: the first member's
+   inputs and the last member's outputs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from tracespec.compare.families import PASS_THROUGH_FAMILIES, op_family
+from tracespec.compare.sequence import pair_block
+from tracespec.compare.view import RankView, Record
+
+__all__ = [
+    "ANCHOR_DISTANCE",
+    "CallInfo",
+    "Pairing",
+    "ValueSignature",
+    "align_call_sequences",
+    "describe_call",
+    "similarity",
+    "value_distance",
+]
+
+ANCHOR_DISTANCE: Final = 1e-4
+"""Largest value distance (:func:`value_distance`) of an anchor: two float32 implementations of the
+same op differ by ~1e-6 of the RMS in these statistics; a different tensor of the same shape
+differs by far more than 1e-4."""
+
+MIN_SIMILARITY: Final = 4.0
+"""The least :func:`similarity` of a pair the gap alignment accepts: the same family and output
+shape (5), or the same output shape and close values across families (a fused op, 2 + 4 - 2)."""
+
+DP_CELLS: Final = 40_000
+"""Largest gap (calls of A x calls of B) aligned by the exact dynamic program; larger gaps are
+aligned greedily, in order, each call of A with the next similar call of B within 64 calls."""
+
+FOLDABLE_FAMILIES: Final = frozenset({"batchnorm"}) | PASS_THROUGH_FAMILIES
+"""Families an exporter or a port may fold into the call before them: a batch norm in eval mode
+into the preceding convolution or linear layer, a pass-through into anything."""
+
+FOLDS_INTO: Final = frozenset({"conv", "linear", "matmul", "convtranspose"})
+"""Families that absorb a following batch norm."""
+
+COMPATIBLE_FAMILIES: Final = frozenset({
+    frozenset({"linear", "matmul"}),
+    frozenset({"globalavgpool", "avgpool"}),
+    frozenset({"globalavgpool", "mean"}),
+    frozenset({"flatten", "reshape"}),
+    frozenset({"maxpool", "globalmaxpool"}),
+})
+"""Different families that can compute the same thing (a Linear exported as MatMul)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSignature:
+    """What the tables say about one tensor's values: statistics and content hash."""
+
+    shape: tuple[int, ...] | None
+    mean: float | None
+    rms: float | None
+    min: float | None
+    max: float | None
+    hash: str | None
+
+    @property
+    def count(self) -> int | None:
+        if self.shape is None:
+            return None
+        total = 1
+        for extent in self.shape:
+            total *= extent
+        return total
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """One leaf call, as alignment sees it."""
+
+    node: int
+    call: int
+    begin: int
+    end: int
+    route: str
+    class_name: str
+    family: str
+    input: ValueSignature | None
+    output: ValueSignature | None
+    param_sizes: tuple[int, ...]
+
+
+def _signature(record: Record | None) -> ValueSignature | None:
+    if record is None:
+        return None
+    stats = record.stats
+    rms = None
+    if stats is not None and stats.l2 is not None:
+        finite = stats.count - stats.nan_count - stats.inf_count
+        rms = stats.l2 / finite**0.5 if finite > 0 else None
+    return ValueSignature(
+        record.shape,
+        stats.mean if stats is not None else None,
+        rms,
+        stats.min if stats is not None else None,
+        stats.max if stats is not None else None,
+        record.hash,
+    )
+
+
+def _first(records: Iterable[Record], role: str, call: int) -> Record | None:
+    found = [r for r in records if r.role == role and r.call == call and r.dtype is not None]
+    if not found:
+        return None
+    return min(found, key=lambda r: (len(r.slot), r.slot))
+
+
+def describe_call(view: RankView, step: int, node: int, call: int, begin: int, end: int,
+                  family: str | None = None) -> CallInfo:
+    """The :class:`CallInfo` of one forward call of ``view``; ``family`` overrides the one of its class
+    (a module that holds a single op computes that op's family)."""
+    records = view.records.get((step, "forward", node), [])
+    params = tuple(sorted(
+        _count(r.shape) for r in records if r.role == "parameter" and r.call is None and r.shape is not None
+    ))
+    meta = view.nodes[node]
+    return CallInfo(node, call, begin, end, meta.route, meta.class_name, family or op_family(meta.class_name),
+                    _signature(_first(records, "input", call)), _signature(_first(records, "output", call)), params)
+
+
+def _count(shape: Sequence[int]) -> int:
+    total = 1
+    for extent in shape:
+        total *= extent
+    return total
+
+
+def value_distance(a: ValueSignature | None, b: ValueSignature | None) -> float | None:
+    """How far apart two tensors' values are, relative to their RMS (0: equal statistics or hashes);
+    None when the tables do not say (no statistics) or the element counts differ."""
+    if a is None or b is None or a.count != b.count:
+        return None
+    if a.hash is not None and a.hash == b.hash:
+        return 0.0
+    fields = ((a.mean, b.mean), (a.rms, b.rms), (a.min, b.min), (a.max, b.max))
+    if any(x is None or y is None for x, y in fields):
+        return None
+    scale = max(a.rms or 0.0, b.rms or 0.0)
+    worst = max(abs(x - y) for x, y in fields)  # type: ignore[operator]
+    if scale <= 0:
+        return 0.0 if worst == 0 else float("inf")
+    return worst / scale
+
+
+def families_compatible(a: str, b: str) -> bool:
+    return a == b or frozenset({a, b}) in COMPATIBLE_FAMILIES
+
+
+def similarity(a: CallInfo, b: CallInfo) -> float:
+    """How much evidence says ``a`` and ``b`` compute the same thing (higher is more)."""
+    score = 3.0 if a.family == b.family else 1.0 if families_compatible(a.family, b.family) else -2.0
+    if a.output is not None and b.output is not None and a.output.shape is not None and b.output.shape is not None:
+        if a.output.shape == b.output.shape:
+            score += 2
+        elif a.output.count == b.output.count:
+            score += 1
+        else:
+            score -= 3
+    if a.input is not None and b.input is not None and a.input.shape is not None and a.input.shape == b.input.shape:
+        score += 1
+    if a.param_sizes and b.param_sizes:
+        score += 1 if a.param_sizes == b.param_sizes else -1
+    distance = value_distance(a.output, b.output)
+    if distance is not None:
+        score += 4 if distance <= ANCHOR_DISTANCE else 3 if distance <= 1e-2 else 1 if distance <= 1e-1 else 0
+    return score
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """A group of consecutive calls of A aligned with a group of consecutive calls of B (indices into
+    the two sequences); ``method`` is ``anchor`` (given), ``dataflow`` or ``fused``."""
+
+    a: tuple[int, ...]
+    b: tuple[int, ...]
+    method: str
+
+
+def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]) -> list[tuple[int, int]]:
+    """Mutually nearest pairs of outputs with equal element counts and nearly equal values."""
+
+    def index(seq: Sequence[CallInfo], taken: set[int]) -> dict[int, tuple[list[float], list[int]]]:
+        buckets: dict[int, list[tuple[float, int]]] = {}
+        for i, info in enumerate(seq):
+            out = info.output
+            if i in taken or out is None or out.count is None or out.rms is None:
+                continue
+            buckets.setdefault(out.count, []).append((out.rms, i))
+        return {count: ([v for v, _ in sorted(items)], [i for _, i in sorted(items)]) for count, items in buckets.items()}
+
+    def nearest(info: CallInfo, other: Sequence[CallInfo], buckets: dict[int, tuple[list[float], list[int]]]) -> int | None:
+        out = info.output
+        if out is None or out.count is None or out.rms is None or out.count not in buckets:
+            return None
+        keys, ids = buckets[out.count]
+        slack = ANCHOR_DISTANCE * max(out.rms, 1e-30) * 2
+        lo, hi = bisect.bisect_left(keys, out.rms - slack), bisect.bisect_right(keys, out.rms + slack)
+        close = []
+        for k in ids[lo:hi]:
+            distance = value_distance(out, other[k].output)
+            if distance is not None and distance <= ANCHOR_DISTANCE:
+                close.append(k)
+        if len(close) != 1:
+            return None  # none, or ambiguous (a pass-through repeats its neighbour's values)
+        return close[0]
+
+    index_a, index_b = index(seq_a, taken_a), index(seq_b, taken_b)
+    pairs = []
+    for i, info in enumerate(seq_a):
+        if i in taken_a:
+            continue
+        j = nearest(info, seq_b, index_b)
+        if j is not None and nearest(seq_b[j], seq_a, index_a) == i:
+            pairs.append((i, j))
+    return pairs
+
+
+def _longest_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The longest subsequence of ``pairs`` (sorted by A index) increasing in both indices."""
+    pairs = sorted(pairs)
+    tails: list[int] = []  # tails[k]: index into pairs of the smallest B end of a chain of length k+1
+    tail_values: list[int] = []
+    previous = [-1] * len(pairs)
+    for index, (_, j) in enumerate(pairs):
+        k = bisect.bisect_left(tail_values, j)
+        if k > 0:
+            previous[index] = tails[k - 1]
+        if k == len(tails):
+            tails.append(index)
+            tail_values.append(j)
+        else:
+            tails[k] = index
+            tail_values[k] = j
+    chain = []
+    index = tails[-1] if tails else -1
+    while index >= 0:
+        chain.append(pairs[index])
+        index = previous[index]
+    chain.reverse()
+    # equal A indices cannot occur (one partner each); equal B indices are excluded by bisect_left
+    return chain
+
+
+def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: range, cols: range) -> list[tuple[int, int]]:
+    """Pairs between ``rows`` of A and ``cols`` of B maximising total similarity, in order."""
+    if not rows or not cols:
+        return []
+
+    def score(i: int, j: int) -> float:
+        value = similarity(seq_a[i], seq_b[j])
+        return value if value >= MIN_SIMILARITY else 0.0
+
+    ops = pair_block(list(rows), list(cols), score, max_cells=DP_CELLS)
+    return [(op.a, op.b) for op in ops if op.a is not None and op.b is not None]
+
+
+def _fold(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: list[tuple[int, int]],
+          methods: dict[tuple[int, int], str]) -> list[Pairing]:
+    """Turn pairs into pairings, growing a pair into a fused group where its neighbours fold into it."""
+    matched_a = {i for i, _ in pairs}
+    matched_b = {j for _, j in pairs}
+    result = []
+    for i, j in pairs:
+        group_a, group_b = [i], [j]
+        for seq, group, matched, partner in ((seq_a, group_a, matched_a, seq_b[j]), (seq_b, group_b, matched_b, seq_a[i])):
+            # the pair matched the folded op (a batch norm) with the call that absorbed it: add the
+            # call it was folded into, just before it
+            before = group[0] - 1
+            if before >= 0 and before not in matched and _absorbs(seq[before], seq[before], seq[group[0]], partner):
+                group.insert(0, before)
+                matched.add(before)
+            # the pair matched the call that absorbed the ops right after it
+            after = group[-1] + 1
+            while after < len(seq) and after not in matched and _absorbs(seq[group[0]], seq[group[-1]], seq[after], partner):
+                group.append(after)
+                matched.add(after)
+                after += 1
+        method = "fused" if len(group_a) > 1 or len(group_b) > 1 else methods.get((i, j), "dataflow")
+        result.append(Pairing(tuple(group_a), tuple(group_b), method))
+    return result
+
+
+def _absorbs(core: CallInfo, last: CallInfo, folded: CallInfo, fused: CallInfo) -> bool:
+    """Does ``fused`` (one call on the other side) compute ``core`` .. ``last`` followed by ``folded``?
+
+    ``core`` is the member of the family ``fused`` has (the Conv); ``folded`` must be of a family that
+    folds (a batch norm after a Conv or Linear; a pass-through after anything), and where the tables
+    hold values, ``fused``'s output must be at least as close to ``folded``'s as to ``last``'s.
+    """
+    if folded.family not in FOLDABLE_FAMILIES or not families_compatible(core.family, fused.family):
+        return False
+    if folded.family == "batchnorm" and core.family not in FOLDS_INTO:
+        return False
+    if folded.output is not None and fused.output is not None and folded.output.shape != fused.output.shape:
+        return False  # the group's boundary would not be the partner's (a Flatten after a pool)
+    to_last = value_distance(last.output, fused.output)
+    to_folded = value_distance(folded.output, fused.output)
+    if to_last is None or to_folded is None:
+        return True  # no values to decide by: the family rule alone
+    return to_folded <= to_last
+
+
+def align_call_sequences(
+    seq_a: Sequence[CallInfo],
+    seq_b: Sequence[CallInfo],
+    anchors: Iterable[tuple[int, int, str]] = (),
+) -> list[Pairing]:
+    """Align two leaf-call sequences (see the module docstring). ``anchors`` are (i, j, method)
+    pairs fixed beforehand (layer map, equal routes); a given anchor that crosses another is dropped."""
+    given = {(i, j): method for i, j, method in anchors}
+    chain = _longest_chain(list(given))
+    fixed_a, fixed_b = {i for i, _ in chain}, {j for _, j in chain}
+    chain_a = [i for i, _ in chain]
+    chain_b = [j for _, j in chain]
+
+    def between_given(i: int, j: int) -> bool:
+        k = bisect.bisect_left(chain_a, i)
+        low_ok = k == 0 or chain_b[k - 1] < j
+        high_ok = k == len(chain_a) or j < chain_b[k]
+        return low_ok and high_ok
+
+    values = [p for p in _value_anchors(seq_a, seq_b, fixed_a, fixed_b) if between_given(*p)]
+    methods = dict(given)
+    anchored = sorted(chain + _longest_chain(values))
+    anchored = _longest_chain(anchored)
+    pairs: list[tuple[int, int]] = []
+    previous = (-1, -1)
+    for i, j in [*anchored, (len(seq_a), len(seq_b))]:
+        pairs += _align_gap(seq_a, seq_b, range(previous[0] + 1, i), range(previous[1] + 1, j))
+        if i < len(seq_a):
+            pairs.append((i, j))
+        previous = (i, j)
+    return _fold(seq_a, seq_b, pairs, methods)
