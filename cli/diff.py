@@ -19,6 +19,7 @@ import click
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
+from tracespec.compare.align import LOW_COVERAGE
 from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
 
@@ -215,6 +216,14 @@ def _metrics_line(metrics: dict[str, Any] | None, tolerances: dict[str, Any]) ->
     return text
 
 
+def _side(side: dict[str, Any]) -> str:
+    """``conv1 (Conv2d)``, or a group: ``conv1 + bn1 (Conv2d, BatchNorm2d)`` by its routes."""
+    routes = side.get("routes")
+    if routes and len(routes) > 1:
+        return " + ".join(r or "(root)" for r in routes) + f" (fused group, ending at {side['class_name']})"
+    return f"{side['route'] or '(root)'} ({side['class_name']})"
+
+
 def _unit_label(node: dict[str, Any]) -> str:
     mark = _MARK[node["status"]]
     label = node["divergence"] or ("pass" if node["status"] == "pass" else node["status"].replace("_", " "))
@@ -296,9 +305,20 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         if not trace["complete"]:
             out.append(click.style(f"warning: {side} is incomplete (a writer did not close); compared what it holds",
                                    fg="yellow"))
+    low = []
     for rank, cov in verdict.coverage["ranks"].items():
-        methods = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cov["by_method"].items() if v)
-        out.append(f"rank {rank}: aligned {cov['matched']} of {cov['nodes_a']} nodes of A and {cov['nodes_b']} of B ({methods})")
+        calls = cov["calls"]
+        methods = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in calls["by_method"].items() if v)
+        out.append(f"rank {rank}: compared {calls['compared_a']} of {calls['leaf_a']} leaf calls of A ({calls['fraction_a']:.0%}) "
+                   f"and {calls['compared_b']} of {calls['leaf_b']} of B ({calls['fraction_b']:.0%})"
+                   + (f"; aligned by {methods}" if methods else ""))
+        if calls["fraction_a"] < LOW_COVERAGE:
+            low.append(f"rank {rank}: {calls['fraction_a']:.0%}")
+    if low:
+        out.append(click.style(
+            f"warning: LOW COVERAGE ({', '.join(low)} of A's leaf calls compared): the verdict says nothing about the rest. "
+            "Read 'Unmatched' below; write the alignment found with --save-map map.yaml, correct it, and pass it back "
+            "with --layer-map map.yaml.", fg="yellow", bold=True))
     s = verdict.summary
     out.append(
         f"compared {verdict.coverage['records_compared']} tensor pairs in {s['units']} calls: "
@@ -308,16 +328,21 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     first = verdict.first_divergence
     out.append("")
     if first is None:
-        out.append(click.style("PASS", fg="green", bold=True) + ": no divergence")
+        shares = [cov["calls"]["fraction_a"] for cov in verdict.coverage["ranks"].values()]
+        share = f" in the {min(shares):.0%} of A's leaf calls compared" if shares and min(shares) < 1 else ""
+        out.append(click.style("PASS", fg="green", bold=True) + f": no divergence{share}"
+                   + (click.style(" (LOW COVERAGE, see above)", fg="yellow", bold=True) if low else ""))
     else:
         kind = "INTRODUCED it" if first["kind"] == "introduced" else "inherited it (see below)"
         out.append(
             click.style("FAIL", fg="red", bold=True)
             + f": first divergence in {first['stage']}, step {first['step']}, rank {first['rank']}: "
-            + f"{first['a']['route'] or '(root)'} ({first['a']['class_name']}) {kind}"
+            + f"{_side(first['a'])} {kind}"
         )
-        if first["b"]["route"] != first["a"]["route"]:
-            out.append(f"  in B: {first['b']['route']} ({first['b']['class_name']})")
+        if first["b"]["route"] != first["a"]["route"] or "routes" in first["b"]:
+            out.append(f"  in B: {_side(first['b'])}")
+        if "routes" in first["a"]:
+            out.append(f"  ({first['alignment']}: compared at the group's boundary, the first member's inputs and the last one's outputs)")
         if first["record"]:
             out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'], verdict.tolerances)}")
         if first["evidence"]:
@@ -346,7 +371,8 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     if verdict.unmatched:
         out.append(f"Unmatched nodes: {len(verdict.unmatched)}")
         for item in verdict.unmatched[:5]:
-            out.append(f"  {item['side'].upper()} {item['route'] or '(root)'} ({item['class_name']}): {item['reason']}")
+            call = f" call {item['call']}" if item.get("call") else ""
+            out.append(f"  {item['side'].upper()} {item['route'] or '(root)'}{call} ({item['class_name']}): {item['reason']}")
         if len(verdict.unmatched) > 5:
             out.append(f"  … {len(verdict.unmatched) - 5} more in --json")
     out.append("Next: " + verdict.hint)

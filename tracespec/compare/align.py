@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from tracespec.compare.dataflow import align_call_sequences, describe_call
+from tracespec.compare.dataflow import align_call_sequences, describe_call, value_distance
 from tracespec.compare.families import op_family
 from tracespec.compare.sequence import EditOp, diff_sequences
 from tracespec.compare.view import Call, RankView, Record
@@ -342,6 +342,9 @@ class CallMatch:
     method: str  # layer_map, exact, structural, dataflow, fused
     transforms: dict[str, Transform] = field(default_factory=dict)
     params: bool = True
+    backward: bool = True
+    """False for a span of calls standing for a container: the gradient of the span's input sums
+    every consumer's share (a residual branch too), so only the forward boundary is comparable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +360,9 @@ class UnmatchedCall:
 
 
 CALL_METHODS: Final = ("layer_map", "exact", "structural", "dataflow", "fused")
+
+LOW_COVERAGE: Final = 0.9
+"""Below this share of A's leaf calls compared, the report warns that a PASS covers only part of the model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,10 +652,13 @@ class _Aligner:
         self.accounted = accounted
 
     def unmatched(self) -> list[Unmatched]:
+        """Nodes without a counterpart, except those aligned call by call and those that hold
+        nothing to compare (no call, no record: a container that never ran itself)."""
         found = []
         for side, view, free in (("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b)):
+            active = {node for _, _, node in view.records} | {c.node for calls in view.calls.values() for c in calls}
             for node_id in sorted(view.nodes):
-                if not free(node_id) or (side, node_id) in self.accounted:
+                if not free(node_id) or (side, node_id) in self.accounted or node_id not in active:
                     continue
                 node = view.nodes[node_id]
                 reason = self.reasons.get((side, node_id))
@@ -681,6 +690,8 @@ class _CallPhase:
         self.parent = {side: _call_parents(calls) for side, calls in self.calls.items()}
         self.leaf = {side: set(calls) - {p for p in self.parent[side].values() if p is not None}
                      for side, calls in self.calls.items()}
+        self.accounted: set[tuple[str, int]] = set()
+        """Nodes aligned or reported call by call, which the node-level report leaves out."""
 
     @staticmethod
     def _forward_calls(view: RankView) -> dict[CallRef, Call]:
@@ -763,16 +774,96 @@ class _CallPhase:
             for side, refs in (("a", refs_a), ("b", refs_b)):
                 for ref in refs:
                     in_sequence[side][ref] = method
-        # containers matched as nodes keep their calls matched, for "contains" and their boundaries
-        sequenced = {ref for side in seqs.values() for ref in side} | set(covered["a"]) | set(covered["b"])
-        for ca, (cb, method) in node_pairs.items():
-            if ca not in sequenced and cb not in sequenced and ca not in self.leaf["a"] and cb not in self.leaf["b"]:
-                matches.append(CallMatch((ca,), (cb,), method, self._transforms(ca[0], cb[0])))
+        matches += self._containers(seqs, matches, node_pairs, covered)
         unmatched = self._unmatched(seqs, matches, infos)
         coverage = self._coverage(in_sequence, covered)
-        self.accounted = {(side, node) for side in ("a", "b") for node, _ in [*in_sequence[side], *covered[side]]}
+        self.accounted |= {(side, node) for side in ("a", "b") for node, _ in [*in_sequence[side], *covered[side]]}
         self.accounted |= {(u.side, u.node) for u in unmatched}
+        self.accounted |= {("a", m.a[0][0]) for m in matches} | {("b", ref[0]) for m in matches for ref in m.b}
         return matches, unmatched, coverage
+
+    def _spans(self, side: str, seq: list[CallRef]) -> dict[CallRef, tuple[int, int]]:
+        """For each call that is not in ``seq``, the first and last positions in ``seq`` of the calls
+        nested inside it (calls with none nested are left out)."""
+        position = {ref: i for i, ref in enumerate(seq)}
+        spans: dict[CallRef, tuple[int, int]] = {}
+        for ref, i in position.items():
+            parent = self.parent[side][ref]
+            while parent is not None:
+                if parent not in position:
+                    low, high = spans.get(parent, (i, i))
+                    spans[parent] = (min(low, i), max(high, i))
+                parent = self.parent[side][parent]
+        return spans
+
+    def _containers(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
+                    node_pairs: dict[CallRef, tuple[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]]) -> list[CallMatch]:
+        """Match the calls that hold other calls (a ``BasicBlock``) by the calls they hold.
+
+        A container of A whose first and last inner calls are aligned is matched with the container
+        of B that holds exactly their counterparts (the outermost one; those inside it only wrap it
+        and are accounted for), else with the span of B's calls between them, compared at the
+        span's boundary where A's container has the boundary of its own first and last inner calls
+        (its input is the first one's, its output the last one's: no residual added after them).
+        A container pair matched by layer map or route is kept as it is; a structural guess is kept
+        where the calls inside agree with it.
+        """
+        spans = {side: self._spans(side, seqs[side]) for side in ("a", "b")}
+        partner_low: dict[int, int] = {}
+        partner_high: dict[int, int] = {}
+        position = {side: {ref: i for i, ref in enumerate(seqs[side])} for side in ("a", "b")}
+        for match in matches:
+            low, high = position["b"][match.b[0]], position["b"][match.b[-1]]
+            for ref in match.a:
+                partner_low[position["a"][ref]], partner_high[position["a"][ref]] = low, high
+        by_span_b: dict[tuple[int, int], list[CallRef]] = {}
+        for ref, span in spans["b"].items():
+            if ref not in covered["b"]:
+                by_span_b.setdefault(span, []).append(ref)  # outermost first: calls are in begin order
+        result = []
+        claimed_b: set[CallRef] = set()
+        # a container around the members of one match only wraps them (an ONNX module around its op)
+        for side in ("a", "b"):
+            for ref, (low, high) in spans[side].items():
+                if low == high:
+                    self.accounted.add((side, ref[0]))
+        for ca, span_a in spans["a"].items():
+            if ca in covered["a"]:
+                continue
+            wanted = None
+            if span_a[0] in partner_low and span_a[1] in partner_high:
+                wanted = (partner_low[span_a[0]], partner_high[span_a[1]])
+            given = node_pairs.get(ca)
+            if given is not None and given[0] not in covered["b"] and given[0] not in position["b"] and (
+                    given[1] != "structural" or wanted is None or spans["b"].get(given[0]) == wanted):
+                result.append(CallMatch((ca,), (given[0],), given[1], self._transforms(ca[0], given[0][0]), params=False))
+                claimed_b.add(given[0])
+                continue
+            if wanted is None:
+                continue
+            holders = [cb for cb in by_span_b.get(wanted, []) if cb not in claimed_b]
+            if holders:
+                result.append(CallMatch((ca,), (holders[0],), "dataflow", params=False))
+                claimed_b.update(holders)
+                self.accounted.update(("b", cb[0]) for cb in holders)
+            elif self._same_boundary(ca, seqs["a"][span_a[0]], seqs["a"][span_a[1]]):
+                inner_b = tuple(seqs["b"][wanted[0]:wanted[1] + 1])
+                result.append(CallMatch((ca,), inner_b, "dataflow", params=False, backward=False))
+        return result
+
+    def _same_boundary(self, container: CallRef, first: CallRef, last: CallRef) -> bool:
+        """Does A's ``container`` take the input of ``first`` and give the output of ``last``?"""
+        step = self.va.steps[0]
+
+        def value(ref: CallRef, role: str) -> Any:
+            call = self.calls["a"][ref]
+            return describe_call(self.va, step, ref[0], ref[1], call.begin, call.end).__getattribute__(role)
+
+        for role, inner in (("input", first), ("output", last)):
+            distance = value_distance(value(container, role), value(inner, role))
+            if distance is None or distance > 0:
+                return False
+        return True
 
     def _coverage(self, in_sequence: dict[str, dict[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]]) -> dict[str, Any]:
         compared = {"a": 0, "b": 0}

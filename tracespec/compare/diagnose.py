@@ -230,8 +230,9 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
     """One line saying what to try next."""
     if culprit is None:
         if unmatched:
-            return (f"A and B agree on everything aligned, but {unmatched} node(s) have no counterpart: "
-                    "read 'unmatched' and add a --layer-map for the renames.")
+            return (f"A and B agree on everything aligned, but {unmatched} node(s) or call(s) have no counterpart: "
+                    "read 'unmatched'; --save-map map.yaml writes the alignment found, to correct and pass back "
+                    "with --layer-map map.yaml.")
         if identical:
             return "A and B are bitwise identical in everything compared."
         return "A and B agree within tolerance; tighten with --mode strict (elementwise), --rel-rmse or --mode bitwise to see smaller differences."

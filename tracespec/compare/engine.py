@@ -290,13 +290,13 @@ class _RankComparison:
         last_position: dict[int, int] = {}
         for position, c in enumerate(calls):
             match = self.by_member.get((c.node, c.call))
-            if match is not None:
+            if match is not None and (match.backward or stage != "backward"):
                 last_position[id(match)] = position
         last_call = {c.node: c.call for c in calls}
         units = []
         for position, c in enumerate(calls):
             match = self.by_member.get((c.node, c.call))
-            if match is None or last_position[id(match)] != position:
+            if match is None or last_position.get(id(match)) != position:
                 continue
             (a_first, a_last), (b_first, b_last) = (match.a[0], match.a[-1]), (match.b[0], match.b[-1])
             begin = min(x.begin for x in calls if (x.node, x.call) in match.a)
