@@ -96,20 +96,25 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--route", "routes", multiple=True, metavar="GLOB", help="Compare only nodes whose A route matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip nodes whose A route matches (repeatable).")
 @click.option("--layer-map", type=click.Path(dir_okay=False, path_type=str), help="YAML/JSON file mapping A's routes to B's (docs/diff.md).")
+@click.option("--save-map", type=click.Path(dir_okay=False, path_type=str), metavar="PATH",
+              help="Write the alignment found as a layer map (YAML) to PATH: correct it and pass it back with --layer-map.")
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
          rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
-         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, read_all: bool, top: int,
+         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, read_all: bool, top: int,
          progress: bool | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
-    A and B are trace folders recorded with tracespec.record (any framework). Their module trees
-    are aligned (layer map, then equal routes, then structure), every aligned tensor is compared
-    in float64 with dtype-aware tolerances, and the walk in execution order names the first module
-    whose inputs agree but whose outputs do not.
+    A and B are trace folders recorded with tracespec.record (any framework). Their calls are
+    aligned (layer map, then equal routes, then structure, then dataflow: op family, shapes and the
+    recorded values, so flat converted code, renamed model zoos and exports whose batch norms were
+    folded into convolutions still align), every aligned tensor is compared in float64 with
+    dtype-aware tolerances, and the walk in execution order names the first module whose inputs
+    agree but whose outputs do not. The header says how much of each model was compared; check it
+    before trusting a PASS.
 
     \b
     Examples:
@@ -118,6 +123,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
       tracespec diff runs/ref runs/new --stage forward --route 'blocks.*' --json verdict.json
       tracespec diff runs/torch runs/paddle --html report.html
       tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
+      tracespec diff runs/torch runs/x2paddle --save-map map.yaml   # edit map.yaml, pass it back
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
     A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
@@ -150,7 +156,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
                 verdict = compare_traces(
                     a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
                     steps=steps or None, ranks=ranks or None, stages=stages or None,
-                    routes=routes, exclude=exclude, layer_map=layer_map,
+                    routes=routes, exclude=exclude, layer_map=layer_map, save_map=save_map,
                     trust_hashes=not read_all, progress=update,
                 )
             except UsageError as exc:

@@ -79,6 +79,11 @@ def test_onnx_export_passes_aligned_by_route(reference: dict[str, Any]) -> None:
     routes = {u["a"]["route"] for u in verdict["nodes"]}
     assert {f"encoder.layer.{i}.attention.self.query" for i in range(6)} <= routes
     assert all(u["a"]["route"] == u["b"]["route"] for u in verdict["nodes"])
+    # dropouts vanish in export (the identity in eval mode): each is compared as part of the layer
+    # before it, whose weights still compare, and every leaf call of the PyTorch model is compared
+    folded = [u for u in verdict["nodes"] if u["alignment"] == "fused"]
+    assert folded and all(u["a"]["routes"][1].endswith("dropout") for u in folded)
+    assert coverage["calls"]["fraction_a"] == 1.0
     # the exporter's [in, out] weights, said so by the adapter, are transposed back; the pooler's
     # Gemm keeps PyTorch's [out, in], and its weight is compared as it is
     weights = {u["a"]["route"]: r for u in verdict["nodes"] for r in u["records"]

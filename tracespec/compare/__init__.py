@@ -4,7 +4,7 @@ Pure functions over trace metadata and streamed tensors; importing this package 
 framework (torch, paddle, onnxruntime).
 """
 
-from tracespec.compare.align import LayerMap, load_layer_map, parse_layer_map
+from tracespec.compare.layer_map import LayerMap, load_layer_map, parse_layer_map
 from tracespec.compare.engine import compare_traces
 from tracespec.compare.tolerance import DEFAULT_TOLERANCES, MODES
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict, validate_verdict

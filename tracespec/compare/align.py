@@ -23,18 +23,23 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
-
-import numpy as np
 
 from tracespec.compare.dataflow import align_call_sequences, describe_call, value_distance
 from tracespec.compare.families import op_family
+from tracespec.compare.layer_map import (
+    TRANSPOSE,
+    CallName,
+    LayerMap,
+    Transform,
+    layer_map_document,
+    load_layer_map,
+    parse_layer_map,
+)
 from tracespec.compare.sequence import EditOp, diff_sequences
 from tracespec.compare.view import Call, RankView, Record
 from tracespec.errors import InputFileError
@@ -82,228 +87,6 @@ CLASS_ALIASES: Final[dict[tuple[str, str], str]] = {
 """Class names that differ between frameworks for the same layer: structural alignment compares
 the PyTorch name."""
 
-PARAMETER_ROLES: Final = ("parameter", "parameter_grad")
-
-
-# --------------------------------------------------------------------------- transforms
-@dataclass(frozen=True, slots=True)
-class Transform:
-    """Operations that bring B's tensor into A's layout, applied in order."""
-
-    ops: tuple[tuple[str, tuple[int, ...]], ...]
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        for name, args in self.ops:
-            if name == "transpose":
-                array = np.swapaxes(array, -1, -2) if array.ndim >= 2 else array
-            elif name == "permute":
-                array = np.transpose(array, args)
-            else:  # reshape
-                array = array.reshape(args)
-        return np.ascontiguousarray(array)
-
-    def apply_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
-        """The shape after the transform, or None when it does not apply to ``shape``."""
-        for name, args in self.ops:
-            if name == "transpose":
-                if len(shape) >= 2:
-                    shape = (*shape[:-2], shape[-1], shape[-2])
-            elif name == "permute":
-                if sorted(args) != list(range(len(shape))):
-                    return None
-                shape = tuple(shape[i] for i in args)
-            else:
-                if int(np.prod(args)) != int(np.prod(shape)):
-                    return None
-                shape = args
-        return shape
-
-    def describe(self) -> str:
-        return " then ".join(name if not args else f"{name}{list(args)}" for name, args in self.ops)
-
-
-TRANSPOSE: Final = Transform((("transpose", ()),))
-
-
-def _parse_transform(spec: object, where: str) -> Transform:
-    items = spec if isinstance(spec, list) else [spec]
-    ops: list[tuple[str, tuple[int, ...]]] = []
-    for item in items:
-        if item == "transpose":
-            ops.append(("transpose", ()))
-        elif isinstance(item, dict) and len(item) == 1 and next(iter(item)) in ("permute", "reshape"):
-            name, args = next(iter(item.items()))
-            if not isinstance(args, list) or not all(isinstance(a, int) for a in args):
-                raise InputFileError(f"{where}: {name} takes a list of integers, found {args!r}")
-            ops.append((name, tuple(args)))
-        else:
-            raise InputFileError(
-                f"{where}: unknown transform {item!r}; use 'transpose', {{permute: [...]}} or {{reshape: [...]}}"
-            )
-    return Transform(tuple(ops))
-
-
-def transform_for(transforms: dict[str, Transform], record: Record) -> Transform | None:
-    """The transform a mapping declares for ``record``: keyed by ``role:slot``, or by a parameter
-    name, which covers the parameter, its gradient and its optimizer state (``<name>.<key>``)."""
-    explicit = transforms.get(f"{record.role}:{record.slot}")
-    if explicit is not None:
-        return explicit
-    if record.role in PARAMETER_ROLES:
-        return transforms.get(record.slot)
-    if record.role == "optimizer_state":
-        return transforms.get(record.slot.split(".", 1)[0])
-    return None
-
-
-# --------------------------------------------------------------------------- layer map
-@dataclass(frozen=True, slots=True)
-class _Pattern:
-    text: str
-    regex: re.Pattern[str]
-    is_regex: bool
-
-
-def _compile(pattern: str) -> _Pattern:
-    if pattern.startswith("re:"):
-        return _Pattern(pattern, re.compile(pattern[3:]), True)
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    wildcard = {"**": "(.*)", "*": "([^.]*)", "?": "([^.])"}
-    return _Pattern(pattern, re.compile("".join(wildcard.get(p, re.escape(p)) for p in parts)), False)
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    a: _Pattern
-    b: str
-    transforms: dict[str, Transform]
-
-    def target(self, route: str) -> str | None:
-        found = self.a.regex.fullmatch(route)
-        if found is None:
-            return None
-        if self.a.is_regex:
-            return found.expand(self.b)
-        captures = iter(found.groups())
-        return re.sub(r"\*\*|\*|\?", lambda _: next(captures, ""), self.b)
-
-
-@dataclass(frozen=True, slots=True)
-class _Prefixes:
-    strip: str = ""
-    replace: tuple[tuple[str, str], ...] = ()
-
-    def apply(self, route: str) -> str:
-        if self.strip and (route == self.strip.rstrip(".") or route.startswith(self.strip)):
-            route = route[len(self.strip):] if route.startswith(self.strip) else ""
-        for old, new in self.replace:
-            if route.startswith(old):
-                route = new + route[len(old):]
-                break
-        return route
-
-
-@dataclass(frozen=True, slots=True)
-class LayerMap:
-    """A parsed layer map (see ``docs/diff.md``, "Layer maps"). The empty map changes nothing."""
-
-    prefixes_a: _Prefixes = _Prefixes()
-    prefixes_b: _Prefixes = _Prefixes()
-    rules: tuple[_Rule, ...] = ()
-    ignore_a: tuple[_Pattern, ...] = ()
-    ignore_b: tuple[_Pattern, ...] = ()
-    source: str | None = None
-
-    def to_json(self) -> dict[str, Any] | None:
-        if self.source is None and not self.rules and not self.ignore_a and not self.ignore_b:
-            return None
-        return {"source": self.source, "rules": len(self.rules)}
-
-
-_MAP_KEYS: Final = {"version", "a", "b", "map", "ignore"}
-
-
-def _expect(value: object, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise InputFileError(f"{where}: expected {names}, found {type(value).__name__} {value!r}")
-    return value
-
-
-def _parse_prefixes(doc: object, where: str) -> _Prefixes:
-    if doc is None:
-        return _Prefixes()
-    doc = _expect(doc, dict, where)
-    unknown = set(doc) - {"strip_prefix", "replace_prefix"}
-    if unknown:
-        raise InputFileError(f"{where}: unknown keys {sorted(unknown)}; use strip_prefix, replace_prefix")
-    strip = _expect(doc.get("strip_prefix", ""), str, f"{where}.strip_prefix")
-    replace = _expect(doc.get("replace_prefix", {}), dict, f"{where}.replace_prefix")
-    pairs = tuple((_expect(k, str, where), _expect(v, str, where)) for k, v in replace.items())
-    return _Prefixes(strip, pairs)
-
-
-def parse_layer_map(doc: object, source: str = "<layer map>") -> LayerMap:
-    """Validate a layer-map document (the parsed YAML/JSON) and compile it."""
-    doc = _expect(doc, dict, source)
-    unknown = set(doc) - _MAP_KEYS
-    if unknown:
-        raise InputFileError(f"{source}: unknown keys {sorted(unknown)}; a layer map has {sorted(_MAP_KEYS)}")
-    version = doc.get("version", 1)
-    if version != 1:
-        raise InputFileError(f"{source}: layer map version {version!r}; this tracespec reads version 1")
-    rules = []
-    for i, entry in enumerate(_expect(doc.get("map", []), list, f"{source}: map")):
-        where = f"{source}: map[{i}]"
-        entry = _expect(entry, dict, where)
-        if set(entry) - {"a", "b", "transforms"} or "a" not in entry or "b" not in entry:
-            raise InputFileError(f"{where}: an entry has 'a', 'b' and optionally 'transforms', found {sorted(entry)}")
-        transforms = {
-            _expect(slot, str, where): _parse_transform(spec, f"{where}.transforms.{slot}")
-            for slot, spec in _expect(entry.get("transforms", {}), dict, f"{where}.transforms").items()
-        }
-        try:
-            pattern = _compile(_expect(entry["a"], str, f"{where}.a"))
-        except re.error as exc:
-            raise InputFileError(f"{where}.a: invalid regular expression ({exc})") from None
-        rules.append(_Rule(pattern, _expect(entry["b"], str, f"{where}.b"), transforms))
-    ignore = _expect(doc.get("ignore", {}), dict, f"{source}: ignore")
-    ignored = {
-        side: tuple(_compile(_expect(p, str, f"{source}: ignore.{side}")) for p in _expect(ignore.get(side, []), list, f"{source}: ignore.{side}"))
-        for side in ("a", "b")
-    }
-    return LayerMap(
-        _parse_prefixes(doc.get("a"), f"{source}: a"),
-        _parse_prefixes(doc.get("b"), f"{source}: b"),
-        tuple(rules),
-        ignored["a"],
-        ignored["b"],
-        source,
-    )
-
-
-def load_layer_map(path: str | Path) -> LayerMap:
-    """Read a layer map from a ``.yaml``/``.yml`` or ``.json`` file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"{path}: cannot read the layer map ({exc})") from None
-    if path.suffix in (".yaml", ".yml"):
-        import yaml  # only needed for YAML maps
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InputFileError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputFileError(f"{path}: not valid JSON ({exc}); use .yaml/.yml for YAML") from None
-    return parse_layer_map(doc, str(path))
-
-
 # --------------------------------------------------------------------------- tree alignment
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -335,7 +118,8 @@ class CallMatch:
     """Calls ``a`` of A compute what calls ``b`` of B compute (each one call, or consecutive calls in
     execution order: a fused group, or a span under a container). They are compared at the
     boundary: the first members' inputs, the last members' outputs; their parameters only where
-    ``params`` (one call on each side that is the same layer)."""
+    ``params``: the first members are the same layer, and the others only pass values through (a
+    Dropout in eval mode), which also names the match by its first members instead of its last."""
 
     a: tuple[CallRef, ...]
     b: tuple[CallRef, ...]
@@ -420,17 +204,25 @@ class _Aligner:
         self.va, self.vb, self.map = view_a, view_b, layer_map
         self.norm_a = {n: layer_map.prefixes_a.apply(view_a.nodes[n].route) for n in view_a.nodes}
         self.norm_b = {n: layer_map.prefixes_b.apply(view_b.nodes[n].route) for n in view_b.nodes}
-        self.b_by_norm: dict[str, int] = {}
-        for n in sorted(view_b.nodes):
-            self.b_by_norm.setdefault(self.norm_b[n], n)
+        self.b_by_norm = self.route_index("b")
         self.matches: dict[int, Match] = {}
         self.claimed_b: dict[int, int] = {}
         self.reasons: dict[tuple[str, int], str] = {}
         self.ignored = {
             ("a", n) for n in view_a.nodes if any(p.regex.fullmatch(self.norm_a[n]) for p in layer_map.ignore_a)
         } | {("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)}
+        self.ignored_by_map = frozenset(self.ignored)
+        """What the layer map's ``ignore`` names (``ignored`` grows with the wrappers looked through)."""
         self._signatures: dict[tuple[str, int, tuple[str, ...]], tuple[Any, ...]] = {}
         self.accounted: set[tuple[str, int]] = set()
+
+    def route_index(self, side: str) -> dict[str, int]:
+        """Node ids by route after the layer map's prefix rules (the first node of a route wins)."""
+        routes = self.norm_a if side == "a" else self.norm_b
+        found: dict[str, int] = {}
+        for node in sorted(routes):
+            found.setdefault(routes[node], node)
+        return found
 
     def _claim(self, a: int, b: int, method: str, transforms: dict[str, Transform] | None = None) -> None:
         merged = {**_layout_transforms(self.va, self.vb, a, b), **(transforms or {})}
@@ -692,6 +484,7 @@ class _CallPhase:
                      for side, calls in self.calls.items()}
         self.accounted: set[tuple[str, int]] = set()
         """Nodes aligned or reported call by call, which the node-level report leaves out."""
+        self.rule_transforms: dict[tuple[CallRef, CallRef], dict[str, Transform]] = {}
 
     @staticmethod
     def _forward_calls(view: RankView) -> dict[CallRef, Call]:
@@ -739,15 +532,49 @@ class _CallPhase:
                     for inner, outer in covered.items() if outer == ref and inner in self.leaf[side]}
         return families.pop() if len(families) == 1 else None
 
+    def _resolve(self, side: str, names: tuple[CallName, ...]) -> tuple[CallRef, ...] | None:
+        """The calls a layer map's call entry names on one side (routes after its prefix rules)."""
+        by_route = self.aligner.route_index(side)
+        refs = tuple((by_route.get(route, -1), call) for route, call in names)
+        return refs if all(ref in self.calls[side] for ref in refs) else None
+
+    def _call_rules(self) -> tuple[dict[CallRef, tuple[CallRef, str]], list[CallMatch]]:
+        """The layer map's call entries: one call with one call (an anchor), or groups (matched as given)."""
+        anchors: dict[CallRef, tuple[CallRef, str]] = {}
+        groups = []
+        for rule in self.aligner.map.call_rules:
+            refs_a, refs_b = self._resolve("a", rule.a), self._resolve("b", rule.b)
+            if refs_a is None or refs_b is None:
+                side, names = ("A", rule.a) if refs_a is None else ("B", rule.b)
+                raise InputFileError(
+                    f"{self.aligner.map.source}: the entry {[f'{r}#{c}' for r, c in names]} names a call that {side}'s "
+                    "first step does not have (routes are exact, after the prefix rules; #k counts from 0)")
+            if len(refs_a) == 1 and len(refs_b) == 1:
+                anchors[refs_a[0]] = (refs_b[0], "layer_map")
+                self.rule_transforms[(refs_a[0], refs_b[0])] = rule.transforms
+            else:
+                # a container against a span of calls: only the forward boundary compares (see CallMatch)
+                spans = any(ref not in self.leaf[side] for side, refs in (("a", refs_a), ("b", refs_b)) for ref in refs)
+                groups.append(CallMatch(refs_a, refs_b, "layer_map", rule.transforms, params=False, backward=not spans))
+        return anchors, groups
+
     def run(self) -> tuple[list[CallMatch], list[UnmatchedCall], dict[str, Any]]:
         node_pairs = self._node_pairs()
+        call_anchors, given_groups = self._call_rules()
+        # a fused group's calls leave the sequences; a span's stay there (a container stands for them)
+        fused = [m for m in given_groups if m.backward]
+        grouped = {"a": {ref for m in fused for ref in m.a}, "b": {ref for m in fused for ref in m.b}}
+        node_pairs = {ca: pair for ca, pair in node_pairs.items() if ca not in call_anchors and ca not in grouped["a"]}
+        node_pairs.update(call_anchors)
         trusted = {ca: (cb, method) for ca, (cb, method) in node_pairs.items() if method in ("layer_map", "exact")}
         stands_a = {ca for ca, (cb, _) in trusted.items() if ca in self.leaf["a"] or cb in self.leaf["b"]}
         stands_b = {trusted[ca][0] for ca in stands_a}
         covered = {"a": self._covered_by("a", stands_a), "b": self._covered_by("b", stands_b)}
+        ignored = self.aligner.ignored_by_map
         seqs = {
             side: [ref for ref in self.calls[side]
-                   if (ref in self.leaf[side] or ref in stands) and ref not in covered[side]]
+                   if (ref in self.leaf[side] or ref in stands) and ref not in covered[side] and ref not in grouped[side]
+                   and (side, ref[0]) not in ignored]
             for side, stands in (("a", stands_a), ("b", stands_b))
         }
         infos = {
@@ -760,17 +587,17 @@ class _CallPhase:
         anchors = [(i, position_b[trusted[ref][0]], trusted[ref][1]) for i, ref in enumerate(seqs["a"])
                    if ref in trusted and trusted[ref][0] in position_b]
         structural = {ca: cb for ca, (cb, method) in node_pairs.items() if method == "structural"}
-        matches: list[CallMatch] = []
-        in_sequence: dict[str, dict[CallRef, str]] = {"a": {}, "b": {}}
+        matches: list[CallMatch] = list(given_groups)
+        in_sequence: dict[str, dict[CallRef, str]] = {side: dict.fromkeys(grouped[side], "layer_map") for side in ("a", "b")}
         for pairing in align_call_sequences(infos["a"], infos["b"], anchors):
             refs_a = tuple(seqs["a"][i] for i in pairing.a)
             refs_b = tuple(seqs["b"][j] for j in pairing.b)
             method = pairing.method
             if method == "dataflow" and structural.get(refs_a[0]) == refs_b[0]:
                 method = "structural"
-            single = len(refs_a) == 1 and len(refs_b) == 1
-            transforms = self._transforms(refs_a[0][0], refs_b[0][0]) if single else {}
-            matches.append(CallMatch(refs_a, refs_b, method, transforms, params=single))
+            transforms = (self.rule_transforms.get((refs_a[0], refs_b[0])) or self._transforms(refs_a[0][0], refs_b[0][0])
+                          if pairing.same_layer else {})
+            matches.append(CallMatch(refs_a, refs_b, method, transforms, params=pairing.same_layer))
             for side, refs in (("a", refs_a), ("b", refs_b)):
                 for ref in refs:
                     in_sequence[side][ref] = method
@@ -813,9 +640,12 @@ class _CallPhase:
         partner_high: dict[int, int] = {}
         position = {side: {ref: i for i, ref in enumerate(seqs[side])} for side in ("a", "b")}
         for match in matches:
+            if match.b[0] not in position["b"] or match.b[-1] not in position["b"]:
+                continue  # a group the layer map gave: its containers come from the map too
             low, high = position["b"][match.b[0]], position["b"][match.b[-1]]
             for ref in match.a:
-                partner_low[position["a"][ref]], partner_high[position["a"][ref]] = low, high
+                if ref in position["a"]:
+                    partner_low[position["a"][ref]], partner_high[position["a"][ref]] = low, high
         by_span_b: dict[tuple[int, int], list[CallRef]] = {}
         for ref, span in spans["b"].items():
             if ref not in covered["b"]:
@@ -827,11 +657,12 @@ class _CallPhase:
             for ref, (low, high) in spans[side].items():
                 if low == high:
                     self.accounted.add((side, ref[0]))
-        for ca, span_a in spans["a"].items():
-            if ca in covered["a"]:
+        for ca in self.calls["a"]:
+            if ca in covered["a"] or ca in position["a"] or ca in self.leaf["a"]:
                 continue
+            span_a = spans["a"].get(ca)
             wanted = None
-            if span_a[0] in partner_low and span_a[1] in partner_high:
+            if span_a is not None and span_a[0] in partner_low and span_a[1] in partner_high:
                 wanted = (partner_low[span_a[0]], partner_high[span_a[1]])
             given = node_pairs.get(ca)
             if given is not None and given[0] not in covered["b"] and given[0] not in position["b"] and (
@@ -839,7 +670,7 @@ class _CallPhase:
                 result.append(CallMatch((ca,), (given[0],), given[1], self._transforms(ca[0], given[0][0]), params=False))
                 claimed_b.add(given[0])
                 continue
-            if wanted is None:
+            if wanted is None or span_a is None:
                 continue
             holders = [cb for cb in by_span_b.get(wanted, []) if cb not in claimed_b]
             if holders:
@@ -933,6 +764,44 @@ def _call_parents(calls: dict[CallRef, Call]) -> dict[CallRef, CallRef | None]:
         parents[ref] = stack[-1][0] if stack and stack[-1][1].begin < call.begin and call.end < stack[-1][1].end else None
         stack.append((ref, call))
     return parents
+
+
+def alignment_layer_map(alignment: Alignment, view_a: RankView, view_b: RankView, layer_map: LayerMap | None = None) -> str:
+    """The alignment as a layer map (YAML text) that ``--layer-map`` reproduces: a node whose calls
+    all go to the same calls of one node of B as a route entry, any other call or group as a call
+    entry, and what stayed unmatched as comments. Routes are written after the prefix rules of
+    ``layer_map``, whose prefix sections are kept."""
+    layer_map = layer_map or LayerMap()
+
+    def route(side: str, node: int) -> str:
+        view, prefixes = (view_a, layer_map.prefixes_a) if side == "a" else (view_b, layer_map.prefixes_b)
+        return prefixes.apply(view.nodes[node].route)
+
+    partners: dict[int, set[tuple[int, int]]] = {}
+    for match in alignment.calls:
+        if len(match.a) == 1 and len(match.b) == 1:
+            (a, call_a), (b, call_b) = match.a[0], match.b[0]
+            partners.setdefault(a, set()).add((b, call_a - call_b))
+    node_pairs = {m.a: m.b for m in alignment.matches if partners.get(m.a, {(m.b, 0)}) == {(m.b, 0)}}
+    call_pairs = []
+    for match in alignment.calls:
+        (a, _), (b, _) = match.a[0], match.b[0]
+        if not (len(match.a) == 1 and len(match.b) == 1 and partners.get(a) == {(b, 0)} and node_pairs.setdefault(a, b) == b):
+            call_pairs.append(([(route("a", n), k) for n, k in match.a], [(route("b", n), k) for n, k in match.b]))
+    notes = [
+        f"A layer map written by tracespec diff --save-map: the alignment of {view_a.trace.path} (A) and",
+        f"{view_b.trace.path} (B), rank {view_a.rank}. Correct what is wrong and pass it back with --layer-map.",
+        "Entries: {a: route, b: route} pairs two nodes, call for call; 'route#k' names its k-th call;",
+        "a list names consecutive calls compared as one group (a fused Conv + BatchNorm) at its boundary.",
+    ]
+    notes += [f"unmatched {u.side.upper()} {u.route or '(root)'}#{u.call} ({u.class_name}): {u.reason}" for u in alignment.unmatched_calls]
+    pairs = sorted((route("a", a), route("b", b)) for a, b in node_pairs.items())
+    return layer_map_document([(_exact_pattern(a), _exact_pattern(b)) for a, b in pairs], call_pairs, notes, layer_map)
+
+
+def _exact_pattern(route: str) -> str:
+    """A route as a layer-map pattern that matches only itself."""
+    return route if not any(c in route for c in "*?") and not route.startswith("re:") else "re:^" + re.escape(route) + "$"
 
 
 def align_trees(view_a: RankView, view_b: RankView, layer_map: LayerMap | None = None) -> Alignment:

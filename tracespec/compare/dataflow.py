@@ -205,6 +205,10 @@ class Pairing:
     a: tuple[int, ...]
     b: tuple[int, ...]
     method: str
+    same_layer: bool = True
+    """The first members are the same layer (one call each, or a group whose other members only pass
+    values through, a Dropout in eval mode), so their parameters compare; False where a batch norm
+    was folded into the partner's weights."""
 
 
 def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]) -> list[tuple[int, int]]:
@@ -307,7 +311,9 @@ def _fold(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: list[tupl
                 matched.add(after)
                 after += 1
         method = "fused" if len(group_a) > 1 or len(group_b) > 1 else methods.get((i, j), "dataflow")
-        result.append(Pairing(tuple(group_a), tuple(group_b), method))
+        same_layer = all(seq[k].family in PASS_THROUGH_FAMILIES for seq, group in ((seq_a, group_a), (seq_b, group_b))
+                         for k in group[1:])
+        result.append(Pairing(tuple(group_a), tuple(group_b), method, same_layer))
     return result
 
 

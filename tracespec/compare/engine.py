@@ -16,7 +16,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from tracespec.compare.align import Alignment, CallMatch, LayerMap, align_trees, load_layer_map, transform_for
+from tracespec.compare.align import Alignment, CallMatch, align_trees, alignment_layer_map
+from tracespec.compare.layer_map import LayerMap, load_layer_map, transform_for
 from tracespec.compare.diagnose import (
     RecordResult,
     UnitResult,
@@ -300,7 +301,10 @@ class _RankComparison:
                 continue
             (a_first, a_last), (b_first, b_last) = (match.a[0], match.a[-1]), (match.b[0], match.b[-1])
             begin = min(x.begin for x in calls if (x.node, x.call) in match.a)
-            unit = self._unit(step, stage, a_last[0], b_last[0], a_last[1], begin, c.end, match)
+            # a group is named by the call that computes its output, or by its layer where the
+            # others only pass values through
+            name_a, name_b = (a_first, b_first) if match.params else (a_last, b_last)
+            unit = self._unit(step, stage, name_a[0], name_b[0], name_a[1], begin, c.end, match)
             node_a, node_b = (a_first[0], None), (b_first[0], None)
             if stage == "forward":
                 unit.upstream = self._results(step, stage, a_first, b_first, ("input",), match.transforms)
@@ -309,7 +313,7 @@ class _RankComparison:
                     unit.params = self._results(step, stage, node_a, node_b, _FORWARD_PARAMS, match.transforms)
             elif stage == "backward":
                 unit.upstream = self._results(step, stage, a_last, b_last, ("grad_output",), match.transforms)
-                forward = earlier.get(("forward", a_last[0], a_last[1]))
+                forward = earlier.get(("forward", name_a[0], name_a[1]))
                 if forward is not None:
                     unit.upstream += forward.upstream + forward.params
                 unit.outputs = self._results(step, stage, a_first, b_first, ("grad_input",), match.transforms)
@@ -318,7 +322,7 @@ class _RankComparison:
             else:
                 unit.outputs = self._results(step, stage, a_last, b_last, ROLES, match.transforms)
             units.append(unit)
-            earlier[(stage, a_last[0], a_last[1])] = unit
+            earlier[(stage, name_a[0], name_a[1])] = unit
         return units
 
     def stage_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
@@ -371,6 +375,7 @@ def compare_traces(
     layer_map: LayerMap | str | os.PathLike[str] | None = None,
     trust_hashes: bool = True,
     progress: Progress | None = None,
+    save_map: str | os.PathLike[str] | None = None,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -400,6 +405,9 @@ def compare_traces(
         Treat records with equal content hashes as identical without reading their data.
     progress:
         Called as data is compared, with (bytes done, bytes in all).
+    save_map:
+        Write the alignment found (of the first rank compared) to this path as a layer map, to
+        correct and pass back as ``layer_map`` (:func:`~tracespec.compare.align.alignment_layer_map`).
 
     Returns
     -------
@@ -439,6 +447,8 @@ def compare_traces(
         view_b = RankView(trace_b, rank, chosen_steps)
         alignment = align_trees(view_a, view_b, layer_map)
         alignments[rank] = alignment
+        if save_map is not None and rank == chosen_ranks[0]:
+            _write_layer_map(save_map, alignment_layer_map(alignment, view_a, view_b, layer_map))
         comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance)
         ranked = _RankComparison(view_a, view_b, alignment, selection, comparer)
         for step in chosen_steps:
@@ -455,6 +465,13 @@ def compare_traces(
     units = [u for group in ordered for u in group]
     culprit = first_divergence(ordered)
     return _build_verdict(trace_a, trace_b, selection, policy, layer_map, alignments, units, culprit, counts, dtypes)
+
+
+def _write_layer_map(path: str | os.PathLike[str], text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write the layer map to {os.fspath(path)}: {exc.strerror}") from None
 
 
 def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mode: str) -> int:
