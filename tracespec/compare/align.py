@@ -22,6 +22,7 @@ a Paddle ``Linear`` stores ``weight`` as ``[in, out]``, a PyTorch one as ``[out,
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import math
 import re
@@ -143,6 +144,10 @@ class UnmatchedCall:
     reason: str
 
 
+STRUCTURAL_CELLS: Final = 40_000
+"""Children of A x children of B beyond which structural alignment runs only on lists that are
+alike, and pairs the runs a diff leaves over greedily (bounded time for flat graphs of 10k ops)."""
+
 CALL_METHODS: Final = ("layer_map", "exact", "structural", "dataflow", "fused")
 
 LOW_COVERAGE: Final = 0.9
@@ -185,11 +190,14 @@ class Alignment:
 def _layouts(view: RankView, node: int) -> dict[str, str]:
     """How ``node`` lays out its parameters, by slot: the framework's rules for its class, overridden
     by the layout its adapter recorded for this node (``attrs.parameter_layout``)."""
-    class_name = view.nodes[node].class_name
-    found = {slot: layout for (framework, name, slot), layout in LAYOUT_RULES.items()
-             if framework == view.framework and name == class_name}
+    found = dict(_RULES_BY_CLASS.get((view.framework, view.nodes[node].class_name), {}))
     found.update(view.nodes[node].layouts)
     return found
+
+
+_RULES_BY_CLASS: Final[dict[tuple[str, str], dict[str, str]]] = {}
+for (_framework, _class_name, _slot), _layout in LAYOUT_RULES.items():
+    _RULES_BY_CLASS.setdefault((_framework, _class_name), {})[_slot] = _layout
 
 
 def _layout_transforms(view_a: RankView, view_b: RankView, a: int, b: int) -> dict[str, Transform]:
@@ -213,7 +221,7 @@ class _Aligner:
         } | {("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)}
         self.ignored_by_map = frozenset(self.ignored)
         """What the layer map's ``ignore`` names (``ignored`` grows with the wrappers looked through)."""
-        self._signatures: dict[tuple[str, int, tuple[str, ...]], tuple[Any, ...]] = {}
+        self._signatures: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.accounted: set[tuple[str, int]] = set()
 
     def route_index(self, side: str) -> dict[str, int]:
@@ -283,7 +291,9 @@ class _Aligner:
             self._claim(a, b, "exact")
 
     # -- structural
-    def _signature(self, side: str, node: int, partner_transforms: dict[str, Transform]) -> tuple[Any, ...]:
+    def _signature(self, side: str, node: int) -> tuple[Any, ...]:
+        """Class, call count, output shapes and parameter sizes (sizes, not shapes: layouts differ
+        across frameworks), and the leaf profile."""
         view = self.va if side == "a" else self.vb
         outputs = []
         params = []
@@ -293,13 +303,9 @@ class _Aligner:
             if record.stage == "forward" and record.role == "output" and record.call == 0:
                 outputs.append((record.slot, record.shape))
             elif record.stage == "forward" and record.role == "parameter":
-                shape: tuple[int, ...] | None = record.shape
-                transform = partner_transforms.get(record.slot)
-                if transform is not None:
-                    shape = transform.apply_shape(record.shape)
-                params.append((record.slot, shape))
+                params.append((record.slot, math.prod(record.shape)))
         return (self._class(side, node), view.forward_call_count(node), tuple(sorted(outputs)),
-                tuple(sorted(params, key=str)), self._leaf_profile(side, node))
+                tuple(sorted(params)), self._leaf_profile(side, node))
 
     def _leaf_profile(self, side: str, node: int) -> tuple[Any, ...]:
         """The building blocks under ``node``: each leaf module's class and parameter sizes.
@@ -324,16 +330,14 @@ class _Aligner:
             leaves.append((self._class(side, current), tuple(sizes)))
         return tuple(sorted(leaves))
 
-    def _sig(self, side: str, node: int, other: int | None = None) -> tuple[Any, ...]:
-        """The signature of ``node``; for B, with the layout rules that apply opposite A's ``other``."""
-        transforms = _layout_transforms(self.va, self.vb, other, node) if side == "b" and other is not None else {}
-        key = (side, node, tuple(sorted(transforms)))
+    def _sig(self, side: str, node: int) -> tuple[Any, ...]:
+        key = (side, node)
         if key not in self._signatures:
-            self._signatures[key] = self._signature(side, node, transforms)
+            self._signatures[key] = self._signature(side, node)
         return self._signatures[key]
 
     def _similarity(self, a: int, b: int) -> float:
-        sa, sb = self._sig("a", a), self._sig("b", b, a)
+        sa, sb = self._sig("a", a), self._sig("b", b)
         score = 0.0
         if sa[0] == sb[0]:
             score += 2
@@ -353,6 +357,17 @@ class _Aligner:
         never = 1 << 62
         return sorted(kids, key=lambda k: (view.first_call_begin(k) if view.first_call_begin(k) is not None else never, view.nodes[k].position, k))
 
+    def _alike(self, seq_a: list[int], seq_b: list[int]) -> bool:
+        """Do at least half of the shorter list's children have a child of equal signature opposite?"""
+        opposite = collections.Counter(self._sig("b", node) for node in seq_b)
+        shared = 0
+        for node in seq_a:
+            signature = self._sig("a", node)
+            if opposite[signature] > 0:
+                opposite[signature] -= 1
+                shared += 1
+        return 2 * shared >= min(len(seq_a), len(seq_b))
+
     def align_children(self, parent_a: int | None, parent_b: int | None) -> list[tuple[int, int]]:
         seq_a = self._ordered_children("a", parent_a)
         seq_b = self._ordered_children("b", parent_b)
@@ -361,11 +376,19 @@ class _Aligner:
                 for node in seq:
                     self._note_deleted(side, node, other_parent, [])
             return []
+        if len(seq_a) * len(seq_b) > STRUCTURAL_CELLS and not self._alike(seq_a, seq_b):
+            # two long, unrelated child lists (a flat conversion under a module tree): the call
+            # alignment by dataflow pairs them in linear time; a diff here would take quadratic time
+            for side, seq, other_parent, other_seq in (("a", seq_a, parent_b, seq_b), ("b", seq_b, parent_a, seq_a)):
+                for node in seq:
+                    self._note_deleted(side, node, other_parent, other_seq)
+            return []
         for _ in range(len(seq_a) + len(seq_b) + 8):
             ops = diff_sequences(
                 len(seq_a), len(seq_b),
-                lambda i, j: self._sig("a", seq_a[i]) == self._sig("b", seq_b[j], seq_a[i]),
+                lambda i, j: self._sig("a", seq_a[i]) == self._sig("b", seq_b[j]),
                 lambda i, j: self._similarity(seq_a[i], seq_b[j]),
+                max_cells=STRUCTURAL_CELLS,
             )
             if not self._unwrap_one(ops, seq_a, seq_b):
                 break
@@ -525,12 +548,14 @@ class _CallPhase:
             return match.transforms
         return _layout_transforms(self.va, self.vb, a, b)
 
-    def _inner_family(self, side: str, view: RankView, ref: CallRef, covered: dict[CallRef, CallRef]) -> str | None:
-        """The family of the leaf calls nested in ``ref`` when they all share one (an ONNX module that
-        holds one ``Conv`` op computes a convolution), else None."""
-        families = {op_family(view.nodes[inner[0]].class_name)
-                    for inner, outer in covered.items() if outer == ref and inner in self.leaf[side]}
-        return families.pop() if len(families) == 1 else None
+    def _inner_families(self, side: str, view: RankView, covered: dict[CallRef, CallRef]) -> dict[CallRef, str]:
+        """For each call standing for nested leaf calls that all share one family (an ONNX module
+        holding one ``Conv`` op computes a convolution), that family."""
+        found: dict[CallRef, set[str]] = {}
+        for inner, outer in covered.items():
+            if inner in self.leaf[side]:
+                found.setdefault(outer, set()).add(op_family(view.nodes[inner[0]].class_name))
+        return {outer: families.pop() for outer, families in found.items() if len(families) == 1}
 
     def _resolve(self, side: str, names: tuple[CallName, ...]) -> tuple[CallRef, ...] | None:
         """The calls a layer map's call entry names on one side (routes after its prefix rules)."""
@@ -577,12 +602,11 @@ class _CallPhase:
                    and (side, ref[0]) not in ignored]
             for side, stands in (("a", stands_a), ("b", stands_b))
         }
-        infos = {
-            side: [describe_call(view, view.steps[0], ref[0], ref[1], self.calls[side][ref].begin,
-                                 self.calls[side][ref].end, self._inner_family(side, view, ref, covered[side]))
-                   for ref in seqs[side]]
-            for side, view in (("a", self.va), ("b", self.vb))
-        }
+        infos = {}
+        for side, view in (("a", self.va), ("b", self.vb)):
+            inner = self._inner_families(side, view, covered[side])
+            infos[side] = [describe_call(view, view.steps[0], ref[0], ref[1], self.calls[side][ref].begin,
+                                         self.calls[side][ref].end, inner.get(ref)) for ref in seqs[side]]
         position_b = {ref: j for j, ref in enumerate(seqs["b"])}
         anchors = [(i, position_b[trusted[ref][0]], trusted[ref][1]) for i, ref in enumerate(seqs["a"])
                    if ref in trusted and trusted[ref][0] in position_b]

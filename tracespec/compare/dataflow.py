@@ -211,33 +211,55 @@ class Pairing:
     was folded into the partner's weights."""
 
 
-def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]) -> list[tuple[int, int]]:
-    """Mutually nearest pairs of outputs with equal element counts and nearly equal values."""
+_STATISTICS: Final = ("mean", "rms", "min", "max")
 
-    def index(seq: Sequence[CallInfo], taken: set[int]) -> dict[int, tuple[list[float], list[int]]]:
-        buckets: dict[int, list[tuple[float, int]]] = {}
+
+def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]) -> list[tuple[int, int]]:
+    """Mutually nearest pairs of outputs with equal element counts and nearly equal values.
+
+    Candidates are found through one sorted index per statistic: a partner within
+    :data:`ANCHOR_DISTANCE` is within it in every statistic, so the narrowest of the four windows
+    holds it. That keeps the search near O(n log n) where one statistic is the same for many calls
+    (every LayerNorm output has an RMS of 1, every ReLU output a minimum of 0).
+    """
+    Index = dict[int, dict[str, tuple[list[float], list[int]]]]
+
+    def index(seq: Sequence[CallInfo], taken: set[int]) -> Index:
+        buckets: dict[int, list[int]] = {}
         for i, info in enumerate(seq):
             out = info.output
-            if i in taken or out is None or out.count is None or out.rms is None:
+            if i in taken or out is None or out.count is None or any(getattr(out, k) is None for k in _STATISTICS):
                 continue
-            buckets.setdefault(out.count, []).append((out.rms, i))
-        return {count: ([v for v, _ in sorted(items)], [i for _, i in sorted(items)]) for count, items in buckets.items()}
+            buckets.setdefault(out.count, []).append(i)
+        found: Index = {}
+        for count, members in buckets.items():
+            found[count] = {}
+            for name in _STATISTICS:
+                ordered = sorted(members, key=lambda i: getattr(seq[i].output, name))
+                found[count][name] = ([getattr(seq[i].output, name) for i in ordered], ordered)
+        return found
 
-    def nearest(info: CallInfo, other: Sequence[CallInfo], buckets: dict[int, tuple[list[float], list[int]]]) -> int | None:
+    def nearest(info: CallInfo, other: Sequence[CallInfo], buckets: Index) -> int | None:
         out = info.output
-        if out is None or out.count is None or out.rms is None or out.count not in buckets:
+        if out is None or out.count not in buckets or out.rms is None:
             return None
-        keys, ids = buckets[out.count]
-        slack = ANCHOR_DISTANCE * max(out.rms, 1e-30) * 2
-        lo, hi = bisect.bisect_left(keys, out.rms - slack), bisect.bisect_right(keys, out.rms + slack)
+        slack = ANCHOR_DISTANCE * max(out.rms, 1e-30) * 2  # the distance divides by the larger RMS
+        windows = []
+        for name, (keys, ids) in buckets[out.count].items():
+            value = getattr(out, name)
+            if value is None:
+                return None
+            lo, hi = bisect.bisect_left(keys, value - slack), bisect.bisect_right(keys, value + slack)
+            windows.append((hi - lo, ids, lo, hi))
+        _, ids, lo, hi = min(windows, key=lambda w: w[0])
         close = []
         for k in ids[lo:hi]:
             distance = value_distance(out, other[k].output)
             if distance is not None and distance <= ANCHOR_DISTANCE:
                 close.append(k)
-        if len(close) != 1:
-            return None  # none, or ambiguous (a pass-through repeats its neighbour's values)
-        return close[0]
+                if len(close) > 1:
+                    return None  # ambiguous (a pass-through repeats its neighbour's values)
+        return close[0] if close else None
 
     index_a, index_b = index(seq_a, taken_a), index(seq_b, taken_b)
     pairs = []

@@ -133,7 +133,8 @@ def _pair_greedily(deleted: list[int], inserted: list[int], similarity: Callable
 
 
 def diff_sequences(
-    n: int, m: int, equal: Callable[[int, int], bool], similarity: Callable[[int, int], float]
+    n: int, m: int, equal: Callable[[int, int], bool], similarity: Callable[[int, int], float],
+    max_cells: int = PAIRING_CELLS,
 ) -> list[EditOp]:
     """Myers diff with a "modify" operation.
 
@@ -149,7 +150,7 @@ def diff_sequences(
         elif op.op == "insert":
             inserted.append(op.b)  # type: ignore[arg-type]
         else:
-            result.extend(pair_block(deleted, inserted, similarity))
+            result.extend(pair_block(deleted, inserted, similarity, max_cells))
             deleted, inserted = [], []
             if op.a is not None:
                 result.append(op)
