@@ -687,7 +687,9 @@ class _CallPhase:
             span_a = spans["a"].get(ca)
             wanted = None
             if span_a is not None and span_a[0] in partner_low and span_a[1] in partner_high:
-                wanted = (partner_low[span_a[0]], partner_high[span_a[1]])
+                # the calls inside may run in another order on B's side (a shortcut branch first)
+                inside = [k for k in range(span_a[0], span_a[1] + 1) if k in partner_low]
+                wanted = (min(partner_low[k] for k in inside), max(partner_high[k] for k in inside))
             given = node_pairs.get(ca)
             if given is not None and given[0] not in covered["b"] and given[0] not in position["b"] and (
                     given[1] != "structural" or wanted is None or spans["b"].get(given[0]) == wanted):

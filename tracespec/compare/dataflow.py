@@ -6,7 +6,7 @@ memory linear in the number of calls, so two runs of 10,000 calls align in about
 
 The unit is a *call*: one execution of a leaf module or op (a shared ``ReLU`` called twice is two
 calls). Each side's leaf calls form a sequence in execution order, and the two sequences are
-aligned in three passes:
+aligned in four passes:
 
 1. **Anchors.** Pairs that a layer map or equal routes fixed, then pairs whose outputs have the
    same number of elements and nearly the same values (mean, RMS, min, max within
@@ -16,7 +16,9 @@ aligned in three passes:
    maximises the total :func:`similarity` (op family, input and output shapes, parameter sizes,
    values), so an op present on one side only (a ``Linear`` realised as a functional ``matmul``,
    a layer the other side does not record) stays unmatched without shifting its neighbours.
-3. **Fusion.** A matched call whose partner also computes the unmatched calls next to it (a
+3. **Order.** What is left with unmistakable values (anchor quality) pairs up even against the
+   order: parallel branches (a residual shortcut) may run before or after the main path.
+4. **Fusion.** A matched call whose partner also computes the unmatched calls next to it (a
    ``BatchNorm`` folded into the preceding ``Conv`` by an exporter, a ``Dropout`` that is the
    identity in eval mode) becomes a group compared at the group's boundary: the first member's
    inputs and the last member's outputs.
@@ -60,6 +62,10 @@ aligned greedily, in order, each call of A with the next similar call of B withi
 FOLDABLE_FAMILIES: Final = frozenset({"batchnorm"}) | PASS_THROUGH_FAMILIES
 """Families an exporter or a port may fold into the call before them: a batch norm in eval mode
 into the preceding convolution or linear layer, a pass-through into anything."""
+
+FOLD_EVIDENCE: Final = 1e-3
+"""A partner whose output is within this value distance of the call before a foldable op computes
+that call alone: the op is missing on its side, not folded (a port that forgot a batch norm)."""
 
 FOLDS_INTO: Final = frozenset({"conv", "linear", "matmul", "convtranspose"})
 """Families that absorb a following batch norm."""
@@ -298,7 +304,7 @@ def _longest_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return chain
 
 
-def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: range, cols: range) -> list[tuple[int, int]]:
+def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: list[int], cols: list[int]) -> list[tuple[int, int]]:
     """Pairs between ``rows`` of A and ``cols`` of B maximising total similarity, in order."""
     if not rows or not cols:
         return []
@@ -307,7 +313,7 @@ def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: range
         value = similarity(seq_a[i], seq_b[j])
         return value if value >= MIN_SIMILARITY else 0.0
 
-    ops = pair_block(list(rows), list(cols), score, max_cells=DP_CELLS)
+    ops = pair_block(rows, cols, score, max_cells=DP_CELLS)
     return [(op.a, op.b) for op in ops if op.a is not None and op.b is not None]
 
 
@@ -354,9 +360,11 @@ def _absorbs(core: CallInfo, last: CallInfo, folded: CallInfo, fused: CallInfo) 
         return False  # the group's boundary would not be the partner's (a Flatten after a pool)
     to_last = value_distance(last.output, fused.output)
     to_folded = value_distance(folded.output, fused.output)
-    if to_last is None or to_folded is None:
-        return True  # no values to decide by: the family rule alone
-    return to_folded <= to_last
+    if to_last is None or to_folded is None or to_folded <= to_last:
+        return True  # the values agree, or cannot say: the family rule alone
+    # closer to the call before the fold: that is what the partner computes, unless it differs from
+    # both (a divergence inside the fused op), where the family rule decides again
+    return to_last > FOLD_EVIDENCE
 
 
 def align_call_sequences(
@@ -365,10 +373,11 @@ def align_call_sequences(
     anchors: Iterable[tuple[int, int, str]] = (),
 ) -> list[Pairing]:
     """Align two leaf-call sequences (see the module docstring). ``anchors`` are (i, j, method)
-    pairs fixed beforehand (layer map, equal routes); a given anchor that crosses another is dropped."""
+    pairs fixed beforehand (layer map, equal routes): all are kept, and the longest chain of them
+    in order on both sides bounds the gaps."""
     given = {(i, j): method for i, j, method in anchors}
+    fixed_a, fixed_b = {i for i, _ in given}, {j for _, j in given}
     chain = _longest_chain(list(given))
-    fixed_a, fixed_b = {i for i, _ in chain}, {j for _, j in chain}
     chain_a = [i for i, _ in chain]
     chain_b = [j for _, j in chain]
 
@@ -379,14 +388,18 @@ def align_call_sequences(
         return low_ok and high_ok
 
     values = [p for p in _value_anchors(seq_a, seq_b, fixed_a, fixed_b) if between_given(*p)]
-    methods = dict(given)
-    anchored = sorted(chain + _longest_chain(values))
-    anchored = _longest_chain(anchored)
-    pairs: list[tuple[int, int]] = []
+    anchored = _longest_chain(sorted(chain + _longest_chain(values)))
+    pairs: list[tuple[int, int]] = [p for p in given if p not in set(anchored)]
+    taken_a, taken_b = fixed_a, fixed_b
     previous = (-1, -1)
     for i, j in [*anchored, (len(seq_a), len(seq_b))]:
-        pairs += _align_gap(seq_a, seq_b, range(previous[0] + 1, i), range(previous[1] + 1, j))
+        rows = [k for k in range(previous[0] + 1, i) if k not in taken_a]
+        cols = [k for k in range(previous[1] + 1, j) if k not in taken_b]
+        pairs += _align_gap(seq_a, seq_b, rows, cols)
         if i < len(seq_a):
             pairs.append((i, j))
         previous = (i, j)
-    return _fold(seq_a, seq_b, pairs, methods)
+    # branches computed in another order (a residual shortcut before or after the main path): what
+    # is left whose values are unmistakable pairs up across the order
+    pairs += _value_anchors(seq_a, seq_b, {i for i, _ in pairs}, {j for _, j in pairs})
+    return _fold(seq_a, seq_b, sorted(pairs), given)
