@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import tracespec
 from test_compare import cnn_ports
 from tracespec.cli import cli
+from tracespec.compare import validate_verdict
 from tracespec.compare.dataflow import CallInfo, ValueSignature, _longest_chain, align_call_sequences, value_distance
 from tracespec.compare.families import op_family
 
@@ -83,6 +84,7 @@ def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict
                n["b"]["routes"] == ["layer2.layer2.0.downsample.downsample.0.Conv"] for n in fused)
     # a folded group is compared at its boundary only: never its convolution's output nor its weights
     assert all(r["role"] in ("input", "output") and r["slot"] == "0" for n in fused for r in n["records"])
+    validate_verdict(verdict.to_json())  # groups, alignment methods and call coverage are in the schema
 
 
 def test_a_bug_folded_into_a_fused_convolution_names_the_group(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ class UnitResult:
     evidence: str | None = None
     method: str | None = None
     """How the unit's calls were aligned: layer_map, exact, structural, dataflow or fused."""
+    b_call: int | None = None
+    """B's call, where it is not A's (a shared module's second call against another module)."""
     a_routes: tuple[str, ...] = ()
     b_routes: tuple[str, ...] = ()
     """The members of a group compared at its boundary (a fused Conv + BatchNorm); empty for one call."""
@@ -108,6 +110,8 @@ class UnitResult:
         route, class_name, routes = ((self.a_route, self.a_class, self.a_routes) if side == "a"
                                      else (self.b_route, self.b_class, self.b_routes))
         doc: dict[str, Any] = {"route": route, "class_name": class_name}
+        if side == "b" and self.b_call is not None and self.b_call != self.call:
+            doc["call"] = self.b_call
         if self.a_routes or self.b_routes:
             doc["routes"] = list(routes) or [route]
         return doc

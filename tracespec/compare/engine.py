@@ -305,6 +305,7 @@ class _RankComparison:
             # others only pass values through
             name_a, name_b = (a_first, b_first) if match.params else (a_last, b_last)
             unit = self._unit(step, stage, name_a[0], name_b[0], name_a[1], begin, c.end, match)
+            unit.b_call = name_b[1]
             node_a, node_b = (a_first[0], None), (b_first[0], None)
             if stage == "forward":
                 unit.upstream = self._results(step, stage, a_first, b_first, ("input",), match.transforms)

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import pyarrow.compute as pc
 
+from tracespec.compare.align import LOW_COVERAGE
 from tracespec.report.elementwise import ElementwiseError, elementwise_error
 from tracespec.report.page import render_page
 from tracespec.report.svg import PALETTE, Series, heatmap, histogram, line_plot
@@ -291,7 +292,8 @@ def _elementwise_section(verdict: Mapping[str, Any], culprit: Mapping[str, Any] 
     stage, step = str(culprit.get("stage")), int(culprit.get("step", 0))
     role, slot, call = str(record.get("role")), str(record.get("slot")), record.get("call")
     found_a = _find_array(trace_a, str(_route_of(culprit.get("a"))), stage, step, role, slot, call)
-    found_b = _find_array(trace_b, str(_route_of(culprit.get("b"))), stage, step, role, slot, call)
+    call_b = (culprit.get("b") or {}).get("call", call) if call is not None else None
+    found_b = _find_array(trace_b, str(_route_of(culprit.get("b"))), stage, step, role, slot, call_b)
     what = f"{role}[{slot}]" + (f" call {call}" if call is not None else "")
     if found_a is None or found_b is None:
         return (f'<section><h2>Element-wise error of the culprit</h2><p class="note">{escape(what)}: one of '
@@ -375,6 +377,15 @@ def _summary(verdict: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append((side.upper(), text))
     coverage = verdict.get("coverage")
     if isinstance(coverage, Mapping):
+        ranks = coverage.get("ranks")
+        for rank, doc in (ranks.items() if isinstance(ranks, Mapping) else ()):
+            calls = doc.get("calls") if isinstance(doc, Mapping) else None
+            if isinstance(calls, Mapping):
+                methods = calls.get("by_method") if isinstance(calls.get("by_method"), Mapping) else {}
+                low = " — LOW COVERAGE: the verdict says nothing about the rest" if (calls.get("fraction_a") or 0) < LOW_COVERAGE else ""
+                rows.append((f"rank {rank} calls", f"compared {calls.get('compared_a')} of {calls.get('leaf_a')} leaf calls of A "
+                             f"({_fmt((calls.get('fraction_a') or 0) * 100)}%), {calls.get('compared_b')} of {calls.get('leaf_b')} of B; "
+                             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in methods.items() if v) + low))
         rows.append(("coverage", ", ".join(f"{k} {_fmt(v)}" for k, v in coverage.items()
                                            if not isinstance(v, (Mapping, list)))))
     tolerances = verdict.get("tolerances")
