@@ -3,8 +3,8 @@
 - :func:`flat_port`: what converters generate (X2Paddle, onnx2torch): one flat module, layers named
   after their op and numbered (``conv2d3``, ``batchnorm3``, ``relu5``), a ReLU module per call where
   the original shares one, and the final Linear as a functional ``matmul`` + ``add``;
-- :func:`record_onnx_export`: the model exported by the TorchScript exporter at its defaults (batch
-  norms folded into the convolutions in eval mode) and run in ONNX Runtime.
+- :func:`record_onnx_export`: the model exported by either exporter at its defaults (batch norms
+  folded into the convolutions in eval mode) and run in ONNX Runtime.
 
 The real tools' output is tested in ``test_real_ports.py``; these are small and fast, for the
 mechanisms.
@@ -132,11 +132,12 @@ def record(model: nn.Module, path: Path) -> Path:
     return path
 
 
-def record_onnx_export(net: Net, path: Path) -> Path:
-    """``net`` exported by the TorchScript exporter with its defaults, run in ONNX Runtime."""
+def record_onnx_export(net: Net, path: Path, dynamo: bool = False) -> Path:
+    """``net`` exported with the exporter's defaults, the TorchScript one (``dynamo=False``) or the
+    torch.export-based one, run in ONNX Runtime."""
     onnx_file = path.with_suffix(".onnx")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
-        torch.onnx.export(net, (inputs(),), onnx_file, input_names=["x"], dynamo=False)
+        warnings.simplefilter("ignore")  # the exporters' own deprecation notes (the legacy one is used on purpose)
+        torch.onnx.export(net, (inputs(),), onnx_file, input_names=["x"], dynamo=dynamo)
     tracespec.record_onnx(onnx_file, {"x": inputs().numpy()}, path, capture="full")
     return path

@@ -27,6 +27,7 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for bug in (None, "eps", "weight"):
         found[f"flat_{bug}"] = cnn_ports.record(cnn_ports.flat_port(net, bug), folder / f"flat_{bug}")
     found["onnx"] = cnn_ports.record_onnx_export(net, folder / "onnx")
+    found["onnx_dynamo"] = cnn_ports.record_onnx_export(net, folder / "onnx_dynamo", dynamo=True)
     return found
 
 
@@ -73,15 +74,22 @@ def test_a_bug_in_a_flat_port_is_named_at_its_leaf_on_both_sides(traces: dict[st
     assert {"", culprit_a.rsplit(".", 2)[0]} <= contains
 
 
-def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict[str, Path]) -> None:
-    verdict = tracespec.compare(traces["a"], traces["onnx"])
+@pytest.mark.parametrize(("export", "shortcut"), [
+    # the TorchScript exporter names the shortcut's module twice: no route is shared
+    ("onnx", "layer2.layer2.0.downsample.downsample.0.Conv"),
+    # the torch.export-based one keeps routes, but puts the folded Conv in the batch norm's scope, and
+    # records one call of the shared ReLU for two
+    ("onnx_dynamo", "layer2.0.downsample.1"),
+])
+def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict[str, Path], export: str,
+                                                                     shortcut: str) -> None:
+    verdict = tracespec.compare(traces["a"], traces[export])
     assert verdict.status == "pass", verdict.first_divergence
     calls = _calls(verdict)
     assert calls["fraction_a"] == 1.0 and calls["by_method"]["fused"] >= 20
     fused = [n for n in verdict.nodes if n["alignment"] == "fused" and n["stage"] == "forward"]
-    # ONNX names the shortcut's module twice ("layer2.layer2.0.downsample.downsample.0"): no route is shared
     assert any(n["a"]["routes"] == ["layer2.0.downsample.0", "layer2.0.downsample.1"] and
-               n["b"]["routes"] == ["layer2.layer2.0.downsample.downsample.0.Conv"] for n in fused)
+               n["b"]["routes"] == [shortcut] for n in fused)
     # a folded group is compared at its boundary only: never its convolution's output nor its weights
     assert all(r["role"] in ("input", "output") and r["slot"] == "0" for n in fused for r in n["records"])
     validate_verdict(verdict.to_json())  # groups, alignment methods and call coverage are in the schema

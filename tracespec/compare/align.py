@@ -502,7 +502,8 @@ class _CallPhase:
         self.aligner = aligner
         self.va, self.vb = aligner.va, aligner.vb
         self.calls = {"a": self._forward_calls(self.va), "b": self._forward_calls(self.vb)}
-        self.parent = {side: _call_parents(calls) for side, calls in self.calls.items()}
+        self.parent = {side: _call_parents(calls, view) for side, calls, view in
+                       (("a", self.calls["a"], self.va), ("b", self.calls["b"], self.vb))}
         self.leaf = {side: set(calls) - {p for p in self.parent[side].values() if p is not None}
                      for side, calls in self.calls.items()}
         self.accounted: set[tuple[str, int]] = set()
@@ -524,7 +525,11 @@ class _CallPhase:
                 by_node[side].setdefault(ref[0], []).append(ref)
         pairs = {}
         for match in self.aligner.matches.values():
-            for ca, cb in zip(by_node["a"].get(match.a, []), by_node["b"].get(match.b, [])):
+            calls_a, calls_b = by_node["a"].get(match.a, []), by_node["b"].get(match.b, [])
+            if len(calls_a) != len(calls_b):
+                # not call for call: an ONNX module records one call for a PyTorch module called twice
+                continue
+            for ca, cb in zip(calls_a, calls_b):
                 pairs[ca] = (cb, match.method)
         return pairs
 
@@ -780,14 +785,24 @@ class _CallPhase:
         return repr(view.nodes[seq[index][0]].route or "(root)")
 
 
-def _call_parents(calls: dict[CallRef, Call]) -> dict[CallRef, CallRef | None]:
-    """The innermost call enclosing each call (calls nest: a module's call encloses its children's)."""
+def _call_parents(calls: dict[CallRef, Call], view: RankView) -> dict[CallRef, CallRef | None]:
+    """The innermost call enclosing each call: its interval holds the call's, and its node is an
+    ancestor of the call's node (an ONNX module whose ops are not contiguous records one interval
+    that spans other modules' ops, which are not inside it)."""
+    ancestors: dict[int, set[int]] = {}
+
+    def holds(outer: int, inner: int) -> bool:
+        if inner not in ancestors:
+            ancestors[inner] = set(view.ancestors(inner))
+        return outer in ancestors[inner]
+
     parents: dict[CallRef, CallRef | None] = {}
     stack: list[tuple[CallRef, Call]] = []
     for ref, call in calls.items():  # in begin order
         while stack and stack[-1][1].end < call.begin:
             stack.pop()
-        parents[ref] = stack[-1][0] if stack and stack[-1][1].begin < call.begin and call.end < stack[-1][1].end else None
+        parents[ref] = next((outer for outer, span in reversed(stack)
+                             if span.begin < call.begin and call.end < span.end and holds(outer[0], ref[0])), None)
         stack.append((ref, call))
     return parents
 
