@@ -319,7 +319,11 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         if first["b"]["route"] != first["a"]["route"]:
             out.append(f"  in B: {first['b']['route']} ({first['b']['class_name']})")
         if first["record"]:
-            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'], verdict.tolerances)}")
+            mismatch = first.get("mismatch")
+            measured = (f"shape {mismatch['shape']['a']} {mismatch['dtype']['a']} in A, "
+                        f"{mismatch['shape']['b']} {mismatch['dtype']['b']} in B") if mismatch else \
+                _metrics_line(first["metrics"], verdict.tolerances)
+            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {measured}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
         out.append("")

@@ -26,6 +26,7 @@ from tracespec.compare.diagnose import (
     next_step_hint,
 )
 from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays
+from tracespec.compare.noise import ROLE_GROUPS, ScopeScales, record_rms
 from tracespec.compare.tolerance import ELEMENT_SLACK, MODES, Tolerance, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
@@ -75,12 +76,13 @@ class _Comparer:
     """Compares record pairs of one rank, remembering the array pairs already judged."""
 
     def __init__(self, trace_a: Trace, trace_b: Trace, rank: int, policy: TolerancePolicy,
-                 trust_hashes: bool, progress: Callable[[int], None]) -> None:
+                 trust_hashes: bool, progress: Callable[[int], None], scopes: ScopeScales) -> None:
         self.ta, self.tb, self.rank = trace_a, trace_b, rank
         self.policy = policy
+        self.scopes = scopes
         self.trust_hashes = trust_hashes
         self.progress = progress
-        self.judged: dict[tuple[Any, ...], tuple[Metrics, str]] = {}
+        self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any]]] = {}
         self.dtypes: set[str] = set()
 
     def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
@@ -98,7 +100,8 @@ class _Comparer:
                 if ra.value != rb.value:
                     result.note = f"non-tensor values differ: A {ra.value} vs B {rb.value} (not counted)"
             else:
-                result.note = "a tensor on one side, a non-tensor value on the other"
+                tensor_side, value_side, value = ("A", "B", rb.value) if ra.dtype is not None else ("B", "A", ra.value)
+                result.note = f"a tensor in {tensor_side}, a non-tensor value in {value_side} ({value})"
             return result
         self.dtypes.update((ra.dtype, rb.dtype))
         shape_b = rb.shape if transform is None or rb.shape is None else transform.apply_shape(rb.shape)
@@ -106,6 +109,8 @@ class _Comparer:
             result.status = "diverged"
             result.note = f"shapes differ: A {list(ra.shape or [])} vs B {list(rb.shape or [])}" + (
                 f" ({result.transform} applied to B)" if transform else "")
+            result.mismatch = {"kind": "shape", "shape": {"a": result.shape_a, "b": result.shape_b},
+                               "dtype": {"a": ra.dtype, "b": rb.dtype}}
             return result
         # A tensor shared by several records (a module's output is the next one's input) is
         # judged once, under the tolerance of the first node in execution order that records it,
@@ -115,16 +120,32 @@ class _Comparer:
         if judged is None:
             mode = self.policy.mode_for(route)
             tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
-            own = _reference_rms(ra)
-            scale = max(own, typical_rms or 0.0) if own is not None else typical_rms
+            scale, noise = self._scale(ra, typical_rms)
             metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
-            judged = (metrics, "skipped" if metrics.kind == "none" else _judge(metrics, mode, tolerance))
+            judged = (metrics, "skipped" if metrics.kind == "none" else _judge(metrics, mode, tolerance), noise)
             if key is not None:
                 self.judged[key] = judged
-        result.metrics, result.status = judged
+        result.metrics, result.status, result.noise = judged
         if result.metrics.kind == "none":
             result.note = result.metrics.note
         return result
+
+    def _scale(self, ra: Record, typical_rms: float | None) -> tuple[float | None, dict[str, Any]]:
+        """The scale of A's tensor (docs/diff.md, Tolerances) and where it came from: the tensor's
+        own RMS, its peers' median, or (gradients) the RMS of an enclosing scope's gradients."""
+        candidates: list[tuple[float, dict[str, Any]]] = []
+        own = record_rms(ra)
+        if own is not None:
+            candidates.append((own, {"scale_from": "tensor"}))
+        if typical_rms is not None:
+            candidates.append((typical_rms, {"scale_from": "peers"}))
+        scope = self.scopes.scope(ra)
+        if scope is not None:
+            candidates.append((scope[0], {"scale_from": "scope", "scope": scope[1]}))
+        if not candidates:
+            return None, {}
+        scale, source = max(candidates, key=lambda c: c[0])
+        return scale, {"scale": scale, **source}
 
     def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any, scale: float | None) -> Metrics:
         both_hash = ra.hash is not None and rb.hash is not None
@@ -157,14 +178,6 @@ class _Comparer:
         return metrics
 
 
-ROLE_GROUPS: Final = {
-    "input": "activation", "output": "activation", "parameter": "parameter", "buffer": "parameter",
-    "grad_output": "gradient", "grad_input": "gradient", "parameter_grad": "parameter_grad",
-    "optimizer_state": "optimizer_state",
-}
-"""Tensors of one group and (step, stage) share a typical magnitude (see :func:`typical_rms`)."""
-
-
 def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
     """The median RMS of A's tensors per (stage, role group) in ``step``, from recorded statistics.
 
@@ -177,7 +190,7 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
         if record_step != step:
             continue
         for record in records:
-            rms = _reference_rms(record)
+            rms = record_rms(record)
             if rms is not None and rms > 0:
                 found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
     return {key: float(np.median(values)) for key, values in found.items()}
@@ -202,14 +215,6 @@ def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ..
     if ra.array is not None and rb.array is not None:
         return (ra.array, rb.array, transform)
     return None
-
-
-def _reference_rms(record: Record) -> float | None:
-    stats = record.stats
-    if stats is None or stats.l2 is None:
-        return None
-    finite = stats.count - stats.nan_count - stats.inf_count
-    return stats.l2 / finite**0.5 if finite > 0 else None
 
 
 def _judge(metrics: Metrics, mode: str, tolerance: Tolerance) -> str:
@@ -403,7 +408,7 @@ def compare_traces(
         view_b = RankView(trace_b, rank, chosen_steps)
         alignment = align_trees(view_a, view_b, layer_map)
         alignments[rank] = alignment
-        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance)
+        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a))
         ranked = _RankComparison(view_a, view_b, alignment, selection, comparer)
         for step in chosen_steps:
             earlier: dict[tuple[str, int, int | None], UnitResult] = {}
@@ -466,7 +471,7 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
     coverage.update(counts)
     first = None
     if culprit is not None:
-        worst = culprit.worst_output()
+        worst = culprit.evidence_record()
         first = {
             "step": culprit.step, "rank": culprit.rank, "stage": culprit.stage,
             "kind": "introduced" if culprit.divergence == "introduced" else "inherited",
@@ -475,6 +480,7 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
             "b": {"route": culprit.b_route, "class_name": culprit.b_class},
             "record": {"role": worst.role, "slot": worst.slot} if worst is not None else None,
             "metrics": worst.metrics.to_json() if worst is not None and worst.metrics is not None else None,
+            "mismatch": worst.mismatch if worst is not None else None,
             "evidence": culprit.evidence,
         }
     worst_units = sorted(diverged, key=lambda u: (-(u.worst_output().badness if u.worst_output() else 0.0), units.index(u)))
