@@ -286,6 +286,23 @@ def _growth_lines(verdict: Verdict) -> list[str]:
     return lines
 
 
+def _benign_lines(verdict: Verdict) -> list[str]:
+    """Kink flips and what inherited them: passed, but never silently."""
+    kinks = [b for b in verdict.benign if b["kind"] == "kinks"]
+    inherited = [b for b in verdict.benign if b["kind"] == "inherited"]
+    if not verdict.benign:
+        return []
+    lines = ["Benign differences (passed; see 'benign' in --json):"]
+    for item in kinks:
+        lines.append(f"  {item['stage']} {item['route'] or '(root)'} ({item['class_name']}) {item['role']}[{item['slot']}]: "
+                     f"{item['count']} kink flip(s) where {item['where']}")
+    if inherited:
+        worst = max(inherited, key=lambda b: b["rel_rmse"])
+        lines.append(f"  {len(inherited)} tensor(s) inherited them (worst rel RMSE {_num(worst['rel_rmse'])} at "
+                     f"{worst['route'] or '(root)'} {worst['role']}[{worst['slot']}])")
+    return lines
+
+
 def render_report(verdict: Verdict, top: int = 5) -> str:
     """The terminal report of a verdict (what ``tracespec diff`` prints)."""
     out: list[str] = []
@@ -341,6 +358,10 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append("")
         out.append("Error growth (forward; RMSE / RMS of each layer's output, log scale):")
         out.extend(growth)
+    benign = _benign_lines(verdict)
+    if benign:
+        out.append("")
+        out.extend(benign)
     tol = verdict.tolerances
     by_dtype = "; ".join(_dtype_tolerance(d, t, tol["mode"]) for d, t in tol["by_dtype"].items())
     out.append("")

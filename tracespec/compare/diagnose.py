@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tracespec.compare.metrics import Metrics
+from tracespec.compare.view import Record
 
 __all__ = ["RecordResult", "UnitResult", "classify_units", "error_growth", "first_divergence", "next_step_hint"]
 
@@ -47,6 +48,10 @@ class RecordResult:
     """Why the pair could not be measured: ``{kind: "shape", shape: {a, b}, dtype: {a, b}}``."""
     noise: dict[str, Any] = field(default_factory=dict)
     """How the noise floor was set (``scale``, ``scale_from``...) and what was explained as benign."""
+    sources: tuple[Record, Record, Any] | None = field(default=None, repr=False, compare=False)
+    """The records of A and B and B's transform, for a second look at the data (kinks)."""
+    shared: list[RecordResult] = field(default_factory=list, repr=False, compare=False)
+    """Every result of the same tensor pair (this one included): judged once, re-judged together."""
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -158,6 +163,8 @@ def _describe(record: RecordResult) -> str:
     if record.mismatch is not None:
         shapes, dtypes = record.mismatch["shape"], record.mismatch["dtype"]
         return f"{name} (shape {shapes['a']} {dtypes['a']} in A, {shapes['b']} {dtypes['b']} in B)"
+    if isinstance(record.noise.get("kinks"), str):
+        return f"{name} (kink flips {record.noise['kinks']})"
     return name
 
 

@@ -25,9 +25,10 @@ from tracespec.compare.diagnose import (
     first_divergence,
     next_step_hint,
 )
-from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays
+from tracespec.compare.kinks import BenignExplainer, benign_differences
+from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays, judge
 from tracespec.compare.noise import ROLE_GROUPS, ScopeScales, record_rms
-from tracespec.compare.tolerance import ELEMENT_SLACK, MODES, Tolerance, TolerancePolicy
+from tracespec.compare.tolerance import MODES, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import TableMismatchError, UsageError
@@ -80,9 +81,10 @@ class _Comparer:
         self.ta, self.tb, self.rank = trace_a, trace_b, rank
         self.policy = policy
         self.scopes = scopes
+        self.benign = BenignExplainer(self.read_pair, policy)
         self.trust_hashes = trust_hashes
         self.progress = progress
-        self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any]]] = {}
+        self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any], list[RecordResult]]] = {}
         self.dtypes: set[str] = set()
 
     def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
@@ -122,10 +124,12 @@ class _Comparer:
             tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
             scale, noise = self._scale(ra, typical_rms)
             metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
-            judged = (metrics, "skipped" if metrics.kind == "none" else _judge(metrics, mode, tolerance), noise)
+            judged = (metrics, "skipped" if metrics.kind == "none" else judge(metrics, mode, tolerance), noise, [])
             if key is not None:
                 self.judged[key] = judged
-        result.metrics, result.status, result.noise = judged
+        result.metrics, result.status, result.noise, result.shared = judged
+        result.shared.append(result)
+        result.sources = (ra, rb, transform)
         if result.metrics.kind == "none":
             result.note = result.metrics.note
         return result
@@ -169,13 +173,16 @@ class _Comparer:
 
     def _read_and(self, ra: Record, rb: Record, transform: Any,
                   measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
-        a = _read_checked(self.ta, self.rank, ra, "A")
-        b = _read_checked(self.tb, self.rank, rb, "B")
-        if transform is not None:
-            b = transform.apply(b)
+        a, b = self.read_pair(ra, rb, transform)
         metrics = measure(a, b)
         self.progress(a.nbytes + b.nbytes)
         return metrics
+
+    def read_pair(self, ra: Record, rb: Record, transform: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The data of A's and B's record, B brought into A's layout."""
+        a = _read_checked(self.ta, self.rank, ra, "A")
+        b = _read_checked(self.tb, self.rank, rb, "B")
+        return a, (transform.apply(b) if transform is not None else b)
 
 
 def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
@@ -215,24 +222,6 @@ def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ..
     if ra.array is not None and rb.array is not None:
         return (ra.array, rb.array, transform)
     return None
-
-
-def _judge(metrics: Metrics, mode: str, tolerance: Tolerance) -> str:
-    if metrics.identical:
-        return "pass"
-    if metrics.kind == "hash":
-        return "diverged"
-    agree = metrics.nan_agree and metrics.inf_agree
-    if metrics.kind == "stats":
-        within = metrics.tolerance_ratio is not None and metrics.tolerance_ratio <= 1.0
-    elif mode == "mean":
-        bound = tolerance.atol_for(metrics.reference_rms) + tolerance.rtol * (metrics.reference_mean_abs or 0.0)
-        within = (metrics.mean_abs or 0.0) <= bound
-    elif mode == "norm":
-        within = (metrics.rel_rmse or 0.0) <= tolerance.rel_rmse and (metrics.tolerance_ratio or 0.0) <= ELEMENT_SLACK
-    else:
-        within = metrics.mismatched == 0
-    return "pass_within_tolerance" if within and agree else "diverged"
 
 
 class _RankComparison:
@@ -307,6 +296,7 @@ class _RankComparison:
             if unit.outputs:
                 units.append(unit)
                 earlier[(stage, a, None)] = unit
+        self.comparer.benign.explain(units)  # kink flips and what they explain: benign, before diagnosis
         classify_units(units)
         return units
 
@@ -513,4 +503,5 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
         error_growth=error_growth(units),
         unmatched=unmatched,
         hint=next_step_hint(culprit, identical, len(unmatched)),
+        benign=benign_differences(units),
     )
