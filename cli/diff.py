@@ -95,13 +95,16 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--route", "routes", multiple=True, metavar="GLOB", help="Compare only nodes whose A route matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip nodes whose A route matches (repeatable).")
 @click.option("--layer-map", type=click.Path(dir_okay=False, path_type=str), help="YAML/JSON file mapping A's routes to B's (docs/diff.md).")
+@click.option("--baseline", metavar="A2", type=click.Path(path_type=str),
+              help="A second recording of A's run with a harmless change (other thread count, device or run): each "
+                   "tensor may differ from A by up to 4x what A2 differs (its noise floor, measured).")
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
          rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
-         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, read_all: bool, top: int,
+         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, baseline: str | None, read_all: bool, top: int,
          progress: bool | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
@@ -117,6 +120,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
       tracespec diff runs/ref runs/new --stage forward --route 'blocks.*' --json verdict.json
       tracespec diff runs/torch runs/paddle --html report.html
       tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
+      tracespec diff runs/gpu runs/port --baseline runs/gpu_again    # GPU non-determinism as the noise floor
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
     A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
@@ -149,7 +153,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
                 verdict = compare_traces(
                     a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
                     steps=steps or None, ranks=ranks or None, stages=stages or None,
-                    routes=routes, exclude=exclude, layer_map=layer_map,
+                    routes=routes, exclude=exclude, layer_map=layer_map, baseline=baseline,
                     trust_hashes=not read_all, progress=update,
                 )
             except UsageError as exc:
@@ -368,6 +372,10 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     slack = f" (each element within ×{tol['element_slack']:g} rtol/atol)" if tol["mode"] == "norm" else ""
     out.append(f"Tolerances: mode {tol['mode']}{slack}" + (f"; {by_dtype}" if by_dtype else "") +
                (f"; {len(tol['overrides'])} route override(s)" if tol["overrides"] else ""))
+    if tol.get("baseline"):
+        base = tol["baseline"]
+        out.append(f"Baseline {base['path']}: {base['records']} tensor(s) allowed up to ×{base['factor']:g} "
+                   "their measured noise |A - A2| (the 'baseline' of each record in --json)")
     if verdict.unmatched:
         out.append(f"Unmatched nodes: {len(verdict.unmatched)}")
         for item in verdict.unmatched[:5]:

@@ -17,6 +17,7 @@ from typing import Any, Final
 import numpy as np
 
 from tracespec.compare.align import Alignment, LayerMap, align_trees, load_layer_map, pair_records, transform_for
+from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.diagnose import (
     RecordResult,
     UnitResult,
@@ -77,10 +78,12 @@ class _Comparer:
     """Compares record pairs of one rank, remembering the array pairs already judged."""
 
     def __init__(self, trace_a: Trace, trace_b: Trace, rank: int, policy: TolerancePolicy,
-                 trust_hashes: bool, progress: Callable[[int], None], scopes: ScopeScales) -> None:
+                 trust_hashes: bool, progress: Callable[[int], None], scopes: ScopeScales,
+                 baseline: Baseline | None) -> None:
         self.ta, self.tb, self.rank = trace_a, trace_b, rank
         self.policy = policy
         self.scopes = scopes
+        self.baseline = baseline
         self.benign = BenignExplainer(self.read_pair, policy)
         self.trust_hashes = trust_hashes
         self.progress = progress
@@ -123,6 +126,11 @@ class _Comparer:
             mode = self.policy.mode_for(route)
             tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
             scale, noise = self._scale(ra, typical_rms)
+            if self.baseline is not None and ra.array is not None and mode in ("norm", "strict", "mean"):
+                tolerance, measured = self.baseline.widen(
+                    ra, _read_checked(self.ta, self.rank, ra, "A"), tolerance, scale, mode)
+                if measured is not None:
+                    noise["baseline"] = measured
             metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
             judged = (metrics, "skipped" if metrics.kind == "none" else judge(metrics, mode, tolerance), noise, [])
             if key is not None:
@@ -330,6 +338,7 @@ def compare_traces(
     layer_map: LayerMap | str | os.PathLike[str] | None = None,
     trust_hashes: bool = True,
     progress: Progress | None = None,
+    baseline: Trace | str | os.PathLike[str] | None = None,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -359,6 +368,10 @@ def compare_traces(
         Treat records with equal content hashes as identical without reading their data.
     progress:
         Called as data is compared, with (bytes done, bytes in all).
+    baseline:
+        A second recording of A's side with a harmless change (another thread count, device or
+        run): each record's tolerance widens to the noise ``|A - baseline|`` shows
+        (:mod:`tracespec.compare.baseline`).
 
     Returns
     -------
@@ -375,6 +388,7 @@ def compare_traces(
     if layer_map is not None and not isinstance(layer_map, LayerMap):
         layer_map = load_layer_map(layer_map)
     trace_a, trace_b = _open(a), _open(b)
+    trace_a2 = open_baseline(baseline) if baseline is not None else None
     chosen_ranks = _select(ranks, trace_a.ranks, trace_b.ranks, "rank(s)")
     chosen_steps = _select(steps, trace_a.steps, trace_b.steps, "step(s)")
     selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
@@ -393,12 +407,14 @@ def compare_traces(
     alignments: dict[int, Alignment] = {}
     counts = {"records_compared": 0, "records_only_a": 0, "records_only_b": 0}
     dtypes: set[str] = set()
+    baseline_records = 0
     for rank in chosen_ranks:
         view_a = RankView(trace_a, rank, chosen_steps)
         view_b = RankView(trace_b, rank, chosen_steps)
         alignment = align_trees(view_a, view_b, layer_map)
         alignments[rank] = alignment
-        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a))
+        noise_baseline = Baseline(trace_a2, rank, chosen_steps, view_a) if trace_a2 is not None else None
+        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
         ranked = _RankComparison(view_a, view_b, alignment, selection, comparer)
         for step in chosen_steps:
             earlier: dict[tuple[str, int, int | None], UnitResult] = {}
@@ -408,12 +424,17 @@ def compare_traces(
         counts["records_only_a"] += ranked.unpaired_records["a"]
         counts["records_only_b"] += ranked.unpaired_records["b"]
         dtypes |= comparer.dtypes
+        if noise_baseline is not None:
+            baseline_records += noise_baseline.used
     if progress is not None:
         progress(total, total)
     ordered = [groups[key] for key in sorted(groups, key=lambda k: (k[0], STAGE_ORDER.index(k[1])))]
     units = [u for group in ordered for u in group]
     culprit = first_divergence(ordered)
-    return _build_verdict(trace_a, trace_b, selection, policy, layer_map, alignments, units, culprit, counts, dtypes)
+    tolerances = policy.to_json(sorted(dtypes))
+    if trace_a2 is not None:
+        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": baseline_records}
+    return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, alignments, units, culprit, counts)
 
 
 def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mode: str) -> int:
@@ -441,9 +462,9 @@ def _describe_trace(trace: Trace) -> dict[str, Any]:
             "complete": trace.complete}
 
 
-def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy: TolerancePolicy,
+def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolerances: dict[str, Any],
                    layer_map: LayerMap | None, alignments: dict[int, Alignment], units: list[UnitResult],
-                   culprit: UnitResult | None, counts: dict[str, int], dtypes: set[str]) -> Verdict:
+                   culprit: UnitResult | None, counts: dict[str, int]) -> Verdict:
     diverged = [u for u in units if u.status == "diverged"]
     identical = bool(units) and all(u.status in ("pass", "skipped") for u in units)
     coverage: dict[str, Any] = {"ranks": {}}
@@ -491,7 +512,7 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
         selection={"steps": selection.steps, "ranks": selection.ranks, "stages": list(selection.stages),
                    "routes": list(selection.routes), "exclude": list(selection.exclude),
                    "layer_map": layer_map.to_json() if layer_map is not None else None},
-        tolerances=policy.to_json(sorted(dtypes)),
+        tolerances=tolerances,
         first_divergence=first,
         coverage=coverage,
         summary=summary,
