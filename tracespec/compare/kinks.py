@@ -53,7 +53,7 @@ are ties between input elements."""
 INHERITED_GAIN: Final = 8.0
 """How much larger a unit's relative error may be than the largest explained error it consumed.
 A node's backward maps its output gradient linearly; a few flipped elements grow by about the
-node's gain, measured at 3.1x on a correct CNN port (tests/test_compare/test_kinks.py), so 8 leaves
+node's gain, measured at 2.1x on a correct CNN port (tests/test_compare/test_kinks.py), so 8 leaves
 headroom while a bug of 8x the inherited error, or more, is still caught."""
 
 ReadPair = Callable[[Record, Record, Any], "tuple[np.ndarray, np.ndarray]"]

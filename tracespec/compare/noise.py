@@ -8,12 +8,15 @@ computed with. Where those terms cancel — analytically zero gradients such as 
 / dx``, or the bias of an attention key, which softmax ignores — the result is rounding noise of
 the size of the *terms*, not of the result: judging it against its own RMS (~1e-9) fails two
 correct runs. The terms are of the size of the gradients that flow through the module's enclosing
-scope, so a gradient's scale also includes the **scope RMS**: the RMS of every gradient of the
-same group (input/output gradients, or parameter gradients) recorded in the subtree of each of its
-ancestors, the largest of them (for parameter gradients, the gradient of the ancestor's whole
-parameter vector, which is what an optimizer consumes). Forward values are not widened: their
-magnitude is set by their own computation, and a forward bug of the size of a rounding error of
-a larger neighbour (a LayerNorm epsilon on small activations) must still fail.
+scope: the **scope RMS** is the RMS of every gradient of the same group (input/output gradients,
+or parameter gradients) recorded in the subtree of each of its ancestors, the largest of them (for
+parameter gradients, the gradient of the ancestor's whole parameter vector, which is what an
+optimizer consumes). A gradient whose own RMS is below :data:`CANCELLED_BELOW` times its scope RMS
+is a cancellation and is judged against the scope RMS; any other gradient keeps its own scale (a
+gradient of ordinary size is its own best measure: judging it against a larger scope would hide
+a wrong backward). Forward values are never widened: their magnitude is set by their own
+computation, and a forward bug of the size of a rounding error of a larger neighbour (a LayerNorm
+epsilon on small activations) must still fail.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Final
 
 from tracespec.compare.view import RankView, Record
 
-__all__ = ["ROLE_GROUPS", "SCOPED_GROUPS", "ScopeScales", "record_rms"]
+__all__ = ["CANCELLED_BELOW", "ROLE_GROUPS", "SCOPED_GROUPS", "ScopeScales", "record_rms"]
 
 ROLE_GROUPS: Final = {
     "input": "activation", "output": "activation", "parameter": "parameter", "buffer": "parameter",
@@ -33,7 +36,14 @@ ROLE_GROUPS: Final = {
 """Tensors of one group and (step, stage) share a typical magnitude (``engine.typical_rms``)."""
 
 SCOPED_GROUPS: Final = frozenset({"gradient", "parameter_grad"})
-"""Groups whose scale includes the scope RMS (gradients: sums whose terms may cancel)."""
+"""Groups whose scale may be the scope RMS (gradients: sums whose terms may cancel)."""
+
+CANCELLED_BELOW: Final = 1e-3
+"""A gradient more than 1000x smaller (RMS) than the gradients of its scope is a cancellation. In
+float32, rounding leaves cancellation noise at ~1e-7 of the terms and more (1e-9 against a scope
+of 6e-3 in PaDiff's LayerNorm block, 1e-8 against 0.1 for an attention key's bias), far below
+1e-3; a gradient that a bug shrank to 1e-3 of its scope in A is not what B is compared against
+(A is the reference), and where A's gradient is ordinary, its own scale applies."""
 
 
 def record_rms(record: Record) -> float | None:
@@ -76,10 +86,12 @@ class ScopeScales:
         return found
 
     def scope(self, record: Record) -> tuple[float, str] | None:
-        """The largest RMS of ``record``'s group over the subtree of one of its node's ancestors,
-        with that ancestor's route; None for forward values, or without statistics."""
+        """For a cancelled gradient, the largest RMS of its group over the subtree of one of its
+        node's ancestors, with that ancestor's route; None for forward values, gradients of
+        ordinary size, or without statistics."""
         group = ROLE_GROUPS[record.role]
-        if group not in SCOPED_GROUPS:
+        own = record_rms(record)
+        if group not in SCOPED_GROUPS or own is None:
             return None
         sums = self._subtree_sums(record.step)
         best: tuple[float, str] | None = None
@@ -87,4 +99,4 @@ class ScopeScales:
             total, count = sums.get((record.stage, group, ancestor), (0.0, 0))
             if count and (best is None or math.sqrt(total / count) > best[0]):
                 best = (math.sqrt(total / count), self.view.nodes[ancestor].route)
-        return best
+        return best if best is not None and own < CANCELLED_BELOW * best[0] else None
