@@ -292,10 +292,10 @@ def _growth_lines(verdict: Verdict) -> list[str]:
 
 def _benign_lines(verdict: Verdict) -> list[str]:
     """Kink flips and what inherited them: passed, but never silently."""
-    kinks = [b for b in verdict.benign if b["kind"] == "kinks"]
-    inherited = [b for b in verdict.benign if b["kind"] == "inherited"]
     if not verdict.benign:
         return []
+    kinks = [b for b in verdict.benign if b["kind"] == "kinks"]
+    inherited = [b for b in verdict.benign if b["kind"] == "inherited"]
     lines = ["Benign differences (passed; see 'benign' in --json):"]
     for item in kinks:
         lines.append(f"  {item['stage']} {item['route'] or '(root)'} ({item['class_name']}) {item['role']}[{item['slot']}]: "
