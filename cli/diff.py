@@ -98,14 +98,17 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--layer-map", type=click.Path(dir_okay=False, path_type=str), help="YAML/JSON file mapping A's routes to B's (docs/diff.md).")
 @click.option("--save-map", type=click.Path(dir_okay=False, path_type=str), metavar="PATH",
               help="Write the alignment found as a layer map (YAML) to PATH: correct it and pass it back with --layer-map.")
+@click.option("--baseline", metavar="A2", type=click.Path(path_type=str),
+              help="A second recording of A's run with a harmless change (other thread count, device or run): each "
+                   "tensor may differ from A by up to 4x what A2 differs (its noise floor, measured).")
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
          rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
-         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, read_all: bool, top: int,
-         progress: bool | None, **checkpoint: Any) -> None:
+         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, baseline: str | None,
+         read_all: bool, top: int, progress: bool | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their calls are
@@ -124,6 +127,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
       tracespec diff runs/torch runs/paddle --html report.html
       tracespec diff runs/torch runs/port --layer-map map.yaml --tol 'head=rtol:1e-4'
       tracespec diff runs/torch runs/x2paddle --save-map map.yaml   # edit map.yaml, pass it back
+      tracespec diff runs/gpu runs/port --baseline runs/gpu_again    # GPU non-determinism as the noise floor
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
 
     A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
@@ -156,7 +160,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
                 verdict = compare_traces(
                     a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
                     steps=steps or None, ranks=ranks or None, stages=stages or None,
-                    routes=routes, exclude=exclude, layer_map=layer_map, save_map=save_map,
+                    routes=routes, exclude=exclude, layer_map=layer_map, save_map=save_map, baseline=baseline,
                     trust_hashes=not read_all, progress=update,
                 )
             except UsageError as exc:
@@ -301,6 +305,23 @@ def _growth_lines(verdict: Verdict) -> list[str]:
     return lines
 
 
+def _benign_lines(verdict: Verdict) -> list[str]:
+    """Kink flips and what inherited them: passed, but never silently."""
+    if not verdict.benign:
+        return []
+    kinks = [b for b in verdict.benign if b["kind"] == "kinks"]
+    inherited = [b for b in verdict.benign if b["kind"] == "inherited"]
+    lines = ["Benign differences (passed; see 'benign' in --json):"]
+    for item in kinks:
+        lines.append(f"  {item['stage']} {item['route'] or '(root)'} ({item['class_name']}) {item['role']}[{item['slot']}]: "
+                     f"{item['count']} kink flip(s) where {item['where']}")
+    if inherited:
+        worst = max(inherited, key=lambda b: b["rel_rmse"])
+        lines.append(f"  {len(inherited)} tensor(s) inherited them (worst rel RMSE {_num(worst['rel_rmse'])} at "
+                     f"{worst['route'] or '(root)'} {worst['role']}[{worst['slot']}])")
+    return lines
+
+
 def render_report(verdict: Verdict, top: int = 5) -> str:
     """The terminal report of a verdict (what ``tracespec diff`` prints)."""
     out: list[str] = []
@@ -350,7 +371,11 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         if "routes" in first["a"]:
             out.append(f"  ({first['alignment']}: compared at the group's boundary, the first member's inputs and the last one's outputs)")
         if first["record"]:
-            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {_metrics_line(first['metrics'], verdict.tolerances)}")
+            mismatch = first.get("mismatch")
+            measured = (f"shape {mismatch['shape']['a']} {mismatch['dtype']['a']} in A, "
+                        f"{mismatch['shape']['b']} {mismatch['dtype']['b']} in B") if mismatch else \
+                _metrics_line(first["metrics"], verdict.tolerances)
+            out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {measured}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
         out.append("")
@@ -368,12 +393,20 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append("")
         out.append("Error growth (forward; RMSE / RMS of each layer's output, log scale):")
         out.extend(growth)
+    benign = _benign_lines(verdict)
+    if benign:
+        out.append("")
+        out.extend(benign)
     tol = verdict.tolerances
     by_dtype = "; ".join(_dtype_tolerance(d, t, tol["mode"]) for d, t in tol["by_dtype"].items())
     out.append("")
     slack = f" (each element within ×{tol['element_slack']:g} rtol/atol)" if tol["mode"] == "norm" else ""
     out.append(f"Tolerances: mode {tol['mode']}{slack}" + (f"; {by_dtype}" if by_dtype else "") +
                (f"; {len(tol['overrides'])} route override(s)" if tol["overrides"] else ""))
+    if tol.get("baseline"):
+        base = tol["baseline"]
+        out.append(f"Baseline {base['path']}: {base['records']} tensor(s) allowed up to ×{base['factor']:g} "
+                   "their measured noise |A - A2| (the 'baseline' of each record in --json)")
     if verdict.unmatched:
         out.append(f"Unmatched nodes: {len(verdict.unmatched)}")
         for item in verdict.unmatched[:5]:

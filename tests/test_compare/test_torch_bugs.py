@@ -32,8 +32,9 @@ def _units(verdict: tracespec.Verdict, stage: str) -> dict[str, dict]:
         (Variant(half_round_trip=True), "forward", "blocks.1.mlp", "MLP", ["blocks.1.mlp.act", "blocks.1.mlp.fc2", "head"]),
         (Variant(train=True), "forward", "blocks.0.drop", "Dropout", ["blocks.1.ln_1", "ln_f", "head"]),
         (Variant(wrong_backward=True), "backward", "blocks.1.mlp.act", "Activation", ["blocks.1.mlp.fc1", "blocks.0.attn", "wte"]),
+        (Variant(weight_noise=1e-4), "forward", "blocks.1.mlp.fc1", "Projection", ["blocks.1.mlp.act", "blocks.1.mlp.fc2", "head"]),
     ],
-    ids=["layernorm-eps", "gelu-tanh", "attention-scale", "half-round-trip", "dropout-on", "wrong-backward"],
+    ids=["layernorm-eps", "gelu-tanh", "attention-scale", "half-round-trip", "dropout-on", "wrong-backward", "weight-1e-4"],
 )
 def test_injected_bug_is_found_where_it_was_introduced(
     reference: Path, tmp_path: Path, variant: Variant, stage: str, culprit: str, class_name: str, inherited: list[str]
@@ -51,6 +52,25 @@ def test_injected_bug_is_found_where_it_was_introduced(
     assert introduced == [culprit]
     if stage == "backward":
         assert all(n["status"] != "diverged" for n in verdict.nodes if n["stage"] == "forward")
+
+
+@pytest.mark.parametrize(
+    ("variant", "detected"),
+    [
+        (Variant(weight_noise=1e-5), True),  # rel RMSE 8.9e-6 at fc1: 1.2x the float32 bound
+        (Variant(weight_noise=3e-6), False),  # 2.9e-6: below rounding noise of a correct port
+        (Variant(bug_block=0, ln_eps=1e-6), True),  # on embeddings of variance 4e-4: 1650x the bound
+        (Variant(bug_block=1, ln_eps=1e-6), False),  # on activations of variance ~1: eps / 2var ~ 5e-7
+    ],
+    ids=["weight-1e-5", "weight-3e-6", "ln-eps-1e-6-block0", "ln-eps-1e-6-block1"],
+)
+def test_where_detection_of_small_bugs_stops(reference: Path, tmp_path: Path, variant: Variant, detected: bool) -> None:
+    """The detection-limit table of docs/diff.md (Tolerances)."""
+    verdict = tracespec.compare(reference, record_run(tmp_path / "small", variant))
+    assert (verdict.status == "fail") is detected, verdict.first_divergence
+    if detected:
+        first = verdict.first_divergence
+        assert first is not None and first["kind"] == "introduced"
 
 
 def test_the_culprits_parents_contain_it(reference: Path, tmp_path: Path) -> None:

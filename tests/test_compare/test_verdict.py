@@ -94,3 +94,26 @@ def test_a_cycle_in_the_module_tree_is_invalid_input(tmp_path: Path) -> None:
         out.write_table(nodes)
     with pytest.raises(TableInvalidError, match="cycle"):
         tracespec.compare(tmp_path / "loop", tmp_path / "loop")
+
+
+def test_from_1_1_a_first_divergence_carries_metrics_or_a_mismatch(traces: tuple[Path, Path]) -> None:
+    doc = json.loads(tracespec.compare(*traces).dumps())
+    doc["first_divergence"]["metrics"] = None
+    with pytest.raises(VerdictInvalidError, match="first_divergence"):
+        validate_verdict(doc)
+    doc["first_divergence"]["mismatch"] = {"kind": "shape", "shape": {"a": [2, 3], "b": [2, 4]},
+                                           "dtype": {"a": "float32", "b": "float32"}}
+    validate_verdict(doc)
+
+
+def test_a_1_0_verdict_still_validates_and_reads(traces: tuple[Path, Path]) -> None:
+    doc = json.loads(tracespec.compare(*traces).dumps())
+    doc["verdict_version"] = "1.0"
+    del doc["benign"]
+    del doc["first_divergence"]["mismatch"]
+    doc["first_divergence"]["metrics"] = None  # 1.0 allowed a first divergence without numbers
+    for node in doc["nodes"]:
+        for record in node["records"]:
+            record.pop("noise", None)
+    validate_verdict(doc)
+    assert Verdict.from_json(doc).benign == []

@@ -31,6 +31,7 @@ class Variant:
     wrong_backward: bool = False  # the bug block's activation uses a custom Function with a wrong backward
     einsum: bool = False  # every projection computes with einsum instead of F.linear
     train: bool = False  # dropout left on
+    weight_noise: float = 0.0  # the bug block's mlp.fc1.weight times (1 + weight_noise * N(0, 1))
 
 
 class _GeluFunction(torch.autograd.Function):
@@ -153,6 +154,9 @@ def build(variant: Variant = Variant(), seed: int = 0) -> TinyGPT:
                 p.normal_(0, 0.02 if "wte" in name else 0.2)
             elif name.endswith("bias") and "ln" not in name:
                 p.normal_(0, 0.02)
+        if variant.weight_noise:
+            weight = model.blocks[variant.bug_block].mlp.fc1.weight
+            weight.mul_(1 + variant.weight_noise * torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)))
     return model.train(variant.train).eval() if not variant.train else model.train()
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tracespec.compare.metrics import Metrics
+from tracespec.compare.view import Record
 
 __all__ = ["RecordResult", "UnitResult", "classify_units", "error_growth", "first_divergence", "next_step_hint"]
 
@@ -43,6 +44,14 @@ class RecordResult:
     shape_b: list[int] | None = None
     transform: str | None = None
     note: str | None = None
+    mismatch: dict[str, Any] | None = None
+    """Why the pair could not be measured: ``{kind: "shape", shape: {a, b}, dtype: {a, b}}``."""
+    noise: dict[str, Any] = field(default_factory=dict)
+    """How the noise floor was set (``scale``, ``scale_from``...) and what was explained as benign."""
+    sources: tuple[Record, Record, Any] | None = field(default=None, repr=False, compare=False)
+    """The records of A and B and B's transform, for a second look at the data (kinks)."""
+    shared: list[RecordResult] = field(default_factory=list, repr=False, compare=False)
+    """Every result of the same tensor pair (this one included): judged once, re-judged together."""
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -56,6 +65,10 @@ class RecordResult:
             doc["metrics"] = self.metrics.to_json()
         if self.note:
             doc["note"] = self.note
+        if self.mismatch is not None:
+            doc["mismatch"] = self.mismatch
+        if self.noise:
+            doc["noise"] = self.noise
         return doc
 
     @property
@@ -126,6 +139,15 @@ class UnitResult:
             return "skipped"
         return "pass" if statuses <= {"pass", "skipped"} else "pass_within_tolerance"
 
+    def evidence_record(self) -> RecordResult | None:
+        """The own record that shows the divergence best: a diverged output (else parameter), the
+        worst by tolerance ratio; a pair that could not be measured (shapes differ) counts as worst."""
+        own = [*self.outputs, *self.params]
+        diverged = [r for r in own if r.status == DIVERGED]
+        if not diverged:
+            return self.worst_output()
+        return max(diverged, key=lambda r: (r in self.outputs, r.metrics is None, r.badness, -own.index(r)))
+
     def worst_output(self) -> RecordResult | None:
         compared = [r for r in self.outputs if r.metrics is not None]
         if not compared:
@@ -156,7 +178,13 @@ class UnitResult:
 
 
 def _describe(record: RecordResult) -> str:
-    return f"{record.role}[{record.slot}]"
+    name = f"{record.role}[{record.slot}]"
+    if record.mismatch is not None:
+        shapes, dtypes = record.mismatch["shape"], record.mismatch["dtype"]
+        return f"{name} (shape {shapes['a']} {dtypes['a']} in A, {shapes['b']} {dtypes['b']} in B)"
+    if isinstance(record.noise.get("kinks"), str):
+        return f"{name} (kink flips {record.noise['kinks']})"
+    return name
 
 
 def classify_units(units: list[UnitResult]) -> None:

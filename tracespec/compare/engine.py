@@ -12,12 +12,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 
 from tracespec.compare.align import Alignment, CallMatch, align_trees, alignment_layer_map
 from tracespec.compare.layer_map import LayerMap, load_layer_map, transform_for
+from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.diagnose import (
     RecordResult,
     UnitResult,
@@ -26,8 +27,10 @@ from tracespec.compare.diagnose import (
     first_divergence,
     next_step_hint,
 )
-from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays
-from tracespec.compare.tolerance import ELEMENT_SLACK, MODES, Tolerance, TolerancePolicy
+from tracespec.compare.kinks import BenignExplainer, benign_differences
+from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays, judge
+from tracespec.compare.noise import ROLE_GROUPS, ScopeScales, record_rms
+from tracespec.compare.tolerance import MODES, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import TableMismatchError, UsageError
@@ -76,12 +79,16 @@ class _Comparer:
     """Compares record pairs of one rank, remembering the array pairs already judged."""
 
     def __init__(self, trace_a: Trace, trace_b: Trace, rank: int, policy: TolerancePolicy,
-                 trust_hashes: bool, progress: Callable[[int], None]) -> None:
+                 trust_hashes: bool, progress: Callable[[int], None], scopes: ScopeScales,
+                 baseline: Baseline | None) -> None:
         self.ta, self.tb, self.rank = trace_a, trace_b, rank
         self.policy = policy
+        self.scopes = scopes
+        self.baseline = baseline
+        self.benign = BenignExplainer(self.read_pair, policy)
         self.trust_hashes = trust_hashes
         self.progress = progress
-        self.judged: dict[tuple[Any, ...], tuple[Metrics, str]] = {}
+        self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any], list[RecordResult]]] = {}
         self.dtypes: set[str] = set()
 
     def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
@@ -99,7 +106,8 @@ class _Comparer:
                 if ra.value != rb.value:
                     result.note = f"non-tensor values differ: A {ra.value} vs B {rb.value} (not counted)"
             else:
-                result.note = "a tensor on one side, a non-tensor value on the other"
+                tensor_side, value_side, value = ("A", "B", rb.value) if ra.dtype is not None else ("B", "A", ra.value)
+                result.note = f"a tensor in {tensor_side}, a non-tensor value in {value_side} ({value})"
             return result
         self.dtypes.update((ra.dtype, rb.dtype))
         shape_b = rb.shape if transform is None or rb.shape is None else transform.apply_shape(rb.shape)
@@ -107,6 +115,8 @@ class _Comparer:
             result.status = "diverged"
             result.note = f"shapes differ: A {list(ra.shape or [])} vs B {list(rb.shape or [])}" + (
                 f" ({result.transform} applied to B)" if transform else "")
+            result.mismatch = {"kind": "shape", "shape": {"a": result.shape_a, "b": result.shape_b},
+                               "dtype": {"a": ra.dtype, "b": rb.dtype}}
             return result
         # A tensor shared by several records (a module's output is the next one's input) is
         # judged once, under the tolerance of the first node in execution order that records it,
@@ -116,16 +126,39 @@ class _Comparer:
         if judged is None:
             mode = self.policy.mode_for(route)
             tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
-            own = _reference_rms(ra)
-            scale = max(own, typical_rms or 0.0) if own is not None else typical_rms
+            scale, noise = self._scale(ra, typical_rms)
+            if self.baseline is not None and ra.array is not None and mode in ("norm", "strict", "mean"):
+                tolerance, measured = self.baseline.widen(
+                    ra, _read_checked(self.ta, self.rank, ra, "A"), tolerance, scale, mode)
+                if measured is not None:
+                    noise["baseline"] = measured
             metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
-            judged = (metrics, "skipped" if metrics.kind == "none" else _judge(metrics, mode, tolerance))
+            judged = (metrics, "skipped" if metrics.kind == "none" else judge(metrics, mode, tolerance), noise, [])
             if key is not None:
                 self.judged[key] = judged
-        result.metrics, result.status = judged
+        result.metrics, result.status, result.noise, result.shared = judged
+        result.shared.append(result)
+        result.sources = (ra, rb, transform)
         if result.metrics.kind == "none":
             result.note = result.metrics.note
         return result
+
+    def _scale(self, ra: Record, typical_rms: float | None) -> tuple[float | None, dict[str, Any]]:
+        """The scale of A's tensor (docs/diff.md, Tolerances) and where it came from: the tensor's
+        own RMS, its peers' median, or (gradients) the RMS of an enclosing scope's gradients."""
+        candidates: list[tuple[float, dict[str, Any]]] = []
+        own = record_rms(ra)
+        if own is not None:
+            candidates.append((own, {"scale_from": "tensor"}))
+        if typical_rms is not None:
+            candidates.append((typical_rms, {"scale_from": "peers"}))
+        scope = self.scopes.scope(ra)
+        if scope is not None:
+            candidates.append((scope[0], {"scale_from": "scope", "scope": scope[1]}))
+        if not candidates:
+            return None, {}
+        scale, source = max(candidates, key=lambda c: c[0])
+        return scale, {"scale": scale, **source}
 
     def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any, scale: float | None) -> Metrics:
         both_hash = ra.hash is not None and rb.hash is not None
@@ -149,21 +182,16 @@ class _Comparer:
 
     def _read_and(self, ra: Record, rb: Record, transform: Any,
                   measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
-        a = _read_checked(self.ta, self.rank, ra, "A")
-        b = _read_checked(self.tb, self.rank, rb, "B")
-        if transform is not None:
-            b = transform.apply(b)
+        a, b = self.read_pair(ra, rb, transform)
         metrics = measure(a, b)
         self.progress(a.nbytes + b.nbytes)
         return metrics
 
-
-ROLE_GROUPS: Final = {
-    "input": "activation", "output": "activation", "parameter": "parameter", "buffer": "parameter",
-    "grad_output": "gradient", "grad_input": "gradient", "parameter_grad": "parameter_grad",
-    "optimizer_state": "optimizer_state",
-}
-"""Tensors of one group and (step, stage) share a typical magnitude (see :func:`typical_rms`)."""
+    def read_pair(self, ra: Record, rb: Record, transform: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The data of A's and B's record, B brought into A's layout."""
+        a = _read_checked(self.ta, self.rank, ra, "A")
+        b = _read_checked(self.tb, self.rank, rb, "B")
+        return a, (transform.apply(b) if transform is not None else b)
 
 
 def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
@@ -178,7 +206,7 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
         if record_step != step:
             continue
         for record in records:
-            rms = _reference_rms(record)
+            rms = record_rms(record)
             if rms is not None and rms > 0:
                 found.setdefault((stage, ROLE_GROUPS[record.role]), []).append(rms)
     return {key: float(np.median(values)) for key, values in found.items()}
@@ -203,32 +231,6 @@ def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ..
     if ra.array is not None and rb.array is not None:
         return (ra.array, rb.array, transform)
     return None
-
-
-def _reference_rms(record: Record) -> float | None:
-    stats = record.stats
-    if stats is None or stats.l2 is None:
-        return None
-    finite = stats.count - stats.nan_count - stats.inf_count
-    return stats.l2 / finite**0.5 if finite > 0 else None
-
-
-def _judge(metrics: Metrics, mode: str, tolerance: Tolerance) -> str:
-    if metrics.identical:
-        return "pass"
-    if metrics.kind == "hash":
-        return "diverged"
-    agree = metrics.nan_agree and metrics.inf_agree
-    if metrics.kind == "stats":
-        within = metrics.tolerance_ratio is not None and metrics.tolerance_ratio <= 1.0
-    elif mode == "mean":
-        bound = tolerance.atol_for(metrics.reference_rms) + tolerance.rtol * (metrics.reference_mean_abs or 0.0)
-        within = (metrics.mean_abs or 0.0) <= bound
-    elif mode == "norm":
-        within = (metrics.rel_rmse or 0.0) <= tolerance.rel_rmse and (metrics.tolerance_ratio or 0.0) <= ELEMENT_SLACK
-    else:
-        within = metrics.mismatched == 0
-    return "pass_within_tolerance" if within and agree else "diverged"
 
 
 class _RankComparison:
@@ -343,6 +345,7 @@ class _RankComparison:
             if unit.outputs:
                 units.append(unit)
                 earlier[(stage, a, None)] = unit
+        self.comparer.benign.explain(units)  # kink flips and what they explain: benign, before diagnosis
         classify_units(units)
         return units
 
@@ -377,6 +380,7 @@ def compare_traces(
     trust_hashes: bool = True,
     progress: Progress | None = None,
     save_map: str | os.PathLike[str] | None = None,
+    baseline: Trace | str | os.PathLike[str] | None = None,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -409,6 +413,10 @@ def compare_traces(
     save_map:
         Write the alignment found (of the first rank compared) to this path as a layer map, to
         correct and pass back as ``layer_map`` (:func:`~tracespec.compare.align.alignment_layer_map`).
+    baseline:
+        A second recording of A's side with a harmless change (another thread count, device or
+        run): each record's tolerance widens to the noise ``|A - baseline|`` shows
+        (:mod:`tracespec.compare.baseline`).
 
     Returns
     -------
@@ -425,6 +433,7 @@ def compare_traces(
     if layer_map is not None and not isinstance(layer_map, LayerMap):
         layer_map = load_layer_map(layer_map)
     trace_a, trace_b = _open(a), _open(b)
+    trace_a2 = open_baseline(baseline) if baseline is not None else None
     chosen_ranks = _select(ranks, trace_a.ranks, trace_b.ranks, "rank(s)")
     chosen_steps = _select(steps, trace_a.steps, trace_b.steps, "step(s)")
     selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
@@ -443,6 +452,7 @@ def compare_traces(
     alignments: dict[int, Alignment] = {}
     counts = {"records_compared": 0, "records_only_a": 0, "records_only_b": 0}
     dtypes: set[str] = set()
+    baseline_records = 0
     for rank in chosen_ranks:
         view_a = RankView(trace_a, rank, chosen_steps)
         view_b = RankView(trace_b, rank, chosen_steps)
@@ -450,7 +460,8 @@ def compare_traces(
         alignments[rank] = alignment
         if save_map is not None and rank == chosen_ranks[0]:
             _write_layer_map(save_map, alignment_layer_map(alignment, view_a, view_b, layer_map))
-        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance)
+        noise_baseline = Baseline(trace_a2, rank, chosen_steps, view_a) if trace_a2 is not None else None
+        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
         ranked = _RankComparison(view_a, view_b, alignment, selection, comparer)
         for step in chosen_steps:
             earlier: dict[tuple[str, int, int | None], UnitResult] = {}
@@ -460,12 +471,17 @@ def compare_traces(
         counts["records_only_a"] += ranked.unpaired_records["a"]
         counts["records_only_b"] += ranked.unpaired_records["b"]
         dtypes |= comparer.dtypes
+        if noise_baseline is not None:
+            baseline_records += noise_baseline.used
     if progress is not None:
         progress(total, total)
     ordered = [groups[key] for key in sorted(groups, key=lambda k: (k[0], STAGE_ORDER.index(k[1])))]
     units = [u for group in ordered for u in group]
     culprit = first_divergence(ordered)
-    return _build_verdict(trace_a, trace_b, selection, policy, layer_map, alignments, units, culprit, counts, dtypes)
+    tolerances = policy.to_json(sorted(dtypes))
+    if trace_a2 is not None:
+        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": baseline_records}
+    return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, alignments, units, culprit, counts)
 
 
 def _write_layer_map(path: str | os.PathLike[str], text: str) -> None:
@@ -500,9 +516,9 @@ def _describe_trace(trace: Trace) -> dict[str, Any]:
             "complete": trace.complete}
 
 
-def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy: TolerancePolicy,
+def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolerances: dict[str, Any],
                    layer_map: LayerMap | None, alignments: dict[int, Alignment], units: list[UnitResult],
-                   culprit: UnitResult | None, counts: dict[str, int], dtypes: set[str]) -> Verdict:
+                   culprit: UnitResult | None, counts: dict[str, int]) -> Verdict:
     diverged = [u for u in units if u.status == "diverged"]
     identical = bool(units) and all(u.status in ("pass", "skipped") for u in units)
     coverage: dict[str, Any] = {"ranks": {}}
@@ -523,7 +539,7 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
     coverage.update(counts)
     first = None
     if culprit is not None:
-        worst = culprit.worst_output()
+        worst = culprit.evidence_record()
         first = {
             "step": culprit.step, "rank": culprit.rank, "stage": culprit.stage,
             "kind": "introduced" if culprit.divergence == "introduced" else "inherited",
@@ -533,6 +549,7 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
             "alignment": culprit.method,
             "record": {"role": worst.role, "slot": worst.slot} if worst is not None else None,
             "metrics": worst.metrics.to_json() if worst is not None and worst.metrics is not None else None,
+            "mismatch": worst.mismatch if worst is not None else None,
             "evidence": culprit.evidence,
         }
     worst_units = sorted(diverged, key=lambda u: (-(u.worst_output().badness if u.worst_output() else 0.0), units.index(u)))
@@ -553,7 +570,7 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
         selection={"steps": selection.steps, "ranks": selection.ranks, "stages": list(selection.stages),
                    "routes": list(selection.routes), "exclude": list(selection.exclude),
                    "layer_map": layer_map.to_json() if layer_map is not None else None},
-        tolerances=policy.to_json(sorted(dtypes)),
+        tolerances=tolerances,
         first_divergence=first,
         coverage=coverage,
         summary=summary,
@@ -565,4 +582,5 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, policy
         error_growth=error_growth(units),
         unmatched=unmatched,
         hint=next_step_hint(culprit, identical, len(unmatched)),
+        benign=benign_differences(units),
     )

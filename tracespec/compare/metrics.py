@@ -24,12 +24,12 @@ from typing import Any, Final
 
 import numpy as np
 
-from tracespec.compare.tolerance import Tolerance, coarser_dtype
+from tracespec.compare.tolerance import ELEMENT_SLACK, Tolerance, coarser_dtype
 from tracespec.errors import UnsupportedDtypeError
 from tracespec.format.dtypes import dtype_of, parse_dtype
 from tracespec.format.stats import TensorStats
 
-__all__ = ["BLOCK", "Metrics", "compare_arrays", "compare_hashes", "compare_stats", "identical_arrays"]
+__all__ = ["BLOCK", "Metrics", "compare_arrays", "compare_hashes", "compare_stats", "identical_arrays", "judge"]
 
 BLOCK: Final = 1 << 18
 """Elements per block: 2 MiB of float64 per temporary, small enough to stay in cache."""
@@ -357,3 +357,22 @@ def compare_hashes(a: str, b: str) -> Metrics:
     """Bitwise comparison by content hash (all a hash-only record allows)."""
     same = a == b
     return Metrics(kind="hash", identical=same, note=None if same else "content hashes differ: not bitwise identical")
+
+
+def judge(metrics: Metrics, mode: str, tolerance: Tolerance) -> str:
+    """A record pair's status from its metrics under ``mode`` and ``tolerance`` (spec section 6)."""
+    if metrics.identical:
+        return "pass"
+    if metrics.kind == "hash":
+        return "diverged"
+    agree = metrics.nan_agree and metrics.inf_agree
+    if metrics.kind == "stats":
+        within = metrics.tolerance_ratio is not None and metrics.tolerance_ratio <= 1.0
+    elif mode == "mean":
+        bound = tolerance.atol_for(metrics.reference_rms) + tolerance.rtol * (metrics.reference_mean_abs or 0.0)
+        within = (metrics.mean_abs or 0.0) <= bound
+    elif mode == "norm":
+        within = (metrics.rel_rmse or 0.0) <= tolerance.rel_rmse and (metrics.tolerance_ratio or 0.0) <= ELEMENT_SLACK
+    else:
+        within = metrics.mismatched == 0
+    return "pass_within_tolerance" if within and agree else "diverged"

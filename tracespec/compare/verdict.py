@@ -9,7 +9,7 @@ from the trace format's.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from importlib import resources
 from typing import Any, Final
@@ -48,6 +48,8 @@ class Verdict:
     error_growth: list[dict[str, Any]]
     unmatched: list[dict[str, Any]]
     hint: str
+    benign: list[dict[str, Any]] = field(default_factory=list)
+    """Differences judged benign (verdict 1.1): kink flips, and what inherited them."""
 
     @property
     def passed(self) -> bool:
@@ -67,7 +69,7 @@ class Verdict:
     def from_json(cls, doc: dict[str, Any]) -> Verdict:
         """Read a verdict document back (validated against the schema)."""
         validate_verdict(doc)
-        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})  # 1.0 has no ``benign``
 
 
 @cache
