@@ -236,3 +236,12 @@ def test_each_framework_name_has_one_family(names: tuple[str, ...], family: str 
         assert families == {"relu", "matmul"}
     else:
         assert families == {family}
+
+
+def test_a_record_on_one_side_only_says_which(traces: dict[str, Path]) -> None:
+    verdict = tracespec.compare(traces["a"], traces["onnx"])
+    validate_verdict(verdict.to_json())
+    # ONNX Runtime records no backward: every input gradient of A is said to be A's alone
+    missing = [r for n in verdict.nodes if n["stage"] == "backward" for r in n["records"] if r.get("mismatch")]
+    assert missing and all(r["mismatch"]["kind"] == "missing" and r["shape"]["b"] is None for r in missing)
+    assert all(r["note"].startswith("only in A: B recorded no grad_input[") for r in missing)

@@ -270,22 +270,29 @@ class _RankComparison:
         recs_b = [r for r in self.vb.records.get((step, stage, b[0]), []) if r.call == b[1] and r.role in roles]
         by_key = {(r.role, r.slot): r for r in recs_b}
         pairs = []
+        only_a = []
         for record in recs_a:
             other = by_key.pop((record.role, record.slot), None)
             if other is None:
-                self.unpaired_records["a"] += 1
+                only_a.append(record)
             else:
                 pairs.append((record, other))
+        self.unpaired_records["a"] += len(only_a)
         self.unpaired_records["b"] += len(by_key)
         self.compared_records += len(pairs)
         route = self.va.nodes[a[0]].route
         typical = self.typical.get(step)
         if typical is None:
             typical = self.typical[step] = typical_rms(self.va, step)
-        return [
+        results = [
             self.comparer.compare(route, ra, rb, transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
             for ra, rb in pairs
         ]
+        # what the unit computed on one side only is said, with the side (inputs and parameters
+        # are only counted: exporters and ports pass them differently)
+        results += [_missing(record, "a") for record in only_a if record.role in _OWN_ROLES]
+        results += [_missing(record, "b") for record in by_key.values() if record.role in _OWN_ROLES]
+        return results
 
     def _call_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
         calls = self.va.calls.get((step, stage), [])
@@ -348,6 +355,26 @@ class _RankComparison:
         self.comparer.benign.explain(units)  # kink flips and what they explain: benign, before diagnosis
         classify_units(units)
         return units
+
+
+_OWN_ROLES: Final = ("output", "grad_input")
+
+
+def _missing(record: Record, side: str) -> RecordResult:
+    """A record of ``side`` without a counterpart: not measured, and said so."""
+    other = "B" if side == "a" else "A"
+    shape = list(record.shape) if record.shape is not None else None
+    result = RecordResult(
+        role=record.role, slot=record.slot, call=record.call, status="skipped",
+        note=f"only in {side.upper()}: {other} recorded no {record.role}[{record.slot}] for this call",
+        mismatch={"kind": "missing", "shape": {"a": shape if side == "a" else None, "b": shape if side == "b" else None},
+                  "dtype": {"a": record.dtype if side == "a" else None, "b": record.dtype if side == "b" else None}},
+    )
+    if side == "a":
+        result.dtype_a, result.shape_a = record.dtype, shape
+    else:
+        result.dtype_b, result.shape_b = record.dtype, shape
+    return result
 
 
 def _parameter_history(earlier: dict[tuple[str, int, int | None], UnitResult], node: int) -> list[RecordResult]:
