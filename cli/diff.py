@@ -19,7 +19,7 @@ import click
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
-from tracespec.compare.align import LOW_COVERAGE
+from tracespec.compare.calls import LOW_COVERAGE
 from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
 

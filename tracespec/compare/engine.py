@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
-from tracespec.compare.align import Alignment, CallMatch, align_trees, alignment_layer_map
+from tracespec.compare.align import Alignment, align_trees
+from tracespec.compare.calls import CallMatch, alignment_layer_map
 from tracespec.compare.layer_map import LayerMap, load_layer_map, transform_for
 from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.diagnose import (
@@ -235,7 +236,7 @@ def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ..
 
 class _RankComparison:
     """Builds and compares the units of one rank: one unit per call match (see
-    :class:`~tracespec.compare.align.CallMatch`), plus the records outside calls of matched nodes."""
+    :class:`~tracespec.compare.calls.CallMatch`), plus the records outside calls of matched nodes."""
 
     def __init__(self, view_a: RankView, view_b: RankView, alignment: Alignment, selection: _Selection,
                  comparer: _Comparer) -> None:
@@ -432,14 +433,14 @@ def compare_traces(
     routes, exclude:
         Glob patterns on A's routes: compare only nodes matching ``routes``, none matching ``exclude``.
     layer_map:
-        A layer map (:func:`~tracespec.compare.align.load_layer_map`) or the path of one.
+        A layer map (:func:`~tracespec.compare.layer_map.load_layer_map`) or the path of one.
     trust_hashes:
         Treat records with equal content hashes as identical without reading their data.
     progress:
         Called as data is compared, with (bytes done, bytes in all).
     save_map:
         Write the alignment found (of the first rank compared) to this path as a layer map, to
-        correct and pass back as ``layer_map`` (:func:`~tracespec.compare.align.alignment_layer_map`).
+        correct and pass back as ``layer_map`` (:func:`~tracespec.compare.calls.alignment_layer_map`).
     baseline:
         A second recording of A's side with a harmless change (another thread count, device or
         run): each record's tolerance widens to the noise ``|A - baseline|`` shows

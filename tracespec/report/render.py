@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import pyarrow.compute as pc
 
-from tracespec.compare.align import LOW_COVERAGE
+from tracespec.compare.calls import LOW_COVERAGE
 from tracespec.report.elementwise import ElementwiseError, elementwise_error
 from tracespec.report.page import render_page
 from tracespec.report.svg import PALETTE, Series, heatmap, histogram, line_plot
