@@ -47,6 +47,7 @@ BUG_ROUTES: Final = {
 }
 """Each injected bug of the ResNet-18 ports and the route of the reference module it changes."""
 
+ONNX2TORCH_OPSET: Final = 17
 BUGGY_EPSILON: Final = 1e-3
 WEIGHT_FACTOR: Final = 1.01
 
@@ -75,8 +76,8 @@ def _bert() -> nn.Module:
     """Hugging Face's ``BertModel``, randomly initialised from a small config (eager attention)."""
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(**BERT_CONFIG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return BertModel(config, add_pooling_layer=True, attn_implementation="eager").eval()  # type: ignore[call-arg]
+    config = BertConfig(**BERT_CONFIG, attn_implementation="eager")
+    return BertModel(config).eval()
 
 
 def reference_model(architecture: str) -> nn.Module:
@@ -86,10 +87,10 @@ def reference_model(architecture: str) -> nn.Module:
 
 
 def example_inputs(architecture: str) -> dict[str, np.ndarray]:
-    """The named inputs of one forward (the ONNX graph's input names)."""
+    """The inputs of one forward, named as the reference's ``forward`` parameters (and the ONNX graph's inputs)."""
     if architecture == "bert":
         return {"input_ids": TOKENS, "attention_mask": (TOKENS != 0).astype(np.int64)}
-    return {"images": np.random.default_rng(SEED).standard_normal(IMAGE_SHAPE).astype(np.float32)}
+    return {"x": np.random.default_rng(SEED).standard_normal(IMAGE_SHAPE).astype(np.float32)}
 
 
 def _outputs(result: Any) -> list[Any]:
@@ -149,11 +150,13 @@ def _exporter_warnings_silenced() -> Iterator[None]:
         yield
 
 
-def export_onnx(model: nn.Module, architecture: str, onnx_file: Path, dynamo: bool) -> Path:
+def export_onnx(model: nn.Module, architecture: str, onnx_file: Path, dynamo: bool, **options: Any) -> Path:
     """Export with ``torch.onnx.export`` at its defaults but for the exporter (``dynamo=`` its default True)."""
     inputs = _torch_inputs(architecture)
     with _exporter_warnings_silenced(), contextlib.redirect_stdout(sys.stderr):
-        torch.onnx.export(model, tuple(inputs.values()), str(onnx_file), input_names=list(inputs), dynamo=dynamo)
+        # by keyword: Hugging Face's forward takes more positional parameters than the inputs given
+        torch.onnx.export(model, (), str(onnx_file), kwargs=inputs, input_names=list(inputs), dynamo=dynamo,
+                          **options)
     return onnx_file
 
 
@@ -275,10 +278,13 @@ def record_port(architecture: str, port: str, folder: Path, bug: str | None = No
         model = _inject_torch_bug(model, bug)
     if port == "x2paddle":
         return _record_module(_x2paddle(model, architecture, folder), _paddle_inputs(architecture), trace)
-    # onnx2torch 1.5.15 has no converter for the opset-18 ReduceMean the default (dynamo) exporter
-    # emits, so it converts the TorchScript exporter's file, as its documentation's examples do
-    onnx_file = export_onnx(model, architecture, folder / "model.onnx", dynamo=port == "ort_dynamo")
     if port == "onnx2torch":
+        # onnx2torch 1.5.15 converts opsets up to 17: neither exporter's default file converts
+        # (ReduceMean-18 from dynamo; Constant-19 and AveragePool-19 from TorchScript at its default
+        # opset), so it gets the TorchScript exporter's file at opset 17
+        onnx_file = export_onnx(model, architecture, folder / "model.onnx", dynamo=False,
+                                opset_version=ONNX2TORCH_OPSET)
         return _record_module(_onnx2torch(onnx_file), _torch_inputs(architecture), trace)
+    onnx_file = export_onnx(model, architecture, folder / "model.onnx", dynamo=port == "ort_dynamo")
     tracespec.record_onnx(onnx_file, example_inputs(architecture), trace, capture="full", durable=False)
     return trace
