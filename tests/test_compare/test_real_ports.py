@@ -21,7 +21,9 @@ MIN_CALL_FRACTION: Final = 0.9
 CORRECT_PORTS: Final = [
     *[("resnet18", port) for port in ("x2paddle", "onnx2torch", "ort_torchscript", "ort_dynamo", "paddle_zoo")],
     *[("mobilenet_v2", port) for port in ("x2paddle", "onnx2torch", "ort_torchscript", "ort_dynamo", "paddle_zoo")],
-    *[("bert", port) for port in ("onnx2torch", "ort_torchscript", "ort_dynamo")],
+    # the TorchScript exporter (so onnx2torch too) fails on transformers 5's BertModel ("forward()
+    # got multiple values for argument 'use_cache'"); X2Paddle fails in Paddle's static export
+    *[("bert", port) for port in ("ort_dynamo", "paddle_port")],
 ]
 
 EXPECTED_A_ROUTES: Final = {

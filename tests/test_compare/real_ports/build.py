@@ -37,7 +37,8 @@ BERT_CONFIG: Final = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers":
 TOKENS: Final = np.array([[2, 15, 33, 47, 8, 91, 3, 0], [2, 7, 64, 12, 3, 0, 0, 0]], dtype=np.int64)
 
 ARCHITECTURES: Final = ("resnet18", "mobilenet_v2", "bert")
-PORTS: Final = ("x2paddle", "onnx2torch", "ort_torchscript", "ort_dynamo", "paddle_zoo")
+PORTS: Final = ("x2paddle", "onnx2torch", "ort_torchscript", "ort_dynamo", "paddle_zoo", "paddle_port")
+PADDLE_BERT: Final = Path(__file__).resolve().parents[3] / "examples" / "bert" / "paddle_bert.py"
 
 BUG_ROUTES: Final = {
     "bn_epsilon": "layer2.0.bn2",        # eps 1e-5 -> 1e-3
@@ -166,7 +167,9 @@ def _x2paddle(model: nn.Module, architecture: str, folder: Path) -> Any:
     from x2paddle.convert import pytorch2paddle
 
     save_dir = folder / "x2paddle"
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # X2Paddle 1.6.0 converts by torch.jit.trace, which torch 2.13 deprecates
+        warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=DeprecationWarning)
         pytorch2paddle(model, save_dir=str(save_dir), jit_type="trace",
                        input_examples=list(_torch_inputs(architecture).values()))
     spec = importlib.util.spec_from_file_location(f"x2paddle_{folder.name}", save_dir / "x2paddle_code.py")
@@ -261,6 +264,15 @@ def _paddle_zoo(model: nn.Module, architecture: str, bug: str | None) -> Any:
     return layer.eval()
 
 
+def _paddle_bert(model: nn.Module) -> Any:
+    """The repository's hand-written Paddle port of BERT (examples/bert) with the reference's weights."""
+    spec = importlib.util.spec_from_file_location("paddle_bert", PADDLE_BERT)
+    paddle_bert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paddle_bert)
+    weights = {name: value.numpy() for name, value in model.state_dict().items()}
+    return paddle_bert.load_paddle_bert(model.config.to_dict(), weights)
+
+
 def _paddle_inputs(architecture: str) -> dict[str, Any]:
     import paddle
 
@@ -274,6 +286,8 @@ def record_port(architecture: str, port: str, folder: Path, bug: str | None = No
     model = reference_model(architecture)
     if port == "paddle_zoo":
         return _record_module(_paddle_zoo(model, architecture, bug), _paddle_inputs(architecture), trace)
+    if port == "paddle_port":
+        return _record_module(_paddle_bert(model), _paddle_inputs(architecture), trace)
     if bug is not None:
         model = _inject_torch_bug(model, bug)
     if port == "x2paddle":
