@@ -13,7 +13,6 @@ the runtime has one (PyTorch, Paddle), the backward of ``sum of squares`` of the
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import sys
 import types
@@ -36,7 +35,6 @@ BERT_CONFIG: Final = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers":
                       "intermediate_size": 128, "max_position_embeddings": 32, "type_vocab_size": 2}
 TOKENS: Final = np.array([[2, 15, 33, 47, 8, 91, 3, 0], [2, 7, 64, 12, 3, 0, 0, 0]], dtype=np.int64)
 
-ARCHITECTURES: Final = ("resnet18", "mobilenet_v2", "bert")
 PORTS: Final = ("x2paddle", "onnx2torch", "ort_torchscript", "ort_dynamo", "paddle_zoo", "paddle_port")
 PADDLE_BERT: Final = Path(__file__).resolve().parents[3] / "examples" / "bert" / "paddle_bert.py"
 
@@ -121,9 +119,8 @@ def record_reference(architecture: str, path: Path) -> Path:
     return _record_module(reference_model(architecture), _torch_inputs(architecture), path)
 
 
-def _inject_torch_bug(model: nn.Module, bug: str) -> nn.Module:
-    """A copy of ``model`` with ``bug``: the model a tool converts carries the bug into its output."""
-    buggy = copy.deepcopy(model)
+def _inject_torch_bug(buggy: nn.Module, bug: str) -> None:
+    """Put ``bug`` into the model a tool is about to convert: the tool carries it into its output."""
     route = BUG_ROUTES[bug]
     if bug == "bn_epsilon":
         buggy.get_submodule(route).eps = BUGGY_EPSILON
@@ -135,7 +132,6 @@ def _inject_torch_bug(model: nn.Module, bug: str) -> nn.Module:
         setattr(buggy, route, nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding))
     else:
         buggy.get_submodule(route).ceil_mode = True
-    return buggy
 
 
 @contextlib.contextmanager
@@ -168,8 +164,9 @@ def _x2paddle(model: nn.Module, architecture: str, folder: Path) -> Any:
 
     save_dir = folder / "x2paddle"
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        # X2Paddle 1.6.0 converts by torch.jit.trace, which torch 2.13 deprecates
-        warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated", category=DeprecationWarning)
+        # X2Paddle 1.6.0 converts by torch.jit.trace (and trace_method), which torch 2.13 deprecates
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated",
+                                category=DeprecationWarning)
         pytorch2paddle(model, save_dir=str(save_dir), jit_type="trace",
                        input_examples=list(_torch_inputs(architecture).values()))
     spec = importlib.util.spec_from_file_location(f"x2paddle_{folder.name}", save_dir / "x2paddle_code.py")
@@ -281,6 +278,8 @@ def _paddle_inputs(architecture: str) -> dict[str, Any]:
 
 def record_port(architecture: str, port: str, folder: Path, bug: str | None = None) -> Path:
     """Generate ``port`` of ``architecture`` (with ``bug`` injected) in ``folder`` and record it to ``folder/trace``."""
+    if port not in PORTS:
+        raise ValueError(f"unknown port {port!r}; choose one of {PORTS}")
     folder.mkdir(parents=True, exist_ok=True)
     trace = folder / "trace"
     model = reference_model(architecture)
@@ -289,7 +288,7 @@ def record_port(architecture: str, port: str, folder: Path, bug: str | None = No
     if port == "paddle_port":
         return _record_module(_paddle_bert(model), _paddle_inputs(architecture), trace)
     if bug is not None:
-        model = _inject_torch_bug(model, bug)
+        _inject_torch_bug(model, bug)
     if port == "x2paddle":
         return _record_module(_x2paddle(model, architecture, folder), _paddle_inputs(architecture), trace)
     if port == "onnx2torch":
