@@ -110,6 +110,22 @@ def _literal_list(text: str) -> list[str] | None:
     return None
 
 
+def _routes_of_node_name(name: str) -> list[str]:
+    """The module routes in a TorchScript exporter's node name, root first.
+
+    Each segment names a module within the one before it, but a child of a called container
+    (``nn.Sequential``) is named by its qualified name in that container: ResNet's
+    ``/layer2/layer2.0/downsample/downsample.0/Conv`` is ``layer2`` -> ``layer2.0`` ->
+    ``layer2.0.downsample`` -> ``layer2.0.downsample.0``, as ``named_modules()`` names them.
+    """
+    routes, previous = [""], ""
+    for part in (part for part in name.split("/")[1:-1] if part):
+        local = part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part
+        routes.append(f"{routes[-1]}.{local}" if routes[-1] else local)
+        previous = part
+    return routes
+
+
 def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None], str | None]:
     """The module routes a node ran in (outermost first), their qualified class names, and where
     that came from (``"name_scopes"``, ``"node_names"``, or None: no scope information)."""
@@ -124,8 +140,7 @@ def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None], str |
             routes, classes = ["", *routes], [None, *classes]
         return routes, classes, "name_scopes"
     if node.name.startswith("/"):
-        parts = [part for part in node.name.split("/")[1:-1] if part]
-        routes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+        routes = _routes_of_node_name(node.name)
         return routes, [None] * len(routes), "node_names"
     return [""], [None], None
 

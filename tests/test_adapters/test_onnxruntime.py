@@ -372,6 +372,31 @@ def _unscoped_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def test_children_of_called_sequentials_get_their_named_modules_routes(tmp_path: Path) -> None:
+    # The TorchScript exporter names them by their qualified name inside the container:
+    # /stages/stages.1/body/body.0/Conv is stages.1.body.0 (as in torchvision's ResNet layers).
+    class Stage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.body(x)
+
+    model = nn.Sequential()
+    model.add_module("stages", nn.Sequential(Stage(), Stage()))
+    x = torch.randn(1, 4, 6, 6)
+    onnx_file = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes from the exporter itself
+        torch.onnx.export(model.eval(), (x,), str(onnx_file), dynamo=False, input_names=["x"])
+    tracespec.record_onnx(onnx_file, {"x": x.numpy()}, tmp_path / "trace")
+    nodes, _ = _records(tracespec.load_trace(tmp_path / "trace"))
+    modules = {row["route"] for row in nodes.values() if row["kind"] != "op"}
+    assert {"stages", "stages.0", "stages.0.body", "stages.0.body.0", "stages.1.body.1"} <= modules
+    assert modules <= {route for route, _ in model.named_modules()}
+
+
 def test_graph_without_scopes_records_ops_under_the_root(tmp_path: Path) -> None:
     model = _unscoped_graph()
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""A corpus of real ports (made by other projects' tools at their defaults) of models written by others."""
