@@ -159,9 +159,10 @@ class CallPhase:
                 anchors[refs_a[0]] = (refs_b[0], "layer_map")
                 self.rule_transforms[(refs_a[0], refs_b[0])] = rule.transforms
             else:
-                # a container against a span of calls: only the forward boundary compares (see CallMatch)
-                spans = any(ref not in self.leaf[side] for side, refs in (("a", refs_a), ("b", refs_b)) for ref in refs)
-                groups.append(CallMatch(refs_a, refs_b, "layer_map", rule.transforms, params=False, backward=not spans))
+                # a container of A against a span of B's calls: only the forward boundary compares
+                # (see CallMatch); anything else is a fused group
+                span = len(refs_a) == 1 and refs_a[0] not in self.leaf["a"] and len(refs_b) > 1
+                groups.append(CallMatch(refs_a, refs_b, "layer_map", rule.transforms, params=False, backward=not span))
         return anchors, groups
 
     def run(self) -> tuple[list[CallMatch], list[UnmatchedCall], dict[str, Any]]:

@@ -16,12 +16,16 @@ aligned in four passes:
    maximises the total :func:`similarity` (op family, input and output shapes, parameter sizes,
    values), so an op present on one side only (a ``Linear`` realised as a functional ``matmul``,
    a layer the other side does not record) stays unmatched without shifting its neighbours.
-3. **Order.** What is left with unmistakable values (anchor quality) pairs up even against the
-   order: parallel branches (a residual shortcut) may run before or after the main path.
-4. **Fusion.** A matched call whose partner also computes the unmatched calls next to it (a
+3. **Fusion.** A matched call whose partner also computes the unmatched calls next to it (a
    ``BatchNorm`` folded into the preceding ``Conv`` by an exporter, a ``Dropout`` that is the
    identity in eval mode) becomes a group compared at the group's boundary: the first member's
    inputs and the last member's outputs.
+4. **What is left**: between consecutive groups, one call left on each side pairs up where it
+   takes and gives tensors of the same sizes (a max pool ported as an average pool is a bug to
+   report, not two unmatched calls); runs of calls of the same families in the same order pair
+   up (past a divergence that changed sizes and values); and calls whose values are
+   unmistakable pair up even against the order (a residual shortcut computed before the main path
+   on one side, after it on the other); these fold too.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tracespec.compare.families import PASS_THROUGH_FAMILIES, op_family
-from tracespec.compare.sequence import pair_block
+from tracespec.compare.sequence import diff_sequences, pair_block
 from tracespec.compare.view import RankView, Record
 
 __all__ = [
@@ -191,12 +195,14 @@ def similarity(a: CallInfo, b: CallInfo) -> float:
             score += 2
         elif a.output.count == b.output.count:
             score += 1
-        else:
+        elif not _resized(a.output.shape, b.output.shape):
             score -= 3
     if a.input is not None and b.input is not None and a.input.shape is not None and a.input.shape == b.input.shape:
         score += 1
     if a.param_sizes and b.param_sizes:
-        score += 1 if a.param_sizes == b.param_sizes else -1
+        # equal, or one side keeps more (Paddle's legacy BatchNorm holds its running statistics
+        # as parameters)
+        score += 1 if a.param_sizes == b.param_sizes else 0 if _within(a.param_sizes, b.param_sizes) else -1
     distance = value_distance(a.output, b.output)
     if distance is not None:
         score += 4 if distance <= ANCHOR_DISTANCE else 3 if distance <= 1e-2 else 1 if distance <= 1e-1 else 0
@@ -304,6 +310,22 @@ def _longest_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return chain
 
 
+def _resized(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Shapes that differ only past the batch and channel axes: the same layer seeing a spatial size
+    that a divergence upstream changed (a pooling's ``ceil_mode``)."""
+    return len(a) == len(b) > 2 and a[:2] == b[:2]
+
+
+def _same_place(a: CallInfo, b: CallInfo) -> bool:
+    """Two calls left alone between the same neighbours compute the same step of the model where
+    they take and give tensors of the same sizes, whatever their families and values say (a max
+    pool ported as an average pool), or are of one family (a pooling whose ``ceil_mode`` changed
+    its output size)."""
+    same_input = a.input is not None and b.input is not None and a.input.count is not None and a.input.count == b.input.count
+    same_output = a.output is not None and b.output is not None and a.output.count is not None and a.output.count == b.output.count
+    return (same_input and same_output) or families_compatible(a.family, b.family)
+
+
 def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: list[int], cols: list[int]) -> list[tuple[int, int]]:
     """Pairs between ``rows`` of A and ``cols`` of B maximising total similarity, in order."""
     if not rows or not cols:
@@ -318,10 +340,11 @@ def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: list[
 
 
 def _fold(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: list[tuple[int, int]],
-          methods: dict[tuple[int, int], str]) -> list[Pairing]:
-    """Turn pairs into pairings, growing a pair into a fused group where its neighbours fold into it."""
-    matched_a = {i for i, _ in pairs}
-    matched_b = {j for _, j in pairs}
+          methods: dict[tuple[int, int], str], earlier: Sequence[Pairing] = ()) -> list[Pairing]:
+    """Turn pairs into pairings, growing a pair into a fused group where its neighbours fold into it
+    (never into a member of ``earlier`` pairings)."""
+    matched_a = {i for i, _ in pairs} | {i for p in earlier for i in p.a}
+    matched_b = {j for _, j in pairs} | {j for p in earlier for j in p.b}
     result = []
     for i, j in pairs:
         group_a, group_b = [i], [j]
@@ -356,7 +379,9 @@ def _absorbs(core: CallInfo, last: CallInfo, folded: CallInfo, fused: CallInfo) 
         return False
     if folded.family == "batchnorm" and core.family not in FOLDS_INTO:
         return False
-    if folded.output is not None and fused.output is not None and folded.output.shape != fused.output.shape:
+    if (folded.output is not None and fused.output is not None and folded.output.shape is not None
+            and fused.output.shape is not None and folded.output.shape != fused.output.shape
+            and not _resized(folded.output.shape, fused.output.shape)):
         return False  # the group's boundary would not be the partner's (a Flatten after a pool)
     to_last = value_distance(last.output, fused.output)
     to_folded = value_distance(folded.output, fused.output)
@@ -399,7 +424,65 @@ def align_call_sequences(
         if i < len(seq_a):
             pairs.append((i, j))
         previous = (i, j)
-    # branches computed in another order (a residual shortcut before or after the main path): what
-    # is left whose values are unmistakable pairs up across the order
-    pairs += _value_anchors(seq_a, seq_b, {i for i, _ in pairs}, {j for _, j in pairs})
-    return _fold(seq_a, seq_b, sorted(pairs), given)
+    found = _fold(seq_a, seq_b, sorted(pairs), given)
+    # what folding left: runs between consecutive groups paired by family, then branches computed
+    # in another order (a residual shortcut before or after the main path) paired by their values
+    bounds = sorted((i, j) for p in found for i in p.a for j in p.b)
+    more = _lone_pairs(seq_a, seq_b, bounds)
+    taken_a = {i for p in found for i in p.a} | {i for i, _ in more}
+    taken_b = {j for p in found for j in p.b} | {j for _, j in more}
+    more += _value_anchors(seq_a, seq_b, taken_a, taken_b)
+    return sorted(found + _fold(seq_a, seq_b, sorted(more), given, found), key=lambda p: p.a)
+
+
+def _within(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Is one sorted multiset of sizes contained in the other?"""
+    small, large = (list(a), list(b)) if len(a) <= len(b) else (list(b), list(a))
+    for size in small:
+        if size not in large:
+            return False
+        large.remove(size)
+    return True
+
+
+def _lone_pairs(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pair by family, in order, the calls left between two consecutive pairs.
+
+    Past a divergence that changes sizes (a pooling's ``ceil_mode``) and values, similarity has
+    little to go on; but the calls left on each side, once the batch norms folded on one side are
+    set aside, are the same layers where their families follow in the same order: the longest
+    common subsequence of families pairs them (a residual ``Add`` recorded on one side only stays
+    out). One call left on each side pairs up where :func:`_same_place`. What is set aside is
+    folded by :func:`_fold` afterwards.
+    """
+    found = []
+    bounds = [(-1, -1), *sorted(pairs), (len(seq_a), len(seq_b))]
+    for (i0, j0), (i1, j1) in zip(bounds, bounds[1:]):
+        rows, cols = list(range(i0 + 1, i1)), list(range(j0 + 1, j1))
+        if not rows or not cols:
+            continue
+        if len(rows) == len(cols) == 1 and _same_place(seq_a[rows[0]], seq_b[cols[0]]):
+            found.append((rows[0], cols[0]))
+            continue
+        rows, cols = _unfolded(seq_a, rows, seq_b, cols), _unfolded(seq_b, cols, seq_a, rows)
+        ops = diff_sequences(len(rows), len(cols), lambda i, j: _alike(seq_a[rows[i]], seq_b[cols[j]]), lambda i, j: 0.0)
+        found += [(rows[op.a], cols[op.b]) for op in ops if op.op == "keep"]
+    return found
+
+
+def _alike(a: CallInfo, b: CallInfo) -> bool:
+    """One family, and outputs of one rank (their sizes may differ past a divergence)."""
+    if a.family != b.family:
+        return False
+    if a.output is None or b.output is None or a.output.shape is None or b.output.shape is None:
+        return True
+    return len(a.output.shape) == len(b.output.shape)
+
+
+def _unfolded(seq: Sequence[CallInfo], run: list[int], other: Sequence[CallInfo], other_run: list[int]) -> list[int]:
+    """``run`` without the batch norms that follow a layer they fold into, where ``other_run`` has
+    no batch norm (the other side's exporter folded them)."""
+    if any(other[k].family == "batchnorm" for k in other_run):
+        return run
+    return [k for n, k in enumerate(run)
+            if not (seq[k].family == "batchnorm" and n > 0 and seq[run[n - 1]].family in FOLDS_INTO)]

@@ -18,7 +18,7 @@ import numpy as np
 
 from tracespec.compare.align import Alignment, align_trees
 from tracespec.compare.calls import CallMatch, alignment_layer_map
-from tracespec.compare.layer_map import LayerMap, load_layer_map, transform_for
+from tracespec.compare.layer_map import LayerMap, Transform, load_layer_map, transform_for
 from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.diagnose import (
     RecordResult,
@@ -112,6 +112,11 @@ class _Comparer:
             return result
         self.dtypes.update((ra.dtype, rb.dtype))
         shape_b = rb.shape if transform is None or rb.shape is None else transform.apply_shape(rb.shape)
+        if ra.shape is not None and shape_b is not None and ra.shape != shape_b and _squeezed(ra.shape) == _squeezed(shape_b):
+            # the same values with axes of size 1 kept or dropped (a pooling's [n, c, 1, 1] against a
+            # flattened [n, c]): compared in A's shape
+            transform = Transform(((transform.ops if transform is not None else ()) + (("reshape", ra.shape),)))
+            shape_b, result.transform = ra.shape, transform.describe()
         if ra.shape != shape_b:
             result.status = "diverged"
             result.note = f"shapes differ: A {list(ra.shape or [])} vs B {list(rb.shape or [])}" + (
@@ -356,6 +361,10 @@ class _RankComparison:
         self.comparer.benign.explain(units)  # kink flips and what they explain: benign, before diagnosis
         classify_units(units)
         return units
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(extent for extent in shape if extent != 1)
 
 
 _OWN_ROLES: Final = ("output", "grad_input")
