@@ -217,6 +217,9 @@ def classify_units(units: list[UnitResult]) -> None:
             unit.evidence = f"{bad_outputs} differ(s) although its output gradients and forward values agree"
         elif unit.stage == "update":
             unit.evidence = f"{bad_outputs} differ(s) although the parameters' gradients and forward values agree"
+        elif unit.a_routes or unit.b_routes:
+            unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree (a fused group, compared at its "
+                             "boundary: a difference in any member, its weights or hyper-parameters shows here)")
         else:
             unit.evidence = f"{bad_outputs} differ(s) although its inputs and parameters agree"
         introduced.append(unit)

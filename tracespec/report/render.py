@@ -329,6 +329,10 @@ def _culprit_html(culprit: Mapping[str, Any] | None, hint: str | None) -> str:
         ("kind", str(culprit.get("kind", ""))),
         ("stage", f"{culprit.get('stage')}, step {culprit.get('step')}, rank {culprit.get('rank')}"),
     ]
+    group = [" + ".join(str(r) or "(root)" for r in side.get("routes") or []) for side in
+             (culprit.get("a") or {}, culprit.get("b") or {}) if isinstance(side, Mapping)]
+    if any(group):
+        rows.append((f"{culprit.get('alignment') or 'group'} group", "  ↔  ".join(group)))
     if culprit.get("evidence"):
         rows.append(("evidence", str(culprit["evidence"])))
     metrics = culprit.get("metrics") or {}
