@@ -87,6 +87,9 @@ def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict
     assert verdict.status == "pass", verdict.first_divergence
     calls = _calls(verdict)
     assert calls["fraction_a"] == 1.0 and calls["by_method"]["fused"] >= 20
+    # B's side: each folded Conv counts once; the residual Adds ONNX records and A computes
+    # functionally are B's unmatched calls
+    assert calls["by_method_b"]["fused"] == 10 and calls["compared_b"] == sum(calls["by_method_b"].values())
     fused = [n for n in verdict.nodes if n["alignment"] == "fused" and n["stage"] == "forward"]
     assert any(n["a"]["routes"] == ["layer2.0.downsample.0", "layer2.0.downsample.1"] and
                n["b"]["routes"] == [shortcut] for n in fused)

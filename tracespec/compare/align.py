@@ -113,7 +113,7 @@ class Alignment:
     unmatched_calls: tuple[UnmatchedCall, ...] = ()
     leaf_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     compared_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
-    calls_by_method: dict[str, int] = field(default_factory=dict)
+    calls_by_method: dict[str, dict[str, int]] = field(default_factory=lambda: {"a": {}, "b": {}})
 
     def method_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(CALL_METHODS, 0)
@@ -128,7 +128,8 @@ class Alignment:
             "compared_a": self.compared_calls["a"], "compared_b": self.compared_calls["b"],
             "fraction_a": self.compared_calls["a"] / self.leaf_calls["a"] if self.leaf_calls["a"] else 1.0,
             "fraction_b": self.compared_calls["b"] / self.leaf_calls["b"] if self.leaf_calls["b"] else 1.0,
-            "by_method": {m: self.calls_by_method.get(m, 0) for m in CALL_METHODS},
+            "by_method": {m: self.calls_by_method["a"].get(m, 0) for m in CALL_METHODS},
+            "by_method_b": {m: self.calls_by_method["b"].get(m, 0) for m in CALL_METHODS},
         }
 
 

@@ -306,7 +306,7 @@ class CallPhase:
 
     def _coverage(self, in_sequence: dict[str, dict[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]]) -> dict[str, Any]:
         compared = {"a": 0, "b": 0}
-        by_method: dict[str, int] = {}
+        by_method: dict[str, dict[str, int]] = {"a": {}, "b": {}}
         for side in ("a", "b"):
             for ref in self.leaf[side]:
                 method = in_sequence[side].get(ref)
@@ -315,8 +315,7 @@ class CallPhase:
                 if method is None:
                     continue
                 compared[side] += 1
-                if side == "a":
-                    by_method[method] = by_method.get(method, 0) + 1
+                by_method[side][method] = by_method[side].get(method, 0) + 1
         return {"leaf": {side: len(self.leaf[side]) for side in ("a", "b")}, "compared": compared, "by_method": by_method}
 
     def _unmatched(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
