@@ -208,8 +208,9 @@ class CallPhase:
                 for ref in refs:
                     in_sequence[side][ref] = method
         matches += self._containers(seqs, matches, node_pairs, covered)
-        unmatched = self._unmatched(seqs, matches, infos)
-        coverage = self._coverage(in_sequence, covered)
+        consumed = self._consumed(seqs, matches, infos)
+        unmatched = self._unmatched(seqs, matches, infos, consumed)
+        coverage = self._coverage(in_sequence, covered, consumed)
         self.accounted |= {(side, node) for side in ("a", "b") for node, _ in [*in_sequence[side], *covered[side]]}
         self.accounted |= {(u.side, u.node) for u in unmatched}
         self.accounted |= {("a", m.a[0][0]) for m in matches} | {("b", ref[0]) for m in matches for ref in m.b}
@@ -304,7 +305,31 @@ class CallPhase:
                 return False
         return True
 
-    def _coverage(self, in_sequence: dict[str, dict[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]]) -> dict[str, Any]:
+    def _consumed(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
+                  infos: dict[str, list[Any]]) -> dict[str, dict[CallRef, tuple[str, str]]]:
+        """Unmatched leaf calls whose output is the input of a matched call on their own side (an ONNX
+        ``Add`` of a residual that PyTorch computes outside any module): that tensor is compared as
+        the consumer's input, so the call counts as compared. By side: call -> (consumer's route,
+        the consumer's alignment method)."""
+        found: dict[str, dict[CallRef, tuple[str, str]]] = {"a": {}, "b": {}}
+        for side, view in (("a", self.va), ("b", self.vb)):
+            position = {ref: i for i, ref in enumerate(seqs[side])}
+            inputs: dict[Any, tuple[str, str]] = {}
+            for match in matches:
+                first = (match.a if side == "a" else match.b)[0]
+                if first in position:
+                    key = _value_key(infos[side][position[first]].input)
+                    if key is not None:
+                        inputs.setdefault(key, (view.nodes[first[0]].route, match.method))
+            matched = {ref for match in matches for ref in (match.a if side == "a" else match.b)}
+            for ref, i in position.items():
+                key = _value_key(infos[side][i].output)
+                if ref not in matched and key in inputs:
+                    found[side][ref] = inputs[key]
+        return found
+
+    def _coverage(self, in_sequence: dict[str, dict[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]],
+                  consumed: dict[str, dict[CallRef, tuple[str, str]]]) -> dict[str, Any]:
         compared = {"a": 0, "b": 0}
         by_method: dict[str, dict[str, int]] = {"a": {}, "b": {}}
         for side in ("a", "b"):
@@ -312,14 +337,16 @@ class CallPhase:
                 method = in_sequence[side].get(ref)
                 if method is None and ref in covered[side]:
                     method = in_sequence[side].get(covered[side][ref])
+                if method is None and ref in consumed[side]:
+                    method = consumed[side][ref][1]
                 if method is None:
                     continue
                 compared[side] += 1
                 by_method[side][method] = by_method[side].get(method, 0) + 1
         return {"leaf": {side: len(self.leaf[side]) for side in ("a", "b")}, "compared": compared, "by_method": by_method}
 
-    def _unmatched(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
-                   infos: dict[str, list[Any]]) -> list[UnmatchedCall]:
+    def _unmatched(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch], infos: dict[str, list[Any]],
+                   consumed: dict[str, dict[CallRef, tuple[str, str]]]) -> list[UnmatchedCall]:
         """Each leaf call of either sequence that no match covers, with what the other side has there."""
         position = {side: {ref: i for i, ref in enumerate(seq)} for side, seq in seqs.items()}
         partner: dict[str, dict[int, int]] = {"a": {}, "b": {}}
@@ -350,6 +377,8 @@ class CallPhase:
                 else:
                     reason = (f"none of the {gap} unmatched call(s) of the other trace {where} computes the same "
                               f"{infos[side][i].family} (op family, shapes and values differ)")
+                if ref in consumed[side]:
+                    reason += f"; its output is compared, as the input of {consumed[side][ref][0]!r}"
                 node = view.nodes[ref[0]]
                 found.append(UnmatchedCall(side, ref[0], ref[1], node.route, node.class_name, reason))
         return found
@@ -359,6 +388,16 @@ class CallPhase:
         if index is None:
             return default
         return repr(view.nodes[seq[index][0]].route or "(root)")
+
+
+def _value_key(value: Any) -> Any:
+    """What identifies a tensor recorded twice in one trace: its content hash, else its statistics."""
+    if value is None:
+        return None
+    if value.hash is not None:
+        return ("hash", value.hash)
+    stats = (value.count, value.mean, value.rms, value.min, value.max)
+    return None if any(x is None for x in stats) else ("stats", *stats)
 
 
 def _call_parents(calls: dict[CallRef, Call], view: RankView) -> dict[CallRef, CallRef | None]:
