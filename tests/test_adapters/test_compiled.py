@@ -1,0 +1,148 @@
+"""Recording a ``torch.compile``d model: the recording stays out of the compiled graphs.
+
+The model is compiled with the default backend (Inductor, which generates and builds C++ on
+CPU). Recording installs its hooks as ``torch.compiler.disable``d functions, so every recorded
+module boundary is a graph break and the model runs as one compiled piece per module; these
+tests check that this changes neither what is computed nor how the trace names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import tracespec
+from tracespec.testing.adapter_tests import TraceView
+
+# Inductor's CPU backend imports torch.utils.mkldnn, whose TorchScript classes warn that
+# TorchScript is deprecated: torch warning about itself, nothing this code does.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+WIDTH = 8
+
+
+class FeedForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(WIDTH, 4 * WIDTH)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(WIDTH)
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.ln2 = nn.LayerNorm(WIDTH)
+        self.mlp = FeedForward()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.proj(self.ln1(x))
+        return h + self.mlp(self.ln2(h))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.ln_f = nn.LayerNorm(WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+
+def make_model() -> TinyTransformer:
+    torch.manual_seed(0)
+    return TinyTransformer().eval()
+
+
+def make_input() -> torch.Tensor:
+    return torch.randn(2, 5, WIDTH, generator=torch.Generator().manual_seed(1))
+
+
+def compile_in_place(model: nn.Module) -> nn.Module:
+    model.compile()
+    return model
+
+
+# The two ways torch offers to compile a module: a wrapper (OptimizedModule), or in place.
+COMPILERS: dict[str, Callable[[nn.Module], nn.Module]] = {"torch.compile": torch.compile, "Module.compile": compile_in_place}
+
+
+@pytest.fixture(scope="module")
+def unrecorded_output() -> torch.Tensor:
+    """What the compiled model computes without recording (compiled as one graph)."""
+    with torch.no_grad():
+        return torch.compile(make_model())(make_input())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def eager_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("eager") / "trace"
+    model = make_model()
+    with torch.no_grad(), tracespec.record(model, path, capture="full"):
+        model(make_input())
+    return path
+
+
+def record_compiled(path: Path, compiled: nn.Module, capture: str) -> torch.Tensor:
+    with torch.no_grad(), tracespec.record(compiled, path, capture=capture):
+        return compiled(make_input())  # type: ignore[no-any-return]
+
+
+def routes(path: Path) -> list[str]:
+    return [node["route"] for node in TraceView(path).nodes]
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
+@pytest.mark.parametrize("capture", ["full", "stats", "hash"])
+def test_compiled_model_is_recorded_without_changing_its_output(
+    compiler: str, capture: str, tmp_path: Path, unrecorded_output: torch.Tensor, eager_trace: Path
+) -> None:
+    compiled = COMPILERS[compiler](make_model())
+    output = record_compiled(tmp_path / "compiled", compiled, capture)
+    assert torch.equal(output, unrecorded_output)  # bit-identical
+    assert tracespec.validate_trace(tmp_path / "compiled").complete
+    assert routes(tmp_path / "compiled") == routes(eager_trace)
+    view = TraceView(tmp_path / "compiled")
+    called = {view.route_of[record["node"]] for record in view.records(role="output")}
+    assert called == {route for route in routes(eager_trace) if route != "blocks"}  # a ModuleList is never called
+    if capture == "hash":
+        # Hashes compare bits, and Inductor's kernels are not bit-identical to eager torch's
+        # (its LayerNorm rounds differently): a hash trace is checked against a second
+        # compiled run, whose every record must be bit-identical.
+        reference = tmp_path / "compiled_again"
+        record_compiled(reference, COMPILERS[compiler](make_model()), capture)
+    else:
+        reference = eager_trace
+    verdict = tracespec.compare(reference, tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+
+
+def test_compiled_model_runs_as_one_graph_again_after_the_recording(tmp_path: Path, unrecorded_output: torch.Tensor) -> None:
+    compiled = torch.compile(make_model())
+    record_compiled(tmp_path / "compiled", compiled, "stats")
+    explanation = torch._dynamo.explain(compiled._orig_mod)(make_input())
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+    with torch.no_grad():
+        assert torch.equal(compiled(make_input()), unrecorded_output)
+
+
+def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_trace: Path) -> None:
+    model = make_model()
+    model.blocks[1].ln2.eps = 1e-2  # the reference uses LayerNorm's default, 1e-5
+    record_compiled(tmp_path / "compiled", torch.compile(model), "full")
+    verdict = tracespec.compare(eager_trace, tmp_path / "compiled")
+    assert not verdict.passed
+    assert verdict.first_divergence is not None
+    assert verdict.first_divergence["a"]["route"] == "blocks.1.ln2"
