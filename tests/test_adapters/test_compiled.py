@@ -129,13 +129,45 @@ def test_compiled_model_is_recorded_without_changing_its_output(
     assert verdict.passed, verdict.hint
 
 
-def test_compiled_model_runs_as_one_graph_again_after_the_recording(tmp_path: Path, unrecorded_output: torch.Tensor) -> None:
-    compiled = torch.compile(make_model())
-    record_compiled(tmp_path / "compiled", compiled, "stats")
-    explanation = torch._dynamo.explain(compiled._orig_mod)(make_input())
-    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+class GraphRunCounter:
+    """A torch.compile backend that runs Dynamo's graphs as they are and counts each run.
+
+    How Dynamo splits a model into graphs does not depend on the backend; counting with this
+    one says how many compiled pieces one forward runs.
+    """
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., object]:
+        def run(*args: torch.Tensor) -> object:
+            self.runs += 1
+            return graph.forward(*args)
+
+        return run
+
+    def take(self) -> int:
+        runs, self.runs = self.runs, 0
+        return runs
+
+
+def test_the_graph_is_split_at_each_module_only_while_recording(tmp_path: Path) -> None:
+    graphs = GraphRunCounter()
+    compiled = torch.compile(make_model(), backend=graphs)
     with torch.no_grad():
-        assert torch.equal(compiled(make_input()), unrecorded_output)
+        compiled(make_input())  # compiled before the recording, without hooks: this code must not run in it
+        assert graphs.take() == 1
+        with tracespec.record(compiled, tmp_path / "trace", capture="stats"):
+            compiled(make_input())
+            runs_while_recording = graphs.take()
+        compiled(make_input())
+        assert graphs.take() == 1
+    view = TraceView(tmp_path / "trace")
+    called = {view.route_of[record["node"]] for record in view.records(role="output")}
+    assert len(called) == 18  # every module but the ModuleList, which is never called
+    # One piece per leaf module's forward (13: 6 per block, and ln_f), and one per residual
+    # addition, which lies between two module calls in Block.forward (2 per block).
+    assert runs_while_recording == 13 + 2 * 2
 
 
 def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_trace: Path) -> None:
