@@ -8,6 +8,9 @@ tests check that this changes neither what is computed nor how the trace names i
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,3 +216,11 @@ def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_tr
     assert not verdict.passed
     assert verdict.first_divergence is not None
     assert verdict.first_divergence["a"]["route"] == "blocks.1.ln2"
+
+
+def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "recording.md").read_text()
+    section = doc[doc.index("## Compiled models") : doc.index("## Devices and costs")]
+    script, printed = re.findall(r"```(?:python)?\n(.*?)```", section, flags=re.S)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout == printed
