@@ -44,6 +44,7 @@ from tracespec.adapters._common import (
     parse_options,
     stats_from_sums,
 )
+from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
 __all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
@@ -99,6 +100,13 @@ def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
     route it has in the uncompiled model, so a compiled and an eager trace of one model align.
     """
     while isinstance(model, torch._dynamo.OptimizedModule):
+        if model.dynamo_ctx.fullgraph:
+            # Dynamo would raise at the first hook with a hint to remove torch.compiler.disable.
+            raise UsageError(
+                "tracespec.record: this model was compiled with fullgraph=True, but recording breaks "
+                "the graph at every module call (the recording runs outside compiled code); "
+                "compile it without fullgraph=True to record it"
+            )
         model = model._orig_mod
     return model
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import tracespec
+from tracespec.errors import UsageError
 from tracespec.testing.adapter_tests import TraceView
 
 pytestmark = [
@@ -216,6 +217,13 @@ def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_tr
     assert not verdict.passed
     assert verdict.first_divergence is not None
     assert verdict.first_divergence["a"]["route"] == "blocks.1.ln2"
+
+
+def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(tmp_path: Path) -> None:
+    compiled = torch.compile(make_model(), fullgraph=True)
+    with pytest.raises(UsageError, match="fullgraph=True"):
+        tracespec.record(compiled, tmp_path / "trace")
+    assert not (tmp_path / "trace").exists()
 
 
 def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:
