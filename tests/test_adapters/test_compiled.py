@@ -139,6 +139,24 @@ def test_compiled_model_is_recorded_without_changing_its_output(
     assert verdict.passed, verdict.hint
 
 
+def test_a_model_called_from_a_compiled_function_is_recorded(tmp_path: Path, eager_trace: Path) -> None:
+    model = make_model()
+
+    @torch.compile
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return model(x).square().sum()
+
+    with torch.no_grad():
+        unrecorded = loss(make_input())
+        with tracespec.record(model, tmp_path / "compiled", capture="full"):
+            recorded = loss(make_input())
+    assert torch.equal(recorded, unrecorded)
+    verdict = tracespec.compare(eager_trace, tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+    view = TraceView(tmp_path / "compiled")
+    assert len({view.route_of[record["node"]] for record in view.records(role="output")}) == 18
+
+
 def training_step(model: nn.Module, path: Path | None) -> list[torch.Tensor]:
     """Forward and backward of ``model`` in train mode (recorded into ``path`` unless None):
     the output, the input's gradient and the parameters' gradients."""
