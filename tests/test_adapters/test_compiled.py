@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import tracespec
+from tracespec.cli import cli
 from tracespec.errors import UsageError
 from tracespec.testing.adapter_tests import TraceView
 
@@ -235,6 +237,9 @@ def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_tr
     assert not verdict.passed
     assert verdict.first_divergence is not None
     assert verdict.first_divergence["a"]["route"] == "blocks.1.ln2"
+    diff = CliRunner().invoke(cli, ["diff", str(eager_trace), str(tmp_path / "compiled")], prog_name="tracespec")
+    assert diff.exit_code == 1
+    assert "blocks.1.ln2 (LayerNorm) INTRODUCED it" in diff.output
 
 
 def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(tmp_path: Path) -> None:
