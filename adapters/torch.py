@@ -17,6 +17,9 @@ Constraints:
   immediately; CUDA tensors are copied to pinned host memory with non-blocking copies and their
   statistics stay on the device until the records are written (at the step end or when too many
   wait), so no hook synchronises the device.
+- torch.compile: the hooks are ``torch.compiler.disable``d, so they run eagerly between compiled
+  pieces (a graph break at every module call) and never inside a graph, where tensors are fake;
+  a compiled wrapper is recorded as the module it wraps (see ``docs/recording.md``).
 """
 
 from __future__ import annotations
