@@ -17,6 +17,9 @@ Constraints:
   immediately; CUDA tensors are copied to pinned host memory with non-blocking copies and their
   statistics stay on the device until the records are written (at the step end or when too many
   wait), so no hook synchronises the device.
+- torch.compile: the hooks are ``torch.compiler.disable``d, so they run eagerly between compiled
+  pieces (a graph break at every module call) and never inside a graph, where tensors are fake;
+  a compiled wrapper is recorded as the module it wraps (see ``docs/recording.md``).
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ from tracespec.adapters._common import (
     parse_options,
     stats_from_sums,
 )
+from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments"]
+__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
 
 FRAMEWORK: Final = "torch"
 
@@ -89,6 +93,25 @@ def accepts(model: Any) -> bool:
 def record(model: torch.nn.Module, path: str | os.PathLike[str], **options: Any) -> TorchRecorder:
     """Record ``model``; see :func:`tracespec.record` and ``docs/recording.md``."""
     return TorchRecorder(model, path, parse_options(**options))
+
+
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a ``torch.compile(module)`` wrapper runs, or ``model`` itself.
+
+    ``torch.compile`` returns an ``OptimizedModule`` holding the module as ``_orig_mod``: its
+    tree is the module's, one level down. Recording the module itself names every module by the
+    route it has in the uncompiled model, so a compiled and an eager trace of one model align.
+    """
+    while isinstance(model, torch._dynamo.OptimizedModule):
+        if model.dynamo_ctx.fullgraph:
+            # Dynamo would raise at the first hook with a hint to remove torch.compiler.disable.
+            raise UsageError(
+                "tracespec.record: this model was compiled with fullgraph=True, but recording breaks "
+                "the graph at every module call (the recording runs outside compiled code); "
+                "compile it without fullgraph=True to record it"
+            )
+        model = model._orig_mod
+    return model
 
 
 # ------------------------------------------------------------------------------ host copies
@@ -179,6 +202,18 @@ def stats_from_moments(moments: list[float]) -> TensorStats:
 
 
 # ------------------------------------------------------------------------------ recorder
+def _forget_compiled_code() -> None:
+    """Drop the code torch.compile cached, when it would not notice hooks come and go.
+
+    Dynamo does not guard on module hooks by default (``skip_nnmodule_hook_guards``): code
+    compiled before the recording would run without the hooks (submodules silently not
+    recorded), and code compiled during it would keep the model split at every module after.
+    Everything compiled is compiled again at its next call.
+    """
+    if torch._dynamo.config.skip_nnmodule_hook_guards:
+        torch.compiler.reset()
+
+
 @dataclass(slots=True)
 class _InputSlot:
     """What the two gradient hooks of one input share: its slot, taken by the first to fire.
@@ -212,7 +247,7 @@ class TorchRecorder(Recorder):
     framework = FRAMEWORK
 
     def __init__(self, model: torch.nn.Module, path: str | os.PathLike[str], options: RecordOptions) -> None:
-        super().__init__(model, path, options)
+        super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
 
@@ -298,10 +333,16 @@ class TorchRecorder(Recorder):
 
     # ---------------------------------------------------------------- hooks
     def install_hooks(self) -> None:
+        # Under torch.compile, Dynamo would trace the hooks into the graph (where tensors are
+        # fake and have no data to summarise). Disabled, each hook call is a graph break: the
+        # hooks run eagerly on real tensors, between the compiled pieces of the model.
+        pre_hook = torch.compiler.disable(self._pre_hook, reason="tracespec records outside compiled graphs")
+        post_hook = torch.compiler.disable(self._post_hook, reason="tracespec records outside compiled graphs")
+        _forget_compiled_code()
         for node in self._nodes:
             module = node.module
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True))
+            self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
 
     def install_optimizer_hooks(self, optimizer: Any) -> None:
         self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step()))
@@ -312,6 +353,7 @@ class TorchRecorder(Recorder):
             handle.remove()
         self._handles.clear()
         self._host_buffers.clear()
+        _forget_compiled_code()
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         fc = self.forward_begin(module, args, kwargs)

@@ -1,0 +1,257 @@
+"""Recording a ``torch.compile``d model: the recording stays out of the compiled graphs.
+
+The model is compiled with the default backend (Inductor, which generates and builds C++ on
+CPU). Recording installs its hooks as ``torch.compiler.disable``d functions, so every recorded
+module boundary is a graph break and the model runs as one compiled piece per module; these
+tests check that this changes neither what is computed nor how the trace names it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import tracespec
+from tracespec.cli import cli
+from tracespec.errors import UsageError
+from tracespec.testing.adapter_tests import TraceView
+
+pytestmark = [
+    # Inductor's CPU backend imports torch.utils.mkldnn, whose TorchScript classes warn that
+    # TorchScript is deprecated: torch warning about itself, nothing this code does.
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    # Dynamo reads `.grad` of every tensor entering a compiled piece, and hides the warning this
+    # gives for a non-leaf one (torch._logging.hide_warnings); only an "error" filter, like the
+    # test suite's, turns it into an exception. In training, each piece's inputs are non-leaves.
+    pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning"),
+]
+
+WIDTH = 8
+
+
+class FeedForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(WIDTH, 4 * WIDTH)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(WIDTH)
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.ln2 = nn.LayerNorm(WIDTH)
+        self.mlp = FeedForward()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.proj(self.ln1(x))
+        return h + self.mlp(self.ln2(h))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.ln_f = nn.LayerNorm(WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+
+def make_model() -> TinyTransformer:
+    torch.manual_seed(0)
+    return TinyTransformer().eval()
+
+
+def make_input() -> torch.Tensor:
+    return torch.randn(2, 5, WIDTH, generator=torch.Generator().manual_seed(1))
+
+
+def compile_in_place(model: nn.Module) -> nn.Module:
+    model.compile()
+    return model
+
+
+# The two ways torch offers to compile a module: a wrapper (OptimizedModule), or in place.
+COMPILERS: dict[str, Callable[[nn.Module], nn.Module]] = {"torch.compile": torch.compile, "Module.compile": compile_in_place}
+
+
+@pytest.fixture(scope="module")
+def unrecorded_output() -> torch.Tensor:
+    """What the compiled model computes without recording (compiled as one graph)."""
+    with torch.no_grad():
+        return torch.compile(make_model())(make_input())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def eager_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("eager") / "trace"
+    model = make_model()
+    with torch.no_grad(), tracespec.record(model, path, capture="full"):
+        model(make_input())
+    return path
+
+
+def record_compiled(path: Path, compiled: nn.Module, capture: str) -> torch.Tensor:
+    with torch.no_grad(), tracespec.record(compiled, path, capture=capture):
+        return compiled(make_input())  # type: ignore[no-any-return]
+
+
+def routes(path: Path) -> list[str]:
+    return [node["route"] for node in TraceView(path).nodes]
+
+
+@pytest.mark.parametrize("compiler", COMPILERS)
+@pytest.mark.parametrize("capture", ["full", "stats", "hash"])
+def test_compiled_model_is_recorded_without_changing_its_output(
+    compiler: str, capture: str, tmp_path: Path, unrecorded_output: torch.Tensor, eager_trace: Path
+) -> None:
+    compiled = COMPILERS[compiler](make_model())
+    output = record_compiled(tmp_path / "compiled", compiled, capture)
+    assert torch.equal(output, unrecorded_output)  # bit-identical
+    assert tracespec.validate_trace(tmp_path / "compiled").complete
+    assert routes(tmp_path / "compiled") == routes(eager_trace)
+    view = TraceView(tmp_path / "compiled")
+    called = {view.route_of[record["node"]] for record in view.records(role="output")}
+    assert called == {route for route in routes(eager_trace) if route != "blocks"}  # a ModuleList is never called
+    if capture == "hash":
+        # Hashes compare bits, and Inductor's kernels are not bit-identical to eager torch's
+        # (its LayerNorm rounds differently): a hash trace is checked against a second
+        # compiled run, whose every record must be bit-identical.
+        reference = tmp_path / "compiled_again"
+        record_compiled(reference, COMPILERS[compiler](make_model()), capture)
+    else:
+        reference = eager_trace
+    verdict = tracespec.compare(reference, tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+
+
+def test_a_model_called_from_a_compiled_function_is_recorded(tmp_path: Path, eager_trace: Path) -> None:
+    model = make_model()
+
+    @torch.compile
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return model(x).square().sum()
+
+    with torch.no_grad():
+        unrecorded = loss(make_input())
+        with tracespec.record(model, tmp_path / "compiled", capture="full"):
+            recorded = loss(make_input())
+    assert torch.equal(recorded, unrecorded)
+    verdict = tracespec.compare(eager_trace, tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+    view = TraceView(tmp_path / "compiled")
+    assert len({view.route_of[record["node"]] for record in view.records(role="output")}) == 18
+
+
+def training_step(model: nn.Module, path: Path | None) -> list[torch.Tensor]:
+    """Forward and backward of ``model`` in train mode (recorded into ``path`` unless None):
+    the output, the input's gradient and the parameters' gradients."""
+    x = make_input().requires_grad_()
+    parameters = list(model.parameters())
+    model.train()
+    if path is None:
+        output = model(x)
+        output.square().sum().backward()
+    else:
+        with tracespec.record(model, path, capture="full"):
+            output = model(x)
+            output.square().sum().backward()
+    return [output.detach(), x.grad, *(p.grad for p in parameters)]
+
+
+def test_training_step_of_a_compiled_model_is_recorded_with_its_gradients(tmp_path: Path) -> None:
+    unrecorded = training_step(torch.compile(make_model()), None)
+    recorded = training_step(torch.compile(make_model()), tmp_path / "compiled")
+    assert all(torch.equal(a, b) for a, b in zip(unrecorded, recorded, strict=True))
+    training_step(make_model(), tmp_path / "eager")
+    view = TraceView(tmp_path / "compiled")
+    assert {(call["stage"], view.route_of[call["node"]]) for call in view.calls} == {
+        (call["stage"], view.route_of[call["node"]]) for call in TraceView(tmp_path / "eager").calls
+    }
+    verdict = tracespec.compare(tmp_path / "eager", tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+
+
+class GraphRunCounter:
+    """A torch.compile backend that runs Dynamo's graphs as they are and counts each run.
+
+    How Dynamo splits a model into graphs does not depend on the backend; counting with this
+    one says how many compiled pieces one forward runs.
+    """
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., object]:
+        def run(*args: torch.Tensor) -> object:
+            self.runs += 1
+            return graph.forward(*args)
+
+        return run
+
+    def take(self) -> int:
+        runs, self.runs = self.runs, 0
+        return runs
+
+
+def test_the_graph_is_split_at_each_module_only_while_recording(tmp_path: Path) -> None:
+    graphs = GraphRunCounter()
+    compiled = torch.compile(make_model(), backend=graphs)
+    with torch.no_grad():
+        compiled(make_input())  # compiled before the recording, without hooks: this code must not run in it
+        assert graphs.take() == 1
+        with tracespec.record(compiled, tmp_path / "trace", capture="stats"):
+            compiled(make_input())
+            runs_while_recording = graphs.take()
+        compiled(make_input())
+        assert graphs.take() == 1
+    view = TraceView(tmp_path / "trace")
+    called = {view.route_of[record["node"]] for record in view.records(role="output")}
+    assert len(called) == 18  # every module but the ModuleList, which is never called
+    # One piece per leaf module's forward (13: 6 per block, and ln_f), and one per residual
+    # addition, which lies between two module calls in Block.forward (2 per block).
+    assert runs_while_recording == 13 + 2 * 2
+
+
+def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_trace: Path) -> None:
+    model = make_model()
+    model.blocks[1].ln2.eps = 1e-2  # the reference uses LayerNorm's default, 1e-5
+    record_compiled(tmp_path / "compiled", torch.compile(model), "full")
+    verdict = tracespec.compare(eager_trace, tmp_path / "compiled")
+    assert not verdict.passed
+    assert verdict.first_divergence is not None
+    assert verdict.first_divergence["a"]["route"] == "blocks.1.ln2"
+    diff = CliRunner().invoke(cli, ["diff", str(eager_trace), str(tmp_path / "compiled")], prog_name="tracespec")
+    assert diff.exit_code == 1
+    assert "blocks.1.ln2 (LayerNorm) INTRODUCED it" in diff.output
+
+
+def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(tmp_path: Path) -> None:
+    compiled = torch.compile(make_model(), fullgraph=True)
+    with pytest.raises(UsageError, match="fullgraph=True"):
+        tracespec.record(compiled, tmp_path / "trace")
+    assert not (tmp_path / "trace").exists()
+
+
+def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "recording.md").read_text()
+    section = doc[doc.index("## Compiled models") : doc.index("## Devices and costs")]
+    script, printed = re.findall(r"```(?:python)?\n(.*?)```", section, flags=re.S)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout == printed
