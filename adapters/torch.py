@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -102,7 +103,8 @@ def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
     tree is the module's, one level down. Recording the module itself names every module by the
     route it has in the uncompiled model, so a compiled and an eager trace of one model align.
     """
-    while isinstance(model, torch._dynamo.OptimizedModule):
+    dynamo = _dynamo()
+    while dynamo is not None and isinstance(model, dynamo.OptimizedModule):
         if model.dynamo_ctx.fullgraph:
             # Dynamo would raise at the first hook with a hint to remove torch.compiler.disable.
             raise UsageError(
@@ -202,6 +204,15 @@ def stats_from_moments(moments: list[float]) -> TensorStats:
 
 
 # ------------------------------------------------------------------------------ recorder
+def _dynamo() -> Any:
+    """``torch._dynamo`` where something already imported it (``torch.compile`` does), else None.
+
+    Importing it takes about a second; a process that never compiled has no compiled code to
+    keep the recording out of, so recording an eager model never pays for it.
+    """
+    return sys.modules.get("torch._dynamo")
+
+
 def _forget_compiled_code() -> None:
     """Drop the code torch.compile cached, when it would not notice hooks come and go.
 
@@ -210,7 +221,8 @@ def _forget_compiled_code() -> None:
     recorded), and code compiled during it would keep the model split at every module after.
     Everything compiled is compiled again at its next call.
     """
-    if torch._dynamo.config.skip_nnmodule_hook_guards:
+    dynamo = _dynamo()
+    if dynamo is not None and dynamo.config.skip_nnmodule_hook_guards:
         torch.compiler.reset()
 
 
@@ -336,8 +348,11 @@ class TorchRecorder(Recorder):
         # Under torch.compile, Dynamo would trace the hooks into the graph (where tensors are
         # fake and have no data to summarise). Disabled, each hook call is a graph break: the
         # hooks run eagerly on real tensors, between the compiled pieces of the model.
-        pre_hook = torch.compiler.disable(self._pre_hook, reason="tracespec records outside compiled graphs")
-        post_hook = torch.compiler.disable(self._post_hook, reason="tracespec records outside compiled graphs")
+        pre_hook: Any = self._pre_hook
+        post_hook: Any = self._post_hook
+        if _dynamo() is not None:
+            pre_hook = torch.compiler.disable(pre_hook, reason="tracespec records outside compiled graphs")
+            post_hook = torch.compiler.disable(post_hook, reason="tracespec records outside compiled graphs")
         _forget_compiled_code()
         for node in self._nodes:
             module = node.module
