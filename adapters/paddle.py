@@ -37,6 +37,7 @@ import ml_dtypes
 import numpy as np
 import paddle
 import paddle.distributed
+from paddle.jit.dy2static.program_translator import ProgramTranslator, StaticFunction
 
 from tracespec.adapters._common import (
     BackwardCall,
@@ -49,6 +50,7 @@ from tracespec.adapters._common import (
     map_tensors,
     parse_options,
 )
+from tracespec.errors import UsageError
 from tracespec.format.stats import content_hash
 
 __all__ = ["FRAMEWORK", "PaddleRecorder", "accepts", "host_array", "record"]
@@ -80,6 +82,23 @@ def accepts(model: Any) -> bool:
 def record(model: paddle.nn.Layer, path: str | os.PathLike[str], **options: Any) -> PaddleRecorder:
     """Record ``model``; see :func:`tracespec.record`, ``docs/recording.md`` and ``docs/paddle.md``."""
     return PaddleRecorder(model, path, parse_options(**options))
+
+
+def _refuse_static(model: paddle.nn.Layer) -> None:
+    """Refuse, before anything is written, a layer converted with ``paddle.jit.to_static``: its
+    forward runs as a static program that calls no forward hook (and Paddle's SOT translator fails
+    on the hooks), so nothing inside it could be recorded. With ``paddle.jit.enable_to_static(False)``
+    such a layer runs eagerly, and is recorded."""
+    if not ProgramTranslator().enable_to_static:
+        return
+    for route, layer in model.named_sublayers(include_self=True):
+        if isinstance(getattr(layer, "forward", None), StaticFunction):
+            where = f"its layer {route!r}" if route else "it"
+            raise UsageError(
+                f"tracespec.record: {where} is converted with paddle.jit.to_static, which runs a static "
+                "program that calls no forward hooks; record the layer before to_static, or run it eagerly "
+                "while recording with paddle.jit.enable_to_static(False)"
+            )
 
 
 # ------------------------------------------------------------------------------ host arrays
@@ -122,6 +141,7 @@ class PaddleRecorder(Recorder):
     framework = FRAMEWORK
 
     def __init__(self, model: paddle.nn.Layer, path: str | os.PathLike[str], options: RecordOptions) -> None:
+        _refuse_static(model)
         super().__init__(model, path, options)
         self._handles: list[Any] = []
         self._patched_optimizers: list[tuple[Any, Any]] = []
