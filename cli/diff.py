@@ -1,7 +1,7 @@
 """``tracespec diff A B``: where do two runs diverge? A thin layer over :func:`tracespec.compare`.
 
 Exit codes: 0 the runs agree within tolerance, 1 they diverge, 2 usage error, 3 unreadable or
-invalid input. ``--json -`` prints the verdict alone on stdout; the report and the progress bar go
+invalid input, 4 they agree where compared but A or B is incomplete. ``--json -`` prints the verdict alone on stdout; the report and the progress bar go
 to the terminal (stdout for the report, stderr for progress).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
-from tracespec.cli.errors import EXIT_DIVERGED, report_errors
+from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
 from tracespec.compare.calls import LOW_COVERAGE
 from tracespec.errors import UsageError
@@ -146,7 +146,8 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
     ✓ identical, ≈ within tolerance, ✗ diverged; INTRODUCED marks the culprit,
     "inherited" a node whose inputs already differed, "contains" a parent of the culprit.
 
-    Exit codes: 0 agree, 1 diverged, 2 usage error, 3 unreadable or invalid input.
+    Exit codes: 0 agree, 1 diverged, 2 usage error, 3 unreadable or invalid input, 4 agree where
+    compared but A or B is incomplete (a recording cut short; the report says what was not compared).
     """
     with report_errors():
         # Checkpoint files (safetensors, .pt/.bin, .pdparams): the allennlp-style edit script.
@@ -178,6 +179,8 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
             write_html_report(html_path, verdict, a, b)
     if not verdict.passed:
         sys.exit(EXIT_DIVERGED)
+    if not (verdict.a["complete"] and verdict.b["complete"]):
+        sys.exit(EXIT_INCOMPLETE)
 
 
 def write_html_report(path: str, verdict: Verdict, a: str, b: str) -> None:
@@ -328,10 +331,14 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     a, b = verdict.a, verdict.b
     out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
                f"  vs  B {b['path']} ({b['framework']} {b['framework_version'] or ''})".rstrip())
-    for side, trace in (("A", a), ("B", b)):
-        if not trace["complete"]:
-            out.append(click.style(f"warning: {side} is incomplete (a writer did not close); compared what it holds",
-                                   fg="yellow"))
+    incomplete = [side for side, trace in (("A", a), ("B", b)) if not trace["complete"]]
+    for side in incomplete:
+        cut = [f"{what} {verdict.coverage.get(f'{what}_only_{other}')}" for what in ("steps", "ranks")
+               for other in ("a", "b") if verdict.coverage.get(f"{what}_only_{other}") and other != side.lower()]
+        out.append(click.style(
+            f"warning: {side} is INCOMPLETE (a writer did not close); compared what both hold"
+            + (f"; not compared: {', '.join(cut)} (only in {'B' if side == 'A' else 'A'})" if cut else ""),
+            fg="yellow", bold=True))
     low = []
     for rank, cov in verdict.coverage["ranks"].items():
         calls = cov["calls"]
@@ -357,8 +364,9 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
     if first is None:
         shares = [cov["calls"]["fraction_a"] for cov in verdict.coverage["ranks"].values()]
         share = f" in the {min(shares):.0%} of A's leaf calls compared" if shares and min(shares) < 1 else ""
+        caveats = (["LOW COVERAGE"] if low else []) + [f"{side} INCOMPLETE" for side in incomplete]
         out.append(click.style("PASS", fg="green", bold=True) + f": no divergence{share}"
-                   + (click.style(" (LOW COVERAGE, see above)", fg="yellow", bold=True) if low else ""))
+                   + (click.style(f" ({', '.join(caveats)}, see above)", fg="yellow", bold=True) if caveats else ""))
     else:
         kind = "INTRODUCED it" if first["kind"] == "introduced" else "inherited it (see below)"
         out.append(

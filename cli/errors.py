@@ -14,6 +14,9 @@ from tracespec.errors import TracespecError, UsageError
 EXIT_DIVERGED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INVALID_INPUT: Final = 3
+EXIT_INCOMPLETE: Final = 4
+"""``tracespec diff``: A and B agree where they were compared, but one of them is incomplete (a
+recording cut short): what it lacks was not compared."""
 
 
 class TracespecClickError(click.ClickException):

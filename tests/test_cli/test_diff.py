@@ -124,3 +124,44 @@ def test_a_record_whose_array_disagrees_is_invalid_input(traces: dict[str, Path]
     write_array(store, victim, np.zeros((2, 3, 5), np.float32), durable=False)
     code, _, err = run("diff", str(traces["a"]), str(corrupt), "--read-all")
     assert code == 3 and "corrupt" in err and "Traceback" not in err
+
+
+def test_an_incomplete_trace_is_never_a_bare_pass(tmp_path: Path) -> None:
+    """A recording cut short agrees with the reference where both hold data: exit 4, not 0, and the
+    report and verdict say what was not compared."""
+    import numpy as np
+
+    from tracespec.testing.synthetic import SyntheticRecorder
+
+    def record(path: Path, steps: int, crash: bool) -> Path:
+        weight = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+        try:
+            with SyntheticRecorder(path) as rec:
+                net = rec.module("", "Net")
+                fc = rec.module("fc", "Linear", parent=net, params={"weight": weight})
+                for step in range(steps):
+                    x = np.full((2, 4), step + 1, dtype=np.float32)
+                    with rec.forward(net, x) as outer, rec.forward(fc, x) as inner:
+                        outer.output(inner.output(x @ weight.T))
+                    rec.end_step()
+                if crash:
+                    rec.writer.flush()  # what was written before the crash stays
+                    raise RuntimeError("killed")
+        except RuntimeError:
+            pass
+        return path
+
+    a = record(tmp_path / "a", 3, crash=False)
+    b = record(tmp_path / "b", 2, crash=True)
+    assert tracespec.load_trace(b).steps == [0, 1] and not tracespec.load_trace(b).complete
+    done = CliRunner().invoke(cli, ["diff", str(a), str(b), "--json", str(tmp_path / "v.json")])
+    assert done.exit_code == 4, done.output
+    assert "warning: B is INCOMPLETE" in done.output and "not compared: steps [2] (only in A)" in done.output
+    assert "PASS: no divergence (B INCOMPLETE, see above)" in done.output
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    assert verdict["status"] == "pass" and verdict["coverage"]["steps_only_a"] == [2]
+    assert CliRunner().invoke(cli, ["diff", str(a), str(a)]).exit_code == 0
+    # a trace cut before its first step was written shares nothing: said, not a PASS of nothing
+    empty = record(tmp_path / "empty", 0, crash=True)
+    done = CliRunner().invoke(cli, ["diff", str(a), str(empty)])
+    assert done.exit_code == 2 and "no step in common" in done.output and "B is incomplete" in done.output

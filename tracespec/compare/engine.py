@@ -473,6 +473,11 @@ def compare_traces(
     trace_a2 = open_baseline(baseline) if baseline is not None else None
     chosen_ranks = _select(ranks, trace_a.ranks, trace_b.ranks, "rank(s)")
     chosen_steps = _select(steps, trace_a.steps, trace_b.steps, "step(s)")
+    if not chosen_steps:
+        cut = "; ".join(f"{side} is incomplete (a recording cut short)" for side, trace in (("A", trace_a), ("B", trace_b))
+                        if not trace.complete)
+        raise UsageError(f"A and B have no step in common (A has {trace_a.steps}, B has {trace_b.steps})"
+                         + (f"; {cut}" if cut else "") + ": nothing to compare")
     selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
                            tuple(routes or ()), tuple(exclude or ()))
 
@@ -574,6 +579,10 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolera
         unmatched += [{"rank": rank, "side": u.side, "route": u.route, "class_name": u.class_name, "call": u.call,
                        "reason": u.reason} for u in alignment.unmatched_calls]
     coverage.update(counts)
+    # what one trace holds and the other does not (a recording cut short): never compared, said so
+    for what, of_a, of_b in (("steps", trace_a.steps, trace_b.steps), ("ranks", trace_a.ranks, trace_b.ranks)):
+        coverage[f"{what}_only_a"] = sorted(set(of_a) - set(of_b))
+        coverage[f"{what}_only_b"] = sorted(set(of_b) - set(of_a))
     first = None
     if culprit is not None:
         worst = culprit.evidence_record()
