@@ -294,16 +294,10 @@ class CallPhase:
     def _same_boundary(self, container: CallRef, first: CallRef, last: CallRef) -> bool:
         """Does A's ``container`` take the input of ``first`` and give the output of ``last``?"""
         step = self.va.steps[0]
-
-        def value(ref: CallRef, role: str) -> Any:
-            call = self.calls["a"][ref]
-            return describe_call(self.va, step, ref[0], ref[1], call.begin, call.end).__getattribute__(role)
-
-        for role, inner in (("input", first), ("output", last)):
-            distance = value_distance(value(container, role), value(inner, role))
-            if distance is None or distance > 0:
-                return False
-        return True
+        outer, start, end = (describe_call(self.va, step, ref[0], ref[1], self.calls["a"][ref].begin, self.calls["a"][ref].end)
+                             for ref in (container, first, last))
+        return all(distance == 0 for distance in (value_distance(outer.input, start.input),
+                                                  value_distance(outer.output, end.output)))
 
     def _consumed(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
                   infos: dict[str, list[Any]]) -> dict[str, dict[CallRef, tuple[str, str]]]:

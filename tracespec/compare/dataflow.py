@@ -31,6 +31,7 @@ aligned in four passes:
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -97,12 +98,7 @@ class ValueSignature:
 
     @property
     def count(self) -> int | None:
-        if self.shape is None:
-            return None
-        total = 1
-        for extent in self.shape:
-            total *= extent
-        return total
+        return None if self.shape is None else math.prod(self.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +135,8 @@ def _signature(record: Record | None) -> ValueSignature | None:
     )
 
 
-def _first(records: Iterable[Record], role: str, call: int) -> Record | None:
-    found = [r for r in records if r.role == role and r.call == call and r.dtype is not None]
+def _first(records: Iterable[Record], role: str) -> Record | None:
+    found = [r for r in records if r.role == role and r.dtype is not None]
     if not found:
         return None
     return min(found, key=lambda r: (len(r.slot), r.slot))
@@ -150,20 +146,14 @@ def describe_call(view: RankView, step: int, node: int, call: int, begin: int, e
                   family: str | None = None) -> CallInfo:
     """The :class:`CallInfo` of one forward call of ``view``; ``family`` overrides the one of its class
     (a module that holds a single op computes that op's family)."""
-    records = view.records.get((step, "forward", node), [])
+    records = view.call_records(step, "forward", node, call)
     params = tuple(sorted(
-        _count(r.shape) for r in records if r.role == "parameter" and r.call is None and r.shape is not None
+        math.prod(r.shape) for r in view.call_records(step, "forward", node, None)
+        if r.role == "parameter" and r.shape is not None
     ))
     meta = view.nodes[node]
     return CallInfo(node, call, begin, end, meta.route, meta.class_name, family or op_family(meta.class_name),
-                    _signature(_first(records, "input", call)), _signature(_first(records, "output", call)), params)
-
-
-def _count(shape: Sequence[int]) -> int:
-    total = 1
-    for extent in shape:
-        total *= extent
-    return total
+                    _signature(_first(records, "input")), _signature(_first(records, "output")), params)
 
 
 def value_distance(a: ValueSignature | None, b: ValueSignature | None) -> float | None:
@@ -414,7 +404,8 @@ def align_call_sequences(
 
     values = [p for p in _value_anchors(seq_a, seq_b, fixed_a, fixed_b) if between_given(*p)]
     anchored = _longest_chain(sorted(chain + _longest_chain(values)))
-    pairs: list[tuple[int, int]] = [p for p in given if p not in set(anchored)]
+    in_chain = set(anchored)
+    pairs: list[tuple[int, int]] = [p for p in given if p not in in_chain]
     taken_a, taken_b = fixed_a, fixed_b
     previous = (-1, -1)
     for i, j in [*anchored, (len(seq_a), len(seq_b))]:

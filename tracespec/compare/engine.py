@@ -272,8 +272,8 @@ class _RankComparison:
     def _results(self, step: int, stage: str, a: tuple[int, int | None], b: tuple[int, int | None], roles: tuple[str, ...],
                  transforms: dict[str, Any]) -> list[RecordResult]:
         """Compare the records of A's (node, call) with B's, of the given roles, paired by role and slot."""
-        recs_a = [r for r in self.va.records.get((step, stage, a[0]), []) if r.call == a[1] and r.role in roles]
-        recs_b = [r for r in self.vb.records.get((step, stage, b[0]), []) if r.call == b[1] and r.role in roles]
+        recs_a = [r for r in self.va.call_records(step, stage, a[0], a[1]) if r.role in roles]
+        recs_b = [r for r in self.vb.call_records(step, stage, b[0], b[1]) if r.role in roles]
         by_key = {(r.role, r.slot): r for r in recs_b}
         pairs = []
         only_a = []
@@ -304,10 +304,12 @@ class _RankComparison:
         calls = self.va.calls.get((step, stage), [])
         # a match's unit comes when its last member finishes (calls are sorted by end)
         last_position: dict[int, int] = {}
+        first_begin: dict[int, int] = {}  # a group's unit begins where its first member's call does
         for position, c in enumerate(calls):
             match = self.by_member.get((c.node, c.call))
             if match is not None and (match.backward or stage != "backward"):
                 last_position[id(match)] = position
+                first_begin[id(match)] = min(c.begin, first_begin.get(id(match), c.begin))
         last_call = {c.node: c.call for c in calls}
         units = []
         for position, c in enumerate(calls):
@@ -315,11 +317,10 @@ class _RankComparison:
             if match is None or last_position.get(id(match)) != position:
                 continue
             (a_first, a_last), (b_first, b_last) = (match.a[0], match.a[-1]), (match.b[0], match.b[-1])
-            begin = min(x.begin for x in calls if (x.node, x.call) in match.a)
             # a group is named by the call that computes its output, or by its layer where the
             # others only pass values through
             name_a, name_b = (a_first, b_first) if match.params else (a_last, b_last)
-            unit = self._unit(step, stage, name_a[0], name_b[0], name_a[1], begin, c.end, match)
+            unit = self._unit(step, stage, name_a[0], name_b[0], name_a[1], first_begin[id(match)], c.end, match)
             unit.b_call = name_b[1]
             node_a, node_b = (a_first[0], None), (b_first[0], None)
             if stage == "forward":

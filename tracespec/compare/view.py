@@ -150,6 +150,7 @@ class RankView:
         for calls in self.calls.values():
             calls.sort(key=lambda c: (c.end, c.begin, c.node, c.call))
         self.records: dict[tuple[int, str, int], list[Record]] = defaultdict(list)
+        self._by_call: dict[tuple[int, str, int], dict[int | None, list[Record]]] = {}
         self.steps: list[int] = []
         seen_steps: set[int] = set()
         for row in part.tensors.to_pylist():
@@ -213,6 +214,18 @@ class RankView:
     def forward_call_count(self, node: int) -> int:
         """How many times ``node`` ran forward in the first step."""
         return self._call_count.get(node, 0)
+
+    def call_records(self, step: int, stage: str, node: int, call: int | None) -> list[Record]:
+        """The records of one call of ``node`` (``call`` None: those outside any call, parameters
+        and their gradients), grouped once per (step, stage, node): a module called a thousand
+        times is not scanned a thousand times."""
+        key = (step, stage, node)
+        by_call = self._by_call.get(key)
+        if by_call is None:
+            by_call = self._by_call[key] = defaultdict(list)
+            for record in self.records.get(key, []):
+                by_call[record.call].append(record)
+        return by_call.get(call, [])
 
     def node_records(self, node: int) -> list[Record]:
         """The records of ``node`` in the first step, every stage (for alignment signatures)."""
