@@ -174,6 +174,7 @@ def test_an_unreadable_layer_map_file_is_an_input_error(tmp_path: Path) -> None:
 def test_a_pass_with_unmatched_nodes_says_so(tmp_path: Path) -> None:
     a = record_tiny_net(tmp_path / "a")
     b = record_tiny_net(tmp_path / "b", Knobs(wrap_fc1=True))
+    # the map only makes an unmatched call to report (a user ignores a layer they do not trust)
     verdict = tracespec.compare(a, b, layer_map=parse_layer_map({"ignore": {"b": ["blocks.0.act"]}}))
     assert verdict.status == "pass" and [(u["side"], u["route"], u.get("call")) for u in verdict.unmatched] == [
         ("b", "blocks.0.act", None), ("a", "blocks.0.act", 0)]

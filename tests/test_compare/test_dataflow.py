@@ -165,6 +165,7 @@ def test_low_coverage_is_said_loudly(traces: dict[str, Path], tmp_path: Path) ->
     assert done.exit_code == 0 and "LOW COVERAGE" not in done.output
     assert "compared 31 of 32 leaf calls of A (97%)" in done.output.splitlines()[1]
     layer_map = tmp_path / "map.json"
+    # ignoring most of B's layers is how a user makes most of A unmatched: the warning must say so
     layer_map.write_text(json.dumps({"ignore": {"b": ["relu*", "conv2d*"]}}))
     done = CliRunner().invoke(cli, ["diff", str(traces["a"]), str(traces["flat_None"]), "--layer-map", str(layer_map)])
     assert done.exit_code == 0
