@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import click
@@ -230,11 +230,28 @@ def _metrics_line(metrics: dict[str, Any] | None, tolerances: dict[str, Any]) ->
 
 
 def _side(side: dict[str, Any]) -> str:
-    """``conv1 (Conv2d)``, or a group: ``conv1 + bn1 (Conv2d, BatchNorm2d)`` by its routes."""
+    """``conv1 (Conv2d)``; a group: ``conv1 + bn1 (Conv2d, BatchNorm2d)`` by its routes; an op:
+    ``blocks.3.attn → mul at model.py:77 (blocks.3.attn.mul#0)``, the module whose code calls it."""
     routes = side.get("routes")
     if routes and len(routes) > 1:
         return " + ".join(r or "(root)" for r in routes) + f" (fused group, ending at {side['class_name']})"
+    site = side.get("op_site")
+    if site is not None:
+        return f"{site['module'] or '(root)'} → {side['class_name']}{_at(site)} ({side['route']})"
     return f"{side['route'] or '(root)'} ({side['class_name']})"
+
+
+def _at(site: dict[str, Any]) -> str:
+    source = site.get("source")
+    return f" at {PurePath(source['file']).name}:{source['line']}" if source else ""
+
+
+def _source_line(side: dict[str, Any]) -> str | None:
+    """Where the forward code calls an op, in full: ``/src/model.py:77 in forward``."""
+    source = (side.get("op_site") or {}).get("source")
+    if source is None:
+        return None
+    return f"{source['file']}:{source['line']}" + (f" in {source['function']}" if source.get("function") else "")
 
 
 def _unit_label(node: dict[str, Any]) -> str:
@@ -386,6 +403,10 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
             out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {measured}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
+        for side, label in (("a", "code"), ("b", "code in B")):
+            where = _source_line(first[side])
+            if where and (side == "a" or where != _source_line(first["a"])):
+                out.append(f"  {label}: {where}")
         out.append("")
         out.append(f"Path to the first divergence ({first['stage']}):")
         out.extend(_path_tree(verdict))
