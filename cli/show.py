@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import PurePath
 from typing import Any
 
 import click
 
 from tracespec.cli.errors import report_errors
+from tracespec.compare.view import read_node
 from tracespec.format.tables import ROLES, STAGES
 from tracespec.storage import Trace, load_trace
 
@@ -69,10 +71,12 @@ def tree_view(trace: Trace, rank: int, step: int, roles: set[str], stages: set[s
 
     def build(node: dict[str, Any]) -> dict[str, Any]:
         kids = sorted(children[node["node"]], key=lambda n: n["position"])
+        source = read_node(trace, rank, node).source
         return {
             "route": node["route"],
             "class_name": node["class_name"],
             "kind": node["kind"],
+            "source": None if source is None else source.to_json(),
             "calls": call_count[node["node"]],
             "records": [
                 {k: v for k, v in r.items() if k not in ("node",)}
@@ -89,7 +93,9 @@ def _echo_tree(node: dict[str, Any], prefix: str, last: bool, top: bool, max_dep
     name = node["route"] or "(root)"
     calls = f" ×{node['calls']}" if node["calls"] > 1 else ""
     unused = " (not called)" if node["calls"] == 0 and node["kind"] == "module" else ""
-    click.echo(f"{prefix}{branch}{click.style(name, bold=True)} {node['class_name']}{calls}{unused}")
+    source = node["source"]
+    at = f"  at {PurePath(source['file']).name}:{source['line']}" if source else ""
+    click.echo(f"{prefix}{branch}{click.style(name, bold=True)} {node['class_name']}{calls}{unused}{at}")
     inner = prefix + ("" if top else ("    " if last else "│   "))
     for record in node["records"]:
         click.echo(f"{inner}{'│ ' if node['children'] else '  '} {describe_record(record)}")

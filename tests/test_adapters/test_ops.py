@@ -241,3 +241,14 @@ def test_paddle_functions_are_restored_when_the_recorded_code_raises(tmp_path: P
             raise ValueError("boom")
     assert {name: paddle.Tensor.__dict__.get(name) for name in OP_FUNCTIONS["paddle.Tensor"]} == originals
     assert paddle.matmul.__module__.startswith("paddle")
+
+
+def test_show_says_where_each_op_is_called(full: TraceView) -> None:
+    from click.testing import CliRunner
+
+    from tracespec.cli import cli
+
+    result = CliRunner().invoke(cli, ["show", str(full.trace.path), "--role", "output"])
+    assert result.exit_code == 0, result.output
+    assert f"attn.mul#0 mul  at test_ops.py:{line_of('# op: scores')}" in result.output
+    assert "attn.qkv Linear\n" in result.output  # a module: no source line

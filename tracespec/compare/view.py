@@ -18,7 +18,7 @@ from tracespec.errors import TableInvalidError
 from tracespec.format.stats import TensorStats
 from tracespec.storage import Trace
 
-__all__ = ["Call", "Node", "OpSite", "RankView", "Record", "SourceLocation", "framework_family"]
+__all__ = ["Call", "Node", "OpSite", "RankView", "Record", "SourceLocation", "framework_family", "read_node"]
 
 STAGE_ORDER: Final = ("forward", "backward", "update")
 
@@ -89,7 +89,7 @@ class OpSite:
         return doc
 
 
-def _node_of(trace: Trace, rank: int, row: dict[str, Any]) -> Node:
+def read_node(trace: Trace, rank: int, row: dict[str, Any]) -> Node:
     """A node from one nodes-table row; its ``attrs`` are untrusted: read only where used, checked."""
     node = Node(row["node"], row["parent"], row["route"], row["class_name"], row["kind"], row["position"])
     text = row.get("attrs")
@@ -186,7 +186,7 @@ class RankView:
         self.nodes: dict[int, Node] = {}
         self.children: dict[int | None, list[int]] = defaultdict(list)
         for row in part.nodes.to_pylist():
-            node = _node_of(trace, rank, row)
+            node = read_node(trace, rank, row)
             self.nodes[node.id] = node
         for node in self.nodes.values():
             self.children[node.parent].append(node.id)
