@@ -16,8 +16,9 @@ from pathlib import PurePath
 from typing import Any, Final
 
 import jsonschema
+import pyarrow as pa
 
-from tracespec.errors import TracespecError
+from tracespec.errors import TracespecError, UsageError
 
 __all__ = [
     "VERDICT_VERSION",
@@ -38,6 +39,16 @@ class VerdictInvalidError(TracespecError, ValueError):
     """A verdict document does not conform to the verdict schema."""
 
     reason = "verdict_invalid"
+
+
+_TABLE_METRICS: Final = ("max_abs", "max_rel", "rel_rmse", "cosine", "max_ulp", "tolerance_ratio", "mismatched", "count")
+_TABLE_SCHEMA: Final = pa.schema(
+    [(name, pa.int64()) for name in ("step", "rank")] + [("stage", pa.string()), ("call", pa.int64())]
+    + [(name, pa.string()) for name in ("route_a", "route_b", "class_name", "alignment", "unit_status", "divergence",
+                                        "role", "slot", "status", "dtype_a", "dtype_b", "metrics_kind")]
+    + [(name, pa.float64()) for name in _TABLE_METRICS]
+)
+"""The columns of :meth:`Verdict.to_arrow`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,37 @@ class Verdict:
         if where:
             text += f"; code: {where}"
         return f"{text}. Next: {self.hint}"
+
+    def to_arrow(self) -> pa.Table:
+        """One row per compared record pair: where (step, rank, stage, routes, call), how its unit
+        was aligned and judged, and the record's own status and metrics; a table to filter."""
+        rows = []
+        for unit in self.nodes:
+            for record in unit.get("records", []):
+                metrics = record.get("metrics") or {}
+                rows.append({
+                    "step": unit["step"], "rank": unit["rank"], "stage": unit["stage"], "call": unit["call"],
+                    "route_a": unit["a"]["route"], "route_b": unit["b"]["route"], "class_name": unit["a"]["class_name"],
+                    "alignment": unit.get("alignment"), "unit_status": unit["status"], "divergence": unit.get("divergence"),
+                    "role": record["role"], "slot": record["slot"], "status": record["status"],
+                    "dtype_a": record.get("dtype_a"), "dtype_b": record.get("dtype_b"), "metrics_kind": metrics.get("kind"),
+                    **{name: metrics.get(name) for name in _TABLE_METRICS},
+                })
+        return pa.Table.from_pylist(rows, schema=_TABLE_SCHEMA)
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_arrow` as a pandas DataFrame (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas  # noqa: F401  (pyarrow's conversion needs it)
+        except ImportError:
+            raise UsageError("Verdict.to_pandas() needs pandas: pip install pandas (or use Verdict.to_arrow())") from None
+        return self.to_arrow().to_pandas()
+
+    def _repr_html_(self) -> str:
+        # Jupyter's display: the report layer draws it (the verdict only dispatches to it)
+        from tracespec.report.notebook import verdict_fragment
+
+        return verdict_fragment(self.to_json())
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Verdict:
