@@ -142,6 +142,7 @@ class RecordOptions:
     exclude: tuple[Selector, ...] = ()
     roles: frozenset[str] = frozenset(ROLES)
     every: int = 1
+    steps: frozenset[int] | None = None
     max_bytes: int | None = None
     optimizer: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +162,7 @@ class RecordOptions:
             "exclude": [_selector_text(s) for s in self.exclude],
             "roles": sorted(self.roles),
             "every": self.every,
+            "steps": None if self.steps is None else sorted(self.steps),
             "max_bytes": self.max_bytes,
             "optimizer": None if self.optimizer is None else type(self.optimizer).__name__,
             "ops": None if self.ops is None else [_selector_text(s) for s in self.ops],
@@ -246,6 +248,13 @@ def parse_options(**options: Any) -> RecordOptions:
     if options.get("roles") is not None:
         values["roles"] = _parse_roles(options["roles"])
     values["every"] = _check_int(options.get("every", 1), "every", 1)
+    if options.get("steps") is not None:
+        steps = options["steps"]
+        if not isinstance(steps, Iterable) or isinstance(steps, (str, bytes)):
+            raise UsageError(f"steps must be the step numbers to record (a list or range), not {type(steps).__name__}")
+        values["steps"] = frozenset(_check_int(step, "each of steps", 0) for step in steps)
+        if "every" in options:
+            raise UsageError("give steps or every, not both")
     if options.get("max_bytes") is not None:
         values["max_bytes"] = _check_int(options["max_bytes"], "max_bytes", 0)
     metadata = options.get("metadata") or {}
@@ -683,7 +692,9 @@ class Recorder(ABC):
 
     @property
     def active(self) -> bool:
-        """Whether the current step is recorded (``every``-th step)."""
+        """Whether the current step is recorded (one of ``steps``, or every ``every``-th step)."""
+        if self.options.steps is not None:
+            return self.step_index in self.options.steps
         return self.step_index % self.options.every == 0
 
     @property
@@ -983,7 +994,7 @@ class Recorder(ABC):
             if optimizer is not None:
                 self.after_optimizer_step(optimizer)
             self._drain()
-        self.writer.end_step(self.step_index)
+            self.writer.end_step(self.step_index)  # a step not recorded is not a step of the trace
 
     def _record_module_tensors(self, stage: str, roles: tuple[str, ...]) -> None:
         for node in self._nodes:

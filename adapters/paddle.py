@@ -191,7 +191,7 @@ class PaddleRecorder(Recorder):
         _refuse_static(model)
         super().__init__(model, path, options)
         self._handles: list[Any] = []
-        self._patched_optimizers: list[tuple[Any, Any]] = []
+        self._patched_optimizers: list[tuple[Any, str, Any]] = []  # (optimizer, method, what its own dict held)
         self._patched_ops: list[tuple[Any, str, Any]] = []  # (owner, name, what its own dict held)
         self._host_buffers = HostBufferPool()
 
@@ -307,21 +307,24 @@ class PaddleRecorder(Recorder):
         return recorded
 
     def install_optimizer_hooks(self, optimizer: Any) -> None:
-        # Paddle optimizers have no step hooks: the instance's ``step`` is wrapped (an instance
-        # attribute over the class method), and restored by remove_hooks().
-        if not callable(getattr(optimizer, "step", None)):
-            return
-        own = optimizer.__dict__.get("step")
-        original = optimizer.step
+        # Paddle optimizers have no step hooks: the instance's ``step`` and ``minimize`` (what
+        # paddle.Model calls) are wrapped (instance attributes over the class methods), and
+        # restored by remove_hooks(). Recording the gradients and the update is idempotent within
+        # a step, so a ``minimize`` that calls ``step`` records them once.
+        for name in ("step", "minimize"):
+            if not callable(getattr(optimizer, name, None)):
+                continue
+            self._patched_optimizers.append((optimizer, name, optimizer.__dict__.get(name)))
+            setattr(optimizer, name, self._optimizer_wrapper(optimizer, getattr(optimizer, name)))
 
-        def step(*args: Any, **kwargs: Any) -> Any:
+    def _optimizer_wrapper(self, optimizer: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+        def update(*args: Any, **kwargs: Any) -> Any:
             self.before_optimizer_step()
             result = original(*args, **kwargs)
             self.after_optimizer_step(optimizer)
             return result
 
-        optimizer.step = step
-        self._patched_optimizers.append((optimizer, own))
+        return update
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
@@ -334,11 +337,11 @@ class PaddleRecorder(Recorder):
                 setattr(owner, name, own)
         self._patched_ops.clear()
         self._host_buffers.clear()
-        for optimizer, own in reversed(self._patched_optimizers):
+        for optimizer, name, own in reversed(self._patched_optimizers):
             if own is None:
-                del optimizer.step
+                delattr(optimizer, name)
             else:
-                optimizer.step = own
+                setattr(optimizer, name, own)
         self._patched_optimizers.clear()
 
     def _pre_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -252,3 +252,4 @@ def test_show_says_where_each_op_is_called(full: TraceView) -> None:
     assert result.exit_code == 0, result.output
     assert f"attn.mul#0 mul  at test_ops.py:{line_of('# op: scores')}" in result.output
     assert "attn.qkv Linear\n" in result.output  # a module: no source line
+
