@@ -104,12 +104,13 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
                    "tensor may differ from A by up to 4x what A2 differs (its noise floor, measured).")
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
+@click.option("--brief", is_flag=True, help="Only the coverage, the verdict, the culprit with its path, and what to do next.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
          rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, baseline: str | None,
-         read_all: bool, top: int, progress: bool | None, **checkpoint: Any) -> None:
+         read_all: bool, top: int, brief: bool, progress: bool | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their calls are
@@ -175,7 +176,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
                     Path(json_path).write_text(verdict.dumps(), encoding="utf-8")
                 except OSError as exc:
                     raise click.BadParameter(f"cannot write {json_path}: {exc.strerror}", param_hint="--json") from None
-            click.echo(render_report(verdict, top))
+            click.echo(render_report(verdict, top, brief))
         if html_path is not None:
             write_html_report(html_path, verdict, a, b)
     if not verdict.passed:
@@ -285,8 +286,9 @@ def _benign_lines(verdict: Verdict) -> list[str]:
     return lines
 
 
-def render_report(verdict: Verdict, top: int = 5) -> str:
-    """The terminal report of a verdict (what ``tracespec diff`` prints)."""
+def render_report(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
+    """The terminal report of a verdict (what ``tracespec diff`` prints); ``brief``: without the
+    worst nodes, the error growth, benign differences, tolerances and the unmatched list."""
     out: list[str] = []
     a, b = verdict.a, verdict.b
     out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
@@ -354,12 +356,17 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append(f"Path to the first divergence ({first['stage']}):")
         out.extend(_path_tree(verdict))
         worst = [w for w in verdict.worst if w["stage"] == first["stage"]] or verdict.worst
-        if worst:
+        if worst and not brief:
             out.append("")
             out.append(f"Worst nodes ({worst[0]['stage']}; worst element × elementwise tolerance):")
             for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
                 out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{format_number(ratio)}  {item['divergence'] or ''}")
+    if brief:
+        unmatched = f"{len(verdict.unmatched)} unmatched node(s) or call(s) (--json has them); " if verdict.unmatched else ""
+        out.append("")
+        out.append(f"{unmatched}Next: {verdict.hint}")
+        return "\n".join(out)
     growth = _growth_lines(verdict)
     if growth:
         out.append("")
