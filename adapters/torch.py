@@ -18,12 +18,15 @@ Constraints:
   statistics stay on the device until the records are written (at the step end or when too many
   wait), so no hook synchronises the device.
 - torch.compile: the hooks are ``torch.compiler.disable``d, so they run eagerly between compiled
-  pieces (a graph break at every module call) and never inside a graph, where tensors are fake;
-  a compiled wrapper is recorded as the module it wraps (see ``docs/recording.md``).
+  pieces (a graph break at every hooked module call) and never inside a graph, where tensors are
+  fake; a compiled wrapper is recorded as the module it wraps. In a compiled model only the
+  selected modules are hooked, so what the selection leaves out between them stays one compiled
+  region (see ``docs/recording.md``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -51,7 +54,7 @@ from tracespec.adapters._common import (
 from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
+__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "compiled_routes", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
 
 FRAMEWORK: Final = "torch"
 
@@ -105,15 +108,31 @@ def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
     """
     dynamo = _dynamo()
     while dynamo is not None and isinstance(model, dynamo.OptimizedModule):
-        if model.dynamo_ctx.fullgraph:
-            # Dynamo would raise at the first hook with a hint to remove torch.compiler.disable.
-            raise UsageError(
-                "tracespec.record: this model was compiled with fullgraph=True, but recording breaks "
-                "the graph at every module call (the recording runs outside compiled code); "
-                "compile it without fullgraph=True to record it"
-            )
         model = model._orig_mod
     return model
+
+
+def compiled_routes(model: torch.nn.Module) -> dict[str, bool]:
+    """Where ``model`` is compiled: ``{route: fullgraph}`` for a ``torch.compile`` wrapper (route
+    ``""``) and for each module compiled in place (``module.compile()``), routes of
+    :func:`uncompiled` ``(model)``; empty for a model that is not compiled.
+
+    ``module.compile()`` keeps the compiled call in ``_compiled_call_impl``, a function whose
+    closure holds its Dynamo context (``fullgraph`` is read there; where a torch version lays the
+    closure out otherwise, the module counts as compiled without ``fullgraph``).
+    """
+    dynamo = _dynamo()
+    if dynamo is None:
+        return {}
+    found: dict[str, bool] = {}
+    if isinstance(model, dynamo.OptimizedModule):
+        found[""] = bool(model.dynamo_ctx.fullgraph)
+    for route, module in uncompiled(model).named_modules():
+        compiled_call = getattr(module, "_compiled_call_impl", None)
+        if compiled_call is not None:
+            context = inspect.getclosurevars(compiled_call).nonlocals.get("self")
+            found[route] = found.get(route, False) or bool(getattr(context, "fullgraph", False))
+    return found
 
 
 # ------------------------------------------------------------------------------ host copies
@@ -259,6 +278,17 @@ class TorchRecorder(Recorder):
     framework = FRAMEWORK
 
     def __init__(self, model: torch.nn.Module, path: str | os.PathLike[str], options: RecordOptions) -> None:
+        compiled = compiled_routes(model)
+        fullgraph = [route or "the model" for route, full in compiled.items() if full]
+        if fullgraph:
+            # Dynamo would raise at the first hook, inside the model, with a hint to remove
+            # torch.compiler.disable.
+            raise UsageError(
+                f"tracespec.record: {', '.join(fullgraph)} was compiled with fullgraph=True, but recording "
+                "breaks the graph at every recorded module call (the recording runs outside compiled code); "
+                "compile it without fullgraph=True to record it"
+            )
+        self._compiled = bool(compiled)
         super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
@@ -355,6 +385,10 @@ class TorchRecorder(Recorder):
             post_hook = torch.compiler.disable(post_hook, reason="tracespec records outside compiled graphs")
         _forget_compiled_code()
         for node in self._nodes:
+            if self._compiled and not node.selected:
+                # Each hooked module is a graph break: a compiled model keeps one compiled region
+                # (fused by Inductor) from one selected module call to the next.
+                continue
             module = node.module
             self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 import torch
@@ -107,8 +108,8 @@ def eager_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def record_compiled(path: Path, compiled: nn.Module, capture: str) -> torch.Tensor:
-    with torch.no_grad(), tracespec.record(compiled, path, capture=capture):
+def record_compiled(path: Path, compiled: nn.Module, capture: str, **options: Any) -> torch.Tensor:
+    with torch.no_grad(), tracespec.record(compiled, path, capture=capture, **options):
         return compiled(make_input())  # type: ignore[no-any-return]
 
 
@@ -242,11 +243,77 @@ def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_tr
     assert "blocks.1.ln2 (LayerNorm) INTRODUCED it" in diff.output
 
 
-def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(tmp_path: Path) -> None:
-    compiled = torch.compile(make_model(), fullgraph=True)
-    with pytest.raises(UsageError, match="fullgraph=True"):
+def compile_blocks_in_place(model: TinyTransformer, fullgraph: bool) -> TinyTransformer:
+    for block in model.blocks:
+        block.compile(fullgraph=fullgraph)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("compile_with_fullgraph", "named"),
+    [
+        (lambda model: torch.compile(model, fullgraph=True), "the model"),
+        (lambda model: model.compile(fullgraph=True), "the model"),
+        (lambda model: compile_blocks_in_place(model, fullgraph=True), "blocks.0, blocks.1"),
+    ],
+    ids=["torch.compile", "Module.compile", "submodules compiled in place"],
+)
+def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(
+    compile_with_fullgraph: Callable[[nn.Module], nn.Module | None], named: str, tmp_path: Path
+) -> None:
+    model = make_model()
+    wrapper = compile_with_fullgraph(model)  # None where compiled in place
+    compiled = model if wrapper is None else wrapper
+    with pytest.raises(UsageError, match=f"{named} was compiled with fullgraph=True"):
         tracespec.record(compiled, tmp_path / "trace")
     assert not (tmp_path / "trace").exists()
+
+
+def test_submodules_compiled_in_place_are_recorded(tmp_path: Path, eager_trace: Path) -> None:
+    with torch.no_grad():
+        unrecorded = compile_blocks_in_place(make_model(), fullgraph=False)(make_input())
+    output = record_compiled(tmp_path / "compiled", compile_blocks_in_place(make_model(), fullgraph=False), "full")
+    assert torch.equal(output, unrecorded)
+    assert routes(tmp_path / "compiled") == routes(eager_trace)
+    verdict = tracespec.compare(eager_trace, tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+    assert verdict.coverage["ranks"]["0"]["calls"]["compared_b"] == 13  # every leaf module recorded
+
+
+# Recording the blocks without what is inside them: the modules outside the selection are not
+# hooked, so each block stays one compiled region that Inductor fuses whole.
+BLOCK_BOUNDARIES: Final = {"exclude": ["blocks.*.*"]}
+
+
+def test_a_compiled_model_is_split_only_at_the_modules_recorded(tmp_path: Path) -> None:
+    graphs = GraphRunCounter()
+    compiled = torch.compile(make_model(), backend=graphs)
+    with torch.no_grad(), tracespec.record(compiled, tmp_path / "trace", capture="stats", **BLOCK_BOUNDARIES):
+        compiled(make_input())
+    view = TraceView(tmp_path / "trace")
+    assert {view.route_of[call["node"]] for call in view.calls} == {"", "blocks.0", "blocks.1", "ln_f"}
+    assert graphs.take() == 3  # one region per block, one for ln_f: nothing is split inside a block
+
+
+def test_eager_against_compiled_regions_compares_at_their_boundary(
+    tmp_path: Path, unrecorded_output: torch.Tensor, eager_trace: Path
+) -> None:
+    output = record_compiled(tmp_path / "regions", torch.compile(make_model()), "full", **BLOCK_BOUNDARIES)
+    assert torch.equal(output, unrecorded_output)
+    verdict = tracespec.compare(eager_trace, tmp_path / "regions")
+    assert verdict.passed, verdict.hint
+    calls = verdict.coverage["ranks"]["0"]["calls"]
+    assert (calls["compared_a"], calls["leaf_a"], calls["boundary_a"], calls["leaf_b"]) == (13, 13, 12, 3)
+
+    model = make_model()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc1.weight[0, 0] += 0.5
+    record_compiled(tmp_path / "changed", torch.compile(model), "full", **BLOCK_BOUNDARIES)
+    diff = CliRunner().invoke(cli, ["diff", str(eager_trace), str(tmp_path / "changed")], prog_name="tracespec")
+    assert diff.exit_code == 1
+    assert "blocks.1 (Block) INTRODUCED it" in diff.output
+    assert "12 of A's leaf calls compared only at the boundary" in diff.output
+    assert "B records no call inside it: compared at its boundary" in diff.output
 
 
 def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:

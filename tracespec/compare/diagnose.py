@@ -117,6 +117,9 @@ class UnitResult:
     a_routes: tuple[str, ...] = ()
     b_routes: tuple[str, ...] = ()
     """The members of a group compared at its boundary (a fused Conv + BatchNorm); empty for one call."""
+    inside: tuple[int, int] = (0, 0)
+    """Leaf calls of A and of B inside the unit's calls that the other side does not record (see
+    :class:`~tracespec.compare.calls.CallMatch`): the unit is compared at their boundary."""
 
     def side_json(self, side: str) -> dict[str, Any]:
         """``{"route", "class_name"}`` of one side, with ``routes`` when that side is a group."""
@@ -217,6 +220,11 @@ def classify_units(units: list[UnitResult]) -> None:
             unit.evidence = f"{bad_outputs} differ(s) although its output gradients and forward values agree"
         elif unit.stage == "update":
             unit.evidence = f"{bad_outputs} differ(s) although the parameters' gradients and forward values agree"
+        elif max(unit.inside) > 1:
+            side, other = ("A", "B") if unit.inside[0] > 1 else ("B", "A")
+            unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree ({other} records no call inside it: "
+                             f"compared at its boundary, where a difference in any of {side}'s {max(unit.inside)} "
+                             "calls inside, their weights or hyper-parameters shows)")
         elif unit.a_routes or unit.b_routes:
             unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree (a fused group, compared at its "
                              "boundary: a difference in any member, its weights or hyper-parameters shows here)")

@@ -20,7 +20,7 @@ from tracespec.errors import TracespecError
 
 __all__ = ["VERDICT_VERSION", "Verdict", "VerdictInvalidError", "validate_verdict"]
 
-VERDICT_VERSION: Final = "1.1"
+VERDICT_VERSION: Final = "1.2"
 VERDICT_SCHEMA: Final = "verdict.schema.json"
 
 
