@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -54,7 +55,7 @@ from tracespec.adapters._common import (
 from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "compiled_routes", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
+__all__ = ["FRAMEWORK", "CompiledPrecisionWarning", "TorchRecorder", "accepts", "compiled_routes", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
 
 FRAMEWORK: Final = "torch"
 
@@ -88,6 +89,14 @@ _BIT_VIEWS: Final[dict[torch.dtype, tuple[torch.dtype, Any]]] = {
     torch.float8_e4m3fnuz: (torch.uint8, ml_dtypes.float8_e4m3fnuz),
     torch.float8_e5m2fnuz: (torch.uint8, ml_dtypes.float8_e5m2fnuz),
 }
+
+_ROUNDED_AT_BOUNDARIES: Final = frozenset({"bfloat16", "float16"})
+"""Dtypes whose values Inductor keeps in float32 inside a fused kernel (``bench/bench_compiled_numerics.py``)."""
+
+
+class CompiledPrecisionWarning(UserWarning):
+    """Recording a compiled low-precision model may change what it computes (see ``docs/recording.md``)."""
+
 
 def accepts(model: Any) -> bool:
     """Whether this adapter records ``model`` (a ``torch.nn.Module``)."""
@@ -289,6 +298,16 @@ class TorchRecorder(Recorder):
                 "compile it without fullgraph=True to record it"
             )
         self._compiled = bool(compiled)
+        low_precision = {str(p.dtype).removeprefix("torch.") for p in model.parameters()} & _ROUNDED_AT_BOUNDARIES
+        if compiled and low_precision:
+            warnings.warn(
+                f"tracespec.record: this compiled model holds {', '.join(sorted(low_precision))} parameters; recorded, "
+                "it runs as one compiled piece per recorded module, whose outputs are rounded to their dtype where "
+                "Inductor's fused kernels keep them in float32, so the recorded values may differ from the unrecorded "
+                "compiled model's (docs/recording.md, Compiled models)",
+                CompiledPrecisionWarning,
+                stacklevel=5,  # the caller of tracespec.record
+            )
         super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()

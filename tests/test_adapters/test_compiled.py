@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -22,6 +23,7 @@ from torch import nn
 
 import tracespec
 from tracespec.cli import cli
+from tracespec.adapters.torch import CompiledPrecisionWarning
 from tracespec.errors import UsageError
 from tracespec.testing.adapter_tests import TraceView
 
@@ -322,3 +324,14 @@ def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path
     script, printed = re.findall(r"```(?:python)?\n(.*?)```", section, flags=re.S)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout == printed
+
+
+def test_recording_a_compiled_bfloat16_model_warns_that_it_rounds_at_module_boundaries(tmp_path: Path) -> None:
+    with pytest.warns(CompiledPrecisionWarning, match="bfloat16 parameters") as caught:
+        tracespec.record(torch.compile(make_model().bfloat16()), tmp_path / "bf16")
+    assert [w.filename for w in caught if w.category is CompiledPrecisionWarning] == [__file__]  # the user's call
+    eager = make_model().bfloat16()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracespec.record(eager, tmp_path / "eager")  # an eager model computes the same recorded or not
+        tracespec.record(torch.compile(make_model()), tmp_path / "float32")  # float32 is bit-identical (above)
