@@ -139,7 +139,7 @@ def compiled_routes(model: torch.nn.Module) -> dict[str, bool]:
     for route, module in uncompiled(model).named_modules():
         compiled_call = getattr(module, "_compiled_call_impl", None)
         if compiled_call is not None:
-            context = inspect.getclosurevars(compiled_call).nonlocals.get("self")
+            context = inspect.getclosurevars(compiled_call).nonlocals.get("self") if inspect.isfunction(compiled_call) else None
             found[route] = found.get(route, False) or bool(getattr(context, "fullgraph", False))
     return found
 
