@@ -298,6 +298,7 @@ class TorchRecorder(Recorder):
                 "compile it without fullgraph=True to record it"
             )
         self._compiled = bool(compiled)
+        self._hook_guards_skipped: bool | None = None  # Dynamo's setting, while this recording changes it
         low_precision = {str(p.dtype).removeprefix("torch.") for p in model.parameters()} & _ROUNDED_AT_BOUNDARIES
         if compiled and low_precision:
             warnings.warn(
@@ -403,6 +404,13 @@ class TorchRecorder(Recorder):
             pre_hook = torch.compiler.disable(pre_hook, reason="tracespec records outside compiled graphs")
             post_hook = torch.compiler.disable(post_hook, reason="tracespec records outside compiled graphs")
         _forget_compiled_code()
+        dynamo = _dynamo()
+        if self._compiled and not all(node.selected for node in self._nodes):
+            # Some instances of a class hooked and others not: Dynamo must tell them apart, or
+            # the code compiled for an unhooked Block would run for a hooked one, and the hooks
+            # inside it would not run. Guarded on hooks, each hook state compiles its own code.
+            self._hook_guards_skipped = dynamo.config.skip_nnmodule_hook_guards
+            dynamo.config.skip_nnmodule_hook_guards = False
         for node in self._nodes:
             if self._compiled and not node.selected:
                 # Each hooked module is a graph break: a compiled model keeps one compiled region
@@ -421,6 +429,9 @@ class TorchRecorder(Recorder):
             handle.remove()
         self._handles.clear()
         self._host_buffers.clear()
+        if self._hook_guards_skipped is not None:
+            _dynamo().config.skip_nnmodule_hook_guards = self._hook_guards_skipped
+            self._hook_guards_skipped = None
         _forget_compiled_code()
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

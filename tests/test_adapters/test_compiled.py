@@ -297,6 +297,26 @@ def test_a_compiled_model_is_split_only_at_the_modules_recorded(tmp_path: Path) 
     assert graphs.take() == 3  # one region per block, one for ln_f: nothing is split inside a block
 
 
+@pytest.mark.parametrize(
+    ("selection", "recorded"),
+    [
+        ({"include": ["blocks.1.mlp"]}, ["blocks.1.mlp", "blocks.1.mlp.act", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]),
+        # blocks.0 runs unhooked code compiled for the class Block, which blocks.1 must not reuse
+        ({"exclude": ["blocks.0"]}, ["", "blocks.1", "blocks.1.ln1", "blocks.1.ln2", "blocks.1.mlp", "blocks.1.mlp.act",
+                                     "blocks.1.mlp.fc1", "blocks.1.mlp.fc2", "blocks.1.proj", "ln_f"]),
+    ],
+    ids=["inside unhooked modules", "beside an unhooked instance of its class"],
+)
+def test_every_selected_module_of_a_compiled_model_is_recorded(selection: dict[str, Any], recorded: list[str], tmp_path: Path) -> None:
+    compiled = torch.compile(make_model(), backend=GraphRunCounter())
+    hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
+    with torch.no_grad(), tracespec.record(compiled, tmp_path / "trace", capture="stats", **selection):
+        compiled(make_input())
+    view = TraceView(tmp_path / "trace")
+    assert sorted({view.route_of[call["node"]] for call in view.calls}) == recorded
+    assert torch._dynamo.config.skip_nnmodule_hook_guards == hook_guards  # Dynamo's setting is given back
+
+
 def test_eager_against_compiled_regions_compares_at_their_boundary(
     tmp_path: Path, unrecorded_output: torch.Tensor, eager_trace: Path
 ) -> None:
@@ -316,6 +336,7 @@ def test_eager_against_compiled_regions_compares_at_their_boundary(
     assert "blocks.1 (Block) INTRODUCED it" in diff.output
     assert "12 of A's leaf calls compared only at the boundary" in diff.output
     assert "B records no call inside it: compared at its boundary" in diff.output
+    assert "record B again with the calls inside it (in a compiled model, select it with its children: include=['blocks.1'])" in diff.output
 
 
 def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:

@@ -292,6 +292,10 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
         return f"The optimizer update of {where} differs: compare optimizer hyper-parameters (lr, betas, eps, weight decay)."
     if "dropout" in culprit.a_class.lower():
         return f"{where} differs from equal inputs: dropout is active in one run; call model.eval() (or seed both runs the same way)."
+    if max(culprit.inside) > 1:
+        coarse = "B" if culprit.inside[0] > 1 else "A"
+        return (f"{where} differs from equal inputs, compared at its boundary: record {coarse} again with the calls inside it "
+                f"(in a compiled model, select it with its children: include=[{culprit.a_route!r}]) to see which one introduced it.")
     return (
         f"{where} computes differently from equal inputs and weights: compare its forward code and "
         "hyper-parameters (eps, approximate=, scale, dtype casts, train/eval mode)."
