@@ -308,6 +308,11 @@ def render_report(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
         out.append(f"rank {rank}: compared {calls['compared_a']} of {calls['leaf_a']} leaf calls of A ({calls['fraction_a']:.0%}) "
                    f"and {calls['compared_b']} of {calls['leaf_b']} of B ({calls['fraction_b']:.0%})"
                    + (f"; aligned by {methods}" if methods else ""))
+        for side, other in (("A", "B"), ("B", "A")):
+            if calls.get(f"boundary_{side.lower()}"):
+                out.append(f"  {calls[f'boundary_{side.lower()}']} of {side}'s leaf calls compared only at the boundary of a call "
+                           f"that holds several of them, where {other} records no call inside (a region compiled as one graph, "
+                           "a module recorded without its children)")
         if calls["fraction_a"] < LOW_COVERAGE:
             low.append(f"rank {rank}: {calls['fraction_a']:.0%}")
     if low:

@@ -262,6 +262,7 @@ class _RankComparison:
                           call, begin, end, len(ancestors), ancestors, a_site=self.va.op_site(a), b_site=self.vb.op_site(b))
         if match is not None:
             unit.method = match.method
+            unit.inside = match.inside
             if len(match.a) > 1 or len(match.b) > 1:
                 unit.a_routes = tuple(self.va.nodes[n].route for n, _ in match.a)
                 unit.b_routes = tuple(self.vb.nodes[n].route for n, _ in match.b)
