@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from tracespec.compare.diagnose import DIVERGED, RecordResult, UnitResult
 from tracespec.compare.noise import CANCELLED_BELOW, ROLE_GROUPS, SCOPED_GROUPS
 from tracespec.compare.tolerance import TolerancePolicy
-from tracespec.compare.view import STAGE_ORDER, RankView, Record, StepRows
+from tracespec.compare.view import STAGE_ORDER, RankView, Record
 
 __all__ = ["BATCH_STEPS", "ColumnarRank", "StepSummary", "summarize_units"]
 
@@ -48,8 +48,9 @@ _PASS, _WITHIN, _DIVERGED, _SKIPPED = range(4)
 _STATS_FIELDS: Final = ("mean", "std", "min", "max", "l2")
 _TENSOR_COLUMNS: Final = ("step", "id", "stage", "node", "call", "role", "slot", "dtype", "shape", "nan_count",
                           "inf_count", "hash", "array", "value", *_STATS_FIELDS)
-_STRUCTURE: Final = ("stage", "node", "call", "role", "slot", "dtype", "shape", "has_stats", "has_hash", "has_array")
-"""What a tensor row must match, row by row, for a step to share a learned structure."""
+_STRUCTURE: Final = ("stage", "node", "call", "role", "slot", "dtype", "ndim", "has_stats", "has_hash", "has_array")
+"""What a tensor row must match, row by row, for a step to share a learned structure (and its
+shape's extents)."""
 
 # how a pair is judged, fixed by its structure (see _Comparer._metrics in engine.py)
 _CONSTANT, _VALUE, _STATS, _HASH, _BITWISE_HASH = range(5)
@@ -126,14 +127,22 @@ class _Codes:
 
     def __init__(self) -> None:
         self.codes: dict[Any, int] = {}
+        self.values: list[Any] = []
+        """The string of each code."""
+
+    def _code(self, value: Any) -> int:
+        code = self.codes.get(value)
+        if code is None:
+            code = self.codes[value] = len(self.values)
+            self.values.append(value)
+        return code
 
     def encode(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         encoded = pc.dictionary_encode(column)
         chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
         parts = []
         for chunk in chunks:
-            lut = np.array([self.codes.setdefault(v, len(self.codes)) for v in chunk.dictionary.to_pylist()] + [-1],
-                           np.int64)
+            lut = np.array([self._code(v) for v in chunk.dictionary.to_pylist()] + [-1], np.int64)
             indices = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
             parts.append(lut[indices])
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -144,11 +153,9 @@ class _Rows:
 
     def __init__(self, table: pa.Table, codes: dict[str, _Codes]) -> None:
         self.table = table
-        steps = table.column("step").to_numpy()
-        found, starts = np.unique(steps, return_index=True)
+        found, starts, counts = _step_bounds(table.column("step").to_numpy())
         self.start = dict(zip(found.tolist(), starts.tolist()))
-        self.count = dict(zip(found.tolist(), np.diff(np.append(starts, len(steps))).tolist()))
-        shape_text = pc.binary_join(pc.cast(table.column("shape"), pa.list_(pa.string())), ",")
+        self.count = dict(zip(found.tolist(), counts.tolist()))
         self.cols: dict[str, np.ndarray] = {
             "stage": codes["stage"].encode(table.column("stage")),
             "node": table.column("node").to_numpy().astype(np.int64),
@@ -156,17 +163,14 @@ class _Rows:
             "role": codes["role"].encode(table.column("role")),
             "slot": codes["slot"].encode(table.column("slot")),
             "dtype": codes["dtype"].encode(table.column("dtype")),
-            "shape": codes["shape"].encode(shape_text),
-            "has_stats": table.column("nan_count").is_valid().to_numpy(zero_copy_only=False).astype(np.int64),
-            "has_hash": table.column("hash").is_valid().to_numpy(zero_copy_only=False).astype(np.int64),
-            "has_array": table.column("array").is_valid().to_numpy(zero_copy_only=False).astype(np.int64),
+            "ndim": pc.list_value_length(table.column("shape")).fill_null(-1).to_numpy().astype(np.int64),
+            "has_stats": _valid(table.column("nan_count")),
+            "has_hash": _valid(table.column("hash")),
+            "has_array": _valid(table.column("array")),
         }
-        codes_found, first = np.unique(self.cols["shape"], return_index=True)
-        texts = shape_text.take(pa.array(first)).to_pylist()
-        counts = [math.prod(int(x) for x in text.split(",")) if text else 1 for text in texts]
-        self.elements = np.asarray(counts, np.float64)[np.searchsorted(codes_found, self.cols["shape"])]
-        """Each row's element count (the product of its shape)."""
-        self.structure = np.stack([self.cols[name] for name in _STRUCTURE], axis=1)
+        self.extents = pc.list_flatten(table.column("shape")).to_numpy()
+        """Every row's shape, one after the other (``shape_start`` says where each row's begins)."""
+        self.shape_start = np.cumsum(np.maximum(self.cols["ndim"], 0)) - np.maximum(self.cols["ndim"], 0)
         self.stats = {name: table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
                       for name in _STATS_FIELDS}  # null -> NaN; nulls kept apart below
         self.stats_null = {name: table.column(name).is_null().to_numpy(zero_copy_only=False) for name in _STATS_FIELDS}
@@ -178,13 +182,37 @@ class _Rows:
         starts = np.array([self.start[s] for s in steps.tolist()], np.int64)
         return starts[:, None] + np.arange(width)[None, :]
 
+    def step_structure(self) -> _Structure:
+        """The structure of the rows, all of one step (what a template keeps)."""
+        return _Structure({name: self.cols[name].copy() for name in _STRUCTURE}, self.extents.copy())
+
+    def matches(self, index: np.ndarray, structure: _Structure) -> np.ndarray:
+        """For each step (a row of ``index``), whether its rows have ``structure``."""
+        same = np.ones(len(index), bool)
+        for name, expected in structure.columns.items():
+            same &= (self.cols[name][index] == expected).all(axis=1)
+        if len(structure.extents):
+            first = self.shape_start[index[:, 0]]
+            at = np.minimum(first[:, None] + np.arange(len(structure.extents)), len(self.extents) - 1)
+            same &= (self.extents[at] == structure.extents).all(axis=1)  # (clipped: a step that runs past the
+            # end has other ndims, and fails above)
+        return same
+
+
+@dataclass(frozen=True, slots=True)
+class _Structure:
+    columns: dict[str, np.ndarray]
+    extents: np.ndarray
+
+
+def _valid(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
+
 
 def _call_structure(table: pa.Table, codes: _Codes) -> tuple[dict[int, int], dict[int, int], np.ndarray]:
     """A's calls of a batch: (start and count per step, rows of stage, node, call, begin and end
     relative to the step's first begin)."""
-    steps = table.column("step").to_numpy()
-    found, starts = np.unique(steps, return_index=True)
-    counts = np.diff(np.append(starts, len(steps)))
+    found, starts, counts = _step_bounds(table.column("step").to_numpy())
     begin = table.column("begin").to_numpy().astype(np.int64)
     end = table.column("end").to_numpy().astype(np.int64)
     base = np.repeat(np.minimum.reduceat(begin, starts) if len(starts) else begin[:0], counts)
@@ -197,9 +225,12 @@ def _call_structure(table: pa.Table, codes: _Codes) -> tuple[dict[int, int], dic
 class _Template:
     """One learned step structure: the pairs it judged, the units over them, and what varies per step."""
 
-    structure_a: np.ndarray
-    structure_b: np.ndarray
+    structure_a: _Structure
+    structure_b: _Structure
+    rows_a: int
+    rows_b: int
     calls: np.ndarray
+    elements_a: np.ndarray
     row_a: np.ndarray
     row_b: np.ndarray
     method: np.ndarray
@@ -331,7 +362,9 @@ class ColumnarRank:
                 if other.stage == unit.stage and unit.a_node in other.ancestors and unit.contains_time_of(other):
                     inside[v, u] = 1.0
         self.templates.append(_Template(
-            structure_a=rows_a.structure, structure_b=rows_b.structure, calls=calls,
+            structure_a=rows_a.step_structure(), structure_b=rows_b.step_structure(),
+            rows_a=len(rows_a.table), rows_b=len(rows_b.table), calls=calls,
+            elements_a=np.array([math.prod(shape or ()) for shape in rows_a.table.column("shape").to_pylist()], np.float64),
             row_a=row_a, row_b=row_b, method=method, constant=constant, rtol=rtol, atol=atol,
             atol_scaled=atol_scaled, same_bytes=same_bytes, count=count, peer_group=peer_group,
             peer_rows=[np.array(peer_members[g], np.int64) for g in range(len(peers))],
@@ -359,7 +392,7 @@ class ColumnarRank:
         for template in self.templates:
             if not len(pending):
                 break
-            na, nb, nc = len(template.structure_a), len(template.structure_b), len(template.calls)
+            na, nb, nc = template.rows_a, template.rows_b, len(template.calls)
             fits = np.array([rows_a.count[s] == na and rows_b.count[s] == nb and call_count.get(s, 0) == nc
                              for s in pending.tolist()], bool)
             candidates = pending[fits]
@@ -367,8 +400,7 @@ class ColumnarRank:
                 continue
             index_a, index_b = rows_a.rows(candidates, na), rows_b.rows(candidates, nb)
             call_index = np.array([call_start[s] for s in candidates.tolist()], np.int64)[:, None] + np.arange(nc)[None, :]
-            same = ((rows_a.structure[index_a] == template.structure_a).all(axis=(1, 2))
-                    & (rows_b.structure[index_b] == template.structure_b).all(axis=(1, 2))
+            same = (rows_a.matches(index_a, template.structure_a) & rows_b.matches(index_b, template.structure_b)
                     & (calls[call_index] == template.calls).all(axis=(1, 2)))
             if same.any():
                 chosen = candidates[same]
@@ -402,7 +434,7 @@ class ColumnarRank:
         """Each stats pair's scale (``_Comparer._scale``): the largest of its own RMS, its peers'
         median RMS and, for a cancelled gradient, its scope's RMS; NaN where there is none."""
         l2 = rows_a.stats["l2"][index_a]
-        finite = rows_a.elements[index_a] - rows_a.nan_count[index_a] - rows_a.inf_count[index_a]
+        finite = t.elements_a[None, :] - rows_a.nan_count[index_a] - rows_a.inf_count[index_a]
         valid = ~rows_a.stats_null["l2"][index_a] & (rows_a.cols["has_stats"][index_a] == 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             rms = np.where(valid & (finite > 0), l2 / np.sqrt(np.maximum(finite, 1)), np.nan)
@@ -471,32 +503,36 @@ class ColumnarRank:
         introduced = candidate & ~contains
         inherited = own_diverged & upstream_diverged
         worst = np.fmax.reduce(np.where(np.isnan(ratio), -1.0, ratio), axis=1, initial=-1.0)
-        summaries = []
-        for s in range(len(status)):
-            first = None
-            if own_diverged[s].any():
-                for stage in range(len(STAGE_ORDER)):
-                    in_stage = t.unit_stage == stage
-                    hits = np.flatnonzero(introduced[s] & in_stage)
-                    kind = "introduced"
-                    if not len(hits):
-                        hits, kind = np.flatnonzero(own_diverged[s] & in_stage), "inherited"
-                    if len(hits):
-                        first = {**t.units[int(hits[0])], "kind": kind}
-                        break
-            statuses = unit_status[s]
-            summaries.append(StepSummary(
-                units={
-                    "units": len(statuses), "diverged": int((statuses == _DIVERGED).sum()),
-                    "introduced": int(introduced[s].sum()), "inherited": int(inherited[s].sum()),
-                    "pass": int((statuses == _PASS).sum()), "pass_within_tolerance": int((statuses == _WITHIN).sum()),
-                    "skipped": int((statuses == _SKIPPED).sum()),
-                },
-                records=t.records, only_a=t.only_a, only_b=t.only_b,
-                diverged_records=int(diverged[s].sum()), worst_ratio=max(float(worst[s]), 0.0), first=first,
-                dtypes=t.dtypes,
-            ))
-        return summaries
+        counts = {
+            "units": np.full(len(status), len(t.units)), "diverged": (unit_status == _DIVERGED).sum(axis=1),
+            "introduced": introduced.sum(axis=1), "inherited": inherited.sum(axis=1),
+            "pass": (unit_status == _PASS).sum(axis=1), "pass_within_tolerance": (unit_status == _WITHIN).sum(axis=1),
+            "skipped": (unit_status == _SKIPPED).sum(axis=1),
+        }
+        rows = [dict(zip(counts, values)) for values in zip(*(c.tolist() for c in counts.values()))]
+        diverged_records = diverged.sum(axis=1).astype(np.int64).tolist()
+        # the first divergence of each step: stage by stage, the first introducing unit, else the first diverged
+        firsts: list[dict[str, Any] | None] = [None] * len(status)
+        for stage in range(len(STAGE_ORDER)):
+            in_stage = t.unit_stage == stage
+            for mask, kind in ((introduced & in_stage, "introduced"), (own_diverged & in_stage, "inherited")):
+                hit = mask.any(axis=1)
+                where = mask.argmax(axis=1)
+                for s in np.flatnonzero(hit).tolist():
+                    if firsts[s] is None:
+                        firsts[s] = {**t.units[int(where[s])], "kind": kind}
+        return [
+            StepSummary(units=units, records=t.records, only_a=t.only_a, only_b=t.only_b,
+                        diverged_records=diverged_records[s], worst_ratio=max(float(worst[s]), 0.0),
+                        first=firsts[s], dtypes=t.dtypes)
+            for s, units in enumerate(rows)
+        ]
+
+
+def _step_bounds(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The steps of a column sorted by step, where each one's rows start, and how many it has."""
+    starts = np.flatnonzero(np.diff(steps, prepend=steps[:1] - 1)) if len(steps) else np.zeros(0, np.int64)
+    return steps[starts], starts, np.diff(np.append(starts, len(steps)))
 
 
 def _equal(column_a: pa.ChunkedArray, column_b: pa.ChunkedArray, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:

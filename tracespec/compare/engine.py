@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracespec.compare.align import Alignment, align_trees
 from tracespec.compare.calls import CallMatch, alignment_layer_map
@@ -664,16 +666,15 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
     total = 0
     for trace in (trace_a, trace_b):
         for rank in selection.ranks:
-            table = trace.parts[rank].tensors.select(["step", "array", "dtype", "shape"]).to_pylist()
+            table = trace.parts[rank].tensors.select(["step", "array", "dtype", "shape"])
+            table = table.filter(pc.is_valid(table.column("array")))  # column-wise: most rows of a long run keep no data
+            table = table.filter(pc.is_in(table.column("step"), value_set=pa.array(selection.steps, pa.int64())))
             seen = set()
-            for row in table:
-                if row["array"] is None or row["step"] not in selection.steps or row["array"] in seen:
+            for row in table.to_pylist():
+                if row["array"] in seen:
                     continue
                 seen.add(row["array"])
-                count = 1
-                for extent in row["shape"]:
-                    count *= extent
-                total += count * numpy_dtype(row["dtype"]).itemsize
+                total += math.prod(row["shape"]) * numpy_dtype(row["dtype"]).itemsize
     return total
 
 

@@ -139,8 +139,8 @@ class StepRows:
         if len(steps) > 1 and bool(np.any(steps[1:] < steps[:-1])):
             order = np.argsort(steps, kind="stable")
             table, steps = table.take(order), steps[order]
-        found, starts = np.unique(steps, return_index=True)
-        ends = np.append(starts[1:], len(steps))
+        starts = np.flatnonzero(np.diff(steps, prepend=steps[:1] - 1)) if len(steps) else np.zeros(0, np.int64)
+        found, ends = steps[starts], np.append(starts[1:], len(steps))
         self.table = table
         self.bounds: dict[int, tuple[int, int]] = {
             int(step): (int(start), int(end)) for step, start, end in zip(found, starts, ends)

@@ -27,6 +27,7 @@ from tracespec.errors import (
     NotATraceError,
     TableInvalidError,
     TableMismatchError,
+    TracespecError,
 )
 from tracespec.format.dtypes import parse_dtype
 from tracespec.format.manifest import (
@@ -94,6 +95,9 @@ class Part:
         return read_array(self._confined_store, self.array_meta(name))
 
 
+_NOT_NULL: Final = {name: [f.name for f in schema if not f.nullable] for name, schema in TABLE_SCHEMAS.items()}
+
+
 def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     schema = TABLE_SCHEMAS[table]
     pieces = []
@@ -112,6 +116,14 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
             raise TableMismatchError(
                 f"{where}: holds {got.num_rows} rows, part.json says {segment.rows}"
             )
+        # a long run has a segment per step: the common case, the writer's own schema, is
+        # checked at once (only its non-nullable columns one by one), anything else field by field
+        if got.schema.names == schema.names and got.schema.types == schema.types:
+            for name in _NOT_NULL[table]:
+                if got.column(name).null_count:
+                    raise TableInvalidError(f"{where}: column {name!r} has nulls")
+            pieces.append(got)
+            continue
         for field in schema:
             if field.name not in got.column_names:
                 raise TableInvalidError(f"{where}: column {field.name!r} is missing")
@@ -138,10 +150,9 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
 def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
-    if len(np.unique(ids)) != len(ids):
+    if not _all_distinct(ids):
         raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
-    record_ids = tensors.column("id").to_numpy()
-    if len(np.unique(record_ids)) != len(record_ids):
+    if not _all_distinct(tensors.column("id").to_numpy()):
         raise TableInvalidError(f"{where}: tensors.id has duplicate ids")
     for table, name in ((calls, "calls"), (tensors, "tensors")):
         unlisted = set(pc.unique(table.column("step")).to_pylist()) - set(manifest.steps)
@@ -167,7 +178,7 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
-    for row in tensors.select(columns).to_pylist():
+    for row in tensors.take(_rows_to_check(tensors)).select(columns).to_pylist():
         _check_record_kind(where, row)
         if row["dtype"] is not None:
             parse_dtype(row["dtype"])
@@ -179,6 +190,55 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has an absurd shape {shape}")
         if row["array"] is not None:
             check_relative_path(row["array"], f"{where}: tensor {row['id']} array")
+
+
+def _all_distinct(ids: np.ndarray) -> bool:
+    """No id twice (writers number rows in order: increasing ids are checked without sorting)."""
+    return bool(np.all(ids[1:] > ids[:-1])) or len(np.unique(ids)) == len(ids)
+
+
+def _rows_to_check(tensors: pa.Table) -> np.ndarray:
+    """The rows that the row-by-row checks must look at, in table order: those a column-wise test
+    finds suspect (a millions-row statistics trace is checked without a Python object per row),
+    and those naming an array (their paths are checked one by one)."""
+    def mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        return np.asarray(pc.fill_null(values, True).to_numpy(zero_copy_only=False), bool)
+
+    valid = {name: tensors.column(name).is_valid().to_numpy(zero_copy_only=False)
+             for name in ("dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash")}
+    level = tensors.column("level")
+    full = mask(pc.equal(level, "full")) & valid["level"]
+    with_stats = mask(pc.is_in(level, value_set=pa.array(["full", "stats"]))) & valid["level"]
+    with_hash = mask(pc.is_in(level, value_set=pa.array(["full", "hash"]))) & valid["level"]
+    tensor_row = ~valid["value_type"]
+    suspect = tensor_row & (~valid["dtype"] | ~valid["shape"] | ~valid["level"] | (full != valid["array"])
+                            | (with_stats & ~(valid["nan_count"] & valid["inf_count"])) | (with_hash & ~valid["hash"]))
+    suspect |= ~tensor_row & (valid["dtype"] | valid["shape"] | valid["level"] | valid["array"])
+    suspect |= valid["array"]
+    dtypes = pc.unique(tensors.column("dtype")).drop_null().to_pylist()
+    itemsize: dict[str, float] = {}
+    for name in dtypes:
+        try:
+            itemsize[name] = parse_dtype(name).itemsize
+        except TracespecError:
+            suspect |= mask(pc.equal(tensors.column("dtype"), name)) & valid["dtype"]
+    shapes = tensors.column("shape").combine_chunks() if tensors.num_rows else pa.array([], pa.list_(pa.int64()))
+    extents = pc.list_flatten(shapes).to_numpy(zero_copy_only=False).astype(np.float64)
+    owners = pc.list_parent_indices(shapes).to_numpy(zero_copy_only=False)
+    suspect[owners[extents < 0]] = True
+    # the element count of each row, in float64 (exact far beyond MAX_ARRAY_BYTES): a product of
+    # logarithms would round at the boundary, so the rows near it go to the exact check
+    elements = np.ones(len(suspect))
+    np.multiply.at(elements, owners, np.maximum(extents, 0))
+    suspect |= elements * _itemsizes(tensors.column("dtype"), itemsize) > MAX_ARRAY_BYTES / 2
+    return np.flatnonzero(suspect)
+
+
+def _itemsizes(dtypes: pa.ChunkedArray, itemsize: dict[str, float]) -> np.ndarray:
+    """The item size of each row's dtype (1 where it has none or an unknown one)."""
+    encoded = pc.dictionary_encode(dtypes).combine_chunks() if len(dtypes) else pa.array([], pa.dictionary(pa.int32(), pa.string()))
+    lut = np.array([itemsize.get(name, 1.0) for name in encoded.dictionary.to_pylist()] + [1.0])
+    return lut[encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
 
 
 def _check_record_kind(where: str, row: dict[str, Any]) -> None:
