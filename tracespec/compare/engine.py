@@ -73,15 +73,40 @@ def _open(trace: Trace | str | os.PathLike[str]) -> Trace:
     return trace if isinstance(trace, Trace) else load_trace(trace)
 
 
-def _select(values: Iterable[int] | None, a: list[int], b: list[int], what: str) -> list[int]:
+StepRange = tuple["int | None", "int | None"]
+"""Steps ``first`` to ``last``, both included; ``None`` leaves that end open (``--step 200:300``)."""
+
+
+def _select(values: Iterable[int | StepRange] | None, a: list[int], b: list[int], what: str) -> list[int]:
+    """The values chosen (every one in both traces), and the values of both traces within each range."""
     common = sorted(set(a) & set(b))
     if values is None:
         return common
-    chosen = sorted(set(values))
-    missing = [v for v in chosen if v not in common]
+    values = list(values)
+    chosen = {v for v in values if isinstance(v, int)}
+    missing = sorted(v for v in chosen if v not in common)
     if missing:
-        raise UsageError(f"{what} {missing} not in both traces (A has {a}, B has {b})")
-    return chosen
+        raise UsageError(f"{what} {missing} not in both traces (A has {spans(a)}, B has {spans(b)})")
+    for value in values:
+        if isinstance(value, tuple):
+            first, last = value
+            inside = [v for v in common if (first is None or v >= first) and (last is None or v <= last)]
+            if not inside:
+                shown = f"{'' if first is None else first}:{'' if last is None else last}"
+                raise UsageError(f"{what} {shown} holds no step of both traces (A has {spans(a)}, B has {spans(b)})")
+            chosen.update(inside)
+    return sorted(chosen)
+
+
+def spans(values: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` as ``0-2, 5, 7-8`` (a long run's steps in a message)."""
+    found: list[str] = []
+    for value in sorted(values):
+        if found and found[-1].rpartition("-")[2].isdigit() and int(found[-1].rpartition("-")[2]) == value - 1:
+            found[-1] = f"{found[-1].partition('-')[0]}-{value}"
+        else:
+            found.append(str(value))
+    return ", ".join(found) if found else "none"
 
 
 class _Comparer:
@@ -530,7 +555,7 @@ def compare_traces(
     atol: float | None = None,
     rel_rmse: float | None = None,
     tolerances: Mapping[str, Mapping[str, Any]] | None = None,
-    steps: Iterable[int] | None = None,
+    steps: Iterable[int | StepRange] | None = None,
     ranks: Iterable[int] | None = None,
     stages: Iterable[str] | None = None,
     routes: Iterable[str] | None = None,
@@ -562,7 +587,9 @@ def compare_traces(
         Per-route overrides, ``{"blocks.*.attn": {"rtol": 1e-3, "rel_rmse": 1e-4, "mode": "mean"}}``
         (glob patterns on A's routes; later entries win).
     steps, ranks, stages:
-        What to compare (default: everything both traces have).
+        What to compare (default: everything both traces have). A step may also be a range
+        ``(first, last)``, both included, either end ``None`` (open): every step of both traces
+        within it.
     routes, exclude:
         Glob patterns on A's routes: compare only nodes matching ``routes``, none matching ``exclude``.
     layer_map:
@@ -606,7 +633,7 @@ def compare_traces(
     if not chosen_steps:
         cut = "; ".join(f"{side} is incomplete (a recording cut short)" for side, trace in (("A", trace_a), ("B", trace_b))
                         if not trace.complete)
-        raise UsageError(f"A and B have no step in common (A has {trace_a.steps}, B has {trace_b.steps})"
+        raise UsageError(f"A and B have no step in common (A has {spans(trace_a.steps)}, B has {spans(trace_b.steps)})"
                          + (f"; {cut}" if cut else "") + ": nothing to compare")
     selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
                            tuple(routes or ()), tuple(exclude or ()))
