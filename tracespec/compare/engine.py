@@ -450,8 +450,10 @@ class _StepWalk:
     structure learned (:mod:`tracespec.compare.columnar`); keeps the units of the detailed steps only,
     and a :class:`StepSummary` per step and rank."""
 
-    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool) -> None:
+    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool,
+                 traces: tuple[Trace, ...]) -> None:
         self.ranked = ranked
+        self.traces = traces
         self.stages = selection.stages
         self.detail_all = detail_all
         self.first_step_only = first_step_only
@@ -497,6 +499,8 @@ class _StepWalk:
             batch = steps[start : start + BATCH_STEPS]
             detail = set(batch) if self.detail_all else {steps[0]} & set(batch)
             results = [self._batch(state, batch, detail) for state in self.ranked]
+            for trace in self.traces:  # the batch's table pages: read, and not needed again
+                trace.release_pages()
             for step in batch:
                 summaries = [found[step][0] for found in results]
                 diverged = any(summary.units["diverged"] for summary in summaries)
@@ -661,7 +665,7 @@ def compare_traces(
         comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
         ranked.append(_RankState(_RankComparison(view_a, view_b, alignment, selection, comparer),
                                  ColumnarRank(view_a, view_b, policy, trust_hashes) if columnar and not detail_all else None))
-    walk = _StepWalk(ranked, selection, detail_all, first_step_only)
+    walk = _StepWalk(ranked, selection, detail_all, first_step_only, (trace_a, trace_b))
     walk.run(chosen_steps)
     if progress is not None:
         progress(total, total)

@@ -10,9 +10,11 @@ Constraints:
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
@@ -78,6 +80,14 @@ class Part:
     nodes: pa.Table
     calls: pa.Table
     tensors: pa.Table
+    maps: list[mmap.mmap] = field(default_factory=list, repr=False)
+    """The table files, mapped: the tables' columns live there."""
+
+    def release_pages(self) -> None:
+        """Let the kernel drop the table pages read so far from this process's memory (they stay in
+        the page cache, and are read back on the next access): a long run's tables are read a batch
+        of steps at a time, and memory stays that of a batch, whatever their size."""
+        _release(self.maps)
 
     @property
     def store(self) -> Path:
@@ -98,7 +108,17 @@ class Part:
 _NOT_NULL: Final = {name: [f.name for f in schema if not f.nullable] for name, schema in TABLE_SCHEMAS.items()}
 
 
-def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
+def _map_table(path: Path, maps: list[mmap.mmap]) -> pa.Table:
+    """The Arrow IPC file at ``path``, its columns mapped from the file (zero-copy)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise pa.ArrowInvalid("the file is empty")
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    maps.append(mapped)
+    return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).read_all()
+
+
+def _load_table(part_dir: Path, table: str, manifest: PartManifest, maps: list[mmap.mmap]) -> pa.Table:
     schema = TABLE_SCHEMAS[table]
     pieces = []
     for segment in manifest.tables[table]:
@@ -106,8 +126,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
         check_relative_path(segment.path, where)
         path = check_inside(part_dir / segment.path, part_dir, where)
         try:
-            with pa.memory_map(str(path)) as source:
-                got = pa.ipc.open_file(source).read_all()
+            got = _map_table(path, maps)
         except FileNotFoundError:
             raise TableMismatchError(f"{where}: listed in part.json but missing") from None
         except (pa.ArrowInvalid, OSError) as exc:
@@ -137,7 +156,9 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
         pieces.append(got.select(schema.names))
     result = pa.concat_tables(pieces) if pieces else schema.empty_table()
     for column, allowed in _ENUMS[table].items():
-        values = set(pc.unique(result.column(column)).to_pylist()) - {None}
+        values: set[str] = set()
+        for piece in _slices(result, maps):
+            values |= set(pc.unique(piece.column(column)).to_pylist()) - {None}
         unknown = values - set(allowed)
         if unknown:
             raise TableInvalidError(
@@ -147,26 +168,51 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     return result
 
 
-def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
+_SLICE_ROWS: Final = 1 << 20
+"""Rows checked at a time: a long run's tables are checked in slices, each slice's pages released
+(:meth:`Part.release_pages`) before the next, so that opening a trace of any length takes the
+memory of a slice."""
+
+
+def _slices(table: pa.Table, maps: list[mmap.mmap]) -> Iterator[pa.Table]:
+    """``table`` in slices of :data:`_SLICE_ROWS` rows (one, possibly empty, at least), the pages
+    of the mapped files released after each."""
+    for start in range(0, max(table.num_rows, 1), _SLICE_ROWS):
+        yield table.slice(start, _SLICE_ROWS)
+        _release(maps)
+
+
+def _release(maps: list[mmap.mmap]) -> None:
+    for mapped in maps:
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table,
+                      maps: list[mmap.mmap]) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
     if not _all_distinct(ids):
         raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
-    if not _all_distinct(tensors.column("id").to_numpy()):
+    record_ids = [piece.column("id").to_numpy().copy() for piece in _slices(tensors, maps)]
+    if not _all_distinct(np.concatenate(record_ids)):
         raise TableInvalidError(f"{where}: tensors.id has duplicate ids")
+    del record_ids
     for table, name in ((calls, "calls"), (tensors, "tensors")):
-        unlisted = set(pc.unique(table.column("step")).to_pylist()) - set(manifest.steps)
+        unlisted = set()
+        for piece in _slices(table, maps):
+            unlisted |= set(pc.unique(piece.column("step")).to_pylist()) - set(manifest.steps)
         if unlisted:
             raise TableMismatchError(
                 f"{where}: {name} has step {min(unlisted)}, which part.json's steps {list(manifest.steps)} lack"
             )
     known = pa.array(ids, pa.int32())
     for table, name in ((calls, "calls"), (tensors, "tensors")):
-        unknown = pc.filter(table.column("node"), pc.invert(pc.is_in(table.column("node"), value_set=known)))
-        if len(unknown):
-            raise TableMismatchError(
-                f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table"
-            )
+        for piece in _slices(table, maps):
+            unknown = pc.filter(piece.column("node"), pc.invert(pc.is_in(piece.column("node"), value_set=known)))
+            if len(unknown):
+                raise TableMismatchError(
+                    f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table"
+                )
     parents = pc.drop_null(nodes.column("parent"))
     orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=known)))
     if len(orphans):
@@ -178,7 +224,8 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
-    for row in tensors.take(_rows_to_check(tensors)).select(columns).to_pylist():
+    rows = [piece.take(_rows_to_check(piece)).select(columns).to_pylist() for piece in _slices(tensors, maps)]
+    for row in (row for found in rows for row in found):
         _check_record_kind(where, row)
         if row["dtype"] is not None:
             parse_dtype(row["dtype"])
@@ -270,9 +317,10 @@ def _load_part(folder: Path) -> Part:
         raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
     check_inside(folder / manifest.store_path, folder, f"{folder.name}/{PART_FILE}: store.path")
-    tables = {name: _load_table(folder, name, manifest) for name in TABLE_NAMES}
-    _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
-    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
+    maps: list[mmap.mmap] = []
+    tables = {name: _load_table(folder, name, manifest, maps) for name in TABLE_NAMES}
+    _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
+    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
 
 
 class Trace:
@@ -317,6 +365,11 @@ class Trace:
 
     def tensors(self) -> pa.Table:
         return self._concat("tensors")
+
+    def release_pages(self) -> None:
+        """:meth:`Part.release_pages` of every rank."""
+        for part in self.parts.values():
+            part.release_pages()
 
     def read(self, rank: int, array: str) -> np.ndarray:
         """The tensor stored as ``array`` in ``rank``'s store."""
