@@ -48,7 +48,8 @@ _PASS, _WITHIN, _DIVERGED, _SKIPPED = range(4)
 _STATS_FIELDS: Final = ("mean", "std", "min", "max", "l2")
 _TENSOR_COLUMNS: Final = ("step", "id", "stage", "node", "call", "role", "slot", "dtype", "shape", "nan_count",
                           "inf_count", "hash", "array", "value", *_STATS_FIELDS)
-_STRUCTURE: Final = ("stage", "node", "call", "role", "slot", "dtype", "ndim", "has_stats", "has_hash", "has_array")
+_STRUCTURE: Final = ("node", "call", "ndim", "has_stats", "has_hash", "has_array")
+_TEXTS: Final = ("stage", "role", "slot", "dtype")
 """What a tensor row must match, row by row, for a step to share a learned structure (and its
 shape's extents)."""
 
@@ -122,60 +123,85 @@ def summarize_units(stages: Sequence[Sequence[UnitResult]], records: int, only_a
     )
 
 
-class _Codes:
-    """Global integer codes for the strings of a column (the same string, the same code in every batch)."""
+class _Text:
+    """A string column of a batch as bytes: row ``i`` is ``data[offsets[i]:offsets[i + 1]]`` where
+    ``valid[i]``. Comparing a step's bytes and offsets with a template's compares its strings
+    without hashing or decoding one of them."""
 
-    def __init__(self) -> None:
-        self.codes: dict[Any, int] = {}
-        self.values: list[Any] = []
-        """The string of each code."""
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        _, offsets, data = array.buffers()
+        self.offsets = np.frombuffer(offsets, np.int32)[array.offset : array.offset + len(array) + 1].astype(np.int64)
+        self.data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+        self.valid = _valid(array)
 
-    def _code(self, value: Any) -> int:
-        code = self.codes.get(value)
-        if code is None:
-            code = self.codes[value] = len(self.values)
-            self.values.append(value)
-        return code
+    def step(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Offsets relative to the first row, bytes and validity of rows ``start`` to ``start + count``."""
+        offsets = self.offsets[start : start + count + 1]
+        return offsets - offsets[0], self.data[offsets[0] : offsets[-1]].copy(), self.valid[start : start + count].copy()
 
-    def encode(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        encoded = pc.dictionary_encode(column)
-        chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
-        parts = []
-        for chunk in chunks:
-            lut = np.array([self._code(v) for v in chunk.dictionary.to_pylist()] + [-1], np.int64)
-            indices = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-            parts.append(lut[indices])
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    def matches(self, index: np.ndarray, template: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """For each step (a row of ``index``, its rows), whether its strings are the template's."""
+        offsets, data, valid = template
+        first = self.offsets[index[:, 0]]
+        same = ((_rows_of(self.offsets, index) - first[:, None]) == offsets[:-1]).all(axis=1)
+        same &= self.offsets[index[:, -1] + 1] - first == offsets[-1]
+        same &= (_rows_of(self.valid, index) == valid).all(axis=1)
+        if len(data):
+            if len(first) and np.all(np.diff(first) == len(data)) and first[0] + len(first) * len(data) <= len(self.data):
+                text = self.data[first[0] : first[0] + len(first) * len(data)].reshape(len(first), len(data))
+            else:
+                text = self.data[np.minimum(first[:, None] + np.arange(len(data)), len(self.data) - 1)]  # clipped: failed above
+            same &= (text == data).all(axis=1)
+        return same
+
+
+def _rows_of(column: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``column[index]`` for (steps, rows) indices; a view where the steps' rows follow one another
+    (a batch of steps of one structure, the common case), a copy otherwise."""
+    if index.size and index[-1, -1] - index[0, 0] + 1 == index.size:
+        return column[index[0, 0] : index[0, 0] + index.size].reshape(index.shape)
+    return column[index]
+
+
+_TextStep = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _Structure:
+    """What one side's rows of a step are, row by row: integer columns, string columns, extents."""
+
+    columns: dict[str, np.ndarray]
+    texts: dict[str, _TextStep]
+    extents: np.ndarray
 
 
 class _Rows:
     """One side's tensor rows of a batch of steps, as numpy columns, and where each step's rows are."""
 
-    def __init__(self, table: pa.Table, codes: dict[str, _Codes]) -> None:
+    def __init__(self, table: pa.Table) -> None:
         self.table = table
         found, starts, counts = _step_bounds(table.column("step").to_numpy())
         self.start = dict(zip(found.tolist(), starts.tolist()))
         self.count = dict(zip(found.tolist(), counts.tolist()))
+        self.texts = {name: _Text(table.column(name)) for name in _TEXTS}
         self.cols: dict[str, np.ndarray] = {
-            "stage": codes["stage"].encode(table.column("stage")),
-            "node": table.column("node").to_numpy().astype(np.int64),
-            "call": table.column("call").fill_null(-1).to_numpy().astype(np.int64),
-            "role": codes["role"].encode(table.column("role")),
-            "slot": codes["slot"].encode(table.column("slot")),
-            "dtype": codes["dtype"].encode(table.column("dtype")),
-            "ndim": pc.list_value_length(table.column("shape")).fill_null(-1).to_numpy().astype(np.int64),
+            "node": table.column("node").to_numpy(),
+            "call": table.column("call").fill_null(-1).to_numpy(),
+            "ndim": pc.list_value_length(table.column("shape")).fill_null(-1).to_numpy(),
             "has_stats": _valid(table.column("nan_count")),
             "has_hash": _valid(table.column("hash")),
             "has_array": _valid(table.column("array")),
         }
         self.extents = pc.list_flatten(table.column("shape")).to_numpy()
         """Every row's shape, one after the other (``shape_start`` says where each row's begins)."""
-        self.shape_start = np.cumsum(np.maximum(self.cols["ndim"], 0)) - np.maximum(self.cols["ndim"], 0)
-        self.stats = {name: table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-                      for name in _STATS_FIELDS}  # null -> NaN; nulls kept apart below
-        self.stats_null = {name: table.column(name).is_null().to_numpy(zero_copy_only=False) for name in _STATS_FIELDS}
-        self.nan_count = table.column("nan_count").fill_null(0).to_numpy().astype(np.float64)
-        self.inf_count = table.column("inf_count").fill_null(0).to_numpy().astype(np.float64)
+        ndim = np.maximum(self.cols["ndim"], 0)
+        self.shape_start = np.cumsum(ndim) - ndim
+        self.stats = {name: np.asarray(table.column(name).to_numpy(), np.float64) for name in _STATS_FIELDS}
+        """Statistics, null as NaN (``stats_null`` says which were null: a NaN statistic is not one)."""
+        self.stats_null = {name: _null(table.column(name)) for name in _STATS_FIELDS}
+        self.nan_count = table.column("nan_count").fill_null(0).to_numpy()
+        self.inf_count = table.column("inf_count").fill_null(0).to_numpy()
 
     def rows(self, steps: np.ndarray, width: int) -> np.ndarray:
         """(len(steps), width) indices of the rows of each step."""
@@ -184,41 +210,77 @@ class _Rows:
 
     def step_structure(self) -> _Structure:
         """The structure of the rows, all of one step (what a template keeps)."""
-        return _Structure({name: self.cols[name].copy() for name in _STRUCTURE}, self.extents.copy())
+        n = len(self.table)
+        return _Structure({name: self.cols[name].copy() for name in _STRUCTURE},
+                          {name: text.step(0, n) for name, text in self.texts.items()}, self.extents.copy())
 
     def matches(self, index: np.ndarray, structure: _Structure) -> np.ndarray:
         """For each step (a row of ``index``), whether its rows have ``structure``."""
         same = np.ones(len(index), bool)
         for name, expected in structure.columns.items():
-            same &= (self.cols[name][index] == expected).all(axis=1)
+            same &= (_rows_of(self.cols[name], index) == expected).all(axis=1)
+        for name, text in structure.texts.items():
+            same &= self.texts[name].matches(index, text)
         if len(structure.extents):
             first = self.shape_start[index[:, 0]]
             at = np.minimum(first[:, None] + np.arange(len(structure.extents)), len(self.extents) - 1)
-            same &= (self.extents[at] == structure.extents).all(axis=1)  # (clipped: a step that runs past the
-            # end has other ndims, and fails above)
+            same &= (self.extents[at] == structure.extents).all(axis=1)  # (clipped: failed above)
         return same
 
 
-@dataclass(frozen=True, slots=True)
-class _Structure:
-    columns: dict[str, np.ndarray]
-    extents: np.ndarray
-
-
-def _valid(column: pa.ChunkedArray) -> np.ndarray:
+def _valid(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
 
 
-def _call_structure(table: pa.Table, codes: _Codes) -> tuple[dict[int, int], dict[int, int], np.ndarray]:
-    """A's calls of a batch: (start and count per step, rows of stage, node, call, begin and end
-    relative to the step's first begin)."""
-    found, starts, counts = _step_bounds(table.column("step").to_numpy())
-    begin = table.column("begin").to_numpy().astype(np.int64)
-    end = table.column("end").to_numpy().astype(np.int64)
-    base = np.repeat(np.minimum.reduceat(begin, starts) if len(starts) else begin[:0], counts)
-    rows = np.stack([codes.encode(table.column("stage")), table.column("node").to_numpy().astype(np.int64),
-                     table.column("call").to_numpy().astype(np.int64), begin - base, end - base], axis=1)
-    return dict(zip(found.tolist(), starts.tolist())), dict(zip(found.tolist(), counts.tolist())), rows
+def _null(column: pa.ChunkedArray) -> np.ndarray:
+    if not column.null_count:
+        return np.zeros(len(column), bool)
+    return np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
+
+
+class _Calls:
+    """A's calls of a batch of steps: where each step's are, and their structure (counters
+    relative to the step's first ``begin``)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        found, starts, counts = _step_bounds(table.column("step").to_numpy())
+        self.start = dict(zip(found.tolist(), starts.tolist()))
+        self.count = dict(zip(found.tolist(), counts.tolist()))
+        begin, end = table.column("begin").to_numpy(), table.column("end").to_numpy()
+        base = np.repeat(np.minimum.reduceat(begin, starts) if len(starts) else begin[:0], counts)
+        self.rows = np.stack([table.column("node").to_numpy().astype(np.int64),
+                              table.column("call").to_numpy().astype(np.int64), begin - base, end - base], axis=1)
+        self.stage = _Text(table.column("stage"))
+
+    def structure(self) -> tuple[np.ndarray, _TextStep]:
+        """The structure of a table of one step."""
+        return self.rows.copy(), self.stage.step(0, len(self.rows))
+
+    def matches(self, steps: np.ndarray, structure: tuple[np.ndarray, _TextStep]) -> np.ndarray:
+        """For each of ``steps`` (each with as many calls as ``structure``), whether they are its calls."""
+        rows, stage = structure
+        if not len(rows):
+            return np.ones(len(steps), bool)
+        index = np.array([self.start[s] for s in steps.tolist()], np.int64)[:, None] + np.arange(len(rows))[None, :]
+        return (self.rows[index] == rows).all(axis=(1, 2)) & self.stage.matches(index, stage)
+
+
+class _Members:
+    """Which columns belong to each group (a unit's own or upstream records, the units inside a unit),
+    for "any of the group" over (steps, columns) masks without a dense matrix."""
+
+    def __init__(self, groups: list[list[int]]) -> None:
+        self.groups = len(groups)
+        self.filled = np.array([g for g, members in enumerate(groups) if members], np.int64)
+        self.members = np.array([m for members in groups for m in members], np.int64)
+        self.starts = np.cumsum([0] + [len(members) for members in groups if members])[:-1]
+
+    def any(self, mask: np.ndarray) -> np.ndarray:
+        """(steps, groups): whether any member of each group is set in ``mask`` (steps, columns)."""
+        found = np.zeros((len(mask), self.groups), bool)
+        if len(self.members):
+            found[:, self.filled] = np.logical_or.reduceat(mask[:, self.members], self.starts, axis=1)
+        return found
 
 
 @dataclass(slots=True)
@@ -229,7 +291,7 @@ class _Template:
     structure_b: _Structure
     rows_a: int
     rows_b: int
-    calls: np.ndarray
+    calls: tuple[np.ndarray, _TextStep]
     elements_a: np.ndarray
     row_a: np.ndarray
     row_b: np.ndarray
@@ -245,9 +307,9 @@ class _Template:
     scope_incidence: np.ndarray
     scope_columns: np.ndarray
     scoped: np.ndarray
-    own: np.ndarray
-    upstream: np.ndarray
-    inside: np.ndarray
+    own: _Members
+    upstream: _Members
+    inside: _Members
     unit_stage: np.ndarray
     units: list[dict[str, Any]]
     records: int
@@ -263,7 +325,6 @@ class ColumnarRank:
         self.va, self.vb = view_a, view_b
         self.policy = policy
         self.trust_hashes = trust_hashes
-        self.codes = {name: _Codes() for name in ("stage", "role", "slot", "dtype", "shape")}
         self.templates: list[_Template] = []
 
     # ------------------------------------------------------------------ learning
@@ -272,11 +333,11 @@ class ColumnarRank:
         """Note the structure of ``step``, just compared record by record: its ``stages`` (units per
         stage), and ``notes`` (for each judged pair, by ``id``: A's record, B's record, the route
         whose tolerance applied)."""
-        rows_a = _Rows(self.va.tensor_rows.of(step).select(_TENSOR_COLUMNS), self.codes)
-        rows_b = _Rows(self.vb.tensor_rows.of(step).select(_TENSOR_COLUMNS), self.codes)
+        rows_a = _Rows(self.va.tensor_rows.of(step).select(_TENSOR_COLUMNS))
+        rows_b = _Rows(self.vb.tensor_rows.of(step).select(_TENSOR_COLUMNS))
         if rows_a.cols["has_array"].any() or rows_b.cols["has_array"].any():
             return  # data kept: elementwise metrics, kinks and baselines stay per record
-        _, _, calls = _call_structure(self.va.call_rows.of(step), self.codes["stage"])
+        calls = _Calls(self.va.call_rows.of(step)).structure()
         offset_a = {rid: i for i, rid in enumerate(rows_a.table.column("id").to_pylist())}
         offset_b = {rid: i for i, rid in enumerate(rows_b.table.column("id").to_pylist())}
         units = [u for group in stages for u in group]
@@ -331,13 +392,10 @@ class ColumnarRank:
                 ancestors[i] = [owners.setdefault((ra.stage, group, node), len(owners))
                                 for node in self.va.ancestors(ra.node)]
         # every A row of the step enters its peers' median and its scopes' sums (paired or not)
-        stage_names = {code: name for name, code in self.codes["stage"].codes.items()}
-        role_names = {code: name for name, code in self.codes["role"].codes.items()}
         peer_members: dict[int, list[int]] = {g: [] for g in range(len(peers))}
         incidence = np.zeros((len(rows_a.table), len(owners) + 1))
-        for row, (stage_code, node, role_code) in enumerate(zip(rows_a.cols["stage"].tolist(), rows_a.cols["node"].tolist(),
-                                                                rows_a.cols["role"].tolist())):
-            stage, group = stage_names[stage_code], ROLE_GROUPS[role_names[role_code]]
+        for row, (stage, node, role) in enumerate(zip(*(rows_a.table.column(c).to_pylist() for c in ("stage", "node", "role")))):
+            group = ROLE_GROUPS[role]
             if (stage, group) in peers:
                 peer_members[peers[(stage, group)]].append(row)
             if group in SCOPED_GROUPS:
@@ -349,18 +407,10 @@ class ColumnarRank:
         scope_columns = np.full((n, depth), len(owners), np.int64)  # the last column sums nothing
         for i, found in enumerate(ancestors):
             scope_columns[i, : len(found)] = found
-        own, upstream = np.zeros((n, len(units)), np.float32), np.zeros((n, len(units)), np.float32)
-        for u, unit in enumerate(units):
-            for result in (*unit.params, *unit.outputs):
-                own[index[id(result)], u] = 1.0
-            for result in unit.upstream:
-                upstream[index[id(result)], u] = 1.0
-        inside = np.zeros((len(units), len(units)), np.float32)
-        for u, unit in enumerate(units):
-            for v in range(u):
-                other = units[v]
-                if other.stage == unit.stage and unit.a_node in other.ancestors and unit.contains_time_of(other):
-                    inside[v, u] = 1.0
+        own = _Members([[index[id(r)] for r in (*unit.params, *unit.outputs)] for unit in units])
+        upstream = _Members([[index[id(r)] for r in unit.upstream] for unit in units])
+        inside = _Members([[v for v in range(u) if units[v].stage == unit.stage and unit.a_node in units[v].ancestors
+                            and unit.contains_time_of(units[v])] for u, unit in enumerate(units)])
         self.templates.append(_Template(
             structure_a=rows_a.step_structure(), structure_b=rows_b.step_structure(),
             rows_a=len(rows_a.table), rows_b=len(rows_b.table), calls=calls,
@@ -381,27 +431,25 @@ class ColumnarRank:
         if not self.templates or not steps:
             return {}
         start, end = self.va.tensor_rows.span(steps)
-        rows_a = _Rows(self.va.tensor_rows.table.slice(start, end - start).select(_TENSOR_COLUMNS), self.codes)
+        rows_a = _Rows(self.va.tensor_rows.table.slice(start, end - start).select(_TENSOR_COLUMNS))
         start, end = self.vb.tensor_rows.span(steps)
-        rows_b = _Rows(self.vb.tensor_rows.table.slice(start, end - start).select(_TENSOR_COLUMNS), self.codes)
+        rows_b = _Rows(self.vb.tensor_rows.table.slice(start, end - start).select(_TENSOR_COLUMNS))
         start, end = self.va.call_rows.span(steps)
-        call_start, call_count, calls = _call_structure(self.va.call_rows.table.slice(start, end - start),
-                                                        self.codes["stage"])
+        calls = _Calls(self.va.call_rows.table.slice(start, end - start))
         found: dict[int, StepSummary] = {}
         pending = np.array([s for s in steps if s in rows_a.start and s in rows_b.start], np.int64)
         for template in self.templates:
             if not len(pending):
                 break
-            na, nb, nc = template.rows_a, template.rows_b, len(template.calls)
-            fits = np.array([rows_a.count[s] == na and rows_b.count[s] == nb and call_count.get(s, 0) == nc
+            na, nb, nc = template.rows_a, template.rows_b, len(template.calls[0])
+            fits = np.array([rows_a.count[s] == na and rows_b.count[s] == nb and calls.count.get(s, 0) == nc
                              for s in pending.tolist()], bool)
             candidates = pending[fits]
             if not len(candidates):
                 continue
             index_a, index_b = rows_a.rows(candidates, na), rows_b.rows(candidates, nb)
-            call_index = np.array([call_start[s] for s in candidates.tolist()], np.int64)[:, None] + np.arange(nc)[None, :]
             same = (rows_a.matches(index_a, template.structure_a) & rows_b.matches(index_b, template.structure_b)
-                    & (calls[call_index] == template.calls).all(axis=(1, 2)))
+                    & calls.matches(candidates, template.calls))
             if same.any():
                 chosen = candidates[same]
                 for step, summary in zip(chosen.tolist(), self._judge(template, rows_a, rows_b, index_a[same], index_b[same])):
@@ -476,30 +524,33 @@ class ColumnarRank:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             for name in _STATS_FIELDS:
                 va, vb = rows_a.stats[name][ra], rows_b.stats[name][rb]
-                null_a, null_b = rows_a.stats_null[name][ra], rows_b.stats_null[name][rb]
-                if name == "l2":
-                    bound = atol * np.sqrt(np.maximum(t.count[cols], 1)) + rtol * np.abs(va)
-                else:
-                    bound = atol + rtol * np.abs(va)
-                part = np.where(bound > 0, np.abs(vb - va) / bound, np.inf)
-                part = np.where((va != vb) & ~null_a & ~null_b, part, 0.0)
-                part = np.where(null_a != null_b, np.inf, part)
-                ratio = np.fmax(ratio, part)  # NaN (a NaN statistic beside a finite one) is ignored, as max() does
+                bound = rtol * np.abs(va)
+                bound += atol * np.sqrt(np.maximum(t.count[cols], 1)) if name == "l2" else atol
+                part = np.abs(vb - va)
+                part /= bound
+                part[bound <= 0] = np.inf  # (and NaN bounds: compare_stats's "bound > 0" is false for them)
+                part[np.isnan(bound)] = np.inf
+                part[va == vb] = 0.0
+                if rows_a.stats_null[name].any() or rows_b.stats_null[name].any():
+                    null_a, null_b = rows_a.stats_null[name][ra], rows_b.stats_null[name][rb]
+                    part[null_a & null_b] = 0.0
+                    part[null_a != null_b] = np.inf
+                np.fmax(ratio, part, out=ratio)  # NaN (a NaN statistic beside a finite one) is ignored, as max() does
         agree = (rows_a.nan_count[ra] == rows_b.nan_count[rb]) & (rows_a.inf_count[ra] == rows_b.inf_count[rb])
         status = np.where((ratio == 0) & agree, _PASS, np.where((ratio <= 1) & agree, _WITHIN, _DIVERGED))
         return status, ratio
 
     def _diagnose(self, t: _Template, status: np.ndarray, ratio: np.ndarray) -> list[StepSummary]:
         """Unit statuses, introduced/inherited/contains and the first divergence, per step."""
-        diverged = (status == _DIVERGED).astype(np.float32)
-        own_diverged = diverged @ t.own > 0
-        upstream_diverged = diverged @ t.upstream > 0
-        own_within = (status == _WITHIN).astype(np.float32) @ t.own > 0
-        own_compared = (status != _SKIPPED).astype(np.float32) @ t.own > 0
+        diverged = status == _DIVERGED
+        own_diverged = t.own.any(diverged)
+        upstream_diverged = t.upstream.any(diverged)
+        own_within = t.own.any(status == _WITHIN)
+        own_compared = t.own.any(status != _SKIPPED)
         unit_status = np.where(own_diverged, _DIVERGED, np.where(~own_compared, _SKIPPED,
                                                                  np.where(own_within, _WITHIN, _PASS)))
         candidate = own_diverged & ~upstream_diverged
-        contains = candidate & (candidate.astype(np.float32) @ t.inside > 0)
+        contains = candidate & t.inside.any(candidate)
         introduced = candidate & ~contains
         inherited = own_diverged & upstream_diverged
         worst = np.fmax.reduce(np.where(np.isnan(ratio), -1.0, ratio), axis=1, initial=-1.0)

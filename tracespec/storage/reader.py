@@ -224,7 +224,8 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
-    rows = [piece.take(_rows_to_check(piece)).select(columns).to_pylist() for piece in _slices(tensors, maps)]
+    rows = [piece.take(found).select(columns).to_pylist() for piece in _slices(tensors, maps)
+            if len(found := _rows_to_check(piece))]
     for row in (row for found in rows for row in found):
         _check_record_kind(where, row)
         if row["dtype"] is not None:
@@ -262,30 +263,24 @@ def _rows_to_check(tensors: pa.Table) -> np.ndarray:
                             | (with_stats & ~(valid["nan_count"] & valid["inf_count"])) | (with_hash & ~valid["hash"]))
     suspect |= ~tensor_row & (valid["dtype"] | valid["shape"] | valid["level"] | valid["array"])
     suspect |= valid["array"]
-    dtypes = pc.unique(tensors.column("dtype")).drop_null().to_pylist()
-    itemsize: dict[str, float] = {}
-    for name in dtypes:
+    largest = 1
+    for name in pc.unique(tensors.column("dtype")).drop_null().to_pylist():
         try:
-            itemsize[name] = parse_dtype(name).itemsize
+            largest = max(largest, parse_dtype(name).itemsize)
         except TracespecError:
             suspect |= mask(pc.equal(tensors.column("dtype"), name)) & valid["dtype"]
-    shapes = tensors.column("shape").combine_chunks() if tensors.num_rows else pa.array([], pa.list_(pa.int64()))
-    extents = pc.list_flatten(shapes).to_numpy(zero_copy_only=False).astype(np.float64)
-    owners = pc.list_parent_indices(shapes).to_numpy(zero_copy_only=False)
-    suspect[owners[extents < 0]] = True
-    # the element count of each row, in float64 (exact far beyond MAX_ARRAY_BYTES): a product of
-    # logarithms would round at the boundary, so the rows near it go to the exact check
+    extents = pc.list_flatten(tensors.column("shape")).to_numpy().astype(np.float64)
+    ndim = pc.list_value_length(tensors.column("shape")).fill_null(0).to_numpy()
+    starts = np.cumsum(ndim) - ndim
+    # the element count of each row, in float64 (exact far beyond MAX_ARRAY_BYTES), times the
+    # largest item size: rows that might be near the limit go to the exact check
     elements = np.ones(len(suspect))
-    np.multiply.at(elements, owners, np.maximum(extents, 0))
-    suspect |= elements * _itemsizes(tensors.column("dtype"), itemsize) > MAX_ARRAY_BYTES / 2
+    shaped = ndim > 0
+    if shaped.any():
+        elements[shaped] = np.multiply.reduceat(np.maximum(extents, 0), starts[shaped])
+        suspect[shaped] |= np.minimum.reduceat(extents, starts[shaped]) < 0
+    suspect |= elements * largest > MAX_ARRAY_BYTES / 2
     return np.flatnonzero(suspect)
-
-
-def _itemsizes(dtypes: pa.ChunkedArray, itemsize: dict[str, float]) -> np.ndarray:
-    """The item size of each row's dtype (1 where it has none or an unknown one)."""
-    encoded = pc.dictionary_encode(dtypes).combine_chunks() if len(dtypes) else pa.array([], pa.dictionary(pa.int32(), pa.string()))
-    lut = np.array([itemsize.get(name, 1.0) for name in encoded.dictionary.to_pylist()] + [1.0])
-    return lut[encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
 
 
 def _check_record_kind(where: str, row: dict[str, Any]) -> None:
