@@ -113,7 +113,7 @@ def synthetic_pair(folder: Path, steps: int, segment: int) -> tuple[Path, Path]:
             old.unlink()
         segments: dict[str, list[Segment]] = {"nodes": [], "calls": [], "tensors": []}
 
-        def write(name: str, table: pa.Table) -> None:
+        def write(name: str, table: pa.Table, path: Path = path, segments: dict[str, list[Segment]] = segments) -> None:
             relative = f"tables/{name}-{len(segments[name]):06d}.arrow"
             with pa.ipc.new_file(str(path / "rank_0" / relative), TABLE_SCHEMAS[name]) as out:
                 out.write_table(table.cast(TABLE_SCHEMAS[name]))

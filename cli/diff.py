@@ -358,8 +358,9 @@ def _timeline_lines(verdict: Verdict) -> list[str]:
         bar = _SPARK[min(len(_SPARK) - 1, max(0, round(position * (len(_SPARK) - 1))))]
         line += click.style(bar, fg="red") if any(p["diverged"] for p in column) else bar
     per = "" if len(series) <= _SPARK_WIDTH else f", {len(series) / len(columns):.3g} steps per bar"
-    lines = [f"Over {len(series)} steps ({series[0]['step']} to {series[-1]['step']}; worst ratio to tolerance per step, "
-             f"log scale{per}):", f"  {line}"]
+    title = (f"Over {len(series)} steps ({series[0]['step']} to {series[-1]['step']}; worst ratio to tolerance per "
+             f"step, log scale{per}):")
+    lines = [title, f"  {line}"]
     diverged = [p for p in series if p["diverged"]]
     if diverged:
         first = diverged[0]

@@ -92,7 +92,7 @@ def test_hash_only_runs_compare_column_wise(tmp_path: Path) -> None:
     fast = compare_traces(a, b)
     assert fast.dumps() == compare_traces(a, b, columnar=False).dumps()
     assert fast.first_divergence is not None and fast.first_divergence["step"] == 20
-    assert [p["step"] for p in fast.steps if p["diverged"]][0] == 20
+    assert next(p["step"] for p in fast.steps if p["diverged"]) == 20
     assert fast.steps[20]["worst_ratio"] is None  # content hashes differ: no ratio, infinitely off
 
 

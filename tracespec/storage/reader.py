@@ -14,7 +14,7 @@ import mmap
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
@@ -80,7 +80,7 @@ class Part:
     nodes: pa.Table
     calls: pa.Table
     tensors: pa.Table
-    maps: list[mmap.mmap] = field(default_factory=list, repr=False)
+    maps: tuple[mmap.mmap, ...] = ()
     """The table files, mapped: the tables' columns live there."""
 
     def release_pages(self) -> None:
@@ -182,7 +182,7 @@ def _slices(table: pa.Table, maps: list[mmap.mmap]) -> Iterator[pa.Table]:
         _release(maps)
 
 
-def _release(maps: list[mmap.mmap]) -> None:
+def _release(maps: list[mmap.mmap] | tuple[mmap.mmap, ...]) -> None:
     for mapped in maps:
         mapped.madvise(mmap.MADV_DONTNEED)
 
@@ -315,7 +315,7 @@ def _load_part(folder: Path) -> Part:
     maps: list[mmap.mmap] = []
     tables = {name: _load_table(folder, name, manifest, maps) for name in TABLE_NAMES}
     _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
-    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
+    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], tuple(maps))
 
 
 class Trace:
