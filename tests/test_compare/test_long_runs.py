@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +15,7 @@ from test_compare.training_runs import NUDGED_LAYER, record_training
 from tracespec.cli import cli
 from tracespec.compare import compare_traces, validate_verdict
 from tracespec.compare.columnar import ColumnarRank
+from tracespec.testing.synthetic import SyntheticRecorder
 
 STEPS = 300
 NUDGE = 250
@@ -110,3 +112,38 @@ def test_cli_step_ranges_and_the_sparkline(runs: dict[str, Path]) -> None:
                          (f"{STEPS}:", "holds no step of both traces (A has 0-299")):
         refused = CliRunner().invoke(cli, ["diff", a, b, "--step", bad])
         assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def _two_ranks(path: Path, nudge_step: int | None) -> Path:
+    """Two ranks of a 3-layer numpy network over 14 steps at ``stats``, each step's root call with a
+    non-tensor output too; from ``nudge_step`` on, rank 1's ``fc1`` computes with a weight 1e-3 off
+    (its recorded weight unchanged) and its non-tensor output says so."""
+    weights = [np.random.default_rng(i).standard_normal((8, 8)).astype(np.float32) / 3 for i in range(3)]
+    for rank in (0, 1):
+        with SyntheticRecorder(path, level="stats", rank=rank, world_size=2) as rec:
+            net = rec.module("", "Net")
+            layers = [rec.module(f"fc{i}", "Linear", parent=net, params={"weight": w}) for i, w in enumerate(weights)]
+            for step in range(14):
+                wrong = nudge_step is not None and rank == 1 and step >= nudge_step
+                h = np.random.default_rng((rank, step)).standard_normal((4, 8)).astype(np.float32)
+                with rec.forward(net, h) as outer:
+                    for i, layer in enumerate(layers):
+                        with rec.forward(layer, h) as inner:
+                            h = inner.output(np.tanh(h @ (weights[i] * (1 + 1e-3 * (wrong and i == 1))).T))
+                    outer.output(h)
+                rec.writer.add_value(step=step, stage="forward", node=net, role="output", slot="1", call=0,
+                                     value="wrong" if wrong else "ok")
+                rec.end_step()
+    return path
+
+
+def test_two_ranks_column_wise_name_the_rank_and_step(tmp_path: Path) -> None:
+    a, b = _two_ranks(tmp_path / "a", None), _two_ranks(tmp_path / "b", 9)
+    fast = compare_traces(a, b)
+    assert fast.dumps() == compare_traces(a, b, columnar=False).dumps()
+    first = fast.first_divergence
+    assert first is not None and (first["step"], first["rank"], first["a"]["route"], first["kind"]) == (9, 1, "fc1", "introduced")
+    assert [p["step"] for p in fast.steps if p["diverged"]] == list(range(9, 14))
+    assert fast.steps[9]["first"] == {"rank": 1, "stage": "forward", "route": "fc1", "class_name": "Linear", "call": 0,
+                                      "kind": "introduced"}
+    assert len({p["records"] for p in fast.steps}) == 1  # every step compares the same pairs, both ranks'
