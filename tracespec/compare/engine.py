@@ -450,10 +450,8 @@ class _StepWalk:
     structure learned (:mod:`tracespec.compare.columnar`); keeps the units of the detailed steps only,
     and a :class:`StepSummary` per step and rank."""
 
-    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool,
-                 traces: tuple[Trace, ...]) -> None:
+    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool) -> None:
         self.ranked = ranked
-        self.traces = traces
         self.stages = selection.stages
         self.detail_all = detail_all
         self.first_step_only = first_step_only
@@ -499,8 +497,9 @@ class _StepWalk:
             batch = steps[start : start + BATCH_STEPS]
             detail = set(batch) if self.detail_all else {steps[0]} & set(batch)
             results = [self._batch(state, batch, detail) for state in self.ranked]
-            for trace in self.traces:  # the batch's table pages: read, and not needed again
-                trace.release_pages()
+            for state in self.ranked:  # the batch's table pages: read, and not needed again
+                state.ranked.va.release(batch)
+                state.ranked.vb.release(batch)
             for step in batch:
                 summaries = [found[step][0] for found in results]
                 diverged = any(summary.units["diverged"] for summary in summaries)
@@ -643,6 +642,8 @@ def compare_traces(
                            tuple(routes or ()), tuple(exclude or ()))
 
     total = _bytes_to_compare(trace_a, trace_b, selection, policy.global_mode)
+    for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
+        trace.release_pages()
     done = 0
 
     def advance(nbytes: int) -> None:
@@ -665,7 +666,7 @@ def compare_traces(
         comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
         ranked.append(_RankState(_RankComparison(view_a, view_b, alignment, selection, comparer),
                                  ColumnarRank(view_a, view_b, policy, trust_hashes) if columnar and not detail_all else None))
-    walk = _StepWalk(ranked, selection, detail_all, first_step_only, (trace_a, trace_b))
+    walk = _StepWalk(ranked, selection, detail_all, first_step_only)
     walk.run(chosen_steps)
     if progress is not None:
         progress(total, total)
@@ -698,6 +699,8 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
     for trace in (trace_a, trace_b):
         for rank in selection.ranks:
             table = trace.parts[rank].tensors.select(["step", "array", "dtype", "shape"])
+            if table.column("array").null_count == table.num_rows:
+                continue  # statistics and hashes only (a null count is known without reading the column)
             table = table.filter(pc.is_valid(table.column("array")))  # column-wise: most rows of a long run keep no data
             table = table.filter(pc.is_in(table.column("step"), value_set=pa.array(selection.steps, pa.int64())))
             seen = set()

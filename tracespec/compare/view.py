@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from tracespec.errors import TableInvalidError
 from tracespec.format.stats import TensorStats
 from tracespec.storage import Trace
+from tracespec.storage.reader import Part
 
 __all__ = ["Call", "Node", "RankView", "Record", "StepRows", "framework_family"]
 
@@ -134,11 +136,14 @@ class StepRows:
     Long runs hold millions of rows: nothing here makes a Python object per row.
     """
 
-    def __init__(self, table: pa.Table, wanted: set[int] | None) -> None:
-        steps = table.column("step").to_numpy()
+    def __init__(self, part: Part, name: str, wanted: set[int] | None) -> None:
+        table = getattr(part, name)
+        steps = np.concatenate([piece.column("step").to_numpy() for piece in part.slices(name)])
+        self.part, self.name = part, name
+        """Where the rows live; ``name`` None once sorted into memory of their own."""
         if len(steps) > 1 and bool(np.any(steps[1:] < steps[:-1])):
             order = np.argsort(steps, kind="stable")
-            table, steps = table.take(order), steps[order]
+            table, steps, self.name = table.take(order), steps[order], None
         starts = np.flatnonzero(np.diff(steps, prepend=steps[:1] - 1)) if len(steps) else np.zeros(0, np.int64)
         found, ends = steps[starts], np.append(starts[1:], len(steps))
         self.table = table
@@ -151,6 +156,17 @@ class StepRows:
         """The rows of ``step`` (an empty table where it has none)."""
         start, end = self.bounds.get(step, (0, 0))
         return self.table.slice(start, end - start)
+
+    def slices(self, start: int, stop: int) -> Iterator[pa.Table]:
+        """Rows ``start`` to ``stop`` in slices, their pages released after each (``Part.slices``)."""
+        if self.name is None:
+            return iter([self.table.slice(start, stop - start)])
+        return self.part.slices(self.name, start, stop)
+
+    def release(self, steps: list[int]) -> None:
+        """Release the pages of the rows of ``steps`` (read, and not needed again soon)."""
+        if self.name is not None:
+            self.part.maps[self.name].release(*self.span(steps))
 
     def span(self, steps: list[int]) -> tuple[int, int]:
         """The row range from the first of ``steps`` to the end of the last (steps sorted)."""
@@ -187,8 +203,8 @@ class RankView:
         for kids in self.children.values():
             kids.sort(key=lambda n: (self.nodes[n].position, n))
         wanted = set(steps) if steps is not None else None
-        self.call_rows = StepRows(part.calls, wanted)
-        self.tensor_rows = StepRows(part.tensors, wanted)
+        self.call_rows = StepRows(part, "calls", wanted)
+        self.tensor_rows = StepRows(part, "tensors", wanted)
         self.steps: list[int] = sorted(set(self.call_rows.bounds) | set(self.tensor_rows.bounds))
         self._calls: dict[int, dict[str, list[Call]]] = {}
         self._records: dict[int, dict[tuple[str, int], list[Record]]] = {}
@@ -238,12 +254,17 @@ class RankView:
                 found[(record.stage, record.node)].append(record)
         return found
 
+    def release(self, steps: list[int]) -> None:
+        """Release the table pages of ``steps`` (:meth:`StepRows.release`)."""
+        self.call_rows.release(steps)
+        self.tensor_rows.release(steps)
+
     def active_nodes(self) -> set[int]:
         """Nodes with a call or a record in the selected steps."""
         found: set[int] = set()
         for rows in (self.call_rows, self.tensor_rows):
-            start, end = rows.span(self.steps)
-            found.update(pc.unique(rows.table.column("node").slice(start, end - start)).to_pylist())
+            for piece in rows.slices(*rows.span(self.steps)):
+                found.update(pc.unique(piece.column("node")).to_pylist())
         return found
 
     def _check_acyclic(self, trace: Trace) -> None:

@@ -9,11 +9,13 @@ Constraints:
 
 from __future__ import annotations
 
+import bisect
+import ctypes
+import dataclasses
 import math
 import mmap
-import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -80,14 +82,25 @@ class Part:
     nodes: pa.Table
     calls: pa.Table
     tensors: pa.Table
-    maps: tuple[mmap.mmap, ...] = ()
+    maps: dict[str, Mapped] = dataclasses.field(default_factory=dict, repr=False)
+    """Each table's files, mapped: the tables' columns live there."""
     """The table files, mapped: the tables' columns live there."""
 
     def release_pages(self) -> None:
         """Let the kernel drop the table pages read so far from this process's memory (they stay in
         the page cache, and are read back on the next access): a long run's tables are read a batch
         of steps at a time, and memory stays that of a batch, whatever their size."""
-        _release(self.maps)
+        for mapped in self.maps.values():
+            mapped.release()
+
+    def slices(self, name: str, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
+        """Rows ``start`` to ``stop`` of table ``name`` in slices of a million rows, each slice's
+        pages released after use: a pass over a whole column of a long run takes the memory of a
+        slice (the kernel maps a small file's neighbouring pages with each one read, so one column
+        costs them all)."""
+        table: pa.Table = getattr(self, name)
+        stop = table.num_rows if stop is None else stop
+        return _slices(table.slice(start, stop - start), self.maps.get(name), start)
 
     @property
     def store(self) -> Path:
@@ -108,17 +121,48 @@ class Part:
 _NOT_NULL: Final = {name: [f.name for f in schema if not f.nullable] for name, schema in TABLE_SCHEMAS.items()}
 
 
-def _map_table(path: Path, maps: list[mmap.mmap]) -> pa.Table:
-    """The Arrow IPC file at ``path``, its columns mapped from the file (zero-copy)."""
-    with open(path, "rb") as file:
-        if os.fstat(file.fileno()).st_size == 0:
-            raise pa.ArrowInvalid("the file is empty")
-        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-    maps.append(mapped)
-    return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).read_all()
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's ``madvise``, where there is one (Linux, macOS; elsewhere pages are never released)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
 
 
-def _load_table(part_dir: Path, table: str, manifest: PartManifest, maps: list[mmap.mmap]) -> pa.Table:
+_MADVISE: Final = _madvise()
+
+
+class Mapped:
+    """The mapped files of one table, in row order: which rows each holds, to release their pages."""
+
+    def __init__(self) -> None:
+        self.buffers: list[pa.Buffer] = []
+        self.starts: list[int] = [0]
+
+    def add(self, path: Path) -> pa.Table:
+        """Map the Arrow IPC file at ``path`` (zero-copy; no file descriptor stays open: a long run
+        has tens of thousands) and return its table, whose rows follow the files added before."""
+        with pa.memory_map(str(path)) as source:
+            buffer = source.read_buffer()
+        table = pa.ipc.open_file(pa.BufferReader(buffer)).read_all()
+        self.buffers.append(buffer)
+        self.starts.append(self.starts[-1] + table.num_rows)
+        _release([buffer])  # opening reads the whole file in: its pages go until a column is used
+        return table
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Release the pages of the files holding rows ``start`` to ``stop`` (every row: all)."""
+        first = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        last = len(self.buffers) if stop is None else bisect.bisect_left(self.starts, stop)
+        _release(self.buffers[first:last])
+
+
+def _load_table(part_dir: Path, table: str, manifest: PartManifest, mapped: Mapped) -> pa.Table:
     schema = TABLE_SCHEMAS[table]
     pieces = []
     for segment in manifest.tables[table]:
@@ -126,7 +170,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest, maps: list[m
         check_relative_path(segment.path, where)
         path = check_inside(part_dir / segment.path, part_dir, where)
         try:
-            got = _map_table(path, maps)
+            got = mapped.add(path)
         except FileNotFoundError:
             raise TableMismatchError(f"{where}: listed in part.json but missing") from None
         except (pa.ArrowInvalid, OSError) as exc:
@@ -157,7 +201,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest, maps: list[m
     result = pa.concat_tables(pieces) if pieces else schema.empty_table()
     for column, allowed in _ENUMS[table].items():
         values: set[str] = set()
-        for piece in _slices(result, maps):
+        for piece in _slices(result, mapped):
             values |= set(pc.unique(piece.column(column)).to_pylist()) - {None}
         unknown = values - set(allowed)
         if unknown:
@@ -174,32 +218,36 @@ _SLICE_ROWS: Final = 1 << 20
 memory of a slice."""
 
 
-def _slices(table: pa.Table, maps: list[mmap.mmap]) -> Iterator[pa.Table]:
-    """``table`` in slices of :data:`_SLICE_ROWS` rows (one, possibly empty, at least), the pages
-    of the mapped files released after each."""
+def _slices(table: pa.Table, mapped: Mapped | None, offset: int = 0) -> Iterator[pa.Table]:
+    """``table`` (rows ``offset`` onwards of the mapped table) in slices of :data:`_SLICE_ROWS`
+    rows (one, possibly empty, at least), the pages of each slice's files released after it."""
     for start in range(0, max(table.num_rows, 1), _SLICE_ROWS):
         yield table.slice(start, _SLICE_ROWS)
-        _release(maps)
+        if mapped is not None:
+            mapped.release(offset + start, offset + min(start + _SLICE_ROWS, table.num_rows))
 
 
-def _release(maps: list[mmap.mmap] | tuple[mmap.mmap, ...]) -> None:
+def _release(maps: Sequence[pa.Buffer]) -> None:
+    if _MADVISE is None:
+        return
     for mapped in maps:
-        mapped.madvise(mmap.MADV_DONTNEED)
+        if mapped.size:  # a mapping starts on a page boundary; its pages stay in the page cache
+            _MADVISE(mapped.address, mapped.size, mmap.MADV_DONTNEED)
 
 
 def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table,
-                      maps: list[mmap.mmap]) -> None:
+                      maps: dict[str, Mapped]) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
     if not _all_distinct(ids):
         raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
-    record_ids = [piece.column("id").to_numpy().copy() for piece in _slices(tensors, maps)]
+    record_ids = [piece.column("id").to_numpy().copy() for piece in _slices(tensors, maps["tensors"])]
     if not _all_distinct(np.concatenate(record_ids)):
         raise TableInvalidError(f"{where}: tensors.id has duplicate ids")
     del record_ids
     for table, name in ((calls, "calls"), (tensors, "tensors")):
         unlisted = set()
-        for piece in _slices(table, maps):
+        for piece in _slices(table, maps[name]):
             unlisted |= set(pc.unique(piece.column("step")).to_pylist()) - set(manifest.steps)
         if unlisted:
             raise TableMismatchError(
@@ -207,7 +255,7 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             )
     known = pa.array(ids, pa.int32())
     for table, name in ((calls, "calls"), (tensors, "tensors")):
-        for piece in _slices(table, maps):
+        for piece in _slices(table, maps[name]):
             unknown = pc.filter(piece.column("node"), pc.invert(pc.is_in(piece.column("node"), value_set=known)))
             if len(unknown):
                 raise TableMismatchError(
@@ -224,7 +272,7 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
-    rows = [piece.take(found).select(columns).to_pylist() for piece in _slices(tensors, maps)
+    rows = [piece.take(found).select(columns).to_pylist() for piece in _slices(tensors, maps["tensors"])
             if len(found := _rows_to_check(piece))]
     for row in (row for found in rows for row in found):
         _check_record_kind(where, row)
@@ -312,10 +360,10 @@ def _load_part(folder: Path) -> Part:
         raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
     check_inside(folder / manifest.store_path, folder, f"{folder.name}/{PART_FILE}: store.path")
-    maps: list[mmap.mmap] = []
-    tables = {name: _load_table(folder, name, manifest, maps) for name in TABLE_NAMES}
+    maps = {name: Mapped() for name in TABLE_NAMES}
+    tables = {name: _load_table(folder, name, manifest, maps[name]) for name in TABLE_NAMES}
     _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
-    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], tuple(maps))
+    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
 
 
 class Trace:
