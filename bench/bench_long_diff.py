@@ -8,7 +8,7 @@ Two cases, each pair of traces diffed in a fresh child process (medians over ``-
   record pairs) with statistics that drift from step to step; B carries a rounding-sized noise
   on every statistic (within tolerance) and, from 3/4 of the run on, a 1e-3 relative error in the
   output of one layer and everything downstream of it. Tables are written in segments of
-  ``--segment`` steps (a recorder flushes one per step).
+  ``--segment`` steps (100; a recorder today publishes one per step: ``--segment 1``).
 - **mlp**: two real PyTorch trainings (a 12-block MLP, Adam, 300 steps) recorded at ``stats``;
   B's weight of block 7 nudged by 1e-4 relative at step 250.
 
@@ -244,7 +244,8 @@ def measure(name: str, paths: tuple[Path, Path], rounds: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000, help="steps of the synthetic pair")
-    parser.add_argument("--segment", type=int, default=1, help="steps per table segment of the synthetic pair")
+    parser.add_argument("--segment", type=int, default=100,
+                        help="steps per table segment of the synthetic pair (a recorder writes one per step: 1)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--case", choices=["synthetic", "mlp", "both"], default="both")
     parser.add_argument("--folder", type=Path, default=None, help="where the traces go (default: a temp folder in /tmp)")
