@@ -37,11 +37,14 @@ from tracespec.compare.noise import CANCELLED_BELOW, ROLE_GROUPS, SCOPED_GROUPS
 from tracespec.compare.tolerance import TolerancePolicy
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 
-__all__ = ["BATCH_STEPS", "ColumnarRank", "StepSummary", "summarize_units"]
+__all__ = ["BATCH_STEPS", "TEMPLATES", "ColumnarRank", "StepSummary", "summarize_units"]
 
 BATCH_STEPS: Final = 256
 """Steps judged together: large enough that numpy's per-call cost vanishes, small enough that a
 batch of 500-record steps takes a few tens of MB."""
+
+TEMPLATES: Final = 8
+"""Step structures kept per rank: a training repeats one or a few (the first step, the steady state)."""
 
 _STATUSES: Final = ("pass", "pass_within_tolerance", DIVERGED, "skipped")
 _PASS, _WITHIN, _DIVERGED, _SKIPPED = range(4)
@@ -96,12 +99,14 @@ def record_ratio(result: RecordResult) -> float | None:
 
 
 def _first_of(units: Sequence[UnitResult]) -> dict[str, Any] | None:
-    for wanted in ("introduced", None):
-        for unit in units:
-            if (unit.divergence == wanted) if wanted else unit.status == DIVERGED:
-                return {"stage": unit.stage, "route": unit.a_route, "class_name": unit.a_class, "call": unit.call,
-                        "kind": "introduced" if wanted else "inherited"}
-    return None
+    """The first unit that introduced a divergence, else the first that diverged (``first_divergence``)."""
+    culprit, kind = next((u for u in units if u.divergence == "introduced"), None), "introduced"
+    if culprit is None:
+        culprit, kind = next((u for u in units if u.status == DIVERGED), None), "inherited"
+    if culprit is None:
+        return None
+    return {"stage": culprit.stage, "route": culprit.a_route, "class_name": culprit.a_class, "call": culprit.call,
+            "kind": kind}
 
 
 def summarize_units(stages: Sequence[Sequence[UnitResult]], records: int, only_a: int, only_b: int,
@@ -300,7 +305,6 @@ class _Template:
     rtol: np.ndarray
     atol: np.ndarray
     atol_scaled: np.ndarray
-    same_bytes: np.ndarray
     count: np.ndarray
     peer_group: np.ndarray
     peer_rows: list[np.ndarray]
@@ -321,11 +325,11 @@ class _Template:
 class ColumnarRank:
     """Learns the step structures of one rank and judges the steps that repeat them, in batches."""
 
-    def __init__(self, view_a: RankView, view_b: RankView, policy: TolerancePolicy, trust_hashes: bool) -> None:
+    def __init__(self, view_a: RankView, view_b: RankView, policy: TolerancePolicy) -> None:
         self.va, self.vb = view_a, view_b
         self.policy = policy
-        self.trust_hashes = trust_hashes
         self.templates: list[_Template] = []
+        """The structures learned, the latest first (at most :data:`TEMPLATES`)."""
 
     # ------------------------------------------------------------------ learning
     def learn(self, step: int, stages: Sequence[Sequence[UnitResult]], notes: dict[int, tuple[Record, Record, str]],
@@ -350,7 +354,7 @@ class ColumnarRank:
         row_a, row_b = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
         method, constant = np.full(n, _CONSTANT, np.int64), np.full(n, _SKIPPED, np.int64)
         rtol, atol = np.zeros(n), np.zeros(n)
-        atol_scaled, same_bytes = np.zeros(n, bool), np.zeros(n, bool)
+        atol_scaled = np.zeros(n, bool)
         count = np.ones(n)
         peer_group = np.full(n, -1, np.int64)
         scoped = np.zeros(n, bool)
@@ -373,10 +377,9 @@ class ColumnarRank:
             both_stats, both_hash = ra.stats is not None and rb.stats is not None, ra.hash is not None and rb.hash is not None
             if both_stats and both_hash:
                 return  # judged once per tensor pair under the first record's scale: per record only
-            same_bytes[i] = result.transform is None and ra.dtype == rb.dtype
-            mode = self.policy.mode_for(route)
-            if mode == "bitwise":
-                method[i] = _BITWISE_HASH if both_hash and same_bytes[i] else _CONSTANT
+            if self.policy.mode_for(route) == "bitwise":
+                same_bytes = result.transform is None and ra.dtype == rb.dtype
+                method[i] = _BITWISE_HASH if both_hash and same_bytes else _CONSTANT
                 continue
             if not both_stats:
                 method[i] = _HASH if both_hash else _CONSTANT
@@ -411,12 +414,13 @@ class ColumnarRank:
         upstream = _Members([[index[id(r)] for r in unit.upstream] for unit in units])
         inside = _Members([[v for v in range(u) if units[v].stage == unit.stage and unit.a_node in units[v].ancestors
                             and unit.contains_time_of(units[v])] for u, unit in enumerate(units)])
-        self.templates.append(_Template(
+        del self.templates[TEMPLATES - 1 :]  # a run whose structure never repeats learns without end
+        self.templates.insert(0, _Template(
             structure_a=rows_a.step_structure(), structure_b=rows_b.step_structure(),
             rows_a=len(rows_a.table), rows_b=len(rows_b.table), calls=calls,
             elements_a=np.array([math.prod(shape or ()) for shape in rows_a.table.column("shape").to_pylist()], np.float64),
             row_a=row_a, row_b=row_b, method=method, constant=constant, rtol=rtol, atol=atol,
-            atol_scaled=atol_scaled, same_bytes=same_bytes, count=count, peer_group=peer_group,
+            atol_scaled=atol_scaled, count=count, peer_group=peer_group,
             peer_rows=[np.array(peer_members[g], np.int64) for g in range(len(peers))],
             scope_incidence=incidence, scope_columns=scope_columns, scoped=scoped,
             own=own, upstream=upstream, inside=inside,

@@ -665,7 +665,7 @@ def compare_traces(
         noise_baseline = Baseline(trace_a2, rank, chosen_steps, view_a) if trace_a2 is not None else None
         comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
         ranked.append(_RankState(_RankComparison(view_a, view_b, alignment, selection, comparer),
-                                 ColumnarRank(view_a, view_b, policy, trust_hashes) if columnar and not detail_all else None))
+                                 ColumnarRank(view_a, view_b, policy) if columnar and not detail_all else None))
     walk = _StepWalk(ranked, selection, detail_all, first_step_only)
     walk.run(chosen_steps)
     if progress is not None:
