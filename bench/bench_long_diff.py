@@ -15,8 +15,9 @@ Two cases, each pair of traces diffed in a fresh child process (medians over ``-
 Measured for each: **arrow alone**, every statistics column of both traces' tensor tables read
 with pyarrow (the same bytes, nothing compared: the baseline); **diff**, ``tracespec.compare(A, B)``
 (the verdict built, JSON included). Printed: seconds, record pairs per second, the ratio of diff to
-arrow alone, and each child's peak resident memory (targets: >= 1 M pairs/s and < 1 GB for the
-synthetic case, < 1 s for the MLP).
+arrow alone, the diff child's CPU seconds (imports included: the figure that machine load does not
+move), and each child's peak resident memory (targets: >= 1 M pairs/s and < 1 GB for the synthetic
+case, < 1 s for the MLP).
 
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_long_diff.py        # 10,000 steps
     .venv/bin/python bench/bench_long_diff.py --steps 500 --rounds 1                  # seconds
@@ -210,18 +211,19 @@ def child_diff(paths: list[str]) -> dict[str, Any]:
 
 
 def run_child(args: list[str]) -> tuple[dict[str, Any], int]:
-    """Run this script as a child; return its JSON result and its peak RSS in bytes."""
+    """Run this script as a child; return its JSON result (with ``cpu_s``, the child's CPU seconds,
+    imports included) and its peak RSS in bytes."""
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"child {args[:2]} failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return json.loads(out), usage.ru_maxrss * 1024
+    return {**json.loads(out), "cpu_s": usage.ru_utime + usage.ru_stime}, usage.ru_maxrss * 1024
 
 
 def measure(name: str, paths: tuple[Path, Path], rounds: int) -> dict[str, Any]:
-    arrow, diff, rss = [], [], {"arrow": 0, "diff": 0}
+    arrow, diff, cpu, rss = [], [], [], {"arrow": 0, "diff": 0}
     result: dict[str, Any] = {}
     for _ in range(rounds):  # interleaved, so that drifting machine load hits both alike
         got, peak = run_child(["--child", "arrow", *map(str, paths)])
@@ -229,15 +231,17 @@ def measure(name: str, paths: tuple[Path, Path], rounds: int) -> dict[str, Any]:
         rss["arrow"] = max(rss["arrow"], peak)
         result, peak = run_child(["--child", "diff", *map(str, paths)])
         diff.append(result["seconds"])
+        cpu.append(result["cpu_s"])
         rss["diff"] = max(rss["diff"], peak)
     seconds, baseline = statistics.median(diff), statistics.median(arrow)
-    report = {"case": name, "pairs": result["pairs"], "diff_s": seconds, "arrow_s": baseline,
-              "pairs_per_s": result["pairs"] / seconds, "diff_over_arrow": seconds / baseline,
+    report = {"case": name, "pairs": result["pairs"], "diff_s": seconds, "diff_cpu_s": statistics.median(cpu),
+              "arrow_s": baseline, "pairs_per_s": result["pairs"] / seconds, "diff_over_arrow": seconds / baseline,
               "peak_rss_diff_mb": rss["diff"] / 2**20, "peak_rss_arrow_mb": rss["arrow"] / 2**20,
-              "status": result["status"], "first": result["first"]}
+              "load_average": os.getloadavg()[0], "status": result["status"], "first": result["first"]}
     print(f"{name}: {report['pairs']:,} record pairs; arrow alone {baseline:.2f} s (peak {report['peak_rss_arrow_mb']:.0f} MB); "
-          f"diff {seconds:.2f} s = {report['pairs_per_s'] / 1e6:.2f} M pairs/s, {report['diff_over_arrow']:.1f}x arrow alone "
-          f"(peak {report['peak_rss_diff_mb']:.0f} MB); {result['status']}, first divergence {result['first']}")
+          f"diff {seconds:.2f} s = {report['pairs_per_s'] / 1e6:.2f} M pairs/s, {report['diff_over_arrow']:.1f}x arrow alone, "
+          f"{report['diff_cpu_s']:.2f} CPU s with imports (peak {report['peak_rss_diff_mb']:.0f} MB); "
+          f"load average {report['load_average']:.1f}; {result['status']}, first divergence {result['first']}")
     return report
 
 
