@@ -210,16 +210,19 @@ def child_diff(paths: list[str]) -> dict[str, Any]:
     }
 
 
-def run_child(args: list[str]) -> tuple[dict[str, Any], int]:
-    """Run this script as a child; return its JSON result (with ``cpu_s``, the child's CPU seconds,
-    imports included) and its peak RSS in bytes."""
+def run_child(args: list[str]) -> tuple[Any, int]:
+    """Run this script as a child; return its JSON result (a measurement gets ``cpu_s``, the child's
+    CPU seconds, imports included) and its peak RSS in bytes."""
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"child {args[:2]} failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return {**json.loads(out), "cpu_s": usage.ru_utime + usage.ru_stime}, usage.ru_maxrss * 1024
+    result = json.loads(out)
+    if isinstance(result, dict):
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    return result, usage.ru_maxrss * 1024
 
 
 def measure(name: str, paths: tuple[Path, Path], rounds: int) -> dict[str, Any]:
