@@ -185,7 +185,7 @@ class _Rows:
     """One side's tensor rows of a batch of steps, as numpy columns, and where each step's rows are."""
 
     def __init__(self, table: pa.Table) -> None:
-        self.table = table
+        self.table = table = _few_chunks(table)
         found, starts, counts = _step_bounds(table.column("step").to_numpy())
         self.start = dict(zip(found.tolist(), starts.tolist()))
         self.count = dict(zip(found.tolist(), counts.tolist()))
@@ -233,6 +233,16 @@ class _Rows:
         return same
 
 
+_FEW_CHUNKS: Final = 16
+
+
+def _few_chunks(table: pa.Table) -> pa.Table:
+    """``table``, its chunks combined where there are many (a segment per step: every operation on a
+    column would pay per chunk, more than one copy of the batch costs)."""
+    chunks = max((column.num_chunks for column in table.columns), default=0)
+    return table.combine_chunks() if chunks > _FEW_CHUNKS else table
+
+
 def _valid(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
 
@@ -248,6 +258,7 @@ class _Calls:
     relative to the step's first ``begin``)."""
 
     def __init__(self, table: pa.Table) -> None:
+        table = _few_chunks(table)
         found, starts, counts = _step_bounds(table.column("step").to_numpy())
         self.start = dict(zip(found.tolist(), starts.tolist()))
         self.count = dict(zip(found.tolist(), counts.tolist()))
