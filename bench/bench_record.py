@@ -8,6 +8,10 @@ the same disk with fsync.
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --levels stats,full,stats+ops,full+ops
+
+A level ``<capture>+ops`` records with ``ops=True`` too: every functional op of the forward code
+(the attention's split, views, transposes, the residual adds) as well as the modules.
 
 Frameworks plug in through ``FRAMEWORKS`` (``--framework``): a function that builds the model
 and returns ``(model, step)`` where ``step()`` runs one forward+backward.
@@ -233,7 +237,8 @@ def recorded_step(model: Any, step: Callable[[], None], level: str, folder: Path
     """
     path = folder / f"trace-{level}"
     shutil.rmtree(path, ignore_errors=True)
-    rec = tracespec.record(model, path, capture=level, roles=roles)
+    capture, _, extra = level.partition("+")
+    rec = tracespec.record(model, path, capture=capture, roles=roles, ops=extra == "ops")
     rec.__enter__()
     step()
     rec.step()
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level) single steps; medians are reported")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--levels", default="stats,hash,full")
+    parser.add_argument("--levels", default="stats,hash,full", help="capture levels, each optionally with +ops (stats+ops)")
     parser.add_argument(
         "--roles", default="input,output,grad_output,grad_input",
         help="roles recorded (default: module inputs, outputs and their gradients; 'all' for every role)",
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                     timings[kind] = (*bare_step(step), 0)
                     continue
                 timings[kind] = recorded_step(model, step, kind, folder, roles)
-                if kind == "full":
+                if kind == "full":  # the machine's limit for the bytes modules alone write
                     limit.append(copy_and_write_seconds(timings[kind][2], folder))
             bare.append(timings["bare"][0])
             bare_cpu.append(timings["bare"][1])
