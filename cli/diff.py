@@ -330,7 +330,7 @@ def _timeline_lines(verdict: Verdict) -> list[str]:
         lines.append(f"  first divergent step {first['step']}: {first['diverged']} of {first['records']} record pairs "
                      f"diverged{where}; {len(diverged)} of {len(series)} steps diverge")
     else:
-        lines.append(f"  no step diverges (worst ratio {_num(max(levels))})")
+        lines.append(f"  no step diverges (worst ratio {format_number(max(levels))})")
     if verdict.selection.get("first_step_only") and diverged:
         lines.append("  (--first-step-only: stopped there)")
     return lines

@@ -108,6 +108,8 @@ def test_cli_step_ranges_and_the_sparkline(runs: dict[str, Path]) -> None:
     assert report.exit_code == 1
     assert f"Over {NUDGE + 5} steps (0 to 299" in report.output
     assert f"first divergent step {NUDGE}:" in report.output and f"{NUDGED_LAYER} (Linear) introduced it in forward" in report.output
+    same = CliRunner().invoke(cli, ["diff", a, a, "--step", "0:20"])
+    assert same.exit_code == 0 and "Over 21 steps (0 to 20" in same.output and "no step diverges (worst ratio 0)" in same.output
     for bad, message in (("5:2", "the first step is after the last"), ("x", "is not a step"),
                          (f"{STEPS}:", "holds no step of both traces (A has 0-299")):
         refused = CliRunner().invoke(cli, ["diff", a, b, "--step", bad])
