@@ -401,7 +401,7 @@ class Aligner:
         nothing to compare (no call, no record: a container that never ran itself)."""
         found = []
         for side, view, free in (("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b)):
-            active = {node for _, _, node in view.records} | {c.node for calls in view.calls.values() for c in calls}
+            active = view.active_nodes()
             for node_id in sorted(view.nodes):
                 if not free(node_id) or (side, node_id) in self.accounted or node_id not in active:
                     continue

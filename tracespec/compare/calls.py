@@ -94,7 +94,7 @@ class CallPhase:
     def _forward_calls(view: RankView) -> dict[CallRef, Call]:
         if not view.steps:
             return {}
-        calls = sorted(view.calls.get((view.steps[0], "forward"), []), key=lambda c: (c.begin, -c.end))
+        calls = sorted(view.calls_of(view.steps[0], "forward"), key=lambda c: (c.begin, -c.end))
         return {(c.node, c.call): c for c in calls}
 
     def _node_pairs(self) -> dict[CallRef, tuple[CallRef, str]]:
