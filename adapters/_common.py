@@ -753,7 +753,8 @@ class Recorder(ABC):
         os.kill(os.getpid(), signum)
 
     def _handle_deferred_signal(self) -> None:
-        if self._deferred_signal is not None:
+        # Only the main thread: signal handlers run there (a backward hook may run on another).
+        if self._deferred_signal is not None and threading.current_thread() is threading.main_thread():
             if self._stopped:  # the recording ended: the signal's own handling, as if it came now
                 signum, self._deferred_signal = self._deferred_signal, None
                 signal.raise_signal(signum)

@@ -21,8 +21,6 @@ import tracespec
 
 # torch._dynamo: every torch optimizer imports it on creation (two seconds).
 PRELOAD = ["numpy", "torch", "torch._dynamo", "paddle", "tracespec.adapters.torch", "tracespec.adapters.paddle", __name__]
-INTERRUPTIONS = ("sigterm", "raise")
-"""What a loop can do to itself mid-step, after the forward of ``interrupt_step``."""
 
 
 class Interrupted(RuntimeError):
@@ -94,15 +92,19 @@ def train(
     **options: Any,
 ) -> None:
     """Record ``steps`` training steps into ``folder``, sending ``"recording"`` once the trace is
-    open and each step's index once its ``rec.step()`` returned."""
+    open and each step's index once its ``rec.step()`` returned.
+
+    ``interrupt``: after the forward of step ``interrupt_step``, send the process ``"SIGTERM"`` or
+    ``"SIGINT"``, or ``"raise"`` :class:`Interrupted`.
+    """
     model, optimizer, forward = LOOPS[framework]()
     with tracespec.record(model, folder, capture="full", optimizer=optimizer, **options) as rec:
         if progress is not None:
             progress.send("recording")
         for i in range(steps):
             backward = forward(i)
-            if i == interrupt_step and interrupt == "sigterm":
-                os.kill(os.getpid(), signal.SIGTERM)
+            if i == interrupt_step and interrupt in ("SIGTERM", "SIGINT"):
+                os.kill(os.getpid(), getattr(signal, interrupt))
             if i == interrupt_step and interrupt == "raise":
                 raise Interrupted(f"failed mid-step {i}")
             backward()

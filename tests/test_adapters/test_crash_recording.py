@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import signal
+from collections.abc import Iterator
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -20,6 +21,7 @@ from typing import Any
 import crash_training
 import pytest
 
+import tracespec
 from tracespec import load_trace, validate_trace
 
 FRAMEWORKS = ["torch", "paddle"]
@@ -186,7 +188,7 @@ def test_sigterm_mid_step_publishes_its_forward_and_dies_by_the_signal(
     framework: str, tmp_path: Path, reference: dict[str, tuple[Steps, float]]
 ) -> None:
     expected, _ = reference[framework]
-    process, progress = start(framework, tmp_path / "t", interrupt="sigterm", interrupt_step=3)
+    process, progress = start(framework, tmp_path / "t", interrupt="SIGTERM", interrupt_step=3)
     wait_recording(progress)
     assert returned_steps(process, progress) == [0, 1, 2]
     assert process.exitcode == -signal.SIGTERM
@@ -218,3 +220,42 @@ def test_exception_mid_step_reaches_the_caller_unchanged_after_publishing(framew
     found = records_by_step(tmp_path / "t")
     assert_whole(found, expected, [0, 1, 2])
     assert found[3]["tensors"] == forward_records(expected, 3)
+
+
+def test_sigint_raises_keyboard_interrupt_after_publishing(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, chained
+        crash_training.train("torch", tmp_path / "t", STEPS, interrupt="SIGINT", interrupt_step=3)
+    trace = load_trace(tmp_path / "t")
+    ending = trace.parts[0].manifest.ending
+    assert ending is not None and ending.to_json() == {"how": "signal", "detail": "SIGINT", "step": 3}
+    assert trace.partial_steps == [3] and trace.steps == [0, 1, 2, 3]
+
+
+@pytest.fixture
+def program_sigterm_handler() -> Iterator[list[int]]:
+    """A SIGTERM handler of the program's own (a graceful shutdown that only takes note)."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_programs_own_signal_handler_is_chained_and_the_recording_goes_on(
+    tmp_path: Path, program_sigterm_handler: list[int]
+) -> None:
+    handler = signal.getsignal(signal.SIGTERM)
+    model, optimizer, forward = crash_training.torch_loop()
+    with tracespec.record(model, tmp_path / "t", optimizer=optimizer) as rec:
+        assert signal.getsignal(signal.SIGTERM) != handler
+        for i in range(3):
+            backward = forward(i)
+            if i == 1:
+                signal.raise_signal(signal.SIGTERM)
+                assert program_sigterm_handler == [signal.SIGTERM]
+            backward()
+            rec.step()
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back when the recording ends
+    report = validate_trace(tmp_path / "t")
+    assert report.complete and report.trace.steps == [0, 1, 2]
+    ending = report.trace.parts[0].manifest.ending
+    assert ending is not None and ending.how == "closed"
