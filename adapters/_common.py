@@ -667,12 +667,14 @@ class Recorder(ABC):
         """
         if self.writer is None or self._stopped:
             raise UsageError("step() outside the recording; use `with tracespec.record(...) as rec:`")
+        recorded = self.active
         published = self._finish_step(optimizer)
         self.step_index += 1
         self._reset_step_state()
-        if self.options.publish == "step":
+        # A step skipped by `every` recorded nothing: no fsync to wait for.
+        if recorded and self.options.publish == "step":
             self.writer.wait(published)
-        else:
+        elif recorded:
             if self._previous_step_published is not None:
                 self.writer.wait(self._previous_step_published)
             self._previous_step_published = published
