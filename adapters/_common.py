@@ -733,11 +733,12 @@ class Recorder(ABC):
         publishing needs), it only notes the signal: the next hook, ``step()``, ``flush()`` or
         ``stop()`` handles it, at a point where the recorder's state is whole.
         """
-        while frame is not None:
-            if frame.f_code.co_filename.startswith(_INTERNAL_FOLDERS):
+        caller = frame
+        while caller is not None:
+            if caller.f_code.co_filename.startswith(_INTERNAL_FOLDERS):
                 self._deferred_signal = signum
                 return
-            frame = frame.f_back
+            caller = caller.f_back
         self._deferred_signal = None
         name = signal.Signals(signum).name
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
