@@ -232,16 +232,17 @@ def test_sigint_raises_keyboard_interrupt_after_publishing(tmp_path: Path) -> No
 
 
 @pytest.fixture
-def program_sigterm_handler() -> Iterator[list[int]]:
-    """A SIGTERM handler of the program's own (a graceful shutdown that only takes note)."""
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+def program_sigterm_handler() -> Iterator[list[tuple[int, bool]]]:
+    """A SIGTERM handler of the program's own (a graceful shutdown that only takes note of the
+    signal, and of whether it was given the interrupted frame)."""
+    received: list[tuple[int, bool]] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append((signum, frame is not None)))
     yield received
     signal.signal(signal.SIGTERM, previous)
 
 
 def test_the_programs_own_signal_handler_is_chained_and_the_recording_goes_on(
-    tmp_path: Path, program_sigterm_handler: list[int]
+    tmp_path: Path, program_sigterm_handler: list[tuple[int, bool]]
 ) -> None:
     handler = signal.getsignal(signal.SIGTERM)
     model, optimizer, forward = crash_training.torch_loop()
@@ -251,7 +252,7 @@ def test_the_programs_own_signal_handler_is_chained_and_the_recording_goes_on(
             backward = forward(i)
             if i == 1:
                 signal.raise_signal(signal.SIGTERM)
-                assert program_sigterm_handler == [signal.SIGTERM]
+                assert program_sigterm_handler == [(signal.SIGTERM, True)]
             backward()
             rec.step()
     assert signal.getsignal(signal.SIGTERM) is handler  # put back when the recording ends
