@@ -222,8 +222,18 @@ def test_exception_mid_step_reaches_the_caller_unchanged_after_publishing(framew
     assert found[3]["tensors"] == forward_records(expected, 3)
 
 
+@pytest.fixture
+def python_sigint_handler() -> Iterator[None]:
+    """Python's own SIGINT handler, which raises KeyboardInterrupt. A process started in the
+    background by a shell ignores SIGINT instead (the recorder then leaves it alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_sigint_raises_keyboard_interrupt_after_publishing(tmp_path: Path) -> None:
-    with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, chained
+    with pytest.raises(KeyboardInterrupt):  # Python's handler, chained
         crash_training.train("torch", tmp_path / "t", STEPS, interrupt="SIGINT", interrupt_step=3)
     trace = load_trace(tmp_path / "t")
     ending = trace.parts[0].manifest.ending
