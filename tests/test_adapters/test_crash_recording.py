@@ -270,3 +270,17 @@ def test_the_programs_own_signal_handler_is_chained_and_the_recording_goes_on(
     assert report.complete and report.trace.steps == [0, 1, 2]
     ending = report.trace.parts[0].manifest.ending
     assert ending is not None and ending.how == "closed"
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        model, optimizer, forward = crash_training.torch_loop()
+        with tracespec.record(model, tmp_path / "t", optimizer=optimizer) as rec:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            forward(0)()
+            signal.raise_signal(signal.SIGINT)
+            rec.step()
+        assert validate_trace(tmp_path / "t").complete
+    finally:
+        signal.signal(signal.SIGINT, previous)
