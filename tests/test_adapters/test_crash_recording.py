@@ -8,6 +8,7 @@ server that imported the frameworks once (see ``crash_training.py``).
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import random
 import signal
@@ -284,3 +285,43 @@ def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
         assert validate_trace(tmp_path / "t").complete
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class SignalOnRepr:
+    """A module argument that sends SIGTERM when the recorder writes it (its ``repr``), so the
+    signal arrives while the main thread is inside the trace writer."""
+
+    def __repr__(self) -> str:
+        signal.raise_signal(signal.SIGTERM)
+        return "SignalOnRepr()"
+
+
+def test_a_signal_arriving_inside_the_writer_is_handled_at_the_next_hook(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    class Takes(nn.Module):
+        def forward(self, x: torch.Tensor, marker: SignalOnRepr) -> torch.Tensor:
+            return x * 2
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.takes = Takes()
+            self.after = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.after(self.takes(x, SignalOnRepr()))  # type: ignore[no-any-return]
+
+    stacks: list[list[str]] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stacks.append([f.function for f in inspect.stack()]))
+    try:
+        with tracespec.record(Model(), tmp_path / "t", capture="full") as rec:
+            rec.model(torch.ones(2, 3))
+            rec.step()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(stacks) == 1
+    # Not inside the writer (which may hold its lock), but at the next hook's entry.
+    assert "add_value" not in stacks[0] and "_handle_deferred_signal" in stacks[0]
+    assert validate_trace(tmp_path / "t").complete  # the program's handler let the run go on
