@@ -12,8 +12,8 @@ import inspect
 import multiprocessing
 import random
 import signal
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
