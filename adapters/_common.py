@@ -55,6 +55,7 @@ from tracespec.storage import TraceWriter
 
 __all__ = [
     "CaptureBudgetWarning",
+    "OpDescription",
     "ROLE_GROUPS",
     "BackwardCall",
     "RecordOptions",
@@ -62,10 +63,12 @@ __all__ = [
     "Selector",
     "Summary",
     "HostBufferPool",
+    "calling_frame",
     "fast_stats",
     "stats_from_sums",
     "flatten",
     "map_tensors",
+    "op_name",
     "parse_options",
 ]
 
@@ -91,6 +94,56 @@ _INTERNAL_FOLDERS: Final = tuple(
 )
 _FORWARD_ROLES: Final = frozenset({"input", "output"})
 _BACKWARD_ROLES: Final = frozenset({"grad_output", "grad_input"})
+_CALL_ROLES: Final = _FORWARD_ROLES | _BACKWARD_ROLES  # what an op node records: it owns no parameter
+
+
+OpDescription = tuple[str, bool, str]
+"""How an op is recorded: its name (``mul``), whether it changes its first argument in place, and
+the function's qualified name (``torch.Tensor.__mul__``)."""
+
+_ADAPTERS_DIR: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def calling_frame(framework_dir: str, dispatch_files: frozenset[str] = frozenset()) -> FrameType | None:
+    """The frame of the code that called the current op, or None when that is the framework's own
+    code (``nn.Linear.forward`` calling ``F.linear``: the module is the record) or the recorder's.
+
+    The recorder's frames (its interception point) and the framework's ``dispatch_files`` (where a
+    function hands itself to the interception point) are passed over: they are not the caller.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_ADAPTERS_DIR) or frame.f_code.co_filename in dispatch_files):
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_filename.startswith(framework_dir):
+        return None
+    return frame
+
+
+_ARITHMETIC: Final = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"})
+_DUNDER_OPS: Final = {
+    "truediv": "div", "floordiv": "floor_divide", "mod": "remainder", "and": "bitwise_and", "or": "bitwise_or",
+    "xor": "bitwise_xor", "lshift": "bitwise_left_shift", "rshift": "bitwise_right_shift", "invert": "bitwise_not",
+}
+"""Operator methods (``__truediv__``) recorded under the name of the function they compute (``div``)."""
+
+
+def op_name(name: str) -> tuple[str, bool]:
+    """The name an op called ``name`` (a function or tensor method) is recorded under, and whether
+    it modifies its first argument in place.
+
+    Operators are named after the function they compute: ``a * b`` and ``b * a`` (``__rmul__``)
+    are both ``mul``, ``a += b`` is ``add_`` (the frameworks' name for the in-place form),
+    ``x[i] = v`` is ``setitem`` (in place).
+    """
+    if name.startswith("__") and name.endswith("__"):
+        core = name[2:-2]
+        if core == "setitem":
+            return "setitem", True
+        if core[:1] in ("i", "r") and core[1:] in _ARITHMETIC:
+            base = _DUNDER_OPS.get(core[1:], core[1:])
+            return (f"{base}_", True) if core[0] == "i" else (base, False)
+        return _DUNDER_OPS.get(core, core), False
+    return name, name.endswith("_")
 
 
 class CaptureBudgetWarning(UserWarning):
@@ -108,6 +161,7 @@ class RecordOptions:
     exclude: tuple[Selector, ...] = ()
     roles: frozenset[str] = frozenset(ROLES)
     every: int = 1
+    steps: frozenset[int] | None = None
     max_bytes: int | None = None
     optimizer: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +170,7 @@ class RecordOptions:
     world_size: int | None = None
     compression: str | None = None
     durable: bool = True
+    ops: tuple[Selector, ...] | None = None
     publish: str = "step"
     stop_on_nonfinite: bool = False
 
@@ -128,8 +183,10 @@ class RecordOptions:
             "exclude": [_selector_text(s) for s in self.exclude],
             "roles": sorted(self.roles),
             "every": self.every,
+            "steps": None if self.steps is None else sorted(self.steps),
             "max_bytes": self.max_bytes,
             "optimizer": None if self.optimizer is None else type(self.optimizer).__name__,
+            "ops": None if self.ops is None else [_selector_text(s) for s in self.ops],
         }
 
 
@@ -212,6 +269,13 @@ def parse_options(**options: Any) -> RecordOptions:
     if options.get("roles") is not None:
         values["roles"] = _parse_roles(options["roles"])
     values["every"] = _check_int(options.get("every", 1), "every", 1)
+    if options.get("steps") is not None:
+        steps = options["steps"]
+        if not isinstance(steps, Iterable) or isinstance(steps, (str, bytes)):
+            raise UsageError(f"steps must be the step numbers to record (a list or range), not {type(steps).__name__}")
+        values["steps"] = frozenset(_check_int(step, "each of steps", 0) for step in steps)
+        if "every" in options:
+            raise UsageError("give steps or every, not both")
     if options.get("max_bytes") is not None:
         values["max_bytes"] = _check_int(options["max_bytes"], "max_bytes", 0)
     metadata = options.get("metadata") or {}
@@ -235,6 +299,11 @@ def parse_options(**options: Any) -> RecordOptions:
     for name in ("overwrite", "durable", "stop_on_nonfinite"):
         if name in options:
             values[name] = bool(options[name])
+    ops = options.get("ops")
+    if ops is True:
+        values["ops"] = ("*",)
+    elif ops not in (None, False):
+        values["ops"] = _check_selectors(ops, "ops")
     publish = options.get("publish", "step")
     if publish not in PUBLISH_MODES:
         raise UsageError(f"publish is {publish!r}; expected 'step' (durable at each rec.step(), the default) or 'async'")
@@ -459,6 +528,7 @@ class _Node:
     selected: bool
     levels: dict[str, str | None]  # role -> capture level, None = not captured
     local_names: dict[int, str] = field(default_factory=dict)
+    records_ops: bool = False  # functional ops called in its forward are recorded (option ``ops``)
 
 
 @dataclass(slots=True)
@@ -467,6 +537,7 @@ class _ForwardCall:
     call: int
     begin: int
     extra: Any = None  # the adapter's per-call state (e.g. the input views it installed)
+    op_counts: dict[str, int] = field(default_factory=dict)  # op name -> calls so far in this call
     inputs_nonfinite: bool = False  # checked only with stop_on_nonfinite
 
 
@@ -512,6 +583,9 @@ class Recorder(ABC):
         self._nodes: list[_Node] = []
         self._node_of: dict[int, _Node] = {}
         self._param_owner: dict[int, tuple[_Node, str]] = {}
+        self._by_route: dict[str, _Node] = {}
+        self._child_count: dict[int, int] = {}
+        self._op_nodes: dict[tuple[int, str, int], _Node] = {}
         self._data_bytes = 0
         self._budget_warned = False
         self._stopped = False
@@ -667,14 +741,13 @@ class Recorder(ABC):
         """
         if self.writer is None or self._stopped:
             raise UsageError("step() outside the recording; use `with tracespec.record(...) as rec:`")
-        recorded = self.active
         published = self._finish_step(optimizer)
         self.step_index += 1
         self._reset_step_state()
-        # A step skipped by `every` recorded nothing: no fsync to wait for.
-        if recorded and self.options.publish == "step":
+        # A step not recorded (every=, steps=) has nothing to make durable: no fsync to wait for.
+        if published is not None and self.options.publish == "step":
             self.writer.wait(published)
-        elif recorded:
+        elif published is not None:
             if self._previous_step_published is not None:
                 self.writer.wait(self._previous_step_published)
             self._previous_step_published = published
@@ -766,7 +839,9 @@ class Recorder(ABC):
 
     @property
     def active(self) -> bool:
-        """Whether the current step is recorded (``every``-th step)."""
+        """Whether the current step is recorded (one of ``steps``, or every ``every``-th step)."""
+        if self.options.steps is not None:
+            return self.step_index in self.options.steps
         return self.step_index % self.options.every == 0
 
     @property
@@ -783,32 +858,38 @@ class Recorder(ABC):
         return self.distributed() or (0, 1)
 
     def _build_tree(self) -> None:
-        assert self.writer is not None
-        children: dict[int, int] = {}
-        by_route: dict[str, _Node] = {}
+        by_route = self._by_route
         for route, module in self.named_modules():
             if id(module) in self._node_of:
                 continue  # registered under a second name: one identity, its first route
             parent = by_route.get(route.rpartition(".")[0]) if route else None
-            position = children.get(parent.id, 0) if parent else 0
-            if parent:
-                children[parent.id] = position + 1
             cls = type(module)
-            node_id = self.writer.add_node(
-                route,
-                cls.__name__,
-                parent=parent.id if parent else None,
-                position=position,
-                attrs={"qualified_class": f"{cls.__module__}.{cls.__qualname__}"},
-            )
             chain = self._ancestors(route, by_route) + [module]
-            node = _Node(node_id, route, module, self._is_selected(route, chain), {})
-            node.levels = {role: self._level_for(route, chain, role) if node.selected else None for role in ROLES}
+            node = self._add_node(route, cls.__name__, parent, module, chain, "module",
+                                  {"qualified_class": f"{cls.__module__}.{cls.__qualname__}"})
+            ops = self.options.ops
+            node.records_ops = node.selected and ops is not None and any(
+                self._matches(s, self._routes_of_chain(route), chain) for s in ops)
             self._nodes.append(node)
             self._node_of[id(module)] = node
             by_route[route] = node
             for name, param in self.local_tensors(module, "parameter"):
                 self._param_owner.setdefault(id(param), (node, name))
+
+    def _add_node(self, route: str, class_name: str, parent: _Node | None, module: Any, chain: list[Any],
+                  kind: str, attrs: dict[str, Any]) -> _Node:
+        """Write a node row (its position: the next among its parent's children) and make its node."""
+        assert self.writer is not None
+        position = self._child_count.get(parent.id, 0) if parent else 0
+        if parent:
+            self._child_count[parent.id] = position + 1
+        node_id = self.writer.add_node(route, class_name, parent=parent.id if parent else None, kind=kind,
+                                       position=position, attrs=attrs)
+        node = _Node(node_id, route, module, self._is_selected(route, chain), {})
+        roles = ROLES if kind == "module" else _CALL_ROLES
+        node.levels = {role: self._level_for(route, chain, role) if node.selected and role in roles else None
+                       for role in ROLES}
+        return node
 
     @staticmethod
     def _ancestors(route: str, by_route: dict[str, _Node]) -> list[Any]:
@@ -860,6 +941,7 @@ class Recorder(ABC):
         self._events: dict[str, int] = {"forward": 0, "backward": 0, "update": 0}
         self._call_counts: dict[int, int] = {}
         self._open_calls: dict[int, list[_ForwardCall]] = {}
+        self._module_calls: list[_ForwardCall] = []  # in progress, outermost first
         self._backward_calls: list[BackwardCall] = []
         self._seen: dict[tuple[str, Hashable], tuple[Any, int, str, _Record]] = {}
         self._pending: deque[_Record] = deque()
@@ -881,20 +963,9 @@ class Recorder(ABC):
         node = self._node_of.get(id(module))
         if node is None or not self.active:
             return None
-        self._step_dirty = True
-        if not self._params_recorded:
-            self._params_recorded = True
-            self._record_module_tensors("forward", ("parameter", "buffer"))
-        call = self._call_counts.get(node.id, 0)
-        self._call_counts[node.id] = call + 1
-        fc = _ForwardCall(node, call, self._next_event("forward"))
+        fc = self._begin_call(node, args, kwargs)
         self._open_calls.setdefault(node.id, []).append(fc)
-        level = node.levels["input"]
-        if level is not None:
-            for i, arg in enumerate(args):
-                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(i), self.is_tensor), level)
-            for key, arg in kwargs.items():
-                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(key), self.is_tensor), level)
+        self._module_calls.append(fc)
         return fc
 
     def forward_end(self, module: Any, output: Any) -> _ForwardCall | None:
@@ -907,16 +978,103 @@ class Recorder(ABC):
         if not stack:
             return None
         fc = stack.pop()
+        # An exception inside a forward leaves the calls it interrupted open: they end here too.
+        while self._module_calls and self._module_calls.pop() is not fc:
+            pass
+        self._end_call(fc, output)
+        return fc
+
+    def op_caller(self) -> _ForwardCall | None:
+        """The innermost module call in progress, where its functional ops are recorded."""
+        if not self._module_calls or not self.active:
+            return None
+        fc = self._module_calls[-1]
+        return fc if fc.node.records_ops else None
+
+    def op_begin(self, caller: _ForwardCall, name: str, op: str, source: tuple[str, int, str], args: tuple[Any, ...],
+                 kwargs: Mapping[str, Any]) -> _ForwardCall:
+        """An op (a framework function or tensor method ``op``, recorded as ``name``) called by
+        ``caller``'s forward code at ``source`` (file, line, function) starts: record its inputs.
+        Its node is ``<caller route>.<name>#<k>`` for the k-th ``name`` of that module call,
+        made at its first call. Call :meth:`op_end` with its output."""
+        k = caller.op_counts.get(name, 0)
+        caller.op_counts[name] = k + 1
+        key = (caller.node.id, name, k)
+        node = self._op_nodes.get(key)
+        if node is None:
+            route = f"{caller.node.route}.{name}#{k}" if caller.node.route else f"{name}#{k}"
+            chain = self._ancestors(route, self._by_route)
+            attrs = {"op": op, "source": {"file": source[0], "line": source[1], "function": source[2]}}
+            node = self._op_nodes[key] = self._add_node(route, name, caller.node, None, chain, "op", attrs)
+        return self._begin_call(node, args, kwargs)
+
+    def op_end(self, fc: _ForwardCall, output: Any) -> None:
+        """The op of :meth:`op_begin` returned ``output``: record it and the call row."""
+        self._end_call(fc, output)
+
+    #: The framework's package folder: ops its own code calls are not recorded (see calling_frame).
+    framework_dir: ClassVar[str] = ""
+    #: Files of the framework that only hand a function to the adapter's interception point.
+    dispatch_files: ClassVar[frozenset[str]] = frozenset()
+
+    def call_op(self, func: Callable[..., Any], op: OpDescription | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``func`` (described by ``op``, None when it is not an op) for the adapter's
+        interception point; record it when the forward code of a module called it directly."""
+        caller = self.op_caller()
+        frame = calling_frame(self.framework_dir, self.dispatch_files) if caller is not None and op is not None else None
+        if frame is None:
+            return func(*args, **kwargs)
+        assert caller is not None and op is not None
+        name, in_place, qualified = op
+        source = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+        fc = self.op_begin(caller, name, qualified, source, args, kwargs)
+        if in_place or kwargs.get("inplace") is True or kwargs.get("out") is not None:
+            # The inputs were recorded before the op changed them. A view handed in place of the
+            # changed tensor would make autograd rebase it: no gradient is observed through it.
+            output = func(*args, **kwargs)
+            if output is None and args:
+                output = args[0]  # x[i] = v returns nothing: its result is x
+        else:
+            watched = self.watch_inputs(fc, args, kwargs)
+            output = func(*watched[0], **watched[1]) if watched is not None else func(*args, **kwargs)
+        self.op_end(fc, output)
+        self.watch_outputs(fc, output)
+        return output
+
+    def watch_inputs(self, fc: _ForwardCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Prepare to observe the gradients flowing through this call into its inputs: the new
+        arguments to call it with (views with gradient hooks), or None to keep them."""
+        return None
+
+    def watch_outputs(self, fc: _ForwardCall, output: Any) -> None:
+        """Prepare to observe the gradients with respect to the call's outputs."""
+
+    def _begin_call(self, node: _Node, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ForwardCall:
+        self._step_dirty = True
+        if not self._params_recorded:
+            self._params_recorded = True
+            self._record_module_tensors("forward", ("parameter", "buffer"))
+        call = self._call_counts.get(node.id, 0)
+        self._call_counts[node.id] = call + 1
+        fc = _ForwardCall(node, call, self._next_event("forward"))
+        level = node.levels["input"]
+        if level is not None:
+            for i, arg in enumerate(args):
+                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(i), self.is_tensor), level)
+            for key, arg in kwargs.items():
+                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(key), self.is_tensor), level)
+        return fc
+
+    def _end_call(self, fc: _ForwardCall, output: Any) -> None:
         end = self._next_event("forward")
-        level = node.levels["output"]
+        level = fc.node.levels["output"]
         nonfinite = False
         if level is not None:
-            nonfinite = self._record_leaves("forward", node, fc.call, "output", flatten(output, "", self.is_tensor), level)
+            nonfinite = self._record_leaves("forward", fc.node, fc.call, "output", flatten(output, "", self.is_tensor), level)
         assert self.writer is not None
-        self.writer.add_call(step=self.step_index, stage="forward", node=node.id, call=fc.call, begin=fc.begin, end=end)
+        self.writer.add_call(step=self.step_index, stage="forward", node=fc.node.id, call=fc.call, begin=fc.begin, end=end)
         if nonfinite and not fc.inputs_nonfinite:
-            self._stop_at_nonfinite("forward", node, fc.call, "output")
-        return fc
+            self._stop_at_nonfinite("forward", fc.node, fc.call, "output")
 
     def wants_backward(self, node: _Node) -> bool:
         """Whether gradients of this node's calls are recorded (adapters skip their hooks if not)."""
@@ -982,9 +1140,9 @@ class Recorder(ABC):
             self._record_module_tensors("update", ("parameter",))
             self._record_optimizer_state(optimizer)
 
-    def _finish_step(self, optimizer: Any = None) -> threading.Event:
+    def _finish_step(self, optimizer: Any = None) -> threading.Event | None:
         """Record what the step end records, hand everything over and end the step in the
-        writer; returns the event set once the step is published."""
+        writer; returns the event set once the step is published (None: a step not recorded)."""
         assert self.writer is not None
         if self.active:
             for bc in self._backward_calls:
@@ -995,7 +1153,8 @@ class Recorder(ABC):
             if optimizer is not None:
                 self.after_optimizer_step(optimizer)
             self._drain()
-        return self.writer.end_step(self.step_index)
+            return self.writer.end_step(self.step_index)  # a step not recorded is not a step of the trace
+        return None
 
     def _record_module_tensors(self, stage: str, roles: tuple[str, ...]) -> None:
         for node in self._nodes:

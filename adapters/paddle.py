@@ -27,9 +27,10 @@ Constraints:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,18 +43,20 @@ from paddle.jit.dy2static.program_translator import ProgramTranslator, StaticFun
 from tracespec.adapters._common import (
     BackwardCall,
     HostBufferPool,
+    OpDescription,
     Recorder,
     RecordOptions,
     Summary,
     fast_stats,
     flatten,
     map_tensors,
+    op_name,
     parse_options,
 )
 from tracespec.errors import UsageError
 from tracespec.format.stats import content_hash
 
-__all__ = ["FRAMEWORK", "PaddleRecorder", "accepts", "host_array", "record"]
+__all__ = ["FRAMEWORK", "OP_FUNCTIONS", "PaddleRecorder", "accepts", "host_array", "record"]
 
 FRAMEWORK: Final = "paddle"
 
@@ -65,6 +68,41 @@ _DTYPE_NAMES: Final[dict[Any, str]] = {
     )
     if hasattr(paddle, name)
 }
+
+OP_FUNCTIONS: Final[dict[str, tuple[str, ...]]] = {
+    "paddle": (
+        "matmul", "bmm", "mm", "einsum", "outer", "add", "subtract", "multiply", "divide", "floor_divide",
+        "remainder", "pow", "square", "sqrt", "rsqrt", "exp", "log", "erf", "sin", "cos", "tanh", "sigmoid",
+        "abs", "neg", "sign", "scale", "maximum", "minimum", "clip", "where", "masked_fill", "masked_select",
+        "equal", "not_equal", "greater_than", "less_than", "logical_not", "bitwise_and", "transpose", "reshape",
+        "flatten", "squeeze", "unsqueeze", "expand", "tile", "roll", "concat", "stack", "split", "chunk", "slice",
+        "gather", "index_select", "tril", "triu", "cast", "mean", "sum", "max", "min", "amax", "amin", "var",
+        "std", "norm", "cumsum", "logsumexp", "topk", "argmax", "softmax", "arange", "full_like", "zeros_like", "ones_like",
+    ),
+    "paddle.nn.functional": (
+        "linear", "embedding", "conv2d", "scaled_dot_product_attention", "softmax", "log_softmax", "gelu", "relu",
+        "leaky_relu", "silu", "sigmoid", "tanh", "softplus", "mish", "hardswish", "glu", "swiglu", "dropout",
+        "layer_norm", "rms_norm", "batch_norm", "normalize", "pad", "interpolate", "avg_pool2d", "max_pool2d",
+        "adaptive_avg_pool2d", "one_hot", "cross_entropy",
+    ),
+    "paddle.Tensor": (
+        "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+        "__floordiv__", "__mod__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__neg__", "__abs__",
+        "__invert__", "__and__", "__or__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
+        "__getitem__", "__setitem__", "matmul", "add", "subtract", "multiply", "divide", "pow", "square", "sqrt",
+        "rsqrt", "exp", "log", "tanh", "sigmoid", "abs", "scale", "clip", "where", "masked_fill", "transpose",
+        "reshape", "flatten", "squeeze", "unsqueeze", "expand", "tile", "split", "chunk", "unbind", "gather",
+        "index_select", "astype", "cast", "mean", "sum", "max", "min", "var", "std", "norm", "cumsum", "topk",
+        "argmax", "softmax", "t", "T", "mT", "contiguous", "clone", "add_", "subtract_", "multiply_", "scale_",
+        "clip_", "exp_", "sqrt_", "zero_", "fill_", "masked_fill_", "reshape_", "unsqueeze_", "squeeze_",
+    ),
+}
+"""The public functions and tensor methods recorded as ops (option ``ops``). Paddle has no
+interception point for every API call: these are wrapped while recording, where forward code
+finds them (``paddle.matmul``, ``F.softmax``, ``x @ y``, ``x.transpose(...)``), and restored after;
+a function imported by name before recording (``from paddle import matmul``) is not seen."""
+
+_PADDLE_DIR: Final = os.path.dirname(paddle.__file__) + os.sep
 
 # dtypes numpy lacks: Tensor.numpy() hands back their bits as a same-width integer array.
 _BIT_TYPES: Final[dict[str, Any]] = {
@@ -118,6 +156,14 @@ def host_array(tensor: paddle.Tensor) -> np.ndarray:
     return np.from_dlpack(tensor)
 
 
+def inspect_attr(owner: Any, name: str) -> Any:
+    """``owner.name`` as stored (a property object, not its value), from the class or its bases."""
+    for holder in (owner.__mro__ if isinstance(owner, type) else (owner,)):
+        if name in vars(holder):
+            return vars(holder)[name]
+    return None
+
+
 def _device_name(place: Any) -> str:
     """``"cpu"``, ``"cuda:N"`` for an NVIDIA GPU (as PyTorch names it), else Paddle's name."""
     if place.is_cpu_place():
@@ -139,12 +185,14 @@ class PaddleRecorder(Recorder):
     """Records a ``paddle.nn.Layer`` through forward pre/post hooks and tensor gradient hooks."""
 
     framework = FRAMEWORK
+    framework_dir = _PADDLE_DIR
 
     def __init__(self, model: paddle.nn.Layer, path: str | os.PathLike[str], options: RecordOptions) -> None:
         _refuse_static(model)
         super().__init__(model, path, options)
         self._handles: list[Any] = []
-        self._patched_optimizers: list[tuple[Any, Any]] = []
+        self._patched_optimizers: list[tuple[Any, str, Any]] = []  # (optimizer, method, what its own dict held)
+        self._patched_ops: list[tuple[Any, str, Any]] = []  # (owner, name, what its own dict held)
         self._host_buffers = HostBufferPool()
 
     # ---------------------------------------------------------------- description
@@ -231,39 +279,77 @@ class PaddleRecorder(Recorder):
             layer = node.module
             self._handles.append(layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             self._handles.append(layer.register_forward_post_hook(self._post_hook, with_kwargs=True))
+        if self.options.ops is not None:
+            self._wrap_ops()
+
+    def _wrap_ops(self) -> None:
+        """Put a recording wrapper in place of each function of :data:`OP_FUNCTIONS`."""
+        owners = {"paddle": paddle, "paddle.nn.functional": paddle.nn.functional, "paddle.Tensor": paddle.Tensor}
+        for owner_name, names in OP_FUNCTIONS.items():
+            owner = owners[owner_name]
+            for name in names:
+                original = inspect_attr(owner, name)
+                if original is None:
+                    continue  # not in this Paddle version
+                op: OpDescription = (*op_name(name), f"{owner_name}.{name}")
+                if isinstance(original, property):
+                    wrapper: Any = property(self._op_wrapper(original.fget, op))
+                else:
+                    wrapper = self._op_wrapper(original, op)
+                self._patched_ops.append((owner, name, vars(owner).get(name)))
+                setattr(owner, name, wrapper)
+
+    def _op_wrapper(self, original: Callable[..., Any], op: OpDescription) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            return self.call_op(original, op, args, kwargs)
+
+        return recorded
 
     def install_optimizer_hooks(self, optimizer: Any) -> None:
-        # Paddle optimizers have no step hooks: the instance's ``step`` is wrapped (an instance
-        # attribute over the class method), and restored by remove_hooks().
-        if not callable(getattr(optimizer, "step", None)):
-            return
-        own = optimizer.__dict__.get("step")
-        original = optimizer.step
+        # Paddle optimizers have no step hooks: the instance's ``step`` and ``minimize`` (what
+        # paddle.Model calls) are wrapped (instance attributes over the class methods), and
+        # restored by remove_hooks(). Recording the gradients and the update is idempotent within
+        # a step, so a ``minimize`` that calls ``step`` records them once.
+        for name in ("step", "minimize"):
+            if not callable(getattr(optimizer, name, None)):
+                continue
+            self._patched_optimizers.append((optimizer, name, optimizer.__dict__.get(name)))
+            setattr(optimizer, name, self._optimizer_wrapper(optimizer, getattr(optimizer, name)))
 
-        def step(*args: Any, **kwargs: Any) -> Any:
+    def _optimizer_wrapper(self, optimizer: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+        def update(*args: Any, **kwargs: Any) -> Any:
             self.before_optimizer_step()
             result = original(*args, **kwargs)
             self.after_optimizer_step(optimizer)
             return result
 
-        optimizer.step = step
-        self._patched_optimizers.append((optimizer, own))
+        return update
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._host_buffers.clear()
-        for optimizer, own in reversed(self._patched_optimizers):
+        for owner, name, own in reversed(self._patched_ops):
             if own is None:
-                del optimizer.step
+                delattr(owner, name)  # it was inherited (from a base class)
             else:
-                optimizer.step = own
+                setattr(owner, name, own)
+        self._patched_ops.clear()
+        self._host_buffers.clear()
+        for optimizer, name, own in reversed(self._patched_optimizers):
+            if own is None:
+                delattr(optimizer, name)
+            else:
+                setattr(optimizer, name, own)
         self._patched_optimizers.clear()
 
     def _pre_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         fc = self.forward_begin(layer, args, kwargs)
-        if fc is None or not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
+        return None if fc is None else self.watch_inputs(fc, args, kwargs)
+
+    def watch_inputs(self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
             return None
         state = _CallState()
         fc.extra = state
@@ -292,7 +378,11 @@ class PaddleRecorder(Recorder):
 
     def _post_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         fc = self.forward_end(layer, output)
-        if fc is None or not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
+        if fc is not None:
+            self.watch_outputs(fc, output)
+
+    def watch_outputs(self, fc: Any, output: Any) -> None:
+        if not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
             return
         state: _CallState = fc.extra if fc.extra is not None else _CallState()
         outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and not t.stop_gradient]

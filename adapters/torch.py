@@ -28,17 +28,20 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import ml_dtypes
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from tracespec.adapters._common import (
     BackwardCall,
     HostBufferPool,
+    OpDescription,
+    op_name,
     Recorder,
     RecordOptions,
     Summary,
@@ -51,7 +54,7 @@ from tracespec.adapters._common import (
 from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "stats_from_moments", "uncompiled"]
+__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "torch_op_name", "stats_from_moments", "uncompiled"]
 
 FRAMEWORK: Final = "torch"
 
@@ -203,6 +206,71 @@ def stats_from_moments(moments: list[float]) -> TensorStats:
     return TensorStats(int(count), low, high, total / finite, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), int(nan), int(inf))
 
 
+# ------------------------------------------------------------------------------ ops
+_NOT_OPS: Final = frozenset({
+    # what describes a tensor or hands its values to Python: nothing is computed
+    "size", "dim", "numel", "nelement", "ndimension", "stride", "storage_offset", "element_size",
+    "is_contiguous", "is_floating_point", "is_complex", "is_signed", "is_nonzero", "is_same_size",
+    "is_set_to", "has_names", "get_device", "data_ptr", "untyped_storage", "dim_order", "item",
+    "tolist", "numpy", "type", "equal", "__len__", "__bool__", "__int__", "__float__", "__index__",
+    "__format__", "__repr__", "__hash__", "__iter__", "__contains__", "__reduce_ex__", "__deepcopy__",
+    "__setstate__", "__array__", "__array_wrap__", "__dlpack__", "__dlpack_device__",
+    # autograd bookkeeping
+    "backward", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "requires_grad_",
+})
+"""Tensor functions called in forward code that are not recorded as ops."""
+
+_PROPERTY_OPS: Final = frozenset({"T", "mT", "H", "mH", "real", "imag"})
+"""Tensor properties that compute (``k.T``); the others (``shape``, ``grad``, ``data``) only read."""
+
+
+def torch_op_name(func: Callable[..., Any]) -> tuple[str, bool] | None:
+    """The name a torch function or tensor method is recorded under and whether it works in place
+    (see :func:`op_name`); None for what is not an op (:data:`_NOT_OPS`, torch's private helpers,
+    properties that only read)."""
+    name = getattr(func, "__name__", None)
+    if name is None or name in _NOT_OPS:
+        return None
+    if name == "__get__":
+        prop = getattr(getattr(func, "__self__", None), "__name__", None)
+        return (prop, False) if prop in _PROPERTY_OPS else None
+    if name.startswith("_") and not name.startswith("__"):
+        return None
+    return op_name(name)
+
+
+def _qualified_name(func: Callable[..., Any]) -> str:
+    owner = getattr(func, "__self__", None)
+    if getattr(func, "__name__", None) == "__get__" and owner is not None:
+        return f"torch.Tensor.{owner.__name__}"
+    module = getattr(func, "__module__", None) or "torch"
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    return f"{module}.{qualname}".replace("torch._C.TensorBase.", "torch.Tensor.").replace("torch.TensorBase.", "torch.Tensor.").replace("torch._tensor.Tensor.", "torch.Tensor.")
+
+
+_TORCH_DIR: Final = os.path.dirname(torch.__file__) + os.sep
+_DISPATCH_FILES: Final = frozenset(
+    os.path.join(_TORCH_DIR, *parts)
+    for parts in (("overrides.py",), ("_tensor.py",), ("functional.py",), ("nn", "functional.py"), ("_jit_internal.py",))
+)
+"""Where torch's Python functions hand themselves to a function mode: not the caller."""
+
+
+class _OpMode(TorchFunctionMode):
+    """Hands every torch function and tensor method called while recording to the recorder.
+
+    Torch disables the mode while its handler runs, so what an op computes internally (and what
+    the recorder computes) is not seen again: an op is the outermost call made by forward code.
+    """
+
+    def __init__(self, recorder: TorchRecorder) -> None:
+        super().__init__()
+        self._recorder = recorder
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        return self._recorder.call_op(func, self._recorder.describe_op(func), args, kwargs or {})
+
+
 # ------------------------------------------------------------------------------ recorder
 def _dynamo() -> Any:
     """``torch._dynamo`` where something already imported it (``torch.compile`` does), else None.
@@ -257,11 +325,22 @@ class TorchRecorder(Recorder):
     """Records a ``torch.nn.Module`` through forward pre/post hooks and tensor gradient hooks."""
 
     framework = FRAMEWORK
+    framework_dir = _TORCH_DIR
+    dispatch_files = _DISPATCH_FILES
 
     def __init__(self, model: torch.nn.Module, path: str | os.PathLike[str], options: RecordOptions) -> None:
-        super().__init__(uncompiled(model), path, options)
+        eager = uncompiled(model)
+        if options.ops is not None and (eager is not model or getattr(model, "_compiled_call_impl", None) is not None):
+            raise UsageError(
+                "tracespec.record: ops= records the functional code of an eager model, but this model is "
+                "compiled (torch.compile), so its ops run inside compiled graphs; record the model without "
+                "torch.compile to see them, or drop ops="
+            )
+        super().__init__(eager, path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
+        self._op_mode: _OpMode | None = None
+        self._op_descriptions: dict[Any, OpDescription | None] = {}
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -358,12 +437,18 @@ class TorchRecorder(Recorder):
             module = node.module
             self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+        if self.options.ops is not None:
+            self._op_mode = _OpMode(self)
+            self._op_mode.__enter__()
 
     def install_optimizer_hooks(self, optimizer: Any) -> None:
         self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step()))
         self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step(opt)))
 
     def remove_hooks(self) -> None:
+        if self._op_mode is not None:
+            self._op_mode.__exit__(None, None, None)
+            self._op_mode = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -372,7 +457,14 @@ class TorchRecorder(Recorder):
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         fc = self.forward_begin(module, args, kwargs)
-        if fc is None or not torch.is_grad_enabled() or not self.wants_backward(fc.node):
+        if fc is None:
+            return None
+        return self.watch_inputs(fc, args, kwargs)
+
+    def watch_inputs(self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Hand the call views of its inputs that need a gradient, with hooks that observe the
+        gradient flowing through this call; the new arguments, or None to keep them."""
+        if not torch.is_grad_enabled() or not self.wants_backward(fc.node):
             return None
         state = _CallState()
         fc.extra = state
@@ -395,6 +487,13 @@ class TorchRecorder(Recorder):
             wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(bc, wrapped.slot))
         return new_args, new_kwargs
 
+    def describe_op(self, func: Any) -> OpDescription | None:
+        """How ``func`` is recorded as an op (see :func:`op_name`), None when it is not one."""
+        if func not in self._op_descriptions:
+            named = torch_op_name(func)
+            self._op_descriptions[func] = None if named is None else (*named, _qualified_name(func))
+        return self._op_descriptions[func]
+
     def _input_grad_hook(self, bc: BackwardCall, pending: _InputSlot) -> Any:
         def hook(grad: torch.Tensor) -> None:
             if pending.slot is not None:
@@ -405,7 +504,12 @@ class TorchRecorder(Recorder):
 
     def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         fc = self.forward_end(module, output)
-        if fc is None or not torch.is_grad_enabled() or not self.wants_backward(fc.node):
+        if fc is not None:
+            self.watch_outputs(fc, output)
+
+    def watch_outputs(self, fc: Any, output: Any) -> None:
+        """Hook the call's outputs that need a gradient (its backward begins at the first)."""
+        if not torch.is_grad_enabled() or not self.wants_backward(fc.node):
             return
         state: _CallState | None = fc.extra
         if state is None:

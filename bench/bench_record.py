@@ -9,6 +9,10 @@ copy the same number of bytes in memory and write them to the same disk with fsy
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --levels stats,full,stats+ops,full+ops
+
+A level ``<capture>+ops`` records with ``ops=True`` too: every functional op of the forward code
+(the attention's split, views, transposes, the residual adds) as well as the modules.
 
 Frameworks plug in through ``FRAMEWORKS`` (``--framework``): a function that builds the model
 and returns ``(model, step)`` where ``step()`` runs one forward+backward.
@@ -239,7 +243,8 @@ def recorded_steps(
     level, _, publish = kind.partition("/")
     path = folder / f"trace-{level}-{publish or 'step'}"
     shutil.rmtree(path, ignore_errors=True)
-    rec = tracespec.record(model, path, capture=level, roles=roles, publish=publish or "step")
+    capture, _, extra = level.partition("+")
+    rec = tracespec.record(model, path, capture=capture, roles=roles, ops=extra == "ops", publish=publish or "step")
     rec.__enter__()
     step()
     rec.step()
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level and publication); medians are reported")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--levels", default="stats,hash,full")
+    parser.add_argument("--levels", default="stats,hash,full", help="capture levels, each optionally with +ops (stats+ops)")
     parser.add_argument("--publish", default="step,async", help="publication modes to measure (record(publish=...))")
     parser.add_argument("--steps", type=int, default=2, help="consecutive recorded steps timed per level and round")
     parser.add_argument(
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                     timings[kind] = (*bare_step(step), 0)
                     continue
                 timings[kind] = recorded_steps(model, step, kind, folder, roles, args.steps)
-                if kind == "full":
+                if kind == "full":  # the machine's limit for the bytes modules alone write
                     limit.append(copy_and_write_seconds(timings[kind][2], folder))
             bare.append(timings["bare"][0])
             bare_cpu.append(timings["bare"][1])
@@ -349,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ratio": statistics.median(cpu_ratios[level]),
             "bytes_per_step": int(statistics.median(written[level])),
         }
-        if level.startswith("full") and limit:
+        if level.partition("/")[0] == "full" and limit:  # either publication mode writes the same bytes
             io = statistics.median(limit)
             row["copy_write_s"] = io
             row["limit_s"] = bare_s + io

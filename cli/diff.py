@@ -19,6 +19,7 @@ import click
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
 from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
+from tracespec.compare.verdict import describe_metrics, describe_side, format_number, source_line
 from tracespec.compare.calls import LOW_COVERAGE
 from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
@@ -196,47 +197,6 @@ def write_html_report(path: str, verdict: Verdict, a: str, b: str) -> None:
 
 
 # --------------------------------------------------------------------------- the report
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
-def _metrics_line(metrics: dict[str, Any] | None, tolerances: dict[str, Any]) -> str:
-    if not metrics:
-        return "no metrics"
-    if metrics["kind"] == "hash":
-        return "identical bits" if metrics["identical"] else "content hashes differ"
-    if metrics["kind"] == "stats":
-        delta = ", ".join(f"Δ{k} {_num(v)}" for k, v in metrics.get("stats_delta", {}).items())
-        return f"statistics only: {delta}; ×{_num(metrics.get('tolerance_ratio'))} of tolerance"
-    if metrics["kind"] != "elementwise":
-        return metrics.get("note", "not compared")
-    norm_bound = tolerances["by_dtype"].get(metrics.get("ulp_dtype"), {}).get("rel_rmse")
-    shown_bound = f" (norm tolerance {_num(norm_bound)})" if tolerances["mode"] == "norm" and norm_bound else ""
-    text = (
-        f"max abs {_num(metrics['max_abs'])}, max rel {_num(metrics['max_rel'])}, "
-        f"rel RMSE {_num(metrics['rel_rmse'])}{shown_bound}, cosine {_num(metrics['cosine'])}"
-    )
-    if metrics.get("max_ulp") is not None:
-        text += f", {metrics['max_ulp']:.0f} ULP ({metrics['ulp_dtype']})"
-    if metrics.get("mismatched"):
-        text += (
-            f"; {metrics['mismatched']}/{metrics['count']} elements beyond the elementwise tolerance"
-            f" (worst ×{_num(metrics['tolerance_ratio'])} at {metrics['worst_index']}:"
-            f" A {metrics['worst_a']:.7g}, B {metrics['worst_b']:.7g})"
-        )
-    if not (metrics["nan_agree"] and metrics["inf_agree"]):
-        text += "; NaN/Inf at different positions"
-    return text
-
-
-def _side(side: dict[str, Any]) -> str:
-    """``conv1 (Conv2d)``, or a group: ``conv1 + bn1 (Conv2d, BatchNorm2d)`` by its routes."""
-    routes = side.get("routes")
-    if routes and len(routes) > 1:
-        return " + ".join(r or "(root)" for r in routes) + f" (fused group, ending at {side['class_name']})"
-    return f"{side['route'] or '(root)'} ({side['class_name']})"
-
-
 def _unit_label(node: dict[str, Any]) -> str:
     mark = _MARK[node["status"]]
     label = node["divergence"] or ("pass" if node["status"] == "pass" else node["status"].replace("_", " "))
@@ -304,7 +264,7 @@ def _growth_lines(verdict: Verdict) -> list[str]:
         if rel:
             bar = "█" * max(1, round(30 * (math.log10(rel) - floor) / max(top - floor, 1e-9)))
         call = f"#{point['call']}" if point["call"] else ""
-        lines.append(f"  {(point['route'] or '(root)') + call:<{width + 3}} {_num(rel):>9}  {_MARK[point['status']]} {bar}")
+        lines.append(f"  {(point['route'] or '(root)') + call:<{width + 3}} {format_number(rel):>9}  {_MARK[point['status']]} {bar}")
     return lines
 
 
@@ -320,7 +280,7 @@ def _benign_lines(verdict: Verdict) -> list[str]:
                      f"{item['count']} kink flip(s) where {item['where']}")
     if inherited:
         worst = max(inherited, key=lambda b: b["rel_rmse"])
-        lines.append(f"  {len(inherited)} tensor(s) inherited them (worst rel RMSE {_num(worst['rel_rmse'])} at "
+        lines.append(f"  {len(inherited)} tensor(s) inherited them (worst rel RMSE {format_number(worst['rel_rmse'])} at "
                      f"{worst['route'] or '(root)'} {worst['role']}[{worst['slot']}])")
     return lines
 
@@ -372,20 +332,24 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append(
             click.style("FAIL", fg="red", bold=True)
             + f": first divergence in {first['stage']}, step {first['step']}, rank {first['rank']}: "
-            + f"{_side(first['a'])} {kind}"
+            + f"{describe_side(first['a'])} {kind}"
         )
         if first["b"]["route"] != first["a"]["route"] or "routes" in first["b"]:
-            out.append(f"  in B: {_side(first['b'])}")
+            out.append(f"  in B: {describe_side(first['b'])}")
         if "routes" in first["a"]:
             out.append(f"  ({first['alignment']}: compared at the group's boundary, the first member's inputs and the last one's outputs)")
         if first["record"]:
             mismatch = first.get("mismatch")
             measured = (f"shape {mismatch['shape']['a']} {mismatch['dtype']['a']} in A, "
                         f"{mismatch['shape']['b']} {mismatch['dtype']['b']} in B") if mismatch else \
-                _metrics_line(first["metrics"], verdict.tolerances)
+                describe_metrics(first["metrics"], verdict.tolerances)
             out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {measured}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
+        for side, label in (("a", "code"), ("b", "code in B")):
+            where = source_line(first[side])
+            if where and (side == "a" or where != source_line(first["a"])):
+                out.append(f"  {label}: {where}")
         out.append("")
         out.append(f"Path to the first divergence ({first['stage']}):")
         out.extend(_path_tree(verdict))
@@ -395,7 +359,7 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
             out.append(f"Worst nodes ({worst[0]['stage']}; worst element × elementwise tolerance):")
             for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
-                out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{_num(ratio)}  {item['divergence'] or ''}")
+                out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{format_number(ratio)}  {item['divergence'] or ''}")
     growth = _growth_lines(verdict)
     if growth:
         out.append("")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import PurePath
 from typing import Any
 
 import click
 
 from tracespec.cli.errors import report_errors
+from tracespec.compare.view import read_node
 from tracespec.format.tables import ROLES, STAGES
 from tracespec.nonfinite import first_nonfinite
 from tracespec.storage import Trace, load_trace
@@ -70,10 +72,12 @@ def tree_view(trace: Trace, rank: int, step: int, roles: set[str], stages: set[s
 
     def build(node: dict[str, Any]) -> dict[str, Any]:
         kids = sorted(children[node["node"]], key=lambda n: n["position"])
+        source = read_node(trace, rank, node).source
         return {
             "route": node["route"],
             "class_name": node["class_name"],
             "kind": node["kind"],
+            "source": None if source is None else source.to_json(),
             "calls": call_count[node["node"]],
             "records": [
                 {k: v for k, v in r.items() if k not in ("node",)}
@@ -85,12 +89,32 @@ def tree_view(trace: Trace, rank: int, step: int, roles: set[str], stages: set[s
     return {"roots": [build(n) for n in sorted(children[None], key=lambda n: n["position"])]}
 
 
+def rank_summaries(trace: Trace) -> list[dict[str, Any]]:
+    """One line of facts per rank's part: device, steps, records, data bytes, whether it closed."""
+    return [
+        {"rank": r, "device": part.manifest.device, "steps": list(part.manifest.steps), "records": part.tensors.num_rows,
+         "store_bytes": part.manifest.store_bytes, "complete": part.manifest.complete}
+        for r, part in sorted(trace.parts.items())
+    ]
+
+
+def _span(steps: list[int]) -> str:
+    """``0-299`` for consecutive steps, else the list (shortened)."""
+    if not steps:
+        return "none"
+    if steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else str(steps[0])
+    return ", ".join(map(str, steps[:6])) + (f", … ({len(steps)} steps)" if len(steps) > 6 else "")
+
+
 def _echo_tree(node: dict[str, Any], prefix: str, last: bool, top: bool, max_depth: int | None, depth: int) -> None:
     branch = "" if top else ("└── " if last else "├── ")
     name = node["route"] or "(root)"
     calls = f" ×{node['calls']}" if node["calls"] > 1 else ""
     unused = " (not called)" if node["calls"] == 0 and node["kind"] == "module" else ""
-    click.echo(f"{prefix}{branch}{click.style(name, bold=True)} {node['class_name']}{calls}{unused}")
+    source = node["source"]
+    at = f"  at {PurePath(source['file']).name}:{source['line']}" if source else ""
+    click.echo(f"{prefix}{branch}{click.style(name, bold=True)} {node['class_name']}{calls}{unused}{at}")
     inner = prefix + ("" if top else ("    " if last else "│   "))
     for record in node["records"]:
         click.echo(f"{inner}{'│ ' if node['children'] else '  '} {describe_record(record)}")
@@ -142,9 +166,10 @@ def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages
         elif step not in steps:
             raise click.BadParameter(f"step {step} is not in this trace (steps: {steps})", param_hint="--step")
         view = tree_view(t, rank, step, set(roles or ("output", "parameter")), set(stages or STAGES))
+    parts = rank_summaries(t)
     if as_json:
         doc = {"manifest": t.manifest.to_json(), "complete": t.complete, "ranks": t.ranks,
-               "steps": steps, "partial_steps": t.partial_steps, "rank": rank, "step": step, **view}
+               "steps": steps, "partial_steps": t.partial_steps, "parts": parts, "rank": rank, "step": step, **view}
         click.echo(json.dumps(doc, indent=1, default=str))
         return
     m = t.manifest
@@ -152,6 +177,13 @@ def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages
     click.echo(
         f"{t.path}  {m.framework} {m.framework_version or ''}  ranks {t.ranks}  steps {steps}  {state}"
     )
+    if m.world_size > 1:
+        for part in parts:
+            state = "complete" if part["complete"] else click.style("INCOMPLETE", fg="yellow")
+            click.echo(f"  rank {part['rank']}: {part['device']}, steps {_span(part['steps'])}, "
+                       f"{part['records']} records, {part['store_bytes'] / 1e6:.1f} MB of data, {state}")
+        for missing in t.missing_ranks():
+            click.echo(click.style(f"  rank {missing}: no part (the process never started recording, or died before)", fg="yellow"))
     click.echo(f"rank {rank}, step {step}")
     for root in view["roots"]:
         _echo_tree(root, "", True, True, depth, 0)

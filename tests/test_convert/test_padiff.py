@@ -86,8 +86,8 @@ IDENTICAL = [
     ("a_mlp_identical", "torch_mlp", "paddle_mlp", []),
     ("b_block_identical", "torch_block", "paddle_block", []),
     # API nodes: torch permutes q/k/v and transposes k while paddle transposes q/k/v and uses
-    # matmul(transpose_y): no one-to-one pairing exists, so the API nodes are left out.
-    ("b_block_identical_apicheck", "torch_block", "paddle_block", ["--exclude", "*#*"]),
+    # matmul(transpose_y): the ops align by what they compute, torch's extra transpose unmatched.
+    ("b_block_identical_apicheck", "torch_block", "paddle_block", []),
     ("d_mlp_multistep_adam_freq1", "torch_mlp", "paddle_mlp", []),
     ("d_mlp_multistep_adam_freq2", "torch_mlp", "paddle_mlp", []),
     ("f_dtype_float16", "torch_net", "paddle_net", []),
@@ -118,6 +118,19 @@ def test_identical_pairs_pass(case: str, a: str, b: str, options: list[str], tmp
     assert verdict["summary"]["units"] >= 4 and verdict["summary"]["diverged"] == 0
     compared_stages = {n["stage"] for n in verdict["nodes"] if n["status"] != "skipped"}
     assert compared_stages >= {"forward", "backward"}
+
+
+def test_api_nodes_are_compared_across_frameworks(tmp_path: Path) -> None:
+    case = "b_block_identical_apicheck"
+    code, verdict = _diff(_convert_side(case, "torch_block", tmp_path / "a"), _convert_side(case, "paddle_block", tmp_path / "b"))
+    assert code == 0
+    ops = {n["a"]["route"]: n["b"]["route"] for n in verdict["nodes"] if "#" in n["a"]["route"] and n["status"] != "skipped"}
+    assert ops["attn.torch_matmul#0"] == "attn.paddle_matmul#0"
+    assert ops["attn.torch_nn_functional_softmax#0"] == "attn.paddle_nn_functional_softmax#0"
+    assert ops["attn.torch_Tensor_permute#3"] == "attn.paddle_Tensor_transpose#3"
+    assert len(ops) == 10
+    # torch transposes K for its matmul, paddle's matmul does (transpose_y): that one has no counterpart
+    assert [(u["side"], u["route"]) for u in verdict["unmatched"]] == [("a", "attn.torch_Tensor_transpose#0")]
 
 
 def test_ln_eps_divergence_is_introduced_at_ln1(tmp_path: Path) -> None:

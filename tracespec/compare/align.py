@@ -204,10 +204,10 @@ class Aligner:
 
     def by_exact_route(self) -> None:
         for a in sorted(self.va.nodes):
-            if not self._free("a", a) or ("a", a) in self.reasons:
-                continue
+            if not self._free("a", a) or ("a", a) in self.reasons or self.va.nodes[a].kind == "op":
+                continue  # an op's route counts its calls by name (``mul#2``): a place, not a name
             b = self.b_by_norm.get(self.norm_a[a])
-            if b is None or not self._free("b", b):
+            if b is None or not self._free("b", b) or self.vb.nodes[b].kind == "op":
                 continue
             if self._class("a", a) != self._class("b", b):
                 # the same route, but one side is an extra wrapper around the other's layer

@@ -42,6 +42,7 @@ from tracespec.compare.view import RankView, Record
 
 __all__ = [
     "ANCHOR_DISTANCE",
+    "VALUE_CLASS_LIMIT",
     "CallInfo",
     "Pairing",
     "ValueSignature",
@@ -216,8 +217,17 @@ class Pairing:
 _STATISTICS: Final = ("mean", "rms", "min", "max")
 
 
+VALUE_CLASS_LIMIT: Final = 8
+"""Most calls of one side that may share one output value and still pair up by value (a view, a
+transpose and a copy of the keys; more is a constant, or a value too common to say anything)."""
+
+
 def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]) -> list[tuple[int, int]]:
-    """Mutually nearest pairs of outputs with equal element counts and nearly equal values.
+    """Pairs of calls whose outputs have equal element counts and nearly equal values.
+
+    The calls of both sides with one output value form a class: one call each is a pair; more
+    (views and transposes repeat their input's values) pair by the longest common subsequence of
+    their families, in order. A class whose members disagree on who is close is left out.
 
     Candidates are found through one sorted index per statistic: a partner within
     :data:`ANCHOR_DISTANCE` is within it in every statistic, so the narrowest of the four windows
@@ -241,36 +251,50 @@ def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a
                 found[count][name] = ([getattr(seq[i].output, name) for i in ordered], ordered)
         return found
 
-    def nearest(info: CallInfo, other: Sequence[CallInfo], buckets: Index) -> int | None:
+    def close(info: CallInfo, other: Sequence[CallInfo], buckets: Index) -> tuple[int, ...]:
+        """The calls of ``other`` within ANCHOR_DISTANCE of ``info``'s output, in order; at most
+        VALUE_CLASS_LIMIT + 1 of them."""
         out = info.output
         if out is None or out.count not in buckets or out.rms is None:
-            return None
+            return ()
         slack = ANCHOR_DISTANCE * max(out.rms, 1e-30) * 2  # the distance divides by the larger RMS
         windows = []
         for name, (keys, ids) in buckets[out.count].items():
             value = getattr(out, name)
             if value is None:
-                return None
+                return ()
             lo, hi = bisect.bisect_left(keys, value - slack), bisect.bisect_right(keys, value + slack)
             windows.append((hi - lo, ids, lo, hi))
         _, ids, lo, hi = min(windows, key=lambda w: w[0])
-        close = []
+        found = []
         for k in ids[lo:hi]:
             distance = value_distance(out, other[k].output)
             if distance is not None and distance <= ANCHOR_DISTANCE:
-                close.append(k)
-                if len(close) > 1:
-                    return None  # ambiguous (a pass-through repeats its neighbour's values)
-        return close[0] if close else None
+                found.append(k)
+                if len(found) > VALUE_CLASS_LIMIT:
+                    break
+        return tuple(sorted(found))
 
     index_a, index_b = index(seq_a, taken_a), index(seq_b, taken_b)
     pairs = []
+    done: set[int] = set()
     for i, info in enumerate(seq_a):
-        if i in taken_a:
+        if i in taken_a or i in done:
             continue
-        j = nearest(info, seq_b, index_b)
-        if j is not None and nearest(seq_b[j], seq_a, index_a) == i:
-            pairs.append((i, j))
+        members_b = close(info, seq_b, index_b)
+        members_a = close(info, seq_a, index_a)
+        done.update(members_a)
+        if not members_b or max(len(members_a), len(members_b)) > VALUE_CLASS_LIMIT:
+            continue
+        if any(close(seq_a[k], seq_b, index_b) != members_b for k in members_a) or any(
+                close(seq_b[k], seq_a, index_a) != members_a for k in members_b):
+            continue  # no clear class: values that drift from call to call (a chain of tiny steps)
+        if len(members_a) == len(members_b) == 1:
+            pairs.append((members_a[0], members_b[0]))
+            continue
+        ops = diff_sequences(len(members_a), len(members_b),
+                             lambda x, y: seq_a[members_a[x]].family == seq_b[members_b[y]].family, lambda x, y: 0.0)
+        pairs += [(members_a[op.a], members_b[op.b]) for op in ops if op.op == "keep"]
     return pairs
 
 
@@ -405,8 +429,12 @@ def align_call_sequences(
     values = [p for p in _value_anchors(seq_a, seq_b, fixed_a, fixed_b) if between_given(*p)]
     anchored = _longest_chain(sorted(chain + _longest_chain(values)))
     in_chain = set(anchored)
-    pairs: list[tuple[int, int]] = [p for p in given if p not in in_chain]
-    taken_a, taken_b = fixed_a, fixed_b
+    # A value anchor off the chain pairs two calls that run in another order on each side (the
+    # keys projected before the queries): its values say more than the gap's order would.
+    crossing = [p for p in values if p not in in_chain]
+    pairs: list[tuple[int, int]] = [p for p in given if p not in in_chain] + crossing
+    taken_a = fixed_a | {i for i, _ in crossing}
+    taken_b = fixed_b | {j for _, j in crossing}
     previous = (-1, -1)
     for i, j in [*anchored, (len(seq_a), len(seq_b))]:
         rows = [k for k in range(previous[0] + 1, i) if k not in taken_a]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tracespec.compare.metrics import Metrics
-from tracespec.compare.view import Record
+from tracespec.compare.view import OpSite, Record
 
 __all__ = ["RecordResult", "UnitResult", "classify_units", "error_growth", "first_divergence", "next_step_hint"]
 
@@ -117,12 +117,18 @@ class UnitResult:
     a_routes: tuple[str, ...] = ()
     b_routes: tuple[str, ...] = ()
     """The members of a group compared at its boundary (a fused Conv + BatchNorm); empty for one call."""
+    a_site: OpSite | None = None
+    b_site: OpSite | None = None
+    """Where an op unit is called from (module, function, source line); None for a module."""
 
     def side_json(self, side: str) -> dict[str, Any]:
-        """``{"route", "class_name"}`` of one side, with ``routes`` when that side is a group."""
-        route, class_name, routes = ((self.a_route, self.a_class, self.a_routes) if side == "a"
-                                     else (self.b_route, self.b_class, self.b_routes))
+        """``{"route", "class_name"}`` of one side, with ``routes`` when that side is a group and
+        ``op_site`` when it is an op called by forward code."""
+        route, class_name, routes, site = ((self.a_route, self.a_class, self.a_routes, self.a_site) if side == "a"
+                                           else (self.b_route, self.b_class, self.b_routes, self.b_site))
         doc: dict[str, Any] = {"route": route, "class_name": class_name}
+        if site is not None:
+            doc["op_site"] = site.to_json()
         if side == "b" and self.b_call is not None and self.b_call != self.call:
             doc["call"] = self.b_call
         if self.a_routes or self.b_routes:
@@ -284,6 +290,11 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
         return f"The optimizer update of {where} differs: compare optimizer hyper-parameters (lr, betas, eps, weight decay)."
     if "dropout" in culprit.a_class.lower():
         return f"{where} differs from equal inputs: dropout is active in one run; call model.eval() (or seed both runs the same way)."
+    if culprit.a_site is not None:
+        site = culprit.a_site
+        line = f"the line {site.source.file}:{site.source.line}" if site.source else "the code"
+        return (f"{culprit.a_class} in the forward of {site.module or '(root)'} computes differently from equal inputs: "
+                f"read {line} and B's counterpart (operands, scale, mask, dtype casts).")
     return (
         f"{where} computes differently from equal inputs and weights: compare its forward code and "
         "hyper-parameters (eps, approximate=, scale, dtype casts, train/eval mode)."

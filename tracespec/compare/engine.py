@@ -259,7 +259,7 @@ class _RankComparison:
         na, nb = self.va.nodes[a], self.vb.nodes[b]
         ancestors = tuple(self.va.ancestors(a))
         unit = UnitResult(step, self.va.rank, stage, a, b, na.route, nb.route, na.class_name, nb.class_name,
-                          call, begin, end, len(ancestors), ancestors)
+                          call, begin, end, len(ancestors), ancestors, a_site=self.va.op_site(a), b_site=self.vb.op_site(b))
         if match is not None:
             unit.method = match.method
             if len(match.a) > 1 or len(match.b) > 1:

@@ -58,6 +58,13 @@ ALIASES: Final[dict[str, str]] = {
     "concat": "concat", "cat": "concat", "split": "split", "slice": "slice", "pad": "pad",
     "zeropad": "pad", "constantpad": "pad", "upsample": "resize", "resize": "resize",
     "interpolate": "resize",
+    # functional ops as each framework names them (recorded with ops=)
+    "mm": "matmul", "addmm": "linear", "maskedfill": "where", "multiply": "mul", "subtract": "sub",
+    "divide": "div", "truediv": "div", "t": "transpose", "mt": "transpose", "swapaxes": "transpose",
+    "getitem": "slice", "chunk": "split", "unbind": "split", "expand": "expand", "tile": "expand",
+    "broadcastto": "expand", "contiguous": "identity", "clone": "identity", "detach": "identity",
+    "cast": "cast", "astype": "cast", "to": "cast", "typeas": "cast", "float": "cast", "half": "cast",
+    "double": "cast", "bfloat16": "cast",
     # elementwise arithmetic
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "sqrt": "sqrt",
     "exp": "exp", "log": "log", "neg": "neg", "erf": "erf", "reducemean": "mean", "mean": "mean",

@@ -7,16 +7,18 @@ without scanning the whole table again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from tracespec.errors import TableInvalidError
 from tracespec.format.stats import TensorStats
 from tracespec.storage import Trace
 
-__all__ = ["Call", "Node", "RankView", "Record", "framework_family"]
+__all__ = ["Call", "Node", "OpSite", "RankView", "Record", "SourceLocation", "framework_family", "read_node"]
 
 STAGE_ORDER: Final = ("forward", "backward", "update")
 
@@ -45,28 +47,78 @@ class Node:
     layouts: tuple[tuple[str, str], ...] = ()
     """``attrs.parameter_layout`` as (slot, layout) pairs: the adapter's word on how it stored a
     parameter, which overrides the framework's built-in layout rule."""
+    op: str | None = None
+    """``attrs.op`` of an op node: the function it calls (``torch.Tensor.__mul__``)."""
+    source: SourceLocation | None = None
+    """``attrs.source`` of an op node: the line of forward code that calls it."""
 
 
-def _parameter_layouts(trace: Trace, rank: int, row: dict[str, object]) -> tuple[tuple[str, str], ...]:
-    """Read ``attrs.parameter_layout`` of one nodes-table row (untrusted: checked, never trusted)."""
+@dataclass(frozen=True, slots=True)
+class SourceLocation:
+    """Where forward code calls an op."""
+
+    file: str
+    line: int
+    function: str | None
+
+    def __str__(self) -> str:
+        return f"{os.path.basename(self.file)}:{self.line}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function}
+
+
+@dataclass(frozen=True, slots=True)
+class OpSite:
+    """Where an op node's calls come from: the module whose forward calls it, the function, the line."""
+
+    module: str
+    op: str | None
+    source: SourceLocation | None
+
+    def __str__(self) -> str:
+        at = f" at {self.source}" if self.source else ""
+        return f"{self.module or '(root)'}{at}"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"module": self.module}
+        if self.op is not None:
+            doc["op"] = self.op
+        if self.source is not None:
+            doc["source"] = self.source.to_json()
+        return doc
+
+
+def read_node(trace: Trace, rank: int, row: dict[str, Any]) -> Node:
+    """A node from one nodes-table row; its ``attrs`` are untrusted: read only where used, checked."""
+    node = Node(row["node"], row["parent"], row["route"], row["class_name"], row["kind"], row["position"])
     text = row.get("attrs")
-    if not isinstance(text, str) or "parameter_layout" not in text:
-        return ()
+    if not isinstance(text, str) or not ("parameter_layout" in text or row["kind"] == "op"):
+        return node
     where = f"{trace.path}: rank_{rank} nodes table, node {row['node']}"
     try:
         attrs = json.loads(text)
     except ValueError:
         raise TableInvalidError(f"{where}: attrs is not JSON") from None
-    layouts = attrs.get("parameter_layout") if isinstance(attrs, dict) else None
-    if layouts is None:
-        return ()
-    if not isinstance(layouts, dict) or not all(
+    if not isinstance(attrs, dict):
+        raise TableInvalidError(f"{where}: attrs is not a JSON object")
+    layouts = attrs.get("parameter_layout")
+    if layouts is not None and (not isinstance(layouts, dict) or not all(
         isinstance(slot, str) and value in PARAMETER_LAYOUTS for slot, value in layouts.items()
-    ):
+    )):
         raise TableInvalidError(
             f"{where}: attrs.parameter_layout must map parameter slots to one of {', '.join(PARAMETER_LAYOUTS)}"
         )
-    return tuple(sorted(layouts.items()))
+    op = attrs.get("op")
+    if op is not None and not isinstance(op, str):
+        raise TableInvalidError(f"{where}: attrs.op must be a string")
+    source = attrs.get("source")
+    if source is not None:
+        if not (isinstance(source, dict) and isinstance(source.get("file"), str) and type(source.get("line")) is int
+                and source["line"] >= 1 and isinstance(source.get("function"), (str, type(None)))):
+            raise TableInvalidError(f"{where}: attrs.source must be {{file: string, line: integer >= 1, function: string}}")
+        source = SourceLocation(source["file"], source["line"], source.get("function"))
+    return dataclasses.replace(node, layouts=tuple(sorted(layouts.items())) if layouts else (), op=op, source=source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +186,7 @@ class RankView:
         self.nodes: dict[int, Node] = {}
         self.children: dict[int | None, list[int]] = defaultdict(list)
         for row in part.nodes.to_pylist():
-            node = Node(row["node"], row["parent"], row["route"], row["class_name"], row["kind"], row["position"],
-                        _parameter_layouts(trace, rank, row))
+            node = read_node(trace, rank, row)
             self.nodes[node.id] = node
         for node in self.nodes.values():
             self.children[node.parent].append(node.id)
@@ -206,6 +257,14 @@ class RankView:
             found.append(parent)
             parent = self.nodes[parent].parent
         return found
+
+    def op_site(self, node: int) -> OpSite | None:
+        """Where an op node is called from; None for a module."""
+        meta = self.nodes[node]
+        if meta.kind != "op":
+            return None
+        parent = self.nodes.get(meta.parent) if meta.parent is not None else None
+        return OpSite(parent.route if parent else "", meta.op, meta.source)
 
     def first_call_begin(self, node: int) -> int | None:
         """When ``node`` first ran forward in the first step (its place in execution order)."""

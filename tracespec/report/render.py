@@ -333,6 +333,13 @@ def _culprit_html(culprit: Mapping[str, Any] | None, hint: str | None) -> str:
              (culprit.get("a") or {}, culprit.get("b") or {}) if isinstance(side, Mapping)]
     if any(group):
         rows.append((f"{culprit.get('alignment') or 'group'} group", "  ↔  ".join(group)))
+    for side, label in (("a", "op called by"), ("b", "in B, called by")):
+        site = (culprit.get(side) or {}).get("op_site")
+        if isinstance(site, Mapping) and (side == "a" or site != (culprit.get("a") or {}).get("op_site")):
+            source = site.get("source") if isinstance(site.get("source"), Mapping) else None
+            where = f" at {source.get('file')}:{source.get('line')}" if source else ""
+            function = f" in {source.get('function')}" if source and source.get("function") else ""
+            rows.append((label, f"{site.get('module') or '(root)'}{where}{function} ({site.get('op') or 'op'})"))
     if culprit.get("evidence"):
         rows.append(("evidence", str(culprit["evidence"])))
     metrics = culprit.get("metrics") or {}

@@ -9,6 +9,7 @@ Constraints:
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -291,6 +292,31 @@ class Trace:
 
     def tensors(self) -> pa.Table:
         return self._concat("tensors")
+
+    def records(self, *, step: int | None = None, stage: str | None = None, role: str | None = None,
+                route: str | None = None) -> pa.Table:
+        """The tensor records of every rank with each one's node (``route``, ``class_name``,
+        ``kind``), those of the given step, stage, role and route glob only: a table to filter
+        further, or to hand to pandas (``trace.records(role="output").to_pandas()``)."""
+        table = self.tensors()
+        for column, value in (("step", step), ("stage", stage), ("role", role)):
+            if value is not None:
+                table = table.filter(pc.equal(table[column], value))
+        # Arrow's hash join takes no list columns (shape): the node of each record by lookup
+        nodes = {(n["rank"], n["node"]): n for n in self.nodes().select(["rank", "node", "route", "class_name", "kind"]).to_pylist()}
+        found = [nodes.get(key, {}) for key in zip(table["rank"].to_pylist(), table["node"].to_pylist(), strict=True)]
+        for column in ("route", "class_name", "kind"):
+            table = table.append_column(column, pa.array([n.get(column) for n in found], pa.string()))
+        if route is not None:
+            routes = table["route"].to_pylist()
+            table = table.filter(pa.array([r is not None and fnmatch.fnmatchcase(r, route) for r in routes], pa.bool_()))
+        return table.sort_by([("rank", "ascending"), ("id", "ascending")])
+
+    def _repr_html_(self) -> str:
+        # Jupyter's display: the report layer draws it (storage only dispatches to it)
+        from tracespec.report.notebook import trace_fragment
+
+        return trace_fragment(self)
 
     def read(self, rank: int, array: str) -> np.ndarray:
         """The tensor stored as ``array`` in ``rank``'s store."""

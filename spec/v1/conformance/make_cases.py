@@ -171,6 +171,37 @@ def _every_dtype(folder: Path) -> None:
         w.add_value(step=0, stage="forward", node=node, call=100, role="output", slot="n", value=3)
 
 
+@case(
+    "valid-op-nodes",
+    "Ops recorded inside a module (section 6.1): op nodes under the module whose forward calls them, "
+    "routes <module>.<name>#<k>, attrs op and source, calls nested in the module's call.",
+    valid=True,
+    complete=True,
+)
+def _op_nodes(folder: Path) -> None:
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    with TraceWriter(folder, framework="torch", framework_version="2.x") as w:
+        root = w.add_node("", "Model")
+        attn = w.add_node("attn", "Attention", parent=root, position=0)
+        fc = w.add_node("attn.fc", "Linear", parent=attn, position=0)
+        ops = {}
+        for position, (name, op, line) in enumerate([("matmul", "torch.Tensor.__matmul__", 40), ("mul", "torch.Tensor.__mul__", 40),
+                                                     ("softmax", "torch.nn.functional.softmax", 41)], start=1):
+            ops[name] = w.add_node(f"attn.{name}#0", name, parent=attn, kind="op", position=position,
+                                   attrs={"op": op, "source": {"file": "/src/model.py", "line": line, "function": "forward"}})
+        w.add_tensor(step=0, stage="forward", node=fc, call=0, role="output", slot="0", array=x)
+        scores = x @ x.T
+        w.add_tensor(step=0, stage="forward", node=ops["matmul"], call=0, role="output", slot="0", array=scores)
+        w.add_tensor(step=0, stage="forward", node=ops["mul"], call=0, role="output", slot="0", array=scores * 0.5)
+        w.add_tensor(step=0, stage="forward", node=ops["softmax"], call=0, role="output", slot="0", array=np.exp(scores * 0.5))
+        w.add_call(step=0, stage="forward", node=fc, call=0, begin=2, end=3)
+        for i, name in enumerate(("matmul", "mul", "softmax")):
+            w.add_call(step=0, stage="forward", node=ops[name], call=0, begin=4 + 2 * i, end=5 + 2 * i)
+        w.add_call(step=0, stage="forward", node=attn, call=0, begin=1, end=10)
+        w.add_call(step=0, stage="forward", node=root, call=0, begin=0, end=11)
+        w.end_step(0)
+
+
 @case("valid-two-ranks", "Two ranks over two steps, each rank in its own part.", valid=True, complete=True)
 def _two_ranks(folder: Path) -> None:
     for rank in (0, 1):
