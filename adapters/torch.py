@@ -18,16 +18,20 @@ Constraints:
   statistics stay on the device until the records are written (at the step end or when too many
   wait), so no hook synchronises the device.
 - torch.compile: the hooks are ``torch.compiler.disable``d, so they run eagerly between compiled
-  pieces (a graph break at every module call) and never inside a graph, where tensors are fake;
-  a compiled wrapper is recorded as the module it wraps (see ``docs/recording.md``).
+  pieces (a graph break at every hooked module call) and never inside a graph, where tensors are
+  fake; a compiled wrapper is recorded as the module it wraps. In a compiled model only the
+  selected modules are hooked, so what the selection leaves out between them stays one compiled
+  region (see ``docs/recording.md``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -54,7 +58,10 @@ from tracespec.adapters._common import (
 from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
-__all__ = ["FRAMEWORK", "TorchRecorder", "accepts", "cpu_stats", "device_moments", "numpy_view", "record", "torch_op_name", "stats_from_moments", "uncompiled"]
+__all__ = [
+    "FRAMEWORK", "CompiledPrecisionWarning", "TorchRecorder", "accepts", "compiled_routes", "cpu_stats", "device_moments",
+    "numpy_view", "record", "stats_from_moments", "torch_op_name", "uncompiled",
+]
 
 FRAMEWORK: Final = "torch"
 
@@ -89,6 +96,14 @@ _BIT_VIEWS: Final[dict[torch.dtype, tuple[torch.dtype, Any]]] = {
     torch.float8_e5m2fnuz: (torch.uint8, ml_dtypes.float8_e5m2fnuz),
 }
 
+_ROUNDED_AT_BOUNDARIES: Final = frozenset({"bfloat16", "float16"})
+"""Dtypes whose values Inductor keeps in float32 inside a fused kernel (``bench/bench_compiled_numerics.py``)."""
+
+
+class CompiledPrecisionWarning(UserWarning):
+    """Recording a compiled low-precision model may change what it computes (see ``docs/recording.md``)."""
+
+
 def accepts(model: Any) -> bool:
     """Whether this adapter records ``model`` (a ``torch.nn.Module``)."""
     return isinstance(model, torch.nn.Module)
@@ -108,15 +123,31 @@ def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
     """
     dynamo = _dynamo()
     while dynamo is not None and isinstance(model, dynamo.OptimizedModule):
-        if model.dynamo_ctx.fullgraph:
-            # Dynamo would raise at the first hook with a hint to remove torch.compiler.disable.
-            raise UsageError(
-                "tracespec.record: this model was compiled with fullgraph=True, but recording breaks "
-                "the graph at every module call (the recording runs outside compiled code); "
-                "compile it without fullgraph=True to record it"
-            )
         model = model._orig_mod
     return model
+
+
+def compiled_routes(model: torch.nn.Module) -> dict[str, bool]:
+    """Where ``model`` is compiled: ``{route: fullgraph}`` for a ``torch.compile`` wrapper (route
+    ``""``) and for each module compiled in place (``module.compile()``), routes of
+    :func:`uncompiled` ``(model)``; empty for a model that is not compiled.
+
+    ``module.compile()`` keeps the compiled call in ``_compiled_call_impl``, a function whose
+    closure holds its Dynamo context (``fullgraph`` is read there; where a torch version lays the
+    closure out otherwise, the module counts as compiled without ``fullgraph``).
+    """
+    dynamo = _dynamo()
+    if dynamo is None:
+        return {}
+    found: dict[str, bool] = {}
+    if isinstance(model, dynamo.OptimizedModule):
+        found[""] = bool(model.dynamo_ctx.fullgraph)
+    for route, module in uncompiled(model).named_modules():
+        compiled_call = getattr(module, "_compiled_call_impl", None)
+        if compiled_call is not None:
+            context = inspect.getclosurevars(compiled_call).nonlocals.get("self") if inspect.isfunction(compiled_call) else None
+            found[route] = found.get(route, False) or bool(getattr(context, "fullgraph", False))
+    return found
 
 
 # ------------------------------------------------------------------------------ host copies
@@ -329,14 +360,35 @@ class TorchRecorder(Recorder):
     dispatch_files = _DISPATCH_FILES
 
     def __init__(self, model: torch.nn.Module, path: str | os.PathLike[str], options: RecordOptions) -> None:
-        eager = uncompiled(model)
-        if options.ops is not None and (eager is not model or getattr(model, "_compiled_call_impl", None) is not None):
+        compiled = compiled_routes(model)
+        fullgraph = [route or "the model" for route, full in compiled.items() if full]
+        if fullgraph:
+            # Dynamo would raise at the first hook, inside the model, with a hint to remove
+            # torch.compiler.disable.
+            raise UsageError(
+                f"tracespec.record: {', '.join(fullgraph)} was compiled with fullgraph=True, but recording "
+                "breaks the graph at every recorded module call (the recording runs outside compiled code); "
+                "compile it without fullgraph=True to record it"
+            )
+        if options.ops is not None and compiled:
             raise UsageError(
                 "tracespec.record: ops= records the functional code of an eager model, but this model is "
                 "compiled (torch.compile), so its ops run inside compiled graphs; record the model without "
                 "torch.compile to see them, or drop ops="
             )
-        super().__init__(eager, path, options)
+        self._compiled = bool(compiled)
+        self._hook_guards_skipped: bool | None = None  # Dynamo's setting, while this recording changes it
+        low_precision = {str(p.dtype).removeprefix("torch.") for p in model.parameters()} & _ROUNDED_AT_BOUNDARIES
+        if compiled and low_precision:
+            warnings.warn(
+                f"tracespec.record: this compiled model holds {', '.join(sorted(low_precision))} parameters; recorded, "
+                "it runs as one compiled piece per recorded module, whose outputs are rounded to their dtype where "
+                "Inductor's fused kernels keep them in float32, so the recorded values may differ from the unrecorded "
+                "compiled model's (docs/recording.md, Compiled models)",
+                CompiledPrecisionWarning,
+                stacklevel=5,  # the caller of tracespec.record
+            )
+        super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
         self._op_mode: _OpMode | None = None
@@ -433,7 +485,18 @@ class TorchRecorder(Recorder):
             pre_hook = torch.compiler.disable(pre_hook, reason="tracespec records outside compiled graphs")
             post_hook = torch.compiler.disable(post_hook, reason="tracespec records outside compiled graphs")
         _forget_compiled_code()
+        dynamo = _dynamo()
+        if self._compiled and not all(node.selected for node in self._nodes):
+            # Some instances of a class hooked and others not: Dynamo must tell them apart, or
+            # the code compiled for an unhooked Block would run for a hooked one, and the hooks
+            # inside it would not run. Guarded on hooks, each hook state compiles its own code.
+            self._hook_guards_skipped = dynamo.config.skip_nnmodule_hook_guards
+            dynamo.config.skip_nnmodule_hook_guards = False
         for node in self._nodes:
+            if self._compiled and not node.selected:
+                # Each hooked module is a graph break: a compiled model keeps one compiled region
+                # (fused by Inductor) from one selected module call to the next.
+                continue
             module = node.module
             self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
@@ -453,6 +516,9 @@ class TorchRecorder(Recorder):
             handle.remove()
         self._handles.clear()
         self._host_buffers.clear()
+        if self._hook_guards_skipped is not None:
+            _dynamo().config.skip_nnmodule_hook_guards = self._hook_guards_skipped
+            self._hook_guards_skipped = None
         _forget_compiled_code()
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

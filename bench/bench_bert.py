@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hf_bert  # noqa: E402
 import run as bert_run  # noqa: E402
-from bench_record import folder_bytes, recorded_steps, timed_steps  # noqa: E402
+from bench_record import bare_step, folder_bytes, recorded_steps  # noqa: E402
 
 import tracespec  # noqa: E402
 
@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         recorded: dict[str, list[float]] = {level: [] for level in LEVELS}
         written: dict[str, int] = {}
         for round_ in range(args.rounds):
-            bare.extend(timed_steps(step, args.steps))
+            bare.extend(bare_step(step)[0] for _ in range(args.steps))
             for level in LEVELS:
-                times, nbytes = recorded_steps(model, step, level, folder, args.steps, roles)
-                recorded[level].extend(times)
-                written[level] = nbytes
+                runs = [recorded_steps(model, step, level, folder, roles, 1) for _ in range(args.steps)]
+                recorded[level].extend(elapsed for elapsed, _, _ in runs)
+                written[level] = runs[-1][2]
             print(f"round {round_ + 1}: bare {statistics.median(bare):.3f}s "
                   + " ".join(f"{lv} {statistics.median(t):.3f}s" for lv, t in recorded.items()), file=sys.stderr)
         bare_s = statistics.median(bare)

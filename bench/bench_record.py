@@ -9,6 +9,7 @@ copy the same number of bytes in memory and write them to the same disk with fsy
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --compiled     # torch.compile'd
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --levels stats,full,stats+ops,full+ops
 
 A level ``<capture>+ops`` records with ``ops=True`` too: every functional op of the forward code
@@ -16,6 +17,11 @@ A level ``<capture>+ops`` records with ``ops=True`` too: every functional op of 
 
 Frameworks plug in through ``FRAMEWORKS`` (``--framework``): a function that builds the model
 and returns ``(model, step)`` where ``step()`` runs one forward+backward.
+
+``--compiled`` runs the torch model through ``torch.compile`` (Inductor): the bare baseline is the
+compiled model, in the same run. Recording resets compiled code when it starts and when it ends,
+so each recording compiles again within its untimed first steps, and each bare step follows an
+untimed step that compiles the model again.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ QUICK = Size(layers=2, width=256, heads=4, mlp=1024, vocab=5000, seq=64, batch=2
 
 
 # ---------------------------------------------------------------------------------- torch
-def torch_model(size: Size, threads: int) -> tuple[Any, Callable[[], None]]:
+def torch_model(size: Size, threads: int, compiled: bool = False) -> tuple[Any, Callable[[], None]]:
     import torch
     from torch import nn
 
@@ -115,7 +121,9 @@ def torch_model(size: Size, threads: int) -> tuple[Any, Callable[[], None]]:
                 x = block(x)
             return self.lm_head(self.ln_f(x))  # type: ignore[no-any-return]
 
-    model = GPT2()
+    model: nn.Module = GPT2()
+    if compiled:
+        model = torch.compile(model)  # type: ignore[assignment]
     ids = torch.randint(0, size.vocab, (size.batch, size.seq))
     targets = torch.randint(0, size.vocab, (size.batch, size.seq))
 
@@ -230,15 +238,15 @@ def bare_step(step: Callable[[], None]) -> tuple[float, float]:
 
 
 def recorded_steps(
-    model: Any, step: Callable[[], None], kind: str, folder: Path, roles: list[str], steps: int
+    model: Any, step: Callable[[], None], kind: str, folder: Path, roles: list[str], steps: int, warmup: int = 1
 ) -> tuple[float, float, int]:
     """``steps`` recorded steps of ``kind`` (``level`` or ``level/async``): the wall and CPU time
     and the bytes written per step.
 
-    A first recorded step (trace set-up, first touch of buffers) is not timed. The timed steps
-    include ``rec.step()`` and, after the last, waiting until everything handed to the writer is
-    on disk (fsynced), so background writing is paid for, not hidden: what ``async`` saves is
-    only the overlap of one step's writing with the next step's compute.
+    ``warmup`` first recorded steps (trace set-up, first touch of buffers, compiling) are not
+    timed. The timed steps include ``rec.step()`` and, after the last, waiting until everything
+    handed to the writer is on disk (fsynced), so background writing is paid for, not hidden:
+    what ``async`` saves is only the overlap of one step's writing with the next step's compute.
     """
     level, _, publish = kind.partition("/")
     path = folder / f"trace-{level}-{publish or 'step'}"
@@ -246,8 +254,9 @@ def recorded_steps(
     capture, _, extra = level.partition("+")
     rec = tracespec.record(model, path, capture=capture, roles=roles, ops=extra == "ops", publish=publish or "step")
     rec.__enter__()
-    step()
-    rec.step()
+    for _ in range(warmup):
+        step()
+        rec.step()
     rec.flush()
     before = folder_bytes(path)
     start, cpu = time.perf_counter(), time.process_time()
@@ -285,6 +294,7 @@ def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", choices=sorted(FRAMEWORKS), default="torch")
+    parser.add_argument("--compiled", action="store_true", help="torch.compile the model (torch only); the bare step is compiled too")
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level and publication); medians are reported")
     parser.add_argument("--threads", type=int, default=2)
@@ -302,9 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     levels = [level if publish == "step" else f"{level}/{publish}"
               for publish in args.publish.split(",") for level in args.levels.split(",")]
     roles = ["inputs", "outputs", "grads", "params", "optimizer"] if args.roles == "all" else args.roles.split(",")
-    model, step = FRAMEWORKS[args.framework](size, args.threads)
+    if args.compiled and args.framework != "torch":
+        parser.error("--compiled is for --framework torch (Paddle's to_static models are not recorded)")
+    model, step = torch_model(size, args.threads, compiled=True) if args.compiled else FRAMEWORKS[args.framework](size, args.threads)
+    # a compiled model: compiling, and the recompiles Dynamo makes at a second call, stay out of the timing
+    warmup = 2 if args.compiled else 1
+    label = f"{args.framework}{' compiled' if args.compiled else ''}"
     folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
-    print(f"{args.framework}, {size}, {args.threads} threads, {args.rounds} rounds of {args.steps} recorded steps, "
+    print(f"{label}, {size}, {args.threads} threads, {args.rounds} rounds of {args.steps} recorded steps, "
           f"roles {roles}", file=sys.stderr)
     bare: list[float] = []
     bare_cpu: list[float] = []
@@ -314,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     written: dict[str, list[int]] = {level: [] for level in levels}
     limit: list[float] = []
     try:
-        step()  # warm-up
+        for _ in range(warmup):
+            step()
         for round_ in range(args.rounds):
             # Bare and recorded steps alternate within a round and each level is compared with
             # the bare step of its own round: load from other processes hits both alike. The
@@ -326,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             for kind in order:
                 gc.collect()
                 if kind == "bare":
+                    if args.compiled:
+                        for _ in range(warmup):
+                            step()  # a recording's end reset the compiled code
                     timings[kind] = (*bare_step(step), 0)
                     continue
-                timings[kind] = recorded_steps(model, step, kind, folder, roles, args.steps)
+                timings[kind] = recorded_steps(model, step, kind, folder, roles, args.steps, warmup)
                 if kind == "full":  # the machine's limit for the bytes modules alone write
                     limit.append(copy_and_write_seconds(timings[kind][2], folder))
             bare.append(timings["bare"][0])
@@ -362,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     name = "quick" if args.quick else "GPT-2 small"
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\n{args.framework} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}, best {min(bare):.3f} s); "
+    print(f"\n{label} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}, best {min(bare):.3f} s); "
           "x bare = median of per-round ratios; best = best recorded step / best bare step (noise only ever adds time); "
           f"CPU time: of all this process's threads; load average at the end {load}")
     print("| capture (/publish) | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |")
@@ -373,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['best_ratio']:.2f} | {row['cpu_ratio']:.2f} "
               f"| {row['bytes_per_step'] / 1e6:.1f} | {lim} |")
     if args.json:
-        args.json.write_text(json.dumps({"framework": args.framework, "size": size.__dict__, "bare_s": bare_s, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"framework": args.framework, "compiled": args.compiled, "size": size.__dict__, "bare_s": bare_s, "rows": rows}, indent=1))
     return 0
 
 

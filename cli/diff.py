@@ -21,6 +21,7 @@ from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
 from tracespec.compare.verdict import describe_metrics, describe_side, format_number, source_line
 from tracespec.compare.calls import LOW_COVERAGE
+from tracespec.compare.engine import StepRange
 from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
 
@@ -28,6 +29,11 @@ __all__ = ["diff", "render_report"]
 
 _MARK = {"pass": "✓", "pass_within_tolerance": "≈", "diverged": "✗", "skipped": "·"}
 _GROWTH_ROWS = 24
+_SPARK = "▁▂▃▄▅▆▇█"
+_SPARK_WIDTH = 60
+_SPARK_FLOOR = -3.0
+"""log10 of the smallest ratio to tolerance drawn above the lowest bar (1e-3: agreement well within
+tolerance); a ratio of 1 or more (beyond tolerance) is drawn in red."""
 
 
 def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
@@ -48,6 +54,28 @@ def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
             except ValueError:
                 raise click.BadParameter(f"{key} {value!r} in {text!r} is not a number", param_hint="--tol") from None
     return route, values
+
+
+class StepParam(click.ParamType):
+    """``250`` -> 250; ``200:300`` -> (200, 300); ``200:`` -> (200, None); ``:300`` -> (None, 300)."""
+
+    name = "step"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | StepRange:
+        if isinstance(value, (int, tuple)):
+            return value
+        first, colon, last = str(value).partition(":")
+        try:
+            ends = [int(text) if text else None for text in ((first, last) if colon else (first,))]
+        except ValueError:
+            self.fail(f"{value!r} is not a step (250) or a range of steps (200:300, 200:, :300)", param, ctx)
+        if not colon:
+            if ends[0] is None:
+                self.fail("a step is a number (250) or a range (200:300)", param, ctx)
+            return ends[0]  # type: ignore[return-value]
+        if ends[0] is not None and ends[1] is not None and ends[0] > ends[1]:
+            self.fail(f"{value!r}: the first step is after the last", param, ctx)
+        return (ends[0], ends[1])
 
 
 def _dtype_tolerance(dtype: str, tolerance: dict[str, Any], mode: str) -> str:
@@ -91,7 +119,11 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
               help="Mode norm: the largest RMSE / RMS for every tensor (default: per dtype, docs/diff.md).")
 @click.option("--tol", "overrides", multiple=True, metavar="GLOB=rtol:X,atol:Y,rel_rmse:Z,mode:M",
               help="Per-route tolerance or mode, on A's routes (repeatable; later wins).")
-@click.option("--step", "steps", type=int, multiple=True, help="Compare only this step (repeatable).")
+@click.option("--step", "steps", type=StepParam(), multiple=True, metavar="STEP|FIRST:LAST",
+              help="Compare only this step, or the steps FIRST to LAST of both runs (both included; 200: or :300 "
+                   "leave an end open). Repeatable.")
+@click.option("--first-step-only", is_flag=True,
+              help="Stop at the first step where the runs diverge: the quickest answer on a long run.")
 @click.option("--rank", "ranks", type=int, multiple=True, help="Compare only this rank (repeatable).")
 @click.option("--stage", "stages", type=click.Choice(STAGES), multiple=True, help="Compare only this stage (repeatable).")
 @click.option("--route", "routes", multiple=True, metavar="GLOB", help="Compare only nodes whose A route matches (repeatable).")
@@ -104,12 +136,13 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
                    "tensor may differ from A by up to 4x what A2 differs (its noise floor, measured).")
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
+@click.option("--brief", is_flag=True, help="Only the coverage, the verdict, the culprit with its path, and what to do next.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
-         rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
+         rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int | StepRange, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, baseline: str | None,
-         read_all: bool, top: int, progress: bool | None, **checkpoint: Any) -> None:
+         read_all: bool, top: int, brief: bool, progress: bool | None, first_step_only: bool, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their calls are
@@ -130,6 +163,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
       tracespec diff runs/torch runs/x2paddle --save-map map.yaml   # edit map.yaml, pass it back
       tracespec diff runs/gpu runs/port --baseline runs/gpu_again    # GPU non-determinism as the noise floor
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
+      tracespec diff runs/long_a runs/long_b --step 200:300 --first-step-only   # a long training run
 
     A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
     mixed): the allennlp-style edit script, streamed tensor by tensor: -key only in A, +key only
@@ -163,7 +197,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
                     a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
                     steps=steps or None, ranks=ranks or None, stages=stages or None,
                     routes=routes, exclude=exclude, layer_map=layer_map, save_map=save_map, baseline=baseline,
-                    trust_hashes=not read_all, progress=update,
+                    trust_hashes=not read_all, progress=update, first_step_only=first_step_only,
                 )
             except UsageError as exc:
                 raise click.UsageError(str(exc)) from None
@@ -175,7 +209,7 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
                     Path(json_path).write_text(verdict.dumps(), encoding="utf-8")
                 except OSError as exc:
                     raise click.BadParameter(f"cannot write {json_path}: {exc.strerror}", param_hint="--json") from None
-            click.echo(render_report(verdict, top))
+            click.echo(render_report(verdict, top, brief))
         if html_path is not None:
             write_html_report(html_path, verdict, a, b)
     if not verdict.passed:
@@ -268,6 +302,41 @@ def _growth_lines(verdict: Verdict) -> list[str]:
     return lines
 
 
+def _timeline_lines(verdict: Verdict) -> list[str]:
+    """Divergence over time: a sparkline of the worst ratio to tolerance per step (steps grouped
+    into at most 60 columns, each the worst of its steps), and the first divergent step."""
+    series = verdict.steps
+    if len(series) < 2:
+        return []
+    width = min(_SPARK_WIDTH, len(series))
+    columns = [series[i * len(series) // width : (i + 1) * len(series) // width] for i in range(width)]
+    levels = [max((math.inf if p["worst_ratio"] is None else p["worst_ratio"]) for p in column) for column in columns]
+    top = max((math.log10(v) for v in levels if 0 < v < math.inf), default=0.0)
+    top = max(top, _SPARK_FLOOR + 1)
+    line = ""
+    for level, column in zip(levels, columns):
+        position = 0.0 if level <= 0 else 1.0 if level == math.inf else (math.log10(level) - _SPARK_FLOOR) / (top - _SPARK_FLOOR)
+        bar = _SPARK[min(len(_SPARK) - 1, max(0, round(position * (len(_SPARK) - 1))))]
+        line += click.style(bar, fg="red") if any(p["diverged"] for p in column) else bar
+    per = "" if len(series) <= _SPARK_WIDTH else f", {len(series) / len(columns):.3g} steps per bar"
+    title = (f"Over {len(series)} steps ({series[0]['step']} to {series[-1]['step']}; worst ratio to tolerance per "
+             f"step, log scale{per}):")
+    lines = [title, f"  {line}"]
+    diverged = [p for p in series if p["diverged"]]
+    if diverged:
+        first = diverged[0]
+        culprit = first["first"]
+        where = f"; {culprit['route'] or '(root)'} ({culprit['class_name']}) {culprit['kind']} it in {culprit['stage']}" \
+            if culprit else ""
+        lines.append(f"  first divergent step {first['step']}: {first['diverged']} of {first['records']} record pairs "
+                     f"diverged{where}; {len(diverged)} of {len(series)} steps diverge")
+    else:
+        lines.append(f"  no step diverges (worst ratio {format_number(max(levels))})")
+    if verdict.selection.get("first_step_only") and diverged:
+        lines.append("  (--first-step-only: stopped there)")
+    return lines
+
+
 def _benign_lines(verdict: Verdict) -> list[str]:
     """Kink flips and what inherited them: passed, but never silently."""
     if not verdict.benign:
@@ -285,8 +354,9 @@ def _benign_lines(verdict: Verdict) -> list[str]:
     return lines
 
 
-def render_report(verdict: Verdict, top: int = 5) -> str:
-    """The terminal report of a verdict (what ``tracespec diff`` prints)."""
+def render_report(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
+    """The terminal report of a verdict (what ``tracespec diff`` prints); ``brief``: without the
+    worst nodes, the error growth, benign differences, tolerances and the unmatched list."""
     out: list[str] = []
     a, b = verdict.a, verdict.b
     out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
@@ -306,6 +376,11 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append(f"rank {rank}: compared {calls['compared_a']} of {calls['leaf_a']} leaf calls of A ({calls['fraction_a']:.0%}) "
                    f"and {calls['compared_b']} of {calls['leaf_b']} of B ({calls['fraction_b']:.0%})"
                    + (f"; aligned by {methods}" if methods else ""))
+        for side, other in (("A", "B"), ("B", "A")):
+            if calls.get(f"boundary_{side.lower()}"):
+                out.append(f"  {calls[f'boundary_{side.lower()}']} of {side}'s leaf calls compared only at the boundary of a call "
+                           f"that holds several of them, where {other} records no call inside (a region compiled as one graph, "
+                           "a module recorded without its children)")
         if calls["fraction_a"] < LOW_COVERAGE:
             low.append(f"rank {rank}: {calls['fraction_a']:.0%}")
     if low:
@@ -319,6 +394,7 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         f"{s['pass']} identical, {s['pass_within_tolerance']} within tolerance, {s['diverged']} diverged"
         + (f", {s['skipped']} skipped" if s["skipped"] else "")
     )
+    out.extend(_timeline_lines(verdict))
     first = verdict.first_divergence
     out.append("")
     if first is None:
@@ -354,12 +430,17 @@ def render_report(verdict: Verdict, top: int = 5) -> str:
         out.append(f"Path to the first divergence ({first['stage']}):")
         out.extend(_path_tree(verdict))
         worst = [w for w in verdict.worst if w["stage"] == first["stage"]] or verdict.worst
-        if worst:
+        if worst and not brief:
             out.append("")
             out.append(f"Worst nodes ({worst[0]['stage']}; worst element × elementwise tolerance):")
             for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
                 out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{format_number(ratio)}  {item['divergence'] or ''}")
+    if brief:
+        unmatched = f"{len(verdict.unmatched)} unmatched node(s) or call(s) (--json has them); " if verdict.unmatched else ""
+        out.append("")
+        out.append(f"{unmatched}Next: {verdict.hint}")
+        return "\n".join(out)
     growth = _growth_lines(verdict)
     if growth:
         out.append("")

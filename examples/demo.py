@@ -183,12 +183,12 @@ def main() -> int:
     print(f"recording PyTorch into {torch_run} and the Paddle port into {paddle_run} ...", flush=True)
     record_torch(weights, tokens, torch_run)
     record_paddle(weights, tokens, paddle_run, bug=not args.fixed)
-    command = [sys.executable, "-m", "tracespec.cli", "diff", str(torch_run), str(paddle_run),
-               "--json", str(RUNS / "demo_verdict.json")]
-    print("$ tracespec diff", torch_run, paddle_run, "--json", RUNS / "demo_verdict.json", flush=True)
-    status = subprocess.run(command).returncode
+    options = ["--json", str(RUNS / "demo_verdict.json"), "--html", str(RUNS / "demo_report.html"), "--brief"]
+    print("$ tracespec diff", torch_run, paddle_run, *options, flush=True)
+    status = subprocess.run([sys.executable, "-m", "tracespec.cli", "diff", str(torch_run), str(paddle_run), *options]).returncode
     expected = 0 if args.fixed else 1
-    print(f"\ntracespec diff exited {status} ({'as expected' if status == expected else 'UNEXPECTED'}).")
+    print(f"tracespec diff exited {status} ({'as expected' if status == expected else 'UNEXPECTED'}); "
+          f"without --brief it also shows the error growth and the tolerances.")
     return 0 if status == expected else 1
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 
 import tracespec
 from tracespec.cli import cli
+from tracespec.adapters.torch import CompiledPrecisionWarning
 from tracespec.errors import UsageError
 from tracespec.testing.adapter_tests import TraceView
 
@@ -107,8 +110,8 @@ def eager_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def record_compiled(path: Path, compiled: nn.Module, capture: str) -> torch.Tensor:
-    with torch.no_grad(), tracespec.record(compiled, path, capture=capture):
+def record_compiled(path: Path, compiled: nn.Module, capture: str, **options: Any) -> torch.Tensor:
+    with torch.no_grad(), tracespec.record(compiled, path, capture=capture, **options):
         return compiled(make_input())  # type: ignore[no-any-return]
 
 
@@ -242,11 +245,98 @@ def test_a_changed_module_in_the_compiled_copy_is_named(tmp_path: Path, eager_tr
     assert "blocks.1.ln2 (LayerNorm) INTRODUCED it" in diff.output
 
 
-def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(tmp_path: Path) -> None:
-    compiled = torch.compile(make_model(), fullgraph=True)
-    with pytest.raises(UsageError, match="fullgraph=True"):
+def compile_blocks_in_place(model: TinyTransformer, fullgraph: bool) -> TinyTransformer:
+    for block in model.blocks:
+        block.compile(fullgraph=fullgraph)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("compile_with_fullgraph", "named"),
+    [
+        (lambda model: torch.compile(model, fullgraph=True), "the model"),
+        (lambda model: model.compile(fullgraph=True), "the model"),
+        (lambda model: compile_blocks_in_place(model, fullgraph=True), "blocks.0, blocks.1"),
+    ],
+    ids=["torch.compile", "Module.compile", "submodules compiled in place"],
+)
+def test_a_model_compiled_with_fullgraph_is_refused_before_the_recording_starts(
+    compile_with_fullgraph: Callable[[nn.Module], nn.Module | None], named: str, tmp_path: Path
+) -> None:
+    model = make_model()
+    wrapper = compile_with_fullgraph(model)  # None where compiled in place
+    compiled = model if wrapper is None else wrapper
+    with pytest.raises(UsageError, match=f"{named} was compiled with fullgraph=True"):
         tracespec.record(compiled, tmp_path / "trace")
     assert not (tmp_path / "trace").exists()
+
+
+def test_submodules_compiled_in_place_are_recorded(tmp_path: Path, eager_trace: Path) -> None:
+    with torch.no_grad():
+        unrecorded = compile_blocks_in_place(make_model(), fullgraph=False)(make_input())
+    output = record_compiled(tmp_path / "compiled", compile_blocks_in_place(make_model(), fullgraph=False), "full")
+    assert torch.equal(output, unrecorded)
+    assert routes(tmp_path / "compiled") == routes(eager_trace)
+    verdict = tracespec.compare(eager_trace, tmp_path / "compiled")
+    assert verdict.passed, verdict.hint
+    assert verdict.coverage["ranks"]["0"]["calls"]["compared_b"] == 13  # every leaf module recorded
+
+
+# Recording the blocks without what is inside them: the modules outside the selection are not
+# hooked, so each block stays one compiled region that Inductor fuses whole.
+BLOCK_BOUNDARIES: Final = {"exclude": ["blocks.*.*"]}
+
+
+def test_a_compiled_model_is_split_only_at_the_modules_recorded(tmp_path: Path) -> None:
+    graphs = GraphRunCounter()
+    compiled = torch.compile(make_model(), backend=graphs)
+    with torch.no_grad(), tracespec.record(compiled, tmp_path / "trace", capture="stats", **BLOCK_BOUNDARIES):
+        compiled(make_input())
+    view = TraceView(tmp_path / "trace")
+    assert {view.route_of[call["node"]] for call in view.calls} == {"", "blocks.0", "blocks.1", "ln_f"}
+    assert graphs.take() == 3  # one region per block, one for ln_f: nothing is split inside a block
+
+
+@pytest.mark.parametrize(
+    ("selection", "recorded"),
+    [
+        ({"include": ["blocks.1.mlp"]}, ["blocks.1.mlp", "blocks.1.mlp.act", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]),
+        # blocks.0 runs unhooked code compiled for the class Block, which blocks.1 must not reuse
+        ({"exclude": ["blocks.0"]}, ["", "blocks.1", "blocks.1.ln1", "blocks.1.ln2", "blocks.1.mlp", "blocks.1.mlp.act",
+                                     "blocks.1.mlp.fc1", "blocks.1.mlp.fc2", "blocks.1.proj", "ln_f"]),
+    ],
+    ids=["inside unhooked modules", "beside an unhooked instance of its class"],
+)
+def test_every_selected_module_of_a_compiled_model_is_recorded(selection: dict[str, Any], recorded: list[str], tmp_path: Path) -> None:
+    compiled = torch.compile(make_model(), backend=GraphRunCounter())
+    hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
+    with torch.no_grad(), tracespec.record(compiled, tmp_path / "trace", capture="stats", **selection):
+        compiled(make_input())
+    view = TraceView(tmp_path / "trace")
+    assert sorted({view.route_of[call["node"]] for call in view.calls}) == recorded
+    assert torch._dynamo.config.skip_nnmodule_hook_guards == hook_guards  # Dynamo's setting is given back
+
+
+def test_eager_against_compiled_regions_compares_at_their_boundary(
+    tmp_path: Path, unrecorded_output: torch.Tensor, eager_trace: Path
+) -> None:
+    output = record_compiled(tmp_path / "regions", torch.compile(make_model()), "full", **BLOCK_BOUNDARIES)
+    assert torch.equal(output, unrecorded_output)
+    verdict = tracespec.compare(eager_trace, tmp_path / "regions")
+    assert verdict.passed, verdict.hint
+    calls = verdict.coverage["ranks"]["0"]["calls"]
+    assert (calls["compared_a"], calls["leaf_a"], calls["boundary_a"], calls["leaf_b"]) == (13, 13, 12, 3)
+
+    model = make_model()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc1.weight[0, 0] += 0.5
+    record_compiled(tmp_path / "changed", torch.compile(model), "full", **BLOCK_BOUNDARIES)
+    diff = CliRunner().invoke(cli, ["diff", str(eager_trace), str(tmp_path / "changed")], prog_name="tracespec")
+    assert diff.exit_code == 1
+    assert "blocks.1 (Block) INTRODUCED it" in diff.output
+    assert "12 of A's leaf calls compared only at the boundary" in diff.output
+    assert "B records no call inside it: compared at its boundary" in diff.output
+    assert "record B again with the calls inside it (in a compiled model, select it with its children: include=['blocks.1'])" in diff.output
 
 
 def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:
@@ -255,3 +345,14 @@ def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path
     script, printed = re.findall(r"```(?:python)?\n(.*?)```", section, flags=re.S)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout == printed
+
+
+def test_recording_a_compiled_bfloat16_model_warns_that_it_rounds_at_module_boundaries(tmp_path: Path) -> None:
+    with pytest.warns(CompiledPrecisionWarning, match="bfloat16 parameters") as caught:
+        tracespec.record(torch.compile(make_model().bfloat16()), tmp_path / "bf16")
+    assert [w.filename for w in caught if w.category is CompiledPrecisionWarning] == [__file__]  # the user's call
+    eager = make_model().bfloat16()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracespec.record(eager, tmp_path / "eager")  # an eager model computes the same recorded or not
+        tracespec.record(torch.compile(make_model()), tmp_path / "float32")  # float32 is bit-identical (above)

@@ -165,3 +165,26 @@ def test_an_incomplete_trace_is_never_a_bare_pass(tmp_path: Path) -> None:
     empty = record(tmp_path / "empty", 0, crash=True)
     done = CliRunner().invoke(cli, ["diff", str(a), str(empty)])
     assert done.exit_code == 2 and "no step in common" in done.output and "B is incomplete" in done.output
+
+
+def test_brief_keeps_the_verdict_and_drops_the_rest(tmp_path: Path) -> None:
+    import torch
+
+    def run(path: Path, scale: float) -> Path:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        with torch.no_grad():
+            model[2].weight.mul_(scale)
+        with tracespec.record(model, path, capture="full") as rec:
+            model(torch.ones(3, 4)).sum().backward()
+            rec.step()
+        return path
+
+    a, b = run(tmp_path / "a", 1.0), run(tmp_path / "b", 1.5)
+    full = CliRunner().invoke(cli, ["diff", str(a), str(b), "--no-progress"])
+    brief = CliRunner().invoke(cli, ["diff", str(a), str(b), "--no-progress", "--brief"])
+    assert full.exit_code == brief.exit_code == 1
+    assert "FAIL: first divergence in forward, step 0, rank 0: 2 (Linear) INTRODUCED it" in brief.output
+    assert "Path to the first divergence" in brief.output and "Next: " in brief.output
+    for section in ("Worst nodes", "Error growth", "Tolerances:"):
+        assert section in full.output and section not in brief.output

@@ -35,7 +35,7 @@ def test_passing_and_backward_verdicts_validate(traces: tuple[Path, Path], tmp_p
 
 def test_the_verdict_has_the_required_fields(traces: tuple[Path, Path]) -> None:
     doc = json.loads(tracespec.compare(*traces).dumps())
-    assert doc["status"] == "fail" and doc["verdict_version"] == "1.2"
+    assert doc["status"] == "fail" and doc["verdict_version"] == "1.3"
     first = doc["first_divergence"]
     assert {"stage", "step", "rank", "kind", "metrics", "a", "b"} <= set(first)
     assert first["a"]["route"] == "blocks.1.act" and first["b"]["route"] == "blocks.1.act"

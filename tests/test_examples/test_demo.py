@@ -24,6 +24,9 @@ def test_demo_names_the_porting_bug(tmp_path: Path) -> None:
     assert (first["stage"], first["kind"]) == ("forward", "introduced")
     assert (first["a"]["route"], first["b"]["route"]) == ("blocks.1.mlp.act", "layers.1.ffn.act")
     assert "blocks.1.mlp.act (GELU) INTRODUCED it" in done.stdout
+    # a first contact that fits on a screen (bash .ci/demo adds one line per set-up stage, once)
+    assert len((done.stdout + done.stderr).splitlines()) <= 30
+    assert (tmp_path / "runs" / "demo_report.html").exists()
 
 
 def test_demo_fixed_port_passes_forward_and_backward(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = (
 def chromium_binary() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        pytest.fail("chromium is not installed: run `bash .ci/setup` (it installs Debian's chromium package)")
+        pytest.fail("chromium is not installed: run `bash .ci/setup --browser` (it installs Debian's chromium package)")
     return found
 
 

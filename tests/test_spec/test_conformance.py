@@ -2,7 +2,8 @@
 
 A valid case passes deep validation (and is complete or not, as its case.json says); an invalid
 case is rejected with exactly its reason code: by the API as the error's ``reason``, by the CLI
-as exit code 3 and one line on stderr naming it.
+(through the conformance runner) as ``{valid: false, reason}`` on stdout, exit code 3 and one
+line on stderr naming it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from tracespec import validate_trace
-from tracespec.cli import cli
 from tracespec.errors import TraceFormatError
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "spec" / "v1" / "conformance"
@@ -56,19 +55,25 @@ def test_case_through_the_api(case_file: Path) -> None:
         assert caught.value.reason == case["error"], str(caught.value)
 
 
-@pytest.mark.parametrize("case_file", CASE_FILES, ids=[p.parent.name for p in CASE_FILES])
-def test_case_through_the_cli(case_file: Path) -> None:
-    case = load_case(case_file)
-    # catch_exceptions=False: anything but a clean click exit propagates and fails the test
-    result = CliRunner().invoke(cli, ["validate", "--deep", str(case["trace"])], catch_exceptions=False)
-    if case.get("valid"):
-        assert result.exit_code == 0, result.stderr
-        assert ("INCOMPLETE" in result.stdout) != case["complete"]
-    else:
-        assert result.exit_code == 3
-        assert result.stdout == ""
-        lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"Error: [{case['error']}] "), lines
+RUNNER = CONFORMANCE / "run_conformance.py"
+
+
+def test_every_case_through_the_runner_and_the_cli() -> None:
+    """The runner any implementation can use, driving ``tracespec validate --deep --json`` as a process."""
+    command = [sys.executable, str(RUNNER), "--jobs", "2", "--", sys.executable, "-m", "tracespec.cli", "validate", "--deep", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == f"{len(CASE_FILES)} of {len(CASE_FILES)} cases agree"
+
+
+def test_the_runner_reports_a_validator_that_disagrees() -> None:
+    says_valid = [sys.executable, "-c", "import json; print(json.dumps({'valid': True, 'complete': True}))"]
+    done = subprocess.run([sys.executable, str(RUNNER), "--case", "manifest-*", "--", *says_valid], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert 'FAIL manifest-garbled  expected {"valid": false, "reason": "manifest_unreadable"}, got {"valid": true, "complete": true}' in done.stdout
+    says_nothing = [sys.executable, "-c", "print('fine')"]
+    done = subprocess.run([sys.executable, str(RUNNER), "--case", "valid-minimal", "--", *says_nothing], capture_output=True, text=True)
+    assert done.returncode == 1 and "stdout is not one JSON object" in done.stdout
 
 
 def test_a_real_process_prints_one_line_and_no_traceback() -> None:

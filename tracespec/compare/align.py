@@ -114,6 +114,9 @@ class Alignment:
     leaf_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     compared_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     calls_by_method: dict[str, dict[str, int]] = field(default_factory=lambda: {"a": {}, "b": {}})
+    boundary_calls: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    """Compared leaf calls held, several together, inside a call matched with a call of the other
+    side that records none inside it (a region compiled as one graph): compared at its boundary."""
 
     def method_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(CALL_METHODS, 0)
@@ -130,6 +133,7 @@ class Alignment:
             "fraction_b": self.compared_calls["b"] / self.leaf_calls["b"] if self.leaf_calls["b"] else 1.0,
             "by_method": {m: self.calls_by_method["a"].get(m, 0) for m in CALL_METHODS},
             "by_method_b": {m: self.calls_by_method["b"].get(m, 0) for m in CALL_METHODS},
+            "boundary_a": self.boundary_calls["a"], "boundary_b": self.boundary_calls["b"],
         }
 
 
@@ -397,7 +401,7 @@ class Aligner:
         nothing to compare (no call, no record: a container that never ran itself)."""
         found = []
         for side, view, free in (("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b)):
-            active = {node for _, _, node in view.records} | {c.node for calls in view.calls.values() for c in calls}
+            active = view.active_nodes()
             for node_id in sorted(view.nodes):
                 if not free(node_id) or (side, node_id) in self.accounted or node_id not in active:
                     continue
@@ -426,4 +430,5 @@ def align_trees(view_a: RankView, view_b: RankView, layer_map: LayerMap | None =
     aligner.adopt_call_matches(calls, phase.leaf, phase.accounted)
     matches = tuple(sorted(aligner.matches.values(), key=lambda m: m.a))
     return Alignment(matches, tuple(aligner.unmatched()), len(view_a.nodes), len(view_b.nodes),
-                     tuple(calls), tuple(unmatched_calls), coverage["leaf"], coverage["compared"], coverage["by_method"])
+                     tuple(calls), tuple(unmatched_calls), coverage["leaf"], coverage["compared"], coverage["by_method"],
+                     coverage["boundary"])

@@ -36,7 +36,7 @@ A2's (independent roundings of the same size), ``|B - A|`` is about ``|A2 - A|``
 at most for two independent runs against a third); the worst element of a tensor varies more
 from run to run, and 4 covers both while a bug of 4x the measured noise still fails."""
 
-_RecordKey = tuple[int, str, str, str, str, "int | None"]
+_RecordKey = tuple[str, str, str, str, "int | None"]
 
 
 def open_baseline(path: Trace | str | os.PathLike[str]) -> Trace:
@@ -55,21 +55,28 @@ class Baseline:
     def __init__(self, trace: Trace, rank: int, steps: list[int], view_a: RankView) -> None:
         self.trace, self.rank = trace, rank
         self.view_a = view_a
-        self.records: dict[_RecordKey, Record] = {}
         self.used = 0
         """Records whose tolerance came from the baseline (data on all three sides)."""
-        if rank not in trace.ranks:
-            return
-        view = RankView(trace, rank, steps)
-        for (step, stage, node), records in view.records.items():
-            route = view.nodes[node].route
-            for record in records:
-                self.records[(step, stage, route, record.role, record.slot, record.call)] = record
+        self.view = RankView(trace, rank, steps) if rank in trace.ranks else None
+        self._step = -1
+        self._records: dict[_RecordKey, Record] = {}
+
+    def _record(self, ra: Record) -> Record | None:
+        """A2's record for ``ra``: indexed one step at a time (the comparison walks steps in order)."""
+        if self.view is None:
+            return None
+        if ra.step != self._step:
+            self._step, self._records = ra.step, {}
+            for (stage, node), records in self.view.step_records(ra.step).items():
+                route = self.view.nodes[node].route
+                for record in records:
+                    self._records[(stage, route, record.role, record.slot, record.call)] = record
+        return self._records.get((ra.stage, self.view_a.nodes[ra.node].route, ra.role, ra.slot, ra.call))
 
     def widen(self, ra: Record, a: np.ndarray, tolerance: Tolerance, scale: float | None,
               mode: str) -> tuple[Tolerance, dict[str, Any] | None]:
         """``tolerance`` widened to the noise A2 shows on ``ra`` (data ``a``), and what was measured."""
-        other = self.records.get((ra.step, ra.stage, self.view_a.nodes[ra.node].route, ra.role, ra.slot, ra.call))
+        other = self._record(ra)
         if other is None or other.array is None or other.shape != ra.shape or other.dtype != ra.dtype:
             return tolerance, None
         a2 = self.trace.read(self.rank, other.array)

@@ -45,6 +45,10 @@ class CallMatch:
     backward: bool = True
     """False for a span of calls standing for a container: the gradient of the span's input sums
     every consumer's share (a residual branch too), so only the forward boundary is comparable."""
+    inside: tuple[int, int] = (0, 0)
+    """Leaf calls of A and of B held inside ``a`` and ``b`` where the other side records no call
+    inside its call (a region compiled as one graph, an ONNX module around its ops): compared only
+    at this match's boundary."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class CallPhase:
     def _forward_calls(view: RankView) -> dict[CallRef, Call]:
         if not view.steps:
             return {}
-        calls = sorted(view.calls.get((view.steps[0], "forward"), []), key=lambda c: (c.begin, -c.end))
+        calls = sorted(view.calls_of(view.steps[0], "forward"), key=lambda c: (c.begin, -c.end))
         return {(c.node, c.call): c for c in calls}
 
     def _node_pairs(self) -> dict[CallRef, tuple[CallRef, str]]:
@@ -120,6 +124,14 @@ class CallPhase:
                     break
                 parent = self.parent[side][parent]
         return found
+
+    def _held_leaves(self, side: str, covered: dict[CallRef, CallRef]) -> dict[CallRef, int]:
+        """For each call standing for the calls nested inside it, how many of them are leaf calls."""
+        held: dict[CallRef, int] = {}
+        for inner, outer in covered.items():
+            if inner in self.leaf[side]:
+                held[outer] = held.get(outer, 0) + 1
+        return held
 
     def _transforms(self, a: int, b: int) -> dict[str, Transform]:
         """The node match's transforms (a layer map's, with the layout rules) where ``a`` and ``b`` are
@@ -193,6 +205,7 @@ class CallPhase:
         anchors = [(i, position_b[trusted[ref][0]], trusted[ref][1]) for i, ref in enumerate(seqs["a"])
                    if ref in trusted and trusted[ref][0] in position_b]
         structural = {ca: cb for ca, (cb, method) in node_pairs.items() if method == "structural"}
+        held = {side: self._held_leaves(side, covered[side]) for side in ("a", "b")}
         matches: list[CallMatch] = list(given_groups)
         in_sequence: dict[str, dict[CallRef, str]] = {side: dict.fromkeys(grouped[side], "layer_map") for side in ("a", "b")}
         for pairing in align_call_sequences(infos["a"], infos["b"], anchors):
@@ -203,7 +216,8 @@ class CallPhase:
                 method = "structural"
             transforms = (self.rule_transforms.get((refs_a[0], refs_b[0])) or self._transforms(refs_a[0][0], refs_b[0][0])
                           if pairing.same_layer else {})
-            matches.append(CallMatch(refs_a, refs_b, method, transforms, params=pairing.same_layer))
+            inside = (held["a"].get(refs_a[0], 0), held["b"].get(refs_b[0], 0)) if len(refs_a) == len(refs_b) == 1 else (0, 0)
+            matches.append(CallMatch(refs_a, refs_b, method, transforms, params=pairing.same_layer, inside=inside))
             for side, refs in (("a", refs_a), ("b", refs_b)):
                 for ref in refs:
                     in_sequence[side][ref] = method
@@ -211,6 +225,7 @@ class CallPhase:
         consumed = self._consumed(seqs, matches, infos)
         unmatched = self._unmatched(seqs, matches, infos, consumed)
         coverage = self._coverage(in_sequence, covered, consumed)
+        coverage["boundary"] = {side: sum(count for count in held[side].values() if count > 1) for side in ("a", "b")}
         self.accounted |= {(side, node) for side in ("a", "b") for node, _ in [*in_sequence[side], *covered[side]]}
         self.accounted |= {(u.side, u.node) for u in unmatched}
         self.accounted |= {("a", m.a[0][0]) for m in matches} | {("b", ref[0]) for m in matches for ref in m.b}

@@ -120,6 +120,9 @@ class UnitResult:
     a_site: OpSite | None = None
     b_site: OpSite | None = None
     """Where an op unit is called from (module, function, source line); None for a module."""
+    inside: tuple[int, int] = (0, 0)
+    """Leaf calls of A and of B inside the unit's calls that the other side does not record (see
+    :class:`~tracespec.compare.calls.CallMatch`): the unit is compared at their boundary."""
 
     def side_json(self, side: str) -> dict[str, Any]:
         """``{"route", "class_name"}`` of one side, with ``routes`` when that side is a group and
@@ -223,6 +226,11 @@ def classify_units(units: list[UnitResult]) -> None:
             unit.evidence = f"{bad_outputs} differ(s) although its output gradients and forward values agree"
         elif unit.stage == "update":
             unit.evidence = f"{bad_outputs} differ(s) although the parameters' gradients and forward values agree"
+        elif max(unit.inside) > 1:
+            side, other = ("A", "B") if unit.inside[0] > 1 else ("B", "A")
+            unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree ({other} records no call inside it: "
+                             f"compared at its boundary, where a difference in any of {side}'s {max(unit.inside)} "
+                             "calls inside, their weights or hyper-parameters shows)")
         elif unit.a_routes or unit.b_routes:
             unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree (a fused group, compared at its "
                              "boundary: a difference in any member, its weights or hyper-parameters shows here)")
@@ -295,6 +303,10 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
         line = f"the line {site.source.file}:{site.source.line}" if site.source else "the code"
         return (f"{culprit.a_class} in the forward of {site.module or '(root)'} computes differently from equal inputs: "
                 f"read {line} and B's counterpart (operands, scale, mask, dtype casts).")
+    if max(culprit.inside) > 1:
+        coarse = "B" if culprit.inside[0] > 1 else "A"
+        return (f"{where} differs from equal inputs, compared at its boundary: record {coarse} again with the calls inside it "
+                f"(in a compiled model, select it with its children: include=[{culprit.a_route!r}]) to see which one introduced it.")
     return (
         f"{where} computes differently from equal inputs and weights: compare its forward code and "
         "hyper-parameters (eps, approximate=, scale, dtype casts, train/eval mode)."

@@ -8,6 +8,7 @@ so a module input that is the previous module's output is read once); determinis
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,9 +16,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracespec.compare.align import Alignment, align_trees
 from tracespec.compare.calls import CallMatch, alignment_layer_map
+from tracespec.compare.columnar import BATCH_STEPS, ColumnarRank, StepSummary, summarize_units
 from tracespec.compare.layer_map import LayerMap, Transform, load_layer_map, transform_for
 from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.diagnose import (
@@ -46,6 +50,10 @@ Progress = Callable[[int, int], None]
 
 _FORWARD_PARAMS = ("parameter", "buffer")
 
+DETAIL_STEPS: Final = 10
+"""Up to this many steps compared, the verdict lists the units of every step; beyond, of the first
+step and of the first divergent step (the per-step series ``steps`` covers them all)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Selection:
@@ -65,15 +73,40 @@ def _open(trace: Trace | str | os.PathLike[str]) -> Trace:
     return trace if isinstance(trace, Trace) else load_trace(trace)
 
 
-def _select(values: Iterable[int] | None, a: list[int], b: list[int], what: str) -> list[int]:
+StepRange = tuple["int | None", "int | None"]
+"""Steps ``first`` to ``last``, both included; ``None`` leaves that end open (``--step 200:300``)."""
+
+
+def _select(values: Iterable[int | StepRange] | None, a: list[int], b: list[int], what: str) -> list[int]:
+    """The values chosen (every one in both traces), and the values of both traces within each range."""
     common = sorted(set(a) & set(b))
     if values is None:
         return common
-    chosen = sorted(set(values))
-    missing = [v for v in chosen if v not in common]
+    values = list(values)
+    chosen = {v for v in values if isinstance(v, int)}
+    missing = sorted(v for v in chosen if v not in common)
     if missing:
-        raise UsageError(f"{what} {missing} not in both traces (A has {a}, B has {b})")
-    return chosen
+        raise UsageError(f"{what} {missing} not in both traces (A has {spans(a)}, B has {spans(b)})")
+    for value in values:
+        if isinstance(value, tuple):
+            first, last = value
+            inside = [v for v in common if (first is None or v >= first) and (last is None or v <= last)]
+            if not inside:
+                shown = f"{'' if first is None else first}:{'' if last is None else last}"
+                raise UsageError(f"{what} {shown} holds no step of both traces (A has {spans(a)}, B has {spans(b)})")
+            chosen.update(inside)
+    return sorted(chosen)
+
+
+def spans(values: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` as ``0-2, 5, 7-8`` (a long run's steps in a message)."""
+    found: list[str] = []
+    for value in sorted(values):
+        if found and found[-1].rpartition("-")[2].isdigit() and int(found[-1].rpartition("-")[2]) == value - 1:
+            found[-1] = f"{found[-1].partition('-')[0]}-{value}"
+        else:
+            found.append(str(value))
+    return ", ".join(found) if found else "none"
 
 
 class _Comparer:
@@ -91,6 +124,9 @@ class _Comparer:
         self.progress = progress
         self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any], list[RecordResult]]] = {}
         self.dtypes: set[str] = set()
+        self.notes: dict[int, tuple[Record, Record, str]] | None = None
+        """While set, each pair judged, by ``id`` of its result: A's and B's records and the route
+        whose tolerance applied (what :meth:`ColumnarRank.learn` learns a step's structure from)."""
 
     def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
         transform = transform_for(transforms, ra)
@@ -101,6 +137,8 @@ class _Comparer:
             shape_b=list(rb.shape) if rb.shape is not None else None,
             transform=transform.describe() if transform is not None else None,
         )
+        if self.notes is not None:
+            self.notes[id(result)] = (ra, rb, route)
         if ra.dtype is None or rb.dtype is None:
             if ra.dtype is None and rb.dtype is None:
                 result.status = "pass" if ra.value == rb.value else "skipped"
@@ -208,9 +246,7 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
     mathematically zero and numerically noise (the gradient of an attention key's bias).
     """
     found: dict[tuple[str, str], list[float]] = {}
-    for (record_step, stage, _), records in view.records.items():
-        if record_step != step:
-            continue
+    for (stage, _), records in view.step_records(step).items():
         for record in records:
             rms = record_rms(record)
             if rms is not None and rms > 0:
@@ -262,6 +298,7 @@ class _RankComparison:
                           call, begin, end, len(ancestors), ancestors, a_site=self.va.op_site(a), b_site=self.vb.op_site(b))
         if match is not None:
             unit.method = match.method
+            unit.inside = match.inside
             if len(match.a) > 1 or len(match.b) > 1:
                 unit.a_routes = tuple(self.va.nodes[n].route for n, _ in match.a)
                 unit.b_routes = tuple(self.vb.nodes[n].route for n, _ in match.b)
@@ -289,7 +326,8 @@ class _RankComparison:
         route = self.va.nodes[a[0]].route
         typical = self.typical.get(step)
         if typical is None:
-            typical = self.typical[step] = typical_rms(self.va, step)
+            self.typical = {step: typical_rms(self.va, step)}  # steps are walked in order
+            typical = self.typical[step]
         results = [
             self.comparer.compare(route, ra, rb, transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
             for ra, rb in pairs
@@ -301,7 +339,7 @@ class _RankComparison:
         return results
 
     def _call_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
-        calls = self.va.calls.get((step, stage), [])
+        calls = self.va.calls_of(step, stage)
         # a match's unit comes when its last member finishes (calls are sorted by end)
         last_position: dict[int, int] = {}
         first_begin: dict[int, int] = {}  # a group's unit begins where its first member's call does
@@ -345,9 +383,10 @@ class _RankComparison:
     def stage_units(self, step: int, stage: str, earlier: dict[tuple[str, int, int | None], UnitResult]) -> list[UnitResult]:
         """Units of (step, stage) in execution order; ``earlier`` indexes units by (stage, node, call)."""
         units = self._call_units(step, stage, earlier)
-        called = {c.node for c in self.va.calls.get((step, stage), []) if (c.node, c.call) in self.by_member}
+        called = {c.node for c in self.va.calls_of(step, stage) if (c.node, c.call) in self.by_member}
+        records = self.va.step_records(step)
         for a in sorted(self.matches):
-            if a in called or not self.va.records.get((step, stage, a)):
+            if a in called or not records.get((stage, a)):
                 continue
             # records outside any call: parameters of a node that did not run, gradients of a
             # backward without call rows, and the whole update stage
@@ -400,6 +439,117 @@ def _parameter_history(earlier: dict[tuple[str, int, int | None], UnitResult], n
     return list(found.values())
 
 
+@dataclass(slots=True)
+class _RankState:
+    ranked: _RankComparison
+    columnar: ColumnarRank | None
+
+
+class _StepWalk:
+    """Walks the selected steps in order, in batches, every rank of each: record by record where a
+    step's units are wanted in the verdict or its structure is new, column-wise where it repeats a
+    structure learned (:mod:`tracespec.compare.columnar`); keeps the units of the detailed steps only,
+    and a :class:`StepSummary` per step and rank."""
+
+    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool) -> None:
+        self.ranked = ranked
+        self.stages = selection.stages
+        self.detail_all = detail_all
+        self.first_step_only = first_step_only
+        self.steps: list[int] = []
+        """The steps compared (all selected ones, or up to the first divergent one)."""
+        self.summaries: list[list[StepSummary]] = []
+        """Per step compared, one summary per rank."""
+        self.detailed: dict[int, list[list[list[UnitResult]]]] = {}
+        """Units of the detailed steps: per step, per rank, per stage."""
+        self.first_step: int | None = None
+
+    def _per_record(self, state: _RankState, step: int, learn: bool) -> tuple[StepSummary, list[list[UnitResult]]]:
+        ranked, comparer = state.ranked, state.ranked.comparer
+        records, only_a, only_b = ranked.compared_records, ranked.unpaired_records["a"], ranked.unpaired_records["b"]
+        comparer.dtypes = set()
+        comparer.notes = {} if learn and state.columnar is not None else None
+        earlier: dict[tuple[str, int, int | None], UnitResult] = {}
+        stages = [ranked.stage_units(step, stage, earlier) for stage in self.stages]
+        counts = (ranked.compared_records - records, ranked.unpaired_records["a"] - only_a,
+                  ranked.unpaired_records["b"] - only_b)
+        if comparer.notes is not None:
+            state.columnar.learn(step, stages, comparer.notes, *counts, comparer.dtypes)  # type: ignore[union-attr]
+            comparer.notes = None
+        return summarize_units(stages, *counts, comparer.dtypes), stages
+
+    def _batch(self, state: _RankState, batch: list[int], detail: set[int]) -> dict[int, tuple[StepSummary, list[list[UnitResult]] | None]]:
+        found: dict[int, tuple[StepSummary, list[list[UnitResult]] | None]] = {}
+        for step in batch:
+            if step in detail or state.columnar is None:
+                found[step] = self._per_record(state, step, learn=True)
+        pending = [step for step in batch if step not in found]
+        while pending and state.columnar is not None:
+            fast = state.columnar.compare(pending)
+            found.update((step, (summary, None)) for step, summary in fast.items())
+            rest = [step for step in pending if step not in fast]
+            if rest:  # a structure not learned yet: record by record once, learned for the next steps
+                found[rest[0]] = self._per_record(state, rest[0], learn=True)
+            pending = rest[1:]
+        return found
+
+    def run(self, steps: list[int]) -> None:
+        for start in range(0, len(steps), BATCH_STEPS):
+            batch = steps[start : start + BATCH_STEPS]
+            detail = set(batch) if self.detail_all else {steps[0]} & set(batch)
+            results = [self._batch(state, batch, detail) for state in self.ranked]
+            for state in self.ranked:  # the batch's table pages: read, and not needed again
+                state.ranked.va.release(batch)
+                state.ranked.vb.release(batch)
+            for step in batch:
+                summaries = [found[step][0] for found in results]
+                diverged = any(summary.units["diverged"] for summary in summaries)
+                kept = step in detail or (diverged and self.first_step is None)
+                if diverged and self.first_step is None:
+                    self.first_step = step
+                if kept:
+                    units = [found[step][1] for found in results]
+                    self.detailed[step] = [stages if stages is not None else self._per_record(state, step, learn=False)[1]
+                                           for state, stages in zip(self.ranked, units)]
+                self.steps.append(step)
+                self.summaries.append(summaries)
+                if self.first_step_only and self.first_step is not None:
+                    return
+
+    def series(self) -> list[dict[str, Any]]:
+        """The verdict's ``steps``: per step, its record pairs, how many diverged, the worst ratio to
+        tolerance, and the first unit that diverged (rank by rank)."""
+        found = []
+        for step, summaries in zip(self.steps, self.summaries):
+            # as first_divergence: the earliest stage, then an introducing unit of any rank before
+            # an inherited one, ranks in order
+            firsts = [{"rank": state.ranked.va.rank, **summary.first}
+                      for state, summary in zip(self.ranked, summaries) if summary.first is not None]
+            first = min(firsts, key=lambda f: (STAGE_ORDER.index(f["stage"]), f["kind"] != "introduced"), default=None)
+            worst = max(summary.worst_ratio for summary in summaries)
+            found.append({
+                "step": step,
+                "records": sum(summary.records for summary in summaries),
+                "diverged": sum(summary.diverged_records for summary in summaries),
+                "worst_ratio": worst if math.isfinite(worst) else None,
+                "first": first,
+            })
+        return found
+
+    def totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Unit counts (the verdict's ``summary``) and record counts over every step compared."""
+        units: dict[str, int] = {}
+        records = {"records_compared": 0, "records_only_a": 0, "records_only_b": 0}
+        for summaries in self.summaries:
+            for summary in summaries:
+                for key, value in summary.units.items():
+                    units[key] = units.get(key, 0) + value
+                records["records_compared"] += summary.records
+                records["records_only_a"] += summary.only_a
+                records["records_only_b"] += summary.only_b
+        return units, records
+
+
 def compare_traces(
     a: Trace | str | os.PathLike[str],
     b: Trace | str | os.PathLike[str],
@@ -409,7 +559,7 @@ def compare_traces(
     atol: float | None = None,
     rel_rmse: float | None = None,
     tolerances: Mapping[str, Mapping[str, Any]] | None = None,
-    steps: Iterable[int] | None = None,
+    steps: Iterable[int | StepRange] | None = None,
     ranks: Iterable[int] | None = None,
     stages: Iterable[str] | None = None,
     routes: Iterable[str] | None = None,
@@ -419,6 +569,8 @@ def compare_traces(
     progress: Progress | None = None,
     save_map: str | os.PathLike[str] | None = None,
     baseline: Trace | str | os.PathLike[str] | None = None,
+    first_step_only: bool = False,
+    columnar: bool = True,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -439,7 +591,9 @@ def compare_traces(
         Per-route overrides, ``{"blocks.*.attn": {"rtol": 1e-3, "rel_rmse": 1e-4, "mode": "mean"}}``
         (glob patterns on A's routes; later entries win).
     steps, ranks, stages:
-        What to compare (default: everything both traces have).
+        What to compare (default: everything both traces have). A step may also be a range
+        ``(first, last)``, both included, either end ``None`` (open): every step of both traces
+        within it.
     routes, exclude:
         Glob patterns on A's routes: compare only nodes matching ``routes``, none matching ``exclude``.
     layer_map:
@@ -455,6 +609,12 @@ def compare_traces(
         A second recording of A's side with a harmless change (another thread count, device or
         run): each record's tolerance widens to the noise ``|A - baseline|`` shows
         (:mod:`tracespec.compare.baseline`).
+    first_step_only:
+        Stop at the first step where anything diverged (the quickest answer on a long run).
+    columnar:
+        Compare statistics and hashes of steps that repeat an earlier step's structure column-wise
+        (:mod:`tracespec.compare.columnar`); ``False`` compares every record one by one, with the
+        same results, slower.
 
     Returns
     -------
@@ -477,12 +637,14 @@ def compare_traces(
     if not chosen_steps:
         cut = "; ".join(f"{side} is incomplete (a recording cut short)" for side, trace in (("A", trace_a), ("B", trace_b))
                         if not trace.complete)
-        raise UsageError(f"A and B have no step in common (A has {trace_a.steps}, B has {trace_b.steps})"
+        raise UsageError(f"A and B have no step in common (A has {spans(trace_a.steps)}, B has {spans(trace_b.steps)})"
                          + (f"; {cut}" if cut else "") + ": nothing to compare")
     selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
                            tuple(routes or ()), tuple(exclude or ()))
 
     total = _bytes_to_compare(trace_a, trace_b, selection, policy.global_mode)
+    for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
+        trace.release_pages()
     done = 0
 
     def advance(nbytes: int) -> None:
@@ -491,11 +653,9 @@ def compare_traces(
         if progress is not None:
             progress(min(done, total), total)
 
-    groups: dict[tuple[int, str], list[UnitResult]] = {}
     alignments: dict[int, Alignment] = {}
-    counts = {"records_compared": 0, "records_only_a": 0, "records_only_b": 0}
-    dtypes: set[str] = set()
-    baseline_records = 0
+    ranked: list[_RankState] = []
+    detail_all = len(chosen_steps) <= DETAIL_STEPS
     for rank in chosen_ranks:
         view_a = RankView(trace_a, rank, chosen_steps)
         view_b = RankView(trace_b, rank, chosen_steps)
@@ -505,26 +665,25 @@ def compare_traces(
             _write_layer_map(save_map, alignment_layer_map(alignment, view_a, view_b, layer_map))
         noise_baseline = Baseline(trace_a2, rank, chosen_steps, view_a) if trace_a2 is not None else None
         comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
-        ranked = _RankComparison(view_a, view_b, alignment, selection, comparer)
-        for step in chosen_steps:
-            earlier: dict[tuple[str, int, int | None], UnitResult] = {}
-            for stage in selection.stages:
-                groups.setdefault((step, stage), []).extend(ranked.stage_units(step, stage, earlier))
-        counts["records_compared"] += ranked.compared_records
-        counts["records_only_a"] += ranked.unpaired_records["a"]
-        counts["records_only_b"] += ranked.unpaired_records["b"]
-        dtypes |= comparer.dtypes
-        if noise_baseline is not None:
-            baseline_records += noise_baseline.used
+        ranked.append(_RankState(_RankComparison(view_a, view_b, alignment, selection, comparer),
+                                 ColumnarRank(view_a, view_b, policy) if columnar and not detail_all else None))
+    walk = _StepWalk(ranked, selection, detail_all, first_step_only)
+    walk.run(chosen_steps)
     if progress is not None:
         progress(total, total)
-    ordered = [groups[key] for key in sorted(groups, key=lambda k: (k[0], STAGE_ORDER.index(k[1])))]
+    dtypes: set[str] = set()
+    for summaries in walk.summaries:
+        for summary in summaries:
+            dtypes |= summary.dtypes
+    ordered = [[u for stages in walk.detailed[step] for u in stages[position]]
+               for step in sorted(walk.detailed) for position in range(len(selection.stages))]
     units = [u for group in ordered for u in group]
     culprit = first_divergence(ordered)
     tolerances = policy.to_json(sorted(dtypes))
     if trace_a2 is not None:
-        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": baseline_records}
-    return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, alignments, units, culprit, counts)
+        records = sum(state.ranked.comparer.baseline.used for state in ranked if state.ranked.comparer.baseline is not None)
+        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": records}
+    return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, alignments, units, culprit, walk)
 
 
 def _write_layer_map(path: str | os.PathLike[str], text: str) -> None:
@@ -540,16 +699,17 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
     total = 0
     for trace in (trace_a, trace_b):
         for rank in selection.ranks:
-            table = trace.parts[rank].tensors.select(["step", "array", "dtype", "shape"]).to_pylist()
+            table = trace.parts[rank].tensors.select(["step", "array", "dtype", "shape"])
+            if table.column("array").null_count == table.num_rows:
+                continue  # statistics and hashes only (a null count is known without reading the column)
+            table = table.filter(pc.is_valid(table.column("array")))  # column-wise: most rows of a long run keep no data
+            table = table.filter(pc.is_in(table.column("step"), value_set=pa.array(selection.steps, pa.int64())))
             seen = set()
-            for row in table:
-                if row["array"] is None or row["step"] not in selection.steps or row["array"] in seen:
+            for row in table.to_pylist():
+                if row["array"] in seen:
                     continue
                 seen.add(row["array"])
-                count = 1
-                for extent in row["shape"]:
-                    count *= extent
-                total += count * numpy_dtype(row["dtype"]).itemsize
+                total += math.prod(row["shape"]) * numpy_dtype(row["dtype"]).itemsize
     return total
 
 
@@ -561,9 +721,10 @@ def _describe_trace(trace: Trace) -> dict[str, Any]:
 
 def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolerances: dict[str, Any],
                    layer_map: LayerMap | None, alignments: dict[int, Alignment], units: list[UnitResult],
-                   culprit: UnitResult | None, counts: dict[str, int]) -> Verdict:
+                   culprit: UnitResult | None, walk: _StepWalk) -> Verdict:
     diverged = [u for u in units if u.status == "diverged"]
-    identical = bool(units) and all(u.status in ("pass", "skipped") for u in units)
+    summary, counts = walk.totals()
+    identical = summary["units"] > 0 and summary["diverged"] == summary["pass_within_tolerance"] == 0
     coverage: dict[str, Any] = {"ranks": {}}
     unmatched = []
     for rank, alignment in alignments.items():
@@ -599,24 +760,17 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolera
             "mismatch": worst.mismatch if worst is not None else None,
             "evidence": culprit.evidence,
         }
-    worst_units = sorted(diverged, key=lambda u: (-(u.worst_output().badness if u.worst_output() else 0.0), units.index(u)))
-    summary = {
-        "units": len(units),
-        "diverged": len(diverged),
-        "introduced": sum(1 for u in units if u.divergence == "introduced"),
-        "inherited": sum(1 for u in units if u.divergence == "inherited"),
-        "pass": sum(1 for u in units if u.status == "pass"),
-        "pass_within_tolerance": sum(1 for u in units if u.status == "pass_within_tolerance"),
-        "skipped": sum(1 for u in units if u.status == "skipped"),
-    }
+    position = {id(u): i for i, u in enumerate(units)}
+    worst_units = sorted(diverged, key=lambda u: (-(u.worst_output().badness if u.worst_output() else 0.0), position[id(u)]))
     return Verdict(
         verdict_version=VERDICT_VERSION,
-        status="fail" if diverged else "pass",
+        status="fail" if summary["diverged"] else "pass",
         a=_describe_trace(trace_a),
         b=_describe_trace(trace_b),
         selection={"steps": selection.steps, "ranks": selection.ranks, "stages": list(selection.stages),
                    "routes": list(selection.routes), "exclude": list(selection.exclude),
-                   "layer_map": layer_map.to_json() if layer_map is not None else None},
+                   "layer_map": layer_map.to_json() if layer_map is not None else None,
+                   "first_step_only": walk.first_step_only, "detail_steps": sorted(walk.detailed)},
         tolerances=tolerances,
         first_divergence=first,
         coverage=coverage,
@@ -630,4 +784,5 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolera
         unmatched=unmatched,
         hint=next_step_hint(culprit, identical, len(unmatched)),
         benign=benign_differences(units),
+        steps=walk.series(),
     )

@@ -68,9 +68,7 @@ class ScopeScales:
         if found is not None:
             return found
         found = {}
-        for (record_step, stage, node), records in self.view.records.items():
-            if record_step != step:
-                continue
+        for (stage, node), records in self.view.step_records(step).items():
             for record in records:
                 group = ROLE_GROUPS[record.role]
                 if group not in SCOPED_GROUPS or record.stats is None or record.stats.l2 is None:
@@ -82,7 +80,7 @@ class ScopeScales:
                 for owner in (node, *self.view.ancestors(node)):
                     total, count = found.get((stage, group, owner), (0.0, 0))
                     found[(stage, group, owner)] = (total + squares, count + finite)
-        self._sums[step] = found
+        self._sums = {step: found}  # steps are walked in order: one step's sums at a time
         return found
 
     def scope(self, record: Record) -> tuple[float, str] | None:

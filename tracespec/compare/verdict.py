@@ -31,7 +31,7 @@ __all__ = [
     "validate_verdict",
 ]
 
-VERDICT_VERSION: Final = "1.2"
+VERDICT_VERSION: Final = "1.3"
 VERDICT_SCHEMA: Final = "verdict.schema.json"
 
 
@@ -71,6 +71,9 @@ class Verdict:
     hint: str
     benign: list[dict[str, Any]] = field(default_factory=list)
     """Differences judged benign (verdict 1.1): kink flips, and what inherited them."""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    """Divergence over time (verdict 1.3): per step compared, its record pairs, how many diverged,
+    the worst ratio to tolerance and the first unit that diverged."""
 
     @property
     def passed(self) -> bool:
@@ -142,7 +145,7 @@ class Verdict:
     def from_json(cls, doc: dict[str, Any]) -> Verdict:
         """Read a verdict document back (validated against the schema)."""
         validate_verdict(doc)
-        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})  # 1.0 has no ``benign``
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})  # 1.0 has no ``benign``, 1.1 no ``steps``
 
 
 @cache

@@ -1,8 +1,9 @@
 """The metadata of one rank of a trace, arranged for comparison.
 
 Constraints: reads the tables only (already in memory once the trace is open), never tensor data;
-no framework import. Records are grouped by (step, stage, node) so that the comparison walks them
-without scanning the whole table again.
+no framework import. Records become Python objects one step at a time, grouped by (stage, node),
+so that the comparison walks them without scanning the whole table again, and a long run's
+millions of rows cost memory only as Arrow columns.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ import dataclasses
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracespec.errors import TableInvalidError
 from tracespec.format.stats import TensorStats
 from tracespec.storage import Trace
+from tracespec.storage.reader import Part
 
-__all__ = ["Call", "Node", "OpSite", "RankView", "Record", "SourceLocation", "framework_family", "read_node"]
+__all__ = ["Call", "Node", "OpSite", "RankView", "Record", "SourceLocation", "StepRows", "framework_family", "read_node"]
 
 STAGE_ORDER: Final = ("forward", "backward", "update")
 
@@ -175,8 +182,61 @@ def _stats_of(row: dict[str, object]) -> TensorStats | None:
     )
 
 
+class StepRows:
+    """The rows of one table of a rank, sorted by step once and sliced per step (zero-copy).
+
+    Long runs hold millions of rows: nothing here makes a Python object per row.
+    """
+
+    def __init__(self, part: Part, name: str, wanted: set[int] | None) -> None:
+        table = getattr(part, name)
+        steps = np.concatenate([piece.column("step").to_numpy() for piece in part.slices(name)])
+        self.part, self.name = part, name
+        """Where the rows live; ``name`` None once sorted into memory of their own."""
+        if len(steps) > 1 and bool(np.any(steps[1:] < steps[:-1])):
+            order = np.argsort(steps, kind="stable")
+            table, steps, self.name = table.take(order), steps[order], None
+        starts = np.flatnonzero(np.diff(steps, prepend=steps[:1] - 1)) if len(steps) else np.zeros(0, np.int64)
+        found, ends = steps[starts], np.append(starts[1:], len(steps))
+        self.table = table
+        self.bounds: dict[int, tuple[int, int]] = {
+            int(step): (int(start), int(end)) for step, start, end in zip(found, starts, ends)
+            if wanted is None or int(step) in wanted
+        }
+
+    def of(self, step: int) -> pa.Table:
+        """The rows of ``step`` (an empty table where it has none)."""
+        start, end = self.bounds.get(step, (0, 0))
+        return self.table.slice(start, end - start)
+
+    def slices(self, start: int, stop: int) -> Iterator[pa.Table]:
+        """Rows ``start`` to ``stop`` in slices, their pages released after each (``Part.slices``)."""
+        if self.name is None:
+            return iter([self.table.slice(start, stop - start)])
+        return self.part.slices(self.name, start, stop)
+
+    def release(self, steps: list[int]) -> None:
+        """Release the pages of the rows of ``steps`` (read, and not needed again soon)."""
+        if self.name is not None:
+            self.part.maps[self.name].release(*self.span(steps))
+
+    def span(self, steps: list[int]) -> tuple[int, int]:
+        """The row range from the first of ``steps`` to the end of the last (steps sorted)."""
+        present = [self.bounds[s] for s in steps if s in self.bounds]
+        return (present[0][0], present[-1][1]) if present else (0, 0)
+
+
+_CACHED_STEPS: Final = 3
+"""Steps whose records a view keeps as Python objects at a time (besides the first step, which
+alignment reads): the comparison walks steps in order, so memory stays that of a few steps."""
+
+
 class RankView:
-    """Nodes, calls and records of one rank of a trace, for the selected steps."""
+    """Nodes, calls and records of one rank of a trace, for the selected steps.
+
+    Records and calls become Python objects one step at a time, on request (:meth:`step_records`,
+    :meth:`calls_of`): a long run's millions of rows stay in Arrow columns.
+    """
 
     def __init__(self, trace: Trace, rank: int, steps: list[int] | None = None) -> None:
         part = trace.parts[rank]
@@ -194,35 +254,69 @@ class RankView:
         for kids in self.children.values():
             kids.sort(key=lambda n: (self.nodes[n].position, n))
         wanted = set(steps) if steps is not None else None
-        self.calls: dict[tuple[int, str], list[Call]] = defaultdict(list)
-        for row in part.calls.to_pylist():
-            if wanted is None or row["step"] in wanted:
-                self.calls[(row["step"], row["stage"])].append(Call(row["node"], row["call"], row["begin"], row["end"]))
-        for calls in self.calls.values():
-            calls.sort(key=lambda c: (c.end, c.begin, c.node, c.call))
-        self.records: dict[tuple[int, str, int], list[Record]] = defaultdict(list)
+        self.call_rows = StepRows(part, "calls", wanted)
+        self.tensor_rows = StepRows(part, "tensors", wanted)
+        self.steps: list[int] = sorted(set(self.call_rows.bounds) | set(self.tensor_rows.bounds))
+        self._calls: dict[int, dict[str, list[Call]]] = {}
+        self._records: dict[int, dict[tuple[str, int], list[Record]]] = {}
         self._by_call: dict[tuple[int, str, int], dict[int | None, list[Record]]] = {}
-        self.steps: list[int] = []
-        seen_steps: set[int] = set()
-        for row in part.tensors.to_pylist():
-            if wanted is not None and row["step"] not in wanted:
-                continue
-            seen_steps.add(row["step"])
-            record = Record(
-                id=row["id"], step=row["step"], stage=row["stage"], node=row["node"], call=row["call"],
-                role=row["role"], slot=row["slot"], dtype=row["dtype"],
-                shape=tuple(row["shape"]) if row["shape"] is not None else None,
-                level=row["level"], hash=row["hash"], array=row["array"], stats=_stats_of(row),
-                value=row["value"],
-            )
-            self.records[(record.step, record.stage, record.node)].append(record)
-        self.steps = sorted(seen_steps | {step for step, _ in self.calls})
         self.by_route = {node.route: node.id for node in reversed(list(self.nodes.values()))}
         self._first_begin: dict[int, int] = {}
         self._call_count: dict[int, int] = defaultdict(int)
-        for call in self.calls.get((self.steps[0], "forward"), []) if self.steps else []:
+        for call in self.calls_of(self.steps[0], "forward") if self.steps else []:
             self._call_count[call.node] += 1
             self._first_begin[call.node] = min(call.begin, self._first_begin.get(call.node, call.begin))
+
+    def _evict(self, cache: dict[int, Any], step: int) -> None:
+        """Keep the first step and the last few steps asked for."""
+        if len(cache) < _CACHED_STEPS + 1:
+            return
+        for old in [s for s in cache if s != self.steps[0]][: len(cache) - _CACHED_STEPS]:
+            del cache[old]
+            for key in [k for k in self._by_call if k[0] == old]:
+                del self._by_call[key]
+
+    def calls_of(self, step: int, stage: str) -> list[Call]:
+        """The calls of (step, stage), in completion order (``end``, then ``begin``, node, call)."""
+        found = self._calls.get(step)
+        if found is None:
+            self._evict(self._calls, step)
+            found = self._calls[step] = defaultdict(list)
+            for row in self.call_rows.of(step).to_pylist():
+                found[row["stage"]].append(Call(row["node"], row["call"], row["begin"], row["end"]))
+            for calls in found.values():
+                calls.sort(key=lambda c: (c.end, c.begin, c.node, c.call))
+        return found.get(stage, [])
+
+    def step_records(self, step: int) -> dict[tuple[str, int], list[Record]]:
+        """The records of ``step`` by (stage, node), in table order."""
+        found = self._records.get(step)
+        if found is None:
+            self._evict(self._records, step)
+            found = self._records[step] = defaultdict(list)
+            for row in self.tensor_rows.of(step).to_pylist():
+                record = Record(
+                    id=row["id"], step=row["step"], stage=row["stage"], node=row["node"], call=row["call"],
+                    role=row["role"], slot=row["slot"], dtype=row["dtype"],
+                    shape=tuple(row["shape"]) if row["shape"] is not None else None,
+                    level=row["level"], hash=row["hash"], array=row["array"], stats=_stats_of(row),
+                    value=row["value"],
+                )
+                found[(record.stage, record.node)].append(record)
+        return found
+
+    def release(self, steps: list[int]) -> None:
+        """Release the table pages of ``steps`` (:meth:`StepRows.release`)."""
+        self.call_rows.release(steps)
+        self.tensor_rows.release(steps)
+
+    def active_nodes(self) -> set[int]:
+        """Nodes with a call or a record in the selected steps."""
+        found: set[int] = set()
+        for rows in (self.call_rows, self.tensor_rows):
+            for piece in rows.slices(*rows.span(self.steps)):
+                found.update(pc.unique(piece.column("node")).to_pylist())
+        return found
 
     def _check_acyclic(self, trace: Trace) -> None:
         """Untrusted tables: a parent chain that loops would make every tree walk hang."""
@@ -281,13 +375,15 @@ class RankView:
         key = (step, stage, node)
         by_call = self._by_call.get(key)
         if by_call is None:
-            by_call = self._by_call[key] = defaultdict(list)
-            for record in self.records.get(key, []):
+            by_call = defaultdict(list)
+            for record in self.step_records(step).get((stage, node), []):
                 by_call[record.call].append(record)
+            self._by_call[key] = by_call
         return by_call.get(call, [])
 
     def node_records(self, node: int) -> list[Record]:
         """The records of ``node`` in the first step, every stage (for alignment signatures)."""
         if not self.steps:
             return []
-        return [r for stage in STAGE_ORDER for r in self.records.get((self.steps[0], stage, node), [])]
+        records = self.step_records(self.steps[0])
+        return [r for stage in STAGE_ORDER for r in records.get((stage, node), [])]

@@ -190,6 +190,20 @@ _JS: Final = r"""
   if (location.hash.startsWith("#filter=")) filter.value = decodeURIComponent(location.hash.slice(8));
   refresh();
   scrollToCulprit();
+  // The time plot's first divergent step links to its tree (report.html#step=250 does the same)
+  function showStep() {
+    const m = /^#step=(\d+)$/.exec(location.hash);
+    if (!m) return;
+    if (!document.getElementById("culprit-node")) { filter.value = ""; failing.checked = false; showTree(); }
+    document.getElementById("tree-section").scrollIntoView();
+    scrollToCulprit();
+    document.body.dataset.step = m[1];
+  }
+  document.querySelectorAll("[data-step]").forEach((mark) => mark.addEventListener("click", () => {
+    location.hash = "step=" + mark.dataset.step;
+  }));
+  window.addEventListener("hashchange", showStep);
+  showStep();
   document.body.dataset.rendered = "true";
 })();
 """
@@ -214,12 +228,15 @@ def render_page(
     summary: list[tuple[str, str]],
     culprit_html: str,
     growth_svg: str,
+    timeline_html: str,
     elementwise_html: str,
     unmatched_html: str,
     tree_nodes: list[list[Any]],
     culprit: int | None,
+    tree_step: int | None = None,
 ) -> str:
-    """The whole page. The ``*_html``/``*_svg`` arguments are already-escaped fragments."""
+    """The whole page. The ``*_html``/``*_svg`` arguments are already-escaped fragments;
+    ``tree_step``: the step whose units the tree shows (None: every step of the verdict)."""
     data = {"nodes": tree_nodes, "culprit": culprit, "filter_limit": FILTER_LIMIT, "child_page": CHILD_PAGE}
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -235,7 +252,7 @@ def render_page(
 <div class="sub">{escape(subtitle)}</div></header>
 <main>
 <div>
-<section><h2>Module tree</h2>
+<section id="tree-section"><h2>Module tree{"" if tree_step is None else f" at step {int(tree_step)}"}</h2>
 <div id="controls"><input id="filter" type="search" placeholder="filter routes or classes" aria-label="filter">
 <label class="note"><input id="failing-only" type="checkbox"> failing only</label>
 <button id="to-culprit" type="button">culprit</button><button id="collapse" type="button">collapse</button></div>
@@ -245,6 +262,7 @@ def render_page(
 <div>
 <section><h2>Summary</h2>{_kv_table(summary)}</section>
 {culprit_html}
+{timeline_html}
 <section><h2>Error along the network</h2>{growth_svg}</section>
 {elementwise_html}
 {unmatched_html}

@@ -99,7 +99,8 @@ def _node_label(status: str | None, divergence: str | None) -> str | None:
             "skipped": "skipped"}.get(status or "", None)
 
 
-def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None) -> dict[str, _TreeNode]:
+def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None, step: int | None = None) -> dict[str, _TreeNode]:
+    """The module tree with each node's results (of ``step`` only, where given)."""
     tree: dict[str, _TreeNode] = {}
     if trace_a is not None:
         rank = trace_a.ranks[0]
@@ -107,7 +108,7 @@ def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None) -> dict[str, 
             tree.setdefault(row["route"], _TreeNode(row["route"], class_name=row["class_name"], order=order))
     for index, unit in enumerate(_units(verdict)):
         route = _route_of(unit.get("a"))
-        if route is None:
+        if route is None or (step is not None and unit.get("step") != step):
             continue
         node = tree.setdefault(route, _TreeNode(route, order=len(tree) + index))
         node.route_b = _route_of(unit.get("b"))
@@ -240,6 +241,43 @@ def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit:
                  '(backward) against A; the culprit\'s layer is shaded. A line that climbs layer after '
                  'layer is error compounding.</p>')
     return "".join(parts)
+
+
+_MAX_STEP_COLUMNS: Final = 400
+"""The time plot draws at most this many x positions (each the worst of its steps)."""
+
+
+def _timeline_svg(verdict: Mapping[str, Any]) -> str:
+    """Divergence over time: the worst ratio to tolerance of each step (log scale), the steps
+    that diverged in red, the first divergent step marked (a click shows its tree)."""
+    series = [p for p in verdict.get("steps") or [] if isinstance(p, Mapping)]
+    if len(series) < 2:
+        return ""
+    width = min(_MAX_STEP_COLUMNS, len(series))
+    columns = [series[i * len(series) // width : (i + 1) * len(series) // width] for i in range(width)]
+    finite = [p["worst_ratio"] for p in series if isinstance(p.get("worst_ratio"), (int, float))]
+    infinite = 10 * max([1.0, *finite])  # a difference without a ratio (content hashes, shapes): drawn on top
+    worst = [max(infinite if p.get("worst_ratio") is None else float(p["worst_ratio"]) for p in column) for column in columns]
+    diverged = [w if any(p.get("diverged") for p in column) else None for w, column in zip(worst, columns)]
+    first = next((p for p in series if p.get("diverged")), None)
+    highlight = next((i for i, column in enumerate(columns) if first in column), None) if first else None
+    labels = [str(column[0].get("step")) for column in columns]
+    plot = line_plot(labels, [Series("worst ratio to tolerance", worst, PALETTE[0]),
+                              Series("steps that diverged", diverged, PALETTE[1])],
+                     title=f"Divergence over time: {len(series)} steps", y_label="worst |B - A| / tolerance",
+                     highlight=highlight, highlight_step=first.get("step") if first else None, threshold=1.0)
+    if first:
+        culprit = first.get("first") or {}
+        where = (f"; {_fmt(culprit.get('route') or '(root)')} ({_fmt(culprit.get('class_name'))}) {_fmt(culprit.get('kind'))} "
+                 f"it in {_fmt(culprit.get('stage'))}") if culprit else ""
+        text = (f"First divergent step {first.get('step')}: {first.get('diverged')} of {first.get('records')} record "
+                f"pairs diverged{where}. Click the shaded band for that step's tree; "
+                f"{sum(1 for p in series if p.get('diverged'))} of {len(series)} steps diverge.")
+    else:
+        text = f"No step diverges; the worst ratio to tolerance is {_fmt(max(finite, default=0.0))}."
+    per = f" Each point is the worst of {len(series) / width:.3g} steps." if width < len(series) else ""
+    return (f'<section id="timeline"><h2>Divergence over time</h2>{plot}'
+            f'<p class="note">{escape(text)}{per} Above the dashed line, beyond tolerance.</p></section>')
 
 
 def _culprit_record(verdict: Mapping[str, Any], culprit: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -417,7 +455,9 @@ def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trac
     """
     culprit = verdict.get("first_divergence")
     culprit = culprit if isinstance(culprit, Mapping) else None
-    tree = _build_tree(verdict, trace_a)
+    # over many steps, the tree is the first divergent step's (the time plot links to it)
+    tree_step = culprit.get("step") if culprit and len(verdict.get("steps") or []) > 1 else None
+    tree = _build_tree(verdict, trace_a, tree_step)
     culprit_route = _route_of(culprit.get("a")) if culprit else None
     if culprit_route is not None and culprit_route not in tree:
         stage_result = _StageResult("diverged", str(culprit.get("kind")))
@@ -435,6 +475,8 @@ def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trac
         summary=_summary(verdict),
         culprit_html=_culprit_html(culprit, str(hint) if hint else None),
         growth_svg=_growth_svg(verdict, tree, culprit),
+        timeline_html=_timeline_svg(verdict),
+        tree_step=tree_step,
         elementwise_html=_elementwise_section(verdict, culprit, trace_a, trace_b),
         unmatched_html=_unmatched_html(verdict),
         tree_nodes=rows,

@@ -42,13 +42,16 @@ def line_plot(
     title: str,
     y_label: str,
     highlight: int | None = None,
+    highlight_step: int | None = None,
     threshold: float | None = None,
     width: int = 900,
     height: int = 320,
 ) -> str:
     """Lines over categorical x positions, log-scale y. Zero or missing values are left out.
 
-    ``highlight`` marks one x position (the culprit); ``threshold`` draws a dashed tolerance line.
+    ``highlight`` marks one x position (the culprit); ``highlight_step``, where given, makes that
+    mark a link to the step's tree (the page's script follows ``data-step``); ``threshold`` draws a
+    dashed tolerance line.
     """
     left, right, top, bottom = 64, 16, 28, 110
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -80,8 +83,10 @@ def line_plot(
     parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#9ca3af"/>')
     if highlight is not None and 0 <= highlight < n:
         band = plot_w / n
+        link = "" if highlight_step is None else f' data-step="{highlight_step}" style="cursor:pointer"'
+        mark = "" if highlight_step is None else f"<title>step {highlight_step}: show its tree</title>"
         parts.append(f'<rect class="culprit-band" x="{x_at(highlight) - band / 2:.1f}" y="{top}" '
-                     f'width="{band:.1f}" height="{plot_h}" fill="#fde68a" opacity="0.6"/>')
+                     f'width="{max(band, 6.0):.1f}" height="{plot_h}" fill="#fde68a" opacity="0.6"{link}>{mark}</rect>')
     if threshold:
         y = y_at(threshold)
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '

@@ -9,10 +9,14 @@ Constraints:
 
 from __future__ import annotations
 
+import bisect
+import ctypes
+import dataclasses
 import fnmatch
 import math
+import mmap
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +32,7 @@ from tracespec.errors import (
     NotATraceError,
     TableInvalidError,
     TableMismatchError,
+    TracespecError,
 )
 from tracespec.format.dtypes import parse_dtype
 from tracespec.format.manifest import (
@@ -78,6 +83,25 @@ class Part:
     nodes: pa.Table
     calls: pa.Table
     tensors: pa.Table
+    maps: dict[str, Mapped] = dataclasses.field(default_factory=dict, repr=False)
+    """Each table's files, mapped: the tables' columns live there."""
+    """The table files, mapped: the tables' columns live there."""
+
+    def release_pages(self) -> None:
+        """Let the kernel drop the table pages read so far from this process's memory (they stay in
+        the page cache, and are read back on the next access): a long run's tables are read a batch
+        of steps at a time, and memory stays that of a batch, whatever their size."""
+        for mapped in self.maps.values():
+            mapped.release()
+
+    def slices(self, name: str, start: int = 0, stop: int | None = None) -> Iterator[pa.Table]:
+        """Rows ``start`` to ``stop`` of table ``name`` in slices of a million rows, each slice's
+        pages released after use: a pass over a whole column of a long run takes the memory of a
+        slice (the kernel maps a small file's neighbouring pages with each one read, so one column
+        costs them all)."""
+        table: pa.Table = getattr(self, name)
+        stop = table.num_rows if stop is None else stop
+        return _slices(table.slice(start, stop - start), self.maps.get(name), start)
 
     @property
     def store(self) -> Path:
@@ -95,7 +119,51 @@ class Part:
         return read_array(self._confined_store, self.array_meta(name))
 
 
-def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
+_NOT_NULL: Final = {name: [f.name for f in schema if not f.nullable] for name, schema in TABLE_SCHEMAS.items()}
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's ``madvise``, where there is one (Linux, macOS; elsewhere pages are never released)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_MADVISE: Final = _madvise()
+
+
+class Mapped:
+    """The mapped files of one table, in row order: which rows each holds, to release their pages."""
+
+    def __init__(self) -> None:
+        self.buffers: list[pa.Buffer] = []
+        self.starts: list[int] = [0]
+
+    def add(self, path: Path) -> pa.Table:
+        """Map the Arrow IPC file at ``path`` (zero-copy; no file descriptor stays open: a long run
+        has tens of thousands) and return its table, whose rows follow the files added before."""
+        with pa.memory_map(str(path)) as source:
+            buffer = source.read_buffer()
+        table = pa.ipc.open_file(pa.BufferReader(buffer)).read_all()
+        self.buffers.append(buffer)
+        self.starts.append(self.starts[-1] + table.num_rows)
+        _release([buffer])  # opening reads the whole file in: its pages go until a column is used
+        return table
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Release the pages of the files holding rows ``start`` to ``stop`` (every row: all)."""
+        first = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        last = len(self.buffers) if stop is None else bisect.bisect_left(self.starts, stop)
+        _release(self.buffers[first:last])
+
+
+def _load_table(part_dir: Path, table: str, manifest: PartManifest, mapped: Mapped) -> pa.Table:
     schema = TABLE_SCHEMAS[table]
     pieces = []
     for segment in manifest.tables[table]:
@@ -103,8 +171,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
         check_relative_path(segment.path, where)
         path = check_inside(part_dir / segment.path, part_dir, where)
         try:
-            with pa.memory_map(str(path)) as source:
-                got = pa.ipc.open_file(source).read_all()
+            got = mapped.add(path)
         except FileNotFoundError:
             raise TableMismatchError(f"{where}: listed in part.json but missing") from None
         except (pa.ArrowInvalid, OSError) as exc:
@@ -113,6 +180,14 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
             raise TableMismatchError(
                 f"{where}: holds {got.num_rows} rows, part.json says {segment.rows}"
             )
+        # a long run has a segment per step: the common case, the writer's own schema, is
+        # checked at once (only its non-nullable columns one by one), anything else field by field
+        if got.schema.names == schema.names and got.schema.types == schema.types:
+            for name in _NOT_NULL[table]:
+                if got.column(name).null_count:
+                    raise TableInvalidError(f"{where}: column {name!r} has nulls")
+            pieces.append(got)
+            continue
         for field in schema:
             if field.name not in got.column_names:
                 raise TableInvalidError(f"{where}: column {field.name!r} is missing")
@@ -126,7 +201,9 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
         pieces.append(got.select(schema.names))
     result = pa.concat_tables(pieces) if pieces else schema.empty_table()
     for column, allowed in _ENUMS[table].items():
-        values = set(pc.unique(result.column(column)).to_pylist()) - {None}
+        values: set[str] = set()
+        for piece in _slices(result, mapped):
+            values |= set(pc.unique(piece.column(column)).to_pylist()) - {None}
         unknown = values - set(allowed)
         if unknown:
             raise TableInvalidError(
@@ -136,27 +213,55 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest) -> pa.Table:
     return result
 
 
-def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table) -> None:
+_SLICE_ROWS: Final = 1 << 20
+"""Rows checked at a time: a long run's tables are checked in slices, each slice's pages released
+(:meth:`Part.release_pages`) before the next, so that opening a trace of any length takes the
+memory of a slice."""
+
+
+def _slices(table: pa.Table, mapped: Mapped | None, offset: int = 0) -> Iterator[pa.Table]:
+    """``table`` (rows ``offset`` onwards of the mapped table) in slices of :data:`_SLICE_ROWS`
+    rows (one, possibly empty, at least), the pages of each slice's files released after it."""
+    for start in range(0, max(table.num_rows, 1), _SLICE_ROWS):
+        yield table.slice(start, _SLICE_ROWS)
+        if mapped is not None:
+            mapped.release(offset + start, offset + min(start + _SLICE_ROWS, table.num_rows))
+
+
+def _release(maps: Sequence[pa.Buffer]) -> None:
+    if _MADVISE is None:
+        return
+    for mapped in maps:
+        if mapped.size:  # a mapping starts on a page boundary; its pages stay in the page cache
+            _MADVISE(mapped.address, mapped.size, mmap.MADV_DONTNEED)
+
+
+def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table,
+                      maps: dict[str, Mapped]) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
-    if len(np.unique(ids)) != len(ids):
+    if not _all_distinct(ids):
         raise TableInvalidError(f"{where}: nodes.node has duplicate ids")
-    record_ids = tensors.column("id").to_numpy()
-    if len(np.unique(record_ids)) != len(record_ids):
+    record_ids = [piece.column("id").to_numpy().copy() for piece in _slices(tensors, maps["tensors"])]
+    if not _all_distinct(np.concatenate(record_ids)):
         raise TableInvalidError(f"{where}: tensors.id has duplicate ids")
+    del record_ids
     for table, name in ((calls, "calls"), (tensors, "tensors")):
-        unlisted = set(pc.unique(table.column("step")).to_pylist()) - set(manifest.steps)
+        unlisted = set()
+        for piece in _slices(table, maps[name]):
+            unlisted |= set(pc.unique(piece.column("step")).to_pylist()) - set(manifest.steps)
         if unlisted:
             raise TableMismatchError(
                 f"{where}: {name} has step {min(unlisted)}, which part.json's steps {list(manifest.steps)} lack"
             )
     known = pa.array(ids, pa.int32())
     for table, name in ((calls, "calls"), (tensors, "tensors")):
-        unknown = pc.filter(table.column("node"), pc.invert(pc.is_in(table.column("node"), value_set=known)))
-        if len(unknown):
-            raise TableMismatchError(
-                f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table"
-            )
+        for piece in _slices(table, maps[name]):
+            unknown = pc.filter(piece.column("node"), pc.invert(pc.is_in(piece.column("node"), value_set=known)))
+            if len(unknown):
+                raise TableMismatchError(
+                    f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table"
+                )
     parents = pc.drop_null(nodes.column("parent"))
     orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=known)))
     if len(orphans):
@@ -168,7 +273,9 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
-    for row in tensors.select(columns).to_pylist():
+    rows = [piece.take(found).select(columns).to_pylist() for piece in _slices(tensors, maps["tensors"])
+            if len(found := _rows_to_check(piece))]
+    for row in (row for found in rows for row in found):
         _check_record_kind(where, row)
         if row["dtype"] is not None:
             parse_dtype(row["dtype"])
@@ -180,6 +287,49 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has an absurd shape {shape}")
         if row["array"] is not None:
             check_relative_path(row["array"], f"{where}: tensor {row['id']} array")
+
+
+def _all_distinct(ids: np.ndarray) -> bool:
+    """No id twice (writers number rows in order: increasing ids are checked without sorting)."""
+    return bool(np.all(ids[1:] > ids[:-1])) or len(np.unique(ids)) == len(ids)
+
+
+def _rows_to_check(tensors: pa.Table) -> np.ndarray:
+    """The rows that the row-by-row checks must look at, in table order: those a column-wise test
+    finds suspect (a millions-row statistics trace is checked without a Python object per row),
+    and those naming an array (their paths are checked one by one)."""
+    def mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        return np.asarray(pc.fill_null(values, True).to_numpy(zero_copy_only=False), bool)
+
+    valid = {name: tensors.column(name).is_valid().to_numpy(zero_copy_only=False)
+             for name in ("dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash")}
+    level = tensors.column("level")
+    full = mask(pc.equal(level, "full")) & valid["level"]
+    with_stats = mask(pc.is_in(level, value_set=pa.array(["full", "stats"]))) & valid["level"]
+    with_hash = mask(pc.is_in(level, value_set=pa.array(["full", "hash"]))) & valid["level"]
+    tensor_row = ~valid["value_type"]
+    suspect = tensor_row & (~valid["dtype"] | ~valid["shape"] | ~valid["level"] | (full != valid["array"])
+                            | (with_stats & ~(valid["nan_count"] & valid["inf_count"])) | (with_hash & ~valid["hash"]))
+    suspect |= ~tensor_row & (valid["dtype"] | valid["shape"] | valid["level"] | valid["array"])
+    suspect |= valid["array"]
+    largest = 1
+    for name in pc.unique(tensors.column("dtype")).drop_null().to_pylist():
+        try:
+            largest = max(largest, parse_dtype(name).itemsize)
+        except TracespecError:
+            suspect |= mask(pc.equal(tensors.column("dtype"), name)) & valid["dtype"]
+    extents = pc.list_flatten(tensors.column("shape")).to_numpy().astype(np.float64)
+    ndim = pc.list_value_length(tensors.column("shape")).fill_null(0).to_numpy()
+    starts = np.cumsum(ndim) - ndim
+    # the element count of each row, in float64 (exact far beyond MAX_ARRAY_BYTES), times the
+    # largest item size: rows that might be near the limit go to the exact check
+    elements = np.ones(len(suspect))
+    shaped = ndim > 0
+    if shaped.any():
+        elements[shaped] = np.multiply.reduceat(np.maximum(extents, 0), starts[shaped])
+        suspect[shaped] |= np.minimum.reduceat(extents, starts[shaped]) < 0
+    suspect |= elements * largest > MAX_ARRAY_BYTES / 2
+    return np.flatnonzero(suspect)
 
 
 def _check_record_kind(where: str, row: dict[str, Any]) -> None:
@@ -221,9 +371,10 @@ def _load_part(folder: Path) -> Part:
         )
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
     check_inside(folder / manifest.store_path, folder, f"{folder.name}/{PART_FILE}: store.path")
-    tables = {name: _load_table(folder, name, manifest) for name in TABLE_NAMES}
-    _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
-    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"])
+    maps = {name: Mapped() for name in TABLE_NAMES}
+    tables = {name: _load_table(folder, name, manifest, maps[name]) for name in TABLE_NAMES}
+    _check_references(folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
+    return Part(manifest.rank, folder, manifest, tables["nodes"], tables["calls"], tables["tensors"], maps)
 
 
 class Trace:
@@ -292,6 +443,11 @@ class Trace:
 
     def tensors(self) -> pa.Table:
         return self._concat("tensors")
+
+    def release_pages(self) -> None:
+        """:meth:`Part.release_pages` of every rank."""
+        for part in self.parts.values():
+            part.release_pages()
 
     def records(self, *, step: int | None = None, stage: str | None = None, role: str | None = None,
                 route: str | None = None) -> pa.Table:
