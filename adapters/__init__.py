@@ -81,7 +81,7 @@ def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recorder
 
     Options are documented in ``docs/recording.md`` (``capture``, ``levels``, ``include``,
     ``exclude``, ``roles``, ``every``, ``max_bytes``, ``optimizer``, ``metadata``, ``overwrite``,
-    ``rank``, ``world_size``, ``compression``, ``durable``).
+    ``rank``, ``world_size``, ``compression``, ``durable``, ``publish``, ``stop_on_nonfinite``).
     """
     adapter = adapter_for(model)
     return adapter.record(model, path, **options)  # type: ignore[no-any-return]

@@ -13,6 +13,14 @@ Constraints:
   helpers; they must never change a value the model computes (no observer effect).
 - Summaries may be deferred (a device copy in flight): they are written in submission order,
   so ``same_as`` always names an earlier record id.
+- What a crash can lose (spec section 11): by default :meth:`Recorder.step` returns once the
+  step is published and durable; ``publish="async"`` lets the step's publication overlap the next
+  step, so a crash loses at most the step in progress and the one before it. An exception
+  leaving the ``with`` block, or SIGTERM/SIGINT, publishes the step in progress as far as it got,
+  says so in ``part.json`` (``ending``, ``partial_steps``), then goes on unchanged.
+- Signal handlers run in the main thread between two bytecodes, possibly inside the recorder
+  while it holds the writer's lock: then the handling waits for the next hook (see
+  :meth:`Recorder._on_signal`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ import fnmatch
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 import weakref
 from abc import ABC, abstractmethod
@@ -36,7 +46,9 @@ from typing import Any, ClassVar, Final
 
 import numpy as np
 
-from tracespec.errors import UsageError
+import tracespec.storage
+from tracespec.errors import NonFiniteError, UsageError
+from tracespec.format.manifest import Ending
 from tracespec.format.stats import TensorStats, compute_stats, scratch_block
 from tracespec.format.tables import LEVELS, ROLES
 from tracespec.storage import TraceWriter
@@ -73,6 +85,13 @@ ROLE_GROUPS: Final[dict[str, frozenset[str]]] = {
 """Names a user may give in ``roles=`` besides the spec roles themselves."""
 
 _LEVEL_ORDER: Final = {"hash": 0, "stats": 1, "full": 2}
+PUBLISH_MODES: Final = ("step", "async")
+"""``publish="step"``: a step is durable when ``rec.step()`` returns; ``"async"``: one step later."""
+_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+# Code in these folders may hold the writer's lock or half-updated recorder state.
+_INTERNAL_FOLDERS: Final = tuple(
+    os.path.dirname(path) + os.sep for path in (__file__, os.path.dirname(str(tracespec.storage.__file__)))
+)
 _FORWARD_ROLES: Final = frozenset({"input", "output"})
 _BACKWARD_ROLES: Final = frozenset({"grad_output", "grad_input"})
 _CALL_ROLES: Final = _FORWARD_ROLES | _BACKWARD_ROLES  # what an op node records: it owns no parameter
@@ -152,6 +171,8 @@ class RecordOptions:
     compression: str | None = None
     durable: bool = True
     ops: tuple[Selector, ...] | None = None
+    publish: str = "step"
+    stop_on_nonfinite: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The capture options as recorded in the manifest's ``capture`` object."""
@@ -275,7 +296,7 @@ def parse_options(**options: Any) -> RecordOptions:
     for name in ("optimizer", "compression"):
         if options.get(name) is not None:
             values[name] = options[name]
-    for name in ("overwrite", "durable"):
+    for name in ("overwrite", "durable", "stop_on_nonfinite"):
         if name in options:
             values[name] = bool(options[name])
     ops = options.get("ops")
@@ -283,6 +304,15 @@ def parse_options(**options: Any) -> RecordOptions:
         values["ops"] = ("*",)
     elif ops not in (None, False):
         values["ops"] = _check_selectors(ops, "ops")
+    publish = options.get("publish", "step")
+    if publish not in PUBLISH_MODES:
+        raise UsageError(f"publish is {publish!r}; expected 'step' (durable at each rec.step(), the default) or 'async'")
+    values["publish"] = publish
+    if values.get("stop_on_nonfinite") and values["capture"] == "hash":
+        raise UsageError(
+            "stop_on_nonfinite=True needs statistics to see NaN and Inf, and capture='hash' keeps none; "
+            "use capture='stats' (cheap) or 'full'"
+        )
     return RecordOptions(**values)
 
 
@@ -508,6 +538,7 @@ class _ForwardCall:
     begin: int
     extra: Any = None  # the adapter's per-call state (e.g. the input views it installed)
     op_counts: dict[str, int] = field(default_factory=dict)  # op name -> calls so far in this call
+    inputs_nonfinite: bool = False  # checked only with stop_on_nonfinite
 
 
 @dataclass(slots=True)
@@ -527,6 +558,7 @@ class BackwardCall:
     begin: int | None = None
     received_inputs: int = 0
     ended: bool = False
+    grad_output_nonfinite: bool = False  # checked only with stop_on_nonfinite
 
 
 # ------------------------------------------------------------------------------------- recorder
@@ -556,6 +588,11 @@ class Recorder(ABC):
         self._op_nodes: dict[tuple[int, str, int], _Node] = {}
         self._data_bytes = 0
         self._budget_warned = False
+        self._stopped = False
+        self._previous_step_published: threading.Event | None = None  # publish="async"
+        self._previous_handlers: dict[int, Any] = {}
+        self._deferred_signal: int | None = None
+        self._signal_ending: tuple[BaseException, Ending] | None = None
         self._reset_step_state()
 
     # ---------------------------------------------------------------- framework-specific
@@ -624,8 +661,13 @@ class Recorder(ABC):
         self.start()
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.stop(failed=exc is not None)
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.stop()
+        elif self._signal_ending is not None and self._signal_ending[0] is exc:
+            self.stop(self._signal_ending[1])  # a signal's handler raised it (SIGINT: KeyboardInterrupt)
+        else:
+            self.stop(Ending.of_exception(exc, self.step_index))
 
     def start(self) -> None:
         """Open the writer, build the module tree and install the hooks."""
@@ -653,28 +695,37 @@ class Recorder(ABC):
         self.install_hooks()
         if self.options.optimizer is not None:
             self.install_optimizer_hooks(self.options.optimizer)
+        self._install_signal_handlers()
 
-    def stop(self, failed: bool = False) -> None:
+    def stop(self, ending: Ending | None = None) -> None:
         """Remove the hooks, finish the current step and close the writer.
 
-        With ``failed`` (an exception left the ``with`` block) the part is flushed but marked
-        incomplete, exactly as a crash would leave it.
+        With an ``ending`` (an exception left the ``with`` block, or a signal came) the step in
+        progress is published as far as it got and the part is left incomplete, with the ending
+        in ``part.json``. Then nothing here raises: the run's own exception must go on unchanged,
+        so a failure to write is a warning.
         """
-        if self.writer is None:
+        if self.writer is None or self._stopped:
             return
+        self._stopped = True
         writer = self.writer
+        self._restore_signal_handlers()
         try:
             self.remove_hooks()
-            if failed:
-                self._drain()
-                writer.flush()
-            elif self._step_dirty:
-                self._finish_step()
-        finally:
-            if failed:
-                writer.abort()
+            if ending is None:
+                if self._step_dirty:
+                    self._finish_step()
             else:
+                self._flush_quietly(f"the recording ended by {ending.how} ({ending.detail})")
+        finally:
+            if ending is None:
                 writer.close()
+            else:
+                try:
+                    writer.abort(ending)
+                except Exception as exc:  # noqa: BLE001 - the run's own exception goes on
+                    warnings.warn(f"tracespec.record: could not write how the recording ended: {exc}", stacklevel=3)
+        self._handle_deferred_signal()
 
     def step(self, optimizer: Any = None) -> None:
         """End the current step and start the next one.
@@ -683,12 +734,108 @@ class Recorder(ABC):
         ``step()``, are recorded when the optimizer steps if the recorder hooks it (the
         ``optimizer`` option, on frameworks with optimizer hooks); otherwise here, so then call
         ``rec.step()`` after ``optimizer.step()`` and before the gradients are cleared.
+
+        With ``publish="step"`` (the default) it returns once the step's records and data are
+        published (and durable, with ``durable=True``): a crash after it loses nothing of it.
+        With ``publish="async"`` it returns once the *previous* step is published.
         """
-        if self.writer is None:
+        if self.writer is None or self._stopped:
             raise UsageError("step() outside the recording; use `with tracespec.record(...) as rec:`")
-        self._finish_step(optimizer)
+        published = self._finish_step(optimizer)
         self.step_index += 1
         self._reset_step_state()
+        # A step not recorded (every=, steps=) has nothing to make durable: no fsync to wait for.
+        if published is not None and self.options.publish == "step":
+            self.writer.wait(published)
+        elif published is not None:
+            if self._previous_step_published is not None:
+                self.writer.wait(self._previous_step_published)
+            self._previous_step_published = published
+        self._handle_deferred_signal()
+
+    def flush(self) -> None:
+        """Publish everything recorded so far, the step in progress included, and return once
+        it is durable: a point a crash cannot take back. ``part.json`` lists the step in
+        progress in ``partial_steps`` until its :meth:`step` publishes it whole."""
+        if self.writer is None or self._stopped:
+            raise UsageError("flush() outside the recording; use `with tracespec.record(...) as rec:`")
+        self._drain()
+        self.writer.flush()
+        self._handle_deferred_signal()
+
+    def _flush_quietly(self, why: str) -> None:
+        """:meth:`flush` where a writer error must not replace what is already going on."""
+        assert self.writer is not None
+        try:
+            self._drain()
+            self.writer.flush()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            warnings.warn(f"tracespec.record: {why}; publishing the step in progress failed: {exc}", stacklevel=4)
+
+    # ---------------------------------------------------------------- signals
+    def _install_signal_handlers(self) -> None:
+        """Handle SIGTERM and SIGINT: publish the step in progress, then chain to the handler
+        that was there. Only the main thread may set handlers; a signal that is ignored (or
+        handled outside Python, which cannot be chained) is left alone."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in _SIGNALS:
+            previous = signal.getsignal(signum)
+            if previous is None or previous == signal.SIG_IGN:
+                continue
+            self._previous_handlers[signum] = previous
+            signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:  # not replaced since by someone else
+                signal.signal(signum, previous)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Publish the step in progress as far as it got, then let the signal go on.
+
+        A Python handler that was there before is called (Python's SIGINT handler raises
+        KeyboardInterrupt, which ends the recording in ``__exit__`` as this signal's doing). With
+        the default action, the part is ended (``ending``: the signal) and the process is
+        killed by the same signal, as it would have been without the recording.
+
+        Interrupted inside tracespec's own code (perhaps holding the writer's lock, which
+        publishing needs), it only notes the signal: the next hook, ``step()``, ``flush()`` or
+        ``stop()`` handles it, at a point where the recorder's state is whole.
+        """
+        caller = frame
+        while caller is not None:
+            if caller.f_code.co_filename.startswith(_INTERNAL_FOLDERS):
+                self._deferred_signal = signum
+                return
+            caller = caller.f_back
+        self._deferred_signal = None
+        name = signal.Signals(signum).name
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        if not self._stopped:
+            self._flush_quietly(f"{name} received")
+        if callable(previous):
+            try:
+                previous(signum, frame)
+            except BaseException as exc:
+                self._signal_ending = (exc, Ending("signal", name, self.step_index))
+                raise
+            return
+        self.stop(Ending("signal", name, self.step_index))
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def _handle_deferred_signal(self) -> None:
+        # Only the main thread: signal handlers run there (a backward hook may run on another).
+        if self._deferred_signal is not None and threading.current_thread() is threading.main_thread():
+            if self._stopped:  # the recording ended: the signal's own handling, as if it came now
+                signum, self._deferred_signal = self._deferred_signal, None
+                signal.raise_signal(signum)
+            else:
+                self._on_signal(self._deferred_signal, None)
 
     @property
     def active(self) -> bool:
@@ -812,6 +959,7 @@ class Recorder(ABC):
     def forward_begin(self, module: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ForwardCall | None:
         """A module's forward starts: count the call, record its inputs (and, at the first call
         of the step, every parameter and buffer). Returns the call, or None when not recording."""
+        self._handle_deferred_signal()
         node = self._node_of.get(id(module))
         if node is None or not self.active:
             return None
@@ -822,6 +970,7 @@ class Recorder(ABC):
 
     def forward_end(self, module: Any, output: Any) -> _ForwardCall | None:
         """A module's forward returned ``output``: record the outputs and the call row."""
+        self._handle_deferred_signal()
         node = self._node_of.get(id(module))
         if node is None or not self.active:
             return None
@@ -911,18 +1060,21 @@ class Recorder(ABC):
         level = node.levels["input"]
         if level is not None:
             for i, arg in enumerate(args):
-                self._record_leaves("forward", node, call, "input", flatten(arg, str(i), self.is_tensor), level)
+                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(i), self.is_tensor), level)
             for key, arg in kwargs.items():
-                self._record_leaves("forward", node, call, "input", flatten(arg, str(key), self.is_tensor), level)
+                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(key), self.is_tensor), level)
         return fc
 
     def _end_call(self, fc: _ForwardCall, output: Any) -> None:
         end = self._next_event("forward")
         level = fc.node.levels["output"]
+        nonfinite = False
         if level is not None:
-            self._record_leaves("forward", fc.node, fc.call, "output", flatten(output, "", self.is_tensor), level)
+            nonfinite = self._record_leaves("forward", fc.node, fc.call, "output", flatten(output, "", self.is_tensor), level)
         assert self.writer is not None
         self.writer.add_call(step=self.step_index, stage="forward", node=fc.node.id, call=fc.call, begin=fc.begin, end=end)
+        if nonfinite and not fc.inputs_nonfinite:
+            self._stop_at_nonfinite("forward", fc.node, fc.call, "output")
 
     def wants_backward(self, node: _Node) -> bool:
         """Whether gradients of this node's calls are recorded (adapters skip their hooks if not)."""
@@ -937,6 +1089,7 @@ class Recorder(ABC):
 
     def backward_output_grad(self, bc: BackwardCall, slot: str, grad: Any) -> None:
         """The gradient with respect to output ``slot`` of the call arrived."""
+        self._handle_deferred_signal()
         if bc.step != self.step_index:
             return  # backward of a forward from an earlier step: not this step's record
         self._step_dirty = True
@@ -944,23 +1097,27 @@ class Recorder(ABC):
             bc.begin = self._next_event("backward")
         level = bc.node.levels["grad_output"]
         if level is not None:
-            self._record_leaves("backward", bc.node, bc.call, "grad_output", [(slot, grad)], level)
+            bc.grad_output_nonfinite |= self._record_leaves("backward", bc.node, bc.call, "grad_output", [(slot, grad)], level)
         if bc.expected_inputs == 0 and not bc.ended:
             self._end_backward(bc)
 
     def backward_input_grad(self, bc: BackwardCall, slot: str, grad: Any) -> None:
         """The gradient with respect to input ``slot`` of the call was computed."""
+        self._handle_deferred_signal()
         if bc.step != self.step_index or bc.ended:
             return
         self._step_dirty = True
         if bc.begin is None:
             bc.begin = self._next_event("backward")
         level = bc.node.levels["grad_input"]
+        nonfinite = False
         if level is not None:
-            self._record_leaves("backward", bc.node, bc.call, "grad_input", [(slot, grad)], level)
+            nonfinite = self._record_leaves("backward", bc.node, bc.call, "grad_input", [(slot, grad)], level)
         bc.received_inputs += 1
         if bc.received_inputs >= bc.expected_inputs:
             self._end_backward(bc)
+        if nonfinite and not bc.grad_output_nonfinite:
+            self._stop_at_nonfinite("backward", bc.node, bc.call, "grad_input")
 
     def _end_backward(self, bc: BackwardCall) -> None:
         assert self.writer is not None and bc.begin is not None
@@ -983,7 +1140,9 @@ class Recorder(ABC):
             self._record_module_tensors("update", ("parameter",))
             self._record_optimizer_state(optimizer)
 
-    def _finish_step(self, optimizer: Any = None) -> None:
+    def _finish_step(self, optimizer: Any = None) -> threading.Event | None:
+        """Record what the step end records, hand everything over and end the step in the
+        writer; returns the event set once the step is published (None: a step not recorded)."""
         assert self.writer is not None
         if self.active:
             for bc in self._backward_calls:
@@ -994,7 +1153,8 @@ class Recorder(ABC):
             if optimizer is not None:
                 self.after_optimizer_step(optimizer)
             self._drain()
-            self.writer.end_step(self.step_index)  # a step not recorded is not a step of the trace
+            return self.writer.end_step(self.step_index)  # a step not recorded is not a step of the trace
+        return None
 
     def _record_module_tensors(self, stage: str, roles: tuple[str, ...]) -> None:
         for node in self._nodes:
@@ -1021,24 +1181,47 @@ class Recorder(ABC):
             if level is not None:
                 self._record_leaves("update", node, None, "optimizer_state", [(f"{name}.{key}", value)], level)
 
+    # ---------------------------------------------------------------- non-finite values
+    def _stop_at_nonfinite(self, stage: str, node: _Node, call: int | None, role: str) -> None:
+        """``stop_on_nonfinite``: publish what was recorded, then raise at the culprit."""
+        self.flush()
+        raise NonFiniteError(
+            f"tracespec.record(stop_on_nonfinite=True): step {self.step_index}, {stage} of "
+            f"{node.route or '(root)'!r} ({type(node.module).__name__}, call {call}): its {role} holds NaN or Inf "
+            f"and its inputs did not. The trace holds everything up to here: "
+            f"tracespec show {self.path} --first-nonfinite"
+        )
+
+    @staticmethod
+    def _holds_nonfinite(summary: Summary) -> bool:
+        if summary.finish is not None:  # a device summary: its statistics are needed now
+            finish, summary.finish = summary.finish, None
+            finish(summary)
+        return summary.stats is not None and bool(summary.stats.nan_count or summary.stats.inf_count)
+
     # ---------------------------------------------------------------- records
     def _record_leaves(
         self, stage: str, node: _Node, call: int | None, role: str, leaves: Iterable[tuple[str, Any]], level: str
-    ) -> None:
+    ) -> bool:
+        """Record the leaves; with ``stop_on_nonfinite``, return whether a tensor holds NaN or Inf."""
         assert self.writer is not None
+        nonfinite = False
         for slot, leaf in leaves:
             base = {"step": self.step_index, "stage": stage, "node": node.id, "role": role, "slot": slot, "call": call}
             if self.is_tensor(leaf):
-                self._record_tensor(base, leaf, level)
+                summary = self._record_tensor(base, leaf, level)
+                if self.options.stop_on_nonfinite and not nonfinite:
+                    nonfinite = self._holds_nonfinite(summary)
             else:
                 self._pending.append(_Record(base, None, value=leaf))
+        return nonfinite
 
     #: Whether gradients may be deduplicated by :meth:`dedup_key`. An autograd engine that
     #: accumulates a gradient into the buffer of its first contribution, in place and without
     #: bumping the version counter (Paddle's does), breaks the "equal key, equal values" rule.
     dedups_gradients: bool = True
 
-    def _record_tensor(self, base: dict[str, Any], tensor: Any, level: str) -> None:
+    def _record_tensor(self, base: dict[str, Any], tensor: Any, level: str) -> Summary:
         key = (base["stage"], self.dedup_key(tensor))
         seen = None if base["stage"] == "backward" and not self.dedups_gradients else self._seen.get(key)
         version = self.tensor_version(tensor)
@@ -1047,8 +1230,9 @@ class Recorder(ABC):
             # While the earlier tensor is alive its memory cannot be reused, so an equal key and
             # an unchanged version mean equal values.
             if ref() is not None and seen_version == version and seen_level == level:
+                assert earlier.summary is not None
                 self._submit(_Record({**base, "level": level}, earlier.summary, same_as=earlier))
-                return
+                return earlier.summary
         if level == "full" and self.options.max_bytes is not None:
             level = self._within_budget(tensor, level)
         summary = self.summarize(tensor, level)
@@ -1060,6 +1244,7 @@ class Recorder(ABC):
         except TypeError:
             pass  # a tensor type without weak references: no dedup for it
         self._submit(record)
+        return summary
 
     def _within_budget(self, tensor: Any, level: str) -> str:
         assert self.options.max_bytes is not None

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hf_bert  # noqa: E402
 import run as bert_run  # noqa: E402
-from bench_record import bare_step, folder_bytes, recorded_step  # noqa: E402
+from bench_record import bare_step, folder_bytes, recorded_steps  # noqa: E402
 
 import tracespec  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             bare.extend(bare_step(step)[0] for _ in range(args.steps))
             for level in LEVELS:
-                runs = [recorded_step(model, step, level, folder, roles) for _ in range(args.steps)]
+                runs = [recorded_steps(model, step, level, folder, roles, 1) for _ in range(args.steps)]
                 recorded[level].extend(elapsed for elapsed, _, _ in runs)
                 written[level] = runs[-1][2]
             print(f"round {round_ + 1}: bare {statistics.median(bare):.3f}s "

@@ -1,9 +1,10 @@
 """Recording overhead: forward+backward of a GPT-2-small-sized model, bare vs recorded.
 
-For each capture level it prints the median step time and its ratio to the bare step (measured
-in the same run, interleaved), the bytes written per step, and for ``full`` the machine's own
-limit: the bare step plus the time to copy the same number of bytes in memory and write them to
-the same disk with fsync.
+For each capture level and each publication mode (``publish="step"``, the default: a step is
+durable when ``rec.step()`` returns; ``"async"``: its writing overlaps the next step) it prints
+the median step time and its ratio to the bare step (measured in the same run, interleaved), the
+bytes written per step, and for ``full`` the machine's own limit: the bare step plus the time to
+copy the same number of bytes in memory and write them to the same disk with fsync.
 
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
@@ -236,34 +237,38 @@ def bare_step(step: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def recorded_step(model: Any, step: Callable[[], None], level: str, folder: Path, roles: list[str],
-                  warmup: int = 1) -> tuple[float, float, int]:
-    """One recorded step at ``level``: its wall and CPU time and the bytes it added to the trace.
+def recorded_steps(
+    model: Any, step: Callable[[], None], kind: str, folder: Path, roles: list[str], steps: int, warmup: int = 1
+) -> tuple[float, float, int]:
+    """``steps`` recorded steps of ``kind`` (``level`` or ``level/async``): the wall and CPU time
+    and the bytes written per step.
 
     ``warmup`` first recorded steps (trace set-up, first touch of buffers, compiling) are not
-    timed. The timed step
-    includes ``rec.step()`` and waiting until everything it handed to the writer is on disk
-    (fsynced), so background writing is paid for, not hidden.
+    timed. The timed steps include ``rec.step()`` and, after the last, waiting until everything
+    handed to the writer is on disk (fsynced), so background writing is paid for, not hidden:
+    what ``async`` saves is only the overlap of one step's writing with the next step's compute.
     """
-    path = folder / f"trace-{level}"
+    level, _, publish = kind.partition("/")
+    path = folder / f"trace-{level}-{publish or 'step'}"
     shutil.rmtree(path, ignore_errors=True)
     capture, _, extra = level.partition("+")
-    rec = tracespec.record(model, path, capture=capture, roles=roles, ops=extra == "ops")
+    rec = tracespec.record(model, path, capture=capture, roles=roles, ops=extra == "ops", publish=publish or "step")
     rec.__enter__()
     for _ in range(warmup):
         step()
         rec.step()
-    rec.writer.flush()  # type: ignore[union-attr]
+    rec.flush()
     before = folder_bytes(path)
     start, cpu = time.perf_counter(), time.process_time()
-    step()
-    rec.step()
-    rec.writer.flush()  # type: ignore[union-attr]
+    for _ in range(steps):
+        step()
+        rec.step()
+    rec.flush()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     rec.__exit__(None, None, None)
     written = folder_bytes(path) - before
     shutil.rmtree(path)
-    return elapsed, cpu, written
+    return elapsed / steps, cpu / steps, written // steps
 
 
 def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
@@ -291,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--framework", choices=sorted(FRAMEWORKS), default="torch")
     parser.add_argument("--compiled", action="store_true", help="torch.compile the model (torch only); the bare step is compiled too")
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level) single steps; medians are reported")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level and publication); medians are reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levels", default="stats,hash,full", help="capture levels, each optionally with +ops (stats+ops)")
+    parser.add_argument("--publish", default="step,async", help="publication modes to measure (record(publish=...))")
+    parser.add_argument("--steps", type=int, default=2, help="consecutive recorded steps timed per level and round")
     parser.add_argument(
         "--roles", default="input,output,grad_output,grad_input",
         help="roles recorded (default: module inputs, outputs and their gradients; 'all' for every role)",
@@ -302,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
-    levels = args.levels.split(",")
+    levels = [level if publish == "step" else f"{level}/{publish}"
+              for publish in args.publish.split(",") for level in args.levels.split(",")]
     roles = ["inputs", "outputs", "grads", "params", "optimizer"] if args.roles == "all" else args.roles.split(",")
     if args.compiled and args.framework != "torch":
         parser.error("--compiled is for --framework torch (Paddle's to_static models are not recorded)")
@@ -311,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 2 if args.compiled else 1
     label = f"{args.framework}{' compiled' if args.compiled else ''}"
     folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
-    print(f"{label}, {size}, {args.threads} threads, {args.rounds} rounds, roles {roles}", file=sys.stderr)
+    print(f"{label}, {size}, {args.threads} threads, {args.rounds} rounds of {args.steps} recorded steps, "
+          f"roles {roles}", file=sys.stderr)
     bare: list[float] = []
     bare_cpu: list[float] = []
     recorded: dict[str, list[float]] = {level: [] for level in levels}
@@ -338,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                             step()  # a recording's end reset the compiled code
                     timings[kind] = (*bare_step(step), 0)
                     continue
-                timings[kind] = recorded_step(model, step, kind, folder, roles, warmup)
+                timings[kind] = recorded_steps(model, step, kind, folder, roles, args.steps, warmup)
                 if kind == "full":  # the machine's limit for the bytes modules alone write
                     limit.append(copy_and_write_seconds(timings[kind][2], folder))
             bare.append(timings["bare"][0])
@@ -364,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ratio": statistics.median(cpu_ratios[level]),
             "bytes_per_step": int(statistics.median(written[level])),
         }
-        if level == "full" and limit:
+        if level.partition("/")[0] == "full" and limit:  # either publication mode writes the same bytes
             io = statistics.median(limit)
             row["copy_write_s"] = io
             row["limit_s"] = bare_s + io
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{label} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}, best {min(bare):.3f} s); "
           "x bare = median of per-round ratios; best = best recorded step / best bare step (noise only ever adds time); "
           f"CPU time: of all this process's threads; load average at the end {load}")
-    print("| capture | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |")
+    print("| capture (/publish) | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| bare | {bare_s:.3f} | 1.00 | 1.00 | 1.00 | - | - | - |")
     for row in rows:

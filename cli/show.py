@@ -12,6 +12,7 @@ import click
 from tracespec.cli.errors import report_errors
 from tracespec.compare.view import read_node
 from tracespec.format.tables import ROLES, STAGES
+from tracespec.nonfinite import first_nonfinite
 from tracespec.storage import Trace, load_trace
 
 _ROLE_TAGS = {
@@ -136,8 +137,13 @@ def _echo_tree(node: dict[str, Any], prefix: str, last: bool, top: bool, max_dep
 @click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES), help="Stages to list (default: all).")
 @click.option("--depth", type=int, default=None, help="Collapse the tree below this depth.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and the tree as JSON on stdout.")
+@click.option(
+    "--first-nonfinite", is_flag=True,
+    help="Name the first call (over steps, forward then backward) whose output or input gradient holds "
+    "NaN or Inf while what it received did not, instead of the tree. Needs statistics (capture 'stats' or 'full').",
+)
 def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages: tuple[str, ...],
-         depth: int | None, as_json: bool) -> None:
+         depth: int | None, as_json: bool, first_nonfinite: bool) -> None:
     """Show the module tree of TRACE with shapes, dtypes and statistics.
 
     \b
@@ -145,11 +151,15 @@ def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages
       tracespec show runs/ref
       tracespec show runs/ref --step 1 --role output --role grad_output --depth 3
       tracespec show runs/ref --json > tree.json
+      tracespec show runs/crashed --first-nonfinite
     """
     with report_errors():
         t = load_trace(trace)
         if rank not in t.parts:
             raise click.BadParameter(f"rank {rank} is not in this trace (ranks: {t.ranks})", param_hint="--rank")
+        if first_nonfinite:
+            _show_first_nonfinite(t, rank, as_json)
+            return
         steps = t.steps
         if step is None:
             step = steps[0] if steps else 0
@@ -159,11 +169,11 @@ def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages
     parts = rank_summaries(t)
     if as_json:
         doc = {"manifest": t.manifest.to_json(), "complete": t.complete, "ranks": t.ranks,
-               "steps": steps, "parts": parts, "rank": rank, "step": step, **view}
+               "steps": steps, "partial_steps": t.partial_steps, "parts": parts, "rank": rank, "step": step, **view}
         click.echo(json.dumps(doc, indent=1, default=str))
         return
     m = t.manifest
-    state = "complete" if t.complete else click.style("INCOMPLETE", fg="yellow")
+    state = "complete" if t.complete else click.style(f"INCOMPLETE ({t.how_ended()})", fg="yellow")
     click.echo(
         f"{t.path}  {m.framework} {m.framework_version or ''}  ranks {t.ranks}  steps {steps}  {state}"
     )
@@ -177,3 +187,14 @@ def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages
     click.echo(f"rank {rank}, step {step}")
     for root in view["roots"]:
         _echo_tree(root, "", True, True, depth, 0)
+
+
+def _show_first_nonfinite(t: Trace, rank: int, as_json: bool) -> None:
+    origin = first_nonfinite(t, rank)
+    if as_json:
+        click.echo(json.dumps({"first_nonfinite": None if origin is None else origin.to_json()}, indent=1))
+    elif origin is not None:
+        click.echo(f"first non-finite value: {origin.describe()}")
+    else:
+        click.echo(f"no recorded call of rank {rank} produced NaN or Inf from finite values"
+                   + ("" if t.complete else f" (the trace is incomplete: {t.how_ended()})"))

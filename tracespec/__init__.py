@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tracespec.compare import Verdict, compare
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
+from tracespec.nonfinite import NonFiniteOrigin, first_nonfinite
 from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "NonFiniteOrigin",
     "Trace",
     "TraceFormatError",
     "TraceWriter",
@@ -28,6 +30,7 @@ __all__ = [
     "Verdict",
     "__version__",
     "compare",
+    "first_nonfinite",
     "load_trace",
     "record",
     "record_onnx",

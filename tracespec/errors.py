@@ -27,6 +27,7 @@ __all__ = [
     "UnsupportedVersionError",
     "DataMismatchError",
     "InputFileError",
+    "NonFiniteError",
     "UsageError",
 ]
 
@@ -41,6 +42,12 @@ class UsageError(TracespecError, ValueError):
     """The caller asked for something that cannot be done (a bad option or combination)."""
 
     reason = "usage"
+
+
+class NonFiniteError(TracespecError, ArithmeticError):
+    """A recorded call produced NaN or Inf from finite inputs (``record(..., stop_on_nonfinite=True)``)."""
+
+    reason = "nonfinite"
 
 
 class InputFileError(TracespecError, ValueError):

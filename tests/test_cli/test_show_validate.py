@@ -92,3 +92,13 @@ def test_a_bad_trace_gets_one_line_and_exit_3(small_trace: Path, command: str) -
 def test_a_folder_that_is_not_a_trace(tmp_path: Path) -> None:
     code, _, err = run("validate", str(tmp_path))
     assert code == 3 and "[not_a_trace]" in err
+
+
+def test_validate_and_show_say_how_an_incomplete_trace_ended() -> None:
+    trace = Path(__file__).resolve().parents[2] / "spec" / "v1" / "conformance" / "valid-ended-by-signal" / "trace"
+    code, out, _ = run("validate", str(trace))
+    assert code == 0 and "INCOMPLETE (rank 0 ended by signal SIGTERM at step 1, partial steps [1])" in out
+    code, out, _ = run("show", str(trace))
+    assert code == 0 and "ended by signal SIGTERM at step 1" in out.splitlines()[0]
+    code, out, _ = run("show", str(trace), "--json")
+    assert code == 0 and json.loads(out)["partial_steps"] == [1]

@@ -45,6 +45,10 @@ def test_case_through_the_api(case_file: Path) -> None:
     if case.get("valid"):
         report = validate_trace(case["trace"], deep=True)
         assert report.complete == case["complete"]
+        if "partial_steps" in case:  # cases of an interrupted writer say what it left
+            part = report.trace.parts[0].manifest
+            assert list(part.partial_steps) == case["partial_steps"]
+            assert (part.ending and part.ending.how) == case["ending"]
     else:
         with pytest.raises(TraceFormatError) as caught:
             validate_trace(case["trace"], deep=True)

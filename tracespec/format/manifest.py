@@ -22,12 +22,14 @@ from tracespec.errors import (
 )
 
 __all__ = [
+    "ENDINGS",
     "FORMAT_MAJOR",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "PART_FILE",
     "PART_FORMAT_NAME",
+    "Ending",
     "Manifest",
     "PartManifest",
     "Segment",
@@ -44,6 +46,9 @@ FORMAT_MAJOR: Final = 1
 MANIFEST_FILE: Final = "manifest.json"
 PART_FILE: Final = "part.json"
 STORE_DIR: Final = "tensors.zarr"
+ENDINGS: Final = ("closed", "exception", "signal")
+_DETAIL_LIMIT: Final = 200
+"""How a writer ended (spec section 11): closed cleanly, or stopped by an exception or a signal."""
 
 
 def part_dir_name(rank: int) -> str:
@@ -107,6 +112,32 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class Ending:
+    """``part.json``'s ``ending``: how the writer of the part ended (spec section 11).
+
+    ``how`` is one of :data:`ENDINGS`; ``detail`` names the exception (``"ValueError: ..."``) or
+    the signal (``"SIGTERM"``); ``step`` is the step in progress when it happened.
+    """
+
+    how: str
+    detail: str | None = None
+    step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"how": self.how, "detail": self.detail, "step": self.step}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Ending:
+        return cls(how=doc["how"], detail=doc.get("detail"), step=doc.get("step"))
+
+    @classmethod
+    def of_exception(cls, exc: BaseException, step: int | None) -> Ending:
+        """The ending of a writer stopped by ``exc``: its type and message, one line, short."""
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return cls("exception", text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "...", step)
+
+
+@dataclass(frozen=True, slots=True)
 class PartManifest:
     """``rank_<R>/part.json``: one rank's tables and tensor store, rewritten at every flush."""
 
@@ -120,6 +151,8 @@ class PartManifest:
     store_bytes: int
     updated: str
     format_version: str = FORMAT_VERSION
+    partial_steps: tuple[int, ...] = ()
+    ending: Ending | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +168,8 @@ class PartManifest:
             },
             "store": {"path": self.store_path, "arrays": self.store_arrays, "bytes": self.store_bytes},
             "updated": self.updated,
+            "partial_steps": list(self.partial_steps),
+            "ending": None if self.ending is None else self.ending.to_json(),
         }
 
     @classmethod
@@ -153,6 +188,8 @@ class PartManifest:
             store_bytes=doc["store"]["bytes"],
             updated=doc["updated"],
             format_version=doc["format_version"],
+            partial_steps=tuple(doc.get("partial_steps", ())),
+            ending=None if doc.get("ending") is None else Ending.from_json(doc["ending"]),
         )
 
 

@@ -359,6 +359,16 @@ def _load_part(folder: Path) -> Part:
     expected = f"rank_{manifest.rank}"
     if folder.name != expected:
         raise TableMismatchError(f"{folder.name}/{PART_FILE}: says rank {manifest.rank}, folder is {folder.name}")
+    unlisted = set(manifest.partial_steps) - set(manifest.steps)
+    if unlisted:
+        raise TableMismatchError(
+            f"{folder.name}/{PART_FILE}: partial_steps names step {min(unlisted)}, which steps {list(manifest.steps)} lack"
+        )
+    if manifest.complete and manifest.partial_steps:
+        raise TableMismatchError(
+            f"{folder.name}/{PART_FILE}: complete is true but partial_steps is {list(manifest.partial_steps)}; "
+            "a complete part has every step whole"
+        )
     check_relative_path(manifest.store_path, f"{folder.name}/{PART_FILE}: store.path")
     check_inside(folder / manifest.store_path, folder, f"{folder.name}/{PART_FILE}: store.path")
     maps = {name: Mapped() for name in TABLE_NAMES}
@@ -389,6 +399,30 @@ class Trace:
         return len(self.parts) == self.manifest.world_size and all(
             p.manifest.complete for p in self.parts.values()
         )
+
+    @property
+    def partial_steps(self) -> list[int]:
+        """Steps some rank started and did not end before it stopped writing (spec section 11):
+        their records may be incomplete. Every other step of :attr:`steps` is whole."""
+        return sorted({s for part in self.parts.values() for s in part.manifest.partial_steps})
+
+    def how_ended(self) -> str:
+        """How the writers of an incomplete trace ended, in words (spec section 11)."""
+        if self.complete:
+            return "complete: every writer closed"
+        said = []
+        for rank in self.ranks:
+            part = self.parts[rank].manifest
+            ending = part.ending
+            if ending is None:
+                how = "did not end: killed, or still writing"
+            elif ending.how == "closed":
+                continue
+            else:
+                how = f"ended by {ending.how} {ending.detail or ''}".rstrip() + (f" at step {ending.step}" if ending.step is not None else "")
+            partial = f", partial steps {list(part.partial_steps)}" if part.partial_steps else ""
+            said.append(f"rank {rank} {how}{partial}")
+        return "; ".join(said) or "ranks are missing"
 
     def missing_ranks(self) -> list[int]:
         return sorted(set(range(self.manifest.world_size)) - set(self.parts))

@@ -33,7 +33,7 @@ class ValidationReport:
 
     def summary(self) -> str:
         t = self.trace
-        state = "complete" if t.complete else "INCOMPLETE (a writer did not close: it crashed or is still running)"
+        state = "complete" if t.complete else f"INCOMPLETE ({t.how_ended()})"
         missing = t.missing_ranks()
         extra = f"; ranks without a part: {missing}" if missing else ""
         return (

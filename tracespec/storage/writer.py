@@ -14,7 +14,7 @@ Constraints:
   rows are published by writing a new, complete Arrow segment under a temporary name and
   renaming it; ``part.json`` lists the segments and is replaced atomically
   after them. A process killed at any moment leaves a part whose ``part.json`` names only complete
-  files, with ``complete: false``.
+  files, with ``complete: false``, and lists as ``partial_steps`` the steps it had not ended.
 - Ranks never share a file: each writes ``rank_<R>/``; ``manifest.json`` is created once with an
   atomic no-clobber link, by whichever rank comes first.
 """
@@ -42,6 +42,7 @@ from tracespec.format.manifest import (
     MANIFEST_FILE,
     PART_FILE,
     STORE_DIR,
+    Ending,
     Manifest,
     PartManifest,
     Segment,
@@ -199,6 +200,8 @@ class TraceWriter:
         self._next_id = 0
         self._next_node = 0
         self._steps: set[int] = set()
+        self._ended_steps: set[int] = set()  # steps whose end the worker has reached (all published)
+        self._ending: Ending | None = None
         self._step_groups: set[int] = set()
         # Records that a later same_as may name, until their step ends: the caller's view
         # (step, dtype, shape, level) and the worker's (the row, whose columns a copy shares).
@@ -417,16 +420,20 @@ class TraceWriter:
             self._wake.notify_all()
             return int(row["id"])
 
-    def end_step(self, step: int) -> None:
-        """Mark ``step`` as finished: its rows are published soon, without waiting.
+    def end_step(self, step: int) -> threading.Event:
+        """Mark ``step`` as finished, without waiting: its rows are published soon, and
+        ``part.json`` no longer lists it in ``partial_steps``.
 
+        Returns an event set once that is done; :meth:`wait` for it to make the step durable.
         Records of ``step`` and earlier can no longer be named by ``same_as``.
         """
+        done = threading.Event()
         with self._lock:
             self._steps.add(step)
             self._tensor_records = {k: v for k, v in self._tensor_records.items() if v[0] > step}
-            self._jobs.append(_Barrier(threading.Event(), ended_step=step))
+            self._jobs.append(_Barrier(done, ended_step=step))
             self._wake.notify_all()
+        return done
 
     def flush(self) -> None:
         """Block until everything handed over so far is written and published."""
@@ -435,6 +442,10 @@ class TraceWriter:
             self._raise_worker_error()
             self._jobs.append(_Barrier(done))
             self._wake.notify_all()
+        self.wait(done)
+
+    def wait(self, done: threading.Event) -> None:
+        """Block until ``done`` (from :meth:`end_step`) is set; raise if the worker failed."""
         while not done.wait(0.1):
             with self._lock:
                 self._raise_worker_error()
@@ -444,12 +455,13 @@ class TraceWriter:
             self._raise_worker_error()
 
     def close(self) -> None:
-        """Write everything, mark the part complete, and stop the worker."""
+        """Write everything, mark the part complete (``ending`` ``closed``), and stop the worker."""
         if self._closed:
             return
         try:
             self.flush()
             self._complete = True
+            self._ending = Ending("closed")
             self._write_part_manifest()
         finally:
             with self._lock:
@@ -459,8 +471,12 @@ class TraceWriter:
             self._summarizer.shutdown()
             self._io.shutdown()
 
-    def abort(self) -> None:
-        """Stop without marking the part complete (what a crash leaves, but cleanly)."""
+    def abort(self, ending: Ending | None = None) -> None:
+        """Stop without marking the part complete (what a crash leaves, but cleanly).
+
+        What was handed over and not yet published is dropped (:meth:`flush` first to keep it).
+        ``ending`` (how the run ended: an exception, a signal) is written to ``part.json``.
+        """
         with self._lock:
             self._closed = True
             self._jobs.clear()
@@ -468,18 +484,21 @@ class TraceWriter:
         self._worker.join()
         self._summarizer.shutdown()
         self._io.shutdown()
+        if ending is not None and self._error is None:
+            self._ending = ending
+            self._write_part_manifest()
 
     def __enter__(self) -> TraceWriter:
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             self.close()
         else:
             try:
                 self.flush()
             finally:
-                self.abort()
+                self.abort(Ending.of_exception(exc, max(self._steps, default=None)))
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:
@@ -498,6 +517,8 @@ class TraceWriter:
                         return
                     job = self._jobs.popleft() if self._jobs else None
                 if isinstance(job, _Barrier):
+                    if job.ended_step is not None:
+                        self._ended_steps.add(job.ended_step)
                     self._publish()
                     if job.ended_step is not None:
                         self._shared = {k: v for k, v in self._shared.items() if v["step"] > job.ended_step}
@@ -651,6 +672,9 @@ class TraceWriter:
             device=self.device,
             complete=self._complete,
             steps=tuple(sorted(self._steps)),
+            # A closed part is whole; before that, a step not yet ended may miss records.
+            partial_steps=() if self._complete else tuple(sorted(self._steps - self._ended_steps)),
+            ending=self._ending,
             tables={name: tuple(segs) for name, segs in self._segments.items()},
             store_path=STORE_DIR,
             store_arrays=self._store_arrays,

@@ -3,6 +3,7 @@
 Each case is a folder ``<name>/`` with ``case.json`` and the trace in ``trace/``:
 
     {"name": ..., "description": ..., "valid": true, "complete": true|false}
+    {"name": ..., "description": ..., "valid": true, "complete": false, "partial_steps": [...], "ending": "signal"}
     {"name": ..., "description": ..., "error": "<reason code>"}
 
 A valid case must pass ``tracespec validate --deep``; an invalid one must be rejected with exactly
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracespec import TraceWriter
+from tracespec.format.manifest import Ending
 
 HERE = Path(__file__).resolve().parent
 FIXED_TIME = "2026-01-01T00:00:00.000000Z"
@@ -269,6 +271,47 @@ def _foreign_chunking(folder: Path) -> None:
     array[...] = data
 
 
+def write_interrupted(folder: Path, ending: Ending | None) -> None:
+    """Step 0 ended; step 1 has its forward output published (a flush) and never ends: the
+    writer stops with ``ending``, or (None) the way SIGKILL leaves it."""
+    w = TraceWriter(folder, framework="numpy", framework_version="2.x")
+    root = w.add_node("", "Model")
+    for step in (0, 1):
+        w.add_tensor(step=step, stage="forward", node=root, call=0, role="output", slot="0",
+                     array=np.full((2, 2), step, dtype=np.float32))
+        w.add_call(step=step, stage="forward", node=root, call=0, begin=0, end=1)
+        if step == 0:
+            w.end_step(0)
+    w.flush()
+    w.abort(ending)
+
+
+@case(
+    "valid-ended-by-signal",
+    "The process got SIGTERM in step 1: step 0 is whole, step 1 is published as far as it got, "
+    "listed in partial_steps, and ending says signal SIGTERM at step 1. Valid, and incomplete.",
+    valid=True,
+    complete=False,
+    partial_steps=[1],
+    ending="signal",
+)
+def _ended_by_signal(folder: Path) -> None:
+    write_interrupted(folder, Ending("signal", "SIGTERM", 1))
+
+
+@case(
+    "valid-killed-mid-step",
+    "The process was killed (SIGKILL) in step 1 after a flush: ending is null, partial_steps names "
+    "step 1, step 0 is whole. Valid, and incomplete.",
+    valid=True,
+    complete=False,
+    partial_steps=[1],
+    ending=None,
+)
+def _killed_mid_step(folder: Path) -> None:
+    write_interrupted(folder, None)
+
+
 # ----------------------------------------------------------------------------- invalid cases
 def invalid(name: str, description: str, error: str) -> Callable[[Mutation], Mutation]:
     def register(mutate: Mutation) -> Mutation:
@@ -324,6 +367,21 @@ def _part_rank(folder: Path) -> None:
 def _part_beyond(folder: Path) -> None:
     shutil.copytree(folder / "rank_0", folder / "rank_3")
     edit_json(folder / "rank_3" / "part.json", lambda d: d.update(rank=3))
+
+
+@invalid("partial-step-not-listed", "part.json's partial_steps names step 5, which steps lacks.", "table_mismatch")
+def _partial_not_listed(folder: Path) -> None:
+    edit_json(folder / "rank_0" / "part.json", lambda d: d.update(partial_steps=[5]))
+
+
+@invalid("partial-step-in-complete-part", "A part that says complete true lists step 0 as partial.", "table_mismatch")
+def _partial_in_complete(folder: Path) -> None:
+    edit_json(folder / "rank_0" / "part.json", lambda d: d.update(partial_steps=[0]))
+
+
+@invalid("ending-unknown", "part.json's ending says how 'exploded', not closed, exception or signal.", "manifest_invalid")
+def _ending_unknown(folder: Path) -> None:
+    edit_json(folder / "rank_0" / "part.json", lambda d: d.update(ending={"how": "exploded"}))
 
 
 @invalid("segment-row-count", "part.json says the tensors segment has 5 rows; it has 2.", "table_mismatch")
