@@ -307,7 +307,8 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
         coarse = "B" if culprit.inside[0] > 1 else "A"
         return (f"{where} differs from equal inputs, compared at its boundary: record {coarse} again with the calls inside it "
                 f"(in a compiled model, select it with its children: include=[{culprit.a_route!r}]) to see which one introduced it.")
+    weights = " and weights" if culprit.params else ""  # say "weights" only where they were compared
     return (
-        f"{where} computes differently from equal inputs and weights: compare its forward code and "
+        f"{where} computes differently from equal inputs{weights}: compare its forward code and "
         "hyper-parameters (eps, approximate=, scale, dtype casts, train/eval mode)."
     )
