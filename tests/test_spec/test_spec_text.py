@@ -85,6 +85,20 @@ def test_the_reading_example_runs_without_tracespec() -> None:
     code = code[: code.index("```")]
     trace = SPEC_DIR / "conformance" / "valid-every-dtype" / "trace"
     code = code.replace('root = "runs/ref"', f"root = {str(trace)!r}")
-    probe = code + "\nimport sys\nassert not any(m.startswith('tracespec') for m in sys.modules)\nprint(len(tensors))\n"
+    probe = code + "\nimport sys\nassert not any(m.startswith('tracespec') for m in sys.modules)\nprint(len(rows))\n"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert int(out) > 20
+
+
+def test_hash_test_vectors_hold_for_the_writer_and_a_spec_only_reader() -> None:
+    import numpy as np
+
+    import minimal_reader
+    from tracespec.format.stats import content_hash
+
+    vectors = re.findall(r"^\| (\d+) \| `([0-9a-f]{32})` \|$", section("10. Statistics and hashes"), re.M)
+    assert [int(n) for n, _ in vectors] == [0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1000]
+    for n, digest in vectors:
+        data = np.arange(int(n), dtype=np.int64) % 251
+        as_bytes = data.astype(np.uint8)
+        assert content_hash(as_bytes) == minimal_reader.content_hash(as_bytes) == f"xxh3_128:{digest}", n
