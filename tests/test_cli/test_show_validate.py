@@ -65,7 +65,7 @@ def test_show_rejects_absent_steps_and_ranks_as_usage_errors(small_trace: Path, 
 
 def test_validate_accepts_a_conforming_trace(small_trace: Path) -> None:
     code, out, _ = run("validate", str(small_trace), "--deep")
-    assert code == 0 and "valid tracespec 1.0 trace, complete" in out
+    assert code == 0 and "valid tracespec 1.1 trace, complete" in out
 
 
 def test_validate_json(small_trace: Path) -> None:

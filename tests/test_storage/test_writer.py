@@ -187,7 +187,7 @@ def test_manifest_records_what_the_writer_was_told(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert doc["framework"] == {"name": "torch", "version": "2.13.0"}
     assert doc["capture"] == {"level": "full"} and doc["metadata"] == {"git": "abc"}
-    assert doc["dtype_policy"] == "bf16-mixed" and doc["format_version"] == "1.0"
+    assert doc["dtype_policy"] == "bf16-mixed" and doc["format_version"] == "1.1"
     assert load_trace(tmp_path / "t").parts[0].manifest.device == "cuda:0"
 
 

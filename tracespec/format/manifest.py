@@ -41,7 +41,7 @@ __all__ = [
 
 FORMAT_NAME: Final = "tracespec"
 PART_FORMAT_NAME: Final = "tracespec-part"
-FORMAT_VERSION: Final = "1.0"
+FORMAT_VERSION: Final = "1.1"
 FORMAT_MAJOR: Final = 1
 MANIFEST_FILE: Final = "manifest.json"
 PART_FILE: Final = "part.json"
