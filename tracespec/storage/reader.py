@@ -281,6 +281,8 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             parse_dtype(row["dtype"])
         shape = row["shape"]
         if shape is not None:
+            if any(d is None for d in shape):
+                raise TableInvalidError(f"{where}: tensor {row['id']} has a null extent in shape {shape}")
             if any(d < 0 for d in shape):
                 raise InvalidShapeError(f"{where}: tensor {row['id']} has a negative extent in shape {shape}")
             if math.prod(shape) * parse_dtype(row["dtype"]).itemsize > MAX_ARRAY_BYTES:
@@ -318,7 +320,8 @@ def _rows_to_check(tensors: pa.Table) -> np.ndarray:
             largest = max(largest, parse_dtype(name).itemsize)
         except TracespecError:
             suspect |= mask(pc.equal(tensors.column("dtype"), name)) & valid["dtype"]
-    extents = pc.list_flatten(tensors.column("shape")).to_numpy().astype(np.float64)
+    # a null extent becomes NaN here: the row goes to the exact check, which names it
+    extents = pc.list_flatten(tensors.column("shape")).to_numpy(zero_copy_only=False).astype(np.float64)
     ndim = pc.list_value_length(tensors.column("shape")).fill_null(0).to_numpy()
     starts = np.cumsum(ndim) - ndim
     # the element count of each row, in float64 (exact far beyond MAX_ARRAY_BYTES), times the
@@ -327,7 +330,8 @@ def _rows_to_check(tensors: pa.Table) -> np.ndarray:
     shaped = ndim > 0
     if shaped.any():
         elements[shaped] = np.multiply.reduceat(np.maximum(extents, 0), starts[shaped])
-        suspect[shaped] |= np.minimum.reduceat(extents, starts[shaped]) < 0
+        smallest = np.minimum.reduceat(extents, starts[shaped])
+        suspect[shaped] |= (smallest < 0) | np.isnan(smallest)
     suspect |= elements * largest > MAX_ARRAY_BYTES / 2
     return np.flatnonzero(suspect)
 

@@ -482,6 +482,12 @@ def _negative_extent(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: set_column(t, "shape", [[-4, 3], [3, 3]]))
 
 
+@invalid("shape-null-extent", "The statistics-only record's shape is [3, null]: an extent is null inside the list.",
+         "table_invalid")
+def _null_extent(folder: Path) -> None:
+    edit_table(segment(folder, "tensors"), lambda t: set_column(t, "shape", [[5, 3], [3, None]]))
+
+
 @invalid("absurd-shape-record", "A record claims shape [2^31, 2^31, 2^31]: no reader may allocate it.", "invalid_shape")
 def _absurd_record(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: set_column(t, "shape", [[2**31] * 3, [3, 3]]))
