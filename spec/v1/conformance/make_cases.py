@@ -202,6 +202,20 @@ def _op_nodes(folder: Path) -> None:
         w.end_step(0)
 
 
+@case(
+    "valid-odd-folder-names",
+    "Folders named like parts but not parts (rank_03, rank_x, rank_1.tmp, each with a part.json): "
+    "a reader lists the trace folder and ignores them.",
+    valid=True,
+    complete=True,
+)
+def _odd_folder_names(folder: Path) -> None:
+    write_small(folder)
+    for name in ("rank_03", "rank_x", "rank_1.tmp"):
+        (folder / name).mkdir()
+        (folder / name / "part.json").write_text('{"format": "not a part"}')
+
+
 @case("valid-two-ranks", "Two ranks over two steps, each rank in its own part.", valid=True, complete=True)
 def _two_ranks(folder: Path) -> None:
     for rank in (0, 1):
