@@ -45,7 +45,7 @@ from tracespec.errors import InputFileError, UsageError
 from tracespec.format.dtypes import dtype_of
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS
-from tracespec.storage.writer import TraceWriter
+from tracespec.storage import TraceWriter
 
 __all__ = ["FRAMEWORK", "OnnxRecorder", "OnnxTrace", "accepts", "record", "record_onnx"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from tracespec._version import __version__
 from tracespec.compare import Verdict, compare
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
@@ -17,7 +18,6 @@ from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
 if TYPE_CHECKING:
     from tracespec.adapters import Recorder
 
-__version__ = "0.1.0"
 
 
 __all__ = [

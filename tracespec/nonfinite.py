@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import pyarrow.compute as pc
 
-from tracespec.storage.reader import Trace
+from tracespec.storage import Trace
 
 __all__ = ["NonFiniteOrigin", "first_nonfinite"]
 

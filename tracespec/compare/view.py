@@ -22,8 +22,7 @@ import pyarrow.compute as pc
 
 from tracespec.errors import TableInvalidError
 from tracespec.format.stats import TensorStats
-from tracespec.storage import Trace
-from tracespec.storage.reader import Part
+from tracespec.storage import Part, Trace
 
 __all__ = ["Call", "Node", "OpSite", "RankView", "Record", "SourceLocation", "StepRows", "framework_family", "read_node"]
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from tracespec.errors import InputFileError, TracespecError
 from tracespec.format.dtypes import parse_dtype
-from tracespec.storage.zarr_store import MAX_ARRAY_BYTES
+from tracespec.format.limits import MAX_ARRAY_BYTES
 from tracespec.convert.restricted_pickle import (
     FileRegion,
     LazyArray,

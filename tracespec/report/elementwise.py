@@ -18,8 +18,7 @@ from typing import Final
 import numpy as np
 
 from tracespec.errors import ChunkMissingError
-from tracespec.storage import Trace
-from tracespec.storage.zarr_store import ArrayMeta, missing_chunks
+from tracespec.storage import ArrayMeta, Trace, missing_chunks
 
 __all__ = ["BLOCK_BYTES", "ElementwiseError", "elementwise_error"]
 

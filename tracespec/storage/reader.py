@@ -44,8 +44,8 @@ from tracespec.format.manifest import (
     parse_part_manifest,
 )
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
+from tracespec.format.limits import MAX_ARRAY_BYTES
 from tracespec.storage.zarr_store import (
-    MAX_ARRAY_BYTES,
     ArrayMeta,
     Confinement,
     check_inside,

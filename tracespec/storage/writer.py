@@ -36,6 +36,7 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 
+from tracespec._version import __version__
 from tracespec.errors import TracespecError, UsageError
 from tracespec.format.dtypes import dtype_of, parse_dtype
 from tracespec.format.manifest import (
@@ -69,8 +70,6 @@ def _now() -> str:
 
 
 def _producer_version() -> str:
-    from tracespec import __version__
-
     return __version__
 
 

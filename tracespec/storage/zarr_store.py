@@ -39,11 +39,10 @@ from tracespec.errors import (
     PathEscapeError,
 )
 from tracespec.format.dtypes import DType, dtype_of, parse_dtype
+from tracespec.format.limits import MAX_ARRAY_BYTES, MAX_CHUNKS
 
 __all__ = [
     "CHUNK_BYTES",
-    "MAX_ARRAY_BYTES",
-    "MAX_CHUNKS",
     "ArrayMeta",
     "Confinement",
     "check_inside",
@@ -62,11 +61,6 @@ __all__ = [
 CHUNK_BYTES: Final = 64 << 20
 """Target upper bound on one chunk's size."""
 
-MAX_ARRAY_BYTES: Final = 1 << 40
-"""A shape whose tensor would exceed 1 TiB is treated as corrupt metadata, not allocated."""
-
-MAX_CHUNKS: Final = 1 << 20
-"""More chunks than this in one array is corrupt metadata (it would take hours to list)."""
 
 _NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ZARR_JSON: Final = "zarr.json"
