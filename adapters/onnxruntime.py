@@ -26,7 +26,9 @@ Constraints:
 from __future__ import annotations
 
 import ast
+import difflib
 import fnmatch
+import inspect
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -996,8 +998,21 @@ def record_onnx(
     list of dict
         The model's graph outputs, one dict per feed.
     """
-    recorder = OnnxRecorder(model, **options)
+    recorder = _recorder(model, options)
     return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata, durable=durable)
+
+
+def _recorder(model: str | os.PathLike[str] | onnx.ModelProto, options: dict[str, Any]) -> OnnxRecorder:
+    """An :class:`OnnxRecorder`, or a :class:`UsageError` naming an option it does not take (the
+    PyTorch and Paddle options ``roles``, ``levels``, ``every``... have no meaning for a graph)."""
+    known = [name for name in inspect.signature(OnnxRecorder.__init__).parameters if name not in ("self", "model")]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"record_onnx() got an unknown option {name!r}{hint} Options: {', '.join(known)}, "
+                             "overwrite, metadata, durable")
+    return OnnxRecorder(model, **options)
 
 
 def accepts(model: Any) -> bool:
@@ -1012,4 +1027,4 @@ def record(model: str | os.PathLike[str] | onnx.ModelProto, path: str | os.PathL
     :class:`OnnxRecorder`; call ``run(feed)`` on the result once per step, inside a ``with`` block.
     """
     trace_options = {key: options.pop(key) for key in ("overwrite", "metadata", "durable") if key in options}
-    return OnnxRecorder(model, **options).open(path, **trace_options)
+    return _recorder(model, options).open(path, **trace_options)

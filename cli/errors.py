@@ -17,6 +17,8 @@ EXIT_INVALID_INPUT: Final = 3
 EXIT_INCOMPLETE: Final = 4
 """``tracespec diff``: A and B agree where they were compared, but one of them is incomplete (a
 recording cut short): what it lacks was not compared."""
+EXIT_OUT_OF_MEMORY: Final = 5
+"""The command ran out of memory: it says nothing about the traces (1 would read as "diverged")."""
 
 
 class TracespecClickError(click.ClickException):
@@ -39,6 +41,8 @@ def report_errors() -> Iterator[None]:
     except TracespecError as exc:
         raise TracespecClickError(exc) from None
     except MemoryError:
-        raise click.ClickException("out of memory; narrow the selection (--step, --rank, routes)") from None
+        error = click.ClickException("out of memory; narrow the selection (--step, --rank, routes)")
+        error.exit_code = EXIT_OUT_OF_MEMORY
+        raise error from None
     except BrokenPipeError:  # `tracespec show | head` is fine
         sys.stderr.close()

@@ -486,3 +486,16 @@ def test_tracespec_record_picks_this_adapter_for_an_onnx_model(exported: dict[st
 def test_import_tracespec_does_not_import_onnxruntime() -> None:
     code = "import sys, tracespec; print(sorted({'onnx', 'onnxruntime', 'torch'} & set(sys.modules)))"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+def test_an_option_the_graph_recorder_does_not_take_is_a_usage_error(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(tracespec.errors.UsageError, match="unknown option 'roles'.* Options: providers, capture"):
+        tracespec.record_onnx(model, {"x": np.ones(2, np.float32)}, tmp_path / "t", roles=["output"])
+    with pytest.raises(tracespec.errors.UsageError, match="did you mean 'capture'"):
+        tracespec.record(model, tmp_path / "t2", captur="full")

@@ -102,3 +102,14 @@ def test_validate_and_show_say_how_an_incomplete_trace_ended() -> None:
     assert code == 0 and "ended by signal SIGTERM at step 1" in out.splitlines()[0]
     code, out, _ = run("show", str(trace), "--json")
     assert code == 0 and json.loads(out)["partial_steps"] == [1]
+
+
+def test_out_of_memory_is_not_read_as_a_divergence() -> None:
+    import click
+
+    from tracespec.cli.errors import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, report_errors
+
+    with pytest.raises(click.ClickException) as caught, report_errors():
+        raise MemoryError
+    assert caught.value.exit_code == EXIT_OUT_OF_MEMORY != EXIT_DIVERGED
+    assert "out of memory" in caught.value.message

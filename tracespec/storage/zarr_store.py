@@ -37,6 +37,7 @@ from tracespec.errors import (
     ChunkMissingError,
     InvalidShapeError,
     PathEscapeError,
+    UsageError,
 )
 from tracespec.format.dtypes import DType, dtype_of, parse_dtype
 from tracespec.format.limits import MAX_ARRAY_BYTES, MAX_CHUNKS
@@ -157,7 +158,7 @@ def _codecs(compression: str | None) -> list[dict[str, Any]]:
     if compression == "zstd":
         codecs.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
     elif compression is not None:
-        raise ValueError(f"unknown compression {compression!r}; use None or 'zstd'")
+        raise UsageError(f"unknown compression {compression!r}; use None or 'zstd'")
     return codecs
 
 
