@@ -19,7 +19,7 @@ import click
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
 from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
-from tracespec.compare.verdict import describe_metrics, describe_side, format_number, source_line
+from tracespec.compare.verdict import culprit_units, describe_metrics, describe_side, format_number, source_line
 from tracespec.compare.calls import LOW_COVERAGE
 from tracespec.compare.engine import StepRange
 from tracespec.errors import UsageError
@@ -240,15 +240,7 @@ def _unit_label(node: dict[str, Any]) -> str:
 
 
 def _path_tree(verdict: Verdict) -> list[str]:
-    first = verdict.first_divergence
-    assert first is not None
-    units = [n for n in verdict.nodes if (n["step"], n["rank"], n["stage"]) == (first["step"], first["rank"], first["stage"])]
-    by_route: dict[str, dict[str, Any]] = {}
-    for unit in units:
-        by_route.setdefault(unit["a"]["route"], unit)  # the first call of each node
-    target = first["a"]["route"]
-    chain = [r for r in by_route if r == "" or target == r or target.startswith(r + ".")]
-    chain.sort(key=lambda r: (r != "", r.count(".") if r else -1))
+    by_route, chain = culprit_units(verdict.to_json())
     lines = []
     for depth, route in enumerate(chain):
         unit = by_route[route]

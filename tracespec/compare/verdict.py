@@ -24,6 +24,7 @@ __all__ = [
     "VERDICT_VERSION",
     "Verdict",
     "VerdictInvalidError",
+    "culprit_units",
     "describe_metrics",
     "describe_side",
     "format_number",
@@ -160,6 +161,20 @@ def validate_verdict(doc: object) -> None:
     if error is not None:
         location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise VerdictInvalidError(f"verdict: at {location}: {error.message}")
+
+
+def culprit_units(doc: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The units of the first divergence's (step, rank, stage) by A's route (a node's first call),
+    and the routes from the root down to the culprit: what the path to it is drawn from."""
+    first = doc["first_divergence"]
+    by_route: dict[str, dict[str, Any]] = {}
+    for unit in doc["nodes"]:
+        if (unit["step"], unit["rank"], unit["stage"]) == (first["step"], first["rank"], first["stage"]):
+            by_route.setdefault(unit["a"]["route"], unit)
+    target = first["a"]["route"]
+    chain = sorted((r for r in by_route if r == "" or r == target or target.startswith(r + ".")),
+                   key=lambda r: (r != "", r.count(".")))
+    return by_route, chain
 
 
 def format_number(value: float | None) -> str:

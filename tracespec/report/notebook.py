@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any, Final
 
-from tracespec.compare.verdict import describe_side
+from tracespec.compare.verdict import culprit_units, describe_side
 from tracespec.compare.view import read_node
 from tracespec.report.render import _build_tree, _culprit_html, _growth_svg, _summary, _unit_error, _units
 from tracespec.storage import Trace
@@ -51,20 +51,14 @@ def _kv(rows: list[tuple[str, str]]) -> str:
 
 def _path_to_culprit(verdict: Mapping[str, Any]) -> str:
     """The culprit's ancestors, outermost first, each with its status at the culprit's step and stage."""
-    first = verdict["first_divergence"]
-    target = first["a"]["route"]
-    units = {}
-    for unit in verdict["nodes"]:
-        if (unit["step"], unit["rank"], unit["stage"]) == (first["step"], first["rank"], first["stage"]):
-            units.setdefault(unit["a"]["route"], unit)
-    chain = sorted((r for r in units if r == "" or r == target or target.startswith(r + ".")), key=lambda r: (r != "", r.count(".")))
+    units, chain = culprit_units(dict(verdict))
     items = []
     for depth, route in enumerate(chain):
         unit = units[route]
         label = unit["divergence"] or unit["status"].replace("_", " ")
         items.append(f'<li style="padding-left:{16 * depth}px"><span class="route">{escape(describe_side(unit["a"]))}</span> '
                      f'— {escape(label)}</li>')
-    return f'<h2>Path to the first divergence ({escape(first["stage"])})</h2><ul class="path">{"".join(items)}</ul>'
+    return f'<h2>Path to the first divergence ({escape(verdict["first_divergence"]["stage"])})</h2><ul class="path">{"".join(items)}</ul>'
 
 
 def verdict_fragment(verdict: Mapping[str, Any]) -> str:
