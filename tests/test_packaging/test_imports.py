@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,30 @@ def test_public_api_is_sorted_and_present() -> None:
 
     assert tracespec.__all__ == sorted(tracespec.__all__)
     assert all(hasattr(tracespec, name) for name in tracespec.__all__)
+
+
+def test_the_wheel_holds_every_module_of_the_source_tree(tmp_path: Path) -> None:
+    """A user installs the wheel, not the editable checkout: a subpackage missing from pyproject's
+    package list would import here and fail there."""
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"  # a copy: setuptools reuses a stale build/ folder in the checkout
+    for name in ("pyproject.toml", "README.md", "tracespec", "adapters", "cli", "spec/v1/schema"):
+        copy = shutil.copytree if (root / name).is_dir() else shutil.copy
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        copy(root / name, source / name)
+    build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=source, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = tmp_path.glob("tracespec-*.whl")
+    in_wheel = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith((".py", ".json", ".typed"))}
+    layout = {"tracespec": "tracespec", "adapters": "tracespec/adapters", "cli": "tracespec/cli",
+              "spec/v1/schema": "tracespec/schema"}
+    expected = {
+        f"{installed}/{path.relative_to(root / source).as_posix()}"
+        for source, installed in layout.items()
+        for path in (root / source).rglob("*")
+        if path.suffix in {".py", ".json", ".typed"} and "__pycache__" not in path.parts
+    }
+    assert sorted(expected - in_wheel) == []
