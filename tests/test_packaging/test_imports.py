@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,24 +70,22 @@ def test_the_wheel_holds_every_module_of_the_source_tree(tmp_path: Path) -> None
     """A user installs the wheel, not the editable checkout: a subpackage missing from pyproject's
     package list would import here and fail there."""
     root = Path(__file__).resolve().parents[2]
-    source = tmp_path / "source"  # a copy: setuptools reuses a stale build/ folder in the checkout
+    sources = tmp_path / "sources"  # a copy: setuptools reuses a stale build/ folder in the checkout
     for name in ("pyproject.toml", "README.md", "tracespec", "adapters", "cli", "spec/v1/schema"):
         copy = shutil.copytree if (root / name).is_dir() else shutil.copy
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        copy(root / name, source / name)
+        (sources / name).parent.mkdir(parents=True, exist_ok=True)
+        copy(root / name, sources / name)
     build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
-    done = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=source, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=sources, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    import zipfile
-
     (wheel,) = tmp_path.glob("tracespec-*.whl")
     in_wheel = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith((".py", ".json", ".typed"))}
     layout = {"tracespec": "tracespec", "adapters": "tracespec/adapters", "cli": "tracespec/cli",
               "spec/v1/schema": "tracespec/schema"}
     expected = {
-        f"{installed}/{path.relative_to(root / source).as_posix()}"
-        for source, installed in layout.items()
-        for path in (root / source).rglob("*")
+        f"{installed}/{path.relative_to(root / folder).as_posix()}"
+        for folder, installed in layout.items()
+        for path in (root / folder).rglob("*")
         if path.suffix in {".py", ".json", ".typed"} and "__pycache__" not in path.parts
     }
     assert sorted(expected - in_wheel) == []
