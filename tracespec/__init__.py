@@ -9,7 +9,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from tracespec._version import __version__
-from tracespec.compare import Verdict, compare
+import tracespec.compare as compare  # a callable package: compare(a, b) -> Verdict
+from tracespec.compare import Verdict
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
 from tracespec.nonfinite import NonFiniteOrigin, first_nonfinite

@@ -89,3 +89,23 @@ def test_the_wheel_holds_every_module_of_the_source_tree(tmp_path: Path) -> None
         if path.suffix in {".py", ".json", ".typed"} and "__pycache__" not in path.parts
     }
     assert sorted(expected - in_wheel) == []
+
+
+def test_tracespec_compare_is_the_package_and_the_function(tmp_path: Path) -> None:
+    """``tracespec.compare(a, b)`` is the documented call; the name must not hide the subpackage."""
+    code = (
+        "import tracespec, types\n"
+        "import tracespec.compare as by_import\n"
+        "assert by_import is tracespec.compare and isinstance(by_import, types.ModuleType)\n"
+        "assert tracespec.compare.engine.compare_traces is tracespec.compare.compare_traces\n"
+        "import numpy as np\n"
+        "from tracespec.testing.synthetic import SyntheticRecorder\n"
+        "for path in sys.argv[1:]:\n"
+        "    with SyntheticRecorder(path) as rec, rec.forward(rec.module('', 'Net'), np.ones(3)) as call:\n"
+        "        call.output(np.ones(3))\n"
+        "print(tracespec.compare(*sys.argv[1:]).status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(tmp_path / "a"), str(tmp_path / "b")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pass"
