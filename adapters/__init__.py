@@ -5,7 +5,10 @@ Each adapter module exposes the same small surface:
 
 - ``FRAMEWORK``: the framework's import name (``"torch"``), the key of the adapter;
 - ``accepts(model) -> bool``: whether this adapter records ``model``;
-- ``record(model, path, **options) -> Recorder``: the recorder (a context manager).
+- ``record(model, path, **options)``: what it returns satisfies :class:`Recording` (a context
+  manager with ``path`` and ``flush()``); torch and Paddle return a :class:`Recorder`, whose
+  ``step()`` ends a training step, ONNX Runtime an ``OnnxTrace``, whose ``run(feed)`` runs and
+  records one step.
 
 Picking an adapter never imports a framework: an adapter is only asked about a model when its
 framework is already in ``sys.modules`` (a model of that framework cannot exist otherwise).
@@ -18,8 +21,9 @@ import os
 import sys
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tracespec.adapters._common import CaptureBudgetWarning, Recorder, RecordOptions, parse_options
 from tracespec.errors import UsageError
@@ -28,6 +32,7 @@ __all__ = [
     "CaptureBudgetWarning",
     "RecordOptions",
     "Recorder",
+    "Recording",
     "adapter_for",
     "available_adapters",
     "load_adapter",
@@ -37,8 +42,24 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "tracespec.adapters"
 
-# The framework a model must come from for each adapter (its top-level import name).
-_FRAMEWORK_MODULE = {"torch": "torch", "paddle": "paddle", "onnxruntime": "onnxruntime"}
+# The modules one of which a model of each adapter's framework comes from: an adapter is asked
+# about a model only when one of them is imported (an ONNX model is an onnx.ModelProto).
+_FRAMEWORK_MODULES = {"torch": ("torch",), "paddle": ("paddle",), "onnxruntime": ("onnxruntime", "onnx")}
+
+
+@runtime_checkable
+class Recording(Protocol):
+    """What ``tracespec.record`` returns, whatever the framework: a context manager that writes
+    the trace at ``path``; leaving the block normally marks it complete, an exception leaves it
+    readable and marked incomplete. ``flush()`` publishes what is recorded so far."""
+
+    path: Path
+
+    def flush(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...
 
 
 @cache
@@ -56,11 +77,13 @@ def load_adapter(name: str) -> ModuleType:
 
 
 def adapter_for(model: Any) -> ModuleType:
-    """The adapter module that records ``model``, chosen among frameworks already imported."""
+    """The adapter module that records ``model``, chosen among frameworks already imported (a
+    ``.onnx`` path needs none imported: it is ONNX Runtime's)."""
     adapters = available_adapters()
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx") and "onnxruntime" in adapters:
+        return load_adapter("onnxruntime")
     for name in sorted(adapters):
-        framework = _FRAMEWORK_MODULE.get(name, name)
-        if framework not in sys.modules:
+        if not any(module in sys.modules for module in _FRAMEWORK_MODULES.get(name, (name,))):
             continue
         try:
             module = load_adapter(name)
@@ -76,12 +99,12 @@ def adapter_for(model: Any) -> ModuleType:
     )
 
 
-def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recorder:
+def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recording:
     """Record ``model`` into the trace folder ``path``; use the result as a context manager.
 
     Options are documented in ``docs/recording.md`` (``capture``, ``levels``, ``include``,
     ``exclude``, ``roles``, ``every``, ``max_bytes``, ``optimizer``, ``metadata``, ``overwrite``,
     ``rank``, ``world_size``, ``compression``, ``durable``, ``publish``, ``stop_on_nonfinite``).
     """
-    adapter = adapter_for(model)
-    return adapter.record(model, path, **options)  # type: ignore[no-any-return]
+    recording: Recording = adapter_for(model).record(model, path, **options)
+    return recording

@@ -905,6 +905,7 @@ class OnnxTrace:
         self._writer = writer
         self._node_ids = node_ids
         self._step = 0
+        self.path = writer.path
 
     def run(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model on ``feed``, record the step, and return the graph outputs."""
@@ -912,6 +913,10 @@ class OnnxTrace:
         self._writer.end_step(self._step)
         self._step += 1
         return outputs
+
+    def flush(self) -> None:
+        """Publish every step run so far (each :meth:`run` already publishes its step)."""
+        self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()

@@ -17,7 +17,7 @@ from tracespec.nonfinite import NonFiniteOrigin, first_nonfinite
 from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
 
 if TYPE_CHECKING:
-    from tracespec.adapters import Recorder
+    from tracespec.adapters import Recording
 
 
 
@@ -39,10 +39,12 @@ __all__ = [
 ]
 
 
-def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recorder:
+def record(model: Any, path: str | os.PathLike[str], **options: Any) -> Recording:
     """Record what ``model`` computes into the trace folder ``path`` (a context manager).
 
-    The framework is picked from the model's type (PyTorch, PaddlePaddle, ONNX Runtime); see
+    ``model`` is a ``torch.nn.Module``, a ``paddle.nn.Layer`` (call ``step()`` on the result after
+    each training step), or an ONNX model, a ``.onnx`` path or an ``onnx.ModelProto`` (call
+    ``run(feed)`` on the result, one step each). The framework is picked from the model; see
     ``docs/recording.md`` for the options. Importing the adapters happens here, on first use, so
     ``import tracespec`` stays free of any framework.
     """
