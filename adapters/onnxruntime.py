@@ -14,26 +14,21 @@ Constraints:
   data in float64 while it writes, after the run. A value
   whose float64 sum of squares is not finite (it holds NaN or Inf) is fetched and summarised by
   the reference :func:`tracespec.format.stats.compute_stats`, which counts NaN and Inf.
-- The module tree comes from the scope information ``torch.onnx.export`` leaves in the graph:
-  node metadata ``pkg.torch.onnx.name_scopes`` / ``class_hierarchy`` (torch.export-based
-  exporter) or node names such as ``/blocks.0/attn/q_proj/MatMul`` (TorchScript exporter). Routes
-  are the dotted ``named_modules()`` paths of the exported PyTorch model, root ``""``. A graph
-  without scope information gets its ops under the root, in topological order.
+- The module tree comes from the scope information ``torch.onnx.export`` leaves in the graph
+  (``_onnx_graph``); the statistics nodes the recorder adds are built by ``_onnx_instrument``.
 - The model file is untrusted: external data must stay inside the model's folder, and a file that
   is not an ONNX model raises :class:`~tracespec.errors.InputFileError`.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import fnmatch
 import inspect
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -43,6 +38,8 @@ from onnx import numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from tracespec.adapters._common import HostBufferPool
+from tracespec.adapters._onnx_graph import GraphOp, GraphTree, check_external_data, load_model, value_info
+from tracespec.adapters._onnx_instrument import MOMENTS, PREFIX, STATS_TYPES, dtype_name, moment_nodes, stats_from_moments
 from tracespec.errors import InputFileError, UsageError
 from tracespec.format.dtypes import dtype_of
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
@@ -54,19 +51,8 @@ __all__ = ["FRAMEWORK", "OnnxRecorder", "OnnxTrace", "accepts", "record", "recor
 FRAMEWORK: Final = "onnxruntime"
 STAGE: Final = "forward"
 
-_SCOPES_KEY: Final = "pkg.torch.onnx.name_scopes"
-_CLASSES_KEY: Final = "pkg.torch.onnx.class_hierarchy"
-# Ops whose outputs describe a tensor's shape, not its values: a value read outside a module only
-# by these is not one of the module's outputs.
-_SHAPE_OPS: Final = frozenset({"Shape", "Size"})
-# Weight-consuming ops whose second input is a Linear-style weight that exporters pre-transpose.
-_MATMUL_OPS: Final = frozenset({"MatMul", "Gemm"})
-_UNKNOWN_CLASS: Final = "Module"
-_STATS_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16})
-_PREFIX: Final = "tracespec::"
 # Where ONNX Runtime finds external data files of a model given as bytes.
 _EXTERNAL_DATA_FOLDER: Final = "session.model_external_initializers_file_folder_path"
-_MOMENTS: Final = ("sum", "squares", "min", "max")
 # Ops whose output holds exactly the elements of their first input, in another order or shape.
 _SAME_ELEMENTS: Final = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 # numpy kinds of outputs ONNX Runtime can compute into a caller's buffer (not strings, objects).
@@ -77,215 +63,6 @@ _BIND_MIN_BYTES: Final = 1 << 16
 # What a run into bound buffers raises when an output's shape changed (RuntimeError), or for a
 # reason the same run unbound reports better.
 _BOUND_RUN_ERRORS: Final = (RuntimeError, Fail, InvalidArgument)
-
-
-# ---------------------------------------------------------------------------------------- the tree
-@dataclass(slots=True)
-class _Module:
-    route: str
-    class_name: str = _UNKNOWN_CLASS
-    qualified_class: str | None = None
-    called: bool = False
-    children: list[str] = field(default_factory=list)
-    ops: list[int] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    parameters: dict[str, str] = field(default_factory=dict)  # slot -> graph value name
-    layouts: dict[str, str] = field(default_factory=dict)  # slot -> "in_out" / "out_in" (attrs.parameter_layout)
-
-
-@dataclass(slots=True)
-class _Op:
-    index: int
-    node: onnx.NodeProto
-    scopes: tuple[str, ...]  # called module routes, outermost (root "") first
-    route: str = ""
-
-
-def _literal_list(text: str) -> list[str] | None:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
-    return None
-
-
-def _routes_of_node_name(name: str) -> list[str]:
-    """The module routes in a TorchScript exporter's node name, root first.
-
-    Each segment names a module within the one before it, but a child of a called container
-    (``nn.Sequential``) is named by its qualified name in that container: ResNet's
-    ``/layer2/layer2.0/downsample/downsample.0/Conv`` is ``layer2`` -> ``layer2.0`` ->
-    ``layer2.0.downsample`` -> ``layer2.0.downsample.0``, as ``named_modules()`` names them.
-    """
-    routes, previous = [""], ""
-    for part in (part for part in name.split("/")[1:-1] if part):
-        local = part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part
-        routes.append(f"{routes[-1]}.{local}" if routes[-1] else local)
-        previous = part
-    return routes
-
-
-def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None], str | None]:
-    """The module routes a node ran in (outermost first), their qualified class names, and where
-    that came from (``"name_scopes"``, ``"node_names"``, or None: no scope information)."""
-    meta = {prop.key: prop.value for prop in node.metadata_props}
-    scopes = _literal_list(meta[_SCOPES_KEY]) if _SCOPES_KEY in meta else None
-    if scopes:
-        # The last entry names the FX node itself, not a module.
-        routes = scopes[:-1] or [""]
-        classes: list[str | None] = list(_literal_list(meta.get(_CLASSES_KEY, "")) or [])[: len(routes)]
-        classes += [None] * (len(routes) - len(classes))
-        if routes[0] != "":
-            routes, classes = ["", *routes], [None, *classes]
-        return routes, classes, "name_scopes"
-    if node.name.startswith("/"):
-        routes = _routes_of_node_name(node.name)
-        return routes, [None] * len(routes), "node_names"
-    return [""], [None], None
-
-
-class _GraphTree:
-    """The module tree, op nodes and module-boundary values rebuilt from one graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
-        self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
-        self.graph_outputs = [vi.name for vi in graph.output]
-        self.modules: dict[str, _Module] = {"": _Module("", called=True)}
-        self.ops: list[_Op] = []
-        self.scope_source: str | None = None
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[tuple[int, int]]] = {}
-        for index, node in enumerate(graph.node):
-            routes, classes, source = _scopes_of(node)
-            self.scope_source = self.scope_source or source
-            for route, qualified in zip(routes, classes, strict=True):
-                self._add_module(route, qualified, called=True)
-            op = _Op(index, node, tuple(dict.fromkeys(routes)))
-            self.ops.append(op)
-            self.modules[op.scopes[-1]].ops.append(index)
-            for slot, name in enumerate(node.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((index, slot))
-            for name in node.output:
-                if name:
-                    self.producer[name] = index
-        self._name_ops()
-        self.parameter_aliases = self._find_parameter_aliases()
-        self._find_boundaries()
-        self._assign_parameters()
-
-    def _add_module(self, route: str, qualified: str | None, called: bool) -> None:
-        module = self.modules.get(route)
-        if module is None:
-            parent = route.rpartition(".")[0] if "." in route else ""
-            self._add_module(parent, None, called=False)
-            module = self.modules[route] = _Module(route)
-            self.modules[parent].children.append(route)
-        module.called = module.called or called
-        if qualified and module.qualified_class is None:
-            module.qualified_class = qualified
-            module.class_name = qualified.rpartition(".")[2]
-
-    def _name_ops(self) -> None:
-        for module in self.modules.values():
-            seen: dict[str, int] = {}
-            for index in module.ops:
-                op_type = self.ops[index].node.op_type
-                count = seen.get(op_type, 0)
-                seen[op_type] = count + 1
-                label = op_type if count == 0 else f"{op_type}_{count}"
-                self.ops[index].route = f"{module.route}.{label}" if module.route else label
-
-    def _find_boundaries(self) -> None:
-        """A called module's inputs: values its ops read and do not produce; outputs: values its
-        ops produce that are read outside it (or are graph outputs)."""
-        constants = {op.node.output[0] for op in self.ops if op.node.op_type == "Constant"}
-        graph_outputs = set(self.graph_outputs)
-        members: dict[str, set[int]] = {}
-        for op in self.ops:
-            for route in op.scopes:
-                members.setdefault(route, set()).add(op.index)
-        for route, inside in members.items():
-            module = self.modules[route]
-            inputs: dict[str, None] = {}
-            outputs: dict[str, None] = {}
-            for index in sorted(inside):
-                node = self.ops[index].node
-                for name in node.input:
-                    if (
-                        name
-                        and self.producer.get(name) not in inside
-                        and name not in self.initializers
-                        and name not in self.parameter_aliases
-                        and name not in constants
-                    ):
-                        inputs[name] = None
-                for name in node.output:
-                    readers = self.consumers.get(name, [])
-                    if name in graph_outputs or any(
-                        reader not in inside and self.ops[reader].node.op_type not in _SHAPE_OPS for reader, _ in readers
-                    ):
-                        outputs[name] = None
-            module.inputs = list(inputs)
-            module.outputs = list(outputs)
-
-    def _find_parameter_aliases(self) -> dict[str, str]:
-        """Identity ops that give an initializer a second name (the TorchScript exporter's way of
-        sharing one tensor between several parameters): alias -> initializer."""
-        aliases = {}
-        for op in self.ops:
-            node = op.node
-            if node.op_type == "Identity" and node.input and node.input[0] in self.initializers:
-                aliases[node.output[0]] = node.input[0]
-        return aliases
-
-    def _owner_by_use(self, name: str) -> str:
-        """The innermost called module that contains every op reading ``name``."""
-        chains = [self.ops[index].scopes for index, _ in self.consumers.get(name, [])]
-        if not chains:
-            return ""
-        common = 0
-        while all(len(chain) > common and chain[common] == chains[0][common] for chain in chains):
-            common += 1
-        return chains[0][common - 1] if common else ""
-
-    def _assign_parameters(self) -> None:
-        names = [*self.initializers, *self.parameter_aliases]
-        unnamed = []
-        for name in names:
-            route, dot, local = name.rpartition(".")
-            if dot and route in self.modules and local not in self.modules[route].parameters:
-                self.modules[route].parameters[local] = name
-            else:
-                unnamed.append(name)
-        for name in unnamed:
-            owner = self.modules[self._owner_by_use(name)]
-            readers = self.consumers.get(name, [])
-            # Exporters name a pre-transposed Linear weight after the op that reads it ("val_2",
-            # "onnx::MatMul_213"); a graph without scopes keeps its own names.
-            as_weight = self.scope_source is not None and bool(readers) and all(
-                self.ops[index].node.op_type in _MATMUL_OPS and slot == 1 for index, slot in readers
-            )
-            if as_weight and "weight" not in owner.parameters:
-                owner.parameters["weight"] = name
-                node = self.ops[readers[0][0]].node
-                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-                # MatMul (and Gemm without transB) reads the weight as [in, out]: the exporter
-                # stored the transpose of the module's [out, in] weight
-                owner.layouts["weight"] = "out_in" if trans_b else "in_out"
-            else:
-                owner.parameters[name if name not in owner.parameters else f"{name}#{len(owner.parameters)}"] = name
-
-    def preorder(self) -> Iterator[_Module]:
-        stack = [""]
-        while stack:
-            module = self.modules[stack.pop()]
-            yield module
-            stack.extend(reversed(module.children))
 
 
 # ---------------------------------------------------------------------------------------- selection
@@ -301,7 +78,7 @@ class _Selection:
             return False
         return not any(fnmatch.fnmatchcase(route, p) for p in self.exclude)
 
-    def op(self, op: _Op) -> bool:
+    def op(self, op: GraphOp) -> bool:
         op_type = op.node.op_type
         if self.include_ops is not None and op_type not in self.include_ops:
             return False
@@ -315,76 +92,6 @@ def _patterns(value: str | Iterable[str] | None, what: str) -> tuple[str, ...] |
     if not all(isinstance(item, str) for item in items):
         raise UsageError(f"{what} must be a string or a list of strings, got {value!r}")
     return items
-
-
-# ---------------------------------------------------------------------------------------- loading
-def _load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    if not isinstance(model, (str, os.PathLike)):
-        raise UsageError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
-    path = Path(model)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such ONNX model file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError, and onnx several types
-        raise InputFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    if not proto.graph.node:
-        raise InputFileError(f"{path}: the ONNX model has no graph nodes")
-    return proto, path.parent.resolve()
-
-
-def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
-    for tensor in proto.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        if base_dir is None:
-            raise UsageError(f"initializer {tensor.name!r} is stored externally; pass the model's path, not a ModelProto")
-        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
-        target = (base_dir / location).resolve()
-        if not location or os.path.isabs(location) or not target.is_relative_to(base_dir):
-            raise InputFileError(f"{base_dir}: initializer {tensor.name!r} points outside the model's folder ({location!r})")
-        if not target.is_file():
-            raise InputFileError(f"{target}: external data file of initializer {tensor.name!r} is missing")
-
-
-def _value_info(proto: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """ONNX element type and rank of every value whose type is known or inferable."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    except (onnx.shape_inference.InferenceError, ValueError):
-        inferred = proto
-    graph = inferred.graph
-    types: dict[str, int] = {}
-    ranks: dict[str, int] = {}
-    for info in (*graph.value_info, *graph.input, *graph.output):
-        tensor_type = info.type.tensor_type
-        if info.type.HasField("tensor_type") and tensor_type.elem_type:
-            types[info.name] = tensor_type.elem_type
-            if tensor_type.HasField("shape"):
-                ranks[info.name] = len(tensor_type.shape.dim)
-    for tensor in graph.initializer:
-        types[tensor.name] = tensor.data_type
-        ranks[tensor.name] = len(tensor.dims)
-    return types, ranks
-
-
-def _stats_from_moments(shape: tuple[int, ...], total: float, squares: float, low: float, high: float) -> TensorStats:
-    count = math.prod(shape)
-    if count == 0:
-        return TensorStats(0, None, None, None, None, None, 0, 0)
-    mean = total / count
-    return TensorStats(
-        count=count,
-        min=low,
-        max=high,
-        mean=mean,
-        std=math.sqrt(max(squares / count - mean * mean, 0.0)),
-        l2=math.sqrt(squares),
-        nan_count=0,
-        inf_count=0,
-    )
 
 
 def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
@@ -451,8 +158,8 @@ class OnnxRecorder:
         if outputs_per_run is not None and outputs_per_run < 1:
             raise UsageError(f"outputs_per_run must be a positive integer or None, got {outputs_per_run!r}")
         self.level = level
-        self._proto, self._base_dir = _load_model(model)
-        _check_external_data(self._proto, self._base_dir)
+        self._proto, self._base_dir = load_model(model)
+        check_external_data(self._proto, self._base_dir)
         self._selection = _Selection(
             _patterns(include, "include"),
             _patterns(exclude, "exclude") or (),
@@ -460,18 +167,18 @@ class OnnxRecorder:
             frozenset(_patterns(exclude_ops, "exclude_ops") or ()),
         )
         self._capture = {"modules": modules, "ops": ops, "parameters": parameters}
-        self.tree = _GraphTree(self._proto.graph)
+        self.tree = GraphTree(self._proto.graph)
         self._providers = list(providers) if providers is not None else _default_providers()
         self._session_options = session_options
         self._events = self._plan()
         needed = self._needed_values()
-        self._types, self._ranks = _value_info(self._proto)
+        self._types, self._ranks = value_info(self._proto)
         self._opset = next((o.version for o in self._proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self._captured = [name for name in needed if name in self.tree.producer]
         # At ``full`` every value is fetched anyway: its statistics come from the data, computed
         # by the writer while it writes (after the run), not by extra reductions inside it.
         self._moments_of = {} if level in ("hash", "full") else {
-            name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in _STATS_TYPES
+            name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in STATS_TYPES
         }
         self._outputs_per_run = outputs_per_run
         # Graph outputs are always fetched whole: record() returns them.
@@ -496,8 +203,8 @@ class OnnxRecorder:
         captured = self._captured
         graph_outputs = [name for name in self.tree.graph_outputs if name in self.tree.producer]
         sources = list(dict.fromkeys(self._moments_of.values()))
-        self._prefix = {source: f"{_PREFIX}{i}" for i, source in enumerate(sources)}
-        self._shape_output = {n: f"{_PREFIX}shape{i}" for i, n in enumerate(n for n in captured if n not in self._data)}
+        self._prefix = {source: f"{PREFIX}{i}" for i, source in enumerate(sources)}
+        self._shape_output = {n: f"{PREFIX}shape{i}" for i, n in enumerate(n for n in captured if n not in self._data)}
         size = self._outputs_per_run or max(len(captured), 1)
         chunks = [captured[i : i + size] for i in range(0, len(captured), size)] or [[]]
         chunks[0] = list(dict.fromkeys([*chunks[0], *graph_outputs]))
@@ -505,12 +212,12 @@ class OnnxRecorder:
         self._batch_of = {name: k for k, chunk in enumerate(chunks) for name in chunk}
         self._batches = [self._batch_outputs(chunk) for chunk in chunks]
         added = {
-            source: _moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
+            source: moment_nodes(source, self._prefix[source], self._types[source], self._ranks.get(source), self._opset)
             for source in sources
         }
         for name, output in self._shape_output.items():
             added.setdefault(name, []).append(onnx.helper.make_node("Shape", [name], [output], name=output))
-        moments = [f"{self._prefix[source]}:{part}" for source in sources for part in _MOMENTS]
+        moments = [f"{self._prefix[source]}:{part}" for source in sources for part in MOMENTS]
         if hasattr(self, "_session"):
             del self._session  # a rebuild frees the old session (its weights) before the new one loads
         self._session = self._make_session(
@@ -538,7 +245,7 @@ class OnnxRecorder:
                 outputs[name] = None
             if name in self._moments_of:
                 prefix = self._prefix[self._moments_of[name]]
-                outputs.update(dict.fromkeys(f"{prefix}:{part}" for part in _MOMENTS))
+                outputs.update(dict.fromkeys(f"{prefix}:{part}" for part in MOMENTS))
             if name in self._shape_output:
                 outputs[self._shape_output[name]] = None
         return list(outputs)
@@ -566,7 +273,7 @@ class OnnxRecorder:
     def _module_selected(self, route: str) -> bool:
         return self._capture["modules"] and self._selection.route(route)
 
-    def _op_selected(self, op: _Op) -> bool:
+    def _op_selected(self, op: GraphOp) -> bool:
         return self._capture["ops"] and self._selection.op(op)
 
     def _needed_values(self) -> list[str]:
@@ -603,7 +310,7 @@ class OnnxRecorder:
         used = {name for group in added.values() for node in group for name in node.input}
         graph.initializer.extend(
             numpy_helper.from_array(np.array(value, dtype=np.int64), name)
-            for name, value in ((f"{_PREFIX}row", [1, -1]), (f"{_PREFIX}last_axis", [-1]))
+            for name, value in ((f"{PREFIX}row", [1, -1]), (f"{PREFIX}last_axis", [-1]))
             if name in used
         )
         options = self._session_options or ort.SessionOptions()
@@ -754,8 +461,8 @@ class OnnxRecorder:
             if not finite(prefix):
                 # NaN or Inf inside (or a float32 overflow): the reference counts them.
                 return array, None, shape
-            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in _MOMENTS)
-            return array, _stats_from_moments(shape, total, squares, low, high), shape
+            total, squares, low, high = (float(fetched[f"{prefix}:{part}"]) for part in MOMENTS)
+            return array, stats_from_moments(shape, total, squares, low, high), shape
 
         def put(node: int, role: str, slot: str, name: str, call: int | None) -> None:
             if not name:
@@ -774,7 +481,7 @@ class OnnxRecorder:
                 outputs[name] = array
             dtype = None
             if array is None:
-                dtype = _dtype_name(self._types.get(name, 0))
+                dtype = dtype_name(self._types.get(name, 0))
             records[name] = writer.add_tensor(
                 step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, array=array,
                 level=self.level, stats=stats, dtype=dtype, shape=shape,
@@ -926,48 +633,6 @@ class OnnxTrace:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._writer.__exit__(exc_type, exc, tb)
-
-
-def _moment_nodes(name: str, prefix: str, elem_type: int, rank: int | None, opset: int) -> list[onnx.NodeProto]:
-    """Nodes computing ``<prefix>:sum``, ``:squares`` (float64 scalars), ``:min`` and ``:max`` of
-    ``name``.
-
-    ONNX Runtime's float64 kernels are several times slower than its float32 ones, so sums are
-    taken in float32 along the last axis (rows of the tensor, in parallel), and the row sums are
-    added in float64: the error is that of float32 sums over one row.
-    """
-    make = onnx.helper.make_node
-    nodes = []
-    source = name
-    if elem_type == onnx.TensorProto.FLOAT16:  # float16 squares overflow at 256
-        nodes.append(make("Cast", [source], [f"{prefix}:float"], to=onnx.TensorProto.FLOAT, name=f"{prefix}:float"))
-        source = f"{prefix}:float"
-    if not rank:  # a 0-d value or an unknown rank: one row
-        nodes.append(make("Reshape", [source, f"{_PREFIX}row"], [f"{prefix}:rows"], name=f"{prefix}:rows"))
-        source = f"{prefix}:rows"
-    # Every reduction runs along the last axis first, over rows in parallel (a reduction over
-    # all axes at once runs on one thread: twice as slow for min and max), then over the rows.
-    for op, part in (("ReduceSum", "sum"), ("ReduceSumSquare", "squares"), ("ReduceMin", "min"), ("ReduceMax", "max")):
-        partial = f"{prefix}:row_{part}"
-        if opset >= 18 or (op == "ReduceSum" and opset >= 13):
-            nodes.append(make(op, [source, f"{_PREFIX}last_axis"], [partial], keepdims=0, name=partial))
-        else:
-            nodes.append(make(op, [source], [partial], axes=[-1], keepdims=0, name=partial))
-        if op in ("ReduceSum", "ReduceSumSquare"):
-            nodes.append(make("Cast", [partial], [f"{partial}:double"], to=onnx.TensorProto.DOUBLE, name=f"{partial}:double"))
-            nodes.append(make("ReduceSum", [f"{partial}:double"], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
-        else:
-            nodes.append(make(op, [partial], [f"{prefix}:{part}"], keepdims=0, name=f"{prefix}:{part}"))
-    return nodes
-
-
-def _dtype_name(elem_type: int) -> str:
-    if elem_type == onnx.TensorProto.BFLOAT16:
-        return "bfloat16"
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except (KeyError, TypeError):
-        raise UsageError(f"cannot record a value of ONNX element type {elem_type} without its data") from None
 
 
 def record_onnx(
