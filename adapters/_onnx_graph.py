@@ -87,8 +87,9 @@ def _scopes_of(node: onnx.NodeProto) -> tuple[list[str], list[str | None], str |
     scopes = _literal_list(meta[_SCOPES_KEY]) if _SCOPES_KEY in meta else None
     if scopes:
         # The last entry names the FX node itself, not a module.
-        routes = scopes[:-1] or [""]
-        classes: list[str | None] = list(_literal_list(meta.get(_CLASSES_KEY, "")) or [])[: len(routes)]
+        routes: list[str] = scopes[:-1] or [""]
+        named_classes: list[str] = _literal_list(meta.get(_CLASSES_KEY, "")) or []
+        classes: list[str | None] = [*named_classes[: len(routes)]]
         classes += [None] * (len(routes) - len(classes))
         if routes[0] != "":
             routes, classes = ["", *routes], [None, *classes]

@@ -197,7 +197,7 @@ class PaddleRecorder(Recorder):
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
-        return str(paddle.__version__)
+        return str(paddle.version.full_version)
 
     def device_name(self) -> str:
         first = next(iter(self.model.parameters()), None)
@@ -215,12 +215,13 @@ class PaddleRecorder(Recorder):
         return None
 
     def named_modules(self) -> Iterable[tuple[str, Any]]:
-        return self.model.named_sublayers(include_self=True)
+        named: Iterable[tuple[str, Any]] = self.model.named_sublayers(include_self=True)
+        return named
 
     def local_tensors(self, module: Any, role: str) -> Iterable[tuple[str, Any]]:
-        if role == "parameter":
-            return module.named_parameters(include_sublayers=False)
-        return module.named_buffers(include_sublayers=False)
+        named: Iterable[tuple[str, Any]] = (module.named_parameters(include_sublayers=False) if role == "parameter"
+                                            else module.named_buffers(include_sublayers=False))
+        return named
 
     def is_tensor(self, value: Any) -> bool:
         return isinstance(value, paddle.Tensor) and value.dtype in _DTYPE_NAMES
@@ -229,7 +230,7 @@ class PaddleRecorder(Recorder):
         return int(tensor.inplace_version)
 
     def tensor_nbytes(self, tensor: Any) -> int:
-        return math.prod(tensor.shape) * int(tensor.element_size())
+        return math.prod(int(n) for n in tensor.shape) * int(tensor.element_size())
 
     # Paddle sums a gradient's contributions into the first one's buffer in place, with no
     # version bump: a layer's grad_input then shares a data pointer with a sublayer's partial one.
@@ -292,7 +293,7 @@ class PaddleRecorder(Recorder):
                 if original is None:
                     continue  # not in this Paddle version
                 op: OpDescription = (*op_name(name), f"{owner_name}.{name}")
-                if isinstance(original, property):
+                if isinstance(original, property) and original.fget is not None:
                     wrapper: Any = property(self._op_wrapper(original.fget, op))
                 else:
                     wrapper = self._op_wrapper(original, op)

@@ -29,6 +29,7 @@ import collections
 import itertools
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Final
 
 from tracespec.compare.calls import CALL_METHODS, CallMatch, CallPhase, CallRef, UnmatchedCall
@@ -386,21 +387,23 @@ class Aligner:
         yields to what the calls compute, and one-to-one call matches pair their nodes' parameters.
         Nodes in ``accounted`` (aligned or reported call by call) are not reported as nodes."""
         leaf_nodes_a = {node for node, _ in leaf["a"]}
-        for a, match in list(self.matches.items()):
-            if match.method == "structural" and a in leaf_nodes_a:
-                del self.claimed_b[match.b]
-                del self.matches[a]
-        for match in calls:
-            a, b = match.a[0][0], match.b[0][0]
-            if match.params and a not in self.matches and b not in self.claimed_b:
-                self._claim(a, b, match.method)
+        for node_a, node_match in list(self.matches.items()):
+            if node_match.method == "structural" and node_a in leaf_nodes_a:
+                del self.claimed_b[node_match.b]
+                del self.matches[node_a]
+        for call_match in calls:
+            a, b = call_match.a[0][0], call_match.b[0][0]
+            if call_match.params and a not in self.matches and b not in self.claimed_b:
+                self._claim(a, b, call_match.method)
         self.accounted = accounted
 
     def unmatched(self) -> list[Unmatched]:
         """Nodes without a counterpart, except those aligned call by call and those that hold
         nothing to compare (no call, no record: a container that never ran itself)."""
         found = []
-        for side, view, free in (("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b)):
+        sides: tuple[tuple[str, RankView, Callable[[int], bool]], ...] = (
+            ("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b))
+        for side, view, free in sides:
             active = view.active_nodes()
             for node_id in sorted(view.nodes):
                 if not free(node_id) or (side, node_id) in self.accounted or node_id not in active:

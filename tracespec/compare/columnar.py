@@ -158,15 +158,18 @@ class _Text:
             else:
                 text = self.data[np.minimum(first[:, None] + np.arange(len(data)), len(self.data) - 1)]  # clipped: failed above
             same &= (text == data).all(axis=1)
-        return same
+        matches: np.ndarray = same
+        return matches
 
 
 def _rows_of(column: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``column[index]`` for (steps, rows) indices; a view where the steps' rows follow one another
     (a batch of steps of one structure, the common case), a copy otherwise."""
     if index.size and index[-1, -1] - index[0, 0] + 1 == index.size:
-        return column[index[0, 0] : index[0, 0] + index.size].reshape(index.shape)
-    return column[index]
+        rows: np.ndarray = column[index[0, 0] : index[0, 0] + index.size].reshape(index.shape)
+        return rows
+    gathered: np.ndarray = column[index]
+    return gathered
 
 
 _TextStep = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -278,7 +281,8 @@ class _Calls:
         if not len(rows):
             return np.ones(len(steps), bool)
         index = np.array([self.start[s] for s in steps.tolist()], np.int64)[:, None] + np.arange(len(rows))[None, :]
-        return (self.rows[index] == rows).all(axis=(1, 2)) & self.stage.matches(index, stage)
+        same: np.ndarray = (self.rows[index] == rows).all(axis=(1, 2)) & self.stage.matches(index, stage)
+        return same
 
 
 class _Members:
@@ -526,7 +530,8 @@ class ColumnarRank:
                 best = np.fmax.reduce(owner_rms[:, columns], axis=2)
                 cancelled = t.scoped[cols][None, :] & ~np.isnan(own) & (own < CANCELLED_BELOW * best)
                 candidates.append(np.where(cancelled, best, np.nan))
-        return np.fmax.reduce(np.stack(candidates), axis=0)
+        noise: np.ndarray = np.fmax.reduce(np.stack(candidates), axis=0)
+        return noise
 
     def _stats(self, t: _Template, cols: np.ndarray, rows_a: _Rows, rows_b: _Rows, index_a: np.ndarray,
                ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tracespec.compare.families import PASS_THROUGH_FAMILIES, op_family
-from tracespec.compare.sequence import diff_sequences, pair_block
+from tracespec.compare.sequence import diff_sequences, kept_pairs, pair_block
 from tracespec.compare.view import RankView, Record
 
 __all__ = [
@@ -171,7 +171,7 @@ def value_distance(a: ValueSignature | None, b: ValueSignature | None) -> float 
     worst = max(abs(x - y) for x, y in fields)  # type: ignore[operator]
     if scale <= 0:
         return 0.0 if worst == 0 else float("inf")
-    return worst / scale
+    return float(worst / scale)
 
 
 def families_compatible(a: str, b: str) -> bool:
@@ -294,7 +294,7 @@ def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a
             continue
         ops = diff_sequences(len(members_a), len(members_b),
                              lambda x, y: seq_a[members_a[x]].family == seq_b[members_b[y]].family, lambda x, y: 0.0)
-        pairs += [(members_a[op.a], members_b[op.b]) for op in ops if op.op == "keep"]
+        pairs += [(members_a[a], members_b[b]) for a, b in kept_pairs(ops)]
     return pairs
 
 
@@ -485,7 +485,7 @@ def _lone_pairs(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: lis
             continue
         rows, cols = _unfolded(seq_a, rows, seq_b, cols), _unfolded(seq_b, cols, seq_a, rows)
         ops = diff_sequences(len(rows), len(cols), lambda i, j: _alike(seq_a[rows[i]], seq_b[cols[j]]), lambda i, j: 0.0)
-        found += [(rows[op.a], cols[op.b]) for op in ops if op.op == "keep"]
+        found += [(rows[a], cols[b]) for a, b in kept_pairs(ops)]
     return found
 
 

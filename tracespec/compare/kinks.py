@@ -161,7 +161,8 @@ def _beyond(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, scale: float | N
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     with np.errstate(invalid="ignore"):
         off = np.abs(b64 - a64) > tolerance.atol_for(scale) + tolerance.rtol * np.abs(a64)
-    return off | (np.isnan(a64) != np.isnan(b64))
+    beyond: np.ndarray = off | (np.isnan(a64) != np.isnan(b64))
+    return beyond
 
 
 def _kink_flips(family: str, xa: np.ndarray, xb: np.ndarray, grad_a: np.ndarray, grad_b: np.ndarray,

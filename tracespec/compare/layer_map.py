@@ -188,28 +188,28 @@ def _expect(value: object, kind: type | tuple[type, ...], where: str) -> Any:
 def _parse_prefixes(doc: object, where: str) -> _Prefixes:
     if doc is None:
         return _Prefixes()
-    doc = _expect(doc, dict, where)
-    unknown = set(doc) - {"strip_prefix", "replace_prefix"}
+    fields: dict[str, Any] = _expect(doc, dict, where)
+    unknown = set(fields) - {"strip_prefix", "replace_prefix"}
     if unknown:
         raise InputFileError(f"{where}: unknown keys {sorted(unknown)}; use strip_prefix, replace_prefix")
-    strip = _expect(doc.get("strip_prefix", ""), str, f"{where}.strip_prefix")
-    replace = _expect(doc.get("replace_prefix", {}), dict, f"{where}.replace_prefix")
+    strip = _expect(fields.get("strip_prefix", ""), str, f"{where}.strip_prefix")
+    replace = _expect(fields.get("replace_prefix", {}), dict, f"{where}.replace_prefix")
     pairs = tuple((_expect(k, str, where), _expect(v, str, where)) for k, v in replace.items())
     return _Prefixes(strip, pairs)
 
 
 def parse_layer_map(doc: object, source: str = "<layer map>") -> LayerMap:
     """Validate a layer-map document (the parsed YAML/JSON) and compile it."""
-    doc = _expect(doc, dict, source)
-    unknown = set(doc) - _MAP_KEYS
+    fields: dict[str, Any] = _expect(doc, dict, source)
+    unknown = set(fields) - _MAP_KEYS
     if unknown:
         raise InputFileError(f"{source}: unknown keys {sorted(unknown)}; a layer map has {sorted(_MAP_KEYS)}")
-    version = doc.get("version", 1)
+    version = fields.get("version", 1)
     if version != 1:
         raise InputFileError(f"{source}: layer map version {version!r}; this tracespec reads version 1")
     rules = []
     call_rules = []
-    for i, entry in enumerate(_expect(doc.get("map", []), list, f"{source}: map")):
+    for i, entry in enumerate(_expect(fields.get("map", []), list, f"{source}: map")):
         where = f"{source}: map[{i}]"
         entry = _expect(entry, dict, where)
         if set(entry) - {"a", "b", "transforms"} or "a" not in entry or "b" not in entry:
@@ -226,14 +226,14 @@ def parse_layer_map(doc: object, source: str = "<layer map>") -> LayerMap:
         except re.error as exc:
             raise InputFileError(f"{where}.a: invalid regular expression ({exc})") from None
         rules.append(_Rule(pattern, _expect(entry["b"], str, f"{where}.b"), transforms))
-    ignore = _expect(doc.get("ignore", {}), dict, f"{source}: ignore")
+    ignore = _expect(fields.get("ignore", {}), dict, f"{source}: ignore")
     ignored = {
         side: tuple(_compile(_expect(p, str, f"{source}: ignore.{side}")) for p in _expect(ignore.get(side, []), list, f"{source}: ignore.{side}"))
         for side in ("a", "b")
     }
     return LayerMap(
-        _parse_prefixes(doc.get("a"), f"{source}: a"),
-        _parse_prefixes(doc.get("b"), f"{source}: b"),
+        _parse_prefixes(fields.get("a"), f"{source}: a"),
+        _parse_prefixes(fields.get("b"), f"{source}: b"),
         tuple(rules),
         ignored["a"],
         ignored["b"],
@@ -290,7 +290,7 @@ def layer_map_document(node_pairs: list[tuple[str, str]], call_pairs: list[tuple
         side_b: Any = [_call_text(c) for c in calls_b] if len(calls_b) > 1 else _call_text(calls_b[0]) + ("" if calls_b[0][1] else "#0")
         entries.append({"a": side_a, "b": side_b})
     doc["map"] = entries
-    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+    body: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
     return "".join(f"# {line}\n" for line in notes) + body
 
 

@@ -139,7 +139,8 @@ def _ordered_bits(block: np.ndarray) -> np.ndarray:
     ordered = signed ^ (sign & np.array((1 << (width - 1)) - 1, signed.dtype))
     ordered -= sign
     # differences of two width-bit integers need width + 1 bits
-    return ordered.astype(np.float64 if width == 64 else np.int64)
+    widened: np.ndarray = ordered.astype(np.float64 if width == 64 else np.int64)
+    return widened
 
 
 def _float_name(dtype: np.dtype) -> str | None:

@@ -24,6 +24,11 @@ class EditOp:
     b: int | None
 
 
+def kept_pairs(ops: list[EditOp]) -> list[tuple[int, int]]:
+    """The ``(a, b)`` index pairs a diff kept."""
+    return [(op.a, op.b) for op in ops if op.op == "keep" and op.a is not None and op.b is not None]
+
+
 MAX_EDITS: Final = 2000
 """Beyond this many insertions and deletions the two sequences are unrelated (an exported op
 graph against a module tree): the diff gives up on keeps, and :func:`pair_block` pairs what it
@@ -146,9 +151,11 @@ def diff_sequences(
     inserted: list[int] = []
     for op in [*_myers(n, m, equal), EditOp("keep", None, None)]:
         if op.op == "delete":
-            deleted.append(op.a)  # type: ignore[arg-type]
+            assert op.a is not None  # a deletion has an index in a
+            deleted.append(op.a)
         elif op.op == "insert":
-            inserted.append(op.b)  # type: ignore[arg-type]
+            assert op.b is not None
+            inserted.append(op.b)
         else:
             result.extend(pair_block(deleted, inserted, similarity, max_cells))
             deleted, inserted = [], []

@@ -192,7 +192,7 @@ def describe_metrics(metrics: dict[str, Any] | None, tolerances: dict[str, Any])
         delta = ", ".join(f"Δ{k} {format_number(v)}" for k, v in metrics.get("stats_delta", {}).items())
         return f"statistics only: {delta}; ×{format_number(metrics.get('tolerance_ratio'))} of tolerance"
     if metrics["kind"] != "elementwise":
-        return metrics.get("note", "not compared")
+        return str(metrics.get("note", "not compared"))
     norm_bound = tolerances["by_dtype"].get(metrics.get("ulp_dtype"), {}).get("rel_rmse")
     shown_bound = f" (norm tolerance {format_number(norm_bound)})" if tolerances["mode"] == "norm" and norm_bound else ""
     text = (

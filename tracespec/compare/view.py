@@ -190,7 +190,8 @@ class StepRows:
     def __init__(self, part: Part, name: str, wanted: set[int] | None) -> None:
         table = getattr(part, name)
         steps = np.concatenate([piece.column("step").to_numpy() for piece in part.slices(name)])
-        self.part, self.name = part, name
+        self.part = part
+        self.name: str | None = name
         """Where the rows live; ``name`` None once sorted into memory of their own."""
         if len(steps) > 1 and bool(np.any(steps[1:] < steps[:-1])):
             order = np.argsort(steps, kind="stable")
@@ -321,7 +322,7 @@ class RankView:
         """Untrusted tables: a parent chain that loops would make every tree walk hang."""
         depth: dict[int, int] = {}
         for start in self.nodes:
-            chain = []
+            chain: list[int] = []
             node: int | None = start
             while node is not None and node not in depth:
                 if len(chain) > len(self.nodes):

@@ -107,7 +107,7 @@ class Checkpoint:
             return np.empty(lazy.shape, dtype)
         if isinstance(lazy.source, bytes):
             flat = np.frombuffer(lazy.source, dtype, count)
-            return flat.reshape(lazy.shape, order=lazy.order)  # type: ignore[call-overload,no-any-return]
+            return flat.reshape(lazy.shape, order=lazy.order)
         if isinstance(lazy.source, StorageRef):
             start, length = self._storage_offsets[lazy.source.key]
         else:
@@ -118,7 +118,7 @@ class Checkpoint:
             raise InputFileError(f"{self.path}: tensor {key!r} reaches past its data")
         buffer = _map_region(self.path, begin, span)
         if lazy.strides is None:
-            return np.ndarray(lazy.shape, dtype, buffer, order=lazy.order)  # type: ignore[call-overload,no-any-return]
+            return np.ndarray(lazy.shape, dtype, buffer, order=lazy.order)
         strided = np.ndarray(lazy.shape, dtype, buffer, strides=tuple(s * dtype.itemsize for s in lazy.strides))
         return strided if strided.flags.c_contiguous else np.ascontiguousarray(strided)
 
@@ -271,7 +271,7 @@ def _open_torch_zip(file: Path) -> Checkpoint:
 
 def _zip_data_offset(f: Any, info: zipfile.ZipInfo, file: Path) -> int:
     f.seek(info.header_offset)
-    fields = _ZIP_LOCAL_HEADER.unpack(f.read(_ZIP_LOCAL_HEADER.size))
+    fields: tuple[int, ...] = _ZIP_LOCAL_HEADER.unpack(f.read(_ZIP_LOCAL_HEADER.size))
     if fields[0] != _ZIP_LOCAL_MAGIC:
         raise InputFileError(f"{file}: zip entry {info.filename} has a bad local header")
     begin = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[9] + fields[10]
@@ -358,12 +358,11 @@ def convert_checkpoint(
         written: dict[object, int] = {}
         for entry in checkpoint.entries:
             route, slot = split_key(entry.key)
-            where = dict(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot)
-            same = written.get(checkpoint.identity(entry.key))
-            if same is not None:  # tied weights: one storage saved under two names
-                writer.add_tensor(**where, same_as=same)
-            else:
-                written[checkpoint.identity(entry.key)] = writer.add_tensor(**where, array=checkpoint.read(entry.key))
+            identity = checkpoint.identity(entry.key)
+            same = written.get(identity)  # tied weights: one storage saved under two names
+            record = writer.add_tensor(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot,
+                                       same_as=same, array=None if same is not None else checkpoint.read(entry.key))
+            written.setdefault(identity, record)
             done += entry.nbytes
             if progress is not None:
                 progress(done, total)

@@ -120,14 +120,14 @@ def locate_padiff_dumps(root: str | Path) -> tuple[str, list[DumpFolder]]:
     if steps:
         dirs: list[DumpFolder] = []
         layouts = set()
-        for step, step_dir in sorted(steps.items()):
+        for step_number, step_dir in sorted(steps.items()):
             ranks = {int(m.group(1)): c for c in step_dir.iterdir() if (m := _RANK.match(c.name)) and c.is_dir()}
             if ranks:
                 layouts.add("step_N/rank_M")
-                dirs += [DumpFolder(path, step, rank) for rank, path in sorted(ranks.items())]
+                dirs += [DumpFolder(path, step_number, rank) for rank, path in sorted(ranks.items())]
             elif _has_json(step_dir):
                 layouts.add("step_N (v0)")
-                dirs.append(DumpFolder(step_dir, step, 0))
+                dirs.append(DumpFolder(step_dir, step_number, 0))
         if not dirs:
             raise InputFileError(f"{folder}: step_* folders hold no PaDiff JSON files")
         return " + ".join(sorted(layouts)), dirs
@@ -239,7 +239,8 @@ class _Converter:
             self.missing.append(f"{self.rel(folder)}/{subdir}/{name} ({what})")
             return None
         try:
-            return np.load(resolved, allow_pickle=False, mmap_mode="r")
+            array: np.ndarray = np.load(resolved, allow_pickle=False, mmap_mode="r")
+            return array
         except (ValueError, OSError, EOFError) as exc:
             raise InputFileError(f"{self.rel(path)}: not a plain .npy array ({exc})") from None
 
@@ -546,12 +547,13 @@ def convert_padiff(
     }
     source["padiff_version"] = [_GENERATION_VERSIONS[g] for g in source["padiff_generation"]]
     for (folder, name), doc in docs.items():
-        base = update_weights if any(folder == d.path for d in extra_dirs) else root
+        from_update = update_weights is not None and any(folder == d.path for d in extra_dirs)
+        base = Path(update_weights if from_update and update_weights is not None else root)
         try:
-            rel = str(folder.resolve().relative_to(Path(base).resolve()) / name)
+            rel = str(folder.resolve().relative_to(base.resolve()) / name)
         except ValueError:
             rel = str(folder / name)
-        source["files"].append({"file": rel, "origin": "update_weights" if base is update_weights else "dump", "file_path": doc.get("file_path")})
+        source["files"].append({"file": rel, "origin": "update_weights" if from_update else "dump", "file_path": doc.get("file_path")})
         layer_map = doc.get("layer_map")
         if isinstance(layer_map, dict) and any(layer_map.values()):
             source["layer_map"] = layer_map

@@ -18,8 +18,9 @@ import io
 import math
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar, Final
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class LazyArray:
     shape: tuple[int, ...]
     offset: int = 0
     strides: tuple[int, ...] | None = None
-    order: str = "C"
+    order: Literal["C", "F"] = "C"
 
 
 def _bad(where: str, what: str) -> InputFileError:
@@ -111,7 +112,7 @@ def _int_tuple(value: object, where: str, what: str) -> tuple[int, ...]:
 
 class _RefusingMixin:
     where: str
-    allowed: ClassVar[dict[tuple[str, str], Any]]
+    allowed: dict[tuple[str, str], Any]  # per instance: the stand-ins know where they read
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -227,10 +228,18 @@ class _NumpyArray:
         self.array = LazyArray(data, _NUMPY_CODES[dtype.code], shape, order="F" if fortran else "C")
 
 
-class _PaddleUnpickler(_RefusingMixin, pickle._Unpickler):  # type: ignore[name-defined,misc]
+class _PaddleUnpickler(_RefusingMixin, pickle._Unpickler):
     """The pure-Python unpickler, so that large byte strings can be skipped instead of read."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    if TYPE_CHECKING:  # the pure-Python unpickler's internals, which typeshed does not describe
+        _unframer: Any
+        dispatch: ClassVar[dict[int, Callable[[Any], None]]]
+
+        def read(self, n: int) -> bytes: ...
+
+        def append(self, value: object) -> None: ...
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], size: int, where: str) -> None:
         super().__init__(file)

@@ -229,4 +229,4 @@ def content_hash(array: np.ndarray) -> str:
     contiguous = np.ascontiguousarray(array)
     if contiguous.dtype.byteorder == ">":
         contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
-    return f"{HASH_ALGORITHM}:{xxhash.xxh3_128_hexdigest(contiguous.reshape(-1).view(np.uint8))}"
+    return f"{HASH_ALGORITHM}:{xxhash.xxh3_128_hexdigest(contiguous.reshape(-1).view(np.uint8).data)}"

@@ -22,7 +22,7 @@ import tracespec
 __all__ = ["TracespecCallback"]
 
 
-class TracespecCallback(Callback):  # type: ignore[misc]
+class TracespecCallback(Callback):
     """Record a ``paddle.Model.fit`` run into the trace folder ``path`` (``record_options``: those
     of :func:`tracespec.record`, such as ``steps``, ``every``, ``capture``, ``include``, ``ops``)."""
 
@@ -35,7 +35,10 @@ class TracespecCallback(Callback):  # type: ignore[misc]
         self.recorder: Any = None
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self.recorder = tracespec.record(self.model.network, self.path, optimizer=self.model._optimizer, **self.record_options)
+        model = self.model
+        if model is None:
+            raise tracespec.errors.UsageError("TracespecCallback is given to paddle.Model.fit, which sets its model")
+        self.recorder = tracespec.record(model.network, self.path, optimizer=model._optimizer, **self.record_options)
         self.recorder.__enter__()
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:

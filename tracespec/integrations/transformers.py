@@ -23,7 +23,7 @@ import tracespec
 __all__ = ["TracespecCallback"]
 
 
-class TracespecCallback(TrainerCallback):  # type: ignore[misc]
+class TracespecCallback(TrainerCallback):
     """Record a Trainer run into the trace folder ``path``.
 
     ``record_options`` are those of :func:`tracespec.record`: ``steps`` (which optimizer steps to

@@ -85,19 +85,19 @@ def trace_fragment(trace: Trace) -> str:
     for rank, part in sorted(trace.parts.items()):
         rows.append((f"rank {rank}", f"{part.manifest.device}, {part.tensors.num_rows} records, "
                      f"{part.manifest.store_bytes / 1e6:.1f} MB of data, " + ("complete" if part.manifest.complete else "INCOMPLETE")))
-    rank = trace.ranks[0] if trace.ranks else None
+    first_rank = trace.ranks[0] if trace.ranks else 0
     lines = []
-    if rank is not None:
-        nodes = trace.parts[rank].nodes.to_pylist()
-        depth = {}
+    if trace.ranks:
+        nodes = trace.parts[first_rank].nodes.to_pylist()
+        depth: dict[int, int] = {}
         for node in nodes:  # pre-order: a parent comes before its children
             depth[node["node"]] = 0 if node["parent"] is None else depth.get(node["parent"], 0) + 1
         for node in nodes[:_TREE_LINES]:
             lines.append(f'<li style="padding-left:{16 * depth[node["node"]]}px"><span class="route">'
-                         f'{escape(node["route"] or "(root)")}</span> {escape(node["class_name"])}{_source(trace, rank, node)}</li>')
+                         f'{escape(node["route"] or "(root)")}</span> {escape(node["class_name"])}{_source(trace, first_rank, node)}</li>')
         if len(nodes) > _TREE_LINES:
             lines.append(f'<li class="note">… {len(nodes) - _TREE_LINES} more nodes (tracespec show {escape(str(trace.path))})</li>')
-    tree = f'<h2>Module tree (rank {rank})</h2><ul class="path">{"".join(lines)}</ul>' if lines else ""
+    tree = f'<h2>Module tree (rank {first_rank})</h2><ul class="path">{"".join(lines)}</ul>' if lines else ""
     return _frame(f"tracespec trace {trace.path}", "pass" if trace.complete else "incomplete", _kv(rows) + tree)
 
 

@@ -430,7 +430,8 @@ def _summary(verdict: Mapping[str, Any]) -> list[tuple[str, str]]:
         for rank, doc in (ranks.items() if isinstance(ranks, Mapping) else ()):
             calls = doc.get("calls") if isinstance(doc, Mapping) else None
             if isinstance(calls, Mapping):
-                methods = calls.get("by_method") if isinstance(calls.get("by_method"), Mapping) else {}
+                by_method = calls.get("by_method")
+                methods = by_method if isinstance(by_method, Mapping) else {}
                 low = " — LOW COVERAGE: the verdict says nothing about the rest" if (calls.get("fraction_a") or 0) < LOW_COVERAGE else ""
                 rows.append((f"rank {rank} calls", f"compared {calls.get('compared_a')} of {calls.get('leaf_a')} leaf calls of A "
                              f"({_fmt((calls.get('fraction_a') or 0) * 100)}%), {calls.get('compared_b')} of {calls.get('leaf_b')} of B; "
@@ -453,13 +454,13 @@ def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trac
     trace_a, trace_b:
         The traces it compared, for the element-wise error of the culprit and the full tree of A.
     """
-    culprit = verdict.get("first_divergence")
-    culprit = culprit if isinstance(culprit, Mapping) else None
+    found = verdict.get("first_divergence")
+    culprit = found if isinstance(found, Mapping) else None
     # over many steps, the tree is the first divergent step's (the time plot links to it)
     tree_step = culprit.get("step") if culprit and len(verdict.get("steps") or []) > 1 else None
     tree = _build_tree(verdict, trace_a, tree_step)
     culprit_route = _route_of(culprit.get("a")) if culprit else None
-    if culprit_route is not None and culprit_route not in tree:
+    if culprit is not None and culprit_route is not None and culprit_route not in tree:
         stage_result = _StageResult("diverged", str(culprit.get("kind")))
         tree[culprit_route] = _TreeNode(culprit_route, stages={str(culprit.get("stage")): stage_result})
         tree[_parent_route(culprit_route, tree) or ""].children.append(culprit_route)

@@ -65,7 +65,7 @@ import numpy as np
 import pytest
 
 import tracespec
-from tracespec.adapters._common import CaptureBudgetWarning, flatten
+from tracespec.adapters._common import CaptureBudgetWarning, Recorder, flatten
 from tracespec.errors import UsageError
 from tracespec.format.stats import compute_stats, content_hash
 
@@ -100,19 +100,22 @@ def _w(rng: np.random.Generator, *shape: int, scale: float = 0.5) -> np.ndarray:
 
 def _linear(x: np.ndarray, wb: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     w, b = wb
-    return (x.astype(np.float64) @ w.astype(np.float64) + b).astype(np.float32)
+    y: np.ndarray = (x.astype(np.float64) @ w.astype(np.float64) + b).astype(np.float32)
+    return y
 
 
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     x64 = x.astype(np.float64)
     mean = x64.mean(-1, keepdims=True)
     var = x64.var(-1, keepdims=True)
-    return ((x64 - mean) / np.sqrt(var + 1e-5) * w + b).astype(np.float32)
+    y: np.ndarray = ((x64 - mean) / np.sqrt(var + 1e-5) * w + b).astype(np.float32)
+    return y
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     x64 = x.astype(np.float64)
-    return (0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))).astype(np.float32)
+    y: np.ndarray = (0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))).astype(np.float32)
+    return y
 
 
 def _mlp_spec() -> ModelSpec:
@@ -370,6 +373,7 @@ class AdapterTests(ABC):
         opt = self.make_optimizer(model) if optimizer else None
         result = RunResult()
         recorder = tracespec.record(model, path, optimizer=opt, **options) if path is not None else None
+        assert recorder is None or isinstance(recorder, Recorder)  # torch and Paddle record with step()
         if recorder is not None:
             recorder.__enter__()
         try:
@@ -589,7 +593,9 @@ class AdapterTests(ABC):
         full, _ = self.record(spec, tmp_path, name="full", capture="full")
         stats, _ = self.record(spec, tmp_path, name="stats", capture="stats")
         hashed, _ = self.record(spec, tmp_path, name="hash", capture="hash")
-        key = lambda r: (r["step"], r["stage"], r["node"], r["call"], r["role"], r["slot"])  # noqa: E731
+        def key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return (r["step"], r["stage"], r["node"], r["call"], r["role"], r["slot"])
+
         by_key = {key(r): r for r in full.tensors if r["dtype"] is not None}
         assert {key(r) for r in stats.tensors if r["dtype"]} == by_key.keys() == {key(r) for r in hashed.tensors if r["dtype"]}
         for r in stats.tensors:
@@ -675,14 +681,15 @@ class AdapterTests(ABC):
 
     def test_bad_options_are_usage_errors(self, tmp_path: Path) -> None:
         model = self.build(SPECS["mlp"])
-        for options, message in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"capture": "everything"}, "capture"),
             ({"every": 0}, "every"),
             ({"roles": ["weights"]}, "roles"),
             ({"include": [3]}, "include"),
             ({"levels": {"fc1": "most"}}, "levels"),
             ({"max_byte": 10}, "max_bytes"),
-        ]:
+        ]
+        for options, message in cases:
             with pytest.raises(UsageError, match=message):
                 tracespec.record(model, tmp_path / "t", **options)
         with tracespec.record(model, tmp_path / "t"):
