@@ -40,6 +40,7 @@ import numpy as np
 
 from tracespec.errors import InputFileError
 from tracespec.format.dtypes import DTYPES
+from tracespec.storage import TraceWriter
 
 __all__ = ["DumpFolder", "PadiffConversion", "convert_padiff", "locate_padiff_dumps"]
 
@@ -502,8 +503,6 @@ def convert_padiff(
     become stage ``update``. ``weights.json`` files inside ``dump`` are used the same way.
     ``overwrite`` and ``durable`` are passed to :class:`~tracespec.TraceWriter`.
     """
-    from tracespec.storage import TraceWriter
-
     root = Path(dump)
     layout, dirs = locate_padiff_dumps(root)
     extra_dirs: list[DumpFolder] = []
@@ -587,10 +586,10 @@ def convert_padiff(
             for step in steps:
                 for d in rank_dirs:
                     if d.step == step:
-                        _convert_dir(converter, writer, routes, d, docs, layout)
+                        _FolderConversion(converter, writer, routes, d).dump(docs, layout)
                 for d in rank_updates:
                     if d.step == step:
-                        _convert_update(converter, writer, routes, d, docs)
+                        _FolderConversion(converter, writer, routes, d).update(docs)
                 writer.end_step(step)
         for writer in writers:
             writer.close()
@@ -619,66 +618,155 @@ def _rewrite_source(out: Path, source: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _convert_dir(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, docs: dict[tuple[Path, str], dict[str, Any]], layout: str) -> None:
-    where = conv.rel(d.path)
-    report = docs.get((d.path, "report.json"))
-    params = docs.get((d.path, "params.json"))
-    weights = docs.get((d.path, "weights.json"))
-    grads = docs.get((d.path, "grads.json"))
-    referenced: dict[str, set[str]] = {}
-    for doc in (report, params, weights, grads):
-        if doc is not None:
-            for sub, names in _referenced_names(doc).items():
-                referenced.setdefault(sub, set()).update(names)
-    if report is None:
-        conv.missing.append(
-            f"{where}/report.json: missing, so no forward outputs, input gradients or call order for step {d.step}, "
-            f"rank {d.rank}" + (" (params.json is written first: the PaDiff run crashed while dumping)" if params is not None else "")
-        )
-    else:
-        _convert_report(conv, writer, routes, d, report)
-    if params is None and layout != "auto_diff":
-        conv.missing.append(f"{where}/params.json: missing, so no parameters or parameter gradients for step {d.step}")
-    if params is not None:
-        if weights is not None:
-            conv.notes.append(
-                f"{where}: params.json and weights.json share weights/, which PaDiff rewrites on every dump: "
-                "the forward parameters of params.json were overwritten; only weights.json (stage update) is converted"
+class _FolderConversion:
+    """Converts one dump folder (one step of one rank) into the part of that rank."""
+
+    def __init__(self, conv: _Converter, writer: TraceWriter, routes: dict[str, int], folder: DumpFolder) -> None:
+        self.conv, self.writer, self.routes, self.folder = conv, writer, routes, folder
+        self.where = conv.rel(folder.path)
+
+    def _add_array(self, array: np.ndarray, **where: Any) -> None:
+        self.writer.add_tensor(step=self.folder.step, array=array, **where)
+        self.conv.records += 1
+
+    def dump(self, docs: dict[tuple[Path, str], dict[str, Any]], layout: str) -> None:
+        """Everything of a dump folder: report.json, params.json, weights.json and grads.json."""
+        d, conv, where = self.folder, self.conv, self.where
+        report = docs.get((d.path, "report.json"))
+        params = docs.get((d.path, "params.json"))
+        weights = docs.get((d.path, "weights.json"))
+        grads = docs.get((d.path, "grads.json"))
+        referenced: dict[str, set[str]] = {}
+        for doc in (report, params, weights, grads):
+            if doc is not None:
+                for sub, names in _referenced_names(doc).items():
+                    referenced.setdefault(sub, set()).update(names)
+        if report is None:
+            conv.missing.append(
+                f"{where}/report.json: missing, so no forward outputs, input gradients or call order for step {d.step}, "
+                f"rank {d.rank}" + (" (params.json is written first: the PaDiff run crashed while dumping)" if params is not None else "")
             )
-        _convert_params(conv, writer, routes, d, params, stage_weights=None if weights is not None else "forward", grads=grads is None)
-    if weights is not None:
-        _convert_params(conv, writer, routes, d, weights, stage_weights="update", grads=False)
-    if grads is not None:
-        _convert_params(conv, writer, routes, d, grads, stage_weights=None, grads=True)
-    if report is not None and (report.get("has_init_weights") or report.get("has_first_input")):
-        _convert_v3_extras(conv, writer, routes, d, report or {}, params is not None)
-    conv.orphans(d.path, referenced)
+        else:
+            self.report(report)
+        if params is None and layout != "auto_diff":
+            conv.missing.append(f"{where}/params.json: missing, so no parameters or parameter gradients for step {d.step}")
+        if params is not None:
+            if weights is not None:
+                conv.notes.append(
+                    f"{where}: params.json and weights.json share weights/, which PaDiff rewrites on every dump: "
+                    "the forward parameters of params.json were overwritten; only weights.json (stage update) is converted"
+                )
+            self.parameters(params, stage_weights=None if weights is not None else "forward", grads=grads is None)
+        if weights is not None:
+            self.parameters(weights, stage_weights="update", grads=False)
+        if grads is not None:
+            self.parameters(grads, stage_weights=None, grads=True)
+        if report is not None and (report.get("has_init_weights") or report.get("has_first_input")):
+            self.v3_extras(report, params is not None)
+        conv.orphans(d.path, referenced)
 
+    def update(self, docs: dict[tuple[Path, str], dict[str, Any]]) -> None:
+        """A folder of the ``update_weights`` dump: its weights.json, as stage ``update``."""
+        d = self.folder
+        weights = docs.get((d.path, "weights.json"))
+        if weights is None:
+            self.conv.missing.append(f"{d.path}: no weights.json for step {d.step}, rank {d.rank}")
+            return
+        self.parameters(weights, stage_weights="update", grads=False)
 
-def _convert_update(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, docs: dict[tuple[Path, str], dict[str, Any]]) -> None:
-    weights = docs.get((d.path, "weights.json"))
-    if weights is None:
-        conv.missing.append(f"{d.path}: no weights.json for step {d.step}, rank {d.rank}")
-        return
-    _convert_params(conv, writer, routes, d, weights, stage_weights="update", grads=False)
+    def report(self, report: dict[str, Any]) -> None:
+        calls = _report_calls(report, None)
+        step, where = self.folder.step, self.where
+        for item in _preorder(calls):
+            self.writer.add_call(step=step, stage="forward", node=self.routes[item.route], call=item.call, begin=item.begin, end=item.end)
+        backward = _backward_events(calls)
+        for item in _preorder(calls):
+            node, label = self.routes[item.route], item.route or "(root)"
+            for slot, entry in enumerate(item.node.get("fwd_outputs") or []):
+                self._report_tensor(node, item.call, "forward", "output", slot, entry, f"{where}: output {slot} of {label} call {item.call}")
+            grads = item.node.get("bwd_grads") or []
+            if grads:
+                begin, end = backward[id(item)]
+                self.writer.add_call(step=step, stage="backward", node=node, call=item.call, begin=begin, end=end)
+            for slot, entry in enumerate(grads):
+                self._report_tensor(node, item.call, "backward", "grad_input", slot, entry,
+                                    f"{where}: input gradient {slot} of {label} call {item.call}")
 
+    def _report_tensor(self, node: int, call: int, stage: str, role: str, slot: int, entry: object, what: str) -> None:
+        if isinstance(entry, dict):
+            path, dtype, shape = entry.get("path"), entry.get("dtype"), entry.get("shape")
+        else:
+            path, dtype, shape = entry, None, None
+        array = self.conv.load(self.folder.path, "tensors", path, what)
+        if array is not None:
+            array = self.conv.restore(array, dtype, shape, what)
+            self._add_array(array, stage=stage, node=node, call=call, role=role, slot=str(slot))
 
-def _convert_report(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, report: dict[str, Any]) -> None:
-    calls = _report_calls(report, None)
-    where = conv.rel(d.path)
-    for item in _preorder(calls):
-        writer.add_call(step=d.step, stage="forward", node=routes[item.route], call=item.call, begin=item.begin, end=item.end)
-    backward = _backward_events([c for c in calls])
-    for item in _preorder(calls):
-        node, label = routes[item.route], item.route or "(root)"
-        for slot, entry in enumerate(item.node.get("fwd_outputs") or []):
-            _add_report_tensor(conv, writer, d, node, item.call, "forward", "output", slot, entry, f"{where}: output {slot} of {label} call {item.call}")
-        grads = item.node.get("bwd_grads") or []
-        if grads:
-            begin, end = backward[id(item)]
-            writer.add_call(step=d.step, stage="backward", node=node, call=item.call, begin=begin, end=end)
-        for slot, entry in enumerate(grads):
-            _add_report_tensor(conv, writer, d, node, item.call, "backward", "grad_input", slot, entry, f"{where}: input gradient {slot} of {label} call {item.call}")
+    def parameters(self, doc: dict[str, Any], *, stage_weights: str | None, grads: bool) -> None:
+        root = doc["tree"] if isinstance(doc["tree"], dict) else {}
+        root_route = str(root.get("route", ""))
+        framework = str(doc.get("framework"))
+        for node in _walk(root):
+            route = _strip_root(node.get("route"), root_route)
+            node_id = self.routes[route]
+            if not node.get("available", True):
+                continue
+            prefix = f"{route}." if route else ""
+            if stage_weights is not None:
+                for slot, path in (node.get("weights") or {}).items():
+                    what = f"{self.where}: parameter {prefix}{slot}"
+                    array = self.conv.load(self.folder.path, "weights", path, what)
+                    if array is not None:
+                        self._add_array(self._parameter_dtype(array, framework), stage=stage_weights, node=node_id, role="parameter", slot=slot)
+            if grads:
+                for slot, path in (node.get("grads") or {}).items():
+                    if path is None:  # PaDiff writes null for a parameter without gradient
+                        self.writer.add_value(step=self.folder.step, stage="backward", node=node_id, role="parameter_grad", slot=slot, value=None)
+                        continue
+                    what = f"{self.where}: gradient of {prefix}{slot}"
+                    array = self.conv.load(self.folder.path, "grads", path, what)
+                    if array is not None:
+                        self._add_array(self._parameter_dtype(array, framework), stage="backward", node=node_id, role="parameter_grad", slot=slot)
+
+    def _parameter_dtype(self, array: np.ndarray, framework: str) -> np.ndarray:
+        if framework == "paddle" and array.dtype == np.uint16:
+            self.conv.source["assumptions"]["paddle_uint16_is_bfloat16"] = (
+                "parameters carry no dtype string; Paddle has no uint16 type, so uint16 .npy files are bfloat16 bits"
+            )
+            return array.view(ml_dtypes.bfloat16)
+        return array
+
+    def v3_extras(self, report: dict[str, Any], has_params: bool) -> None:
+        """v3 (2025) ``init_weights/`` and ``first_input/`` folders, named relative to the report."""
+        conv, d, where = self.conv, self.folder, self.where
+        if report.get("has_init_weights"):
+            folder = _inside(conv, d.path, report.get("init_weights_dir", "init_weights"))
+            if has_params:
+                conv.notes.append(f"{where}: init_weights/ not converted: params.json already holds the parameters of this step")
+            elif folder is not None:
+                for path in sorted(folder.glob("*.npy"), key=lambda p: _natural(p.name)):
+                    route, _, slot = path.name[: -len(".npy")].rpartition(".")
+                    if route not in self.routes:
+                        conv.notes.append(f"{where}: init_weights/{path.name} names no module of the tree; skipped")
+                        continue
+                    array = conv.load(folder.parent, folder.name, path.name, f"{where}: initial weight {path.name}")
+                    if array is not None:
+                        self._add_array(array, stage="forward", node=self.routes[route], role="parameter", slot=slot)
+        if report.get("has_first_input"):
+            folder = _inside(conv, d.path, report.get("first_input_dir", "first_input"))
+            count = report.get("first_input_count")
+            if folder is not None and isinstance(count, int):
+                for i in range(count):
+                    if (folder / f"input_{i}.npy").is_file():
+                        array = conv.load(folder.parent, folder.name, f"input_{i}.npy", f"{where}: model input {i}")
+                        if array is not None:
+                            self._add_array(array, stage="forward", node=self.routes[""], call=0, role="input", slot=str(i))
+                    elif (folder / f"input_{i}.json").is_file():
+                        value = json.loads((folder / f"input_{i}.json").read_text())
+                        self.writer.add_value(step=d.step, stage="forward", node=self.routes[""], call=0, role="input", slot=str(i),
+                                              value=value.get("data") if isinstance(value, dict) else value)
+                    else:
+                        conv.missing.append(f"{where}/{folder.name}/input_{i}.npy (model input {i})")
 
 
 def _backward_events(calls: list[_Call]) -> dict[int, tuple[int, int]]:
@@ -701,90 +789,6 @@ def _backward_events(calls: list[_Call]) -> dict[int, tuple[int, int]]:
     for root in reversed(calls):
         visit(root)
     return events
-
-
-def _add_report_tensor(conv: _Converter, writer: Any, d: DumpFolder, node: int, call: int, stage: str, role: str, slot: int, entry: object, what: str) -> None:
-    if isinstance(entry, dict):
-        path, dtype, shape = entry.get("path"), entry.get("dtype"), entry.get("shape")
-    else:
-        path, dtype, shape = entry, None, None
-    array = conv.load(d.path, "tensors", path, what)
-    if array is None:
-        return
-    array = conv.restore(array, dtype, shape, what)
-    writer.add_tensor(step=d.step, stage=stage, node=node, call=call, role=role, slot=str(slot), array=array)
-    conv.records += 1
-
-
-def _convert_params(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, doc: dict[str, Any], *, stage_weights: str | None, grads: bool) -> None:
-    root = doc["tree"] if isinstance(doc["tree"], dict) else {}
-    root_route = str(root.get("route", ""))
-    framework = str(doc.get("framework"))
-    for node in _walk(root):
-        route = _strip_root(node.get("route"), root_route)
-        node_id = routes[route]
-        if not node.get("available", True):
-            continue
-        if stage_weights is not None:
-            for slot, path in (node.get("weights") or {}).items():
-                what = f"{conv.rel(d.path)}: parameter {route + '.' if route else ''}{slot}"
-                array = conv.load(d.path, "weights", path, what)
-                if array is not None:
-                    writer.add_tensor(step=d.step, stage=stage_weights, node=node_id, role="parameter", slot=slot, array=_param_dtype(conv, array, framework, what))
-                    conv.records += 1
-        if grads:
-            for slot, path in (node.get("grads") or {}).items():
-                if path is None:  # PaDiff writes null for a parameter without gradient
-                    writer.add_value(step=d.step, stage="backward", node=node_id, role="parameter_grad", slot=slot, value=None)
-                    continue
-                what = f"{conv.rel(d.path)}: gradient of {route + '.' if route else ''}{slot}"
-                array = conv.load(d.path, "grads", path, what)
-                if array is not None:
-                    writer.add_tensor(step=d.step, stage="backward", node=node_id, role="parameter_grad", slot=slot, array=_param_dtype(conv, array, framework, what))
-                    conv.records += 1
-
-
-def _param_dtype(conv: _Converter, array: np.ndarray, framework: str, what: str) -> np.ndarray:
-    if framework == "paddle" and array.dtype == np.uint16:
-        conv.source["assumptions"]["paddle_uint16_is_bfloat16"] = (
-            "parameters carry no dtype string; Paddle has no uint16 type, so uint16 .npy files are bfloat16 bits"
-        )
-        return array.view(ml_dtypes.bfloat16)
-    return array
-
-
-def _convert_v3_extras(conv: _Converter, writer: Any, routes: dict[str, int], d: DumpFolder, report: dict[str, Any], has_params: bool) -> None:
-    """v3 (2025) ``init_weights/`` and ``first_input/`` folders, named relative to the report."""
-    where = conv.rel(d.path)
-    if report.get("has_init_weights"):
-        folder = _inside(conv, d.path, report.get("init_weights_dir", "init_weights"))
-        if has_params:
-            conv.notes.append(f"{where}: init_weights/ not converted: params.json already holds the parameters of this step")
-        elif folder is not None:
-            for path in sorted(folder.glob("*.npy"), key=lambda p: _natural(p.name)):
-                route, _, slot = path.name[: -len(".npy")].rpartition(".")
-                if route not in routes:
-                    conv.notes.append(f"{where}: init_weights/{path.name} names no module of the tree; skipped")
-                    continue
-                array = conv.load(folder.parent, folder.name, path.name, f"{where}: initial weight {path.name}")
-                if array is not None:
-                    writer.add_tensor(step=d.step, stage="forward", node=routes[route], role="parameter", slot=slot, array=array)
-                    conv.records += 1
-    if report.get("has_first_input"):
-        folder = _inside(conv, d.path, report.get("first_input_dir", "first_input"))
-        count = report.get("first_input_count")
-        if folder is not None and isinstance(count, int):
-            for i in range(count):
-                if (folder / f"input_{i}.npy").is_file():
-                    array = conv.load(folder.parent, folder.name, f"input_{i}.npy", f"{where}: model input {i}")
-                    if array is not None:
-                        writer.add_tensor(step=d.step, stage="forward", node=routes[""], call=0, role="input", slot=str(i), array=array)
-                        conv.records += 1
-                elif (folder / f"input_{i}.json").is_file():
-                    value = json.loads((folder / f"input_{i}.json").read_text())
-                    writer.add_value(step=d.step, stage="forward", node=routes[""], call=0, role="input", slot=str(i), value=value.get("data") if isinstance(value, dict) else value)
-                else:
-                    conv.missing.append(f"{where}/{folder.name}/input_{i}.npy (model input {i})")
 
 
 def _inside(conv: _Converter, folder: Path, name: object) -> Path | None:
