@@ -22,6 +22,14 @@ Implementing an adapter's tests (``tests/test_adapters/test_<framework>.py``)::
         def make_optimizer(self, model): ...  # SGD with momentum 0.9, lr 0.1 (has state)
         def optimizer_step(self, optimizer): ...  # optimizer.step()
         def clear_grads(self, optimizer): ...     # zero_grad() / clear_grad()
+        def sequential(self, *layers): ...    # nn.Sequential of the layers below
+        def linear(self, n_in, n_out): ...
+        def dropout(self, p): ...
+        def relu_in_place(self): ...          # a layer whose ReLU overwrites its input
+        def square(self): ...                 # x * x through a custom autograd function
+        def no_grad(self): ...                # the framework's no-grad context
+        momentum_slot = "momentum_buffer"     # make_optimizer's state slot of a parameter
+        def framework_version(self): ...      # what the manifest records
 
 The model classes a ``build`` must produce (class names matter: they are recorded):
 
@@ -57,6 +65,7 @@ import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -278,6 +287,8 @@ class AdapterTests(ABC):
     """``"out_in"`` (PyTorch) or ``"in_out"`` (Paddle): how ``Linear.weight`` is stored."""
     atol: ClassVar[float] = 1e-5
     """Tolerance of recorded values against the float64 numpy reference."""
+    momentum_slot: ClassVar[str]
+    """The state :meth:`make_optimizer`'s optimizer keeps per parameter (``momentum_buffer``)."""
 
     # ------------------------------------------------------------ per-framework hooks
     @abstractmethod
@@ -327,6 +338,34 @@ class AdapterTests(ABC):
     @abstractmethod
     def clear_grads(self, optimizer: Any) -> None:
         """Clear the gradients of the optimizer's parameters."""
+
+    @abstractmethod
+    def sequential(self, *layers: Any) -> Any:
+        """The framework's sequential container of ``layers`` (routes ``"0"``, ``"1"``...)."""
+
+    @abstractmethod
+    def linear(self, n_in: int, n_out: int) -> Any:
+        """A Linear layer with the framework's own initialisation."""
+
+    @abstractmethod
+    def dropout(self, p: float) -> Any:
+        """A Dropout layer."""
+
+    @abstractmethod
+    def relu_in_place(self) -> Any:
+        """A layer applying ReLU in place: it overwrites its input."""
+
+    @abstractmethod
+    def square(self) -> Any:
+        """A layer computing ``x * x`` through a custom autograd function (its own backward)."""
+
+    @abstractmethod
+    def no_grad(self) -> AbstractContextManager[Any]:
+        """The framework's context without autograd."""
+
+    @abstractmethod
+    def framework_version(self) -> str:
+        """The framework's version, as the manifest records it."""
 
     # ------------------------------------------------------------ running
     def inputs(self, spec: ModelSpec) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -718,3 +757,110 @@ class AdapterTests(ABC):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             self.record(SPECS["block"], tmp_path, train=True)
+
+    # ------------------------------------------------------------ framework behaviour
+    def _weight_in_out(self, layer: Any) -> np.ndarray:
+        weight = self.to_numpy(layer.weight)
+        return weight.T if self.linear_weight_layout == "out_in" else weight
+
+    def test_dropout_in_train_mode_is_bit_identical_without_reseeding(self, tmp_path: Path) -> None:
+        x_values = np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32)
+
+        def run(path: Path | None) -> tuple[bytes, bytes]:
+            self.seed(7)
+            model = self.sequential(self.linear(16, 16), self.dropout(0.5), self.linear(16, 4))
+            self.set_training(model, True)
+            x = self.to_tensor(x_values, requires_grad=True)
+            if path is None:
+                out = model(x)
+                self.backward(out.sum())
+                again = model(x)  # a second draw from the same RNG stream
+            else:
+                with tracespec.record(model, path, capture="full") as rec:
+                    out = model(x)
+                    self.backward(out.sum())
+                    rec.step()
+                    again = model(x)
+            grad = self.input_grad(x)
+            assert grad is not None
+            return np.concatenate([self.to_numpy(out), self.to_numpy(again)]).tobytes(), grad.tobytes()
+
+        assert run(None) == run(tmp_path / "t")
+        view = TraceView(tmp_path / "t")
+        dropped = view.array(view.one("1", role="output", step=0))
+        assert (dropped == 0).any() and (dropped != 0).any()
+
+    def test_a_layer_that_overwrites_its_input_keeps_gradients(self, tmp_path: Path) -> None:
+        self.seed(0)
+        model = self.sequential(self.linear(4, 8), self.relu_in_place(), self.linear(8, 2))
+        x = self.to_tensor(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32), requires_grad=True)
+        with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+            self.backward(model(x).sum())
+            rec.step()
+        view = TraceView(tmp_path / "t")
+        pre = self.to_numpy(model[0](x))
+        np.testing.assert_allclose(view.array(view.one("0", role="output")), pre, rtol=1e-6)
+        np.testing.assert_allclose(view.array(view.one("1", role="output")), np.maximum(pre, 0), rtol=1e-6)
+        g = view.array(view.one("1", role="grad_output"))
+        np.testing.assert_allclose(view.array(view.one("1", role="grad_input")), g * (pre > 0), rtol=1e-6)
+        assert len(view.calls_of("1", "backward")) == 1
+
+    def test_custom_autograd_function(self, tmp_path: Path) -> None:
+        self.seed(0)
+        model = self.sequential(self.linear(3, 3), self.square(), self.linear(3, 1))
+        x = self.to_tensor(np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32), requires_grad=True)
+        with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+            self.backward(model(x).sum())
+            rec.step()
+        view = TraceView(tmp_path / "t")
+        h = self.to_numpy(model[0](x))
+        np.testing.assert_allclose(view.array(view.one("1", role="output")), h * h, rtol=1e-6)
+        g_out = view.array(view.one("1", role="grad_output"))
+        np.testing.assert_allclose(g_out, np.broadcast_to(self._weight_in_out(model[2]).T, (4, 3)), rtol=1e-6)
+        np.testing.assert_allclose(view.array(view.one("1", role="grad_input")), 2 * h * g_out, rtol=1e-6)
+
+    def test_no_grad_inference_records_forward_only(self, tmp_path: Path) -> None:
+        model = self.build(SPECS["mlp"])
+        self.set_training(model, False)
+        with tracespec.record(model, tmp_path / "t", capture="stats") as rec, self.no_grad():
+            model(self.to_tensor(np.ones((2, 6), np.float32)))
+            rec.step()
+        view = TraceView(tmp_path / "t")
+        assert {r["stage"] for r in view.tensors} == {"forward"}
+        assert {c["stage"] for c in view.calls} == {"forward"}
+
+    def test_rank_and_world_size_from_options(self, tmp_path: Path) -> None:
+        model = self.build(SPECS["mlp"])
+        for rank in (0, 1):
+            with tracespec.record(model, tmp_path / "t", rank=rank, world_size=2) as rec:
+                model(self.to_tensor(np.ones((2, 6), np.float32)))
+                rec.step()
+        trace = tracespec.load_trace(tmp_path / "t")
+        assert trace.ranks == [0, 1] and trace.manifest.world_size == 2 and trace.complete
+
+    def test_optimizer_step_records_gradients_before_they_are_cleared(self, tmp_path: Path) -> None:
+        model = self.build(SPECS["mlp"])
+        opt = self.make_optimizer(model)
+        weight = self.parameters(model)["fc1.weight"]
+        with tracespec.record(model, tmp_path / "t", capture="full", optimizer=opt) as rec:
+            self.backward(model(self.to_tensor(np.ones((2, 6), np.float32))).sum())
+            grad = self.input_grad(weight)
+            self.optimizer_step(opt)
+            self.clear_grads(opt)  # before rec.step(): the wrapped step already recorded the gradients
+            rec.step()
+        assert "step" not in vars(opt), "the optimizer is restored after recording"
+        view = TraceView(tmp_path / "t")
+        np.testing.assert_array_equal(view.array(view.one("fc1", role="parameter_grad", slot="weight")), grad)
+        np.testing.assert_array_equal(view.array(view.one("fc1", role="parameter", stage="update", slot="weight")), self.to_numpy(weight))
+        momentum = view.one("fc1", role="optimizer_state", slot=f"weight.{self.momentum_slot}")
+        np.testing.assert_array_equal(view.array(momentum), grad)  # the first step's momentum is the gradient
+
+    def test_record_picks_this_adapter(self, tmp_path: Path) -> None:
+        from tracespec.adapters import adapter_for
+
+        model = self.linear(2, 2)
+        assert adapter_for(model).FRAMEWORK == self.framework
+        with tracespec.record(model, tmp_path / "t") as rec:
+            rec.step()
+        manifest = tracespec.load_trace(tmp_path / "t").manifest
+        assert (manifest.framework, manifest.framework_version) == (self.framework, self.framework_version())
