@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tracespec.cli.errors import report_errors
-from tracespec.report import write_report
+from tracespec.report import write_html
 from tracespec.report.verdict_file import load_verdict
 from tracespec.storage import load_trace
 
@@ -34,5 +34,5 @@ def report(verdict: Path, output: Path, traces: tuple[Path, Path] | None) -> Non
     with report_errors():
         doc = load_verdict(verdict)
         trace_a, trace_b = (load_trace(traces[0]), load_trace(traces[1])) if traces else (None, None)
-        write_report(output, doc, trace_a, trace_b)
+        write_html(output, doc, trace_a, trace_b)
     click.echo(f"wrote {output}", err=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import click
-from tracespec.cli.errors import report_errors
 
+from tracespec.cli.errors import report_errors
 from tracespec.errors import TraceFormatError
 from tracespec.storage import validate_trace
 

@@ -9,9 +9,9 @@ import pytest
 
 import tracespec
 from test_compare.cnn_models import record_paddle, record_torch
-from tracespec.cli.diff import render_report
 from tracespec.compare import validate_verdict
 from tracespec.compare.kinks import INHERITED_GAIN
+from tracespec.report import render_text
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_the_correct_port_passes_and_reports_its_kink_flips(port_verdict: traces
     pool = _records(port_verdict, "pool")[("grad_input", "0")]
     assert pool["noise"]["kinks"]["family"] == "maxpool" and pool["noise"]["kinks"]["count"] > 0
     assert [b["route"] for b in port_verdict.benign if b["kind"] == "kinks"] == ["pool", "relu1"]
-    report = render_report(port_verdict)
+    report = render_text(port_verdict)
     assert f"backward relu1 (ReLU) grad_input[0]: {kinks['count']} kink flip(s) where |x - kink| <=" in report
 
 
@@ -73,7 +73,7 @@ def test_a_changed_pooling_shows_both_shapes(torch_trace: Path, tmp_path: Path) 
     assert first["mismatch"] == {"kind": "shape", "shape": {"a": [4, 8, 8, 8], "b": [4, 8, 7, 7]},
                                  "dtype": {"a": "float32", "b": "float32"}}
     assert "[4, 8, 8, 8] float32 in A, [4, 8, 7, 7] float32 in B" in first["evidence"]
-    assert "output[0]: shape [4, 8, 8, 8] float32 in A, [4, 8, 7, 7] float32 in B" in render_report(verdict)
+    assert "output[0]: shape [4, 8, 8, 8] float32 in A, [4, 8, 7, 7] float32 in B" in render_text(verdict)
     validate_verdict(verdict.to_json())
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import torch
+from report_browser import CULPRIT, Page, run_chromium
 from torch import nn
 
 import tracespec
-from report_browser import CULPRIT, Page, run_chromium
 
 
 class MLP(nn.Module):

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from report_browser import CULPRIT
 
 import tracespec
-from report_browser import CULPRIT
 from tracespec.compare import Verdict
 
 PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">

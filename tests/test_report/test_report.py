@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 from click.testing import CliRunner
-from report_browser import CULPRIT, run_chromium
 from PIL import Image
+from report_browser import CULPRIT, run_chromium
 
 import tracespec
 from tracespec.cli import cli
-from tracespec.report import render_report, write_report
 from tracespec.report import elementwise as elementwise_module
+from tracespec.report import render_html, write_html
 from tracespec.report.elementwise import elementwise_error
 from tracespec.report.page import CHILD_PAGE
 
@@ -74,7 +74,7 @@ def test_verdict_names_the_injected_bug(bug_traces: dict[str, Any]) -> None:
 def test_report_renders_in_chromium_with_the_culprit_highlighted(bug_traces: dict[str, Any], open_page: Any,
                                                                  tmp_path: Path) -> None:
     trace_a, trace_b = tracespec.load_trace(bug_traces["a"]), tracespec.load_trace(bug_traces["b"])
-    page = open_page(write_report(tmp_path / "report.html", bug_traces["verdict"], trace_a, trace_b))
+    page = open_page(write_html(tmp_path / "report.html", bug_traces["verdict"], trace_a, trace_b))
     assert page.console == []
     assert 'data-rendered="true"' in page.dom
     row = _parse(page.dom)
@@ -89,7 +89,7 @@ def test_report_renders_in_chromium_with_the_culprit_highlighted(bug_traces: dic
 
 def test_screenshot_shows_the_tree_and_the_plot(bug_traces: dict[str, Any], tmp_path: Path) -> None:
     trace_a, trace_b = tracespec.load_trace(bug_traces["a"]), tracespec.load_trace(bug_traces["b"])
-    report = write_report(tmp_path / "report.html", bug_traces["verdict"], trace_a, trace_b)
+    report = write_html(tmp_path / "report.html", bug_traces["verdict"], trace_a, trace_b)
     shot = tmp_path / "report.png"
     _, console = run_chromium(report.resolve().as_uri(), f"--screenshot={shot}", "--window-size=1400,1600",
                               "--hide-scrollbars")
@@ -113,7 +113,7 @@ def test_screenshot_shows_the_tree_and_the_plot(bug_traces: dict[str, Any], tmp_
 
 
 def test_page_is_self_contained(bug_traces: dict[str, Any]) -> None:
-    html = render_report(bug_traces["verdict"])
+    html = render_html(bug_traces["verdict"])
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
     for needle in ("src=", "href=", "@import", "url(", "fetch(", "XMLHttpRequest"):
         assert needle not in html
@@ -127,7 +127,7 @@ def test_untrusted_routes_are_escaped(bug_traces: dict[str, Any], open_page: Any
         if unit["a"]["route"] == CULPRIT:
             unit["a"]["route"] = CULPRIT + hostile
     verdict["first_divergence"]["a"]["route"] = CULPRIT + hostile
-    page = open_page(write_report(tmp_path / "hostile.html", verdict))
+    page = open_page(write_html(tmp_path / "hostile.html", verdict))
     assert page.console == []
     row = _parse(page.dom)
     assert row.title == CULPRIT + hostile
@@ -142,7 +142,7 @@ def test_a_large_tree_stays_collapsed_and_filters(bug_traces: dict[str, Any], op
             unit = copy.deepcopy(template)
             unit["a"]["route"] = unit["b"]["route"] = f"wide.{layer}.{part}"
             verdict["nodes"].append(unit)
-    report = write_report(tmp_path / "large.html", verdict)
+    report = write_html(tmp_path / "large.html", verdict)
     page = open_page(report)
     # 2400 nodes hang from the root: it opens one page of children, then a "show more" button
     assert page.console == [] and _parse(page.dom).items <= CHILD_PAGE + 30

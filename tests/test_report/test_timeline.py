@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from report_browser import run_chromium
-
 from test_compare.training_runs import NUDGED_LAYER, record_training
+
 from tracespec.cli import cli
 
 NUDGE = 20

@@ -28,7 +28,7 @@ from tracespec.report.page import render_page
 from tracespec.report.svg import PALETTE, Series, heatmap, histogram, line_plot
 from tracespec.storage import Trace
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["render_html", "write_html"]
 
 _STATUS_RANK: Final = {"diverged": 4, "unmatched": 3, "pass_within_tolerance": 2, "pass": 1, "skipped": 0}
 _GROWTH_METRIC: Final = "rel_rmse"
@@ -444,7 +444,7 @@ def _summary(verdict: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trace_b: Trace | None = None) -> str:
+def render_html(verdict: Mapping[str, Any], trace_a: Trace | None = None, trace_b: Trace | None = None) -> str:
     """The HTML report of ``verdict`` (a verdict document as ``tracespec diff --json`` writes it).
 
     Parameters
@@ -485,11 +485,11 @@ def render_report(verdict: Mapping[str, Any], trace_a: Trace | None = None, trac
     )
 
 
-def write_report(
+def write_html(
     path: str | os.PathLike[str], verdict: Mapping[str, Any], trace_a: Trace | None = None, trace_b: Trace | None = None
 ) -> Path:
-    """Write :func:`render_report` to ``path`` (UTF-8) and return the path."""
+    """Write :func:`render_html` to ``path`` (UTF-8) and return the path."""
     out = Path(path)
-    out.write_text(render_report(verdict, trace_a, trace_b), encoding="utf-8")
+    out.write_text(render_html(verdict, trace_a, trace_b), encoding="utf-8")
     return out
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tracespec.compare import Verdict, compare_traces
 from tracespec.compare.calls import LOW_COVERAGE
-from tracespec.report import write_report
+from tracespec.report import write_html
 from tracespec.storage import Trace, load_trace
 
 __all__ = ["TraceMismatch", "assert_matches"]
@@ -63,6 +63,6 @@ def assert_matches(candidate: TraceLike, reference: TraceLike, *, report: str | 
         return verdict
     written = None
     if report is not None:
-        written = write_report(report, verdict.to_json(), trace_a, trace_b)
+        written = write_html(report, verdict.to_json(), trace_a, trace_b)
     message = "\n".join(problems) + (f"\nHTML report: {written}" if written else "")
     raise TraceMismatch(message, verdict, written)
