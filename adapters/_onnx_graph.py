@@ -74,7 +74,7 @@ def _routes_of_node_name(name: str) -> list[str]:
     """
     routes, previous = [""], ""
     for part in (part for part in name.split("/")[1:-1] if part):
-        local = part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part
+        local = part[len(previous) + 1 :] if previous and part.startswith(previous + ".") else part
         routes.append(f"{routes[-1]}.{local}" if routes[-1] else local)
         previous = part
     return routes
@@ -220,8 +220,10 @@ class GraphTree:
             readers = self.consumers.get(name, [])
             # Exporters name a pre-transposed Linear weight after the op that reads it ("val_2",
             # "onnx::MatMul_213"); a graph without scopes keeps its own names.
-            as_weight = self.scope_source is not None and bool(readers) and all(
-                self.ops[index].node.op_type in MATMUL_OPS and slot == 1 for index, slot in readers
+            as_weight = (
+                self.scope_source is not None
+                and bool(readers)
+                and all(self.ops[index].node.op_type in MATMUL_OPS and slot == 1 for index, slot in readers)
             )
             if as_weight and "weight" not in owner.parameters:
                 owner.parameters["weight"] = name

@@ -70,12 +70,20 @@ def record(folder: Path, calls: int) -> tuple[Path, Path]:
                     parent = rec.module(f"blocks.{i}", "Block", parent=root) if side == "a" else root
                     for k, (inp, out, weight) in enumerate(block):
                         if side == "a":
-                            node = rec.module(f"blocks.{i}.{FAMILIES_A[k][0]}", FAMILIES_A[k][1], parent=parent,
-                                              params={"weight": weight} if weight is not None else None)
+                            node = rec.module(
+                                f"blocks.{i}.{FAMILIES_A[k][0]}",
+                                FAMILIES_A[k][1],
+                                parent=parent,
+                                params={"weight": weight} if weight is not None else None,
+                            )
                         else:
                             out = out + noise.standard_normal(out.shape).astype(np.float32) * 1e-7 * float(np.abs(out).mean())
-                            node = rec.module(f"{FAMILIES_B[k]}_{i}", FAMILIES_B[k], parent=parent,
-                                              params={"weight": weight.T.copy()} if weight is not None else None)
+                            node = rec.module(
+                                f"{FAMILIES_B[k]}_{i}",
+                                FAMILIES_B[k],
+                                parent=parent,
+                                params={"weight": weight.T.copy()} if weight is not None else None,
+                            )
                         with rec.forward(node, inp) as call:
                             call.output(out)
                 top.output(values[-1][-1][1])
@@ -100,12 +108,25 @@ def measure(folder: Path) -> dict[str, float]:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     coverage = alignment.call_coverage()
-    expected = {f"blocks.{i}.{name}": f"{op}_{i}" for i in range(coverage["leaf_a"] // len(FAMILIES_A))
-                for (name, _), op in zip(FAMILIES_A, FAMILIES_B)}
-    right = sum(1 for match in alignment.calls for (a, _), (b, _) in zip(match.a, match.b)
-                if expected.get(view_a.nodes[a].route) == view_b.nodes[b].route)
-    return {"load_s": load, "align_s": align, "peak_mb": peak / 2**20, "fraction_a": coverage["fraction_a"],
-            "leaf_a": coverage["leaf_a"], "right": right / coverage["leaf_a"]}
+    expected = {
+        f"blocks.{i}.{name}": f"{op}_{i}"
+        for i in range(coverage["leaf_a"] // len(FAMILIES_A))
+        for (name, _), op in zip(FAMILIES_A, FAMILIES_B)
+    }
+    right = sum(
+        1
+        for match in alignment.calls
+        for (a, _), (b, _) in zip(match.a, match.b)
+        if expected.get(view_a.nodes[a].route) == view_b.nodes[b].route
+    )
+    return {
+        "load_s": load,
+        "align_s": align,
+        "peak_mb": peak / 2**20,
+        "fraction_a": coverage["fraction_a"],
+        "leaf_a": coverage["leaf_a"],
+        "right": right / coverage["leaf_a"],
+    }
 
 
 def main() -> None:
@@ -116,16 +137,20 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(Path(args.child))))
         return
-    print(f"{'calls/side':>10} {'load s':>8} {'align s':>8} {'align/load':>10} {'aligned A':>9} {'right':>6} {'peak MB':>8} {'KB/call':>8}")
+    print(
+        f"{'calls/side':>10} {'load s':>8} {'align s':>8} {'align/load':>10} {'aligned A':>9} {'right':>6} {'peak MB':>8} {'KB/call':>8}"
+    )
     for calls in args.calls:
         with tempfile.TemporaryDirectory() as tmp:
             record(Path(tmp), calls)
             out = subprocess.run([sys.executable, __file__, "--child", tmp], check=True, capture_output=True, text=True)
             result = json.loads(out.stdout)
         per_call = result["peak_mb"] * 1024 / result["leaf_a"]
-        print(f"{result['leaf_a']:>10} {result['load_s']:>8.2f} {result['align_s']:>8.2f} "
-              f"{result['align_s'] / result['load_s']:>10.2f} {result['fraction_a']:>9.1%} {result['right']:>6.1%} "
-              f"{result['peak_mb']:>8.1f} {per_call:>8.1f}")
+        print(
+            f"{result['leaf_a']:>10} {result['load_s']:>8.2f} {result['align_s']:>8.2f} "
+            f"{result['align_s'] / result['load_s']:>10.2f} {result['fraction_a']:>9.1%} {result['right']:>6.1%} "
+            f"{result['peak_mb']:>8.1f} {per_call:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "bert"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hf_bert  # noqa: E402
-import run as bert_run  # noqa: E402
-from bench_record import bare_step, folder_bytes, recorded_steps  # noqa: E402
+import hf_bert
+import run as bert_run
+from bench_record import bare_step, folder_bytes, recorded_steps
 
-import tracespec  # noqa: E402
+import tracespec
 
 LEVELS = ("hash", "stats", "full")
 
@@ -90,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     inputs = batch(args.batch, args.seq)
     model, step = torch_step(inputs, args.threads)
     roles = sorted({"input", "output", "grad_output", "grad_input", "parameter", "parameter_grad", "buffer"})
-    print(f"BERT all-MiniLM-L6-v2, batch {args.batch} x {args.seq} tokens, {args.threads} threads, "
-          f"{args.rounds} rounds x {args.steps} steps", file=sys.stderr)
+    print(
+        f"BERT all-MiniLM-L6-v2, batch {args.batch} x {args.seq} tokens, {args.threads} threads, "
+        f"{args.rounds} rounds x {args.steps} steps",
+        file=sys.stderr,
+    )
     folder = Path(tempfile.mkdtemp(prefix="tracespec-bench-bert-"))
     try:
         step()  # warm-up
@@ -104,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs = [recorded_steps(model, step, level, folder, roles, 1) for _ in range(args.steps)]
                 recorded[level].extend(elapsed for elapsed, _, _ in runs)
                 written[level] = runs[-1][2]
-            print(f"round {round_ + 1}: bare {statistics.median(bare):.3f}s "
-                  + " ".join(f"{lv} {statistics.median(t):.3f}s" for lv, t in recorded.items()), file=sys.stderr)
+            print(
+                f"round {round_ + 1}: bare {statistics.median(bare):.3f}s "
+                + " ".join(f"{lv} {statistics.median(t):.3f}s" for lv, t in recorded.items()),
+                file=sys.stderr,
+            )
         bare_s = statistics.median(bare)
 
         # the diff: PyTorch vs the Paddle port, one recorded step each, full capture
@@ -122,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"\nBERT recording, forward+backward, batch {args.batch} x {args.seq}: bare step {bare_s:.3f} s "
-          f"(median of {len(bare)})")
+    print(
+        f"\nBERT recording, forward+backward, batch {args.batch} x {args.seq}: bare step {bare_s:.3f} s (median of {len(bare)})"
+    )
     print("| capture | step (s) | x bare | MB written / step |")
     print("|---|---|---|---|")
     for level in LEVELS:

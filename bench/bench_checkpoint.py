@@ -74,7 +74,7 @@ def _layout(hidden: int, layers: int, vocab: int) -> list[tuple[str, tuple[int, 
             (p + "mlp.up.weight", (4 * hidden, hidden)),
             (p + "mlp.down.weight", (hidden, 4 * hidden)),
         ]
-    return shapes + [("norm.weight", (hidden,))]
+    return [*shapes, ("norm.weight", (hidden,))]
 
 
 def _save(state: dict[str, np.ndarray], path: Path, fmt: str) -> None:
@@ -115,8 +115,10 @@ def main() -> None:
     hidden, layers, vocab = (256, 8, 16384) if args.quick else (1024, 18, 32768)
     with tempfile.TemporaryDirectory(prefix="tracespec-bench-", dir="/tmp") as tmp:
         a, b, largest, total = _write(Path(tmp), args.format, hidden, layers, vocab)
-        print(f"checkpoints: 2 x {total / 1e9:.2f} GB {args.format} float32, {len(_layout(hidden, layers, vocab))} tensors, "
-              f"largest tensor {largest / 1e6:.0f} MB; {os.cpu_count()} CPU(s)")
+        print(
+            f"checkpoints: 2 x {total / 1e9:.2f} GB {args.format} float32, {len(_layout(hidden, layers, vocab))} tensors, "
+            f"largest tensor {largest / 1e6:.0f} MB; {os.cpu_count()} CPU(s)"
+        )
         _run("read", a, b)  # warm the page cache: both modes then read from memory
         results: dict[str, list[dict[str, float]]] = {"read": [], "diff": []}
         for _ in range(args.repeat):
@@ -131,8 +133,12 @@ def main() -> None:
     print(f"diff: {results['diff'][0]['detail']}")
     time_ratio = summary["diff"][0] / summary["read"][0]
     memory_ratio = summary["diff"][1] / largest
-    print(f"time   diff / read-both-files-once = {time_ratio:.2f}x   (target <= 1.5x: {'met' if time_ratio <= 1.5 else 'MISSED'})")
-    print(f"memory peak above baseline / largest tensor = {memory_ratio:.2f}x   (target <= 3x: {'met' if memory_ratio <= 3 else 'MISSED'})")
+    print(
+        f"time   diff / read-both-files-once = {time_ratio:.2f}x   (target <= 1.5x: {'met' if time_ratio <= 1.5 else 'MISSED'})"
+    )
+    print(
+        f"memory peak above baseline / largest tensor = {memory_ratio:.2f}x   (target <= 3x: {'met' if memory_ratio <= 3 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

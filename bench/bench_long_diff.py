@@ -59,8 +59,18 @@ def _write_one_step(path: Path) -> None:
             return compute_stats(rng.standard_normal(shape).astype(np.float32))
 
         def tensor(stage: str, node: int, role: str, slot: str, shape: tuple[int, ...], call: int | None) -> None:
-            writer.add_tensor(step=0, stage=stage, node=node, role=role, slot=slot, call=call, level="stats",
-                              stats=stats(shape), dtype="float32", shape=shape)
+            writer.add_tensor(
+                step=0,
+                stage=stage,
+                node=node,
+                role=role,
+                slot=slot,
+                call=call,
+                level="stats",
+                stats=stats(shape),
+                dtype="float32",
+                shape=shape,
+            )
 
         for stage in ("forward", "backward"):
             begin = counter
@@ -96,14 +106,17 @@ def synthetic_pair(folder: Path, steps: int, segment: int) -> tuple[Path, Path]:
     template = folder / "template"
     _write_one_step(template)
     part = json.loads((template / "rank_0" / "part.json").read_text())
-    tables = {name: pa.concat_tables([pa.ipc.open_file(template / "rank_0" / s["path"]).read_all()
-                                      for s in part["tables"][name]]) for name in ("nodes", "calls", "tensors")}
+    tables = {
+        name: pa.concat_tables([pa.ipc.open_file(template / "rank_0" / s["path"]).read_all() for s in part["tables"][name]])
+        for name in ("nodes", "calls", "tensors")
+    }
     calls, tensors = tables["calls"], tables["tensors"]
     per_step, span = tensors.num_rows, int(calls.column("end").to_numpy().max()) + 1
     layer = np.array([int(n) for n in tensors.column("node").to_numpy()])
     culprit = 1 + (3 * LAYERS) // 4  # node id of the layer that goes wrong in B
-    downstream = np.isin(np.array(tensors.column("stage").to_pylist()), ["forward"]) & (layer > culprit) | \
-        (layer == culprit) & np.array([r == "output" for r in tensors.column("role").to_pylist()])
+    downstream = np.isin(np.array(tensors.column("stage").to_pylist()), ["forward"]) & (layer > culprit) | (
+        layer == culprit
+    ) & np.array([r == "output" for r in tensors.column("role").to_pylist()])
     diverge_at = (3 * steps) // 4
     paths = (folder / "a", folder / "b")
     rng = np.random.default_rng(1)
@@ -145,9 +158,17 @@ def synthetic_pair(folder: Path, steps: int, segment: int) -> tuple[Path, Path]:
             calls_tiled["end"] = pa.array(np.tile(calls.column("end").to_numpy(), n) + offsets)
             calls_tiled["begin"] = pa.array(np.tile(calls.column("begin").to_numpy(), n) + offsets)
             write("calls", pa.table(calls_tiled))
-        manifest = PartManifest(rank=0, device="cpu", complete=True, steps=tuple(range(steps)),
-                                tables={k: tuple(v) for k, v in segments.items()}, store_path=part["store"]["path"],
-                                store_arrays=0, store_bytes=0, updated=part["updated"])
+        manifest = PartManifest(
+            rank=0,
+            device="cpu",
+            complete=True,
+            steps=tuple(range(steps)),
+            tables={k: tuple(v) for k, v in segments.items()},
+            store_path=part["store"]["path"],
+            store_arrays=0,
+            store_bytes=0,
+            updated=part["updated"],
+        )
         (path / "rank_0" / "part.json").write_text(json.dumps(manifest.to_json(), indent=1))
     shutil.rmtree(template)
     return paths
@@ -205,7 +226,9 @@ def child_diff(paths: list[str]) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     first = verdict.first_divergence
     return {
-        "seconds": seconds, "pairs": verdict.coverage["records_compared"], "status": verdict.status,
+        "seconds": seconds,
+        "pairs": verdict.coverage["records_compared"],
+        "status": verdict.status,
         "first": None if first is None else f"step {first['step']} {first['stage']} {first['a']['route']} ({first['kind']})",
     }
 
@@ -237,22 +260,38 @@ def measure(name: str, paths: tuple[Path, Path], rounds: int) -> dict[str, Any]:
         cpu.append(result["cpu_s"])
         rss["diff"] = max(rss["diff"], peak)
     seconds, baseline = statistics.median(diff), statistics.median(arrow)
-    report = {"case": name, "pairs": result["pairs"], "diff_s": seconds, "diff_cpu_s": statistics.median(cpu),
-              "arrow_s": baseline, "pairs_per_s": result["pairs"] / seconds, "diff_over_arrow": seconds / baseline,
-              "peak_rss_diff_mb": rss["diff"] / 2**20, "peak_rss_arrow_mb": rss["arrow"] / 2**20,
-              "load_average": os.getloadavg()[0], "status": result["status"], "first": result["first"]}
-    print(f"{name}: {report['pairs']:,} record pairs; arrow alone {baseline:.2f} s (peak {report['peak_rss_arrow_mb']:.0f} MB); "
-          f"diff {seconds:.2f} s = {report['pairs_per_s'] / 1e6:.2f} M pairs/s, {report['diff_over_arrow']:.1f}x arrow alone, "
-          f"{report['diff_cpu_s']:.2f} CPU s with imports (peak {report['peak_rss_diff_mb']:.0f} MB); "
-          f"load average {report['load_average']:.1f}; {result['status']}, first divergence {result['first']}")
+    report = {
+        "case": name,
+        "pairs": result["pairs"],
+        "diff_s": seconds,
+        "diff_cpu_s": statistics.median(cpu),
+        "arrow_s": baseline,
+        "pairs_per_s": result["pairs"] / seconds,
+        "diff_over_arrow": seconds / baseline,
+        "peak_rss_diff_mb": rss["diff"] / 2**20,
+        "peak_rss_arrow_mb": rss["arrow"] / 2**20,
+        "load_average": os.getloadavg()[0],
+        "status": result["status"],
+        "first": result["first"],
+    }
+    print(
+        f"{name}: {report['pairs']:,} record pairs; arrow alone {baseline:.2f} s (peak {report['peak_rss_arrow_mb']:.0f} MB); "
+        f"diff {seconds:.2f} s = {report['pairs_per_s'] / 1e6:.2f} M pairs/s, {report['diff_over_arrow']:.1f}x arrow alone, "
+        f"{report['diff_cpu_s']:.2f} CPU s with imports (peak {report['peak_rss_diff_mb']:.0f} MB); "
+        f"load average {report['load_average']:.1f}; {result['status']}, first divergence {result['first']}"
+    )
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000, help="steps of the synthetic pair")
-    parser.add_argument("--segment", type=int, default=100,
-                        help="steps per table segment of the synthetic pair (a recorder writes one per step: 1)")
+    parser.add_argument(
+        "--segment",
+        type=int,
+        default=100,
+        help="steps per table segment of the synthetic pair (a recorder writes one per step: 1)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--case", choices=["synthetic", "mlp", "both"], default="both")
     parser.add_argument("--folder", type=Path, default=None, help="where the traces go (default: a temp folder in /tmp)")
@@ -274,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="tracespec-bench-long-", dir=args.folder or "/tmp"))
     reports = []
     try:
-        for case in (["synthetic", "mlp"] if args.case == "both" else [args.case]):
+        for case in ["synthetic", "mlp"] if args.case == "both" else [args.case]:
             start = time.perf_counter()
             where = folder / case
             where.mkdir()

@@ -60,9 +60,13 @@ def export_model(size: dict[str, int], folder: Path) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.ln_1 = nn.LayerNorm(size["width"])
-            self.attn = nn.ModuleDict({"c_attn": nn.Linear(size["width"], 3 * size["width"]), "c_proj": nn.Linear(size["width"], size["width"])})
+            self.attn = nn.ModuleDict(
+                {"c_attn": nn.Linear(size["width"], 3 * size["width"]), "c_proj": nn.Linear(size["width"], size["width"])}
+            )
             self.ln_2 = nn.LayerNorm(size["width"])
-            self.mlp = nn.Sequential(nn.Linear(size["width"], size["hidden"]), nn.GELU(approximate="tanh"), nn.Linear(size["hidden"], size["width"]))
+            self.mlp = nn.Sequential(
+                nn.Linear(size["width"], size["hidden"]), nn.GELU(approximate="tanh"), nn.Linear(size["hidden"], size["width"])
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             batch, seq, width = x.shape
@@ -146,7 +150,9 @@ def disk_bandwidth(folder: Path, mib: int = 256) -> float:
     return mib / elapsed
 
 
-def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: int, workdir: Path, threads: int) -> dict[str, Any]:
+def measure_time(
+    model: Path, size: dict[str, int], modes: list[str], repeats: int, workdir: Path, threads: int
+) -> dict[str, Any]:
     """Time every mode in one process, round-robin, so that load from other processes on the
     machine hits all modes alike; the minimum over the repeats is the least disturbed run."""
     runners, setup = {}, {}
@@ -157,7 +163,8 @@ def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: i
         runners[mode]()  # warm-up
     trace_mib = {
         mode: sum(f.stat().st_size for f in _trace_dir(workdir, mode).rglob("*") if f.is_file()) / (1 << 20) / _steps(mode)
-        for mode in modes if _trace_dir(workdir, mode).exists()
+        for mode in modes
+        if _trace_dir(workdir, mode).exists()
     }
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(repeats):
@@ -167,7 +174,12 @@ def measure_time(model: Path, size: dict[str, int], modes: list[str], repeats: i
             times[mode].append((time.perf_counter() - start) / _steps(mode))
             shutil.rmtree(_trace_dir(workdir, mode), ignore_errors=True)
     return {
-        mode: {"setup_s": setup[mode], "min_s": min(times[mode]), "median_s": statistics.median(times[mode]), "trace_mib": trace_mib.get(mode, 0.0)}
+        mode: {
+            "setup_s": setup[mode],
+            "min_s": min(times[mode]),
+            "median_s": statistics.median(times[mode]),
+            "trace_mib": trace_mib.get(mode, 0.0),
+        }
         for mode in modes
     }
 
@@ -228,13 +240,32 @@ def main() -> None:
         result["ratio_min"] = result["min_s"] / bare["min_s"] if bare else None
         result["ratio_median"] = result["median_s"] / bare["median_s"] if bare else None
     if args.json:
-        print(json.dumps({"size": size, "repeats": args.repeats, "ort_threads": args.ort_threads, "disk_mib_s": bandwidth, "results": results}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "size": size,
+                    "repeats": args.repeats,
+                    "ort_threads": args.ort_threads,
+                    "disk_mib_s": bandwidth,
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
         return
     print(f"size: {size}, {args.repeats} timed runs per mode, {args.ort_threads} ONNX Runtime thread(s), {os.cpu_count()} CPUs")
     print(f"disk: {bandwidth:.0f} MiB/s written with fsync; a full trace cannot be written faster than that")
-    print(f"{'mode':<14}{'min (s)':>9}{'x bare':>8}{'median (s)':>12}{'x bare':>8}{'set-up (s)':>12}{'peak RSS (MiB)':>16}{'trace (MiB)':>13}")
+    print(
+        f"{'mode':<14}{'min (s)':>9}{'x bare':>8}{'median (s)':>12}{'x bare':>8}{'set-up (s)':>12}{'peak RSS (MiB)':>16}{'trace (MiB)':>13}"
+    )
     for mode, r in results.items():
-        floor = "" if not mode.startswith("full") or "@tmpfs" in mode else f"   (disk floor: {bare['min_s'] + r['trace_mib'] / bandwidth:.2f} s)" if bare else ""
+        floor = (
+            ""
+            if not mode.startswith("full") or "@tmpfs" in mode
+            else f"   (disk floor: {bare['min_s'] + r['trace_mib'] / bandwidth:.2f} s)"
+            if bare
+            else ""
+        )
         ratio_min = f"{r['ratio_min']:.2f}" if r["ratio_min"] is not None else "-"
         ratio_median = f"{r['ratio_median']:.2f}" if r["ratio_median"] is not None else "-"
         print(

@@ -28,6 +28,7 @@ cached reads are slower; its read ratio shows what a reader pays right after a r
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -95,8 +96,9 @@ def trace_write(folder: Path, tensors: list[np.ndarray], stats: list[TensorStats
     with TraceWriter(folder, framework="numpy", direct_io=direct_io) as writer:
         node = writer.add_node("", "Bench")
         for i, t in enumerate(tensors):
-            writer.add_tensor(step=0, stage="forward", node=node, call=i, role="output", slot="0", array=t,
-                              stats=stats[i] if stats else None)
+            writer.add_tensor(
+                step=0, stage="forward", node=node, call=i, role="output", slot="0", array=t, stats=stats[i] if stats else None
+            )
 
 
 def trace_read(folder: Path, tensors: list[np.ndarray]) -> int:
@@ -133,9 +135,9 @@ def bench_dtype(name: str, total_bytes: int, rounds: int, workdir: Path) -> dict
     for round_ in range(rounds):
         for label, write in writers.items():
             folder = workdir / f"{name}-{label}-{round_}"
-            rates.setdefault(f"{label}_write", []).append(nbytes / timed(lambda: write(folder)))
+            rates.setdefault(f"{label}_write", []).append(nbytes / timed(functools.partial(write, folder)))
             # the read follows its own write: served from the page cache on both sides
-            best_read = min(timed(lambda: readers[label](folder, tensors)) for _ in range(3))
+            best_read = min(timed(functools.partial(readers[label], folder, tensors)) for _ in range(3))
             rates.setdefault(f"{label}_read", []).append(nbytes / best_read)
             shutil.rmtree(folder)
     rates["tensors"] = [len(tensors)]
@@ -157,24 +159,35 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 1 if args.quick else args.rounds
     workdir = Path(tempfile.mkdtemp(prefix="tracespec-bench-", dir=args.dir))
     print(f"# {os.cpu_count()} CPUs, {total / 2**30:.2f} GiB per dtype, {rounds} round(s), in {workdir}")
-    print("| dtype | rounds x tensors | raw write GB/s | tracespec write GB/s | write ratio "
-          "| write, stats given GB/s | ratio | raw read GB/s | tracespec read GB/s | read ratio "
-          "| direct I/O: write ratio | read ratio |")
+    print(
+        "| dtype | rounds x tensors | raw write GB/s | tracespec write GB/s | write ratio "
+        "| write, stats given GB/s | ratio | raw read GB/s | tracespec read GB/s | read ratio "
+        "| direct I/O: write ratio | read ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     per_round: list[str] = []
     try:
         for name in DTYPES:
             r = bench_dtype(name, total, rounds, workdir)
-            write, given = median_ratio(r, "tracespec_write", "raw_write"), median_ratio(r, "tracespec_stats_given_write", "raw_write")
+            write, given = (
+                median_ratio(r, "tracespec_write", "raw_write"),
+                median_ratio(r, "tracespec_stats_given_write", "raw_write"),
+            )
             read = median_ratio(r, "tracespec_read", "raw_read")
-            direct_write, direct_read = median_ratio(r, "tracespec_direct_write", "raw_write"), median_ratio(r, "tracespec_direct_read", "raw_read")
+            direct_write, direct_read = (
+                median_ratio(r, "tracespec_direct_write", "raw_write"),
+                median_ratio(r, "tracespec_direct_read", "raw_read"),
+            )
             ok &= write >= 0.7 and read >= 0.7
             best = {k: max(v) / 1e9 for k, v in r.items()}
-            print(f"| {name} | {len(r['raw_write'])} x {int(r['tensors'][0])} | {best['raw_write']:.2f} "
-                  f"| {best['tracespec_write']:.2f} | **{write:.2f}** | {best['tracespec_stats_given_write']:.2f} | {given:.2f} "
-                  f"| {best['raw_read']:.2f} | {best['tracespec_read']:.2f} | **{read:.2f}** "
-                  f"| {direct_write:.2f} | {direct_read:.2f} |", flush=True)
+            print(
+                f"| {name} | {len(r['raw_write'])} x {int(r['tensors'][0])} | {best['raw_write']:.2f} "
+                f"| {best['tracespec_write']:.2f} | **{write:.2f}** | {best['tracespec_stats_given_write']:.2f} | {given:.2f} "
+                f"| {best['raw_read']:.2f} | {best['tracespec_read']:.2f} | **{read:.2f}** "
+                f"| {direct_write:.2f} | {direct_read:.2f} |",
+                flush=True,
+            )
             for kind in ("write", "read"):
                 ratios = [t / b for t, b in zip(r[f"tracespec_{kind}"], r[f"raw_{kind}"])]
                 per_round.append(f"# {name} {kind} ratio per round: {' '.join(f'{x:.2f}' for x in ratios)}")

@@ -154,14 +154,24 @@ def record_paddle(weights: dict[str, np.ndarray], tokens: np.ndarray, out: Path,
                 x = layer(x)
             return self.lm_head(x)
 
-    renames = {"embed.": "embedding.", "blocks.": "layers.", "head.": "lm_head.", ".ln1.": ".norm1.",
-               ".ln2.": ".norm2.", ".attn.": ".attention.", ".mlp.": ".ffn.", ".q.": ".query.",
-               ".k.": ".key.", ".v.": ".value.", ".o.": ".out."}
+    renames = {
+        "embed.": "embedding.",
+        "blocks.": "layers.",
+        "head.": "lm_head.",
+        ".ln1.": ".norm1.",
+        ".ln2.": ".norm2.",
+        ".attn.": ".attention.",
+        ".mlp.": ".ffn.",
+        ".q.": ".query.",
+        ".k.": ".key.",
+        ".v.": ".value.",
+        ".o.": ".out.",
+    }
     state = {}
     for name, value in weights.items():
         is_linear_weight = name.endswith(".weight") and value.ndim == 2 and not name.startswith("embed")
         for old, new in renames.items():
-            name = name.replace(old, new) if old.startswith(".") else (new + name[len(old):] if name.startswith(old) else name)
+            name = name.replace(old, new) if old.startswith(".") else (new + name[len(old) :] if name.startswith(old) else name)
         state[name] = value.T.copy() if is_linear_weight else value  # Paddle Linear is [in, out]
     paddle.set_device("cpu")
     model = Encoder()
@@ -187,8 +197,10 @@ def main() -> int:
     print("$ tracespec diff", torch_run, paddle_run, *options, flush=True)
     status = subprocess.run([sys.executable, "-m", "tracespec.cli", "diff", str(torch_run), str(paddle_run), *options]).returncode
     expected = 0 if args.fixed else 1
-    print(f"tracespec diff exited {status} ({'as expected' if status == expected else 'UNEXPECTED'}); "
-          f"without --brief it also shows the error growth and the tolerances.")
+    print(
+        f"tracespec diff exited {status} ({'as expected' if status == expected else 'UNEXPECTED'}); "
+        f"without --brief it also shows the error growth and the tolerances."
+    )
     return 0 if status == expected else 1
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from tracespec._version import __version__
 import tracespec.compare as compare  # a callable package: compare(a, b) -> Verdict
+from tracespec._version import __version__
 from tracespec.compare import Verdict
 from tracespec.errors import TraceFormatError, TracespecError
 from tracespec.format import FORMAT_VERSION
@@ -18,7 +18,6 @@ from tracespec.storage import Trace, TraceWriter, load_trace, validate_trace
 
 if TYPE_CHECKING:
     from tracespec.adapters import Recording
-
 
 
 __all__ = [

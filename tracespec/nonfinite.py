@@ -61,8 +61,13 @@ class NonFiniteOrigin:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "rank": self.rank, "step": self.step, "stage": self.stage, "route": self.route,
-            "class_name": self.class_name, "call": self.call, "records": list(self.records),
+            "rank": self.rank,
+            "step": self.step,
+            "stage": self.stage,
+            "route": self.route,
+            "class_name": self.class_name,
+            "call": self.call,
+            "records": list(self.records),
         }
 
 
@@ -80,8 +85,9 @@ def first_nonfinite(trace: Trace, rank: int | None = None) -> NonFiniteOrigin | 
 def _first_in_part(trace: Trace, rank: int) -> NonFiniteOrigin | None:
     part = trace.parts[rank]
     tensors = part.tensors.select(_COLUMNS)
-    bad = pc.or_(pc.greater(pc.fill_null(tensors.column("nan_count"), 0), 0),
-                 pc.greater(pc.fill_null(tensors.column("inf_count"), 0), 0))
+    bad = pc.or_(
+        pc.greater(pc.fill_null(tensors.column("nan_count"), 0), 0), pc.greater(pc.fill_null(tensors.column("inf_count"), 0), 0)
+    )
     if not pc.any(bad).as_py():
         return None
     first_bad_step = pc.min(pc.filter(tensors.column("step"), bad)).as_py()
@@ -106,8 +112,7 @@ def _first_in_part(trace: Trace, rank: int) -> NonFiniteOrigin | None:
         if any(_nonfinite(r) for r in rows if r["role"] in received):
             continue  # it inherited them
         culprits = tuple(
-            {k: r[k] for k in ("role", "slot", "nan_count", "inf_count")}
-            for r in rows if r["role"] in produced and _nonfinite(r)
+            {k: r[k] for k in ("role", "slot", "nan_count", "inf_count")} for r in rows if r["role"] in produced and _nonfinite(r)
         )
         if culprits:
             node = nodes[c["node"]]

@@ -168,13 +168,9 @@ class BertLayer(nn.Layer):
 class BertEncoder(nn.Layer):
     def __init__(self, config: dict[str, Any], bug: str | None) -> None:
         super().__init__()
-        self.layer = nn.LayerList(
-            [BertLayer(config, f"encoder.layer.{i}", bug) for i in range(config["num_hidden_layers"])]
-        )
+        self.layer = nn.LayerList([BertLayer(config, f"encoder.layer.{i}", bug) for i in range(config["num_hidden_layers"])])
 
-    def forward(
-        self, hidden_states: paddle.Tensor, attention_mask: paddle.Tensor | None = None
-    ) -> dict[str, paddle.Tensor]:
+    def forward(self, hidden_states: paddle.Tensor, attention_mask: paddle.Tensor | None = None) -> dict[str, paddle.Tensor]:
         for layer in self.layer:
             hidden_states = layer(hidden_states, attention_mask)
         return {"last_hidden_state": hidden_states}
@@ -245,4 +241,3 @@ def load_paddle_bert(config: dict[str, Any], weights: dict[str, np.ndarray], bug
 def paddle_inputs(inputs: dict[str, np.ndarray]) -> dict[str, paddle.Tensor]:
     """The tokenized batch as Paddle tensors (keyword arguments of :class:`BertModel`)."""
     return {name: paddle.to_tensor(value) for name, value in inputs.items()}
-

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hf_bert  # noqa: E402  (next to this file, importable once the folder is on sys.path)
+import hf_bert
 
-import tracespec  # noqa: E402
+import tracespec
 
 PORT_RTOL: Final = 1e-5
 """Float32 noise between two implementations of the same arithmetic, relative to the output's scale."""
@@ -55,8 +55,7 @@ def port_error(bug: str | None = None) -> dict[str, float]:
         reference = hf_bert.load_torch_bert()(**hf_bert.torch_inputs(inputs))
     ported = paddle_bert.load_paddle_bert(config, weights, bug)(**paddle_bert.paddle_inputs(inputs))
     return {
-        name: relative_error(reference[name].numpy(), ported[name].numpy())
-        for name in ("last_hidden_state", "pooler_output")
+        name: relative_error(reference[name].numpy(), ported[name].numpy()) for name in ("last_hidden_state", "pooler_output")
     }
 
 
@@ -65,8 +64,9 @@ def _loss(outputs: Any) -> Any:
     return outputs["last_hidden_state"].float().pow(2).mean() + outputs["pooler_output"].float().pow(2).mean()
 
 
-def record_torch(path: Path, inputs: dict[str, np.ndarray], dtype: str = "float32", backward: bool = True,
-                 **options: Any) -> None:
+def record_torch(
+    path: Path, inputs: dict[str, np.ndarray], dtype: str = "float32", backward: bool = True, **options: Any
+) -> None:
     """Record Hugging Face's BERT (parameters cast to ``dtype``) on ``inputs`` into ``path``."""
     model = hf_bert.load_torch_bert(dtype)
     with tracespec.record(model, path, capture="full", overwrite=True, **options) as rec:
@@ -76,8 +76,9 @@ def record_torch(path: Path, inputs: dict[str, np.ndarray], dtype: str = "float3
         rec.step()
 
 
-def record_paddle(path: Path, inputs: dict[str, np.ndarray], bug: str | None = None, backward: bool = True,
-                  **options: Any) -> None:
+def record_paddle(
+    path: Path, inputs: dict[str, np.ndarray], bug: str | None = None, backward: bool = True, **options: Any
+) -> None:
     """Record the Paddle port (with porting ``bug`` switched on, if given) on ``inputs`` into ``path``."""
     import paddle_bert
 
@@ -97,8 +98,15 @@ def export_onnx(onnx_file: Path, inputs: dict[str, np.ndarray]) -> Path:
     model = hf_bert.load_torch_bert()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation and progress notes
-        torch.onnx.export(model, (), str(onnx_file), kwargs=hf_bert.torch_inputs(inputs), dynamo=True,
-                          output_names=["last_hidden_state", "pooler_output"], verbose=False)
+        torch.onnx.export(
+            model,
+            (),
+            str(onnx_file),
+            kwargs=hf_bert.torch_inputs(inputs),
+            dynamo=True,
+            output_names=["last_hidden_state", "pooler_output"],
+            verbose=False,
+        )
     return onnx_file
 
 
@@ -148,8 +156,16 @@ DIFF_OPTIONS: Final = {
 
 def diff_command(comparison: str, a: Path, b: Path, out: Path) -> list[str]:
     """The ``tracespec diff`` arguments of ``comparison``, writing verdict.json and report.html to ``out``."""
-    return ["diff", str(a), str(b), *DIFF_OPTIONS[comparison],
-            "--json", str(out / "verdict.json"), "--html", str(out / "report.html")]
+    return [
+        "diff",
+        str(a),
+        str(b),
+        *DIFF_OPTIONS[comparison],
+        "--json",
+        str(out / "verdict.json"),
+        "--html",
+        str(out / "report.html"),
+    ]
 
 
 def _diff(comparison: str, a: Path, b: Path, out: Path) -> int:
@@ -165,15 +181,21 @@ def main() -> None:
 
 
 def _comparison(name: str, help_text: str, with_bug: bool = False) -> None:
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(f"runs/bert/{name}"),
-                  show_default=True, help="Where the two traces, verdict.json and report.html go.")
+    @click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(f"runs/bert/{name}"),
+        show_default=True,
+        help="Where the two traces, verdict.json and report.html go.",
+    )
     def command(out: Path, bug: str | None = None) -> None:
         a, b = prepare(name, out, bug)
         sys.exit(_diff(name, a, b, out))
 
     if with_bug:
-        command = click.option("--bug", type=click.Choice(BUG_CHOICES), default=None,
-                               help="Switch on one porting bug in the Paddle port.")(command)
+        command = click.option(
+            "--bug", type=click.Choice(BUG_CHOICES), default=None, help="Switch on one porting bug in the Paddle port."
+        )(command)
     main.command(name, help=help_text)(command)
 
 

@@ -29,9 +29,19 @@ def train(out: Path, max_grad_norm: float) -> None:
     model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_positions=32, n_embd=64, n_layer=2, n_head=4))
     ids = torch.randint(0, 128, (16, 24), generator=torch.Generator().manual_seed(1))
     data = [{"input_ids": row, "labels": row} for row in ids]
-    args = TrainingArguments(output_dir=str(out) + "-trainer", per_device_train_batch_size=4, max_steps=4,
-                             max_grad_norm=max_grad_norm, learning_rate=1e-3, use_cpu=True, report_to=[],
-                             save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0)
+    args = TrainingArguments(
+        output_dir=str(out) + "-trainer",
+        per_device_train_batch_size=4,
+        max_steps=4,
+        max_grad_norm=max_grad_norm,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     # record every step at statistics level; steps=, every=, capture=, include= choose what
     Trainer(model=model, args=args, train_dataset=data, callbacks=[TracespecCallback(out, overwrite=True)]).train()
 

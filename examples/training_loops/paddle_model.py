@@ -37,8 +37,9 @@ def fit(out: Path, learning_rate: float) -> None:
     paddle.seed(0)
     network = paddle.nn.Sequential(paddle.nn.Linear(10, 32), paddle.nn.GELU(), paddle.nn.Linear(32, 4))
     model = paddle.Model(network)
-    model.prepare(paddle.optimizer.AdamW(learning_rate=learning_rate, parameters=network.parameters()),
-                  paddle.nn.CrossEntropyLoss())
+    model.prepare(
+        paddle.optimizer.AdamW(learning_rate=learning_rate, parameters=network.parameters()), paddle.nn.CrossEntropyLoss()
+    )
     # record every batch at statistics level; steps=, every=, capture=, include= choose what
     model.fit(Data(), epochs=1, batch_size=8, shuffle=False, verbose=0, callbacks=[TracespecCallback(out, overwrite=True)])
 
@@ -49,7 +50,15 @@ def main() -> int:
     folder = parser.parse_args().out
     fit(folder / "reference", learning_rate=1e-3)
     fit(folder / "stale_config", learning_rate=3e-3)
-    diff = [sys.executable, "-m", "tracespec.cli", "diff", str(folder / "reference"), str(folder / "stale_config"), "--no-progress"]
+    diff = [
+        sys.executable,
+        "-m",
+        "tracespec.cli",
+        "diff",
+        str(folder / "reference"),
+        str(folder / "stale_config"),
+        "--no-progress",
+    ]
     return 0 if subprocess.run(diff).returncode == 1 else 1  # the change must be found
 
 

@@ -38,7 +38,11 @@ def test_flatten_names_every_leaf_by_its_path() -> None:
     x, y, z = np.zeros(1), np.ones(1), np.full(1, 2.0)
     value = {"logits": x, "past": [Hidden(y, (z, 3))], "n": None}
     assert [(slot, leaf if not is_array(leaf) else float(leaf[0])) for slot, leaf in flatten(value, "", is_array)] == [
-        ("logits", 0.0), ("past.0.state", 1.0), ("past.0.extra.0", 2.0), ("past.0.extra.1", 3), ("n", None),
+        ("logits", 0.0),
+        ("past.0.state", 1.0),
+        ("past.0.extra.0", 2.0),
+        ("past.0.extra.1", 3),
+        ("n", None),
     ]
     assert [s for s, _ in flatten(x, "", is_array)] == ["0"]
     assert [s for s, _ in flatten(7, "", is_array)] == ["0"]
@@ -84,7 +88,9 @@ def test_bad_options_say_what_is_allowed(options: dict[str, Any], message: str) 
 
 
 def test_options_expand_role_groups_and_keep_selector_order() -> None:
-    options = parse_options(capture="hash", roles=["grads", "output"], levels={"grad_input": "stats", "fc": "full"}, include="blocks.*")
+    options = parse_options(
+        capture="hash", roles=["grads", "output"], levels={"grad_input": "stats", "fc": "full"}, include="blocks.*"
+    )
     assert options.roles == {"grad_output", "grad_input", "parameter_grad", "output"}
     assert [key for key, _ in options.levels] == ["grad_input", "fc"]
     assert options.include == ("blocks.*",)

@@ -74,8 +74,11 @@ def test_first_nonfinite_names_the_log_at_step_7(tmp_path: Path, capture: str) -
     assert [(r["role"], r["slot"], r["nan_count"], r["inf_count"]) for r in origin.records] == [("output", "0", 0, 3)]
     # head and the root hold non-finite outputs at step 7 too, and end later: they inherited them.
     routes = {n["node"]: n["route"] for n in trace.nodes().to_pylist()}
-    nonfinite_outputs = {routes[r["node"]] for r in trace.tensors().to_pylist()
-                         if r["step"] == BREAKS_AT and r["role"] == "output" and (r["nan_count"] or r["inf_count"])}
+    nonfinite_outputs = {
+        routes[r["node"]]
+        for r in trace.tensors().to_pylist()
+        if r["step"] == BREAKS_AT and r["role"] == "output" and (r["nan_count"] or r["inf_count"])
+    }
     assert nonfinite_outputs == {"f", "head", ""}
 
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "t"), "--first-nonfinite"], catch_exceptions=False)

@@ -142,7 +142,9 @@ def _records(trace: tracespec.Trace) -> tuple[dict[int, dict[str, Any]], list[di
     return nodes, trace.tensors().to_pylist()
 
 
-def _tensor(trace: tracespec.Trace, nodes: dict[int, dict[str, Any]], records: list[dict[str, Any]], route: str, role: str, slot: str) -> np.ndarray | None:
+def _tensor(
+    trace: tracespec.Trace, nodes: dict[int, dict[str, Any]], records: list[dict[str, Any]], route: str, role: str, slot: str
+) -> np.ndarray | None:
     for row in records:
         if nodes[row["node"]]["route"] == route and row["role"] == role and row["slot"] == slot and row["array"]:
             return trace.read(0, row["array"])
@@ -170,7 +172,9 @@ def test_modules_align_with_pytorch_by_route(exported: dict[str, Any], exporter:
         if onnx_input is not None and reference[route]["input"] is not None and onnx_input.dtype == np.float32:
             np.testing.assert_allclose(onnx_input, reference[route]["input"], rtol=1e-4, atol=1e-5, err_msg=route)
     assert len(matched) >= 0.9 * len(surviving), sorted(set(surviving) - set(matched))
-    np.testing.assert_allclose(outputs[0][onnx.load(str(exported[exporter])).graph.output[0].name], reference[""]["output"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        outputs[0][onnx.load(str(exported[exporter])).graph.output[0].name], reference[""]["output"], rtol=1e-4, atol=1e-5
+    )
 
     # The tree: modules keep their dotted routes, ops hang under their module with class = op type.
     by_route = {row["route"]: row for row in nodes.values()}
@@ -214,8 +218,9 @@ def test_statistics_match_the_reference_and_levels_agree(exported: dict[str, Any
         expected = compute_stats(full.read(0, row["array"]))
         where = (row["node"], row["role"], row["slot"])
         # ``full`` fetches every value: its statistics are the reference's, from the data
-        got = TensorStats(expected.count, row["min"], row["max"], row["mean"], row["std"], row["l2"],
-                          row["nan_count"], row["inf_count"])
+        got = TensorStats(
+            expected.count, row["min"], row["max"], row["mean"], row["std"], row["l2"], row["nan_count"], row["inf_count"]
+        )
         assert got == expected, where
     stats_rows = tracespec.load_trace(tmp_path / "stats").tensors().to_pylist()
     hash_rows = tracespec.load_trace(tmp_path / "hash").tensors().to_pylist()
@@ -238,14 +243,18 @@ def test_statistics_match_the_reference_and_levels_agree(exported: dict[str, Any
 
 def test_selection_by_route_and_by_op_type(exported: dict[str, Any], tmp_path: Path) -> None:
     feed = {"ids": exported["ids"].numpy()}
-    tracespec.record_onnx(exported["torchscript"], feed, tmp_path / "route", include="blocks.0.*", exclude="*.mlp*", capture="full")
+    tracespec.record_onnx(
+        exported["torchscript"], feed, tmp_path / "route", include="blocks.0.*", exclude="*.mlp*", capture="full"
+    )
     trace = tracespec.load_trace(tmp_path / "route")
     nodes, records = _records(trace)
     routes = {nodes[row["node"]]["route"] for row in records}
     assert "blocks.0.attn.q_proj" in routes and "blocks.0.ln2" in routes
     assert all(r.startswith("blocks.0.") and ".mlp" not in r for r in routes), routes
 
-    tracespec.record_onnx(exported["dynamo"], feed, tmp_path / "ops", include_ops=["Softmax"], modules=False, parameters=False, capture="full")
+    tracespec.record_onnx(
+        exported["dynamo"], feed, tmp_path / "ops", include_ops=["Softmax"], modules=False, parameters=False, capture="full"
+    )
     trace = tracespec.load_trace(tmp_path / "ops")
     nodes, records = _records(trace)
     recorded = {nodes[row["node"]]["route"] for row in records}
@@ -266,7 +275,9 @@ def test_recording_in_several_runs_gives_the_same_trace(exported: dict[str, Any]
     tracespec.record_onnx(exported["dynamo"], feed, tmp_path / "many", outputs_per_run=5, capture="full")
     one = tracespec.load_trace(tmp_path / "one").tensors().to_pylist()
     many = tracespec.load_trace(tmp_path / "many").tensors().to_pylist()
-    assert [(r["node"], r["role"], r["slot"], r["hash"]) for r in one] == [(r["node"], r["role"], r["slot"], r["hash"]) for r in many]
+    assert [(r["node"], r["role"], r["slot"], r["hash"]) for r in one] == [
+        (r["node"], r["role"], r["slot"], r["hash"]) for r in many
+    ]
 
 
 def _step_values(path: Path) -> dict[int, dict[tuple[int, str, str], np.ndarray]]:
@@ -292,7 +303,10 @@ def _wide_graph() -> onnx.ModelProto:
         ],
         "wide",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 256])],
-        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [128, 256]), helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+        [
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [128, 256]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
         [
             numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "w"),
             numpy_helper.from_array(rng.standard_normal(256).astype(np.float32), "b"),
@@ -342,7 +356,8 @@ def test_values_whose_shape_follows_the_data_are_recorded_each_step(tmp_path: Pa
     trace = tracespec.load_trace(tmp_path / "trace")
     nodes, records = _records(trace)
     recorded = {
-        row["step"]: trace.read(0, row["array"]) for row in records
+        row["step"]: trace.read(0, row["array"])
+        for row in records
         if nodes[row["node"]]["route"] == "NonZero" and row["role"] == "output"
     }
     assert {step: value.tolist() for step, value in recorded.items()} == {
@@ -414,8 +429,11 @@ def test_graph_without_scopes_records_ops_under_the_root(tmp_path: Path) -> None
     np.testing.assert_array_equal(_tensor(trace, nodes, records, "", "parameter", "w"), w)
 
     # Zeros through Log are -inf: the in-graph moments are not finite, the reference counts them.
-    log_stats = next(r for r in tracespec.load_trace(tmp_path / "stats").tensors().to_pylist()
-                     if nodes[r["node"]]["route"] == "Log" and r["role"] == "output")
+    log_stats = next(
+        r
+        for r in tracespec.load_trace(tmp_path / "stats").tensors().to_pylist()
+        if nodes[r["node"]]["route"] == "Log" and r["role"] == "output"
+    )
     log_output = _tensor(trace, nodes, records, "Log", "output", "0")
     assert log_output is not None
     expected = compute_stats(log_output)
@@ -425,9 +443,15 @@ def test_graph_without_scopes_records_ops_under_the_root(tmp_path: Path) -> None
     # The next step fetches that value whole in the main run: same statistics.
     recorder = OnnxRecorder(model, capture="stats")
     recorder.record([{"x": x}, {"x": x}], tmp_path / "steps")
-    rows = [r for r in tracespec.load_trace(tmp_path / "steps").tensors().to_pylist()
-            if nodes[r["node"]]["route"] == "Log" and r["role"] == "output"]
-    assert [(r["step"], r["inf_count"], r["mean"]) for r in rows] == [(0, log_stats["inf_count"], log_stats["mean"]), (1, log_stats["inf_count"], log_stats["mean"])]
+    rows = [
+        r
+        for r in tracespec.load_trace(tmp_path / "steps").tensors().to_pylist()
+        if nodes[r["node"]]["route"] == "Log" and r["role"] == "output"
+    ]
+    assert [(r["step"], r["inf_count"], r["mean"]) for r in rows] == [
+        (0, log_stats["inf_count"], log_stats["mean"]),
+        (1, log_stats["inf_count"], log_stats["mean"]),
+    ]
 
 
 def test_model_with_external_data_records_from_its_path(tmp_path: Path) -> None:
@@ -491,9 +515,12 @@ def test_import_tracespec_does_not_import_onnxruntime() -> None:
 def test_an_option_the_graph_recorder_does_not_take_is_a_usage_error(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(tracespec.errors.UsageError, match="unknown option 'roles'.* Options: providers, capture"):
         tracespec.record_onnx(model, {"x": np.ones(2, np.float32)}, tmp_path / "t", roles=["output"])

@@ -110,13 +110,30 @@ def test_ops_are_nodes_under_the_module_whose_code_calls_them(full: TraceView) -
     by_route = {n["route"]: n for n in full.nodes}
     attn_ops = [n["route"] for n in full.nodes if n["kind"] == "op" and n["parent"] == by_route["attn"]["node"]]
     assert attn_ops == [
-        "attn.split#0", "attn.view#0", "attn.transpose#0", "attn.view#1", "attn.transpose#1", "attn.view#2",
-        "attn.transpose#2", "attn.mT#0", "attn.matmul#0", "attn.mul#0", "attn.eq#0", "attn.masked_fill#0",
-        "attn.softmax#0", "attn.matmul#1", "attn.transpose#3", "attn.reshape#0", "attn.clone#0", "attn.setitem#0",
+        "attn.split#0",
+        "attn.view#0",
+        "attn.transpose#0",
+        "attn.view#1",
+        "attn.transpose#1",
+        "attn.view#2",
+        "attn.transpose#2",
+        "attn.mT#0",
+        "attn.matmul#0",
+        "attn.mul#0",
+        "attn.eq#0",
+        "attn.masked_fill#0",
+        "attn.softmax#0",
+        "attn.matmul#1",
+        "attn.transpose#3",
+        "attn.reshape#0",
+        "attn.clone#0",
+        "attn.setitem#0",
         "attn.add_#0",
     ]
     # torch's own modules are recorded as modules, not as the functional call inside them
-    assert not [n for n in full.nodes if n["kind"] == "op" and n["parent"] in (by_route["attn.qkv"]["node"], by_route["act"]["node"])]
+    assert not [
+        n for n in full.nodes if n["kind"] == "op" and n["parent"] in (by_route["attn.qkv"]["node"], by_route["act"]["node"])
+    ]
     # the op in the root's forward; the loss computed outside any module is not recorded
     assert [n["route"] for n in full.nodes if n["kind"] == "op" and n["parent"] == by_route[""]["node"]] == ["mul#0"]
     mul = by_route["attn.mul#0"]
@@ -139,7 +156,7 @@ def test_op_calls_nest_in_their_module_call(full: TraceView) -> None:
 
 
 def test_op_values_are_what_the_code_computed(model: Net, full: TraceView) -> None:
-    x, mask = _inputs()
+    x, _mask = _inputs()
     with torch.no_grad():
         q, k, _ = model.attn.qkv(x).split(8, dim=-1)
         q, k = (z.view(2, 4, 2, -1).transpose(1, 2) for z in (q, k))
@@ -227,7 +244,9 @@ def test_paddle_ops_are_recorded_and_change_nothing(tmp_path: Path) -> None:
     ops = [n["route"] for n in view.nodes if n["kind"] == "op"]
     assert ops == ["split#0", "matmul#0", "mul#0", "softmax#0", "matmul#1", "T#0", "T#1", "add#0", "setitem#0"]
     assert json.loads(by_route["matmul#0"]["attrs"]) == {
-        "op": "paddle.matmul", "source": {"file": __file__, "line": line_of("# paddle op: scores"), "function": "forward"}}
+        "op": "paddle.matmul",
+        "source": {"file": __file__, "line": line_of("# paddle op: scores"), "function": "forward"},
+    }
     assert json.loads(by_route["softmax#0"]["attrs"])["op"] == "paddle.nn.functional.softmax"
     assert view.records("softmax#0", role="grad_output")
 
@@ -235,10 +254,9 @@ def test_paddle_ops_are_recorded_and_change_nothing(tmp_path: Path) -> None:
 def test_paddle_functions_are_restored_when_the_recorded_code_raises(tmp_path: Path) -> None:
     originals = {name: paddle.Tensor.__dict__.get(name) for name in OP_FUNCTIONS["paddle.Tensor"]}
     layer = paddle.nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="boom"):
-        with tracespec.record(layer, tmp_path / "p", ops=True):
-            layer(paddle.ones([1, 2]))
-            raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"), tracespec.record(layer, tmp_path / "p", ops=True):
+        layer(paddle.ones([1, 2]))
+        raise ValueError("boom")
     assert {name: paddle.Tensor.__dict__.get(name) for name in OP_FUNCTIONS["paddle.Tensor"]} == originals
     assert paddle.matmul.__module__.startswith("paddle")
 
@@ -252,4 +270,3 @@ def test_show_says_where_each_op_is_called(full: TraceView) -> None:
     assert result.exit_code == 0, result.output
     assert f"attn.mul#0 mul  at test_ops.py:{line_of('# op: scores')}" in result.output
     assert "attn.qkv Linear\n" in result.output  # a module: no source line
-

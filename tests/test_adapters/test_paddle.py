@@ -45,7 +45,9 @@ class SelfAttention(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         batch, seq, d = x.shape
         head = d // self.heads
-        q, k, v = (t.reshape([batch, seq, self.heads, head]).transpose([0, 2, 1, 3]) for t in paddle.split(self.qkv(x), 3, axis=-1))
+        q, k, v = (
+            t.reshape([batch, seq, self.heads, head]).transpose([0, 2, 1, 3]) for t in paddle.split(self.qkv(x), 3, axis=-1)
+        )
         mask = paddle.triu(paddle.full([seq, seq], -1e9), diagonal=1)
         probs = F.softmax(q @ k.transpose([0, 1, 3, 2]) / head**0.5 + mask, axis=-1)
         context = (probs @ v).transpose([0, 2, 1, 3]).reshape([batch, seq, d])
@@ -94,7 +96,9 @@ class Tricky(nn.Layer):
         self.alias = self.proj
         self.head = Head()
 
-    def forward(self, pair: tuple[paddle.Tensor, dict[str, paddle.Tensor]], scale: float, *, offset: paddle.Tensor) -> dict[str, Any]:
+    def forward(
+        self, pair: tuple[paddle.Tensor, dict[str, paddle.Tensor]], scale: float, *, offset: paddle.Tensor
+    ) -> dict[str, Any]:
         x, aux = pair
         h = self.proj(x)
         h = self.alias(h * scale)

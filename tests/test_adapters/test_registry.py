@@ -20,7 +20,8 @@ from tracespec.adapters import Recording
 
 def _relu_model(path: Path | None = None) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
     )
@@ -49,8 +50,12 @@ def test_an_onnx_model_is_recorded_before_onnxruntime_is_imported(tmp_path: Path
     """A user's first line may be ``tracespec.record("model.onnx", ...)``: nothing imported yet."""
     _relu_model(tmp_path / "model.onnx")
     model = str(tmp_path / "model.onnx") if given == "path" else "proto"
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, model, str(tmp_path / "trace"), str(tmp_path / "model.onnx")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, model, str(tmp_path / "trace"), str(tmp_path / "model.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['', 'Relu']"
 

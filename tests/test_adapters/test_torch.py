@@ -91,7 +91,9 @@ class Tricky(nn.Module):
         self.alias = self.proj
         self.head = Head()
 
-    def forward(self, pair: tuple[torch.Tensor, dict[str, torch.Tensor]], scale: float, *, offset: torch.Tensor) -> dict[str, Any]:
+    def forward(
+        self, pair: tuple[torch.Tensor, dict[str, torch.Tensor]], scale: float, *, offset: torch.Tensor
+    ) -> dict[str, Any]:
         x, aux = pair
         h = self.proj(x)
         h = self.alias(h * scale)
@@ -335,13 +337,24 @@ def test_optimizer_hooks_record_grads_and_update_even_when_grads_are_cleared_fir
     view = TraceView(tmp_path / "t")
     for step in (0, 1):
         for role, stage, expected in (("parameter_grad", "backward", grads), ("parameter", "update", weights)):
-            got = {f"{view.route_of[r['node']]}.{r['slot']}": view.array(r) for r in view.records(role=role, stage=stage, step=step)}
+            got = {
+                f"{view.route_of[r['node']]}.{r['slot']}": view.array(r) for r in view.records(role=role, stage=stage, step=step)
+            }
             assert got.keys() == expected[step].keys()
             for key, value in expected[step].items():
                 np.testing.assert_array_equal(got[key], value.numpy(), err_msg=f"{role} {key}")
         state = {r["slot"]: view.array(r) for r in view.records("0", role="optimizer_state", step=step)}
-        np.testing.assert_array_equal(state["weight.exp_avg"], opt.state[model[0].weight]["exp_avg"].numpy() if step == 1 else state["weight.exp_avg"])
-        assert set(state) == {"weight.step", "weight.exp_avg", "weight.exp_avg_sq", "bias.step", "bias.exp_avg", "bias.exp_avg_sq"}
+        np.testing.assert_array_equal(
+            state["weight.exp_avg"], opt.state[model[0].weight]["exp_avg"].numpy() if step == 1 else state["weight.exp_avg"]
+        )
+        assert set(state) == {
+            "weight.step",
+            "weight.exp_avg",
+            "weight.exp_avg_sq",
+            "bias.step",
+            "bias.exp_avg",
+            "bias.exp_avg_sq",
+        }
 
 
 def test_recording_keeps_no_step_alive(tmp_path: Path) -> None:

@@ -21,14 +21,20 @@ def small_trace(tmp_path: Path) -> Path:
         for step in (0, 1):
             h = rng.standard_normal((2, 3)).astype(np.float32)
             h[0, 0] = np.nan
-            w.add_tensor(step=step, stage="forward", node=fc1, role="parameter", slot="weight",
-                         array=rng.standard_normal((3, 4)).astype(np.float32))
+            w.add_tensor(
+                step=step,
+                stage="forward",
+                node=fc1,
+                role="parameter",
+                slot="weight",
+                array=rng.standard_normal((3, 4)).astype(np.float32),
+            )
             w.add_tensor(step=step, stage="forward", node=fc1, call=0, role="output", slot="0", array=h)
-            w.add_tensor(step=step, stage="forward", node=fc2, call=0, role="output", slot="0",
-                         array=h.sum(1), level="hash")
+            w.add_tensor(step=step, stage="forward", node=fc2, call=0, role="output", slot="0", array=h.sum(1), level="hash")
             w.add_value(step=step, stage="forward", node=fc2, call=0, role="output", slot="1", value=None)
             for node, order in ((fc1, 1), (fc2, 2), (fc2, 3)):
-                w.add_call(step=step, stage="forward", node=node, call=order - 1 if node == fc1 else order - 2,
-                           begin=order, end=order)
+                w.add_call(
+                    step=step, stage="forward", node=node, call=order - 1 if node == fc1 else order - 2, begin=order, end=order
+                )
             w.end_step(step)
     return path

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_compare.synthetic_nets import Knobs, record_tiny_net
 
 import tracespec
-from test_compare.synthetic_nets import Knobs, record_tiny_net
 from tracespec.cli import cli
 from tracespec.compare import validate_verdict
 
@@ -72,9 +72,16 @@ def test_options_reach_the_comparison(traces: dict[str, Path], tmp_path: Path) -
     assert code == 1 and "layer map 1" in out
 
 
-@pytest.mark.parametrize("args", [
-    ("--mode", "loose"), ("--tol", "no-equals-sign"), ("--tol", "x=rtol:abc"), ("--step", "7"), ("--rank", "3"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--mode", "loose"),
+        ("--tol", "no-equals-sign"),
+        ("--tol", "x=rtol:abc"),
+        ("--step", "7"),
+        ("--rank", "3"),
+    ],
+)
 def test_usage_errors_exit_2(traces: dict[str, Path], args: tuple[str, ...]) -> None:
     code, _, err = run("diff", str(traces["a"]), str(traces["bug"]), *args)
     assert code == 2, err

@@ -23,11 +23,14 @@ def weights_and_input(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]
     rng = np.random.default_rng(seed)
     conv1 = (rng.standard_normal((CHANNELS, 2, 3, 3)) * 0.4).astype(np.float32)
     conv1[:, 1] = conv1[:, 0]
-    w = {"conv1.weight": conv1, "conv1.bias": np.zeros(CHANNELS, np.float32),
-         "conv2.weight": (rng.standard_normal((CHANNELS, CHANNELS, 3, 3)) * 0.2).astype(np.float32),
-         "conv2.bias": (rng.standard_normal(CHANNELS) * 0.1).astype(np.float32),
-         "fc.weight": (rng.standard_normal((CLASSES, CHANNELS)) * 0.5).astype(np.float32),
-         "fc.bias": np.zeros(CLASSES, np.float32)}
+    w = {
+        "conv1.weight": conv1,
+        "conv1.bias": np.zeros(CHANNELS, np.float32),
+        "conv2.weight": (rng.standard_normal((CHANNELS, CHANNELS, 3, 3)) * 0.2).astype(np.float32),
+        "conv2.bias": (rng.standard_normal(CHANNELS) * 0.1).astype(np.float32),
+        "fc.weight": (rng.standard_normal((CLASSES, CHANNELS)) * 0.5).astype(np.float32),
+        "fc.bias": np.zeros(CLASSES, np.float32),
+    }
     x = rng.standard_normal((4, 2, 15, 15)).astype(np.float32)
     ulp = np.spacing(np.abs(x[:, 0, :8])) * rng.choice([-1, 0, 1], x[:, 0, :8].shape)
     x[:, 1, :8] = -(x[:, 0, :8] + ulp)

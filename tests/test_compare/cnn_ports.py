@@ -35,7 +35,9 @@ class Block(nn.Module):
         self.relu = nn.ReLU()
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = nn.Sequential(nn.Conv2d(inputs, channels, 1, 2, bias=False), nn.BatchNorm2d(channels)) if downsample else None
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(inputs, channels, 1, 2, bias=False), nn.BatchNorm2d(channels)) if downsample else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))

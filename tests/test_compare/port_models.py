@@ -17,18 +17,26 @@ TOKENS = np.array([[1, 5, 9, 2, 7], [4, 4, 8, 0, 1]], dtype=np.int64)
 
 def _names(renamed: bool) -> dict[str, str]:
     if renamed:
-        return {"embed": "embedding", "blocks": "layers", "norm": "pre_norm", "fc1": "up", "fc2": "down",
-                "final": "norm_out", "head": "lm_head"}
-    return {"embed": "embed", "blocks": "blocks", "norm": "norm", "fc1": "fc1", "fc2": "fc2",
-            "final": "final", "head": "head"}
+        return {
+            "embed": "embedding",
+            "blocks": "layers",
+            "norm": "pre_norm",
+            "fc1": "up",
+            "fc2": "down",
+            "final": "norm_out",
+            "head": "lm_head",
+        }
+    return {"embed": "embed", "blocks": "blocks", "norm": "norm", "fc1": "fc1", "fc2": "fc2", "final": "final", "head": "head"}
 
 
 def weights(seed: int = 0) -> dict[str, np.ndarray]:
     """Weights in PyTorch's layout, keyed by canonical names."""
     rng = np.random.default_rng(seed)
-    w = {"embed": (rng.standard_normal((VOCAB, WIDTH)) * 0.5).astype(np.float32),
-         "head.w": (rng.standard_normal((VOCAB, WIDTH)) * 0.3).astype(np.float32),
-         "head.b": (rng.standard_normal(VOCAB) * 0.1).astype(np.float32)}
+    w = {
+        "embed": (rng.standard_normal((VOCAB, WIDTH)) * 0.5).astype(np.float32),
+        "head.w": (rng.standard_normal((VOCAB, WIDTH)) * 0.3).astype(np.float32),
+        "head.b": (rng.standard_normal(VOCAB) * 0.1).astype(np.float32),
+    }
     for i in range(BLOCKS):
         w[f"{i}.fc1.w"] = (rng.standard_normal((HIDDEN, WIDTH)) * 0.3).astype(np.float32)
         w[f"{i}.fc1.b"] = (rng.standard_normal(HIDDEN) * 0.1).astype(np.float32)

@@ -139,8 +139,9 @@ def record_tiny_net(path: Path, knobs: Knobs = Knobs(), seed: int = 0, steps: in
     return path
 
 
-def record_linear_chain(path: Path, wrong_backward_at: int | None = None, depth: int = 4,
-                        wrong_update_at: int | None = None) -> Path:
+def record_linear_chain(
+    path: Path, wrong_backward_at: int | None = None, depth: int = 4, wrong_update_at: int | None = None
+) -> Path:
     """A chain of Linear layers with forward, backward (loss = sum of outputs) and an SGD update.
 
     ``wrong_backward_at``: that layer's input gradient is doubled (a wrong custom backward).

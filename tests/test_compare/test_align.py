@@ -130,7 +130,7 @@ def test_layer_map_globs_regexes_prefixes_and_transforms(tmp_path: Path) -> None
             {"a": "head", "b": "head", "transforms": {"weight": "transpose"}},
         ],
     }
-    va, vb, alignment = _align(a, b, layer_map)
+    _va, _vb, alignment = _align(a, b, layer_map)
     assert alignment.method_counts()["layer_map"] == 11
     assert tracespec.compare(a, b, layer_map=parse_layer_map(layer_map)).status == "pass"
 
@@ -177,7 +177,9 @@ def test_a_pass_with_unmatched_nodes_says_so(tmp_path: Path) -> None:
     # the map only makes an unmatched call to report (a user ignores a layer they do not trust)
     verdict = tracespec.compare(a, b, layer_map=parse_layer_map({"ignore": {"b": ["blocks.0.act"]}}))
     assert verdict.status == "pass" and [(u["side"], u["route"], u.get("call")) for u in verdict.unmatched] == [
-        ("b", "blocks.0.act", None), ("a", "blocks.0.act", 0)]
+        ("b", "blocks.0.act", None),
+        ("a", "blocks.0.act", 0),
+    ]
     # its output is still compared, as the input of the layer after it: the call counts as compared
     assert verdict.unmatched[1]["reason"].endswith("its output is compared, as the input of 'blocks.0.fc2'")
     assert verdict.coverage["ranks"]["0"]["calls"]["compared_a"] == verdict.coverage["ranks"]["0"]["calls"]["leaf_a"]

@@ -17,13 +17,21 @@ from tracespec.compare.baseline import BASELINE_FACTOR
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("threads")
-    return {"a": record_with_threads(root / "a", 1), "a2": record_with_threads(root / "a2", 2),
-            "b": record_with_threads(root / "b", 3)}
+    return {
+        "a": record_with_threads(root / "a", 1),
+        "a2": record_with_threads(root / "a2", 2),
+        "b": record_with_threads(root / "b", 3),
+    }
 
 
 def _centre_output(verdict: tracespec.Verdict) -> dict:  # type: ignore[type-arg]
-    return next(r for n in verdict.nodes if n["stage"] == "forward" and n["a"]["route"] == "centre"
-                for r in n["records"] if r["role"] == "output")
+    return next(
+        r
+        for n in verdict.nodes
+        if n["stage"] == "forward" and n["a"]["route"] == "centre"
+        for r in n["records"]
+        if r["role"] == "output"
+    )
 
 
 def test_thread_count_noise_alone_fails_the_default_tolerance(runs: dict[str, Path]) -> None:
@@ -41,7 +49,7 @@ def test_the_baseline_measures_that_noise_and_passes(runs: dict[str, Path]) -> N
     assert verdict.tolerances["baseline"]["records"] > 10
     record = _centre_output(verdict)
     measured = record["noise"]["baseline"]
-    assert 0 < measured["rel_rmse"] and record["metrics"]["rel_rmse"] <= BASELINE_FACTOR * measured["rel_rmse"]
+    assert measured["rel_rmse"] > 0 and record["metrics"]["rel_rmse"] <= BASELINE_FACTOR * measured["rel_rmse"]
 
 
 def test_a_baseline_without_noise_widens_nothing(runs: dict[str, Path]) -> None:

@@ -3,6 +3,7 @@ that pin calls, and the sequence aligner itself."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -58,12 +59,16 @@ def test_a_flat_port_aligns_call_by_call(traces: dict[str, Path]) -> None:
     assert any(r["role"] == "parameter_grad" and r["slot"] == "weight" for r in conv["records"])
 
 
-@pytest.mark.parametrize(("bug", "culprit_a", "culprit_b", "evidence"), [
-    ("eps", "layer2.0.bn1", "batchnorm5", "although its inputs and parameters agree"),
-    ("weight", "layer1.1.conv1", "conv2d3", "its own parameter[weight] differ(s)"),
-])
-def test_a_bug_in_a_flat_port_is_named_at_its_leaf_on_both_sides(traces: dict[str, Path], bug: str, culprit_a: str,
-                                                                  culprit_b: str, evidence: str) -> None:
+@pytest.mark.parametrize(
+    ("bug", "culprit_a", "culprit_b", "evidence"),
+    [
+        ("eps", "layer2.0.bn1", "batchnorm5", "although its inputs and parameters agree"),
+        ("weight", "layer1.1.conv1", "conv2d3", "its own parameter[weight] differ(s)"),
+    ],
+)
+def test_a_bug_in_a_flat_port_is_named_at_its_leaf_on_both_sides(
+    traces: dict[str, Path], bug: str, culprit_a: str, culprit_b: str, evidence: str
+) -> None:
     verdict = tracespec.compare(traces["a"], traces[f"flat_{bug}"])
     first = verdict.first_divergence
     assert first is not None and first["kind"] == "introduced" and first["stage"] == "forward"
@@ -74,15 +79,17 @@ def test_a_bug_in_a_flat_port_is_named_at_its_leaf_on_both_sides(traces: dict[st
     assert {"", culprit_a.rsplit(".", 2)[0]} <= contains
 
 
-@pytest.mark.parametrize(("export", "shortcut"), [
-    # the TorchScript exporter keeps the convolution's scope for the folded Conv
-    ("onnx", "layer2.0.downsample.0"),
-    # the torch.export-based one keeps routes, but puts the folded Conv in the batch norm's scope, and
-    # records one call of the shared ReLU for two
-    ("onnx_dynamo", "layer2.0.downsample.1"),
-])
-def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict[str, Path], export: str,
-                                                                     shortcut: str) -> None:
+@pytest.mark.parametrize(
+    ("export", "shortcut"),
+    [
+        # the TorchScript exporter keeps the convolution's scope for the folded Conv
+        ("onnx", "layer2.0.downsample.0"),
+        # the torch.export-based one keeps routes, but puts the folded Conv in the batch norm's scope, and
+        # records one call of the shared ReLU for two
+        ("onnx_dynamo", "layer2.0.downsample.1"),
+    ],
+)
+def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict[str, Path], export: str, shortcut: str) -> None:
     verdict = tracespec.compare(traces["a"], traces[export])
     assert verdict.status == "pass", verdict.first_divergence
     calls = _calls(verdict)
@@ -91,8 +98,9 @@ def test_batch_norms_folded_by_the_exporter_compare_as_fused_groups(traces: dict
     # functionally are B's unmatched calls
     assert calls["by_method_b"]["fused"] == 10 and calls["compared_b"] == sum(calls["by_method_b"].values())
     fused = [n for n in verdict.nodes if n["alignment"] == "fused" and n["stage"] == "forward"]
-    assert any(n["a"]["routes"] == ["layer2.0.downsample.0", "layer2.0.downsample.1"] and
-               n["b"]["routes"] == [shortcut] for n in fused)
+    assert any(
+        n["a"]["routes"] == ["layer2.0.downsample.0", "layer2.0.downsample.1"] and n["b"]["routes"] == [shortcut] for n in fused
+    )
     # a folded group is compared at its boundary only: never its convolution's output nor its weights
     assert all(r["role"] in ("input", "output") and r["slot"] == "0" for n in fused for r in n["records"])
     validate_verdict(verdict.to_json())  # groups, alignment methods and call coverage are in the schema
@@ -114,16 +122,21 @@ def test_the_saved_map_reproduces_the_alignment(traces: dict[str, Path], tmp_pat
     runner = CliRunner()
     layer_map = tmp_path / "map.yaml"
     for name in ("onnx", "flat_eps"):
-        found = runner.invoke(cli, ["diff", str(traces["a"]), str(traces[name]), "--save-map", str(layer_map),
-                                    "--json", str(tmp_path / "found.json")])
+        found = runner.invoke(
+            cli,
+            ["diff", str(traces["a"]), str(traces[name]), "--save-map", str(layer_map), "--json", str(tmp_path / "found.json")],
+        )
         text = layer_map.read_text()
         assert "#" in text.split("version:")[0] and "version: 1" in text
-        again = runner.invoke(cli, ["diff", str(traces["a"]), str(traces[name]), "--layer-map", str(layer_map),
-                                    "--json", str(tmp_path / "again.json")])
+        again = runner.invoke(
+            cli,
+            ["diff", str(traces["a"]), str(traces[name]), "--layer-map", str(layer_map), "--json", str(tmp_path / "again.json")],
+        )
         assert (found.exit_code, again.exit_code) == ((0, 0) if name == "onnx" else (1, 1)), again.output
         before, after = (json.loads((tmp_path / f).read_text()) for f in ("found.json", "again.json"))
         assert before["first_divergence"] == after["first_divergence"] or (
-            before["first_divergence"]["a"]["route"] == after["first_divergence"]["a"]["route"])
+            before["first_divergence"]["a"]["route"] == after["first_divergence"]["a"]["route"]
+        )
         units = {(n["stage"], n["a"]["route"], n["call"], n["b"]["route"]) for n in before["nodes"]}
         assert units == {(n["stage"], n["a"]["route"], n["call"], n["b"]["route"]) for n in after["nodes"]}
         coverage = after["coverage"]["ranks"]["0"]["calls"]
@@ -134,11 +147,17 @@ def test_the_saved_map_reproduces_the_alignment(traces: dict[str, Path], tmp_pat
 def test_a_layer_map_pins_calls_and_groups(traces: dict[str, Path], tmp_path: Path) -> None:
     layer_map = tmp_path / "map.json"
     # deliberately cross two ReLU calls: the map wins over what the values say
-    layer_map.write_text(json.dumps({"map": [
-        {"a": "layer1.0.relu#0", "b": "relu2"},
-        {"a": "layer1.0.relu#1", "b": "relu1"},
-        {"a": ["conv1", "bn1"], "b": ["conv2d0", "batchnorm0"]},
-    ]}))
+    layer_map.write_text(
+        json.dumps(
+            {
+                "map": [
+                    {"a": "layer1.0.relu#0", "b": "relu2"},
+                    {"a": "layer1.0.relu#1", "b": "relu1"},
+                    {"a": ["conv1", "bn1"], "b": ["conv2d0", "batchnorm0"]},
+                ]
+            }
+        )
+    )
     verdict = tracespec.compare(traces["a"], traces["flat_None"], layer_map=layer_map)
     pairs = {(n["a"]["route"], n["call"], n["b"]["route"], n["alignment"]) for n in verdict.nodes if n["stage"] == "forward"}
     assert {("layer1.0.relu", 0, "relu2", "layer_map"), ("layer1.0.relu", 1, "relu1", "layer_map")} <= pairs
@@ -147,13 +166,17 @@ def test_a_layer_map_pins_calls_and_groups(traces: dict[str, Path], tmp_path: Pa
     assert verdict.status == "fail" and verdict.first_divergence["a"]["route"] == "layer1.0.relu"
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"a": ["conv1", "bn*"], "b": "conv2d0"}, "names exact routes, not patterns"),
-    ({"a": "conv1#3", "b": "conv2d0"}, "names a call that A's first step does not have"),
-    ({"a": [], "b": "conv2d0"}, "an empty list"),
-])
-def test_a_bad_call_entry_is_one_line_and_exit_3(traces: dict[str, Path], tmp_path: Path, entry: dict[str, object],
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"a": ["conv1", "bn*"], "b": "conv2d0"}, "names exact routes, not patterns"),
+        ({"a": "conv1#3", "b": "conv2d0"}, "names a call that A's first step does not have"),
+        ({"a": [], "b": "conv2d0"}, "an empty list"),
+    ],
+)
+def test_a_bad_call_entry_is_one_line_and_exit_3(
+    traces: dict[str, Path], tmp_path: Path, entry: dict[str, object], message: str
+) -> None:
     layer_map = tmp_path / "map.json"
     layer_map.write_text(json.dumps({"map": [entry]}))
     done = CliRunner().invoke(cli, ["diff", str(traces["a"]), str(traces["flat_None"]), "--layer-map", str(layer_map)])
@@ -175,8 +198,14 @@ def test_low_coverage_is_said_loudly(traces: dict[str, Path], tmp_path: Path) ->
 
 # --------------------------------------------------------------------------- the sequence aligner
 def _info(index: int, family: str, shape: tuple[int, ...], mean: float | None = None, params: tuple[int, ...] = ()) -> CallInfo:
-    value = ValueSignature(shape, mean, None if mean is None else abs(mean) + 1.0, None if mean is None else mean - 1,
-                           None if mean is None else mean + 1, None)
+    value = ValueSignature(
+        shape,
+        mean,
+        None if mean is None else abs(mean) + 1.0,
+        None if mean is None else mean - 1,
+        None if mean is None else mean + 1,
+        None,
+    )
     return CallInfo(index, 0, index, index, f"n{index}", family, op_family(family), None, value, params)
 
 
@@ -192,7 +221,9 @@ def test_a_batch_norm_without_a_counterpart_folds_into_the_convolution_before_it
     b = [_info(0, "Conv", (1, 8), mean=0.1), _info(1, "Relu", (1, 8), mean=0.5)]
     pairings = align_call_sequences(a, b)
     assert [(p.a, p.b, p.method, p.same_layer) for p in pairings] == [
-        ((0, 1), (0,), "fused", False), ((2,), (1,), "dataflow", True)]
+        ((0, 1), (0,), "fused", False),
+        ((2,), (1,), "dataflow", True),
+    ]
 
 
 def test_values_pair_calls_across_an_order_change() -> None:
@@ -213,7 +244,7 @@ def test_value_distance_is_relative_and_needs_equal_sizes() -> None:
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=30, unique_by=lambda p: p[0]))
 def test_the_longest_chain_increases_in_both_indices_and_is_longest(pairs: list[tuple[int, int]]) -> None:
     chain = _longest_chain(pairs)
-    assert all(x[0] < y[0] and x[1] < y[1] for x, y in zip(chain, chain[1:]))
+    assert all(x[0] < y[0] and x[1] < y[1] for x, y in itertools.pairwise(chain))
     assert set(chain) <= set(pairs)
     ordered = sorted(pairs)
     best = [1] * len(ordered)  # quadratic reference
@@ -224,16 +255,22 @@ def test_the_longest_chain_increases_in_both_indices_and_is_longest(pairs: list[
     assert len(chain) == max(best, default=0)
 
 
-@pytest.mark.parametrize(("names", "family"), [
-    (("Conv2d", "Conv2D", "Conv", "OnnxConv"), "conv"),
-    (("Linear", "Gemm", "OnnxGemm"), "linear"),
-    (("BatchNorm2d", "BatchNorm2D", "BatchNormalization", "BatchNorm"), "batchnorm"),
-    (("MaxPool2d", "MaxPool2D", "MaxPool"), "maxpool"),
-    (("AdaptiveAvgPool2d", "AdaptiveAvgPool2D", "GlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape"), "globalavgpool"),
-    (("LayerNorm", "LayerNormalization"), "layernorm"),
-    (("GELU", "Gelu"), "gelu"),
-    (("ReLU", "Relu", "MatMul_3"), None),
-])
+@pytest.mark.parametrize(
+    ("names", "family"),
+    [
+        (("Conv2d", "Conv2D", "Conv", "OnnxConv"), "conv"),
+        (("Linear", "Gemm", "OnnxGemm"), "linear"),
+        (("BatchNorm2d", "BatchNorm2D", "BatchNormalization", "BatchNorm"), "batchnorm"),
+        (("MaxPool2d", "MaxPool2D", "MaxPool"), "maxpool"),
+        (
+            ("AdaptiveAvgPool2d", "AdaptiveAvgPool2D", "GlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape"),
+            "globalavgpool",
+        ),
+        (("LayerNorm", "LayerNormalization"), "layernorm"),
+        (("GELU", "Gelu"), "gelu"),
+        (("ReLU", "Relu", "MatMul_3"), None),
+    ],
+)
 def test_each_framework_name_has_one_family(names: tuple[str, ...], family: str | None) -> None:
     families = {op_family(name) for name in names}
     if family is None:

@@ -85,8 +85,9 @@ def test_several_steps_report_the_earliest(reference: Path, tmp_path: Path) -> N
 
 
 def _two_ranks(path: Path, bug_on_rank: int | None) -> Path:
-    from tracespec.testing.synthetic import SyntheticRecorder
     import numpy as np
+
+    from tracespec.testing.synthetic import SyntheticRecorder
 
     for rank in (0, 1):
         with SyntheticRecorder(path, rank=rank, world_size=2) as rec:

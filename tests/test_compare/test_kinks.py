@@ -25,8 +25,9 @@ def port_verdict(torch_trace: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _records(verdict: tracespec.Verdict, route: str, stage: str = "backward") -> dict[tuple[str, str], dict]:  # type: ignore[type-arg]
-    return {(r["role"], r["slot"]): r for n in verdict.nodes if n["stage"] == stage and n["a"]["route"] == route
-            for r in n["records"]}
+    return {
+        (r["role"], r["slot"]): r for n in verdict.nodes if n["stage"] == stage and n["a"]["route"] == route for r in n["records"]
+    }
 
 
 def test_the_correct_port_passes_and_reports_its_kink_flips(port_verdict: tracespec.Verdict) -> None:
@@ -61,7 +62,11 @@ def test_a_wrong_relu_backward_still_fails_at_the_relu(torch_trace: Path, tmp_pa
     first = verdict.first_divergence
     assert first is not None
     assert (first["stage"], first["kind"], first["a"]["route"], first["record"]["role"]) == (
-        "backward", "introduced", "relu1", "grad_input")
+        "backward",
+        "introduced",
+        "relu1",
+        "grad_input",
+    )
     assert first["metrics"]["mismatched"] > 0
 
 
@@ -70,8 +75,11 @@ def test_a_changed_pooling_shows_both_shapes(torch_trace: Path, tmp_path: Path) 
     first = verdict.first_divergence
     assert first is not None and (first["stage"], first["a"]["route"], first["kind"]) == ("forward", "pool", "introduced")
     assert first["metrics"] is None
-    assert first["mismatch"] == {"kind": "shape", "shape": {"a": [4, 8, 8, 8], "b": [4, 8, 7, 7]},
-                                 "dtype": {"a": "float32", "b": "float32"}}
+    assert first["mismatch"] == {
+        "kind": "shape",
+        "shape": {"a": [4, 8, 8, 8], "b": [4, 8, 7, 7]},
+        "dtype": {"a": "float32", "b": "float32"},
+    }
     assert "[4, 8, 8, 8] float32 in A, [4, 8, 7, 7] float32 in B" in first["evidence"]
     assert "output[0]: shape [4, 8, 8, 8] float32 in A, [4, 8, 7, 7] float32 in B" in render_text(verdict)
     validate_verdict(verdict.to_json())

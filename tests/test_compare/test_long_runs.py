@@ -35,7 +35,12 @@ def test_the_first_divergence_and_the_series_name_the_nudged_step_and_module(run
     validate_verdict(verdict.to_json())
     first = verdict.first_divergence
     assert first is not None
-    assert (first["step"], first["stage"], first["a"]["route"], first["kind"]) == (NUDGE, "forward", str(NUDGED_LAYER), "introduced")
+    assert (first["step"], first["stage"], first["a"]["route"], first["kind"]) == (
+        NUDGE,
+        "forward",
+        str(NUDGED_LAYER),
+        "introduced",
+    )
     series = verdict.steps
     assert [p["step"] for p in series] == list(range(STEPS))
     assert all(p["diverged"] == 0 and p["first"] is None for p in series[:NUDGE])
@@ -49,14 +54,19 @@ def test_the_first_divergence_and_the_series_name_the_nudged_step_and_module(run
     assert verdict.summary["units"] > len(verdict.nodes)  # the summary counts every step
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    {"mode": "strict"},
-    {"tolerances": {"4": {"mode": "bitwise"}}, "stages": ["forward", "update"]},
-    {"first_step_only": True},
-], ids=["default", "strict", "bitwise-override", "first-step-only"])
-def test_column_wise_and_record_by_record_give_the_same_verdict(runs: dict[str, Path], options: dict[str, Any],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"mode": "strict"},
+        {"tolerances": {"4": {"mode": "bitwise"}}, "stages": ["forward", "update"]},
+        {"first_step_only": True},
+    ],
+    ids=["default", "strict", "bitwise-override", "first-step-only"],
+)
+def test_column_wise_and_record_by_record_give_the_same_verdict(
+    runs: dict[str, Path], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     judged: list[int] = []
     column_wise = ColumnarRank.compare
 
@@ -107,11 +117,16 @@ def test_cli_step_ranges_and_the_sparkline(runs: dict[str, Path]) -> None:
     report = CliRunner().invoke(cli, ["diff", a, b, "--step", f":{NUDGE + 3}", "--step", "299"])
     assert report.exit_code == 1
     assert f"Over {NUDGE + 5} steps (0 to 299" in report.output
-    assert f"first divergent step {NUDGE}:" in report.output and f"{NUDGED_LAYER} (Linear) introduced it in forward" in report.output
+    assert (
+        f"first divergent step {NUDGE}:" in report.output and f"{NUDGED_LAYER} (Linear) introduced it in forward" in report.output
+    )
     same = CliRunner().invoke(cli, ["diff", a, a, "--step", "0:20"])
     assert same.exit_code == 0 and "Over 21 steps (0 to 20" in same.output and "no step diverges (worst ratio 0)" in same.output
-    for bad, message in (("5:2", "the first step is after the last"), ("x", "is not a step"),
-                         (f"{STEPS}:", "holds no step of both traces (A has 0-299")):
+    for bad, message in (
+        ("5:2", "the first step is after the last"),
+        ("x", "is not a step"),
+        (f"{STEPS}:", "holds no step of both traces (A has 0-299"),
+    ):
         refused = CliRunner().invoke(cli, ["diff", a, b, "--step", bad])
         assert refused.exit_code == 2 and message in refused.output, refused.output
 
@@ -133,8 +148,9 @@ def _two_ranks(path: Path, nudge_step: int | None) -> Path:
                         with rec.forward(layer, h) as inner:
                             h = inner.output(np.tanh(h @ (weights[i] * (1 + 1e-3 * (wrong and i == 1))).T))
                     outer.output(h)
-                rec.writer.add_value(step=step, stage="forward", node=net, role="output", slot="1", call=0,
-                                     value="wrong" if wrong else "ok")
+                rec.writer.add_value(
+                    step=step, stage="forward", node=net, role="output", slot="1", call=0, value="wrong" if wrong else "ok"
+                )
                 rec.end_step()
     return path
 
@@ -146,6 +162,12 @@ def test_two_ranks_column_wise_name_the_rank_and_step(tmp_path: Path) -> None:
     first = fast.first_divergence
     assert first is not None and (first["step"], first["rank"], first["a"]["route"], first["kind"]) == (9, 1, "fc1", "introduced")
     assert [p["step"] for p in fast.steps if p["diverged"]] == list(range(9, 14))
-    assert fast.steps[9]["first"] == {"rank": 1, "stage": "forward", "route": "fc1", "class_name": "Linear", "call": 0,
-                                      "kind": "introduced"}
+    assert fast.steps[9]["first"] == {
+        "rank": 1,
+        "stage": "forward",
+        "route": "fc1",
+        "class_name": "Linear",
+        "call": 0,
+        "kind": "introduced",
+    }
     assert len({p["records"] for p in fast.steps}) == 1  # every step compares the same pairs, both ranks'

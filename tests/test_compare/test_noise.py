@@ -65,6 +65,8 @@ def test_a_gradient_of_ordinary_size_keeps_its_own_scale(tmp_path: Path) -> None
     # 1e-2 of its scope: small, not a cancellation; judged against a larger scope, a wrong
     # backward of 1e-3 relative (130x the float32 bound) would pass
     small = (LIVE_GRAD * np.float32(1e-2)).astype(np.float32)
-    verdict = tracespec.compare(_record(tmp_path / "a", small), _record(tmp_path / "b", (small * np.float32(1.001)).astype(np.float32)))
+    verdict = tracespec.compare(
+        _record(tmp_path / "a", small), _record(tmp_path / "b", (small * np.float32(1.001)).astype(np.float32))
+    )
     record = _grad_record(verdict, "cancelled")
     assert record["noise"]["scale_from"] != "scope" and record["status"] == "diverged"

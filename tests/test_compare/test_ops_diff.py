@@ -100,8 +100,16 @@ def test_a_correct_paddle_port_passes_with_ops_on_both_sides(reference: Path, tm
     assert ("transformer.h.0.attn.masked_fill#0", "transformer.h.0.attn.where#0") in pairs
     assert ("lm_head", "matmul#0") in pairs  # the tied head: a Linear against a matmul
     # nanoGPT's contiguous() copies what the transpose before it gave: one group, compared at its boundary
-    groups = [(n["a"]["routes"], n["b"]["routes"], n["alignment"]) for n in verdict["nodes"] if n["stage"] == "forward" and "routes" in n["a"]]
-    assert (["transformer.h.0.attn.transpose#4", "transformer.h.0.attn.contiguous#0"], ["transformer.h.0.attn.transpose#3"], "fused") in groups
+    groups = [
+        (n["a"]["routes"], n["b"]["routes"], n["alignment"])
+        for n in verdict["nodes"]
+        if n["stage"] == "forward" and "routes" in n["a"]
+    ]
+    assert (
+        ["transformer.h.0.attn.transpose#4", "transformer.h.0.attn.contiguous#0"],
+        ["transformer.h.0.attn.transpose#3"],
+        "fused",
+    ) in groups
     # what one side computes and the other does not: nanoGPT's transpose of K (the port's
     # matmul transposes); the port's full_like for the masked value
     unmatched = {(u["side"], u["route"].rsplit(".", 1)[-1]) for u in verdict["unmatched"]}
@@ -117,13 +125,16 @@ def test_attention_scale_bug_is_named_at_the_op_and_its_line(reference: Path, tm
     assert site_a["module"] == "transformer.h.1.attn" and site_a["op"] == "torch.Tensor.mul"
     model_line = line_in(NANOGPT / "model.py", "att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))")
     assert (site_a["source"]["file"], site_a["source"]["line"]) == (str(NANOGPT / "model.py"), model_line)
-    assert (site_b["source"]["file"], site_b["source"]["line"]) == (str(NANOGPT / "bugs.py"), line_in(NANOGPT / "bugs.py", "the bug: not math.sqrt"))
+    assert (site_b["source"]["file"], site_b["source"]["line"]) == (
+        str(NANOGPT / "bugs.py"),
+        line_in(NANOGPT / "bugs.py", "the bug: not math.sqrt"),
+    )
     assert f"transformer.h.1.attn → mul at model.py:{model_line} (transformer.h.1.attn.mul#0) INTRODUCED it" in output
     assert f"code in B: {NANOGPT / 'bugs.py'}:" in output
 
 
 def test_mask_bug_is_named_at_the_op_and_its_line(reference: Path, tmp_path: Path) -> None:
-    code, verdict, output = diff(reference, record_torch(tmp_path / "bug", bugs.mask_bug))
+    code, verdict, _output = diff(reference, record_torch(tmp_path / "bug", bugs.mask_bug))
     first = verdict["first_divergence"]
     assert code == 1 and first["kind"] == "introduced"
     assert first["a"]["route"] == "transformer.h.1.attn.getitem#0"  # the mask's slice of the causal buffer
@@ -134,7 +145,7 @@ def test_mask_bug_is_named_at_the_op_and_its_line(reference: Path, tmp_path: Pat
 
 
 def test_paddle_port_with_a_scale_bug_is_named_at_its_line(reference: Path, tmp_path: Path) -> None:
-    code, verdict, output = diff(reference, record_paddle(tmp_path / "paddle", scale_bug_in=1))
+    code, verdict, _output = diff(reference, record_paddle(tmp_path / "paddle", scale_bug_in=1))
     first = verdict["first_divergence"]
     assert code == 1 and first["kind"] == "introduced"
     assert first["a"]["route"] == "transformer.h.1.attn.mul#0"
@@ -142,7 +153,11 @@ def test_paddle_port_with_a_scale_bug_is_named_at_its_line(reference: Path, tmp_
     assert first["b"]["op_site"] == {
         "module": "transformer.h.1.attn",
         "op": "paddle.Tensor.__mul__",
-        "source": {"file": str(port), "line": line_in(port, "att = paddle.matmul(q, k, transpose_y=True) * scale"), "function": "forward"},
+        "source": {
+            "file": str(port),
+            "line": line_in(port, "att = paddle.matmul(q, k, transpose_y=True) * scale"),
+            "function": "forward",
+        },
     }
     html = tmp_path / "report.html"
     result = CliRunner().invoke(cli, ["diff", str(reference), str(tmp_path / "paddle"), "--html", str(html), "--no-progress"])
@@ -155,7 +170,9 @@ def test_a_malformed_source_location_is_a_bad_trace(reference: Path, tmp_path: P
     path = tmp_path / "bad"
     with TraceWriter(path, framework="torch") as w:
         root = w.add_node("", "GPT")
-        op = w.add_node("mul#0", "mul", parent=root, kind="op", attrs={"op": "torch.mul", "source": {"file": "m.py", "line": "77"}})
+        op = w.add_node(
+            "mul#0", "mul", parent=root, kind="op", attrs={"op": "torch.mul", "source": {"file": "m.py", "line": "77"}}
+        )
         w.add_call(step=0, stage="forward", node=op, call=0, begin=0, end=1)
         w.end_step(0)
     result = CliRunner().invoke(cli, ["diff", str(reference), str(path), "--no-progress"])

@@ -20,8 +20,13 @@ def test_same_names_pass_with_linear_layouts_transposed(torch_trace: Path, tmp_p
     verdict = tracespec.compare(torch_trace, record_paddle(tmp_path / "paddle"))
     assert verdict.status == "pass", verdict.first_divergence
     assert verdict.coverage["ranks"]["0"]["by_method"]["exact"] == 13
-    linear_weights = [r for n in verdict.nodes if n["a"]["class_name"] == "Linear"
-                      for r in n["records"] if r["role"] in ("parameter", "parameter_grad") and r["slot"] == "weight"]
+    linear_weights = [
+        r
+        for n in verdict.nodes
+        if n["a"]["class_name"] == "Linear"
+        for r in n["records"]
+        if r["role"] in ("parameter", "parameter_grad") and r["slot"] == "weight"
+    ]
     assert linear_weights and all(r["transform"] == "transpose" for r in linear_weights)
     assert all(r["status"] != "diverged" for r in linear_weights)
 
@@ -38,11 +43,17 @@ def test_renamed_submodules_align_without_a_layer_map(torch_trace: Path, tmp_pat
 
 def test_a_short_layer_map_pins_the_renames(torch_trace: Path, tmp_path: Path) -> None:
     layer_map = tmp_path / "map.json"
-    layer_map.write_text(json.dumps({"map": [
-        {"a": "blocks", "b": "layers"},
-        {"a": "blocks.*.norm", "b": "layers.*.pre_norm"},
-        {"a": "re:^blocks\\.(\\d+)\\.fc1$", "b": "layers.\\1.up"},
-    ]}))
+    layer_map.write_text(
+        json.dumps(
+            {
+                "map": [
+                    {"a": "blocks", "b": "layers"},
+                    {"a": "blocks.*.norm", "b": "layers.*.pre_norm"},
+                    {"a": "re:^blocks\\.(\\d+)\\.fc1$", "b": "layers.\\1.up"},
+                ]
+            }
+        )
+    )
     verdict = tracespec.compare(torch_trace, record_paddle(tmp_path / "paddle", renamed=True), layer_map=layer_map)
     assert verdict.status == "pass"
     assert verdict.coverage["ranks"]["0"]["by_method"]["layer_map"] == 5

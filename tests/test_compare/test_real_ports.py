@@ -37,20 +37,31 @@ EXPECTED_A_ROUTES: Final = {
 
 EXPECTED_B_ROUTES: Final = {
     # X2Paddle numbers its layers by kind in execution order: layer2.0.bn2 is the 7th batch norm
-    "x2paddle": {"bn_epsilon": "batchnorm6", "conv_weight": "conv2d13", "pool_mode": "pool2d0",
-                 "pool_ceil_mode": "pool2d0"},
+    "x2paddle": {"bn_epsilon": "batchnorm6", "conv_weight": "conv2d13", "pool_mode": "pool2d0", "pool_ceil_mode": "pool2d0"},
     # onnx2torch names each module after its ONNX node (TorchScript export: BN folded into the Conv)
-    "onnx2torch": {"bn_epsilon": "layer2/layer2/0/conv2/Conv", "conv_weight": "layer3/layer3/1/conv1/Conv",
-                   "pool_mode": "maxpool/AveragePool", "pool_ceil_mode": "maxpool/MaxPool"},
+    "onnx2torch": {
+        "bn_epsilon": "layer2/layer2/0/conv2/Conv",
+        "conv_weight": "layer3/layer3/1/conv1/Conv",
+        "pool_mode": "maxpool/AveragePool",
+        "pool_ceil_mode": "maxpool/MaxPool",
+    },
     # the TorchScript exporter folds each BN into the Conv, which keeps the convolution's scope
-    "ort_torchscript": {"bn_epsilon": "layer2.0.conv2", "conv_weight": "layer3.1.conv1", "pool_mode": "maxpool",
-                        "pool_ceil_mode": "maxpool"},
+    "ort_torchscript": {
+        "bn_epsilon": "layer2.0.conv2",
+        "conv_weight": "layer3.1.conv1",
+        "pool_mode": "maxpool",
+        "pool_ceil_mode": "maxpool",
+    },
     # the dynamo exporter's optimiser folds each BN into the Conv too, but the fused Conv carries
     # the batch norm's scope: there is no node for the convolution
-    "ort_dynamo": {"bn_epsilon": "layer2.0.bn2", "conv_weight": "layer3.1.bn1", "pool_mode": "maxpool",
-                   "pool_ceil_mode": "maxpool"},
+    "ort_dynamo": {
+        "bn_epsilon": "layer2.0.bn2",
+        "conv_weight": "layer3.1.bn1",
+        "pool_mode": "maxpool",
+        "pool_ceil_mode": "maxpool",
+    },
     # Paddle's zoo uses torchvision's names
-    "paddle_zoo": {bug: route for bug, route in BUG_ROUTES.items()},
+    "paddle_zoo": dict(BUG_ROUTES.items()),
 }
 """Where each bug sits in each port of ResNet-18."""
 

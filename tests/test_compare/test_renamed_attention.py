@@ -18,11 +18,19 @@ TOKENS = np.array([[3, 7, 1, 9, 4, 2], [5, 5, 8, 0, 2, 6]], dtype=np.int64)
 
 def _weights() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    found = {"embed": rng.standard_normal((VOCAB, WIDTH)).astype(np.float32) * 0.5,
-             "head": rng.standard_normal((VOCAB, WIDTH)).astype(np.float32) * 0.3}
+    found = {
+        "embed": rng.standard_normal((VOCAB, WIDTH)).astype(np.float32) * 0.5,
+        "head": rng.standard_normal((VOCAB, WIDTH)).astype(np.float32) * 0.3,
+    }
     for i in range(LAYERS):
-        for name, shape in (("q", (WIDTH, WIDTH)), ("k", (WIDTH, WIDTH)), ("v", (WIDTH, WIDTH)), ("o", (WIDTH, WIDTH)),
-                            ("fc1", (HIDDEN, WIDTH)), ("fc2", (WIDTH, HIDDEN))):
+        for name, shape in (
+            ("q", (WIDTH, WIDTH)),
+            ("k", (WIDTH, WIDTH)),
+            ("v", (WIDTH, WIDTH)),
+            ("o", (WIDTH, WIDTH)),
+            ("fc1", (HIDDEN, WIDTH)),
+            ("fc2", (WIDTH, HIDDEN)),
+        ):
             found[f"{i}.{name}.w"] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
             found[f"{i}.{name}.b"] = (rng.standard_normal(shape[0]) * 0.1).astype(np.float32)
     return found
@@ -80,8 +88,14 @@ def record_torch(path: Path) -> Path:
         model.embed.weight.copy_(torch.from_numpy(w["embed"]))
         model.head.weight.copy_(torch.from_numpy(w["head"]))
         for i, block in enumerate(model.blocks):
-            layers = {"q": block.attn.q_proj, "k": block.attn.k_proj, "v": block.attn.v_proj, "o": block.attn.o_proj,
-                      "fc1": block.mlp[0], "fc2": block.mlp[2]}
+            layers = {
+                "q": block.attn.q_proj,
+                "k": block.attn.k_proj,
+                "v": block.attn.v_proj,
+                "o": block.attn.o_proj,
+                "fc1": block.mlp[0],
+                "fc2": block.mlp[2],
+            }
             for name, layer in layers.items():
                 layer.weight.copy_(torch.from_numpy(w[f"{i}.{name}.w"]))
                 layer.bias.copy_(torch.from_numpy(w[f"{i}.{name}.b"]))
@@ -151,8 +165,14 @@ def record_paddle(path: Path, o_weight_noise: float = 0.0) -> Path:
     model.tok.weight.set_value(w["embed"])
     model.lm_head.weight.set_value(w["head"].T)
     for i, layer in enumerate(model.layers):
-        layers = {"q": layer.self_attn.q, "k": layer.self_attn.k, "v": layer.self_attn.v, "o": layer.self_attn.o,
-                  "fc1": layer.ffn.up, "fc2": layer.ffn.down}
+        layers = {
+            "q": layer.self_attn.q,
+            "k": layer.self_attn.k,
+            "v": layer.self_attn.v,
+            "o": layer.self_attn.o,
+            "fc1": layer.ffn.up,
+            "fc2": layer.ffn.down,
+        }
         for name, linear in layers.items():
             weight = w[f"{i}.{name}.w"].T.copy()
             if name == "o" and i == 1:
@@ -176,8 +196,12 @@ def test_the_renamed_port_passes_with_every_call_compared(torch_trace: Path, tmp
     calls = verdict.coverage["ranks"]["0"]["calls"]
     assert calls["fraction_a"] == 1.0 and calls["fraction_b"] == 1.0
     pairs = {(n["a"]["route"], n["b"]["route"]) for n in verdict.nodes if n["stage"] == "forward"}
-    assert {("blocks.1.attn.o_proj", "layers.1.self_attn.o"), ("blocks.0.attn.mask", "layers.0.self_attn.causal_mask"),
-            ("blocks.1.mlp.2", "layers.1.ffn.down"), ("blocks.1.attn", "layers.1.self_attn")} <= pairs
+    assert {
+        ("blocks.1.attn.o_proj", "layers.1.self_attn.o"),
+        ("blocks.0.attn.mask", "layers.0.self_attn.causal_mask"),
+        ("blocks.1.mlp.2", "layers.1.ffn.down"),
+        ("blocks.1.attn", "layers.1.self_attn"),
+    } <= pairs
 
 
 def test_a_wrong_output_projection_is_named_not_its_block(torch_trace: Path, tmp_path: Path) -> None:

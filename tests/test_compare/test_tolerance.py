@@ -73,10 +73,17 @@ def test_an_elementwise_tolerance_without_a_mode_judges_elementwise() -> None:
     assert routed.tolerance_for("body", "float32", "bfloat16").rel_rmse == 1e-3
 
 
-@pytest.mark.parametrize(("a", "b", "coarser"), [
-    ("float32", "bfloat16", "bfloat16"), ("bfloat16", "float32", "bfloat16"), ("float16", "bfloat16", "bfloat16"),
-    ("float64", "float32", "float32"), ("int64", "float32", "float32"), ("float32", "float32", "float32"),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "coarser"),
+    [
+        ("float32", "bfloat16", "bfloat16"),
+        ("bfloat16", "float32", "bfloat16"),
+        ("float16", "bfloat16", "bfloat16"),
+        ("float64", "float32", "float32"),
+        ("int64", "float32", "float32"),
+        ("float32", "float32", "float32"),
+    ],
+)
 def test_the_coarser_dtype_decides(a: str, b: str, coarser: str) -> None:
     assert coarser_dtype(a, b) == coarser
 

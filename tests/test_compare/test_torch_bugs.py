@@ -31,8 +31,20 @@ def _units(verdict: tracespec.Verdict, stage: str) -> dict[str, dict]:
         (Variant(attention_scale=0.5), "forward", "blocks.1.attn", "Attention", ["blocks.1.attn.o", "blocks.1.ln_2", "head"]),
         (Variant(half_round_trip=True), "forward", "blocks.1.mlp", "MLP", ["blocks.1.mlp.act", "blocks.1.mlp.fc2", "head"]),
         (Variant(train=True), "forward", "blocks.0.drop", "Dropout", ["blocks.1.ln_1", "ln_f", "head"]),
-        (Variant(wrong_backward=True), "backward", "blocks.1.mlp.act", "Activation", ["blocks.1.mlp.fc1", "blocks.0.attn", "wte"]),
-        (Variant(weight_noise=1e-4), "forward", "blocks.1.mlp.fc1", "Projection", ["blocks.1.mlp.act", "blocks.1.mlp.fc2", "head"]),
+        (
+            Variant(wrong_backward=True),
+            "backward",
+            "blocks.1.mlp.act",
+            "Activation",
+            ["blocks.1.mlp.fc1", "blocks.0.attn", "wte"],
+        ),
+        (
+            Variant(weight_noise=1e-4),
+            "forward",
+            "blocks.1.mlp.fc1",
+            "Projection",
+            ["blocks.1.mlp.act", "blocks.1.mlp.fc2", "head"],
+        ),
     ],
     ids=["layernorm-eps", "gelu-tanh", "attention-scale", "half-round-trip", "dropout-on", "wrong-backward", "weight-1e-4"],
 )
@@ -43,7 +55,11 @@ def test_injected_bug_is_found_where_it_was_introduced(
     first = verdict.first_divergence
     assert verdict.status == "fail" and first is not None
     assert (first["stage"], first["kind"], first["a"]["route"], first["a"]["class_name"]) == (
-        stage, "introduced", culprit, class_name)
+        stage,
+        "introduced",
+        culprit,
+        class_name,
+    )
     units = _units(verdict, stage)
     for route in inherited:
         assert units[route]["divergence"] == "inherited", route

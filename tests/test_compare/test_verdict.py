@@ -78,10 +78,10 @@ def test_progress_reaches_the_bytes_to_compare(traces: tuple[Path, Path]) -> Non
 
 
 def test_a_cycle_in_the_module_tree_is_invalid_input(tmp_path: Path) -> None:
+    import pyarrow as pa
+
     from tracespec import TraceWriter
     from tracespec.errors import TableInvalidError
-
-    import pyarrow as pa
 
     with TraceWriter(tmp_path / "loop", framework="numpy", durable=False) as w:
         w.add_node("", "Net")
@@ -101,8 +101,11 @@ def test_from_1_1_a_first_divergence_carries_metrics_or_a_mismatch(traces: tuple
     doc["first_divergence"]["metrics"] = None
     with pytest.raises(VerdictInvalidError, match="first_divergence"):
         validate_verdict(doc)
-    doc["first_divergence"]["mismatch"] = {"kind": "shape", "shape": {"a": [2, 3], "b": [2, 4]},
-                                           "dtype": {"a": "float32", "b": "float32"}}
+    doc["first_divergence"]["mismatch"] = {
+        "kind": "shape",
+        "shape": {"a": [2, 3], "b": [2, 4]},
+        "dtype": {"a": "float32", "b": "float32"},
+    }
     validate_verdict(doc)
 
 

@@ -156,13 +156,20 @@ def test_tracespec_diff_on_checkpoint_files(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     # keys present on both sides are compared even though the two orders differ
     assert sorted(line for line in lines if line[:1] in "-+!") == sorted(
-        ["!layer.1.weight, shape = (4, 4), \u25b3 = 0.5000", "-layer.1.bias, shape = (4,)", "-norm.weight, shape = (4,)",
-         "+layer.1.scale, shape = (4,)", "+norm.weight, shape = (6,)"]
+        [
+            "!layer.1.weight, shape = (4, 4), \u25b3 = 0.5000",
+            "-layer.1.bias, shape = (4,)",
+            "-norm.weight, shape = (4,)",
+            "+layer.1.scale, shape = (4,)",
+            "+norm.weight, shape = (6,)",
+        ]
     )
     assert lines[-1] == "5 unchanged, 1 modified (\u25b3 > 1e-05), 2 added, 2 removed"
     shown = runner.invoke(cli, ["diff", str(path_b), str(path_b), "--show-unchanged", "--scale", "10"])
     assert shown.exit_code == 0 and " embed.weight, shape = (10, 4), \u25b3 = 0.0000" in shown.output
-    as_json = runner.invoke(cli, ["diff", str(path_a), str(path_b), "--strip-prefix-a", "model.", "--json", "-", "--threshold", "0.6"])
+    as_json = runner.invoke(
+        cli, ["diff", str(path_a), str(path_b), "--strip-prefix-a", "model.", "--json", "-", "--threshold", "0.6"]
+    )
     assert as_json.exit_code == 1
     doc = json.loads(as_json.stdout)
     assert doc["counts"] == {"keep": 6, "modify": 0, "insert": 2, "delete": 2} and doc["threshold"] == 0.6
@@ -253,7 +260,15 @@ def test_torch_checkpoint_converts_exactly(tmp_path: Path) -> None:
     trace = load_trace(tmp_path / "t")
     assert trace.manifest.framework == "torch" and trace.manifest.source["format"] == "torch"
     nodes = {n["node"]: n for n in trace.nodes().to_pylist()}
-    assert [n["route"] for n in nodes.values()] == ["", "model", "model.encoder", "model.encoder.layer", "model.encoder.layer.0", "model.encoder.norm", "model.head"]
+    assert [n["route"] for n in nodes.values()] == [
+        "",
+        "model",
+        "model.encoder",
+        "model.encoder.layer",
+        "model.encoder.layer.0",
+        "model.encoder.norm",
+        "model.head",
+    ]
     got = {}
     for r in trace.tensors().to_pylist():
         key = f"{nodes[r['node']]['route']}.{r['slot']}".lstrip(".")
@@ -277,7 +292,10 @@ def test_paddle_checkpoint_converts_with_bfloat16(tmp_path: Path) -> None:
     layer.to(dtype="bfloat16")
     paddle.save(layer.state_dict(), str(tmp_path / "bf16.pdparams"))
     checkpoint = open_checkpoint(tmp_path / "bf16.pdparams")
-    assert [(e.key, e.dtype, e.shape) for e in checkpoint.entries] == [("weight", "bfloat16", (300, 200)), ("bias", "bfloat16", (200,))]
+    assert [(e.key, e.dtype, e.shape) for e in checkpoint.entries] == [
+        ("weight", "bfloat16", (300, 200)),
+        ("bias", "bfloat16", (200,)),
+    ]
     bits = paddle.load(str(tmp_path / "bf16.pdparams"), return_numpy=True)["weight"]
     np.testing.assert_array_equal(checkpoint.read("weight").view(np.uint16), bits)
     convert_checkpoint(tmp_path / "fp32.pdparams", tmp_path / "t", durable=False)
@@ -381,10 +399,7 @@ def _torch_pickle(storage_key: str) -> bytes:
 
 
 def test_core_never_imports_a_framework() -> None:
-    code = (
-        "import sys, tracespec.convert, tracespec.cli; "
-        "print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))"
-    )
+    code = "import sys, tracespec.convert, tracespec.cli; print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
 
 

@@ -46,7 +46,10 @@ def _referenced_existing(dump: Path) -> int:
             while stack:
                 node = stack.pop()
                 stack.extend(node.get("children") or [])
-                items = [(e["path"] if isinstance(e, dict) else e, "tensors") for e in (node.get("fwd_outputs") or []) + (node.get("bwd_grads") or [])]
+                items = [
+                    (e["path"] if isinstance(e, dict) else e, "tensors")
+                    for e in (node.get("fwd_outputs") or []) + (node.get("bwd_grads") or [])
+                ]
                 if node.get("available", True):
                     if not (name == "params.json" and "weights.json" in present):
                         items += [(p, "weights") for p in (node.get("weights") or {}).values()]
@@ -144,7 +147,18 @@ def test_ln_eps_divergence_is_introduced_at_ln1(tmp_path: Path) -> None:
     # (PaDiff records no layer inputs, so the engine cannot show that ffn_in & co. only inherit.)
     forward = [n for n in verdict["nodes"] if n["stage"] == "forward" and n["a"]["route"]]
     routes = [n["a"]["route"] for n in forward]
-    assert routes == ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "attn", "ln1", "ffn_in", "act", "ffn_out", "ln2"]
+    assert routes == [
+        "attn.q_proj",
+        "attn.k_proj",
+        "attn.v_proj",
+        "attn.out_proj",
+        "attn",
+        "ln1",
+        "ffn_in",
+        "act",
+        "ffn_out",
+        "ln2",
+    ]
     assert [n["status"] == "diverged" for n in forward] == [r in ("ln1", "ffn_in", "act", "ffn_out", "ln2") for r in routes]
 
 
@@ -330,7 +344,13 @@ def test_padiffguard_v3_layout(tmp_path: Path) -> None:
     np.save(dump / "init_weights" / "fc1.weight.npy", weight)
     (dump / "first_input").mkdir()
     np.save(dump / "first_input" / "input_0.npy", np.ones((3, 8), np.float32))
-    doc.update(has_init_weights=True, init_weights_dir="init_weights", has_first_input=True, first_input_dir="first_input", first_input_count=1)
+    doc.update(
+        has_init_weights=True,
+        init_weights_dir="init_weights",
+        has_first_input=True,
+        first_input_dir="first_input",
+        first_input_count=1,
+    )
     (dump / "report.json").write_text(json.dumps(doc))
     result = convert_padiff(dump, tmp_path / "t")
     assert result.source["layout"] == "flat (PaDiffGuard, v3)" and result.source["padiff_generation"] == ["v3"]
@@ -398,7 +418,9 @@ def test_a_dump_root_with_one_model(tmp_path: Path) -> None:
 def test_not_a_dump_and_several_models(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="no PaDiff dump"):
         convert_padiff(tmp_path, tmp_path / "t")
-    result = CliRunner().invoke(cli, ["convert", "padiff", str(corpus_dir() / "a_mlp_identical" / "padiff_dump"), str(tmp_path / "t")])
+    result = CliRunner().invoke(
+        cli, ["convert", "padiff", str(corpus_dir() / "a_mlp_identical" / "padiff_dump"), str(tmp_path / "t")]
+    )
     assert result.exit_code == 3 and "several models" in result.output
 
 
@@ -422,8 +444,16 @@ def test_malformed_json_is_one_line(damage: Any, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("paddle.float32", "float32"), ("torch.bfloat16", "bfloat16"), ("paddle.bfloat16", "bfloat16"), ("VarType.FP16", "float16"),
-     ("torch.int64", "int64"), ("paddle.bool", "bool"), ("torch.qint8", None), (None, None)],
+    [
+        ("paddle.float32", "float32"),
+        ("torch.bfloat16", "bfloat16"),
+        ("paddle.bfloat16", "bfloat16"),
+        ("VarType.FP16", "float16"),
+        ("torch.int64", "int64"),
+        ("paddle.bool", "bool"),
+        ("torch.qint8", None),
+        (None, None),
+    ],
 )
 def test_dtype_strings(text: str | None, expected: str | None) -> None:
     from tracespec.convert.padiff import _spec_dtype
@@ -433,7 +463,13 @@ def test_dtype_strings(text: str | None, expected: str | None) -> None:
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("paddle.Size([4, 8])", (4, 8)), ("torch.Size([2, 0, 3])", (2, 0, 3)), ("[4, 8]", (4, 8)), ("torch.Size([])", ()), ("4x8", None)],
+    [
+        ("paddle.Size([4, 8])", (4, 8)),
+        ("torch.Size([2, 0, 3])", (2, 0, 3)),
+        ("[4, 8]", (4, 8)),
+        ("torch.Size([])", ()),
+        ("4x8", None),
+    ],
 )
 def test_shape_strings(text: str, expected: tuple[int, ...] | None) -> None:
     from tracespec.convert.padiff import _parse_shape

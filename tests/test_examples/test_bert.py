@@ -36,8 +36,9 @@ def bert() -> dict[str, Any]:
 def _port_error(bert: dict[str, Any], bug: str | None) -> dict[str, np.ndarray]:
     port = paddle_bert.load_paddle_bert(bert["config"], bert["weights"], bug)
     ported = port(**paddle_bert.paddle_inputs(bert["inputs"]))
-    return {name: np.abs(ported[name].numpy().astype(np.float64) - ref) / np.abs(ref).max()
-            for name, ref in bert["torch"].items()}
+    return {
+        name: np.abs(ported[name].numpy().astype(np.float64) - ref) / np.abs(ref).max() for name, ref in bert["torch"].items()
+    }
 
 
 def test_inputs_have_padding(bert: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ import hf_bert  # noqa: E402
 import paddle_bert  # noqa: E402
 import run as bert_run  # noqa: E402
 
-import tracespec  # noqa: E402
 from tracespec.cli import cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -52,8 +51,11 @@ def _diff(reference: dict[str, Any], comparison: str, bug: str | None = None) ->
 
 
 def _layers(verdict: dict[str, Any], stage: str) -> dict[str, float]:
-    return {p["route"]: p["rel_rmse"] for p in verdict["error_growth"]
-            if p["stage"] == stage and p["route"].count(".") == 2 and p["route"].startswith("encoder.layer.")}
+    return {
+        p["route"]: p["rel_rmse"]
+        for p in verdict["error_growth"]
+        if p["stage"] == stage and p["route"].count(".") == 2 and p["route"].startswith("encoder.layer.")
+    }
 
 
 def test_bf16_is_within_bf16_noise_and_the_error_grows_layer_by_layer(reference: dict[str, Any]) -> None:
@@ -86,8 +88,9 @@ def test_onnx_export_passes_aligned_by_route(reference: dict[str, Any]) -> None:
     assert coverage["calls"]["fraction_a"] == 1.0
     # the exporter's [in, out] weights, said so by the adapter, are transposed back; the pooler's
     # Gemm keeps PyTorch's [out, in], and its weight is compared as it is
-    weights = {u["a"]["route"]: r for u in verdict["nodes"] for r in u["records"]
-               if r["role"] == "parameter" and r["slot"] == "weight"}
+    weights = {
+        u["a"]["route"]: r for u in verdict["nodes"] for r in u["records"] if r["role"] == "parameter" and r["slot"] == "weight"
+    }
     assert weights["encoder.layer.0.attention.self.query"]["transform"] == "transpose"
     assert "transform" not in weights["pooler.dense"]
     assert all(r["status"] == "pass" for r in weights.values())
@@ -114,7 +117,11 @@ def test_paddle_porting_bug_is_named(reference: dict[str, Any], bug: str) -> Non
     first = verdict["first_divergence"]
     culprit = paddle_bert.BUG_ROUTES[bug]
     assert (first["stage"], first["kind"], first["a"]["route"], first["b"]["route"]) == (
-        "forward", "introduced", culprit, culprit)
+        "forward",
+        "introduced",
+        culprit,
+        culprit,
+    )
     later = [u for u in verdict["nodes"] if u["stage"] == "forward" and u["divergence"] == "inherited"]
     assert later  # the modules after it only inherit the error
     assert f'"{culprit}"' in html

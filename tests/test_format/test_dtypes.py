@@ -19,8 +19,13 @@ def test_every_dtype_maps_to_numpy_and_back(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "storage"),
-    [("bfloat16", "uint16"), ("float8_e4m3fn", "uint8"), ("float8_e5m2", "uint8"),
-     ("float8_e4m3fnuz", "uint8"), ("float8_e5m2fnuz", "uint8")],
+    [
+        ("bfloat16", "uint16"),
+        ("float8_e4m3fn", "uint8"),
+        ("float8_e5m2", "uint8"),
+        ("float8_e4m3fnuz", "uint8"),
+        ("float8_e5m2fnuz", "uint8"),
+    ],
 )
 def test_extension_floats_are_stored_as_unsigned_bits(name: str, storage: str) -> None:
     dt = parse_dtype(name)

@@ -11,8 +11,9 @@ from tracespec.format.manifest import Manifest, PartManifest, Segment, parse_man
 
 
 def manifest_doc(**changes: object) -> dict[str, object]:
-    doc = Manifest(framework="torch", framework_version="2.13", created="2026-01-01T00:00:00Z",
-                   producer_version="0.1.0").to_json()
+    doc = Manifest(
+        framework="torch", framework_version="2.13", created="2026-01-01T00:00:00Z", producer_version="0.1.0"
+    ).to_json()
     doc.update(changes)
     return doc
 
@@ -27,9 +28,17 @@ def test_manifest_roundtrips() -> None:
 
 
 def test_part_manifest_roundtrips() -> None:
-    part = PartManifest(rank=2, device="cuda:2", complete=False, steps=(0, 1),
-                        tables={"nodes": (Segment("tables/nodes-000000.arrow", 3),), "calls": (), "tensors": ()},
-                        store_path="tensors.zarr", store_arrays=0, store_bytes=0, updated="now")
+    part = PartManifest(
+        rank=2,
+        device="cuda:2",
+        complete=False,
+        steps=(0, 1),
+        tables={"nodes": (Segment("tables/nodes-000000.arrow", 3),), "calls": (), "tensors": ()},
+        store_path="tensors.zarr",
+        store_arrays=0,
+        store_bytes=0,
+        updated="now",
+    )
     assert parse_part_manifest(encode(part.to_json())) == part
 
 

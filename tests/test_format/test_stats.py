@@ -28,8 +28,15 @@ def _reference_stats(array: np.ndarray) -> tuple[object, ...]:
     if finite.size == 0:
         return (None, None, None, None, None, nan, inf)
     mean = float(np.mean(finite))
-    return (float(finite.min()), float(finite.max()), mean, float(np.sqrt(np.mean((finite - mean) ** 2))),
-            math.sqrt(float(np.sum(finite * finite))), nan, inf)
+    return (
+        float(finite.min()),
+        float(finite.max()),
+        mean,
+        float(np.sqrt(np.mean((finite - mean) ** 2))),
+        math.sqrt(float(np.sum(finite * finite))),
+        nan,
+        inf,
+    )
 
 
 def assert_close(got: tuple[object, ...], want: tuple[object, ...]) -> None:

@@ -53,7 +53,7 @@ def fit_plainly(path: Path) -> None:
     data = Data()
     with tracespec.record(net, path, optimizer=optimizer) as rec:
         for step in range(STEPS):
-            x, y = (paddle.to_tensor(a[step * BATCH:(step + 1) * BATCH]) for a in (data.x, data.y))
+            x, y = (paddle.to_tensor(a[step * BATCH : (step + 1) * BATCH]) for a in (data.x, data.y))
             loss_fn(net(x), y).backward()
             optimizer.step()
             optimizer.clear_grad()
@@ -66,7 +66,9 @@ def test_the_callback_records_what_a_plain_recording_does(tmp_path: Path) -> Non
     trace = tracespec.load_trace(tmp_path / "callback")
     assert trace.complete and trace.steps == [0, 1, 2]
     assert set(trace.tensors()["stage"].to_pylist()) == {"forward", "backward", "update"}
-    result = CliRunner().invoke(cli, ["diff", str(tmp_path / "plain"), str(tmp_path / "callback"), "--json", str(tmp_path / "v.json"), "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["diff", str(tmp_path / "plain"), str(tmp_path / "callback"), "--json", str(tmp_path / "v.json"), "--no-progress"]
+    )
     verdict = json.loads((tmp_path / "v.json").read_text())
     assert result.exit_code == 0 and verdict["status"] == "pass", verdict["first_divergence"]
     assert verdict["summary"]["diverged"] == 0 and verdict["coverage"]["ranks"]["0"]["calls"]["fraction_a"] == 1.0

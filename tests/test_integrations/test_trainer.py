@@ -29,8 +29,9 @@ STEPS, BATCH, LR = 3, 4, 1e-3
 
 def make_model() -> Any:
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = transformers.GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -48,9 +49,19 @@ class InOrder(transformers.Trainer):  # type: ignore[misc]
 
 def train_with_callback(path: Path, lr: float = LR, **options: Any) -> None:
     args = transformers.TrainingArguments(
-        output_dir=str(path.parent / f"{path.name}-out"), per_device_train_batch_size=BATCH, max_steps=STEPS,
-        learning_rate=lr, lr_scheduler_type="constant", max_grad_norm=0.0, optim="adamw_torch", use_cpu=True,
-        report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(path.parent / f"{path.name}-out"),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        optim="adamw_torch",
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
     InOrder(model=make_model(), args=args, train_dataset=dataset(), callbacks=[TracespecCallback(path, **options)]).train()
 
@@ -63,7 +74,7 @@ def train_plainly(path: Path) -> None:
     data = dataset()
     with tracespec.record(model, path, optimizer=optimizer) as rec:
         for step in range(STEPS):
-            batch = {k: torch.stack([example[k] for example in data[step * BATCH:(step + 1) * BATCH]]) for k in data[0]}
+            batch = {k: torch.stack([example[k] for example in data[step * BATCH : (step + 1) * BATCH]]) for k in data[0]}
             # the Trainer divides the summed loss by the batch's label count (num_items_in_batch)
             model(**batch, num_items_in_batch=(batch["labels"] != -100).sum()).loss.backward()
             optimizer.step()

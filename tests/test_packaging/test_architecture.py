@@ -11,12 +11,19 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES: Final = {"tracespec": REPO / "tracespec", "tracespec.adapters": REPO / "adapters", "tracespec.cli": REPO / "cli"}
 
 LAYERS: Final = {
-    "_version": 0, "errors": 0, "schema": 0,
+    "_version": 0,
+    "errors": 0,
+    "schema": 0,
     "format": 1,
     "storage": 2,
-    "adapters": 3, "compare": 3, "convert": 3, "nonfinite": 3,
+    "adapters": 3,
+    "compare": 3,
+    "convert": 3,
+    "nonfinite": 3,
     "report": 4,
-    "testing": 5, "integrations": 5, "cli": 5,
+    "testing": 5,
+    "integrations": 5,
+    "cli": 5,
 }
 """docs/architecture.md: each part of the package and its layer; a part imports only lower layers."""
 
@@ -87,7 +94,11 @@ def test_imports_run_downward() -> None:
 
 
 def test_no_framework_outside_the_adapters_and_integrations() -> None:
-    wrong = [f"{path.relative_to(REPO)}:{line}: {module} imports {target}"
-             for module, path in sorted(modules().items()) if part(module) not in FRAMEWORK_LAYERS
-             for target, line in imports(path) if target.split(".")[0] in FRAMEWORKS]
+    wrong = [
+        f"{path.relative_to(REPO)}:{line}: {module} imports {target}"
+        for module, path in sorted(modules().items())
+        if part(module) not in FRAMEWORK_LAYERS
+        for target, line in imports(path)
+        if target.split(".")[0] in FRAMEWORKS
+    ]
     assert not wrong, "\n".join(wrong)

@@ -38,8 +38,9 @@ def test_console_script_help_imports_no_framework() -> None:
     """`tracespec --help` as installed; PYTHONPROFILEIMPORTTIME makes Python list every import."""
     script = Path(sys.executable).parent / "tracespec"
     assert script.exists(), f"the console script is not installed next to {sys.executable}"
-    done = subprocess.run([str(script), "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    done = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    )
     assert done.returncode == 0 and "Usage: tracespec" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "tracespec.cli" in imported  # the profile did list imports
@@ -80,8 +81,12 @@ def test_the_wheel_holds_every_module_of_the_source_tree(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = tmp_path.glob("tracespec-*.whl")
     in_wheel = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith((".py", ".json", ".typed"))}
-    layout = {"tracespec": "tracespec", "adapters": "tracespec/adapters", "cli": "tracespec/cli",
-              "spec/v1/schema": "tracespec/schema"}
+    layout = {
+        "tracespec": "tracespec",
+        "adapters": "tracespec/adapters",
+        "cli": "tracespec/cli",
+        "spec/v1/schema": "tracespec/schema",
+    }
     expected = {
         f"{installed}/{path.relative_to(root / folder).as_posix()}"
         for folder, installed in layout.items()
@@ -105,7 +110,8 @@ def test_tracespec_compare_is_the_package_and_the_function(tmp_path: Path) -> No
         "        call.output(np.ones(3))\n"
         "print(tracespec.compare(*sys.argv[1:]).status)\n"
     )
-    done = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(tmp_path / "a"), str(tmp_path / "b")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code, str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "pass"

@@ -24,8 +24,15 @@ class Page:
 
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
 )
 
 
@@ -41,7 +48,10 @@ def run_chromium(url: str, *extra: str) -> tuple[str, list[str]]:
     with tempfile.TemporaryDirectory(prefix="tracespec-chromium-") as profile:
         done = subprocess.run(
             [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LANG": "C.UTF-8"},
         )
     assert done.returncode == 0, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if re.search(r":CONSOLE\(?\d*\)?\]|:CONSOLE:", line)]

@@ -42,5 +42,11 @@ def test_verdict_and_trace_give_tables_to_filter(bug_traces: dict[str, Any]) -> 
     assert worst["status"] == "diverged" and worst["stage"] in ("forward", "backward")
     records = tracespec.load_trace(bug_traces["a"]).records(role="output", route="blocks.2.*")
     assert records.num_rows > 0 and set(records["route"].to_pylist()) <= {
-        "blocks.2", "blocks.2.norm", "blocks.2.mlp", "blocks.2.mlp.fc1", "blocks.2.mlp.act", "blocks.2.mlp.fc2"}
+        "blocks.2",
+        "blocks.2.norm",
+        "blocks.2.mlp",
+        "blocks.2.mlp.fc1",
+        "blocks.2.mlp.act",
+        "blocks.2.mlp.fc2",
+    }
     assert set(records["role"].to_pylist()) == {"output"}

@@ -71,8 +71,9 @@ def test_verdict_names_the_injected_bug(bug_traces: dict[str, Any]) -> None:
     assert first["a"]["route"] == CULPRIT and first["kind"] == "introduced"
 
 
-def test_report_renders_in_chromium_with_the_culprit_highlighted(bug_traces: dict[str, Any], open_page: Any,
-                                                                 tmp_path: Path) -> None:
+def test_report_renders_in_chromium_with_the_culprit_highlighted(
+    bug_traces: dict[str, Any], open_page: Any, tmp_path: Path
+) -> None:
     trace_a, trace_b = tracespec.load_trace(bug_traces["a"]), tracespec.load_trace(bug_traces["b"])
     page = open_page(write_html(tmp_path / "report.html", bug_traces["verdict"], trace_a, trace_b))
     assert page.console == []
@@ -91,16 +92,15 @@ def test_screenshot_shows_the_tree_and_the_plot(bug_traces: dict[str, Any], tmp_
     trace_a, trace_b = tracespec.load_trace(bug_traces["a"]), tracespec.load_trace(bug_traces["b"])
     report = write_html(tmp_path / "report.html", bug_traces["verdict"], trace_a, trace_b)
     shot = tmp_path / "report.png"
-    _, console = run_chromium(report.resolve().as_uri(), f"--screenshot={shot}", "--window-size=1400,1600",
-                              "--hide-scrollbars")
+    _, console = run_chromium(report.resolve().as_uri(), f"--screenshot={shot}", "--window-size=1400,1600", "--hide-scrollbars")
     assert console == []
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[:2] == (1600, 1400)
-    colors = {tuple(c) for c in image.reshape(-1, 3)[:: 7]}
+    colors = {tuple(c) for c in image.reshape(-1, 3)[::7]}
     assert len(colors) > 200  # text, badges and plots, not a blank page
 
     def area(hex_color: str) -> int:
-        rgb = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
+        rgb = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)])
         return int((np.abs(image.astype(int) - rgb).sum(axis=-1) <= 6).sum())
 
     half = image.shape[1] * 44 // 100  # the tree is the left column, the plots the right one
@@ -187,8 +187,9 @@ def test_report_command(bug_traces: dict[str, Any], tmp_path: Path) -> None:
     verdict_file.write_text(json.dumps(bug_traces["verdict"]))
     out = tmp_path / "r.html"
     runner = CliRunner()
-    done = runner.invoke(cli, ["report", str(verdict_file), "-o", str(out), "--traces", str(bug_traces["a"]),
-                               str(bug_traces["b"])])
+    done = runner.invoke(
+        cli, ["report", str(verdict_file), "-o", str(out), "--traces", str(bug_traces["a"]), str(bug_traces["b"])]
+    )
     assert done.exit_code == 0, done.output
     assert CULPRIT in out.read_text() and 'id="elementwise"' in out.read_text()
     broken = tmp_path / "broken.json"
@@ -199,8 +200,9 @@ def test_report_command(bug_traces: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_importing_the_report_imports_no_framework() -> None:
-    code = ("import sys, tracespec.report, tracespec.cli.report; "
-            "print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))")
+    code = (
+        "import sys, tracespec.report, tracespec.cli.report; print(sorted({'torch', 'paddle', 'onnxruntime'} & set(sys.modules)))"
+    )
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
 
 

@@ -43,8 +43,10 @@ def read(root: Path) -> tuple[dict[str, Any], list[Part]]:
         rank = part["rank"]
         assert rank == int(folder.name[5:]) < manifest["world_size"]
         # a table with no segment has no rows (a checkpoint's trace has no calls)
-        tables = {name: [row for segment in segments for row in pa.ipc.open_file(str(folder / segment["path"])).read_all().to_pylist()]
-                  for name, segments in part["tables"].items()}
+        tables = {
+            name: [row for segment in segments for row in pa.ipc.open_file(str(folder / segment["path"])).read_all().to_pylist()]
+            for name, segments in part["tables"].items()
+        }
         store = zarr.open_group(str(folder / part["store"]["path"]), mode="r")
         parts.append(Part(rank, tables["nodes"], tables["calls"], tables["tensors"], store))
     return manifest, parts
@@ -72,8 +74,14 @@ def statistics(data: np.ndarray) -> dict[str, Any]:
     if finite.size == 0:
         return {**stats, "min": None, "max": None, "mean": None, "std": None, "l2": None}
     mean = float(finite.sum() / finite.size)
-    return {**stats, "min": float(finite.min()), "max": float(finite.max()), "mean": mean,
-            "std": math.sqrt(float(((finite - mean) ** 2).sum()) / finite.size), "l2": math.sqrt(float((finite * finite).sum()))}
+    return {
+        **stats,
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "mean": mean,
+        "std": math.sqrt(float(((finite - mean) ** 2).sum()) / finite.size),
+        "l2": math.sqrt(float((finite * finite).sum())),
+    }
 
 
 def content_hash(data: np.ndarray) -> str:
@@ -100,6 +108,12 @@ def check(root: Path) -> int:
                     if value is None or recorded is None:
                         assert value is None and recorded is None, (root, row["id"], name, value, recorded)
                     else:
-                        assert math.isclose(value, recorded, rel_tol=1e-9, abs_tol=1e-12 * max(1.0, abs(value))), (root, row["id"], name, value, recorded)
+                        assert math.isclose(value, recorded, rel_tol=1e-9, abs_tol=1e-12 * max(1.0, abs(value))), (
+                            root,
+                            row["id"],
+                            name,
+                            value,
+                            recorded,
+                        )
             checked += 1
     return checked

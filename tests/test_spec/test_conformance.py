@@ -60,7 +60,19 @@ RUNNER = CONFORMANCE / "run_conformance.py"
 
 def test_every_case_through_the_runner_and_the_cli() -> None:
     """The runner any implementation can use, driving ``tracespec validate --deep --json`` as a process."""
-    command = [sys.executable, str(RUNNER), "--jobs", "2", "--", sys.executable, "-m", "tracespec.cli", "validate", "--deep", "--json"]
+    command = [
+        sys.executable,
+        str(RUNNER),
+        "--jobs",
+        "2",
+        "--",
+        sys.executable,
+        "-m",
+        "tracespec.cli",
+        "validate",
+        "--deep",
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == f"{len(CASE_FILES)} of {len(CASE_FILES)} cases agree"
@@ -68,19 +80,27 @@ def test_every_case_through_the_runner_and_the_cli() -> None:
 
 def test_the_runner_reports_a_validator_that_disagrees() -> None:
     says_valid = [sys.executable, "-c", "import json; print(json.dumps({'valid': True, 'complete': True}))"]
-    done = subprocess.run([sys.executable, str(RUNNER), "--case", "manifest-*", "--", *says_valid], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), "--case", "manifest-*", "--", *says_valid], capture_output=True, text=True
+    )
     assert done.returncode == 1
-    assert 'FAIL manifest-garbled  expected {"valid": false, "reason": "manifest_unreadable"}, got {"valid": true, "complete": true}' in done.stdout
+    assert (
+        'FAIL manifest-garbled  expected {"valid": false, "reason": "manifest_unreadable"}, got {"valid": true, "complete": true}'
+        in done.stdout
+    )
     says_nothing = [sys.executable, "-c", "print('fine')"]
-    done = subprocess.run([sys.executable, str(RUNNER), "--case", "valid-minimal", "--", *says_nothing], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), "--case", "valid-minimal", "--", *says_nothing], capture_output=True, text=True
+    )
     assert done.returncode == 1 and "stdout is not one JSON object" in done.stdout
 
 
 def test_a_real_process_prints_one_line_and_no_traceback() -> None:
     for name in ("manifest-garbled", "chunk-truncated", "array-path-escape"):
         case = load_case(CONFORMANCE / name / "case.json")
-        done = subprocess.run([sys.executable, "-m", "tracespec.cli", "validate", "--deep", str(case["trace"])],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "tracespec.cli", "validate", "--deep", str(case["trace"])], capture_output=True, text=True
+        )
         assert done.returncode == 3 and done.stdout == ""
         assert done.stderr.count("\n") == 1 and f"[{case['error']}]" in done.stderr
         assert "Traceback" not in done.stderr

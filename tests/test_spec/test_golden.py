@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import minimal_reader
 import pytest
 
-import minimal_reader
 import tracespec
 
 GOLDEN = Path(__file__).resolve().parents[2] / "spec" / "v1" / "golden"

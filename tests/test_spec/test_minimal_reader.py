@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import minimal_reader
 import numpy as np
 import onnx
 import paddle
@@ -15,7 +16,6 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save_file
 from torch import nn
 
-import minimal_reader
 import tracespec
 from tracespec.convert import convert_checkpoint, convert_padiff
 
@@ -45,8 +45,7 @@ class LowPrecision(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         y = self.fc(x)
         special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
-        return (y, *(torch.cat([y.float().reshape(-1), special]).to(t) for t in
-                     (torch.float8_e4m3fn, torch.float8_e5m2)))
+        return (y, *(torch.cat([y.float().reshape(-1), special]).to(t) for t in (torch.float8_e4m3fn, torch.float8_e5m2)))
 
 
 def torch_low_precision(path: Path) -> None:
@@ -83,9 +82,13 @@ def onnxruntime_run(path: Path) -> None:
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["z"]),
-         helper.make_node("Relu", ["z"], ["y"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Add", ["h", "b"], ["z"]),
+            helper.make_node("Relu", ["z"], ["y"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
@@ -100,16 +103,23 @@ def padiff_conversion(path: Path) -> None:
 
 def checkpoint_conversion(path: Path) -> None:
     rng = np.random.default_rng(0)
-    tensors = {"encoder.weight": rng.standard_normal((3, 4)).astype(np.float32),
-               "encoder.bias": np.zeros(3, np.float16), "head.steps": np.arange(5, dtype=np.int64)}
+    tensors = {
+        "encoder.weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "encoder.bias": np.zeros(3, np.float16),
+        "head.steps": np.arange(5, dtype=np.int64),
+    }
     file = path.parent / f"{path.name}.safetensors"
     save_file(tensors, str(file))
     convert_checkpoint(file, path)
 
 
 KINDS: dict[str, Callable[[Path], None]] = {
-    "torch_training": torch_training, "torch_bf16_fp8": torch_low_precision, "torch_ops_stats": torch_ops_and_stats,
-    "paddle_training": paddle_training, "onnxruntime": onnxruntime_run, "padiff": padiff_conversion,
+    "torch_training": torch_training,
+    "torch_bf16_fp8": torch_low_precision,
+    "torch_ops_stats": torch_ops_and_stats,
+    "paddle_training": paddle_training,
+    "onnxruntime": onnxruntime_run,
+    "padiff": padiff_conversion,
     "checkpoint": checkpoint_conversion,
 }
 

@@ -38,20 +38,24 @@ def test_header_names_the_version_of_the_code() -> None:
 
 
 def test_reason_codes_table_matches_the_error_classes() -> None:
-    in_code = {cls.reason for cls in vars(errors).values()
-               if isinstance(cls, type) and issubclass(cls, errors.TraceFormatError)}
+    in_code = {cls.reason for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.TraceFormatError)}
     in_spec = {row[0].strip("`") for row in table_rows(section("14. Reason codes"))}
     assert in_spec == in_code
 
 
 @pytest.mark.parametrize("table", sorted(TABLE_SCHEMAS))
 def test_every_column_is_specified_with_its_type(table: str) -> None:
-    text = SPEC[SPEC.index(f"### 6.") :]
+    text = SPEC[SPEC.index("### 6.") :]
     text = text[text.index(f"`{table}`") :]
     rows = table_rows(text[: text.index("\n\n1.")])
     spec_types = {row[0].strip("`"): row[1].replace("\\", "") for row in rows}
-    arrow_names = {pa.int32(): "int32", pa.int64(): "int64", pa.string(): "utf8", pa.float64(): "float64",
-                   pa.list_(pa.int64()): "list<int64>"}
+    arrow_names = {
+        pa.int32(): "int32",
+        pa.int64(): "int64",
+        pa.string(): "utf8",
+        pa.float64(): "float64",
+        pa.list_(pa.int64()): "list<int64>",
+    }
     assert spec_types == {f.name: arrow_names[f.type] for f in TABLE_SCHEMAS[table]}
     required = {row[0].strip("`") for row in rows if row[2] == "yes"}
     assert required == {f.name for f in TABLE_SCHEMAS[table] if not f.nullable}
@@ -91,9 +95,9 @@ def test_the_reading_example_runs_without_tracespec() -> None:
 
 
 def test_hash_test_vectors_hold_for_the_writer_and_a_spec_only_reader() -> None:
+    import minimal_reader
     import numpy as np
 
-    import minimal_reader
     from tracespec.format.stats import content_hash
 
     vectors = re.findall(r"^\| (\d+) \| `([0-9a-f]{32})` \|$", section("10. Statistics and hashes"), re.M)

@@ -62,6 +62,5 @@ def test_an_array_larger_than_the_bound_still_goes_through(tmp_path: Path) -> No
     with TraceWriter(tmp_path / "t", framework="numpy", durable=False, max_pending_bytes=1024) as w:
         node = w.add_node("", "Model")
         for i in range(3):
-            w.add_tensor(step=0, stage="forward", node=node, call=i, role="output", slot="0",
-                         array=np.ones(MIB, np.uint8))
+            w.add_tensor(step=0, stage="forward", node=node, call=i, role="output", slot="0", array=np.ones(MIB, np.uint8))
     assert len(load_trace(tmp_path / "t").tensors()) == 3

@@ -66,8 +66,9 @@ def test_row_split_chunks_cover_every_element(tmp_path: Path) -> None:
 def test_every_created_folder_is_recorded_for_fsync(tmp_path: Path) -> None:
     """Deep chunk keys (c/i/j/k) create several folders; each new entry must be made durable."""
     written = WrittenFiles()
-    nbytes, folders = write_array(tmp_path, "step_0/3", np.ones((2, 2, 2), np.float32), durable=False,
-                                  chunk_limit=4, written=written)
+    nbytes, folders = write_array(
+        tmp_path, "step_0/3", np.ones((2, 2, 2), np.float32), durable=False, chunk_limit=4, written=written
+    )
     created = {p.relative_to(tmp_path).as_posix() for p in written.folders}
     assert {"step_0", "step_0/3", "step_0/3/c", "step_0/3/c/0", "step_0/3/c/0/0", "step_0/3/c/1/1"} <= created
     assert folders == written.folders and nbytes == written.nbytes == 8 * 4 + len((tmp_path / "step_0/3/zarr.json").read_bytes())

@@ -36,9 +36,7 @@ def test_a_link_that_stays_inside_passes(tree: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.parametrize("linked", ["file", "folder", "middle folder"])
-def test_a_link_leading_out_is_refused_after_its_neighbours_were_resolved(
-    tree: tuple[Path, Path], linked: str
-) -> None:
+def test_a_link_leading_out_is_refused_after_its_neighbours_were_resolved(tree: tuple[Path, Path], linked: str) -> None:
     base, outside = tree
     confined = Confinement(base)
     confined.check(base / "store" / "a" / "c" / "0", "x")  # resolve (and remember) the folders first

@@ -16,7 +16,7 @@ import pytest
 
 from tracespec import load_trace, validate_trace
 
-RECORDER = r'''
+RECORDER = r"""
 import json, sys
 import numpy as np
 from tracespec import TraceWriter
@@ -35,7 +35,7 @@ while True:  # until killed
     writer.flush()
     print(json.dumps({"step": step, "ids": ids}), flush=True)
     step += 1
-'''
+"""
 
 
 def tensor(step: int, i: int) -> np.ndarray:
@@ -43,9 +43,7 @@ def tensor(step: int, i: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("steps_before_kill", [1, 6])
-def test_sigkill_leaves_valid_incomplete_trace_with_every_flushed_record(
-    tmp_path: Path, steps_before_kill: int
-) -> None:
+def test_sigkill_leaves_valid_incomplete_trace_with_every_flushed_record(tmp_path: Path, steps_before_kill: int) -> None:
     folder = tmp_path / "t"
     flushed: list[dict[str, object]] = []
     with subprocess.Popen([sys.executable, "-c", RECORDER, str(folder)], stdout=subprocess.PIPE, text=True) as child:

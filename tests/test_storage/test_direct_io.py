@@ -42,8 +42,11 @@ def test_a_direct_write_holds_exactly_the_payload_and_padding(tmp_path: Path, nb
 def test_traces_written_with_and_without_direct_io_read_back_exactly(tmp_path: Path, direct_io: bool) -> None:
     rng = np.random.default_rng(7)
     # 3 MiB + a row: several chunks under a 1 MiB chunk limit, the last one padded
-    tensors = [rng.standard_normal((769, 1024)).astype(np.float32), rng.standard_normal((5, 7)).astype(np.float32),
-               rng.standard_normal((1 << 19) + 3).astype(np.float64)[1:]]
+    tensors = [
+        rng.standard_normal((769, 1024)).astype(np.float32),
+        rng.standard_normal((5, 7)).astype(np.float32),
+        rng.standard_normal((1 << 19) + 3).astype(np.float64)[1:],
+    ]
     with TraceWriter(tmp_path / "t", framework="numpy", direct_io=direct_io, chunk_limit=1 << 20) as writer:
         node = writer.add_node("", "Model")
         for call, tensor in enumerate(tensors):

@@ -17,7 +17,7 @@ import numpy as np
 
 from tracespec import TraceWriter
 
-PLAIN_READER = r'''
+PLAIN_READER = r"""
 import hashlib, json, sys
 from pathlib import Path
 
@@ -50,7 +50,7 @@ for rank in range(manifest["world_size"]):
         }
 assert not any(name.startswith("tracespec") for name in sys.modules)
 print(json.dumps(found))
-'''
+"""
 
 
 def sha256_of(array: np.ndarray) -> str:
@@ -78,17 +78,15 @@ def test_plain_zarr_pyarrow_json_reader_gets_every_tensor(tmp_path: Path) -> Non
             node = w.add_node("", "Model")
             for step in (0, 1):
                 for slot, array in tensors.items():
-                    rid = w.add_tensor(step=step, stage="forward", node=node, call=0, role="output",
-                                       slot=slot, array=array)
+                    rid = w.add_tensor(step=step, stage="forward", node=node, call=0, role="output", slot=slot, array=array)
                     expected[f"{rank}/{rid}"] = sha256_of(array)
                 # a deduplicated record points at the same array; a statistics-only one has none
-                dup = w.add_tensor(step=step, stage="forward", node=node, call=1, role="input", slot="0",
-                                   same_as=rid)
+                dup = w.add_tensor(step=step, stage="forward", node=node, call=1, role="input", slot="0", same_as=rid)
                 expected[f"{rank}/{dup}"] = expected[f"{rank}/{rid}"]
-                w.add_tensor(step=step, stage="forward", node=node, role="parameter", slot="w",
-                             array=tensors["float32"], level="stats")
+                w.add_tensor(
+                    step=step, stage="forward", node=node, role="parameter", slot="w", array=tensors["float32"], level="stats"
+                )
                 w.end_step(step)
-    out = subprocess.run([sys.executable, "-c", PLAIN_READER, str(tmp_path / "t")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PLAIN_READER, str(tmp_path / "t")], capture_output=True, text=True, check=True)
     found = json.loads(out.stdout)
     assert {key: v["sha256"] for key, v in found.items()} == expected

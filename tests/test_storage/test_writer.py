@@ -37,10 +37,28 @@ def test_precomputed_stats_and_hash_need_no_array(tmp_path: Path) -> None:
     x = np.arange(6, dtype=np.int32)
     w, node = one_node_writer(tmp_path / "t")
     with w:
-        w.add_tensor(step=0, stage="forward", node=node, role="parameter", slot="weight", level="stats",
-                     stats=compute_stats(x), dtype="int32", shape=(6,))
-        w.add_tensor(step=0, stage="forward", node=node, role="buffer", slot="b", level="hash",
-                     hash=content_hash(x), dtype="int32", shape=(6,))
+        w.add_tensor(
+            step=0,
+            stage="forward",
+            node=node,
+            role="parameter",
+            slot="weight",
+            level="stats",
+            stats=compute_stats(x),
+            dtype="int32",
+            shape=(6,),
+        )
+        w.add_tensor(
+            step=0,
+            stage="forward",
+            node=node,
+            role="buffer",
+            slot="b",
+            level="hash",
+            hash=content_hash(x),
+            dtype="int32",
+            shape=(6,),
+        )
     rows = load_trace(tmp_path / "t").tensors().to_pylist()
     assert rows[0]["mean"] == 2.5 and rows[1]["hash"] == content_hash(x)
 
@@ -52,8 +70,7 @@ def test_same_as_shares_the_array_and_writes_nothing_twice(tmp_path: Path) -> No
         first = w.add_tensor(step=0, stage="forward", node=node, call=0, role="output", slot="0", array=x)
         second = w.add_tensor(step=0, stage="forward", node=node, call=1, role="input", slot="0", same_as=first)
         with pytest.raises(UsageError, match="float32"):
-            w.add_tensor(step=0, stage="forward", node=node, call=1, role="input", slot="1",
-                         array=np.ones(3), same_as=first)
+            w.add_tensor(step=0, stage="forward", node=node, call=1, role="input", slot="1", array=np.ones(3), same_as=first)
         w.end_step(0)
         with pytest.raises(UsageError, match="same_as"):  # dedup stays inside one step
             w.add_tensor(step=1, stage="forward", node=node, call=0, role="input", slot="0", same_as=first)
@@ -146,8 +163,9 @@ def test_overwrite_replaces_a_part(tmp_path: Path) -> None:
 )
 def test_bad_calls_are_usage_errors(tmp_path: Path, call: dict[str, object], match: str) -> None:
     w, node = one_node_writer(tmp_path / "t")
-    arguments: dict[str, object] = dict(step=0, stage="forward", node=node, call=0, role="output", slot="0",
-                                        array=np.zeros(2, np.float32))
+    arguments: dict[str, object] = dict(
+        step=0, stage="forward", node=node, call=0, role="output", slot="0", array=np.zeros(2, np.float32)
+    )
     with w, pytest.raises((UsageError, ValueError), match=match):
         w.add_tensor(**{**arguments, **call})  # type: ignore[arg-type]
 
@@ -181,8 +199,15 @@ def test_deep_validation_catches_flipped_bits(tmp_path: Path) -> None:
 
 
 def test_manifest_records_what_the_writer_was_told(tmp_path: Path) -> None:
-    with TraceWriter(tmp_path / "t", framework="torch", framework_version="2.13.0", device="cuda:0",
-                     capture={"level": "full"}, metadata={"git": "abc"}, dtype_policy="bf16-mixed"):
+    with TraceWriter(
+        tmp_path / "t",
+        framework="torch",
+        framework_version="2.13.0",
+        device="cuda:0",
+        capture={"level": "full"},
+        metadata={"git": "abc"},
+        dtype_policy="bf16-mixed",
+    ):
         pass
     doc = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert doc["framework"] == {"name": "torch", "version": "2.13.0"}

@@ -13,7 +13,7 @@ from torch import nn
 import tracespec
 from tracespec.testing import TraceMismatch, assert_matches
 
-MODEL = '''
+MODEL = """
 import os
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ def test_model_matches_golden(tracespec_golden):
     model = make_model()
     with tracespec_golden.record(model):
         model(batch()).square().sum().backward()
-'''
+"""
 
 
 @pytest.fixture
@@ -60,10 +60,12 @@ def test_a_regression_fails_naming_the_culprit(project: pytest.Pytester, monkeyp
     reports = project.path / "reports"
     result = project.runpytest_inprocess("-p", "no:cacheprovider", f"--tracespec-report={reports}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*TraceMismatch: FAIL: first divergence in forward, step 0, rank 0: 2 (Linear) introduced it*parameter?weight? differ*",
-        "*HTML report: *reports/test_model.test_model_matches_golden.html",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*TraceMismatch: FAIL: first divergence in forward, step 0, rank 0: 2 (Linear) introduced it*parameter?weight? differ*",
+            "*HTML report: *reports/test_model.test_model_matches_golden.html",
+        ]
+    )
     assert "2 (Linear)" in (reports / "test_model.test_model_matches_golden.html").read_text()
 
 
@@ -78,7 +80,9 @@ def test_update_records_the_goldens_again(project: pytest.Pytester, monkeypatch:
 
 def test_a_torch_golden_checks_a_paddle_port(project: pytest.Pytester) -> None:
     project.runpytest_inprocess("-p", "no:cacheprovider")  # the torch golden
-    port = MODEL.split("def test_model_matches_golden")[0] + '''
+    port = (
+        MODEL.split("def test_model_matches_golden")[0]
+        + """
 import paddle
 
 def paddle_port(scale=1.0):
@@ -99,11 +103,14 @@ def test_buggy_port(tracespec_golden):
     model = paddle_port(scale=1.5)
     with tracespec_golden.record(model, golden="test_model/test_model_matches_golden"):
         model(paddle.to_tensor(batch().numpy())).square().sum().backward()
-'''
+"""
+    )
     project.makepyfile(test_model=port)
     result = project.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*test_buggy_port*", "*FAIL: first divergence in forward, step 0, rank 0: 2 (Linear) introduced it*"])
+    result.stdout.fnmatch_lines(
+        ["*test_buggy_port*", "*FAIL: first divergence in forward, step 0, rank 0: 2 (Linear) introduced it*"]
+    )
 
 
 def _record(path: Path, scale: float = 1.0) -> Path:

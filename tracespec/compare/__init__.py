@@ -13,8 +13,8 @@ import sys
 import types
 from typing import Any
 
-from tracespec.compare.layer_map import LayerMap, load_layer_map, parse_layer_map
 from tracespec.compare.engine import compare_traces
+from tracespec.compare.layer_map import LayerMap, load_layer_map, parse_layer_map
 from tracespec.compare.tolerance import DEFAULT_TOLERANCES, MODES
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict, validate_verdict
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tracespec.compare.calls import CALL_METHODS, CallMatch, CallPhase, CallRef, UnmatchedCall
@@ -74,6 +74,7 @@ CLASS_ALIASES: Final[dict[tuple[str, str], str]] = {
 """Class names that differ between frameworks for the same layer: structural alignment compares
 the PyTorch name."""
 
+
 # --------------------------------------------------------------------------- tree alignment
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -99,6 +100,7 @@ class Unmatched:
 STRUCTURAL_CELLS: Final = 40_000
 """Children of A x children of B beyond which structural alignment runs only on lists that are
 alike, and pairs the runs a diff leaves over greedily (bounded time for flat graphs of 10k ops)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Alignment:
@@ -128,13 +130,16 @@ class Alignment:
     def call_coverage(self) -> dict[str, Any]:
         """The share of each side's leaf calls (first step, forward) that is compared, by method."""
         return {
-            "leaf_a": self.leaf_calls["a"], "leaf_b": self.leaf_calls["b"],
-            "compared_a": self.compared_calls["a"], "compared_b": self.compared_calls["b"],
+            "leaf_a": self.leaf_calls["a"],
+            "leaf_b": self.leaf_calls["b"],
+            "compared_a": self.compared_calls["a"],
+            "compared_b": self.compared_calls["b"],
             "fraction_a": self.compared_calls["a"] / self.leaf_calls["a"] if self.leaf_calls["a"] else 1.0,
             "fraction_b": self.compared_calls["b"] / self.leaf_calls["b"] if self.leaf_calls["b"] else 1.0,
             "by_method": {m: self.calls_by_method["a"].get(m, 0) for m in CALL_METHODS},
             "by_method_b": {m: self.calls_by_method["b"].get(m, 0) for m in CALL_METHODS},
-            "boundary_a": self.boundary_calls["a"], "boundary_b": self.boundary_calls["b"],
+            "boundary_a": self.boundary_calls["a"],
+            "boundary_b": self.boundary_calls["b"],
         }
 
 
@@ -147,9 +152,9 @@ class Aligner:
         self.matches: dict[int, Match] = {}
         self.claimed_b: dict[int, int] = {}
         self.reasons: dict[tuple[str, int], str] = {}
-        self.ignored = {
-            ("a", n) for n in view_a.nodes if any(p.regex.fullmatch(self.norm_a[n]) for p in layer_map.ignore_a)
-        } | {("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)}
+        self.ignored = {("a", n) for n in view_a.nodes if any(p.regex.fullmatch(self.norm_a[n]) for p in layer_map.ignore_a)} | {
+            ("b", n) for n in view_b.nodes if any(p.regex.fullmatch(self.norm_b[n]) for p in layer_map.ignore_b)
+        }
         self.ignored_by_map = frozenset(self.ignored)
         """What the layer map's ``ignore`` names (``ignored`` grows with the wrappers looked through)."""
         self._signatures: dict[tuple[str, int], tuple[Any, ...]] = {}
@@ -200,9 +205,7 @@ class Aligner:
         view = self.va if side == "a" else self.vb
         kids = view.children.get(wrapper, [])
         if len(kids) == 1 and self._class(side, kids[0]) == class_name and self._free(side, kids[0]):
-            self.reasons[(side, wrapper)] = (
-                f"a wrapper: its only child {view.nodes[kids[0]].route!r} was aligned in its place"
-            )
+            self.reasons[(side, wrapper)] = f"a wrapper: its only child {view.nodes[kids[0]].route!r} was aligned in its place"
             self.ignored.add((side, wrapper))
             return kids[0]
         return None
@@ -235,8 +238,13 @@ class Aligner:
                 outputs.append((record.slot, record.shape))
             elif record.stage == "forward" and record.role == "parameter":
                 params.append((record.slot, math.prod(record.shape)))
-        return (self._class(side, node), view.forward_call_count(node), tuple(sorted(outputs)),
-                tuple(sorted(params)), self._leaf_profile(side, node))
+        return (
+            self._class(side, node),
+            view.forward_call_count(node),
+            tuple(sorted(outputs)),
+            tuple(sorted(params)),
+            self._leaf_profile(side, node),
+        )
 
     def _leaf_profile(self, side: str, node: int) -> tuple[Any, ...]:
         """The building blocks under ``node``: each leaf module's class and parameter sizes.
@@ -255,7 +263,8 @@ class Aligner:
                 stack.extend(kids)
                 continue
             sizes = sorted(
-                math.prod(r.shape) for r in view.node_records(current)
+                math.prod(r.shape)
+                for r in view.node_records(current)
                 if r.stage == "forward" and r.role == "parameter" and r.shape is not None
             )
             leaves.append((self._class(side, current), tuple(sizes)))
@@ -286,7 +295,14 @@ class Aligner:
         view = self.va if side == "a" else self.vb
         kids = [k for k in view.children.get(parent, []) if self._free(side, k)]
         never = 1 << 62
-        return sorted(kids, key=lambda k: (view.first_call_begin(k) if view.first_call_begin(k) is not None else never, view.nodes[k].position, k))
+        return sorted(
+            kids,
+            key=lambda k: (
+                view.first_call_begin(k) if view.first_call_begin(k) is not None else never,
+                view.nodes[k].position,
+                k,
+            ),
+        )
 
     def _alike(self, seq_a: list[int], seq_b: list[int]) -> bool:
         """Do at least half of the shorter list's children have a child of equal signature opposite?"""
@@ -316,7 +332,8 @@ class Aligner:
             return []
         for _ in range(len(seq_a) + len(seq_b) + 8):
             ops = diff_sequences(
-                len(seq_a), len(seq_b),
+                len(seq_a),
+                len(seq_b),
                 lambda i, j: self._sig("a", seq_a[i]) == self._sig("b", seq_b[j]),
                 lambda i, j: self._similarity(seq_a[i], seq_b[j]),
                 max_cells=STRUCTURAL_CELLS,
@@ -381,8 +398,7 @@ class Aligner:
                     if kid in self.matches:
                         queue.append((kid, self.matches[kid].b))
 
-    def adopt_call_matches(self, calls: list[CallMatch], leaf: dict[str, set[CallRef]],
-                           accounted: set[tuple[str, int]]) -> None:
+    def adopt_call_matches(self, calls: list[CallMatch], leaf: dict[str, set[CallRef]], accounted: set[tuple[str, int]]) -> None:
         """Make the node matches agree with the call alignment: a structural guess about a leaf
         yields to what the calls compute, and one-to-one call matches pair their nodes' parameters.
         Nodes in ``accounted`` (aligned or reported call by call) are not reported as nodes."""
@@ -402,7 +418,9 @@ class Aligner:
         nothing to compare (no call, no record: a container that never ran itself)."""
         found = []
         sides: tuple[tuple[str, RankView, Callable[[int], bool]], ...] = (
-            ("a", self.va, lambda n: n not in self.matches), ("b", self.vb, lambda n: n not in self.claimed_b))
+            ("a", self.va, lambda n: n not in self.matches),
+            ("b", self.vb, lambda n: n not in self.claimed_b),
+        )
         for side, view, free in sides:
             active = view.active_nodes()
             for node_id in sorted(view.nodes):
@@ -432,6 +450,15 @@ def align_trees(view_a: RankView, view_b: RankView, layer_map: LayerMap | None =
     calls, unmatched_calls, coverage = phase.run()
     aligner.adopt_call_matches(calls, phase.leaf, phase.accounted)
     matches = tuple(sorted(aligner.matches.values(), key=lambda m: m.a))
-    return Alignment(matches, tuple(aligner.unmatched()), len(view_a.nodes), len(view_b.nodes),
-                     tuple(calls), tuple(unmatched_calls), coverage["leaf"], coverage["compared"], coverage["by_method"],
-                     coverage["boundary"])
+    return Alignment(
+        matches,
+        tuple(aligner.unmatched()),
+        len(view_a.nodes),
+        len(view_b.nodes),
+        tuple(calls),
+        tuple(unmatched_calls),
+        coverage["leaf"],
+        coverage["compared"],
+        coverage["by_method"],
+        coverage["boundary"],
+    )

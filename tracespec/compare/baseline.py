@@ -73,8 +73,9 @@ class Baseline:
                     self._records[(stage, route, record.role, record.slot, record.call)] = record
         return self._records.get((ra.stage, self.view_a.nodes[ra.node].route, ra.role, ra.slot, ra.call))
 
-    def widen(self, ra: Record, a: np.ndarray, tolerance: Tolerance, scale: float | None,
-              mode: str) -> tuple[Tolerance, dict[str, Any] | None]:
+    def widen(
+        self, ra: Record, a: np.ndarray, tolerance: Tolerance, scale: float | None, mode: str
+    ) -> tuple[Tolerance, dict[str, Any] | None]:
         """``tolerance`` widened to the noise A2 shows on ``ra`` (data ``a``), and what was measured."""
         other = self._record(ra)
         if other is None or other.array is None or other.shape != ra.shape or other.dtype != ra.dtype:
@@ -83,7 +84,8 @@ class Baseline:
         if a2.shape != other.shape or dtype_of(a2).name != other.dtype:
             raise TableMismatchError(
                 f"baseline {self.trace.path}: rank_{self.rank} tensor {other.id} says {other.dtype}{list(other.shape or [])}, "
-                f"its array holds {dtype_of(a2).name}{list(a2.shape)}; the trace is corrupt (tracespec validate tells more)")
+                f"its array holds {dtype_of(a2).name}{list(a2.shape)}; the trace is corrupt (tracespec validate tells more)"
+            )
         noise = compare_arrays(a, a2, tolerance, scale)
         self.used += 1
         if noise.identical or not noise.rmse or scale is None or scale <= 0 or not math.isfinite(noise.rmse):
@@ -93,6 +95,5 @@ class Baseline:
         # the element bound of mode norm is ELEMENT_SLACK times atol (+ rtol |a|): divide it back out
         element_slack = ELEMENT_SLACK if mode == "norm" else 1.0
         atol = max(tolerance.atol_for(scale), BASELINE_FACTOR * max_abs / element_slack)
-        widened = replace(tolerance, rel_rmse=max(tolerance.rel_rmse, BASELINE_FACTOR * rel_rmse),
-                          atol=atol, atol_scaled=False)
+        widened = replace(tolerance, rel_rmse=max(tolerance.rel_rmse, BASELINE_FACTOR * rel_rmse), atol=atol, atol_scaled=False)
         return widened, {"rel_rmse": rel_rmse, "max_abs": max_abs}

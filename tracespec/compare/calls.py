@@ -82,10 +82,13 @@ class CallPhase:
         self.aligner = aligner
         self.va, self.vb = aligner.va, aligner.vb
         self.calls = {"a": self._forward_calls(self.va), "b": self._forward_calls(self.vb)}
-        self.parent = {side: _call_parents(calls, view) for side, calls, view in
-                       (("a", self.calls["a"], self.va), ("b", self.calls["b"], self.vb))}
-        self.leaf = {side: set(calls) - {p for p in self.parent[side].values() if p is not None}
-                     for side, calls in self.calls.items()}
+        self.parent = {
+            side: _call_parents(calls, view)
+            for side, calls, view in (("a", self.calls["a"], self.va), ("b", self.calls["b"], self.vb))
+        }
+        self.leaf = {
+            side: set(calls) - {p for p in self.parent[side].values() if p is not None} for side, calls in self.calls.items()
+        }
         self.accounted: set[tuple[str, int]] = set()
         """Nodes aligned or reported call by call, which the node-level report leaves out."""
         self.rule_transforms: dict[tuple[CallRef, CallRef], dict[str, Transform]] = {}
@@ -166,7 +169,8 @@ class CallPhase:
                 side, names = ("A", rule.a) if refs_a is None else ("B", rule.b)
                 raise InputFileError(
                     f"{self.aligner.map.source}: the entry {[f'{r}#{c}' for r, c in names]} names a call that {side}'s "
-                    "first step does not have (routes are exact, after the prefix rules; #k counts from 0)")
+                    "first step does not have (routes are exact, after the prefix rules; #k counts from 0)"
+                )
             if len(refs_a) == 1 and len(refs_b) == 1:
                 anchors[refs_a[0]] = (refs_b[0], "layer_map")
                 self.rule_transforms[(refs_a[0], refs_b[0])] = rule.transforms
@@ -191,19 +195,31 @@ class CallPhase:
         covered = {"a": self._covered_by("a", stands_a), "b": self._covered_by("b", stands_b)}
         ignored = self.aligner.ignored_by_map
         seqs = {
-            side: [ref for ref in self.calls[side]
-                   if (ref in self.leaf[side] or ref in stands) and ref not in covered[side] and ref not in grouped[side]
-                   and (side, ref[0]) not in ignored]
+            side: [
+                ref
+                for ref in self.calls[side]
+                if (ref in self.leaf[side] or ref in stands)
+                and ref not in covered[side]
+                and ref not in grouped[side]
+                and (side, ref[0]) not in ignored
+            ]
             for side, stands in (("a", stands_a), ("b", stands_b))
         }
         infos = {}
         for side, view in (("a", self.va), ("b", self.vb)):
             inner = self._inner_families(side, view, covered[side])
-            infos[side] = [describe_call(view, view.steps[0], ref[0], ref[1], self.calls[side][ref].begin,
-                                         self.calls[side][ref].end, inner.get(ref)) for ref in seqs[side]]
+            infos[side] = [
+                describe_call(
+                    view, view.steps[0], ref[0], ref[1], self.calls[side][ref].begin, self.calls[side][ref].end, inner.get(ref)
+                )
+                for ref in seqs[side]
+            ]
         position_b = {ref: j for j, ref in enumerate(seqs["b"])}
-        anchors = [(i, position_b[trusted[ref][0]], trusted[ref][1]) for i, ref in enumerate(seqs["a"])
-                   if ref in trusted and trusted[ref][0] in position_b]
+        anchors = [
+            (i, position_b[trusted[ref][0]], trusted[ref][1])
+            for i, ref in enumerate(seqs["a"])
+            if ref in trusted and trusted[ref][0] in position_b
+        ]
         structural = {ca: cb for ca, (cb, method) in node_pairs.items() if method == "structural"}
         held = {side: self._held_leaves(side, covered[side]) for side in ("a", "b")}
         matches: list[CallMatch] = list(given_groups)
@@ -214,8 +230,11 @@ class CallPhase:
             method = pairing.method
             if method == "dataflow" and structural.get(refs_a[0]) == refs_b[0]:
                 method = "structural"
-            transforms = (self.rule_transforms.get((refs_a[0], refs_b[0])) or self._transforms(refs_a[0][0], refs_b[0][0])
-                          if pairing.same_layer else {})
+            transforms = (
+                self.rule_transforms.get((refs_a[0], refs_b[0])) or self._transforms(refs_a[0][0], refs_b[0][0])
+                if pairing.same_layer
+                else {}
+            )
             inside = (held["a"].get(refs_a[0], 0), held["b"].get(refs_b[0], 0)) if len(refs_a) == len(refs_b) == 1 else (0, 0)
             matches.append(CallMatch(refs_a, refs_b, method, transforms, params=pairing.same_layer, inside=inside))
             for side, refs in (("a", refs_a), ("b", refs_b)):
@@ -245,8 +264,13 @@ class CallPhase:
                 parent = self.parent[side][parent]
         return spans
 
-    def _containers(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
-                    node_pairs: dict[CallRef, tuple[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]]) -> list[CallMatch]:
+    def _containers(
+        self,
+        seqs: dict[str, list[CallRef]],
+        matches: list[CallMatch],
+        node_pairs: dict[CallRef, tuple[CallRef, str]],
+        covered: dict[str, dict[CallRef, CallRef]],
+    ) -> list[CallMatch]:
         """Match the calls that hold other calls (a ``BasicBlock``) by the calls they hold.
 
         A container of A whose first and last inner calls are aligned is matched with the container
@@ -289,8 +313,12 @@ class CallPhase:
                 inside = [k for k in range(span_a[0], span_a[1] + 1) if k in partner_low]
                 wanted = (min(partner_low[k] for k in inside), max(partner_high[k] for k in inside))
             given = node_pairs.get(ca)
-            if given is not None and given[0] not in covered["b"] and given[0] not in position["b"] and (
-                    given[1] != "structural" or wanted is None or spans["b"].get(given[0]) == wanted):
+            if (
+                given is not None
+                and given[0] not in covered["b"]
+                and given[0] not in position["b"]
+                and (given[1] != "structural" or wanted is None or spans["b"].get(given[0]) == wanted)
+            ):
                 result.append(CallMatch((ca,), (given[0],), given[1], self._transforms(ca[0], given[0][0]), params=False))
                 claimed_b.add(given[0])
                 continue
@@ -302,20 +330,24 @@ class CallPhase:
                 claimed_b.update(holders)
                 self.accounted.update(("b", cb[0]) for cb in holders)
             elif self._same_boundary(ca, seqs["a"][span_a[0]], seqs["a"][span_a[1]]):
-                inner_b = tuple(seqs["b"][wanted[0]:wanted[1] + 1])
+                inner_b = tuple(seqs["b"][wanted[0] : wanted[1] + 1])
                 result.append(CallMatch((ca,), inner_b, "dataflow", params=False, backward=False))
         return result
 
     def _same_boundary(self, container: CallRef, first: CallRef, last: CallRef) -> bool:
         """Does A's ``container`` take the input of ``first`` and give the output of ``last``?"""
         step = self.va.steps[0]
-        outer, start, end = (describe_call(self.va, step, ref[0], ref[1], self.calls["a"][ref].begin, self.calls["a"][ref].end)
-                             for ref in (container, first, last))
-        return all(distance == 0 for distance in (value_distance(outer.input, start.input),
-                                                  value_distance(outer.output, end.output)))
+        outer, start, end = (
+            describe_call(self.va, step, ref[0], ref[1], self.calls["a"][ref].begin, self.calls["a"][ref].end)
+            for ref in (container, first, last)
+        )
+        return all(
+            distance == 0 for distance in (value_distance(outer.input, start.input), value_distance(outer.output, end.output))
+        )
 
-    def _consumed(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch],
-                  infos: dict[str, list[Any]]) -> dict[str, dict[CallRef, tuple[str, str]]]:
+    def _consumed(
+        self, seqs: dict[str, list[CallRef]], matches: list[CallMatch], infos: dict[str, list[Any]]
+    ) -> dict[str, dict[CallRef, tuple[str, str]]]:
         """Unmatched leaf calls whose output is the input of a matched call on their own side (an ONNX
         ``Add`` of a residual that PyTorch computes outside any module): that tensor is compared as
         the consumer's input, so the call counts as compared. By side: call -> (consumer's route,
@@ -337,8 +369,12 @@ class CallPhase:
                     found[side][ref] = inputs[key]
         return found
 
-    def _coverage(self, in_sequence: dict[str, dict[CallRef, str]], covered: dict[str, dict[CallRef, CallRef]],
-                  consumed: dict[str, dict[CallRef, tuple[str, str]]]) -> dict[str, Any]:
+    def _coverage(
+        self,
+        in_sequence: dict[str, dict[CallRef, str]],
+        covered: dict[str, dict[CallRef, CallRef]],
+        consumed: dict[str, dict[CallRef, tuple[str, str]]],
+    ) -> dict[str, Any]:
         compared = {"a": 0, "b": 0}
         by_method: dict[str, dict[str, int]] = {"a": {}, "b": {}}
         for side in ("a", "b"):
@@ -354,8 +390,13 @@ class CallPhase:
                 by_method[side][method] = by_method[side].get(method, 0) + 1
         return {"leaf": {side: len(self.leaf[side]) for side in ("a", "b")}, "compared": compared, "by_method": by_method}
 
-    def _unmatched(self, seqs: dict[str, list[CallRef]], matches: list[CallMatch], infos: dict[str, list[Any]],
-                   consumed: dict[str, dict[CallRef, tuple[str, str]]]) -> list[UnmatchedCall]:
+    def _unmatched(
+        self,
+        seqs: dict[str, list[CallRef]],
+        matches: list[CallMatch],
+        infos: dict[str, list[Any]],
+        consumed: dict[str, dict[CallRef, tuple[str, str]]],
+    ) -> list[UnmatchedCall]:
         """Each leaf call of either sequence that no match covers, with what the other side has there."""
         position = {side: {ref: i for i, ref in enumerate(seq)} for side, seq in seqs.items()}
         partner: dict[str, dict[int, int]] = {"a": {}, "b": {}}
@@ -381,11 +422,15 @@ class CallPhase:
                 gap = sum(1 for j in range(low + 1, high) if j not in taken)
                 where = f"between {self._neighbour(view, seq, before, 'the start')} and {self._neighbour(view, seq, after, 'the end')}"
                 if gap == 0:
-                    reason = (f"the other trace records no call {where} (counterparts of its neighbours): it computes "
-                              "this outside any recorded module (a functional op), fused into a neighbour, or not at all")
+                    reason = (
+                        f"the other trace records no call {where} (counterparts of its neighbours): it computes "
+                        "this outside any recorded module (a functional op), fused into a neighbour, or not at all"
+                    )
                 else:
-                    reason = (f"none of the {gap} unmatched call(s) of the other trace {where} computes the same "
-                              f"{infos[side][i].family} (op family, shapes and values differ)")
+                    reason = (
+                        f"none of the {gap} unmatched call(s) of the other trace {where} computes the same "
+                        f"{infos[side][i].family} (op family, shapes and values differ)"
+                    )
                 if ref in consumed[side]:
                     reason += f"; its output is compared, as the input of {consumed[side][ref][0]!r}"
                 node = view.nodes[ref[0]]
@@ -425,8 +470,14 @@ def _call_parents(calls: dict[CallRef, Call], view: RankView) -> dict[CallRef, C
     for ref, call in calls.items():  # in begin order
         while stack and stack[-1][1].end < call.begin:
             stack.pop()
-        parents[ref] = next((outer for outer, span in reversed(stack)
-                             if span.begin < call.begin and call.end < span.end and holds(outer[0], ref[0])), None)
+        parents[ref] = next(
+            (
+                outer
+                for outer, span in reversed(stack)
+                if span.begin < call.begin and call.end < span.end and holds(outer[0], ref[0])
+            ),
+            None,
+        )
         stack.append((ref, call))
     return parents
 
@@ -459,7 +510,10 @@ def alignment_layer_map(alignment: Alignment, view_a: RankView, view_b: RankView
         "Entries: {a: route, b: route} pairs two nodes, call for call; 'route#k' names its k-th call;",
         "a list names consecutive calls compared as one group (a fused Conv + BatchNorm) at its boundary.",
     ]
-    notes += [f"unmatched {u.side.upper()} {u.route or '(root)'}#{u.call} ({u.class_name}): {u.reason}" for u in alignment.unmatched_calls]
+    notes += [
+        f"unmatched {u.side.upper()} {u.route or '(root)'}#{u.call} ({u.class_name}): {u.reason}"
+        for u in alignment.unmatched_calls
+    ]
     pairs = sorted((route("a", a), route("b", b)) for a, b in node_pairs.items())
     return layer_map_document([(_exact_pattern(a), _exact_pattern(b)) for a, b in pairs], call_pairs, notes, layer_map)
 

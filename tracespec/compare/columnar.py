@@ -49,8 +49,23 @@ TEMPLATES: Final = 8
 _STATUSES: Final = ("pass", "pass_within_tolerance", DIVERGED, "skipped")
 _PASS, _WITHIN, _DIVERGED, _SKIPPED = range(4)
 _STATS_FIELDS: Final = ("mean", "std", "min", "max", "l2")
-_TENSOR_COLUMNS: Final = ("step", "id", "stage", "node", "call", "role", "slot", "dtype", "shape", "nan_count",
-                          "inf_count", "hash", "array", "value", *_STATS_FIELDS)
+_TENSOR_COLUMNS: Final = (
+    "step",
+    "id",
+    "stage",
+    "node",
+    "call",
+    "role",
+    "slot",
+    "dtype",
+    "shape",
+    "nan_count",
+    "inf_count",
+    "hash",
+    "array",
+    "value",
+    *_STATS_FIELDS,
+)
 _STRUCTURE: Final = ("node", "call", "ndim", "has_stats", "has_hash", "has_array")
 _TEXTS: Final = ("stage", "role", "slot", "dtype")
 """What a tensor row must match, row by row, for a step to share a learned structure (and its
@@ -105,12 +120,12 @@ def _first_of(units: Sequence[UnitResult]) -> dict[str, Any] | None:
         culprit, kind = next((u for u in units if u.status == DIVERGED), None), "inherited"
     if culprit is None:
         return None
-    return {"stage": culprit.stage, "route": culprit.a_route, "class_name": culprit.a_class, "call": culprit.call,
-            "kind": kind}
+    return {"stage": culprit.stage, "route": culprit.a_route, "class_name": culprit.a_class, "call": culprit.call, "kind": kind}
 
 
-def summarize_units(stages: Sequence[Sequence[UnitResult]], records: int, only_a: int, only_b: int,
-                    dtypes: set[str]) -> StepSummary:
+def summarize_units(
+    stages: Sequence[Sequence[UnitResult]], records: int, only_a: int, only_b: int, dtypes: set[str]
+) -> StepSummary:
     """The summary of a step compared record by record (its units, stage by stage)."""
     units = [u for group in stages for u in group]
     pairs = {id(r): r for u in units for r in (*u.upstream, *u.params, *u.outputs)}
@@ -122,9 +137,13 @@ def summarize_units(stages: Sequence[Sequence[UnitResult]], records: int, only_a
             break
     return StepSummary(
         units=_unit_counts([u.status for u in units], [u.divergence for u in units]),
-        records=records, only_a=only_a, only_b=only_b,
+        records=records,
+        only_a=only_a,
+        only_b=only_b,
         diverged_records=sum(1 for r in pairs.values() if r.status == DIVERGED),
-        worst_ratio=max(ratios, default=0.0), first=first, dtypes=dtypes,
+        worst_ratio=max(ratios, default=0.0),
+        first=first,
+        dtypes=dtypes,
     )
 
 
@@ -219,8 +238,11 @@ class _Rows:
     def step_structure(self) -> _Structure:
         """The structure of the rows, all of one step (what a template keeps)."""
         n = len(self.table)
-        return _Structure({name: self.cols[name].copy() for name in _STRUCTURE},
-                          {name: text.step(0, n) for name, text in self.texts.items()}, self.extents.copy())
+        return _Structure(
+            {name: self.cols[name].copy() for name in _STRUCTURE},
+            {name: text.step(0, n) for name, text in self.texts.items()},
+            self.extents.copy(),
+        )
 
     def matches(self, index: np.ndarray, structure: _Structure) -> np.ndarray:
         """For each step (a row of ``index``), whether its rows have ``structure``."""
@@ -267,8 +289,15 @@ class _Calls:
         self.count = dict(zip(found.tolist(), counts.tolist()))
         begin, end = table.column("begin").to_numpy(), table.column("end").to_numpy()
         base = np.repeat(np.minimum.reduceat(begin, starts) if len(starts) else begin[:0], counts)
-        self.rows = np.stack([table.column("node").to_numpy().astype(np.int64),
-                              table.column("call").to_numpy().astype(np.int64), begin - base, end - base], axis=1)
+        self.rows = np.stack(
+            [
+                table.column("node").to_numpy().astype(np.int64),
+                table.column("call").to_numpy().astype(np.int64),
+                begin - base,
+                end - base,
+            ],
+            axis=1,
+        )
         self.stage = _Text(table.column("stage"))
 
     def structure(self) -> tuple[np.ndarray, _TextStep]:
@@ -347,8 +376,16 @@ class ColumnarRank:
         """The structures learned, the latest first (at most :data:`TEMPLATES`)."""
 
     # ------------------------------------------------------------------ learning
-    def learn(self, step: int, stages: Sequence[Sequence[UnitResult]], notes: dict[int, tuple[Record, Record, str]],
-              records: int, only_a: int, only_b: int, dtypes: set[str]) -> None:
+    def learn(
+        self,
+        step: int,
+        stages: Sequence[Sequence[UnitResult]],
+        notes: dict[int, tuple[Record, Record, str]],
+        records: int,
+        only_a: int,
+        only_b: int,
+        dtypes: set[str],
+    ) -> None:
         """Note the structure of ``step``, just compared record by record: its ``stages`` (units per
         stage), and ``notes`` (for each judged pair, by ``id``: A's record, B's record, the route
         whose tolerance applied)."""
@@ -407,8 +444,7 @@ class ColumnarRank:
             peer_group[i] = peers.setdefault((ra.stage, group), len(peers))
             if group in SCOPED_GROUPS:
                 scoped[i] = True
-                ancestors[i] = [owners.setdefault((ra.stage, group, node), len(owners))
-                                for node in self.va.ancestors(ra.node)]
+                ancestors[i] = [owners.setdefault((ra.stage, group, node), len(owners)) for node in self.va.ancestors(ra.node)]
         # every A row of the step enters its peers' median and its scopes' sums (paired or not)
         peer_members: dict[int, list[int]] = {g: [] for g in range(len(peers))}
         incidence = np.zeros((len(rows_a.table), len(owners) + 1))
@@ -427,22 +463,50 @@ class ColumnarRank:
             scope_columns[i, : len(found)] = found
         own = _Members([[index[id(r)] for r in (*unit.params, *unit.outputs)] for unit in units])
         upstream = _Members([[index[id(r)] for r in unit.upstream] for unit in units])
-        inside = _Members([[v for v in range(u) if units[v].stage == unit.stage and unit.a_node in units[v].ancestors
-                            and unit.contains_time_of(units[v])] for u, unit in enumerate(units)])
+        inside = _Members(
+            [
+                [
+                    v
+                    for v in range(u)
+                    if units[v].stage == unit.stage and unit.a_node in units[v].ancestors and unit.contains_time_of(units[v])
+                ]
+                for u, unit in enumerate(units)
+            ]
+        )
         del self.templates[TEMPLATES - 1 :]  # a run whose structure never repeats learns without end
-        self.templates.insert(0, _Template(
-            structure_a=rows_a.step_structure(), structure_b=rows_b.step_structure(),
-            rows_a=len(rows_a.table), rows_b=len(rows_b.table), calls=calls,
-            elements_a=np.array([math.prod(shape or ()) for shape in rows_a.table.column("shape").to_pylist()], np.float64),
-            row_a=row_a, row_b=row_b, method=method, constant=constant, rtol=rtol, atol=atol,
-            atol_scaled=atol_scaled, count=count, peer_group=peer_group,
-            peer_rows=[np.array(peer_members[g], np.int64) for g in range(len(peers))],
-            scope_incidence=incidence, scope_columns=scope_columns, scoped=scoped,
-            own=own, upstream=upstream, inside=inside,
-            unit_stage=np.array([STAGE_ORDER.index(u.stage) for u in units], np.int64),
-            units=[{"stage": u.stage, "route": u.a_route, "class_name": u.a_class, "call": u.call} for u in units],
-            records=records, only_a=only_a, only_b=only_b, dtypes=set(dtypes),
-        ))
+        self.templates.insert(
+            0,
+            _Template(
+                structure_a=rows_a.step_structure(),
+                structure_b=rows_b.step_structure(),
+                rows_a=len(rows_a.table),
+                rows_b=len(rows_b.table),
+                calls=calls,
+                elements_a=np.array([math.prod(shape or ()) for shape in rows_a.table.column("shape").to_pylist()], np.float64),
+                row_a=row_a,
+                row_b=row_b,
+                method=method,
+                constant=constant,
+                rtol=rtol,
+                atol=atol,
+                atol_scaled=atol_scaled,
+                count=count,
+                peer_group=peer_group,
+                peer_rows=[np.array(peer_members[g], np.int64) for g in range(len(peers))],
+                scope_incidence=incidence,
+                scope_columns=scope_columns,
+                scoped=scoped,
+                own=own,
+                upstream=upstream,
+                inside=inside,
+                unit_stage=np.array([STAGE_ORDER.index(u.stage) for u in units], np.int64),
+                units=[{"stage": u.stage, "route": u.a_route, "class_name": u.a_class, "call": u.call} for u in units],
+                records=records,
+                only_a=only_a,
+                only_b=only_b,
+                dtypes=set(dtypes),
+            ),
+        )
 
     # ------------------------------------------------------------------ judging
     def compare(self, steps: list[int]) -> dict[int, StepSummary]:
@@ -461,14 +525,18 @@ class ColumnarRank:
             if not len(pending):
                 break
             na, nb, nc = template.rows_a, template.rows_b, len(template.calls[0])
-            fits = np.array([rows_a.count[s] == na and rows_b.count[s] == nb and calls.count.get(s, 0) == nc
-                             for s in pending.tolist()], bool)
+            fits = np.array(
+                [rows_a.count[s] == na and rows_b.count[s] == nb and calls.count.get(s, 0) == nc for s in pending.tolist()], bool
+            )
             candidates = pending[fits]
             if not len(candidates):
                 continue
             index_a, index_b = rows_a.rows(candidates, na), rows_b.rows(candidates, nb)
-            same = (rows_a.matches(index_a, template.structure_a) & rows_b.matches(index_b, template.structure_b)
-                    & calls.matches(candidates, template.calls))
+            same = (
+                rows_a.matches(index_a, template.structure_a)
+                & rows_b.matches(index_b, template.structure_b)
+                & calls.matches(candidates, template.calls)
+            )
             if same.any():
                 chosen = candidates[same]
                 for step, summary in zip(chosen.tolist(), self._judge(template, rows_a, rows_b, index_a[same], index_b[same])):
@@ -533,8 +601,9 @@ class ColumnarRank:
         noise: np.ndarray = np.fmax.reduce(np.stack(candidates), axis=0)
         return noise
 
-    def _stats(self, t: _Template, cols: np.ndarray, rows_a: _Rows, rows_b: _Rows, index_a: np.ndarray,
-               ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stats(
+        self, t: _Template, cols: np.ndarray, rows_a: _Rows, rows_b: _Rows, index_a: np.ndarray, ra: np.ndarray, rb: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``compare_stats`` and ``judge`` on (steps, pairs) arrays."""
         scale = self._scale(t, cols, rows_a, index_a)
         reference = np.where(np.isfinite(scale), scale, 1.0)
@@ -567,17 +636,19 @@ class ColumnarRank:
         upstream_diverged = t.upstream.any(diverged)
         own_within = t.own.any(status == _WITHIN)
         own_compared = t.own.any(status != _SKIPPED)
-        unit_status = np.where(own_diverged, _DIVERGED, np.where(~own_compared, _SKIPPED,
-                                                                 np.where(own_within, _WITHIN, _PASS)))
+        unit_status = np.where(own_diverged, _DIVERGED, np.where(~own_compared, _SKIPPED, np.where(own_within, _WITHIN, _PASS)))
         candidate = own_diverged & ~upstream_diverged
         contains = candidate & t.inside.any(candidate)
         introduced = candidate & ~contains
         inherited = own_diverged & upstream_diverged
         worst = np.fmax.reduce(np.where(np.isnan(ratio), -1.0, ratio), axis=1, initial=-1.0)
         counts = {
-            "units": np.full(len(status), len(t.units)), "diverged": (unit_status == _DIVERGED).sum(axis=1),
-            "introduced": introduced.sum(axis=1), "inherited": inherited.sum(axis=1),
-            "pass": (unit_status == _PASS).sum(axis=1), "pass_within_tolerance": (unit_status == _WITHIN).sum(axis=1),
+            "units": np.full(len(status), len(t.units)),
+            "diverged": (unit_status == _DIVERGED).sum(axis=1),
+            "introduced": introduced.sum(axis=1),
+            "inherited": inherited.sum(axis=1),
+            "pass": (unit_status == _PASS).sum(axis=1),
+            "pass_within_tolerance": (unit_status == _WITHIN).sum(axis=1),
             "skipped": (unit_status == _SKIPPED).sum(axis=1),
         }
         rows = [dict(zip(counts, values)) for values in zip(*(c.tolist() for c in counts.values()))]
@@ -593,9 +664,16 @@ class ColumnarRank:
                     if firsts[s] is None:
                         firsts[s] = {**t.units[int(where[s])], "kind": kind}
         return [
-            StepSummary(units=units, records=t.records, only_a=t.only_a, only_b=t.only_b,
-                        diverged_records=diverged_records[s], worst_ratio=max(float(worst[s]), 0.0),
-                        first=firsts[s], dtypes=t.dtypes)
+            StepSummary(
+                units=units,
+                records=t.records,
+                only_a=t.only_a,
+                only_b=t.only_b,
+                diverged_records=diverged_records[s],
+                worst_ratio=max(float(worst[s]), 0.0),
+                first=firsts[s],
+                dtypes=t.dtypes,
+            )
             for s, units in enumerate(rows)
         ]
 

@@ -31,10 +31,12 @@ aligned in four passes:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from tracespec.compare.families import PASS_THROUGH_FAMILIES, op_family
 from tracespec.compare.sequence import diff_sequences, kept_pairs, pair_block
@@ -76,13 +78,15 @@ that call alone: the op is missing on its side, not folded (a port that forgot a
 FOLDS_INTO: Final = frozenset({"conv", "linear", "matmul", "convtranspose"})
 """Families that absorb a following batch norm."""
 
-COMPATIBLE_FAMILIES: Final = frozenset({
-    frozenset({"linear", "matmul"}),
-    frozenset({"globalavgpool", "avgpool"}),
-    frozenset({"globalavgpool", "mean"}),
-    frozenset({"flatten", "reshape"}),
-    frozenset({"maxpool", "globalmaxpool"}),
-})
+COMPATIBLE_FAMILIES: Final = frozenset(
+    {
+        frozenset({"linear", "matmul"}),
+        frozenset({"globalavgpool", "avgpool"}),
+        frozenset({"globalavgpool", "mean"}),
+        frozenset({"flatten", "reshape"}),
+        frozenset({"maxpool", "globalmaxpool"}),
+    }
+)
 """Different families that can compute the same thing (a Linear exported as MatMul)."""
 
 
@@ -143,18 +147,30 @@ def _first(records: Iterable[Record], role: str) -> Record | None:
     return min(found, key=lambda r: (len(r.slot), r.slot))
 
 
-def describe_call(view: RankView, step: int, node: int, call: int, begin: int, end: int,
-                  family: str | None = None) -> CallInfo:
+def describe_call(view: RankView, step: int, node: int, call: int, begin: int, end: int, family: str | None = None) -> CallInfo:
     """The :class:`CallInfo` of one forward call of ``view``; ``family`` overrides the one of its class
     (a module that holds a single op computes that op's family)."""
     records = view.call_records(step, "forward", node, call)
-    params = tuple(sorted(
-        math.prod(r.shape) for r in view.call_records(step, "forward", node, None)
-        if r.role == "parameter" and r.shape is not None
-    ))
+    params = tuple(
+        sorted(
+            math.prod(r.shape)
+            for r in view.call_records(step, "forward", node, None)
+            if r.role == "parameter" and r.shape is not None
+        )
+    )
     meta = view.nodes[node]
-    return CallInfo(node, call, begin, end, meta.route, meta.class_name, family or op_family(meta.class_name),
-                    _signature(_first(records, "input")), _signature(_first(records, "output")), params)
+    return CallInfo(
+        node,
+        call,
+        begin,
+        end,
+        meta.route,
+        meta.class_name,
+        family or op_family(meta.class_name),
+        _signature(_first(records, "input")),
+        _signature(_first(records, "output")),
+        params,
+    )
 
 
 def value_distance(a: ValueSignature | None, b: ValueSignature | None) -> float | None:
@@ -222,7 +238,9 @@ VALUE_CLASS_LIMIT: Final = 8
 transpose and a copy of the keys; more is a constant, or a value too common to say anything)."""
 
 
-def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]) -> list[tuple[int, int]]:
+def _value_anchors(
+    seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a: set[int], taken_b: set[int]
+) -> list[tuple[int, int]]:
     """Pairs of calls whose outputs have equal element counts and nearly equal values.
 
     The calls of both sides with one output value form a class: one call each is a pair; more
@@ -287,15 +305,23 @@ def _value_anchors(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], taken_a
         if not members_b or max(len(members_a), len(members_b)) > VALUE_CLASS_LIMIT:
             continue
         if any(close(seq_a[k], seq_b, index_b) != members_b for k in members_a) or any(
-                close(seq_b[k], seq_a, index_a) != members_a for k in members_b):
+            close(seq_b[k], seq_a, index_a) != members_a for k in members_b
+        ):
             continue  # no clear class: values that drift from call to call (a chain of tiny steps)
         if len(members_a) == len(members_b) == 1:
             pairs.append((members_a[0], members_b[0]))
             continue
-        ops = diff_sequences(len(members_a), len(members_b),
-                             lambda x, y: seq_a[members_a[x]].family == seq_b[members_b[y]].family, lambda x, y: 0.0)
-        pairs += [(members_a[a], members_b[b]) for a, b in kept_pairs(ops)]
+        kept = _kept_where([seq_a[m].family for m in members_a], [seq_b[m].family for m in members_b], operator.eq)
+        pairs += [(members_a[a], members_b[b]) for a, b in kept]
     return pairs
+
+
+Item = TypeVar("Item")
+
+
+def _kept_where(left: Sequence[Item], right: Sequence[Item], same: Callable[[Item, Item], bool]) -> list[tuple[int, int]]:
+    """The index pairs a sequence diff of ``left`` and ``right`` keeps, ``same`` deciding equality."""
+    return kept_pairs(diff_sequences(len(left), len(right), lambda i, j: same(left[i], right[j]), lambda i, j: 0.0))
 
 
 def _longest_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -336,7 +362,9 @@ def _same_place(a: CallInfo, b: CallInfo) -> bool:
     pool ported as an average pool), or are of one family (a pooling whose ``ceil_mode`` changed
     its output size)."""
     same_input = a.input is not None and b.input is not None and a.input.count is not None and a.input.count == b.input.count
-    same_output = a.output is not None and b.output is not None and a.output.count is not None and a.output.count == b.output.count
+    same_output = (
+        a.output is not None and b.output is not None and a.output.count is not None and a.output.count == b.output.count
+    )
     return (same_input and same_output) or families_compatible(a.family, b.family)
 
 
@@ -353,8 +381,13 @@ def _align_gap(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], rows: list[
     return [(op.a, op.b) for op in ops if op.a is not None and op.b is not None]
 
 
-def _fold(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: list[tuple[int, int]],
-          methods: dict[tuple[int, int], str], earlier: Sequence[Pairing] = ()) -> list[Pairing]:
+def _fold(
+    seq_a: Sequence[CallInfo],
+    seq_b: Sequence[CallInfo],
+    pairs: list[tuple[int, int]],
+    methods: dict[tuple[int, int], str],
+    earlier: Sequence[Pairing] = (),
+) -> list[Pairing]:
     """Turn pairs into pairings, growing a pair into a fused group where its neighbours fold into it
     (never into a member of ``earlier`` pairings)."""
     matched_a = {i for i, _ in pairs} | {i for p in earlier for i in p.a}
@@ -376,8 +409,9 @@ def _fold(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: list[tupl
                 matched.add(after)
                 after += 1
         method = "fused" if len(group_a) > 1 or len(group_b) > 1 else methods.get((i, j), "dataflow")
-        same_layer = all(seq[k].family in PASS_THROUGH_FAMILIES for seq, group in ((seq_a, group_a), (seq_b, group_b))
-                         for k in group[1:])
+        same_layer = all(
+            seq[k].family in PASS_THROUGH_FAMILIES for seq, group in ((seq_a, group_a), (seq_b, group_b)) for k in group[1:]
+        )
         result.append(Pairing(tuple(group_a), tuple(group_b), method, same_layer))
     return result
 
@@ -393,9 +427,14 @@ def _absorbs(core: CallInfo, last: CallInfo, folded: CallInfo, fused: CallInfo) 
         return False
     if folded.family == "batchnorm" and core.family not in FOLDS_INTO:
         return False
-    if (folded.output is not None and fused.output is not None and folded.output.shape is not None
-            and fused.output.shape is not None and folded.output.shape != fused.output.shape
-            and not _resized(folded.output.shape, fused.output.shape)):
+    if (
+        folded.output is not None
+        and fused.output is not None
+        and folded.output.shape is not None
+        and fused.output.shape is not None
+        and folded.output.shape != fused.output.shape
+        and not _resized(folded.output.shape, fused.output.shape)
+    ):
         return False  # the group's boundary would not be the partner's (a Flatten after a pool)
     to_last = value_distance(last.output, fused.output)
     to_folded = value_distance(folded.output, fused.output)
@@ -476,7 +515,7 @@ def _lone_pairs(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: lis
     """
     found = []
     bounds = [(-1, -1), *sorted(pairs), (len(seq_a), len(seq_b))]
-    for (i0, j0), (i1, j1) in zip(bounds, bounds[1:]):
+    for (i0, j0), (i1, j1) in itertools.pairwise(bounds):
         rows, cols = list(range(i0 + 1, i1)), list(range(j0 + 1, j1))
         if not rows or not cols:
             continue
@@ -484,8 +523,8 @@ def _lone_pairs(seq_a: Sequence[CallInfo], seq_b: Sequence[CallInfo], pairs: lis
             found.append((rows[0], cols[0]))
             continue
         rows, cols = _unfolded(seq_a, rows, seq_b, cols), _unfolded(seq_b, cols, seq_a, rows)
-        ops = diff_sequences(len(rows), len(cols), lambda i, j: _alike(seq_a[rows[i]], seq_b[cols[j]]), lambda i, j: 0.0)
-        found += [(rows[a], cols[b]) for a, b in kept_pairs(ops)]
+        kept = _kept_where([seq_a[i] for i in rows], [seq_b[j] for j in cols], _alike)
+        found += [(rows[a], cols[b]) for a, b in kept]
     return found
 
 
@@ -503,5 +542,4 @@ def _unfolded(seq: Sequence[CallInfo], run: list[int], other: Sequence[CallInfo]
     no batch norm (the other side's exporter folded them)."""
     if any(other[k].family == "batchnorm" for k in other_run):
         return run
-    return [k for n, k in enumerate(run)
-            if not (seq[k].family == "batchnorm" and n > 0 and seq[run[n - 1]].family in FOLDS_INTO)]
+    return [k for n, k in enumerate(run) if not (seq[k].family == "batchnorm" and n > 0 and seq[run[n - 1]].family in FOLDS_INTO)]

@@ -55,7 +55,10 @@ class RecordResult:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "role": self.role, "slot": self.slot, "call": self.call, "status": self.status,
+            "role": self.role,
+            "slot": self.slot,
+            "call": self.call,
+            "status": self.status,
             "dtype": {"a": self.dtype_a, "b": self.dtype_b},
             "shape": {"a": self.shape_a, "b": self.shape_b},
         }
@@ -127,8 +130,11 @@ class UnitResult:
     def side_json(self, side: str) -> dict[str, Any]:
         """``{"route", "class_name"}`` of one side, with ``routes`` when that side is a group and
         ``op_site`` when it is an op called by forward code."""
-        route, class_name, routes, site = ((self.a_route, self.a_class, self.a_routes, self.a_site) if side == "a"
-                                           else (self.b_route, self.b_class, self.b_routes, self.b_site))
+        route, class_name, routes, site = (
+            (self.a_route, self.a_class, self.a_routes, self.a_site)
+            if side == "a"
+            else (self.b_route, self.b_class, self.b_routes, self.b_site)
+        )
         doc: dict[str, Any] = {"route": route, "class_name": class_name}
         if site is not None:
             doc["op_site"] = site.to_json()
@@ -209,31 +215,30 @@ def classify_units(units: list[UnitResult]) -> None:
             unit.divergence = "inherited"
             unit.evidence = f"{bad_outputs} differ(s) because {', '.join(_describe(r) for r in upstream)} already differ(s)"
             continue
-        inside = [
-            other for other in introduced
-            if unit.a_node in other.ancestors and unit.contains_time_of(other)
-        ]
+        inside = [other for other in introduced if unit.a_node in other.ancestors and unit.contains_time_of(other)]
         if inside:
             unit.divergence = "contains"
             unit.evidence = f"introduced inside it, by {inside[0].a_route!r}"
             continue
         unit.divergence = "introduced"
         if culprit_params:
-            unit.evidence = (
-                f"{bad_outputs} differ(s) and its own {', '.join(_describe(r) for r in culprit_params)} differ(s)"
-            )
+            unit.evidence = f"{bad_outputs} differ(s) and its own {', '.join(_describe(r) for r in culprit_params)} differ(s)"
         elif unit.stage == "backward":
             unit.evidence = f"{bad_outputs} differ(s) although its output gradients and forward values agree"
         elif unit.stage == "update":
             unit.evidence = f"{bad_outputs} differ(s) although the parameters' gradients and forward values agree"
         elif max(unit.inside) > 1:
             side, other = ("A", "B") if unit.inside[0] > 1 else ("B", "A")
-            unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree ({other} records no call inside it: "
-                             f"compared at its boundary, where a difference in any of {side}'s {max(unit.inside)} "
-                             "calls inside, their weights or hyper-parameters shows)")
+            unit.evidence = (
+                f"{bad_outputs} differ(s) although its inputs agree ({other} records no call inside it: "
+                f"compared at its boundary, where a difference in any of {side}'s {max(unit.inside)} "
+                "calls inside, their weights or hyper-parameters shows)"
+            )
         elif unit.a_routes or unit.b_routes:
-            unit.evidence = (f"{bad_outputs} differ(s) although its inputs agree (a fused group, compared at its "
-                             "boundary: a difference in any member, its weights or hyper-parameters shows here)")
+            unit.evidence = (
+                f"{bad_outputs} differ(s) although its inputs agree (a fused group, compared at its "
+                "boundary: a difference in any member, its weights or hyper-parameters shows here)"
+            )
         else:
             unit.evidence = f"{bad_outputs} differ(s) although its inputs and parameters agree"
         introduced.append(unit)
@@ -267,11 +272,19 @@ def error_growth(units: list[UnitResult]) -> list[dict[str, Any]]:
             rel_rmse, max_abs = doc["rel_rmse"], doc["max_abs"]
         else:
             continue
-        curve.append({
-            "step": unit.step, "rank": unit.rank, "stage": unit.stage,
-            "route": unit.a_route, "call": unit.call, "depth": unit.depth,
-            "rel_rmse": rel_rmse, "max_abs": max_abs, "status": unit.status,
-        })
+        curve.append(
+            {
+                "step": unit.step,
+                "rank": unit.rank,
+                "stage": unit.stage,
+                "route": unit.a_route,
+                "call": unit.call,
+                "depth": unit.depth,
+                "rel_rmse": rel_rmse,
+                "max_abs": max_abs,
+                "status": unit.status,
+            }
+        )
     return curve
 
 
@@ -279,9 +292,11 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
     """One line saying what to try next."""
     if culprit is None:
         if unmatched:
-            return (f"A and B agree on everything aligned, but {unmatched} node(s) or call(s) have no counterpart: "
-                    "read 'unmatched'; --save-map map.yaml writes the alignment found, to correct and pass back "
-                    "with --layer-map map.yaml.")
+            return (
+                f"A and B agree on everything aligned, but {unmatched} node(s) or call(s) have no counterpart: "
+                "read 'unmatched'; --save-map map.yaml writes the alignment found, to correct and pass back "
+                "with --layer-map map.yaml."
+            )
         if identical:
             return "A and B are bitwise identical in everything compared."
         return "A and B agree within tolerance; tighten with --mode strict (elementwise), --rel-rmse or --mode bitwise to see smaller differences."
@@ -301,12 +316,16 @@ def next_step_hint(culprit: UnitResult | None, identical: bool, unmatched: int =
     if culprit.a_site is not None:
         site = culprit.a_site
         line = f"the line {site.source.file}:{site.source.line}" if site.source else "the code"
-        return (f"{culprit.a_class} in the forward of {site.module or '(root)'} computes differently from equal inputs: "
-                f"read {line} and B's counterpart (operands, scale, mask, dtype casts).")
+        return (
+            f"{culprit.a_class} in the forward of {site.module or '(root)'} computes differently from equal inputs: "
+            f"read {line} and B's counterpart (operands, scale, mask, dtype casts)."
+        )
     if max(culprit.inside) > 1:
         coarse = "B" if culprit.inside[0] > 1 else "A"
-        return (f"{where} differs from equal inputs, compared at its boundary: record {coarse} again with the calls inside it "
-                f"(in a compiled model, select it with its children: include=[{culprit.a_route!r}]) to see which one introduced it.")
+        return (
+            f"{where} differs from equal inputs, compared at its boundary: record {coarse} again with the calls inside it "
+            f"(in a compiled model, select it with its children: include=[{culprit.a_route!r}]) to see which one introduced it."
+        )
     weights = " and weights" if culprit.params else ""  # say "weights" only where they were compared
     return (
         f"{where} computes differently from equal inputs{weights}: compare its forward code and "

@@ -41,8 +41,15 @@ from tracespec.compare.view import Record
 __all__ = ["INHERITED_GAIN", "KINK_POINTS", "SELECTING_FAMILIES", "BenignExplainer", "benign_differences"]
 
 KINK_POINTS: Final[dict[str, tuple[float, ...]]] = {
-    "relu": (0.0,), "relu6": (0.0, 6.0), "leakyrelu": (0.0,), "prelu": (0.0,), "abs": (0.0,), "sign": (0.0,),
-    "hardtanh": (-1.0, 1.0), "hardsigmoid": (-3.0, 3.0), "hardswish": (-3.0, 3.0),
+    "relu": (0.0,),
+    "relu6": (0.0, 6.0),
+    "leakyrelu": (0.0,),
+    "prelu": (0.0,),
+    "abs": (0.0,),
+    "sign": (0.0,),
+    "hardtanh": (-1.0, 1.0),
+    "hardsigmoid": (-3.0, 3.0),
+    "hardswish": (-3.0, 3.0),
 }
 """Where the derivative of an elementwise piecewise family jumps, at its default parameters."""
 
@@ -72,8 +79,7 @@ class BenignExplainer:
             bad = [r for r in unit.outputs if r.status == DIVERGED]
             if not bad or any(r.status == DIVERGED for r in unit.upstream):
                 continue
-            consumed = max((r.noise["excused_rel_rmse"] for r in unit.upstream if "excused_rel_rmse" in r.noise),
-                           default=None)
+            consumed = max((r.noise["excused_rel_rmse"] for r in unit.upstream if "excused_rel_rmse" in r.noise), default=None)
             families = {op_family(unit.a_class), op_family(unit.b_class)} & PIECEWISE_FAMILIES
             kinky = sorted(families)[0] if families and unit.stage == "backward" else None
             inputs = {r.slot: r for r in unit.upstream if r.role == "input"}
@@ -85,11 +91,19 @@ class BenignExplainer:
                     kink_input = None
                 if kink_input is None and consumed is None:
                     continue
-                self._explain(unit, record, kinky if kink_input is not None else None, kink_input,
-                              grad_outputs.get(record.slot), consumed)
+                self._explain(
+                    unit, record, kinky if kink_input is not None else None, kink_input, grad_outputs.get(record.slot), consumed
+                )
 
-    def _explain(self, unit: UnitResult, record: RecordResult, family: str | None, kink_input: RecordResult | None,
-                 grad_output: RecordResult | None, consumed: float | None) -> None:
+    def _explain(
+        self,
+        unit: UnitResult,
+        record: RecordResult,
+        family: str | None,
+        kink_input: RecordResult | None,
+        grad_output: RecordResult | None,
+        consumed: float | None,
+    ) -> None:
         if record.sources is None or record.metrics is None or record.metrics.kind != "elementwise":
             return
         ra, rb, transform = record.sources
@@ -124,15 +138,14 @@ class BenignExplainer:
             if np.any(explained):
                 rest = compare_arrays(grad_a, np.where(explained, grad_a, grad_b), tolerance, scale)
                 where = f"|x - kink| <= {band:.2g}" if family in KINK_POINTS else f"inputs tied within {band:.2g}"
-                found["kinks"] = {"family": family, "count": count, "band": band, "route": unit.a_route,
-                                  "where": where}
+                found["kinks"] = {"family": family, "count": count, "band": band, "route": unit.a_route, "where": where}
         allowed = tolerance.rel_rmse
         if consumed is not None:
             allowed = max(allowed, INHERITED_GAIN * consumed)
         agree = rest.nan_agree and rest.inf_agree
         within = rest.identical or (
-            agree and (rest.rel_rmse or 0.0) <= allowed
-            and (consumed is not None or judge(rest, "norm", tolerance) != DIVERGED))
+            agree and (rest.rel_rmse or 0.0) <= allowed and (consumed is not None or judge(rest, "norm", tolerance) != DIVERGED)
+        )
         if not within or not (found or consumed is not None):
             return
         if "inherited_elements" in found:
@@ -146,8 +159,12 @@ class BenignExplainer:
 
 
 def _has_data(result: RecordResult | None) -> bool:
-    return result is not None and result.sources is not None and \
-        result.sources[0].array is not None and result.sources[1].array is not None
+    return (
+        result is not None
+        and result.sources is not None
+        and result.sources[0].array is not None
+        and result.sources[1].array is not None
+    )
 
 
 def _update(record: RecordResult, found: dict[str, Any]) -> None:
@@ -165,8 +182,16 @@ def _beyond(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, scale: float | N
     return beyond
 
 
-def _kink_flips(family: str, xa: np.ndarray, xb: np.ndarray, grad_a: np.ndarray, grad_b: np.ndarray,
-                differing: np.ndarray, band: float, tolerance: Tolerance) -> np.ndarray:
+def _kink_flips(
+    family: str,
+    xa: np.ndarray,
+    xb: np.ndarray,
+    grad_a: np.ndarray,
+    grad_b: np.ndarray,
+    differing: np.ndarray,
+    band: float,
+    tolerance: Tolerance,
+) -> np.ndarray:
     """The differing gradient elements that a kink of ``family`` explains (module docstring)."""
     xa64, xb64 = xa.astype(np.float64), xb.astype(np.float64)
     if family in KINK_POINTS:
@@ -200,8 +225,14 @@ def benign_differences(units: list[UnitResult]) -> list[dict[str, Any]]:
             seen.add(id(record.shared))
             kinks = record.noise.get("kinks")
             entry: dict[str, Any] = {
-                "step": unit.step, "rank": unit.rank, "stage": unit.stage, "route": unit.a_route,
-                "class_name": unit.a_class, "call": unit.call, "role": record.role, "slot": record.slot,
+                "step": unit.step,
+                "rank": unit.rank,
+                "stage": unit.stage,
+                "route": unit.a_route,
+                "class_name": unit.a_class,
+                "call": unit.call,
+                "role": record.role,
+                "slot": record.slot,
                 "kind": "kinks" if isinstance(kinks, dict) else "inherited",
                 "rel_rmse": record.noise["excused_rel_rmse"],
             }

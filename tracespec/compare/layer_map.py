@@ -18,8 +18,16 @@ import numpy as np
 from tracespec.compare.view import Record
 from tracespec.errors import InputFileError
 
-__all__ = ["TRANSPOSE", "CallRule", "LayerMap", "Transform", "layer_map_document", "load_layer_map", "parse_layer_map",
-           "transform_for"]
+__all__ = [
+    "TRANSPOSE",
+    "CallRule",
+    "LayerMap",
+    "Transform",
+    "layer_map_document",
+    "load_layer_map",
+    "parse_layer_map",
+    "transform_for",
+]
 
 PARAMETER_ROLES: Final = ("parameter", "parameter_grad")
 
@@ -134,10 +142,10 @@ class _Prefixes:
 
     def apply(self, route: str) -> str:
         if self.strip and (route == self.strip.rstrip(".") or route.startswith(self.strip)):
-            route = route[len(self.strip):] if route.startswith(self.strip) else ""
+            route = route[len(self.strip) :] if route.startswith(self.strip) else ""
         for old, new in self.replace:
             if route.startswith(old):
-                route = new + route[len(old):]
+                route = new + route[len(old) :]
                 break
         return route
 
@@ -219,7 +227,9 @@ def parse_layer_map(doc: object, source: str = "<layer map>") -> LayerMap:
             for slot, spec in _expect(entry.get("transforms", {}), dict, f"{where}.transforms").items()
         }
         if _names_calls(entry["a"]) or _names_calls(entry["b"]):
-            call_rules.append(CallRule(_parse_calls(entry["a"], f"{where}.a"), _parse_calls(entry["b"], f"{where}.b"), transforms))
+            call_rules.append(
+                CallRule(_parse_calls(entry["a"], f"{where}.a"), _parse_calls(entry["b"], f"{where}.b"), transforms)
+            )
             continue
         try:
             pattern = _compile(_expect(entry["a"], str, f"{where}.a"))
@@ -228,7 +238,10 @@ def parse_layer_map(doc: object, source: str = "<layer map>") -> LayerMap:
         rules.append(_Rule(pattern, _expect(entry["b"], str, f"{where}.b"), transforms))
     ignore = _expect(fields.get("ignore", {}), dict, f"{source}: ignore")
     ignored = {
-        side: tuple(_compile(_expect(p, str, f"{source}: ignore.{side}")) for p in _expect(ignore.get(side, []), list, f"{source}: ignore.{side}"))
+        side: tuple(
+            _compile(_expect(p, str, f"{source}: ignore.{side}"))
+            for p in _expect(ignore.get(side, []), list, f"{source}: ignore.{side}")
+        )
         for side in ("a", "b")
     }
     return LayerMap(
@@ -247,7 +260,7 @@ _CALL_SUFFIX: Final = re.compile(r"^(.*)#(\d+)$")
 
 def _names_calls(value: object) -> bool:
     """Does an entry side name calls (a list of routes, or a route with ``#k``) rather than a pattern?"""
-    return isinstance(value, list) or isinstance(value, str) and _CALL_SUFFIX.match(value) is not None
+    return isinstance(value, list) or (isinstance(value, str) and _CALL_SUFFIX.match(value) is not None)
 
 
 def _parse_calls(value: object, where: str) -> tuple[CallName, ...]:
@@ -268,8 +281,12 @@ def _call_text(name: CallName) -> str:
     return f"{name[0]}#{name[1]}" if name[1] else name[0]
 
 
-def layer_map_document(node_pairs: list[tuple[str, str]], call_pairs: list[tuple[list[CallName], list[CallName]]],
-                       notes: list[str], keep: LayerMap | None = None) -> str:
+def layer_map_document(
+    node_pairs: list[tuple[str, str]],
+    call_pairs: list[tuple[list[CallName], list[CallName]]],
+    notes: list[str],
+    keep: LayerMap | None = None,
+) -> str:
     """A layer map, as YAML text, that pins an alignment: ``node_pairs`` as route entries, ``call_pairs``
     as call entries (one call, or a group as a list), ``notes`` as comments for the reader; the prefix
     rules of ``keep`` are written too (the routes given are after them)."""
@@ -286,8 +303,12 @@ def layer_map_document(node_pairs: list[tuple[str, str]], call_pairs: list[tuple
             doc[side] = section
     entries: list[dict[str, Any]] = [{"a": a, "b": b} for a, b in node_pairs]
     for calls_a, calls_b in call_pairs:
-        side_a: Any = [_call_text(c) for c in calls_a] if len(calls_a) > 1 else _call_text(calls_a[0]) + ("" if calls_a[0][1] else "#0")
-        side_b: Any = [_call_text(c) for c in calls_b] if len(calls_b) > 1 else _call_text(calls_b[0]) + ("" if calls_b[0][1] else "#0")
+        side_a: Any = (
+            [_call_text(c) for c in calls_a] if len(calls_a) > 1 else _call_text(calls_a[0]) + ("" if calls_a[0][1] else "#0")
+        )
+        side_b: Any = (
+            [_call_text(c) for c in calls_b] if len(calls_b) > 1 else _call_text(calls_b[0]) + ("" if calls_b[0][1] else "#0")
+        )
         entries.append({"a": side_a, "b": side_b})
     doc["map"] = entries
     body: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)

@@ -39,5 +39,4 @@ for (_framework, _class_name, _slot), _layout in LAYOUT_RULES.items():
 def layout_transforms(view_a: RankView, view_b: RankView, a: int, b: int) -> dict[str, Transform]:
     """Transforms that bring B's parameters into A's layout where both layouts are known and differ."""
     layouts_a, layouts_b = layouts(view_a, a), layouts(view_b, b)
-    return {slot: TRANSPOSE for slot, layout in sorted(layouts_a.items())
-            if layouts_b.get(slot, layout) != layout}
+    return {slot: TRANSPOSE for slot, layout in sorted(layouts_a.items()) if layouts_b.get(slot, layout) != layout}

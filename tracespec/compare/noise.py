@@ -29,8 +29,13 @@ from tracespec.compare.view import RankView, Record
 __all__ = ["CANCELLED_BELOW", "ROLE_GROUPS", "SCOPED_GROUPS", "ScopeScales", "record_rms"]
 
 ROLE_GROUPS: Final = {
-    "input": "activation", "output": "activation", "parameter": "parameter", "buffer": "parameter",
-    "grad_output": "gradient", "grad_input": "gradient", "parameter_grad": "parameter_grad",
+    "input": "activation",
+    "output": "activation",
+    "parameter": "parameter",
+    "buffer": "parameter",
+    "grad_output": "gradient",
+    "grad_input": "gradient",
+    "parameter_grad": "parameter_grad",
     "optimizer_state": "optimizer_state",
 }
 """Tensors of one group and (step, stage) share a typical magnitude (``engine.typical_rms``)."""

@@ -90,8 +90,9 @@ def _myers(n: int, m: int, equal: Callable[[int, int], bool]) -> list[EditOp]:
     return ops
 
 
-def pair_block(deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float],
-               max_cells: int = PAIRING_CELLS) -> list[EditOp]:
+def pair_block(
+    deleted: list[int], inserted: list[int], similarity: Callable[[int, int], float], max_cells: int = PAIRING_CELLS
+) -> list[EditOp]:
     """Pair deletions with insertions in order, maximising total similarity (> 0 only); blocks of more
     than ``max_cells`` pairs are paired greedily."""
     rows, cols = len(deleted), len(inserted)
@@ -138,7 +139,10 @@ def _pair_greedily(deleted: list[int], inserted: list[int], similarity: Callable
 
 
 def diff_sequences(
-    n: int, m: int, equal: Callable[[int, int], bool], similarity: Callable[[int, int], float],
+    n: int,
+    m: int,
+    equal: Callable[[int, int], bool],
+    similarity: Callable[[int, int], float],
     max_cells: int = PAIRING_CELLS,
 ) -> list[EditOp]:
     """Myers diff with a "modify" operation.

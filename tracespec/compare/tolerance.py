@@ -33,8 +33,17 @@ import numpy as np
 from tracespec.errors import UsageError
 from tracespec.format.dtypes import parse_dtype
 
-__all__ = ["DEFAULT_MODE", "DEFAULT_TOLERANCES", "ELEMENT_SLACK", "MAX_REL_RMSE", "MODES", "NOISE_UNITS", "Tolerance",
-           "TolerancePolicy", "coarser_dtype"]
+__all__ = [
+    "DEFAULT_MODE",
+    "DEFAULT_TOLERANCES",
+    "ELEMENT_SLACK",
+    "MAX_REL_RMSE",
+    "MODES",
+    "NOISE_UNITS",
+    "Tolerance",
+    "TolerancePolicy",
+    "coarser_dtype",
+]
 
 MODES: Final = ("norm", "strict", "mean", "stats", "bitwise")
 """``norm``: the norm-wise relative error (RMSE / scale) within ``rel_rmse`` and every element within
@@ -133,8 +142,7 @@ def coarser_dtype(a: str, b: str) -> str:
 def _check_override(route: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(spec) - {"rtol", "atol", "rel_rmse", "mode"}
     if unknown:
-        raise UsageError(
-            f"tolerance override for {route!r}: unknown keys {sorted(unknown)}; use rtol, atol, rel_rmse, mode")
+        raise UsageError(f"tolerance override for {route!r}: unknown keys {sorted(unknown)}; use rtol, atol, rel_rmse, mode")
     if "mode" in spec and spec["mode"] not in MODES:
         raise UsageError(f"tolerance override for {route!r}: mode {spec['mode']!r} is not one of {MODES}")
     return dict(spec)
@@ -169,9 +177,7 @@ class TolerancePolicy:
         for name, value in (("rtol", rtol), ("atol", atol), ("rel_rmse", rel_rmse)):
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"{name} must be a finite number >= 0, not {value!r}")
-        checked = tuple(
-            (route, tuple(sorted(_check_override(route, spec).items()))) for route, spec in (overrides or {}).items()
-        )
+        checked = tuple((route, tuple(sorted(_check_override(route, spec).items()))) for route, spec in (overrides or {}).items())
         return cls(mode, rtol, atol, rel_rmse, checked)
 
     def _override(self, route: str) -> dict[str, Any]:

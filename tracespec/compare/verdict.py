@@ -44,9 +44,25 @@ class VerdictInvalidError(TracespecError, ValueError):
 
 _TABLE_METRICS: Final = ("max_abs", "max_rel", "rel_rmse", "cosine", "max_ulp", "tolerance_ratio", "mismatched", "count")
 _TABLE_SCHEMA: Final = pa.schema(
-    [(name, pa.int64()) for name in ("step", "rank")] + [("stage", pa.string()), ("call", pa.int64())]
-    + [(name, pa.string()) for name in ("route_a", "route_b", "class_name", "alignment", "unit_status", "divergence",
-                                        "role", "slot", "status", "dtype_a", "dtype_b", "metrics_kind")]
+    [(name, pa.int64()) for name in ("step", "rank")]
+    + [("stage", pa.string()), ("call", pa.int64())]
+    + [
+        (name, pa.string())
+        for name in (
+            "route_a",
+            "route_b",
+            "class_name",
+            "alignment",
+            "unit_status",
+            "divergence",
+            "role",
+            "slot",
+            "status",
+            "dtype_a",
+            "dtype_b",
+            "metrics_kind",
+        )
+    ]
     + [(name, pa.float64()) for name in _TABLE_METRICS]
 )
 """The columns of :meth:`Verdict.to_arrow`."""
@@ -98,8 +114,10 @@ class Verdict:
         if first is None:
             return f"PASS: B agrees with A{compared} ({self.summary['units']} calls, {self.coverage['records_compared']} tensor pairs)."
         kind = "introduced it" if first["kind"] == "introduced" else "inherited it"
-        text = (f"FAIL: first divergence in {first['stage']}, step {first['step']}, rank {first['rank']}: "
-                f"{describe_side(first['a'])} {kind}")
+        text = (
+            f"FAIL: first divergence in {first['stage']}, step {first['step']}, rank {first['rank']}: "
+            f"{describe_side(first['a'])} {kind}"
+        )
         if first["b"]["route"] != first["a"]["route"] or "routes" in first["b"]:
             text += f" (in B: {describe_side(first['b'])})"
         if first.get("record"):
@@ -118,14 +136,27 @@ class Verdict:
         for unit in self.nodes:
             for record in unit.get("records", []):
                 metrics = record.get("metrics") or {}
-                rows.append({
-                    "step": unit["step"], "rank": unit["rank"], "stage": unit["stage"], "call": unit["call"],
-                    "route_a": unit["a"]["route"], "route_b": unit["b"]["route"], "class_name": unit["a"]["class_name"],
-                    "alignment": unit.get("alignment"), "unit_status": unit["status"], "divergence": unit.get("divergence"),
-                    "role": record["role"], "slot": record["slot"], "status": record["status"],
-                    "dtype_a": record.get("dtype_a"), "dtype_b": record.get("dtype_b"), "metrics_kind": metrics.get("kind"),
-                    **{name: metrics.get(name) for name in _TABLE_METRICS},
-                })
+                rows.append(
+                    {
+                        "step": unit["step"],
+                        "rank": unit["rank"],
+                        "stage": unit["stage"],
+                        "call": unit["call"],
+                        "route_a": unit["a"]["route"],
+                        "route_b": unit["b"]["route"],
+                        "class_name": unit["a"]["class_name"],
+                        "alignment": unit.get("alignment"),
+                        "unit_status": unit["status"],
+                        "divergence": unit.get("divergence"),
+                        "role": record["role"],
+                        "slot": record["slot"],
+                        "status": record["status"],
+                        "dtype_a": record.get("dtype_a"),
+                        "dtype_b": record.get("dtype_b"),
+                        "metrics_kind": metrics.get("kind"),
+                        **{name: metrics.get(name) for name in _TABLE_METRICS},
+                    }
+                )
         return pa.Table.from_pylist(rows, schema=_TABLE_SCHEMA)
 
     def to_pandas(self) -> Any:
@@ -172,8 +203,9 @@ def culprit_units(doc: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[
         if (unit["step"], unit["rank"], unit["stage"]) == (first["step"], first["rank"], first["stage"]):
             by_route.setdefault(unit["a"]["route"], unit)
     target = first["a"]["route"]
-    chain = sorted((r for r in by_route if r == "" or r == target or target.startswith(r + ".")),
-                   key=lambda r: (r != "", r.count(".")))
+    chain = sorted(
+        (r for r in by_route if r == "" or r == target or target.startswith(r + ".")), key=lambda r: (r != "", r.count("."))
+    )
     return by_route, chain
 
 

@@ -109,9 +109,10 @@ def read_node(trace: Trace, rank: int, row: dict[str, Any]) -> Node:
     if not isinstance(attrs, dict):
         raise TableInvalidError(f"{where}: attrs is not a JSON object")
     layouts = attrs.get("parameter_layout")
-    if layouts is not None and (not isinstance(layouts, dict) or not all(
-        isinstance(slot, str) and value in PARAMETER_LAYOUTS for slot, value in layouts.items()
-    )):
+    if layouts is not None and (
+        not isinstance(layouts, dict)
+        or not all(isinstance(slot, str) and value in PARAMETER_LAYOUTS for slot, value in layouts.items())
+    ):
         raise TableInvalidError(
             f"{where}: attrs.parameter_layout must map parameter slots to one of {', '.join(PARAMETER_LAYOUTS)}"
         )
@@ -120,8 +121,13 @@ def read_node(trace: Trace, rank: int, row: dict[str, Any]) -> Node:
         raise TableInvalidError(f"{where}: attrs.op must be a string")
     source = attrs.get("source")
     if source is not None:
-        if not (isinstance(source, dict) and isinstance(source.get("file"), str) and type(source.get("line")) is int
-                and source["line"] >= 1 and isinstance(source.get("function"), (str, type(None)))):
+        if not (
+            isinstance(source, dict)
+            and isinstance(source.get("file"), str)
+            and type(source.get("line")) is int
+            and source["line"] >= 1
+            and isinstance(source.get("function"), (str, type(None)))
+        ):
             raise TableInvalidError(f"{where}: attrs.source must be {{file: string, line: integer >= 1, function: string}}")
         source = SourceLocation(source["file"], source["line"], source.get("function"))
     return dataclasses.replace(node, layouts=tuple(sorted(layouts.items())) if layouts else (), op=op, source=source)
@@ -200,7 +206,8 @@ class StepRows:
         found, ends = steps[starts], np.append(starts[1:], len(steps))
         self.table = table
         self.bounds: dict[int, tuple[int, int]] = {
-            int(step): (int(start), int(end)) for step, start, end in zip(found, starts, ends)
+            int(step): (int(start), int(end))
+            for step, start, end in zip(found, starts, ends)
             if wanted is None or int(step) in wanted
         }
 
@@ -296,10 +303,19 @@ class RankView:
             found = self._records[step] = defaultdict(list)
             for row in self.tensor_rows.of(step).to_pylist():
                 record = Record(
-                    id=row["id"], step=row["step"], stage=row["stage"], node=row["node"], call=row["call"],
-                    role=row["role"], slot=row["slot"], dtype=row["dtype"],
+                    id=row["id"],
+                    step=row["step"],
+                    stage=row["stage"],
+                    node=row["node"],
+                    call=row["call"],
+                    role=row["role"],
+                    slot=row["slot"],
+                    dtype=row["dtype"],
                     shape=tuple(row["shape"]) if row["shape"] is not None else None,
-                    level=row["level"], hash=row["hash"], array=row["array"], stats=_stats_of(row),
+                    level=row["level"],
+                    hash=row["hash"],
+                    array=row["array"],
+                    stats=_stats_of(row),
                     value=row["value"],
                 )
                 found[(record.stage, record.node)].append(record)

@@ -28,9 +28,6 @@ from typing import Any, Final
 
 import numpy as np
 
-from tracespec.errors import InputFileError, TracespecError
-from tracespec.format.dtypes import parse_dtype
-from tracespec.format.limits import MAX_ARRAY_BYTES
 from tracespec.convert.restricted_pickle import (
     FileRegion,
     LazyArray,
@@ -38,14 +35,29 @@ from tracespec.convert.restricted_pickle import (
     load_paddle_pickle,
     load_torch_pickle,
 )
+from tracespec.errors import InputFileError, TracespecError
+from tracespec.format.dtypes import parse_dtype
+from tracespec.format.limits import MAX_ARRAY_BYTES
 
 __all__ = ["Checkpoint", "TensorEntry", "convert_checkpoint", "open_checkpoint"]
 
 _SAFETENSORS_DTYPES: Final = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
-    "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
-    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-    "C64": "complex64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "U16": "uint16",
+    "I16": "int16",
+    "U32": "uint32",
+    "I32": "int32",
+    "U64": "uint64",
+    "I64": "int64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
 }
 _MAX_HEADER_BYTES: Final = 100 << 20
 # Paddle bookkeeping entry that maps structured names to internal names; it holds no tensor.
@@ -125,7 +137,13 @@ class Checkpoint:
     def identity(self, key: str) -> object:
         """Equal for two keys that name the same bytes viewed the same way (tied weights)."""
         lazy = self._arrays[key]
-        source = lazy.source.key if isinstance(lazy.source, StorageRef) else id(lazy.source) if isinstance(lazy.source, bytes) else lazy.source
+        source = (
+            lazy.source.key
+            if isinstance(lazy.source, StorageRef)
+            else id(lazy.source)
+            if isinstance(lazy.source, bytes)
+            else lazy.source
+        )
         return (source, lazy.dtype, lazy.shape, lazy.offset, lazy.strides, lazy.order)
 
     def iter_tensors(self) -> Iterator[tuple[TensorEntry, np.ndarray]]:
@@ -167,16 +185,13 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         return _open_torch_zip(file)
     if head[:2] == b"\x80\x02" and file.suffix not in (".pdparams", ".pdopt"):
         raise InputFileError(
-            f"{file}: a legacy (pre-1.6) PyTorch checkpoint; re-save it with torch.save "
-            "(the zip format) to convert it"
+            f"{file}: a legacy (pre-1.6) PyTorch checkpoint; re-save it with torch.save (the zip format) to convert it"
         )
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return _open_paddle(file, size)
     if len(head) == 8 and 2 <= struct.unpack("<Q", head)[0] < min(size, _MAX_HEADER_BYTES):
         return _open_safetensors(file, size)
-    raise InputFileError(
-        f"{file}: not a checkpoint tracespec reads (safetensors, PyTorch zip .pt/.bin, Paddle .pdparams)"
-    )
+    raise InputFileError(f"{file}: not a checkpoint tracespec reads (safetensors, PyTorch zip .pt/.bin, Paddle .pdparams)")
 
 
 def _open_safetensors(file: Path, size: int) -> Checkpoint:
@@ -214,8 +229,7 @@ def _open_safetensors(file: Path, size: int) -> Checkpoint:
     # does not move a key.
     placed.sort(key=lambda item: _natural_key(item[1]))
     arrays = {
-        key: LazyArray(FileRegion(data_start + begin, end - begin), dtype, shape)
-        for begin, key, dtype, shape, end in placed
+        key: LazyArray(FileRegion(data_start + begin, end - begin), dtype, shape) for begin, key, dtype, shape, end in placed
     }
     entries = _entries(file, arrays)
     framework = {"pt": "torch", "torch": "torch", "paddle": "paddle", "np": "numpy"}.get(str(metadata.get("format")), "unknown")
@@ -241,9 +255,7 @@ def _open_torch_zip(file: Path) -> Checkpoint:
                 raise InputFileError(f"{file}: saved with byte order {order!r}; only little-endian is supported")
             tree = load_torch_pickle(archive.read(pickles[0]), str(file))
             storages = {
-                info.filename[len(prefix) + len("data/") :]: info
-                for info in infos
-                if info.filename.startswith(prefix + "data/")
+                info.filename[len(prefix) + len("data/") :]: info for info in infos if info.filename.startswith(prefix + "data/")
             }
     except zipfile.BadZipFile as exc:
         raise InputFileError(f"{file}: a damaged zip archive ({exc})") from None
@@ -263,7 +275,9 @@ def _open_torch_zip(file: Path) -> Checkpoint:
             if info.compress_type != zipfile.ZIP_STORED:
                 raise InputFileError(f"{file}: storage data/{ref.key} is compressed; PyTorch stores storages uncompressed")
             if info.file_size < ref.numel * parse_dtype(ref.dtype).itemsize:
-                raise InputFileError(f"{file}: storage data/{ref.key} holds {info.file_size} bytes, fewer than its {ref.numel} elements")
+                raise InputFileError(
+                    f"{file}: storage data/{ref.key} holds {info.file_size} bytes, fewer than its {ref.numel} elements"
+                )
             offsets[ref.key] = (_zip_data_offset(f, info, file), info.file_size)
     entries = _entries(file, lazy)
     return Checkpoint(file, "torch", "torch", entries, values, {}, lazy, offsets)
@@ -360,8 +374,15 @@ def convert_checkpoint(
             route, slot = split_key(entry.key)
             identity = checkpoint.identity(entry.key)
             same = written.get(identity)  # tied weights: one storage saved under two names
-            record = writer.add_tensor(step=0, stage="forward", node=nodes[route], role="parameter", slot=slot,
-                                       same_as=same, array=None if same is not None else checkpoint.read(entry.key))
+            record = writer.add_tensor(
+                step=0,
+                stage="forward",
+                node=nodes[route],
+                role="parameter",
+                slot=slot,
+                same_as=same,
+                array=None if same is not None else checkpoint.read(entry.key),
+            )
             written.setdefault(identity, record)
             done += entry.nbytes
             if progress is not None:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, Hashable, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -68,8 +68,14 @@ class EditStep:
 
     def to_json(self) -> dict[str, Any]:
         distance = self.distance if self.distance is None or math.isfinite(self.distance) else str(self.distance)
-        return {"op": self.op, "key": self.key, "shape": list(self.shape), "distance": distance,
-                "dtype_a": self.dtype_a, "dtype_b": self.dtype_b}
+        return {
+            "op": self.op,
+            "key": self.key,
+            "shape": list(self.shape),
+            "distance": distance,
+            "dtype_a": self.dtype_a,
+            "dtype_b": self.dtype_b,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +111,11 @@ class CheckpointDiff:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b, "same": self.same, "threshold": self.threshold, "scale": self.scale,
+            "a": self.a,
+            "b": self.b,
+            "same": self.same,
+            "threshold": self.threshold,
+            "scale": self.scale,
             "distance": "rms (L2 / sqrt(n)) x scale",
             "counts": {op: self.count(op) for op in ("keep", "modify", "insert", "delete")},
             "steps": [step.to_json() for step in self.steps],
@@ -120,7 +130,7 @@ def strip_prefix(entries: Sequence[TensorEntry], prefix: str, where: str) -> lis
     """
     if not prefix:
         return [(e.key, e) for e in entries]
-    out = [(e.key[len(prefix):] if e.key.startswith(prefix) else e.key, e) for e in entries]
+    out = [(e.key[len(prefix) :] if e.key.startswith(prefix) else e.key, e) for e in entries]
     if not any(e.key.startswith(prefix) for e in entries):
         sample = ", ".join(e.key for e in entries[:3])
         raise UsageError(f"{where}: no key starts with the prefix {prefix!r} (keys look like: {sample})")
@@ -209,7 +219,7 @@ def _work_dtype(a: np.dtype, b: np.dtype) -> np.dtype:
     """float32 when both sides fit in it exactly (float32, float16, bfloat16), else 64-bit."""
     if a.kind == "c" or b.kind == "c":
         return np.dtype(np.complex128)
-    narrow = all(d.kind == "f" and d.itemsize <= 4 or d.name == "bfloat16" for d in (a, b))
+    narrow = all((d.kind == "f" and d.itemsize <= 4) or d.name == "bfloat16" for d in (a, b))
     return np.dtype(np.float32) if narrow else np.dtype(np.float64)
 
 
@@ -313,7 +323,9 @@ def diff_checkpoints(
                 distance = scale * rms_distance(ckpt_a.read(entry_a.key), ckpt_b.read(entry_b.key), pool)
                 # NaN counts as changed, and so does a new dtype whatever the values.
                 changed = not distance <= threshold or entry_a.dtype != entry_b.dtype
-                steps.append(EditStep("modify" if changed else "keep", key, entry_a.shape, distance, entry_a.dtype, entry_b.dtype))
+                steps.append(
+                    EditStep("modify" if changed else "keep", key, entry_a.shape, distance, entry_a.dtype, entry_b.dtype)
+                )
                 done += 1
                 if progress is not None:
                     progress(done, total)

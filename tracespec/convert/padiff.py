@@ -60,8 +60,15 @@ _GENERATION_VERSIONS: Final = {
 # Aliases PaDiff's frameworks print for dtypes, beyond the spec names themselves.
 # (Paddle's legacy ``VarType.FP32`` names included.)
 _DTYPE_ALIASES: Final = {
-    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
-    "fp32": "float32", "fp64": "float64", "fp16": "float16", "bf16": "bfloat16",
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "fp32": "float32",
+    "fp64": "float64",
+    "fp16": "float16",
+    "bf16": "bfloat16",
 }
 
 
@@ -139,11 +146,15 @@ def locate_padiff_dumps(root: str | Path) -> tuple[str, list[DumpFolder]]:
         step = _STEP.match(folder.parent.name if rank else folder.name)
         layout = "single folder" if (rank or step or folder.name == "auto_diff") else "flat (PaDiffGuard, v3)"
         return layout, [DumpFolder(folder, int(step.group(1)) if step else 0, int(rank.group(1)) if rank else 0)]
-    models = sorted(name for name, c in children.items() if c.is_dir() and (_has_json(c) or any(_STEP.match(g.name) for g in c.iterdir())))
+    models = sorted(
+        name for name, c in children.items() if c.is_dir() and (_has_json(c) or any(_STEP.match(g.name) for g in c.iterdir()))
+    )
     if len(models) == 1:  # the dump root of a single model
         return locate_padiff_dumps(folder / models[0])
     if models:
-        raise InputFileError(f"{folder}: holds the dumps of several models ({', '.join(models)}); convert one: {folder / models[0]}")
+        raise InputFileError(
+            f"{folder}: holds the dumps of several models ({', '.join(models)}); convert one: {folder / models[0]}"
+        )
     raise InputFileError(f"{folder}: no PaDiff dump here (no report.json, params.json, step_N/ or auto_diff/)")
 
 
@@ -167,7 +178,12 @@ def _read_json(path: Path, where: str) -> dict[str, Any]:
 
 # What each node key must be, where present: the converter relies on nothing else.
 _NODE_KEYS: Final = {
-    "children": list, "fwd_outputs": list, "bwd_grads": list, "weights": dict, "grads": dict, "metas": dict,
+    "children": list,
+    "fwd_outputs": list,
+    "bwd_grads": list,
+    "weights": dict,
+    "grads": dict,
+    "metas": dict,
 }
 
 
@@ -265,7 +281,9 @@ class _Converter:
             if result.size == 0 and 0 in shape:
                 result = result.reshape(shape)
             else:
-                self.notes.append(f"{where}: the JSON says shape {list(shape)}, the .npy holds {list(result.shape)}; kept the .npy shape")
+                self.notes.append(
+                    f"{where}: the JSON says shape {list(shape)}, the .npy holds {list(result.shape)}; kept the .npy shape"
+                )
         return result
 
     def orphans(self, folder: Path, referenced: dict[str, set[str]]) -> None:
@@ -346,7 +364,9 @@ class _Tree:
             route, position = stack.pop()
             node = self.nodes[route]
             parent = self.nodes[node.parent].node_id if node.parent is not None else None
-            node.node_id = writer.add_node(route, node.class_name, parent=parent, kind=node.kind, position=position, attrs=node.attrs or None)
+            node.node_id = writer.add_node(
+                route, node.class_name, parent=parent, kind=node.kind, position=position, attrs=node.attrs or None
+            )
             stack.extend(reversed([(child, i) for i, child in enumerate(node.children)]))
 
 
@@ -354,7 +374,7 @@ def _strip_root(route: object, root_route: str) -> str:
     if not isinstance(route, str) or route == root_route:
         return ""
     prefix = root_route + "."
-    return route[len(prefix):] if route.startswith(prefix) else route
+    return route[len(prefix) :] if route.startswith(prefix) else route
 
 
 def _api_names(node: dict[str, Any]) -> tuple[str, str]:
@@ -371,6 +391,7 @@ def _api_names(node: dict[str, Any]) -> tuple[str, str]:
 
 def _child_order(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Children in completion order (``metas.fwd_step``); call order where it is missing."""
+
     def key(item: tuple[int, dict[str, Any]]) -> tuple[float, int]:
         metas = item[1].get("metas") or {}
         step = metas.get("fwd_step")
@@ -521,7 +542,9 @@ def convert_padiff(
     frameworks = {str(doc.get("framework") or "unknown") for doc in docs.values()}
     models = {str(doc.get("model_name")) for doc in docs.values()}
     if len(frameworks) != 1 or len(models) != 1:
-        raise InputFileError(f"{root}: the JSON files disagree on the model ({sorted(models)}) or framework ({sorted(frameworks)})")
+        raise InputFileError(
+            f"{root}: the JSON files disagree on the model ({sorted(models)}) or framework ({sorted(frameworks)})"
+        )
     framework, model_name = frameworks.pop(), models.pop()
     ranks = sorted({d.rank for d in dirs})
     source: dict[str, Any] = {
@@ -552,7 +575,9 @@ def convert_padiff(
             rel = str(folder.resolve().relative_to(base.resolve()) / name)
         except ValueError:
             rel = str(folder / name)
-        source["files"].append({"file": rel, "origin": "update_weights" if from_update else "dump", "file_path": doc.get("file_path")})
+        source["files"].append(
+            {"file": rel, "origin": "update_weights" if from_update else "dump", "file_path": doc.get("file_path")}
+        )
         layer_map = doc.get("layer_map")
         if isinstance(layer_map, dict) and any(layer_map.values()):
             source["layer_map"] = layer_map
@@ -578,7 +603,9 @@ def convert_padiff(
                         _add_params_tree(docs[(d.path, name)], tree)
                 if (d.path, "report.json") in docs:
                     _report_calls(docs[(d.path, "report.json")], tree)
-            writer = TraceWriter(out, framework=framework, rank=rank, world_size=world_size, source=source, overwrite=overwrite, durable=durable)
+            writer = TraceWriter(
+                out, framework=framework, rank=rank, world_size=world_size, source=source, overwrite=overwrite, durable=durable
+            )
             writers.append(writer)
             tree.write(writer)
             routes = {route: n.node_id for route, n in tree.nodes.items()}
@@ -644,7 +671,8 @@ class _FolderConversion:
         if report is None:
             conv.missing.append(
                 f"{where}/report.json: missing, so no forward outputs, input gradients or call order for step {d.step}, "
-                f"rank {d.rank}" + (" (params.json is written first: the PaDiff run crashed while dumping)" if params is not None else "")
+                f"rank {d.rank}"
+                + (" (params.json is written first: the PaDiff run crashed while dumping)" if params is not None else "")
             )
         else:
             self.report(report)
@@ -678,19 +706,30 @@ class _FolderConversion:
         calls = _report_calls(report, None)
         step, where = self.folder.step, self.where
         for item in _preorder(calls):
-            self.writer.add_call(step=step, stage="forward", node=self.routes[item.route], call=item.call, begin=item.begin, end=item.end)
+            self.writer.add_call(
+                step=step, stage="forward", node=self.routes[item.route], call=item.call, begin=item.begin, end=item.end
+            )
         backward = _backward_events(calls)
         for item in _preorder(calls):
             node, label = self.routes[item.route], item.route or "(root)"
             for slot, entry in enumerate(item.node.get("fwd_outputs") or []):
-                self._report_tensor(node, item.call, "forward", "output", slot, entry, f"{where}: output {slot} of {label} call {item.call}")
+                self._report_tensor(
+                    node, item.call, "forward", "output", slot, entry, f"{where}: output {slot} of {label} call {item.call}"
+                )
             grads = item.node.get("bwd_grads") or []
             if grads:
                 begin, end = backward[id(item)]
                 self.writer.add_call(step=step, stage="backward", node=node, call=item.call, begin=begin, end=end)
             for slot, entry in enumerate(grads):
-                self._report_tensor(node, item.call, "backward", "grad_input", slot, entry,
-                                    f"{where}: input gradient {slot} of {label} call {item.call}")
+                self._report_tensor(
+                    node,
+                    item.call,
+                    "backward",
+                    "grad_input",
+                    slot,
+                    entry,
+                    f"{where}: input gradient {slot} of {label} call {item.call}",
+                )
 
     def _report_tensor(self, node: int, call: int, stage: str, role: str, slot: int, entry: object, what: str) -> None:
         if isinstance(entry, dict):
@@ -717,16 +756,30 @@ class _FolderConversion:
                     what = f"{self.where}: parameter {prefix}{slot}"
                     array = self.conv.load(self.folder.path, "weights", path, what)
                     if array is not None:
-                        self._add_array(self._parameter_dtype(array, framework), stage=stage_weights, node=node_id, role="parameter", slot=slot)
+                        self._add_array(
+                            self._parameter_dtype(array, framework),
+                            stage=stage_weights,
+                            node=node_id,
+                            role="parameter",
+                            slot=slot,
+                        )
             if grads:
                 for slot, path in (node.get("grads") or {}).items():
                     if path is None:  # PaDiff writes null for a parameter without gradient
-                        self.writer.add_value(step=self.folder.step, stage="backward", node=node_id, role="parameter_grad", slot=slot, value=None)
+                        self.writer.add_value(
+                            step=self.folder.step, stage="backward", node=node_id, role="parameter_grad", slot=slot, value=None
+                        )
                         continue
                     what = f"{self.where}: gradient of {prefix}{slot}"
                     array = self.conv.load(self.folder.path, "grads", path, what)
                     if array is not None:
-                        self._add_array(self._parameter_dtype(array, framework), stage="backward", node=node_id, role="parameter_grad", slot=slot)
+                        self._add_array(
+                            self._parameter_dtype(array, framework),
+                            stage="backward",
+                            node=node_id,
+                            role="parameter_grad",
+                            slot=slot,
+                        )
 
     def _parameter_dtype(self, array: np.ndarray, framework: str) -> np.ndarray:
         if framework == "paddle" and array.dtype == np.uint16:
@@ -763,8 +816,15 @@ class _FolderConversion:
                             self._add_array(array, stage="forward", node=self.routes[""], call=0, role="input", slot=str(i))
                     elif (folder / f"input_{i}.json").is_file():
                         value = json.loads((folder / f"input_{i}.json").read_text())
-                        self.writer.add_value(step=d.step, stage="forward", node=self.routes[""], call=0, role="input", slot=str(i),
-                                              value=value.get("data") if isinstance(value, dict) else value)
+                        self.writer.add_value(
+                            step=d.step,
+                            stage="forward",
+                            node=self.routes[""],
+                            call=0,
+                            role="input",
+                            slot=str(i),
+                            value=value.get("data") if isinstance(value, dict) else value,
+                        )
                     else:
                         conv.missing.append(f"{where}/{folder.name}/input_{i}.npy (model input {i})")
 

@@ -60,9 +60,20 @@ _TORCH_STORAGE_DTYPES: Final = {
 
 # numpy dtype codes a Paddle checkpoint may hold; structured and object dtypes are refused.
 _NUMPY_CODES: Final = {
-    "b1": "bool", "i1": "int8", "i2": "int16", "i4": "int32", "i8": "int64",
-    "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64",
-    "f2": "float16", "f4": "float32", "f8": "float64", "c8": "complex64", "c16": "complex128",
+    "b1": "bool",
+    "i1": "int8",
+    "i2": "int16",
+    "i4": "int32",
+    "i8": "int64",
+    "u1": "uint8",
+    "u2": "uint16",
+    "u4": "uint32",
+    "u8": "uint64",
+    "f2": "float16",
+    "f4": "float32",
+    "f8": "float64",
+    "c8": "complex64",
+    "c16": "complex128",
 }
 
 
@@ -233,13 +244,12 @@ class _PaddleUnpickler(_RefusingMixin, pickle._Unpickler):
 
     if TYPE_CHECKING:  # the pure-Python unpickler's internals, which typeshed does not describe
         _unframer: Any
-        dispatch: ClassVar[dict[int, Callable[[Any], None]]]
 
         def read(self, n: int) -> bytes: ...
 
         def append(self, value: object) -> None: ...
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], size: int, where: str) -> None:
         super().__init__(file)

@@ -91,9 +91,7 @@ def parse_dtype(name: object) -> DType:
     try:
         return DTYPES[name]
     except KeyError:
-        raise UnsupportedDtypeError(
-            f"unknown dtype {name!r}; the spec's dtypes are {', '.join(sorted(DTYPES))}"
-        ) from None
+        raise UnsupportedDtypeError(f"unknown dtype {name!r}; the spec's dtypes are {', '.join(sorted(DTYPES))}") from None
 
 
 def dtype_of(array: np.ndarray) -> DType:
@@ -102,8 +100,7 @@ def dtype_of(array: np.ndarray) -> DType:
         return _BY_NUMPY[array.dtype.newbyteorder("=")]
     except KeyError:
         raise UnsupportedDtypeError(
-            f"numpy dtype {array.dtype} has no tracespec dtype; "
-            f"supported: {', '.join(sorted(DTYPES))}"
+            f"numpy dtype {array.dtype} has no tracespec dtype; supported: {', '.join(sorted(DTYPES))}"
         ) from None
 
 

@@ -162,10 +162,7 @@ class PartManifest:
             "device": self.device,
             "complete": self.complete,
             "steps": list(self.steps),
-            "tables": {
-                name: [{"path": s.path, "rows": s.rows} for s in segments]
-                for name, segments in self.tables.items()
-            },
+            "tables": {name: [{"path": s.path, "rows": s.rows} for s in segments] for name, segments in self.tables.items()},
             "store": {"path": self.store_path, "arrays": self.store_arrays, "bytes": self.store_bytes},
             "updated": self.updated,
             "partial_steps": list(self.partial_steps),
@@ -179,10 +176,7 @@ class PartManifest:
             device=doc["device"],
             complete=doc["complete"],
             steps=tuple(doc["steps"]),
-            tables={
-                name: tuple(Segment(s["path"], s["rows"]) for s in segments)
-                for name, segments in doc["tables"].items()
-            },
+            tables={name: tuple(Segment(s["path"], s["rows"]) for s in segments) for name, segments in doc["tables"].items()},
             store_path=doc["store"]["path"],
             store_arrays=doc["store"]["arrays"],
             store_bytes=doc["store"]["bytes"],
@@ -212,9 +206,7 @@ def parse_json_document(raw: bytes, where: str) -> dict[str, Any]:
 
 def _check_format(doc: dict[str, Any], expected_name: str, where: str) -> None:
     if doc.get("format") != expected_name:
-        raise ManifestInvalidError(
-            f"{where}: 'format' is {doc.get('format')!r}, expected {expected_name!r}"
-        )
+        raise ManifestInvalidError(f"{where}: 'format' is {doc.get('format')!r}, expected {expected_name!r}")
     version = doc.get("format_version")
     if not isinstance(version, str) or not version.partition(".")[0].isdigit():
         raise ManifestInvalidError(f"{where}: 'format_version' is {version!r}, expected 'MAJOR.MINOR'")
@@ -227,9 +219,7 @@ def _check_format(doc: dict[str, Any], expected_name: str, where: str) -> None:
 
 
 def _validate(doc: dict[str, Any], schema_file: str, where: str) -> None:
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(_schema(schema_file)).iter_errors(doc)
-    )
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema(schema_file)).iter_errors(doc))
     if error is not None:
         location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ManifestInvalidError(f"{where}: at {location}: {error.message}")

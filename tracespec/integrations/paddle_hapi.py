@@ -29,7 +29,9 @@ class TracespecCallback(Callback):
     def __init__(self, path: str | os.PathLike[str], **record_options: Any) -> None:
         super().__init__()
         if "optimizer" in record_options:
-            raise tracespec.errors.UsageError("TracespecCallback records the optimizer of paddle.Model.prepare; do not pass optimizer=")
+            raise tracespec.errors.UsageError(
+                "TracespecCallback records the optimizer of paddle.Model.prepare; do not pass optimizer="
+            )
         self.path = path
         self.record_options = record_options
         self.recorder: Any = None

@@ -38,7 +38,9 @@ class TracespecCallback(TrainerCallback):
         self.record_options = record_options
         self.recorder: Any = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         self.recorder = tracespec.record(model, self.path, optimizer=optimizer, **self.record_options)
         self.recorder.__enter__()

@@ -41,8 +41,10 @@ _TREE_LINES: Final = 40
 
 
 def _frame(title: str, status: str, body: str) -> str:
-    return (f'<div class="tracespec-nb"><style>{_CSS}</style><h2>{escape(title)} '
-            f'<span class="badge {escape(status)}">{escape(status)}</span></h2>{body}</div>')
+    return (
+        f'<div class="tracespec-nb"><style>{_CSS}</style><h2>{escape(title)} '
+        f'<span class="badge {escape(status)}">{escape(status)}</span></h2>{body}</div>'
+    )
 
 
 def _kv(rows: list[tuple[str, str]]) -> str:
@@ -56,8 +58,10 @@ def _path_to_culprit(verdict: Mapping[str, Any]) -> str:
     for depth, route in enumerate(chain):
         unit = units[route]
         label = unit["divergence"] or unit["status"].replace("_", " ")
-        items.append(f'<li style="padding-left:{16 * depth}px"><span class="route">{escape(describe_side(unit["a"]))}</span> '
-                     f'— {escape(label)}</li>')
+        items.append(
+            f'<li style="padding-left:{16 * depth}px"><span class="route">{escape(describe_side(unit["a"]))}</span> '
+            f"— {escape(label)}</li>"
+        )
     return f'<h2>Path to the first divergence ({escape(verdict["first_divergence"]["stage"])})</h2><ul class="path">{"".join(items)}</ul>'
 
 
@@ -79,12 +83,21 @@ def verdict_fragment(verdict: Mapping[str, Any]) -> str:
 def trace_fragment(trace: Trace) -> str:
     """The trace's manifest, its ranks, and the top of its module tree (with source lines of ops)."""
     m = trace.manifest
-    rows = [("framework", f"{m.framework} {m.framework_version or ''}".strip()), ("created", m.created),
-            ("ranks", f"{trace.ranks} of world size {m.world_size}"), ("steps", str(trace.steps)),
-            ("capture", ", ".join(f"{k} {v}" for k, v in m.capture.items() if v not in (None, [], {})))]
+    rows = [
+        ("framework", f"{m.framework} {m.framework_version or ''}".strip()),
+        ("created", m.created),
+        ("ranks", f"{trace.ranks} of world size {m.world_size}"),
+        ("steps", str(trace.steps)),
+        ("capture", ", ".join(f"{k} {v}" for k, v in m.capture.items() if v not in (None, [], {}))),
+    ]
     for rank, part in sorted(trace.parts.items()):
-        rows.append((f"rank {rank}", f"{part.manifest.device}, {part.tensors.num_rows} records, "
-                     f"{part.manifest.store_bytes / 1e6:.1f} MB of data, " + ("complete" if part.manifest.complete else "INCOMPLETE")))
+        rows.append(
+            (
+                f"rank {rank}",
+                f"{part.manifest.device}, {part.tensors.num_rows} records, "
+                f"{part.manifest.store_bytes / 1e6:.1f} MB of data, " + ("complete" if part.manifest.complete else "INCOMPLETE"),
+            )
+        )
     first_rank = trace.ranks[0] if trace.ranks else 0
     lines = []
     if trace.ranks:
@@ -93,10 +106,14 @@ def trace_fragment(trace: Trace) -> str:
         for node in nodes:  # pre-order: a parent comes before its children
             depth[node["node"]] = 0 if node["parent"] is None else depth.get(node["parent"], 0) + 1
         for node in nodes[:_TREE_LINES]:
-            lines.append(f'<li style="padding-left:{16 * depth[node["node"]]}px"><span class="route">'
-                         f'{escape(node["route"] or "(root)")}</span> {escape(node["class_name"])}{_source(trace, first_rank, node)}</li>')
+            lines.append(
+                f'<li style="padding-left:{16 * depth[node["node"]]}px"><span class="route">'
+                f"{escape(node['route'] or '(root)')}</span> {escape(node['class_name'])}{_source(trace, first_rank, node)}</li>"
+            )
         if len(nodes) > _TREE_LINES:
-            lines.append(f'<li class="note">… {len(nodes) - _TREE_LINES} more nodes (tracespec show {escape(str(trace.path))})</li>')
+            lines.append(
+                f'<li class="note">… {len(nodes) - _TREE_LINES} more nodes (tracespec show {escape(str(trace.path))})</li>'
+            )
     tree = f'<h2>Module tree (rank {first_rank})</h2><ul class="path">{"".join(lines)}</ul>' if lines else ""
     return _frame(f"tracespec trace {trace.path}", "pass" if trace.complete else "incomplete", _kv(rows) + tree)
 

@@ -34,8 +34,20 @@ _STATUS_RANK: Final = {"diverged": 4, "unmatched": 3, "pass_within_tolerance": 2
 _GROWTH_METRIC: Final = "rel_rmse"
 _MAX_PLOTTED_MODULES: Final = 2000
 _SHOWN_METRICS: Final = (
-    "max_abs", "max_rel", "mean_abs", "rmse", "rel_rmse", "cosine", "sqnr_db", "max_ulp",
-    "mismatched", "count", "tolerance_ratio", "worst_index", "worst_a", "worst_b",
+    "max_abs",
+    "max_rel",
+    "mean_abs",
+    "rmse",
+    "rel_rmse",
+    "cosine",
+    "sqnr_db",
+    "max_ulp",
+    "mismatched",
+    "count",
+    "tolerance_ratio",
+    "worst_index",
+    "worst_a",
+    "worst_b",
 )
 
 
@@ -59,8 +71,7 @@ class _TreeNode:
         """The stage result to summarise the node with: the worst status, an introduction first."""
         if not self.stages:
             return None
-        return max(self.stages.values(),
-                   key=lambda r: (_STATUS_RANK.get(r.status, -1), r.divergence == "introduced"))
+        return max(self.stages.values(), key=lambda r: (_STATUS_RANK.get(r.status, -1), r.divergence == "introduced"))
 
 
 def _fmt(value: Any) -> str:
@@ -95,8 +106,7 @@ def _parent_route(route: str, known: Mapping[str, Any]) -> str | None:
 def _node_label(status: str | None, divergence: str | None) -> str | None:
     if status == "diverged":
         return divergence if divergence in ("introduced", "inherited", "contains") else "fail"
-    return {"pass_within_tolerance": "pass", "pass": "pass", "unmatched": "unmatched",
-            "skipped": "skipped"}.get(status or "", None)
+    return {"pass_within_tolerance": "pass", "pass": "pass", "unmatched": "unmatched", "skipped": "skipped"}.get(status or "")
 
 
 def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None, step: int | None = None) -> dict[str, _TreeNode]:
@@ -116,12 +126,17 @@ def _build_tree(verdict: Mapping[str, Any], trace_a: Trace | None, step: int | N
         stage, status = str(unit.get("stage", "")), str(unit.get("status", ""))
         metrics = unit.get("metrics") or {}
         ratio = metrics.get("tolerance_ratio")
-        result = _StageResult(status, unit.get("divergence"),
-                              f"{stage} {_GROWTH_METRIC}={_fmt(metrics.get(_GROWTH_METRIC))}"
-                              + (f" ×tol {_fmt(ratio)}" if ratio is not None else ""))
+        result = _StageResult(
+            status,
+            unit.get("divergence"),
+            f"{stage} {_GROWTH_METRIC}={_fmt(metrics.get(_GROWTH_METRIC))}"
+            + (f" ×tol {_fmt(ratio)}" if ratio is not None else ""),
+        )
         seen = node.stages.get(stage)
         if seen is None or (_STATUS_RANK.get(status, -1), result.divergence == "introduced") > (
-                _STATUS_RANK.get(seen.status, -1), seen.divergence == "introduced"):
+            _STATUS_RANK.get(seen.status, -1),
+            seen.divergence == "introduced",
+        ):
             node.stages[stage] = result
     for item in verdict.get("unmatched", []) or []:
         if isinstance(item, Mapping) and item.get("side", "a") == "a" and isinstance(item.get("route"), str):
@@ -154,12 +169,23 @@ def _flatten_tree(tree: dict[str, _TreeNode], culprit_route: str | None) -> tupl
         if route == culprit_route:
             culprit = index
         worst = node.worst()
-        badges = [[_STAGE_TAGS.get(stage, stage), _node_label(r.status, r.divergence)]
-                  for stage, r in sorted(node.stages.items(), key=lambda item: list(_STAGE_TAGS).index(item[0])
-                                         if item[0] in _STAGE_TAGS else 9)]
-        rows.append([route, node.route_b, node.class_name,
-                     _node_label(worst.status, worst.divergence) if worst else None, parent,
-                     worst.metric if worst else "", badges])
+        badges = [
+            [_STAGE_TAGS.get(stage, stage), _node_label(r.status, r.divergence)]
+            for stage, r in sorted(
+                node.stages.items(), key=lambda item: list(_STAGE_TAGS).index(item[0]) if item[0] in _STAGE_TAGS else 9
+            )
+        ]
+        rows.append(
+            [
+                route,
+                node.route_b,
+                node.class_name,
+                _node_label(worst.status, worst.divergence) if worst else None,
+                parent,
+                worst.metric if worst else "",
+                badges,
+            ]
+        )
         stack.extend((child, index) for child in reversed(node.children))
     return rows, culprit
 
@@ -219,27 +245,48 @@ def _growth_svg(verdict: Mapping[str, Any], tree: dict[str, _TreeNode], culprit:
     labels = {"forward": "forward: output", "backward": "backward: input gradient"}
     if layers:
         series = [Series(labels[s], [by_stage[s].get(r) for r in layers], PALETTE[i]) for i, s in enumerate(stages)]
-        highlight = next((i for i, r in enumerate(layers)
-                          if culprit_route is not None and (culprit_route == r or culprit_route.startswith(r + "."))),
-                         None)
-        parts.append(line_plot([r or "(root)" for r in layers], series, highlight=highlight,
-                               title=f"Layer by layer: relative RMSE (step {step}, rank {rank})",
-                               y_label="RMSE / RMS of A"))
+        highlight = next(
+            (
+                i
+                for i, r in enumerate(layers)
+                if culprit_route is not None and (culprit_route == r or culprit_route.startswith(r + "."))
+            ),
+            None,
+        )
+        parts.append(
+            line_plot(
+                [r or "(root)" for r in layers],
+                series,
+                highlight=highlight,
+                title=f"Layer by layer: relative RMSE (step {step}, rank {rank})",
+                y_label="RMSE / RMS of A",
+            )
+        )
     forward = by_stage.get("forward", {})
     if len(forward) > _MAX_PLOTTED_MODULES:
-        parts.append(f'<p class="note">{len(forward)} modules ran forward; the every-module plot is drawn up to '
-                     f'{_MAX_PLOTTED_MODULES} (filter the tree to inspect them).</p>')
+        parts.append(
+            f'<p class="note">{len(forward)} modules ran forward; the every-module plot is drawn up to '
+            f"{_MAX_PLOTTED_MODULES} (filter the tree to inspect them).</p>"
+        )
     elif forward:
         routes = list(forward)
         highlight = routes.index(culprit_route) if culprit_route in routes else None
-        parts.append(line_plot([r or "(root)" for r in routes], [Series("forward: output", list(forward.values()))],
-                               highlight=highlight, title="Every module, in execution order (forward)",
-                               y_label="RMSE / RMS of A"))
+        parts.append(
+            line_plot(
+                [r or "(root)" for r in routes],
+                [Series("forward: output", list(forward.values()))],
+                highlight=highlight,
+                title="Every module, in execution order (forward)",
+                y_label="RMSE / RMS of A",
+            )
+        )
     if not parts:
         return '<p class="note">The verdict has no error-growth curve (no element-wise comparison).</p>'
-    parts.append('<p class="note">Relative RMSE of each module\'s output (forward) or input gradient '
-                 '(backward) against A; the culprit\'s layer is shaded. A line that climbs layer after '
-                 'layer is error compounding.</p>')
+    parts.append(
+        '<p class="note">Relative RMSE of each module\'s output (forward) or input gradient '
+        "(backward) against A; the culprit's layer is shaded. A line that climbs layer after "
+        "layer is error compounding.</p>"
+    )
     return "".join(parts)
 
 
@@ -262,22 +309,37 @@ def _timeline_svg(verdict: Mapping[str, Any]) -> str:
     first = next((p for p in series if p.get("diverged")), None)
     highlight = next((i for i, column in enumerate(columns) if first in column), None) if first else None
     labels = [str(column[0].get("step")) for column in columns]
-    plot = line_plot(labels, [Series("worst ratio to tolerance", worst, PALETTE[0]),
-                              Series("steps that diverged", diverged, PALETTE[1])],
-                     title=f"Divergence over time: {len(series)} steps", y_label="worst |B - A| / tolerance",
-                     highlight=highlight, highlight_step=first.get("step") if first else None, threshold=1.0)
+    plot = line_plot(
+        labels,
+        [Series("worst ratio to tolerance", worst, PALETTE[0]), Series("steps that diverged", diverged, PALETTE[1])],
+        title=f"Divergence over time: {len(series)} steps",
+        y_label="worst |B - A| / tolerance",
+        highlight=highlight,
+        highlight_step=first.get("step") if first else None,
+        threshold=1.0,
+    )
     if first:
         culprit = first.get("first") or {}
-        where = (f"; {_fmt(culprit.get('route') or '(root)')} ({_fmt(culprit.get('class_name'))}) {_fmt(culprit.get('kind'))} "
-                 f"it in {_fmt(culprit.get('stage'))}") if culprit else ""
-        text = (f"First divergent step {first.get('step')}: {first.get('diverged')} of {first.get('records')} record "
-                f"pairs diverged{where}. Click the shaded band for that step's tree; "
-                f"{sum(1 for p in series if p.get('diverged'))} of {len(series)} steps diverge.")
+        where = (
+            (
+                f"; {_fmt(culprit.get('route') or '(root)')} ({_fmt(culprit.get('class_name'))}) {_fmt(culprit.get('kind'))} "
+                f"it in {_fmt(culprit.get('stage'))}"
+            )
+            if culprit
+            else ""
+        )
+        text = (
+            f"First divergent step {first.get('step')}: {first.get('diverged')} of {first.get('records')} record "
+            f"pairs diverged{where}. Click the shaded band for that step's tree; "
+            f"{sum(1 for p in series if p.get('diverged'))} of {len(series)} steps diverge."
+        )
     else:
         text = f"No step diverges; the worst ratio to tolerance is {_fmt(max(finite, default=0.0))}."
     per = f" Each point is the worst of {len(series) / width:.3g} steps." if width < len(series) else ""
-    return (f'<section id="timeline"><h2>Divergence over time</h2>{plot}'
-            f'<p class="note">{escape(text)}{per} Above the dashed line, beyond tolerance.</p></section>')
+    return (
+        f'<section id="timeline"><h2>Divergence over time</h2>{plot}'
+        f'<p class="note">{escape(text)}{per} Above the dashed line, beyond tolerance.</p></section>'
+    )
 
 
 def _culprit_record(verdict: Mapping[str, Any], culprit: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -289,15 +351,24 @@ def _culprit_record(verdict: Mapping[str, Any], culprit: Mapping[str, Any]) -> M
     call = None if record["role"] in ("parameter", "buffer", "parameter_grad", "optimizer_state") else culprit.get("call")
     transform = None
     for unit in _units(verdict):
-        if all(unit.get(k) == culprit.get(k) for k in ("step", "rank", "stage", "call")) and \
-                _route_of(unit.get("a")) == _route_of(culprit.get("a")):
-            transform = next((r.get("transform") for r in unit.get("records", [])
-                              if r.get("role") == record["role"] and r.get("slot") == record["slot"]), None)
+        if all(unit.get(k) == culprit.get(k) for k in ("step", "rank", "stage", "call")) and _route_of(
+            unit.get("a")
+        ) == _route_of(culprit.get("a")):
+            transform = next(
+                (
+                    r.get("transform")
+                    for r in unit.get("records", [])
+                    if r.get("role") == record["role"] and r.get("slot") == record["slot"]
+                ),
+                None,
+            )
             break
     return {"role": record["role"], "slot": record["slot"], "call": call, "transform": transform}
 
 
-def _find_array(trace: Trace, route: str, stage: str, step: int, role: str, slot: str, call: int | None) -> tuple[int, str] | None:
+def _find_array(
+    trace: Trace, route: str, stage: str, step: int, role: str, slot: str, call: int | None
+) -> tuple[int, str] | None:
     """(rank, array name) of the record of ``route`` with this stage, step, role, slot and call, if
     it kept its data (a deduplicated record names the array of its first occurrence)."""
     for rank in trace.ranks:
@@ -316,14 +387,17 @@ def _find_array(trace: Trace, route: str, stage: str, step: int, role: str, slot
     return None
 
 
-def _elementwise_section(verdict: Mapping[str, Any], culprit: Mapping[str, Any] | None, trace_a: Trace | None,
-                         trace_b: Trace | None) -> str:
+def _elementwise_section(
+    verdict: Mapping[str, Any], culprit: Mapping[str, Any] | None, trace_a: Trace | None, trace_b: Trace | None
+) -> str:
     if culprit is None:
         return ""
     if trace_a is None or trace_b is None:
-        return ('<section><h2>Element-wise error of the culprit</h2><p class="note">Pass the two traces '
-                '(<code>tracespec report VERDICT --traces A B</code>, or <code>tracespec diff A B --html</code>) '
-                'to see the element-wise error.</p></section>')
+        return (
+            '<section><h2>Element-wise error of the culprit</h2><p class="note">Pass the two traces '
+            "(<code>tracespec report VERDICT --traces A B</code>, or <code>tracespec diff A B --html</code>) "
+            "to see the element-wise error.</p></section>"
+        )
     record = _culprit_record(verdict, culprit)
     if record is None:
         return ""
@@ -334,11 +408,12 @@ def _elementwise_section(verdict: Mapping[str, Any], culprit: Mapping[str, Any] 
     found_b = _find_array(trace_b, str(_route_of(culprit.get("b"))), stage, step, role, slot, call_b)
     what = f"{role}[{slot}]" + (f" call {call}" if call is not None else "")
     if found_a is None or found_b is None:
-        return (f'<section><h2>Element-wise error of the culprit</h2><p class="note">{escape(what)}: one of '
-                'the traces did not keep this tensor\'s data (statistics or hash level).</p></section>')
+        return (
+            f'<section><h2>Element-wise error of the culprit</h2><p class="note">{escape(what)}: one of '
+            "the traces did not keep this tensor's data (statistics or hash level).</p></section>"
+        )
     transpose = "transpose" in str(record.get("transform", "")).lower()
-    err = elementwise_error(trace_a, found_a[1], trace_b, found_b[1], rank_a=found_a[0], rank_b=found_b[0],
-                            transpose_b=transpose)
+    err = elementwise_error(trace_a, found_a[1], trace_b, found_b[1], rank_a=found_a[0], rank_b=found_b[0], transpose_b=transpose)
     if err is None:
         return ""
     return _elementwise_html(what, err)
@@ -348,12 +423,19 @@ def _elementwise_html(what: str, err: ElementwiseError) -> str:
     counts, labels = err.histogram()
     shape = "×".join(map(str, err.shape)) or "scalar"
     hist = histogram(counts, labels, title=f"|A − B| of {what}", x_label="absolute error (power of ten)")
-    heat = heatmap(err.heatmap, title=f"max |A − B| per cell ({shape})",
-                   row_label=f"leading axes ({err.rows} rows)", col_label=f"last axis ({err.cols})")
-    facts = (f"{err.count} elements, {err.zero} equal, max |A − B| = {err.max_abs:.4g}, "
-             f"mean |A − B| = {err.mean_abs:.4g}" + (f", {err.nonfinite} non-finite" if err.nonfinite else ""))
-    return (f'<section id="elementwise"><h2>Element-wise error of the culprit</h2>'
-            f'<p class="note">{escape(facts)}</p><div class="panels">{hist}{heat}</div></section>')
+    heat = heatmap(
+        err.heatmap,
+        title=f"max |A − B| per cell ({shape})",
+        row_label=f"leading axes ({err.rows} rows)",
+        col_label=f"last axis ({err.cols})",
+    )
+    facts = f"{err.count} elements, {err.zero} equal, max |A − B| = {err.max_abs:.4g}, mean |A − B| = {err.mean_abs:.4g}" + (
+        f", {err.nonfinite} non-finite" if err.nonfinite else ""
+    )
+    return (
+        f'<section id="elementwise"><h2>Element-wise error of the culprit</h2>'
+        f'<p class="note">{escape(facts)}</p><div class="panels">{hist}{heat}</div></section>'
+    )
 
 
 def _culprit_html(culprit: Mapping[str, Any] | None, hint: str | None) -> str:
@@ -367,8 +449,11 @@ def _culprit_html(culprit: Mapping[str, Any] | None, hint: str | None) -> str:
         ("kind", str(culprit.get("kind", ""))),
         ("stage", f"{culprit.get('stage')}, step {culprit.get('step')}, rank {culprit.get('rank')}"),
     ]
-    group = [" + ".join(str(r) or "(root)" for r in side.get("routes") or []) for side in
-             (culprit.get("a") or {}, culprit.get("b") or {}) if isinstance(side, Mapping)]
+    group = [
+        " + ".join(str(r) or "(root)" for r in side.get("routes") or [])
+        for side in (culprit.get("a") or {}, culprit.get("b") or {})
+        if isinstance(side, Mapping)
+    ]
     if any(group):
         rows.append((f"{culprit.get('alignment') or 'group'} group", "  ↔  ".join(group)))
     for side, label in (("a", "op called by"), ("b", "in B, called by")):
@@ -384,8 +469,10 @@ def _culprit_html(culprit: Mapping[str, Any] | None, hint: str | None) -> str:
     rows.extend((k, _fmt(metrics[k])) for k in _SHOWN_METRICS if metrics.get(k) is not None)
     body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows)
     hint_html = f"<p><b>Next:</b> {escape(hint)}</p>" if hint else ""
-    return (f'<section id="culprit-box"><h2>First divergence: <span class="route">{escape(route_a or "(root)")}'
-            f'</span></h2><table class="kv">{body}</table>{hint_html}</section>')
+    return (
+        f'<section id="culprit-box"><h2>First divergence: <span class="route">{escape(route_a or "(root)")}'
+        f'</span></h2><table class="kv">{body}</table>{hint_html}</section>'
+    )
 
 
 def _unmatched_html(verdict: Mapping[str, Any]) -> str:
@@ -394,8 +481,10 @@ def _unmatched_html(verdict: Mapping[str, Any]) -> str:
         return ""
     shown = items[:200]
     rows = "".join(
-        f"<tr><td>{escape(str(u.get('side', '')))}</td><td class=\"route\">{escape(str(u.get('route', '')))}</td>"
-        f"<td>{escape(str(u.get('reason', '')))}</td></tr>" for u in shown)
+        f'<tr><td>{escape(str(u.get("side", "")))}</td><td class="route">{escape(str(u.get("route", "")))}</td>'
+        f"<td>{escape(str(u.get('reason', '')))}</td></tr>"
+        for u in shown
+    )
     more = f'<p class="note">… and {len(items) - len(shown)} more</p>' if len(items) > len(shown) else ""
     return f'<section><h2>Unmatched nodes ({len(items)})</h2><table class="kv">{rows}</table>{more}</section>'
 
@@ -410,7 +499,9 @@ def _describe_tolerances(tolerances: Mapping[str, Any]) -> str:
     if isinstance(by_dtype, Mapping):
         parts.extend(
             f"{dtype}{' rel RMSE ' + _fmt(t.get('rel_rmse')) if norm else ''} rtol {_fmt(t.get('rtol'))} atol {_fmt(t.get('atol'))}"
-            for dtype, t in by_dtype.items() if isinstance(t, Mapping))
+            for dtype, t in by_dtype.items()
+            if isinstance(t, Mapping)
+        )
     overrides = tolerances.get("overrides")
     if overrides:
         parts.append(f"{len(overrides)} per-route override(s)")
@@ -427,17 +518,26 @@ def _summary(verdict: Mapping[str, Any]) -> list[tuple[str, str]]:
     coverage = verdict.get("coverage")
     if isinstance(coverage, Mapping):
         ranks = coverage.get("ranks")
-        for rank, doc in (ranks.items() if isinstance(ranks, Mapping) else ()):
+        for rank, doc in ranks.items() if isinstance(ranks, Mapping) else ():
             calls = doc.get("calls") if isinstance(doc, Mapping) else None
             if isinstance(calls, Mapping):
                 by_method = calls.get("by_method")
                 methods = by_method if isinstance(by_method, Mapping) else {}
-                low = " — LOW COVERAGE: the verdict says nothing about the rest" if (calls.get("fraction_a") or 0) < LOW_COVERAGE else ""
-                rows.append((f"rank {rank} calls", f"compared {calls.get('compared_a')} of {calls.get('leaf_a')} leaf calls of A "
-                             f"({_fmt((calls.get('fraction_a') or 0) * 100)}%), {calls.get('compared_b')} of {calls.get('leaf_b')} of B; "
-                             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in methods.items() if v) + low))
-        rows.append(("coverage", ", ".join(f"{k} {_fmt(v)}" for k, v in coverage.items()
-                                           if not isinstance(v, (Mapping, list)))))
+                low = (
+                    " — LOW COVERAGE: the verdict says nothing about the rest"
+                    if (calls.get("fraction_a") or 0) < LOW_COVERAGE
+                    else ""
+                )
+                rows.append(
+                    (
+                        f"rank {rank} calls",
+                        f"compared {calls.get('compared_a')} of {calls.get('leaf_a')} leaf calls of A "
+                        f"({_fmt((calls.get('fraction_a') or 0) * 100)}%), {calls.get('compared_b')} of {calls.get('leaf_b')} of B; "
+                        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in methods.items() if v)
+                        + low,
+                    )
+                )
+        rows.append(("coverage", ", ".join(f"{k} {_fmt(v)}" for k, v in coverage.items() if not isinstance(v, (Mapping, list)))))
     tolerances = verdict.get("tolerances")
     if isinstance(tolerances, Mapping):
         rows.append(("tolerances", _describe_tolerances(tolerances)))
@@ -492,4 +592,3 @@ def write_html(
     out = Path(path)
     out.write_text(render_html(verdict, trace_a, trace_b), encoding="utf-8")
     return out
-

@@ -92,7 +92,9 @@ def _growth_lines(verdict: Verdict) -> list[str]:
         if rel:
             bar = "█" * max(1, round(30 * (math.log10(rel) - floor) / max(top - floor, 1e-9)))
         call = f"#{point['call']}" if point["call"] else ""
-        lines.append(f"  {(point['route'] or '(root)') + call:<{width + 3}} {format_number(rel):>9}  {_MARK[point['status']]} {bar}")
+        lines.append(
+            f"  {(point['route'] or '(root)') + call:<{width + 3}} {format_number(rel):>9}  {_MARK[point['status']]} {bar}"
+        )
     return lines
 
 
@@ -113,17 +115,24 @@ def _timeline_lines(verdict: Verdict) -> list[str]:
         bar = _SPARK[min(len(_SPARK) - 1, max(0, round(position * (len(_SPARK) - 1))))]
         line += click.style(bar, fg="red") if any(p["diverged"] for p in column) else bar
     per = "" if len(series) <= _SPARK_WIDTH else f", {len(series) / len(columns):.3g} steps per bar"
-    title = (f"Over {len(series)} steps ({series[0]['step']} to {series[-1]['step']}; worst ratio to tolerance per "
-             f"step, log scale{per}):")
+    title = (
+        f"Over {len(series)} steps ({series[0]['step']} to {series[-1]['step']}; worst ratio to tolerance per "
+        f"step, log scale{per}):"
+    )
     lines = [title, f"  {line}"]
     diverged = [p for p in series if p["diverged"]]
     if diverged:
         first = diverged[0]
         culprit = first["first"]
-        where = f"; {culprit['route'] or '(root)'} ({culprit['class_name']}) {culprit['kind']} it in {culprit['stage']}" \
-            if culprit else ""
-        lines.append(f"  first divergent step {first['step']}: {first['diverged']} of {first['records']} record pairs "
-                     f"diverged{where}; {len(diverged)} of {len(series)} steps diverge")
+        where = (
+            f"; {culprit['route'] or '(root)'} ({culprit['class_name']}) {culprit['kind']} it in {culprit['stage']}"
+            if culprit
+            else ""
+        )
+        lines.append(
+            f"  first divergent step {first['step']}: {first['diverged']} of {first['records']} record pairs "
+            f"diverged{where}; {len(diverged)} of {len(series)} steps diverge"
+        )
     else:
         lines.append(f"  no step diverges (worst ratio {format_number(max(levels))})")
     if verdict.selection.get("first_step_only") and diverged:
@@ -139,12 +148,16 @@ def _benign_lines(verdict: Verdict) -> list[str]:
     inherited = [b for b in verdict.benign if b["kind"] == "inherited"]
     lines = ["Benign differences (passed; see 'benign' in --json):"]
     for item in kinks:
-        lines.append(f"  {item['stage']} {item['route'] or '(root)'} ({item['class_name']}) {item['role']}[{item['slot']}]: "
-                     f"{item['count']} kink flip(s) where {item['where']}")
+        lines.append(
+            f"  {item['stage']} {item['route'] or '(root)'} ({item['class_name']}) {item['role']}[{item['slot']}]: "
+            f"{item['count']} kink flip(s) where {item['where']}"
+        )
     if inherited:
         worst = max(inherited, key=lambda b: b["rel_rmse"])
-        lines.append(f"  {len(inherited)} tensor(s) inherited them (worst rel RMSE {format_number(worst['rel_rmse'])} at "
-                     f"{worst['route'] or '(root)'} {worst['role']}[{worst['slot']}])")
+        lines.append(
+            f"  {len(inherited)} tensor(s) inherited them (worst rel RMSE {format_number(worst['rel_rmse'])} at "
+            f"{worst['route'] or '(root)'} {worst['role']}[{worst['slot']}])"
+        )
     return lines
 
 
@@ -153,35 +166,54 @@ def render_text(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
     worst nodes, the error growth, benign differences, tolerances and the unmatched list."""
     out: list[str] = []
     a, b = verdict.a, verdict.b
-    out.append(f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip() +
-               f"  vs  B {b['path']} ({b['framework']} {b['framework_version'] or ''})".rstrip())
+    out.append(
+        f"A {a['path']} ({a['framework']} {a['framework_version'] or ''})".rstrip()
+        + f"  vs  B {b['path']} ({b['framework']} {b['framework_version'] or ''})".rstrip()
+    )
     incomplete = [side for side, trace in (("A", a), ("B", b)) if not trace["complete"]]
     for side in incomplete:
-        cut = [f"{what} {verdict.coverage.get(f'{what}_only_{other}')}" for what in ("steps", "ranks")
-               for other in ("a", "b") if verdict.coverage.get(f"{what}_only_{other}") and other != side.lower()]
-        out.append(click.style(
-            f"warning: {side} is INCOMPLETE (a writer did not close); compared what both hold"
-            + (f"; not compared: {', '.join(cut)} (only in {'B' if side == 'A' else 'A'})" if cut else ""),
-            fg="yellow", bold=True))
+        cut = [
+            f"{what} {verdict.coverage.get(f'{what}_only_{other}')}"
+            for what in ("steps", "ranks")
+            for other in ("a", "b")
+            if verdict.coverage.get(f"{what}_only_{other}") and other != side.lower()
+        ]
+        out.append(
+            click.style(
+                f"warning: {side} is INCOMPLETE (a writer did not close); compared what both hold"
+                + (f"; not compared: {', '.join(cut)} (only in {'B' if side == 'A' else 'A'})" if cut else ""),
+                fg="yellow",
+                bold=True,
+            )
+        )
     low = []
     for rank, cov in verdict.coverage["ranks"].items():
         calls = cov["calls"]
         methods = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in calls["by_method"].items() if v)
-        out.append(f"rank {rank}: compared {calls['compared_a']} of {calls['leaf_a']} leaf calls of A ({calls['fraction_a']:.0%}) "
-                   f"and {calls['compared_b']} of {calls['leaf_b']} of B ({calls['fraction_b']:.0%})"
-                   + (f"; aligned by {methods}" if methods else ""))
+        out.append(
+            f"rank {rank}: compared {calls['compared_a']} of {calls['leaf_a']} leaf calls of A ({calls['fraction_a']:.0%}) "
+            f"and {calls['compared_b']} of {calls['leaf_b']} of B ({calls['fraction_b']:.0%})"
+            + (f"; aligned by {methods}" if methods else "")
+        )
         for side, other in (("A", "B"), ("B", "A")):
             if calls.get(f"boundary_{side.lower()}"):
-                out.append(f"  {calls[f'boundary_{side.lower()}']} of {side}'s leaf calls compared only at the boundary of a call "
-                           f"that holds several of them, where {other} records no call inside (a region compiled as one graph, "
-                           "a module recorded without its children)")
+                out.append(
+                    f"  {calls[f'boundary_{side.lower()}']} of {side}'s leaf calls compared only at the boundary of a call "
+                    f"that holds several of them, where {other} records no call inside (a region compiled as one graph, "
+                    "a module recorded without its children)"
+                )
         if calls["fraction_a"] < LOW_COVERAGE:
             low.append(f"rank {rank}: {calls['fraction_a']:.0%}")
     if low:
-        out.append(click.style(
-            f"warning: LOW COVERAGE ({', '.join(low)} of A's leaf calls compared): the verdict says nothing about the rest. "
-            "Read 'Unmatched' below; write the alignment found with --save-map map.yaml, correct it, and pass it back "
-            "with --layer-map map.yaml.", fg="yellow", bold=True))
+        out.append(
+            click.style(
+                f"warning: LOW COVERAGE ({', '.join(low)} of A's leaf calls compared): the verdict says nothing about the rest. "
+                "Read 'Unmatched' below; write the alignment found with --save-map map.yaml, correct it, and pass it back "
+                "with --layer-map map.yaml.",
+                fg="yellow",
+                bold=True,
+            )
+        )
     s = verdict.summary
     out.append(
         f"compared {verdict.coverage['records_compared']} tensor pairs in {s['units']} calls: "
@@ -195,8 +227,11 @@ def render_text(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
         shares = [cov["calls"]["fraction_a"] for cov in verdict.coverage["ranks"].values()]
         share = f" in the {min(shares):.0%} of A's leaf calls compared" if shares and min(shares) < 1 else ""
         caveats = (["LOW COVERAGE"] if low else []) + [f"{side} INCOMPLETE" for side in incomplete]
-        out.append(click.style("PASS", fg="green", bold=True) + f": no divergence{share}"
-                   + (click.style(f" ({', '.join(caveats)}, see above)", fg="yellow", bold=True) if caveats else ""))
+        out.append(
+            click.style("PASS", fg="green", bold=True)
+            + f": no divergence{share}"
+            + (click.style(f" ({', '.join(caveats)}, see above)", fg="yellow", bold=True) if caveats else "")
+        )
     else:
         kind = "INTRODUCED it" if first["kind"] == "introduced" else "inherited it (see below)"
         out.append(
@@ -207,12 +242,19 @@ def render_text(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
         if first["b"]["route"] != first["a"]["route"] or "routes" in first["b"]:
             out.append(f"  in B: {describe_side(first['b'])}")
         if "routes" in first["a"]:
-            out.append(f"  ({first['alignment']}: compared at the group's boundary, the first member's inputs and the last one's outputs)")
+            out.append(
+                f"  ({first['alignment']}: compared at the group's boundary, the first member's inputs and the last one's outputs)"
+            )
         if first["record"]:
             mismatch = first.get("mismatch")
-            measured = (f"shape {mismatch['shape']['a']} {mismatch['dtype']['a']} in A, "
-                        f"{mismatch['shape']['b']} {mismatch['dtype']['b']} in B") if mismatch else \
-                describe_metrics(first["metrics"], verdict.tolerances)
+            measured = (
+                (
+                    f"shape {mismatch['shape']['a']} {mismatch['dtype']['a']} in A, "
+                    f"{mismatch['shape']['b']} {mismatch['dtype']['b']} in B"
+                )
+                if mismatch
+                else describe_metrics(first["metrics"], verdict.tolerances)
+            )
             out.append(f"  {first['record']['role']}[{first['record']['slot']}]: {measured}")
         if first["evidence"]:
             out.append(f"  evidence: {first['evidence']}")
@@ -229,7 +271,9 @@ def render_text(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
             out.append(f"Worst nodes ({worst[0]['stage']}; worst element × elementwise tolerance):")
             for item in worst[:top]:
                 ratio = item["metrics"].get("tolerance_ratio") if item["metrics"] else None
-                out.append(f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{format_number(ratio)}  {item['divergence'] or ''}")
+                out.append(
+                    f"  {item['stage']:<8} {item['route'] or '(root)'}  ×{format_number(ratio)}  {item['divergence'] or ''}"
+                )
     if brief:
         unmatched = f"{len(verdict.unmatched)} unmatched node(s) or call(s) (--json has them); " if verdict.unmatched else ""
         out.append("")
@@ -248,12 +292,17 @@ def render_text(verdict: Verdict, top: int = 5, brief: bool = False) -> str:
     by_dtype = "; ".join(_dtype_tolerance(d, t, tol["mode"]) for d, t in tol["by_dtype"].items())
     out.append("")
     slack = f" (each element within ×{tol['element_slack']:g} rtol/atol)" if tol["mode"] == "norm" else ""
-    out.append(f"Tolerances: mode {tol['mode']}{slack}" + (f"; {by_dtype}" if by_dtype else "") +
-               (f"; {len(tol['overrides'])} route override(s)" if tol["overrides"] else ""))
+    out.append(
+        f"Tolerances: mode {tol['mode']}{slack}"
+        + (f"; {by_dtype}" if by_dtype else "")
+        + (f"; {len(tol['overrides'])} route override(s)" if tol["overrides"] else "")
+    )
     if tol.get("baseline"):
         base = tol["baseline"]
-        out.append(f"Baseline {base['path']}: {base['records']} tensor(s) allowed up to ×{base['factor']:g} "
-                   "their measured noise |A - A2| (the 'baseline' of each record in --json)")
+        out.append(
+            f"Baseline {base['path']}: {base['records']} tensor(s) allowed up to ×{base['factor']:g} "
+            "their measured noise |A - A2| (the 'baseline' of each record in --json)"
+        )
     if verdict.unmatched:
         out.append(f"Unmatched nodes: {len(verdict.unmatched)}")
         for item in verdict.unmatched[:5]:

@@ -138,10 +138,13 @@ def _mlp_spec() -> ModelSpec:
         return {"": [out], "fc1": [h1], "act": [a], "fc2": [out]}
 
     return ModelSpec(
-        "mlp", weights,
+        "mlp",
+        weights,
         (("", "MLP", None), ("fc1", "Linear", ""), ("act", "ReLU", ""), ("fc2", "Linear", "")),
         lambda rng: ((rng.standard_normal((3, 6)).astype(np.float32),), {}),
-        ("0",), reference, "Linear(6,16) -> ReLU -> Linear(16,4)",
+        ("0",),
+        reference,
+        "Linear(6,16) -> ReLU -> Linear(16,4)",
     )
 
 
@@ -149,12 +152,18 @@ def _block_spec() -> ModelSpec:
     rng = np.random.default_rng(2)
     d = 8
     weights = {
-        "ln1.weight": 1 + _w(rng, d, scale=0.1), "ln1.bias": _w(rng, d, scale=0.1),
-        "attn.qkv.weight": _w(rng, d, 3 * d), "attn.qkv.bias": _w(rng, 3 * d, scale=0.1),
-        "attn.proj.weight": _w(rng, d, d), "attn.proj.bias": _w(rng, d, scale=0.1),
-        "ln2.weight": 1 + _w(rng, d, scale=0.1), "ln2.bias": _w(rng, d, scale=0.1),
-        "mlp.fc1.weight": _w(rng, d, 4 * d), "mlp.fc1.bias": _w(rng, 4 * d, scale=0.1),
-        "mlp.fc2.weight": _w(rng, 4 * d, d), "mlp.fc2.bias": _w(rng, d, scale=0.1),
+        "ln1.weight": 1 + _w(rng, d, scale=0.1),
+        "ln1.bias": _w(rng, d, scale=0.1),
+        "attn.qkv.weight": _w(rng, d, 3 * d),
+        "attn.qkv.bias": _w(rng, 3 * d, scale=0.1),
+        "attn.proj.weight": _w(rng, d, d),
+        "attn.proj.bias": _w(rng, d, scale=0.1),
+        "ln2.weight": 1 + _w(rng, d, scale=0.1),
+        "ln2.bias": _w(rng, d, scale=0.1),
+        "mlp.fc1.weight": _w(rng, d, 4 * d),
+        "mlp.fc1.bias": _w(rng, 4 * d, scale=0.1),
+        "mlp.fc2.weight": _w(rng, 4 * d, d),
+        "mlp.fc2.bias": _w(rng, d, scale=0.1),
     }
 
     def attention(spec: ModelSpec, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,27 +189,53 @@ def _block_spec() -> ModelSpec:
         fc2 = _linear(act, spec.linear("mlp.fc2"))
         out = h + fc2
         return {
-            "": [out], "ln1": [ln1], "attn": [attn], "attn.qkv": [qkv], "attn.proj": [proj],
-            "attn.drop": [proj], "ln2": [ln2], "mlp": [fc2], "mlp.fc1": [fc1], "mlp.act": [act],
-            "mlp.fc2": [fc2], "mlp.drop": [fc2],
+            "": [out],
+            "ln1": [ln1],
+            "attn": [attn],
+            "attn.qkv": [qkv],
+            "attn.proj": [proj],
+            "attn.drop": [proj],
+            "ln2": [ln2],
+            "mlp": [fc2],
+            "mlp.fc1": [fc1],
+            "mlp.act": [act],
+            "mlp.fc2": [fc2],
+            "mlp.drop": [fc2],
         }
 
     tree = (
-        ("", "Block", None), ("ln1", "LayerNorm", ""), ("attn", "SelfAttention", ""),
-        ("attn.qkv", "Linear", "attn"), ("attn.proj", "Linear", "attn"), ("attn.drop", "Dropout", "attn"),
-        ("ln2", "LayerNorm", ""), ("mlp", "FeedForward", ""), ("mlp.fc1", "Linear", "mlp"),
-        ("mlp.act", "GELU", "mlp"), ("mlp.fc2", "Linear", "mlp"), ("mlp.drop", "Dropout", "mlp"),
+        ("", "Block", None),
+        ("ln1", "LayerNorm", ""),
+        ("attn", "SelfAttention", ""),
+        ("attn.qkv", "Linear", "attn"),
+        ("attn.proj", "Linear", "attn"),
+        ("attn.drop", "Dropout", "attn"),
+        ("ln2", "LayerNorm", ""),
+        ("mlp", "FeedForward", ""),
+        ("mlp.fc1", "Linear", "mlp"),
+        ("mlp.act", "GELU", "mlp"),
+        ("mlp.fc2", "Linear", "mlp"),
+        ("mlp.drop", "Dropout", "mlp"),
     )
     return ModelSpec(
-        "block", weights, tree,
+        "block",
+        weights,
+        tree,
         lambda rng: ((rng.standard_normal((2, 5, d)).astype(np.float32),), {}),
-        ("0",), reference, "pre-norm transformer block, causal attention, dropout 0.1",
+        ("0",),
+        reference,
+        "pre-norm transformer block, causal attention, dropout 0.1",
     )
 
 
 def _tricky_spec() -> ModelSpec:
     rng = np.random.default_rng(3)
-    weights = {"proj.weight": _w(rng, 4, 4), "proj.bias": _w(rng, 4), "head.gate.weight": _w(rng, 4, 4), "head.gate.bias": _w(rng, 4)}
+    weights = {
+        "proj.weight": _w(rng, 4, 4),
+        "proj.bias": _w(rng, 4),
+        "head.gate.weight": _w(rng, 4, 4),
+        "head.gate.bias": _w(rng, 4),
+    }
 
     def make_inputs(rng: np.random.Generator) -> tuple[tuple[Any, ...], dict[str, Any]]:
         x = rng.standard_normal((3, 4)).astype(np.float32)
@@ -218,7 +253,12 @@ def _tricky_spec() -> ModelSpec:
 
     tree = (("", "Tricky", None), ("proj", "Linear", ""), ("head", "Head", ""), ("head.gate", "Linear", "head"))
     return ModelSpec(
-        "tricky", weights, tree, make_inputs, ("0.0", "offset"), reference,
+        "tricky",
+        weights,
+        tree,
+        make_inputs,
+        ("0.0", "offset"),
+        reference,
         "shared module called twice, nested and keyword inputs, dict/tuple/int outputs",
     )
 
@@ -241,7 +281,8 @@ class TraceView:
     def records(self, route: str | None = None, **where: Any) -> list[dict[str, Any]]:
         """Tensor records, filtered by route and by any column (``role=``, ``step=``...)."""
         return [
-            r for r in self.tensors
+            r
+            for r in self.tensors
             if (route is None or self.route_of[r["node"]] == route) and all(r[k] == v for k, v in where.items())
         ]
 
@@ -256,14 +297,19 @@ class TraceView:
 
     def calls_of(self, route: str, stage: str, step: int = 0) -> list[dict[str, Any]]:
         node = self.node_of[route]
-        return sorted((c for c in self.calls if c["node"] == node and c["stage"] == stage and c["step"] == step), key=lambda c: c["call"])
+        return sorted(
+            (c for c in self.calls if c["node"] == node and c["stage"] == stage and c["step"] == step), key=lambda c: c["call"]
+        )
 
 
 def tree_shape(trace_path: Path) -> list[tuple[str, str, str | None, int]]:
     """``(route, class_name, parent route, position)`` of every node: what two frameworks'
     traces of the same model must agree on."""
     view = TraceView(trace_path)
-    return [(n["route"], n["class_name"], None if n["parent"] is None else view.route_of[n["parent"]], n["position"]) for n in view.nodes]
+    return [
+        (n["route"], n["class_name"], None if n["parent"] is None else view.route_of[n["parent"]], n["position"])
+        for n in view.nodes
+    ]
 
 
 @dataclass
@@ -403,8 +449,16 @@ class AdapterTests(ABC):
         size = math.prod(shape)
         return np.linspace(-1.0, 1.0, size, dtype=np.float32).reshape(shape)
 
-    def run(self, spec: ModelSpec, path: Path | None = None, *, train: bool = False, steps: int = 1,
-            optimizer: bool = False, **options: Any) -> RunResult:
+    def run(
+        self,
+        spec: ModelSpec,
+        path: Path | None = None,
+        *,
+        train: bool = False,
+        steps: int = 1,
+        optimizer: bool = False,
+        **options: Any,
+    ) -> RunResult:
         """Build the model, run ``steps`` forward/backward steps (recorded into ``path`` if given)."""
         self.seed(1234)
         model = self.build(spec)
@@ -421,7 +475,9 @@ class AdapterTests(ABC):
                 output = model(*args, **kwargs)
                 loss = self.loss_of(output)
                 self.backward(loss)
-                result.outputs.append([(s, self.to_numpy(v) if self.is_tensor(v) else v) for s, v in flatten(output, "", self.is_tensor)])
+                result.outputs.append(
+                    [(s, self.to_numpy(v) if self.is_tensor(v) else v) for s, v in flatten(output, "", self.is_tensor)]
+                )
                 result.losses.append(self.to_numpy(loss))
                 result.input_grads.append({s: g for s, t in self._leaves.items() if (g := self.input_grad(t)) is not None})
                 params = self.parameters(model)
@@ -465,7 +521,7 @@ class AdapterTests(ABC):
         assert [(route, cls, parent) for route, cls, parent, _ in tree_shape(tmp_path / "trace")] == list(spec.tree)
         assert view.trace.manifest.framework == self.framework
         positions: dict[str | None, list[int]] = {}
-        for route, _, parent, position in tree_shape(tmp_path / "trace"):
+        for _route, _, parent, position in tree_shape(tmp_path / "trace"):
             positions.setdefault(parent, []).append(position)
         assert all(p == list(range(len(p))) for p in positions.values())
 
@@ -515,7 +571,9 @@ class AdapterTests(ABC):
                 for slot, leaf in flatten(value, "", lambda v: isinstance(v, np.ndarray)):
                     record = view.one(route, role="output", stage="forward", call=call, slot=slot)
                     if isinstance(leaf, np.ndarray):
-                        np.testing.assert_allclose(view.array(record), leaf, atol=self.atol, rtol=1e-5, err_msg=f"{route}[{call}] {slot}")
+                        np.testing.assert_allclose(
+                            view.array(record), leaf, atol=self.atol, rtol=1e-5, err_msg=f"{route}[{call}] {slot}"
+                        )
                         assert record["dtype"] == "float32"
                     else:
                         assert record["dtype"] is None and record["value"] == repr(leaf)
@@ -568,9 +626,12 @@ class AdapterTests(ABC):
         g_act_out = g_out @ w2.T
         g_fc1_out = g_act_out * (h1 > 0)
         checks = {
-            ("fc2", "grad_output"): g_out, ("fc2", "grad_input"): g_act_out,
-            ("act", "grad_output"): g_act_out, ("act", "grad_input"): g_fc1_out,
-            ("fc1", "grad_output"): g_fc1_out, ("fc1", "grad_input"): g_fc1_out @ w1.T,
+            ("fc2", "grad_output"): g_out,
+            ("fc2", "grad_input"): g_act_out,
+            ("act", "grad_output"): g_act_out,
+            ("act", "grad_input"): g_fc1_out,
+            ("fc1", "grad_output"): g_fc1_out,
+            ("fc1", "grad_input"): g_fc1_out @ w1.T,
         }
         for (route, role), expected in checks.items():
             got = view.array(view.one(route, role=role, stage="backward", slot="0"))
@@ -596,13 +657,19 @@ class AdapterTests(ABC):
         view, result = self.record(spec, tmp_path, steps=2, optimizer=True)
         assert view.trace.steps == [0, 1]
         for step in (0, 1):
-            after = {f"{view.route_of[r['node']]}.{r['slot']}": view.array(r) for r in view.records(role="parameter", stage="update", step=step)}
+            after = {
+                f"{view.route_of[r['node']]}.{r['slot']}": view.array(r)
+                for r in view.records(role="parameter", stage="update", step=step)
+            }
             assert after.keys() == result.parameters_after[step].keys()
             for key, value in result.parameters_after[step].items():
                 np.testing.assert_array_equal(after[key], value, err_msg=key)
             state = view.records(role="optimizer_state", stage="update", step=step)
             assert {f"{view.route_of[r['node']]}.{r['slot'].rpartition('.')[0]}" for r in state} == set(spec.weights)
-        before_1 = {f"{view.route_of[r['node']]}.{r['slot']}": view.array(r) for r in view.records(role="parameter", stage="forward", step=1)}
+        before_1 = {
+            f"{view.route_of[r['node']]}.{r['slot']}": view.array(r)
+            for r in view.records(role="parameter", stage="forward", step=1)
+        }
         for key, value in result.parameters_after[0].items():
             np.testing.assert_array_equal(before_1[key], value, err_msg=f"step 1 forward uses the updated {key}")
         grads_1 = {f"{view.route_of[r['node']]}.{r['slot']}": view.array(r) for r in view.records(role="parameter_grad", step=1)}
@@ -632,6 +699,7 @@ class AdapterTests(ABC):
         full, _ = self.record(spec, tmp_path, name="full", capture="full")
         stats, _ = self.record(spec, tmp_path, name="stats", capture="stats")
         hashed, _ = self.record(spec, tmp_path, name="hash", capture="hash")
+
         def key(r: dict[str, Any]) -> tuple[Any, ...]:
             return (r["step"], r["stage"], r["node"], r["call"], r["role"], r["slot"])
 
@@ -671,7 +739,9 @@ class AdapterTests(ABC):
 
     def test_roles_and_levels_per_selection(self, tmp_path: Path) -> None:
         spec = SPECS["mlp"]
-        view, _ = self.record(spec, tmp_path, capture="hash", roles=["outputs", "grads"], levels={"grad_input": "stats", "fc2": "full"})
+        view, _ = self.record(
+            spec, tmp_path, capture="hash", roles=["outputs", "grads"], levels={"grad_input": "stats", "fc2": "full"}
+        )
         assert {r["role"] for r in view.tensors} == {"output", "grad_output", "grad_input", "parameter_grad"}
         for r in view.tensors:
             route = view.route_of[r["node"]]
@@ -699,10 +769,9 @@ class AdapterTests(ABC):
         spec = SPECS["mlp"]
         model = self.build(spec)
         args, kwargs, _ = self.inputs(spec)
-        with pytest.raises(RuntimeError, match="boom"):
-            with tracespec.record(model, tmp_path / "t", capture="full"):
-                model(*args, **kwargs)
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), tracespec.record(model, tmp_path / "t", capture="full"):
+            model(*args, **kwargs)
+            raise RuntimeError("boom")
         view = TraceView(tmp_path / "t")
         assert not view.trace.complete
         assert view.records("fc1", role="output")
@@ -733,9 +802,8 @@ class AdapterTests(ABC):
                 tracespec.record(model, tmp_path / "t", **options)
         with tracespec.record(model, tmp_path / "t"):
             pass
-        with pytest.raises(UsageError, match="overwrite"):
-            with tracespec.record(model, tmp_path / "t"):
-                pass
+        with pytest.raises(UsageError, match="overwrite"), tracespec.record(model, tmp_path / "t"):
+            pass
         with tracespec.record(model, tmp_path / "t", overwrite=True, metadata={"commit": "abc"}):
             pass
         assert tracespec.load_trace(tmp_path / "t").manifest.metadata == {"commit": "abc"}
@@ -744,8 +812,9 @@ class AdapterTests(ABC):
         spec = SPECS["tricky"]
         self.record(spec, tmp_path, capture="stats")
         # the command as a user runs it (a library of tests does not import the command line)
-        got = subprocess.run([sys.executable, "-m", "tracespec.cli", "show", str(tmp_path / "trace")],
-                             capture_output=True, text=True)
+        got = subprocess.run(
+            [sys.executable, "-m", "tracespec.cli", "show", str(tmp_path / "trace")], capture_output=True, text=True
+        )
         assert got.returncode == 0, got.stderr
         lines = got.stdout.splitlines()
         for route, cls, _ in spec.tree[1:]:
@@ -851,7 +920,9 @@ class AdapterTests(ABC):
         assert "step" not in vars(opt), "the optimizer is restored after recording"
         view = TraceView(tmp_path / "t")
         np.testing.assert_array_equal(view.array(view.one("fc1", role="parameter_grad", slot="weight")), grad)
-        np.testing.assert_array_equal(view.array(view.one("fc1", role="parameter", stage="update", slot="weight")), self.to_numpy(weight))
+        np.testing.assert_array_equal(
+            view.array(view.one("fc1", role="parameter", stage="update", slot="weight")), self.to_numpy(weight)
+        )
         momentum = view.one("fc1", role="optimizer_state", slot=f"weight.{self.momentum_slot}")
         np.testing.assert_array_equal(view.array(momentum), grad)  # the first step's momentum is the gradient
 
@@ -859,7 +930,7 @@ class AdapterTests(ABC):
         from tracespec.adapters import adapter_for
 
         model = self.linear(2, 2)
-        assert adapter_for(model).FRAMEWORK == self.framework
+        assert self.framework == adapter_for(model).FRAMEWORK
         with tracespec.record(model, tmp_path / "t") as rec:
             rec.step()
         manifest = tracespec.load_trace(tmp_path / "t").manifest

@@ -37,8 +37,14 @@ def _trace(value: TraceLike) -> Trace:
     return load_trace(path)
 
 
-def assert_matches(candidate: TraceLike, reference: TraceLike, *, report: str | os.PathLike[str] | None = None,
-                   min_coverage: float = LOW_COVERAGE, **compare_options: Any) -> Verdict:
+def assert_matches(
+    candidate: TraceLike,
+    reference: TraceLike,
+    *,
+    report: str | os.PathLike[str] | None = None,
+    min_coverage: float = LOW_COVERAGE,
+    **compare_options: Any,
+) -> Verdict:
     """Compare ``candidate`` with ``reference`` (the trusted run) and return the verdict; raise
     :class:`TraceMismatch` (an ``AssertionError``) when they diverge, when either trace is
     incomplete, or when less than ``min_coverage`` of the reference's leaf calls could be compared.
@@ -52,13 +58,20 @@ def assert_matches(candidate: TraceLike, reference: TraceLike, *, report: str | 
     problems = [] if verdict.passed else [verdict.describe()]
     for name, trace in (("reference", trace_a), ("candidate", trace_b)):
         if not trace.complete:
-            problems.append(f"the {name} trace {trace.path} is INCOMPLETE (a writer did not close): only what both hold was compared")
-    low = {rank: cov["calls"]["fraction_a"] for rank, cov in verdict.coverage["ranks"].items()
-           if cov["calls"]["fraction_a"] < min_coverage}
+            problems.append(
+                f"the {name} trace {trace.path} is INCOMPLETE (a writer did not close): only what both hold was compared"
+            )
+    low = {
+        rank: cov["calls"]["fraction_a"]
+        for rank, cov in verdict.coverage["ranks"].items()
+        if cov["calls"]["fraction_a"] < min_coverage
+    }
     if low:
         shares = ", ".join(f"rank {rank}: {share:.0%}" for rank, share in low.items())
-        problems.append(f"LOW COVERAGE: only {shares} of the reference's leaf calls could be compared "
-                        f"(min_coverage={min_coverage:g}); see the verdict's 'unmatched', or pass a layer_map")
+        problems.append(
+            f"LOW COVERAGE: only {shares} of the reference's leaf calls could be compared "
+            f"(min_coverage={min_coverage:g}); see the verdict's 'unmatched', or pass a layer_map"
+        )
     if not problems:
         return verdict
     written = None

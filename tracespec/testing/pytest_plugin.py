@@ -33,10 +33,15 @@ enough to commit, and enough to localise a divergence."""
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tracespec", "tracespec golden traces")
-    group.addoption("--tracespec-update", action="store_true", default=False,
-                    help="record the golden traces again (replacing them) instead of comparing with them")
-    group.addoption("--tracespec-report", metavar="DIR", default=None,
-                    help="write an HTML report of each failing golden comparison into DIR")
+    group.addoption(
+        "--tracespec-update",
+        action="store_true",
+        default=False,
+        help="record the golden traces again (replacing them) instead of comparing with them",
+    )
+    group.addoption(
+        "--tracespec-report", metavar="DIR", default=None, help="write an HTML report of each failing golden comparison into DIR"
+    )
     parser.addini("tracespec_golden_dir", "folder of golden traces, relative to the rootdir", default="tests/golden")
 
 
@@ -56,13 +61,22 @@ class Golden:
         self.folder = self.root / _test_folder(request.node.nodeid)
         self.update = bool(config.getoption("tracespec_update"))
         report_dir = config.getoption("tracespec_report")
-        self._report = Path(report_dir) / f"{_test_folder(request.node.nodeid).as_posix().replace('/', '.')}.html" if report_dir else None
+        self._report = (
+            Path(report_dir) / f"{_test_folder(request.node.nodeid).as_posix().replace('/', '.')}.html" if report_dir else None
+        )
         self._scratch = scratch
         self._runs = 0
 
     @contextmanager
-    def record(self, model: Any, *, name: str | None = None, golden: str | None = None,
-               compare: Mapping[str, Any] | None = None, **record_options: Any) -> Iterator[Any]:
+    def record(
+        self,
+        model: Any,
+        *,
+        name: str | None = None,
+        golden: str | None = None,
+        compare: Mapping[str, Any] | None = None,
+        **record_options: Any,
+    ) -> Iterator[Any]:
         """Record what the ``with`` block runs on ``model`` (options of :func:`tracespec.record`;
         ``capture`` defaults to ``"stats"``), then compare it with this test's golden trace: the
         test's folder, its subfolder ``name`` (for several goldens in one test), or ``golden``, a
@@ -85,8 +99,11 @@ class Golden:
             yield recorder
         if create:
             if not self.update:
-                pytest.fail(f"no golden trace at {folder}: recorded it now from this run; check that it is right, "
-                            "commit it and run again (pytest --tracespec-update records every golden again)", pytrace=False)
+                pytest.fail(
+                    f"no golden trace at {folder}: recorded it now from this run; check that it is right, "
+                    "commit it and run again (pytest --tracespec-update records every golden again)",
+                    pytrace=False,
+                )
             return
         if self._report is not None:
             self._report.parent.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,9 @@ class SyntheticRecorder:
         Passed to :class:`~tracespec.TraceWriter` (``rank``, ``world_size``, ``durable``...).
     """
 
-    def __init__(self, path: str | os.PathLike[str], framework: str = "numpy", level: str = "full",
-                 **writer_options: Any) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], framework: str = "numpy", level: str = "full", **writer_options: Any
+    ) -> None:
         writer_options.setdefault("durable", False)
         self.writer = TraceWriter(path, framework=framework, **writer_options)
         self.level = level
@@ -70,9 +71,15 @@ class SyntheticRecorder:
         self._calls: dict[tuple[str, int], int] = defaultdict(int)
 
     # ------------------------------------------------------------------ tree
-    def module(self, route: str, class_name: str, parent: int | None = None,
-               params: dict[str, np.ndarray] | None = None, kind: str = "module",
-               attrs: dict[str, Any] | None = None) -> int:
+    def module(
+        self,
+        route: str,
+        class_name: str,
+        parent: int | None = None,
+        params: dict[str, np.ndarray] | None = None,
+        kind: str = "module",
+        attrs: dict[str, Any] | None = None,
+    ) -> int:
         """Add a node (in pre-order); ``params`` are its own parameters by local name."""
         position = self._children[parent]
         self._children[parent] += 1
@@ -81,8 +88,16 @@ class SyntheticRecorder:
         return node
 
     def _tensor(self, stage: str, node: int, role: str, slot: str, array: np.ndarray, call: int | None) -> None:
-        self.writer.add_tensor(step=self.step, stage=stage, node=node, call=call, role=role, slot=slot,
-                               array=np.array(array, copy=True), level=self.level)
+        self.writer.add_tensor(
+            step=self.step,
+            stage=stage,
+            node=node,
+            call=call,
+            role=role,
+            slot=slot,
+            array=np.array(array, copy=True),
+            level=self.level,
+        )
 
     def _event(self, stage: str) -> int:
         value = self._events[stage]
@@ -110,8 +125,7 @@ class SyntheticRecorder:
         self.writer.add_call(step=self.step, stage="forward", node=node, call=call, begin=begin, end=end)
 
     # ------------------------------------------------------------------ backward and update
-    def backward(self, node: int, grad_outputs: Sequence[np.ndarray], grad_inputs: Sequence[np.ndarray],
-                 call: int = 0) -> None:
+    def backward(self, node: int, grad_outputs: Sequence[np.ndarray], grad_inputs: Sequence[np.ndarray], call: int = 0) -> None:
         """The backward of forward call ``call`` of ``node``: gradients of its outputs and inputs."""
         begin = self._event("backward")
         end = self._event("backward")

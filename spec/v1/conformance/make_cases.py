@@ -108,10 +108,18 @@ def write_small(folder: Path, **options: Any) -> None:
     with TraceWriter(folder, framework="numpy", framework_version="2.x", chunk_limit=24, **options) as w:
         root = w.add_node("", "Model")
         fc = w.add_node("fc", "Linear", parent=root, position=0)
-        w.add_tensor(step=0, stage="forward", node=fc, call=0, role="output", slot="0",
-                     array=np.arange(15, dtype=np.float32).reshape(5, 3) / 7)
-        w.add_tensor(step=0, stage="forward", node=fc, role="parameter", slot="weight",
-                     array=np.eye(3, dtype=np.float32), level="stats")
+        w.add_tensor(
+            step=0,
+            stage="forward",
+            node=fc,
+            call=0,
+            role="output",
+            slot="0",
+            array=np.arange(15, dtype=np.float32).reshape(5, 3) / 7,
+        )
+        w.add_tensor(
+            step=0, stage="forward", node=fc, role="parameter", slot="weight", array=np.eye(3, dtype=np.float32), level="stats"
+        )
         w.add_call(step=0, stage="forward", node=root, call=0, begin=0, end=2)
         w.add_call(step=0, stage="forward", node=fc, call=0, begin=1, end=1)
         w.end_step(0)
@@ -155,14 +163,17 @@ def _every_dtype(folder: Path) -> None:
             bits = rng.integers(0, 256, size=5 * 4 * dt.itemsize, dtype=np.uint8)
             if name == "bool":
                 bits &= 1
-            w.add_tensor(step=0, stage="forward", node=node, call=i, role="output", slot="0",
-                         array=bits.view(dt.numpy).reshape(5, 4))
+            w.add_tensor(
+                step=0, stage="forward", node=node, call=i, role="output", slot="0", array=bits.view(dt.numpy).reshape(5, 4)
+            )
         nan_payload = np.array([0x7FC00001, 0xFFC12345, 0x80000000], dtype=np.uint32).view(np.float32)
         w.add_tensor(step=0, stage="forward", node=node, call=100, role="output", slot="nan", array=nan_payload)
-        w.add_tensor(step=0, stage="forward", node=node, call=100, role="output", slot="scalar",
-                     array=np.array(ml_dtypes.bfloat16(-2.5)))
-        w.add_tensor(step=0, stage="forward", node=node, call=100, role="output", slot="empty",
-                     array=np.zeros((0, 7), np.float16))
+        w.add_tensor(
+            step=0, stage="forward", node=node, call=100, role="output", slot="scalar", array=np.array(ml_dtypes.bfloat16(-2.5))
+        )
+        w.add_tensor(
+            step=0, stage="forward", node=node, call=100, role="output", slot="empty", array=np.zeros((0, 7), np.float16)
+        )
         strided = np.arange(60, dtype=np.int16).reshape(6, 10)[::2, ::3]
         kept = w.add_tensor(step=0, stage="forward", node=node, call=100, role="output", slot="strided", array=strided)
         w.add_tensor(step=0, stage="forward", node=node, call=101, role="input", slot="0", same_as=kept)
@@ -185,10 +196,22 @@ def _op_nodes(folder: Path) -> None:
         attn = w.add_node("attn", "Attention", parent=root, position=0)
         fc = w.add_node("attn.fc", "Linear", parent=attn, position=0)
         ops = {}
-        for position, (name, op, line) in enumerate([("matmul", "torch.Tensor.__matmul__", 40), ("mul", "torch.Tensor.__mul__", 40),
-                                                     ("softmax", "torch.nn.functional.softmax", 41)], start=1):
-            ops[name] = w.add_node(f"attn.{name}#0", name, parent=attn, kind="op", position=position,
-                                   attrs={"op": op, "source": {"file": "/src/model.py", "line": line, "function": "forward"}})
+        for position, (name, op, line) in enumerate(
+            [
+                ("matmul", "torch.Tensor.__matmul__", 40),
+                ("mul", "torch.Tensor.__mul__", 40),
+                ("softmax", "torch.nn.functional.softmax", 41),
+            ],
+            start=1,
+        ):
+            ops[name] = w.add_node(
+                f"attn.{name}#0",
+                name,
+                parent=attn,
+                kind="op",
+                position=position,
+                attrs={"op": op, "source": {"file": "/src/model.py", "line": line, "function": "forward"}},
+            )
         w.add_tensor(step=0, stage="forward", node=fc, call=0, role="output", slot="0", array=x)
         scores = x @ x.T
         w.add_tensor(step=0, stage="forward", node=ops["matmul"], call=0, role="output", slot="0", array=scores)
@@ -222,12 +245,27 @@ def _two_ranks(folder: Path) -> None:
         with TraceWriter(folder, framework="numpy", rank=rank, world_size=2, device=f"cpu:{rank}") as w:
             node = w.add_node("", "Model")
             for step in (0, 1):
-                w.add_tensor(step=step, stage="forward", node=node, call=0, role="output", slot="0",
-                             array=np.full((2, 2), rank * 10 + step, np.int32))
-                w.add_tensor(step=step, stage="backward", node=node, call=0, role="grad_output", slot="0",
-                             array=np.full((2, 2), 0.5, np.float64))
-                w.add_tensor(step=step, stage="update", node=node, role="optimizer_state", slot="w.exp_avg",
-                             array=np.zeros(2, np.float32))
+                w.add_tensor(
+                    step=step,
+                    stage="forward",
+                    node=node,
+                    call=0,
+                    role="output",
+                    slot="0",
+                    array=np.full((2, 2), rank * 10 + step, np.int32),
+                )
+                w.add_tensor(
+                    step=step,
+                    stage="backward",
+                    node=node,
+                    call=0,
+                    role="grad_output",
+                    slot="0",
+                    array=np.full((2, 2), 0.5, np.float64),
+                )
+                w.add_tensor(
+                    step=step, stage="update", node=node, role="optimizer_state", slot="w.exp_avg", array=np.zeros(2, np.float32)
+                )
                 w.end_step(step)
 
 
@@ -280,8 +318,16 @@ def _foreign_chunking(folder: Path) -> None:
     store = folder / "rank_0" / "tensors.zarr"
     shutil.rmtree(first_array(folder))
     data = np.arange(15, dtype=np.float32).reshape(5, 3) / 7
-    array = zarr.create_array(store=str(store), name="step_0/0", shape=data.shape, chunks=(2, 2), dtype="float32",
-                              fill_value=0.0, compressors=None, attributes={"tracespec": {"dtype": "float32"}})
+    array = zarr.create_array(
+        store=str(store),
+        name="step_0/0",
+        shape=data.shape,
+        chunks=(2, 2),
+        dtype="float32",
+        fill_value=0.0,
+        compressors=None,
+        attributes={"tracespec": {"dtype": "float32"}},
+    )
     array[...] = data
 
 
@@ -291,8 +337,9 @@ def write_interrupted(folder: Path, ending: Ending | None) -> None:
     w = TraceWriter(folder, framework="numpy", framework_version="2.x")
     root = w.add_node("", "Model")
     for step in (0, 1):
-        w.add_tensor(step=step, stage="forward", node=root, call=0, role="output", slot="0",
-                     array=np.full((2, 2), step, dtype=np.float32))
+        w.add_tensor(
+            step=step, stage="forward", node=root, call=0, role="output", slot="0", array=np.full((2, 2), step, dtype=np.float32)
+        )
         w.add_call(step=step, stage="forward", node=root, call=0, begin=0, end=1)
         if step == 0:
             w.end_step(0)
@@ -415,8 +462,7 @@ def _segment_garbled(folder: Path) -> None:
 
 @invalid("segment-path-escape", "A segment path in part.json climbs out of the trace folder.", "path_escape")
 def _segment_escape(folder: Path) -> None:
-    edit_json(folder / "rank_0" / "part.json",
-              lambda d: d["tables"]["nodes"][0].update(path="../../../../etc/passwd"))
+    edit_json(folder / "rank_0" / "part.json", lambda d: d["tables"]["nodes"][0].update(path="../../../../etc/passwd"))
 
 
 @invalid("store-path-escape", "The store path in part.json is absolute.", "path_escape")
@@ -426,8 +472,7 @@ def _store_escape(folder: Path) -> None:
 
 @invalid(
     "symlink-escape",
-    "An array folder is a symbolic link to an array of another trace: the path is plain, but it "
-    "leads outside the trace folder.",
+    "An array folder is a symbolic link to an array of another trace: the path is plain, but it leads outside the trace folder.",
     "path_escape",
 )
 def _symlink_escape(folder: Path) -> None:
@@ -437,8 +482,7 @@ def _symlink_escape(folder: Path) -> None:
 
 @invalid("array-path-escape", "A tensor record's array path climbs out of the store.", "path_escape")
 def _array_escape(folder: Path) -> None:
-    edit_table(segment(folder, "tensors"),
-               lambda t: set_column(t, "array", ["../../../manifest.json", None]))
+    edit_table(segment(folder, "tensors"), lambda t: set_column(t, "array", ["../../../manifest.json", None]))
 
 
 @invalid("column-wrong-type", "tensors.step is a string column instead of int64.", "table_invalid")
@@ -496,8 +540,9 @@ def _negative_extent(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: set_column(t, "shape", [[-4, 3], [3, 3]]))
 
 
-@invalid("shape-null-extent", "The statistics-only record's shape is [3, null]: an extent is null inside the list.",
-         "table_invalid")
+@invalid(
+    "shape-null-extent", "The statistics-only record's shape is [3, null]: an extent is null inside the list.", "table_invalid"
+)
 def _null_extent(folder: Path) -> None:
     edit_table(segment(folder, "tensors"), lambda t: set_column(t, "shape", [[5, 3], [3, None]]))
 
@@ -533,8 +578,7 @@ def _array_disagrees(folder: Path) -> None:
 
 @invalid("array-unknown-codec", "An array is compressed with gzip, which v1 does not list.", "array_invalid")
 def _array_codec(folder: Path) -> None:
-    edit_json(first_array(folder) / "zarr.json",
-              lambda d: d["codecs"].append({"name": "gzip", "configuration": {"level": 1}}))
+    edit_json(first_array(folder) / "zarr.json", lambda d: d["codecs"].append({"name": "gzip", "configuration": {"level": 1}}))
 
 
 @invalid("array-big-endian", "An array's bytes codec says big endian; v1 arrays are little endian.", "array_invalid")

@@ -31,18 +31,25 @@ from test_compare.real_ports import models
 SEED: Final = 0
 NUM_CLASSES: Final = 10
 IMAGE_SHAPE: Final = (2, 3, 64, 64)
-BERT_CONFIG: Final = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                      "intermediate_size": 128, "max_position_embeddings": 32, "type_vocab_size": 2}
+BERT_CONFIG: Final = {
+    "vocab_size": 100,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 32,
+    "type_vocab_size": 2,
+}
 TOKENS: Final = np.array([[2, 15, 33, 47, 8, 91, 3, 0], [2, 7, 64, 12, 3, 0, 0, 0]], dtype=np.int64)
 
 PORTS: Final = ("x2paddle", "onnx2torch", "ort_torchscript", "ort_dynamo", "paddle_zoo", "paddle_port")
 PADDLE_BERT: Final = Path(__file__).resolve().parents[3] / "examples" / "bert" / "paddle_bert.py"
 
 BUG_ROUTES: Final = {
-    "bn_epsilon": "layer2.0.bn2",        # eps 1e-5 -> 1e-3
-    "conv_weight": "layer3.1.conv1",     # weight x 1.01
-    "pool_mode": "maxpool",              # MaxPool2d(3, 2, 1) -> AvgPool2d(3, 2, 1)
-    "pool_ceil_mode": "maxpool",         # ceil_mode False -> True (its output grows from 16x16 to 17x17)
+    "bn_epsilon": "layer2.0.bn2",  # eps 1e-5 -> 1e-3
+    "conv_weight": "layer3.1.conv1",  # weight x 1.01
+    "pool_mode": "maxpool",  # MaxPool2d(3, 2, 1) -> AvgPool2d(3, 2, 1)
+    "pool_ceil_mode": "maxpool",  # ceil_mode False -> True (its output grows from 16x16 to 17x17)
 }
 """Each injected bug of the ResNet-18 ports and the route of the reference module it changes."""
 
@@ -57,8 +64,11 @@ def _cnn(architecture: str) -> nn.Module:
     A few training-mode forwards move the running means and variances away from 0 and 1, and the
     affine parameters are drawn at random, so that an epsilon or a scale bug shows in eval mode.
     """
-    model = models.resnet18(num_classes=NUM_CLASSES) if architecture == "resnet18" else \
-        models.mobilenet_v2(num_classes=NUM_CLASSES, width_mult=0.5)
+    model = (
+        models.resnet18(num_classes=NUM_CLASSES)
+        if architecture == "resnet18"
+        else models.mobilenet_v2(num_classes=NUM_CLASSES, width_mult=0.5)
+    )
     generator = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad():
         for module in model.modules():
@@ -139,10 +149,10 @@ def _exporter_warnings_silenced() -> Iterator[None]:
     """The exporters' own notices, which the test run (warnings are errors) must not turn into failures."""
     with warnings.catch_warnings():
         # torch.export's pytree and the TorchScript exporter announce their own deprecations
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                category=FutureWarning)
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
         yield
 
@@ -152,8 +162,7 @@ def export_onnx(model: nn.Module, architecture: str, onnx_file: Path, dynamo: bo
     inputs = _torch_inputs(architecture)
     with _exporter_warnings_silenced(), contextlib.redirect_stdout(sys.stderr):
         # by keyword: Hugging Face's forward takes more positional parameters than the inputs given
-        torch.onnx.export(model, (), str(onnx_file), kwargs=inputs, input_names=list(inputs), dynamo=dynamo,
-                          **options)
+        torch.onnx.export(model, (), str(onnx_file), kwargs=inputs, input_names=list(inputs), dynamo=dynamo, **options)
     return onnx_file
 
 
@@ -165,10 +174,8 @@ def _x2paddle(model: nn.Module, architecture: str, folder: Path) -> Any:
     save_dir = folder / "x2paddle"
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         # X2Paddle 1.6.0 converts by torch.jit.trace (and trace_method), which torch 2.13 deprecates
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated",
-                                category=DeprecationWarning)
-        pytorch2paddle(model, save_dir=str(save_dir), jit_type="trace",
-                       input_examples=list(_torch_inputs(architecture).values()))
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=DeprecationWarning)
+        pytorch2paddle(model, save_dir=str(save_dir), jit_type="trace", input_examples=list(_torch_inputs(architecture).values()))
     spec = importlib.util.spec_from_file_location(f"x2paddle_{folder.name}", save_dir / "x2paddle_code.py")
     generated = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generated)
@@ -295,8 +302,7 @@ def record_port(architecture: str, port: str, folder: Path, bug: str | None = No
         # onnx2torch 1.5.15 converts opsets up to 17: neither exporter's default file converts
         # (ReduceMean-18 from dynamo; Constant-19 and AveragePool-19 from TorchScript at its default
         # opset), so it gets the TorchScript exporter's file at opset 17
-        onnx_file = export_onnx(model, architecture, folder / "model.onnx", dynamo=False,
-                                opset_version=ONNX2TORCH_OPSET)
+        onnx_file = export_onnx(model, architecture, folder / "model.onnx", dynamo=False, opset_version=ONNX2TORCH_OPSET)
         return _record_module(_onnx2torch(onnx_file), _torch_inputs(architecture), trace)
     onnx_file = export_onnx(model, architecture, folder / "model.onnx", dynamo=port == "ort_dynamo")
     tracespec.record_onnx(onnx_file, example_inputs(architecture), trace, capture="full", durable=False)

@@ -26,8 +26,10 @@ def _row(case: str, verdict: tracespec.Verdict) -> str:
     if first is not None:
         sides = [" + ".join(side.get("routes") or [side["route"]]) for side in (first["a"], first["b"])]
         culprit = f"{first['stage']} {first['kind']}: `{sides[0]}` / `{sides[1]}`"
-    return (f"| {case} | {verdict.status} | {calls['compared_a']}/{calls['leaf_a']} ({calls['fraction_a']:.0%}) | "
-            f"{calls['compared_b']}/{calls['leaf_b']} ({calls['fraction_b']:.0%}) | {methods} | {culprit} |")
+    return (
+        f"| {case} | {verdict.status} | {calls['compared_a']}/{calls['leaf_a']} ({calls['fraction_a']:.0%}) | "
+        f"{calls['compared_b']}/{calls['leaf_b']} ({calls['fraction_b']:.0%}) | {methods} | {culprit} |"
+    )
 
 
 def main(folder: Path) -> None:
