@@ -709,7 +709,6 @@ class Recorder(ABC):
             return
         self._stopped = True
         writer = self.writer
-        self._restore_signal_handlers()
         try:
             self.remove_hooks()
             if ending is None:
@@ -725,6 +724,9 @@ class Recorder(ABC):
                     writer.abort(ending)
                 except Exception as exc:  # noqa: BLE001 - the run's own exception goes on
                     warnings.warn(f"tracespec.record: could not write how the recording ended: {exc}", stacklevel=3)
+            # Only now: a signal while the trace closes is deferred (it is inside tracespec) and
+            # goes on below, after the part says how it ended, instead of killing it half-closed.
+            self._restore_signal_handlers()
         self._handle_deferred_signal()
 
     def step(self, optimizer: Any = None) -> None:

@@ -12,6 +12,8 @@ import inspect
 import multiprocessing
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -168,6 +170,9 @@ def test_sigterm_at_random_moments_publishes_the_step_in_progress(
         assert process.exitcode == -signal.SIGTERM  # the default action goes on after publishing
         report = validate_trace(folder, deep=True)
         part = report.trace.parts[0].manifest
+        if returned == list(range(STEPS)):  # the signal came while the recording closed: it closes first
+            assert report.complete and part.ending is not None and part.ending.how == "closed"
+            continue
         assert part.ending is not None and (part.ending.how, part.ending.detail) == ("signal", "SIGTERM")
         stopped_at = part.ending.step
         assert stopped_at is not None and stopped_at > (returned[-1] if returned else -1)
@@ -325,3 +330,30 @@ def test_a_signal_arriving_inside_the_writer_is_handled_at_the_next_hook(tmp_pat
     # Not inside the writer (which may hold its lock), but at the next hook's entry.
     assert "add_value" not in stacks[0] and "_handle_deferred_signal" in stacks[0]
     assert validate_trace(tmp_path / "t").complete  # the program's handler let the run go on
+
+
+SIGNAL_WHILE_CLOSING = """
+import os, signal, sys, torch
+import tracespec
+from tracespec.storage import TraceWriter
+
+close = TraceWriter.close
+def close_under_signal(self):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the writer closes the trace
+    close(self)
+TraceWriter.close = close_under_signal
+model = torch.nn.Linear(3, 2)
+with tracespec.record(model, sys.argv[1], capture="full") as rec:
+    model(torch.ones(1, 3)).sum().backward()
+    rec.step()
+print("not reached: SIGTERM's default action ends the process")
+"""
+
+
+def test_a_signal_while_the_trace_closes_waits_until_it_is_closed(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_CLOSING, str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+    assert "not reached" not in done.stdout
+    report = validate_trace(tmp_path / "t", deep=True)
+    part = report.trace.parts[0].manifest
+    assert report.complete and part.ending is not None and part.ending.how == "closed"
