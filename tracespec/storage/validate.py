@@ -7,13 +7,13 @@ shape, and has all its chunks. ``deep`` also reads every array and checks its co
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from tracespec.errors import ChunkMissingError, DataMismatchError, TableMismatchError
 from tracespec.format.stats import content_hash
 from tracespec.storage.reader import Trace, load_trace
-from tracespec.storage.zarr_store import missing_chunks
 
 __all__ = ["ValidationReport", "validate_trace"]
 
@@ -43,9 +43,12 @@ class ValidationReport:
         )
 
 
-def validate_trace(path: str | Path, *, deep: bool = False) -> ValidationReport:
-    """Raise a :class:`~tracespec.errors.TraceFormatError` subclass at the first violation."""
-    trace = load_trace(path)
+def validate_trace(path: str | os.PathLike[str], *, deep: bool = False, storage_options: dict[str, Any] | None = None,
+                   cache: str | os.PathLike[str] | None = None) -> ValidationReport:
+    """Raise a :class:`~tracespec.errors.TraceFormatError` subclass at the first violation.
+
+    ``path`` may be a URL; ``storage_options`` and ``cache`` as for :func:`load_trace`."""
+    trace = load_trace(path, storage_options=storage_options, cache=cache)
     records = arrays = stored = 0
     for rank in trace.ranks:
         part = trace.parts[rank]
@@ -64,7 +67,7 @@ def validate_trace(path: str | Path, *, deep: bool = False) -> ValidationReport:
                         f"{where}: the record says {row['dtype']}{row['shape']}, "
                         f"the array holds {meta.dtype.name}{list(meta.shape)}"
                     )
-                bad = missing_chunks(part.store, meta)
+                bad = part.missing_chunks(meta)
                 if bad:
                     raise ChunkMissingError(f"{where}: chunk(s) {', '.join(bad[:3])} missing or truncated")
                 if deep and row["hash"] is not None:
