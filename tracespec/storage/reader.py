@@ -20,6 +20,7 @@ import math
 import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -55,6 +56,7 @@ from tracespec.storage.zarr_store import (
     Confinement,
     check_inside,
     check_relative_path,
+    chunk_key_path,
     missing_chunks,
     read_array,
     read_array_meta,
@@ -131,11 +133,47 @@ class Part:
 
     def read_array(self, name: str) -> np.ndarray:
         """The tensor stored as array ``name``, with its true dtype."""
+        with self.local_array(name) as meta:
+            return self.read_fetched(meta)
+
+    def read_fetched(self, meta: ArrayMeta) -> np.ndarray:
+        """The data of ``meta`` from the local folder (within :meth:`local_array`)."""
+        return read_array(self._confined_store, meta)
+
+    @contextmanager
+    def local_array(self, name: str) -> Iterator[ArrayMeta]:
+        """The metadata of array ``name``; within the block its files are in the local folder
+        ``store / name`` (fetched, for a remote part, and dropped after unless cached)."""
         meta = self.array_meta(name)
         if self.remote is None:
-            return read_array(self._confined_store, meta)
-        with self.remote.fetched(meta):
-            return read_array(self._confined_store, meta)
+            yield meta
+        else:
+            with self.remote.fetched(meta):
+                yield meta
+
+    def stored_sizes(self, meta: ArrayMeta) -> dict[str, int]:
+        """The size of each file of array ``meta`` that the store holds (``zarr.json``,
+        ``c/0/0``...), without reading them."""
+        if self.remote is not None:
+            return self.remote.stored_sizes(meta)
+        sizes = {}
+        for relative in ("zarr.json", *map(chunk_key_path, meta.chunk_keys())):
+            try:
+                sizes[relative] = (self.store / meta.name / relative).stat().st_size
+            except FileNotFoundError:
+                continue
+        return sizes
+
+    def group_metadata(self, group: str) -> bytes | None:
+        """The ``zarr.json`` of group ``group`` of the store (``""``: its root), if there is one."""
+        relative = f"{group}/zarr.json" if group else "zarr.json"
+        check_relative_path(relative, f"{self.folder.name}: group {group!r}")
+        if self.remote is not None:
+            return self.remote.read(relative)
+        try:
+            return self._confined_store.check(self.store / relative, relative).read_bytes()
+        except FileNotFoundError:
+            return None
 
 
 _NOT_NULL: Final = {name: [f.name for f in schema if not f.nullable] for name, schema in TABLE_SCHEMAS.items()}
@@ -409,6 +447,8 @@ class Trace:
         self.manifest = manifest
         self.parts = parts
         self._cache = cache  # a remote trace's local copy lives as long as the Trace
+        self.folder = cache.folder if cache is not None else Path(path)
+        """The local folder read: the trace's own, or the cache of a trace at a URL."""
 
     @property
     def ranks(self) -> list[int]:

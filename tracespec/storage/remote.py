@@ -164,6 +164,19 @@ class RemoteArrays:
         elif not _same_size(local, size):
             self.location.get_files([(f"{self.store_key}/{name}/{_ZARR_JSON}", local, size)])
 
+    def stored_sizes(self, meta: ArrayMeta) -> dict[str, int]:
+        """The sizes of the files of ``meta`` the store holds (from the array's listing)."""
+        listed = self._listing(meta.name)
+        wanted = (_ZARR_JSON, *map(chunk_key_path, meta.chunk_keys()))
+        return {relative: listed[relative] for relative in wanted if relative in listed}
+
+    def read(self, relative: str) -> bytes | None:
+        """The object ``relative`` (checked by the caller) of the store; None if absent."""
+        try:
+            return self.location.read_bytes(f"{self.store_key}/{relative}")
+        except FileNotFoundError:
+            return None
+
     def missing_chunks(self, meta: ArrayMeta) -> list[str]:
         """The chunk keys of ``meta`` that the store lacks or holds at the wrong size (from the
         array's listing: nothing is fetched)."""
