@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,10 +50,10 @@ class TraceCache:
     """
 
     def __init__(self, location: RemoteLocation, cache: Path | None) -> None:
-        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        self._temporary: weakref.finalize | None = None
         if cache is None:
-            self._temporary = tempfile.TemporaryDirectory(prefix="tracespec-cache-")
-            self.folder = Path(self._temporary.name)
+            self.folder = Path(tempfile.mkdtemp(prefix="tracespec-cache-"))
+            self._temporary = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         else:
             readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", location.url.split("://", 1)[-1])[-80:]
             digest = hashlib.sha256(location.url.encode()).hexdigest()[:16]
