@@ -5,6 +5,7 @@ Clients find it the standard way, as a user's would find theirs: ``AWS_ENDPOINT_
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -30,6 +31,7 @@ def s3_endpoint() -> Iterator[str]:
     """The URL of a moto S3 server started for this test session, set as ``AWS_ENDPOINT_URL``."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
