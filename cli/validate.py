@@ -43,6 +43,7 @@ def validate(trace: str, deep: bool, as_json: bool) -> None:
             "valid": True, "complete": t.complete, "format_version": t.manifest.format_version,
             "ranks": t.ranks, "steps": t.steps, "missing_ranks": t.missing_ranks(),
             "records": report.records, "arrays": report.arrays, "stored_bytes": report.stored_bytes,
+            "unreferenced_files": report.unreferenced,
         }, indent=2))
     else:
         click.echo(report.summary())

@@ -103,6 +103,19 @@ def test_a_remote_part_is_published_only_when_its_part_json_is(memory_url: str) 
     assert validate_trace(memory_url, deep=True).records == 1
 
 
+def test_unreferenced_objects_are_reported_by_validate_and_ignored_by_readers(memory_url: str, tmp_path: Path) -> None:
+    write_small(memory_url)
+    fs = fsspec.filesystem("memory")
+    root = memory_url[len("memory:/"):]
+    fs.pipe_file(f"{root}/rank_0/tensors.zarr/step_7/99/c/0/0", b"left by a killed writer")
+    fs.pipe_file(f"{root}/rank_0/tables/tensors-000009.arrow", b"never published")
+    report = validate_trace(memory_url, deep=True)
+    assert report.complete and report.unreferenced == 2 and report.unreferenced_bytes == 38
+    assert "2 files (0.0 MB) that no part.json names" in report.summary()
+    copy_trace(memory_url, tmp_path / "copy")
+    assert validate_trace(tmp_path / "copy").unreferenced == 0, "a copy leaves the garbage behind"
+
+
 CASES = sorted(p.parent.name for p in CONFORMANCE.glob("*/case.json"))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
             payload = part.group_metadata(group)
             if payload is not None and store_there.get(relative) != len(payload):
                 target.put_bytes(f"{prefix}/{relative}", payload)
+        batch = _Batch(target, prefix)
         for name, (dtype, shape, digest) in arrays[rank].items():
             meta = part.array_meta(name)
             wanted = part.stored_sizes(meta)
@@ -142,11 +144,14 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
                     and len(wanted) == len(meta.chunk_keys()) + 1:
                 present += 1
             else:
-                nbytes += _copy_array(part, name, dtype, shape, digest, target, prefix)
+                batch.add(part, name, dtype, shape, digest)
                 copied += 1
             done += 1
+            if batch.full():
+                nbytes += batch.store()
             if progress is not None:
                 progress(done, total)
+        nbytes += batch.store()
         part_bytes = (part.folder / PART_FILE).read_bytes()
         if parse_part_manifest(part_bytes, f"{part.folder.name}/{PART_FILE}") != part.manifest:
             raise UsageError(f"{trace.path}: rank_{rank} changed while it was copied (still recording?); run the copy again")
@@ -170,21 +175,49 @@ def _array_names(part: Part) -> dict[str, tuple[str, list[int], str | None]]:
     return names
 
 
-def _copy_array(part: Part, name: str, dtype: str, shape: list[int], digest: str | None,
-                target: RemoteLocation | _Folder, prefix: str) -> int:
-    """Check array ``name`` as ``validate --deep`` does, then write it: chunks, then zarr.json."""
-    where = f"rank_{part.rank}: array {name}"
-    with part.local_array(name) as meta:
+class _Batch:
+    """Arrays checked and waiting to be written together: the writes of many small arrays go to
+    the store at once (fsspec's bulk ``put``), one request each but not one round trip each.
+    A remote source's files stay in the cache until they are written."""
+
+    MAX_BYTES = 64 << 20
+    MAX_ARRAYS = 256
+
+    def __init__(self, target: RemoteLocation | _Folder, prefix: str) -> None:
+        self.target = target
+        self.prefix = prefix
+        self.held = ExitStack()
+        self.chunks: list[tuple[Path, str]] = []
+        self.metadata: list[tuple[Path, str]] = []
+        self.nbytes = 0
+
+    def add(self, part: Part, name: str, dtype: str, shape: list[int], digest: str | None) -> None:
+        """Check array ``name`` as ``validate --deep`` does and queue its files."""
+        where = f"rank_{part.rank}: array {name}"
+        meta = self.held.enter_context(part.local_array(name))
         if meta.dtype.name != dtype or list(meta.shape) != shape:
             raise TableMismatchError(f"{where}: the record says {dtype}{shape}, the array holds {meta.dtype.name}{list(meta.shape)}")
         bad = part.missing_chunks(meta)
         if bad:
             raise ChunkMissingError(f"{where}: chunk(s) {', '.join(bad[:3])} missing or truncated")
-        data = part.read_fetched(meta)
-        if digest is not None and content_hash(data) != digest:
-            raise DataMismatchError(f"{where}: content hash {content_hash(data)} != recorded {digest}")
+        found = content_hash(part.read_fetched(meta))
+        if digest is not None and found != digest:
+            raise DataMismatchError(f"{where}: content hash {found} != recorded {digest}")
         folder = part.store / name
-        chunks = [chunk_key_path(key) for key in meta.chunk_keys()]
-        target.put_files([(folder / c, f"{prefix}/{name}/{c}") for c in chunks])
-        target.put_files([(folder / "zarr.json", f"{prefix}/{name}/zarr.json")])
-        return sum((folder / c).stat().st_size for c in chunks)
+        for key in meta.chunk_keys():
+            relative = chunk_key_path(key)
+            self.chunks.append((folder / relative, f"{self.prefix}/{name}/{relative}"))
+            self.nbytes += (folder / relative).stat().st_size
+        self.metadata.append((folder / "zarr.json", f"{self.prefix}/{name}/zarr.json"))
+
+    def full(self) -> bool:
+        return self.nbytes >= self.MAX_BYTES or len(self.metadata) >= self.MAX_ARRAYS
+
+    def store(self) -> int:
+        """Write the chunks, then the ``zarr.json`` files; return the chunk bytes written."""
+        written = self.nbytes
+        self.target.put_files(self.chunks)
+        self.target.put_files(self.metadata)
+        self.held.close()
+        self.chunks, self.metadata, self.nbytes = [], [], 0
+        return written

@@ -164,6 +164,18 @@ class Part:
                 continue
         return sizes
 
+    def stored_files(self) -> dict[str, int]:
+        """Every file (object) under the part's folder, relative to it, with its size; symbolic
+        links are not followed."""
+        if self.remote is not None:
+            return self.remote.location.sizes(self.folder.name)
+        found = {}
+        for folder, _, names in os.walk(self.folder):
+            for name in names:
+                path = Path(folder) / name
+                found[path.relative_to(self.folder).as_posix()] = path.lstat().st_size
+        return found
+
     def group_metadata(self, group: str) -> bytes | None:
         """The ``zarr.json`` of group ``group`` of the store (``""``: its root), if there is one."""
         relative = f"{group}/zarr.json" if group else "zarr.json"

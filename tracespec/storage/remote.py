@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from tracespec.errors import NotATraceError
+from tracespec.errors import NotATraceError, PathEscapeError
 from tracespec.format.manifest import MANIFEST_FILE, PART_FILE, parse_part_manifest
 from tracespec.storage.location import RemoteLocation
 from tracespec.storage.zarr_store import ArrayMeta, check_relative_path, chunk_key_path
@@ -40,6 +40,7 @@ __all__ = ["RemoteArrays", "RemotePublisher", "TraceCache", "fetch_trace"]
 PART_DIR: Final = re.compile(r"^rank_(0|[1-9][0-9]*)$")
 _ZARR_JSON: Final = "zarr.json"
 _LISTINGS_KEPT: Final = 64
+_GROUPS_KEPT: Final = 2
 
 
 class TraceCache:
@@ -115,6 +116,15 @@ def fetch_trace(location: RemoteLocation, cache: Path | None) -> TraceCache:
     return held
 
 
+def _plain(name: str) -> bool:
+    """``name``, found by listing, passes the path rule (only such names become local paths)."""
+    try:
+        check_relative_path(name, "")
+    except PathEscapeError:
+        return False
+    return True
+
+
 def _same_size(local: Path, size: int) -> bool:
     try:
         return local.stat().st_size == size
@@ -140,19 +150,49 @@ class RemoteArrays:
         self.keep = keep
         self._lock = threading.Lock()
         self._listings: dict[str, dict[str, int]] = {}
+        self._groups: dict[str, dict[str, dict[str, int]]] = {}
         self._readers: Counter[str] = Counter()
 
     def _listing(self, name: str) -> dict[str, int]:
-        """The objects of array ``name`` (checked by the path rule) with their sizes: one LIST."""
+        """The objects of array ``name`` (checked by the path rule) with their sizes, relative to
+        the array's folder. An array in a group (``step_3/17``, as writers name them) comes from
+        the listing of its whole group, made once; another from a LIST of its own."""
+        group, _, leaf = name.rpartition("/")
+        if group:
+            return self._group(group).get(leaf, {})
         with self._lock:
             known = self._listings.get(name)
         if known is None:
             known = self.location.sizes(f"{self.store_key}/{name}")
             with self._lock:
-                if len(self._listings) >= _LISTINGS_KEPT:
-                    self._listings.pop(next(iter(self._listings)))
                 self._listings[name] = known
+                while len(self._listings) > _LISTINGS_KEPT:
+                    self._listings.pop(next(iter(self._listings)))
         return known
+
+    def _group(self, group: str) -> dict[str, dict[str, int]]:
+        """The objects of each array of ``group``, from one listing of the group (a LIST per
+        thousand objects rather than one per array), and every ``zarr.json`` of the group
+        fetched then, all at once: an array read later costs only its chunks' requests."""
+        with self._lock:
+            known = self._groups.get(group)
+        if known is not None:
+            return known
+        arrays: dict[str, dict[str, int]] = {}
+        for key, size in self.location.sizes(f"{self.store_key}/{group}").items():
+            leaf, _, rest = key.partition("/")
+            if rest:
+                arrays.setdefault(leaf, {})[rest] = size
+        self.location.get_files([
+            (f"{self.store_key}/{group}/{leaf}/{_ZARR_JSON}", local, objects[_ZARR_JSON])
+            for leaf, objects in arrays.items() if _ZARR_JSON in objects and _plain(leaf)
+            and not _same_size(local := self.local / group / leaf / _ZARR_JSON, objects[_ZARR_JSON])
+        ])
+        with self._lock:
+            self._groups[group] = arrays
+            while len(self._groups) > _GROUPS_KEPT:
+                self._groups.pop(next(iter(self._groups)))
+        return arrays
 
     def fetch_meta(self, name: str) -> None:
         """Fetch the ``zarr.json`` of array ``name``; absent remotely, it stays absent here (and
@@ -212,8 +252,9 @@ class RemoteArrays:
                 last = self._readers[meta.name] == 0
                 if last:
                     del self._readers[meta.name]
-            if last and not self.keep:
-                shutil.rmtree(self.local / meta.name / "c", ignore_errors=True)
+            if last and not self.keep:  # the files only: their empty folders go with the cache
+                for key in meta.chunk_keys():
+                    (self.local / meta.name / chunk_key_path(key)).unlink(missing_ok=True)
 
 
 class RemotePublisher:
