@@ -70,10 +70,12 @@ def test_diff_of_two_remote_traces_and_of_remote_against_local(bucket: str, tmp_
 
     same = run_cli("diff", f"{bucket}/ref", f"{bucket}/same")
     assert same.returncode == 0, same.stdout + same.stderr
-    diverged = run_cli("diff", f"{bucket}/ref", f"{bucket}/changed", "--json", "-")
+    diverged = run_cli("diff", f"{bucket}/ref", f"{bucket}/changed", "--json", str(tmp_path / "verdict.json"),
+                       "--html", str(tmp_path / "report.html"))
     assert diverged.returncode == 1, diverged.stderr
-    verdict = json.loads(diverged.stdout)
-    assert verdict["first_divergence"] is not None
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["first_divergence"]["a"]["route"] == "2"
+    assert "<html" in (tmp_path / "report.html").read_text()
     mixed = run_cli("diff", f"{bucket}/ref", str(tmp_path / "local"))
     assert mixed.returncode == 0, mixed.stdout + mixed.stderr
 

@@ -168,6 +168,7 @@ class RemoteLocation:
     def sizes(self, relative: str) -> dict[str, int]:
         """Every object below ``relative``, by its key relative to ``relative``, with its size."""
         with self._io(relative, "listing"):
+            self.fs.invalidate_cache(self.key(relative))  # a listing cached by fsspec may be stale
             try:
                 found = self.fs.find(self.key(relative), detail=True, withdirs=False)
             except FileNotFoundError:
