@@ -18,6 +18,7 @@ import torch
 
 import tracespec
 from tracespec.errors import StorageError
+from tracespec.storage import copy as copy_module
 from tracespec.storage import copy_trace, load_trace, validate_trace
 
 
@@ -176,22 +177,23 @@ def test_cp_round_trip_local_s3_local_gives_identical_files(bucket: str, tmp_pat
     assert again.arrays_copied == 0 and again.arrays_present > 0
 
 
-def test_an_interrupted_cp_resumes_where_it_stopped(bucket: str, tmp_path: Path) -> None:
+def test_an_interrupted_cp_resumes_where_it_stopped(bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     record_run(make_model(), tmp_path / "origin", steps=3)
+    monkeypatch.setattr(copy_module._Batch, "MAX_ARRAYS", 4)  # small arrays go 4 to a write here
 
     class Interrupted(Exception):
         pass
 
-    def stop_after_five(done: int, total: int) -> None:
-        if done == 5:
+    def stop_after_eight(done: int, total: int) -> None:
+        if done >= 8:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        copy_trace(tmp_path / "origin", f"{bucket}/resumed", progress=stop_after_five)
+        copy_trace(tmp_path / "origin", f"{bucket}/resumed", progress=stop_after_eight)
     half = validate_trace(f"{bucket}/resumed")  # no part.json yet: the rank is simply absent
     assert not half.complete and half.trace.missing_ranks() == [0]
     resumed = copy_trace(tmp_path / "origin", f"{bucket}/resumed")
-    assert resumed.arrays_present == 5 and resumed.arrays_copied > 0
+    assert resumed.arrays_present == 8 and resumed.arrays_copied > 0
     copy_trace(f"{bucket}/resumed", tmp_path / "back")
     assert files_of(tmp_path / "back") == files_of(tmp_path / "origin")
 

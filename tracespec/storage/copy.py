@@ -114,7 +114,7 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
     """Copy the trace at ``source`` to ``destination`` (folders or URLs), checking it on the way.
 
     ``storage_options`` are the source's (a URL's), ``destination_options`` the destination's.
-    ``progress(done, total)`` is called after each array. A destination holding another trace
+    ``progress(done, total)`` is called as arrays are found at the destination or written there. A destination holding another trace
     (a different ``manifest.json``) is refused.
     """
     trace = load_trace(source, storage_options=storage_options, cache=cache)
@@ -137,21 +137,28 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
             if payload is not None and store_there.get(relative) != len(payload):
                 target.put_bytes(f"{prefix}/{relative}", payload)
         batch = _Batch(target, prefix)
+
+        def store_batch() -> None:
+            nonlocal nbytes, done, copied
+            arrays_stored, bytes_stored = batch.store()
+            copied, nbytes, done = copied + arrays_stored, nbytes + bytes_stored, done + arrays_stored
+            if progress is not None and arrays_stored:
+                progress(done, total)
+
         for name, (dtype, shape, digest) in arrays[rank].items():
             meta = part.array_meta(name)
             wanted = part.stored_sizes(meta)
             if wanted and all(store_there.get(f"{name}/{k}") == size for k, size in wanted.items()) \
                     and len(wanted) == len(meta.chunk_keys()) + 1:
                 present += 1
+                done += 1
+                if progress is not None:
+                    progress(done, total)
             else:
                 batch.add(part, name, dtype, shape, digest)
-                copied += 1
-            done += 1
-            if batch.full():
-                nbytes += batch.store()
-            if progress is not None:
-                progress(done, total)
-        nbytes += batch.store()
+                if batch.full():
+                    store_batch()
+        store_batch()
         part_bytes = (part.folder / PART_FILE).read_bytes()
         if parse_part_manifest(part_bytes, f"{part.folder.name}/{PART_FILE}") != part.manifest:
             raise UsageError(f"{trace.path}: rank_{rank} changed while it was copied (still recording?); run the copy again")
@@ -213,9 +220,10 @@ class _Batch:
     def full(self) -> bool:
         return self.nbytes >= self.MAX_BYTES or len(self.metadata) >= self.MAX_ARRAYS
 
-    def store(self) -> int:
-        """Write the chunks, then the ``zarr.json`` files; return the chunk bytes written."""
-        written = self.nbytes
+    def store(self) -> tuple[int, int]:
+        """Write the chunks, then the ``zarr.json`` files; return the arrays and chunk bytes
+        written."""
+        written = len(self.metadata), self.nbytes
         self.target.put_files(self.chunks)
         self.target.put_files(self.metadata)
         self.held.close()
