@@ -200,23 +200,19 @@ class TraceWriter:
         self.chunk_limit = chunk_limit
         self._part_dir = self.path / part_dir_name(rank)
         self._store = self._part_dir / STORE_DIR
-        try:
+        try:  # a writer refused here (a part already there, another framework) leaves no staging folder
             self._prepare_folder(overwrite, world_size)
-        except BaseException:
-            self._remove_staging()
-            raise
-        manifest = Manifest(
-            framework=framework,
-            framework_version=framework_version,
-            created=_now(),
-            world_size=world_size,
-            capture=capture or {},
-            metadata=metadata or {},
-            dtype_policy=dtype_policy,
-            source=source,
-            producer_version=_producer_version(),
-        )
-        try:
+            manifest = Manifest(
+                framework=framework,
+                framework_version=framework_version,
+                created=_now(),
+                world_size=world_size,
+                capture=capture or {},
+                metadata=metadata or {},
+                dtype_policy=dtype_policy,
+                source=source,
+                producer_version=_producer_version(),
+            )
             self._create_manifest(manifest)
         except BaseException:
             self._remove_staging()
