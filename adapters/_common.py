@@ -51,7 +51,7 @@ from tracespec.errors import NonFiniteError, UsageError
 from tracespec.format.manifest import Ending
 from tracespec.format.stats import TensorStats, compute_stats, scratch_block
 from tracespec.format.tables import LEVELS, ROLES
-from tracespec.storage import TraceWriter
+from tracespec.storage import TraceWriter, is_url
 
 __all__ = [
     "CaptureBudgetWarning",
@@ -173,6 +173,7 @@ class RecordOptions:
     ops: tuple[Selector, ...] | None = None
     publish: str = "step"
     stop_on_nonfinite: bool = False
+    storage_options: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The capture options as recorded in the manifest's ``capture`` object."""
@@ -308,6 +309,11 @@ def parse_options(**options: Any) -> RecordOptions:
     if publish not in PUBLISH_MODES:
         raise UsageError(f"publish is {publish!r}; expected 'step' (durable at each rec.step(), the default) or 'async'")
     values["publish"] = publish
+    storage_options = options.get("storage_options")
+    if storage_options is not None:
+        if not isinstance(storage_options, Mapping):
+            raise UsageError(f"storage_options must be a dict of the URL's file-system options, not {type(storage_options).__name__}")
+        values["storage_options"] = dict(storage_options)
     if values.get("stop_on_nonfinite") and values["capture"] == "hash":
         raise UsageError(
             "stop_on_nonfinite=True needs statistics to see NaN and Inf, and capture='hash' keeps none; "
@@ -576,7 +582,7 @@ class Recorder(ABC):
 
     def __init__(self, model: Any, path: str | os.PathLike[str], options: RecordOptions) -> None:
         self.model = model
-        self.path = Path(path)
+        self.path = path if is_url(path) else Path(path)
         self.options = options
         self.step_index = 0
         self.writer: TraceWriter | None = None
@@ -686,6 +692,7 @@ class Recorder(ABC):
             compression=self.options.compression,
             durable=self.options.durable,
             overwrite=self.options.overwrite,
+            storage_options=self.options.storage_options,
             # The model computes while the trace is written: keep the kernel's page-cache work
             # off the cores it trains on.
             direct_io=True,

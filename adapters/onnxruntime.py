@@ -330,6 +330,7 @@ class OnnxRecorder:
         overwrite: bool = False,
         metadata: Mapping[str, Any] | None = None,
         durable: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> OnnxTrace:
         """Start a trace at ``path``; each :meth:`OnnxTrace.run` records one step."""
         capture = {
@@ -356,6 +357,7 @@ class OnnxRecorder:
             overwrite=overwrite,
             durable=durable,
             direct_io=True,  # the next run computes while this one's values are written
+            storage_options=dict(storage_options) if storage_options is not None else None,
         )
         return OnnxTrace(self, writer, self._write_tree(writer))
 
@@ -367,11 +369,12 @@ class OnnxRecorder:
         overwrite: bool = False,
         metadata: Mapping[str, Any] | None = None,
         durable: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """Run the model on each input feed (one step each), write the trace, return the outputs."""
         feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
         feeds = [self._check_feed(feed) for feed in feeds]
-        with self.open(path, overwrite=overwrite, metadata=metadata, durable=durable) as trace:
+        with self.open(path, overwrite=overwrite, metadata=metadata, durable=durable, storage_options=storage_options) as trace:
             return [trace.run(feed) for feed in feeds]
 
     def _check_feed(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -643,6 +646,7 @@ def record_onnx(
     overwrite: bool = False,
     metadata: Mapping[str, Any] | None = None,
     durable: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, np.ndarray]]:
     """Run ``model`` in ONNX Runtime on ``inputs`` and record every intermediate value to ``path``.
@@ -654,10 +658,10 @@ def record_onnx(
     inputs:
         The feed, ``{input name: array}``, or a list of feeds (one trace step each).
     path:
-        The trace folder to write.
-    overwrite, metadata, durable:
-        Replace an existing trace; free-form metadata for the manifest; fsync what is written
-        (see :class:`~tracespec.storage.TraceWriter`).
+        The trace folder to write, or a URL (``s3://bucket/run``; docs/storage.md).
+    overwrite, metadata, durable, storage_options:
+        Replace an existing trace; free-form metadata for the manifest; fsync what is written;
+        the URL's file-system options (see :class:`~tracespec.storage.TraceWriter`).
     **options:
         What :class:`OnnxRecorder` takes: ``providers``, ``capture``, ``include``, ``exclude``,
         ``include_ops``, ``exclude_ops``, ``modules``, ``ops``, ``parameters``,
@@ -669,7 +673,7 @@ def record_onnx(
         The model's graph outputs, one dict per feed.
     """
     recorder = _recorder(model, options)
-    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata, durable=durable)
+    return recorder.record(inputs, path, overwrite=overwrite, metadata=metadata, durable=durable, storage_options=storage_options)
 
 
 def _recorder(model: str | os.PathLike[str] | onnx.ModelProto, options: dict[str, Any]) -> OnnxRecorder:
@@ -681,7 +685,7 @@ def _recorder(model: str | os.PathLike[str] | onnx.ModelProto, options: dict[str
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"record_onnx() got an unknown option {name!r}{hint} Options: {', '.join(known)}, "
-                             "overwrite, metadata, durable")
+                             "overwrite, metadata, durable, storage_options")
     return OnnxRecorder(model, **options)
 
 
@@ -693,8 +697,9 @@ def accepts(model: Any) -> bool:
 def record(model: str | os.PathLike[str] | onnx.ModelProto, path: str | os.PathLike[str], **options: Any) -> OnnxTrace:
     """The adapter-registry entry point (``tracespec.record(onnx_model, path)``): an open trace.
 
-    ``overwrite``, ``metadata`` and ``durable`` go to the trace, everything else to
-    :class:`OnnxRecorder`; call ``run(feed)`` on the result once per step, inside a ``with`` block.
+    ``overwrite``, ``metadata``, ``durable`` and ``storage_options`` go to the trace, everything
+    else to :class:`OnnxRecorder`; call ``run(feed)`` on the result once per step, inside a
+    ``with`` block.
     """
-    trace_options = {key: options.pop(key) for key in ("overwrite", "metadata", "durable") if key in options}
+    trace_options = {key: options.pop(key) for key in ("overwrite", "metadata", "durable", "storage_options") if key in options}
     return _recorder(model, options).open(path, **trace_options)

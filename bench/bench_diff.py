@@ -94,9 +94,9 @@ def child_diff(paths: list[str], trust_hashes: bool) -> dict[str, Any]:
     }
 
 
-def run_child(args: list[str]) -> tuple[dict[str, Any], int]:
-    """Run this script as a child; return its JSON result and its peak RSS in bytes."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+def run_child(args: list[str], script: str = __file__) -> tuple[dict[str, Any], int]:
+    """Run ``script`` (this one) as a child; return its JSON result and its peak RSS in bytes."""
+    proc = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)

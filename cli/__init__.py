@@ -12,6 +12,7 @@ import click
 
 from tracespec import __version__
 from tracespec.cli.convert import convert
+from tracespec.cli.cp import cp
 from tracespec.cli.diff import diff
 from tracespec.cli.errors import EXIT_INVALID_INPUT, report_errors
 from tracespec.cli.report import report
@@ -27,7 +28,8 @@ def cli() -> None:
     """Record what a model computes, and find where two runs diverge.
 
     \b
-    A trace is a folder (Zarr v3 tensors + Arrow tables, spec/v1) that any machine can read.
+    A trace is a folder (Zarr v3 tensors + Arrow tables, spec/v1) that any machine can read,
+    local or at a URL (s3://, gs://, az://; --storage-option, --cache, docs/storage.md).
     Typical use:
       tracespec show runs/ref              the module tree with shapes, dtypes, statistics
       tracespec validate runs/ref          does the folder conform to the spec?
@@ -35,12 +37,14 @@ def cli() -> None:
       tracespec diff A B --html r.html     ... and a report to open in a browser (offline)
       tracespec convert padiff DUMP OUT    a PaDiff dump (or: convert checkpoint FILE OUT) as a trace
       tracespec diff a.bin b.safetensors   what changed between two checkpoints
+      tracespec cp runs/ref s3://b/ref     copy a trace to or from an object store, checking it
 
     Exit codes: 0 ok, 1 diverged, 2 usage error, 3 unreadable or invalid input.
     """
 
 
 cli.add_command(convert)
+cli.add_command(cp)
 cli.add_command(diff)
 cli.add_command(report)
 cli.add_command(show)

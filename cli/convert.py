@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import click
 
+from tracespec.cli.locations import location_options
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
 from tracespec.convert import convert_checkpoint, convert_padiff, diff_checkpoints
 from tracespec.errors import InputFileError
@@ -42,6 +43,7 @@ def convert() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing trace at OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the provenance (manifest 'source') as JSON on stdout.")
+@location_options
 def padiff(dump: str, out: str, update_weights: str | None, overwrite: bool, as_json: bool) -> None:
     """Convert the PaDiff dump of one model, DUMP (<dump root>/<model name>), into the trace OUT.
 
@@ -67,6 +69,7 @@ def padiff(dump: str, out: str, update_weights: str | None, overwrite: bool, as_
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--overwrite", is_flag=True, help="Replace an existing trace at OUT.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@location_options
 def checkpoint(file: str, out: str, overwrite: bool, progress: bool | None) -> None:
     """Convert the checkpoint FILE (safetensors, PyTorch .pt/.bin, Paddle .pdparams) into a trace.
 

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
+from tracespec.cli.locations import location_options
 from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
 from tracespec.compare import MODES, Verdict, compare_traces
 from tracespec.compare.engine import StepRange
@@ -123,6 +124,7 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--brief", is_flag=True, help="Only the coverage, the verdict, the culprit with its path, and what to do next.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
+@location_options
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
          rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int | StepRange, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, baseline: str | None,

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tracespec.cli.errors import report_errors
+from tracespec.cli.locations import location_options
 from tracespec.compare.view import read_node
 from tracespec.format.tables import ROLES, STAGES
 from tracespec.nonfinite import first_nonfinite
@@ -142,6 +143,7 @@ def _echo_tree(node: dict[str, Any], prefix: str, last: bool, top: bool, max_dep
     help="Name the first call (over steps, forward then backward) whose output or input gradient holds "
     "NaN or Inf while what it received did not, instead of the tree. Needs statistics (capture 'stats' or 'full').",
 )
+@location_options
 def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages: tuple[str, ...],
          depth: int | None, as_json: bool, first_nonfinite: bool) -> None:
     """Show the module tree of TRACE with shapes, dtypes and statistics.

@@ -7,6 +7,7 @@ import json
 import click
 
 from tracespec.cli.errors import report_errors
+from tracespec.cli.locations import location_options
 from tracespec.errors import TraceFormatError
 from tracespec.storage import validate_trace
 
@@ -16,6 +17,7 @@ from tracespec.storage import validate_trace
 @click.option("--deep", is_flag=True, help="Also read every tensor and check its content hash (reads all data).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the result as JSON on stdout: {valid: true, complete, ...} or {valid: false, reason, message}.")
+@location_options
 def validate(trace: str, deep: bool, as_json: bool) -> None:
     """Check that TRACE conforms to the tracespec format.
 
@@ -25,6 +27,7 @@ def validate(trace: str, deep: bool, as_json: bool) -> None:
     \b
     Examples:
       tracespec validate runs/ref --deep
+      tracespec validate s3://team-traces/ref
       python spec/v1/conformance/run_conformance.py -- tracespec validate --deep --json
     """
     with report_errors():
@@ -40,6 +43,7 @@ def validate(trace: str, deep: bool, as_json: bool) -> None:
             "valid": True, "complete": t.complete, "format_version": t.manifest.format_version,
             "ranks": t.ranks, "steps": t.steps, "missing_ranks": t.missing_ranks(),
             "records": report.records, "arrays": report.arrays, "stored_bytes": report.stored_bytes,
+            "unreferenced_files": report.unreferenced,
         }, indent=2))
     else:
         click.echo(report.summary())

@@ -28,6 +28,7 @@ __all__ = [
     "DataMismatchError",
     "InputFileError",
     "NonFiniteError",
+    "StorageError",
     "UsageError",
 ]
 
@@ -54,6 +55,13 @@ class InputFileError(TracespecError, ValueError):
     """An input file that is not a trace (a checkpoint, a dump) is unreadable or unsafe."""
 
     reason = "invalid_input"
+
+
+class StorageError(TracespecError, OSError):
+    """A trace's object store failed: no credentials, access denied, an unreachable endpoint
+    (docs/storage.md). Says nothing about the trace itself."""
+
+    reason = "storage_error"
 
 
 class TraceFormatError(TracespecError, ValueError):

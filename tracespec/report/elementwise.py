@@ -18,7 +18,7 @@ from typing import Final
 import numpy as np
 
 from tracespec.errors import ChunkMissingError
-from tracespec.storage import ArrayMeta, Trace, missing_chunks
+from tracespec.storage import ArrayMeta, Trace
 
 __all__ = ["BLOCK_BYTES", "ElementwiseError", "elementwise_error"]
 
@@ -80,15 +80,16 @@ def _read_blocks(trace: Trace, rank: int, array: str, rows: int) -> Iterator[np.
     if not meta.shape or rows >= meta.shape[0]:
         yield part.read_array(array)
         return
-    missing = missing_chunks(part.store, meta)
+    missing = part.missing_chunks(meta)
     if missing:
         raise ChunkMissingError(f"{part.store.name}/{array}: chunk {missing[0]} is missing")
     import zarr
 
-    stored = zarr.open_array(store=str(part.store), path=array, mode="r")
-    for start in range(0, meta.shape[0], rows):
-        block = np.asarray(stored[start : start + rows])
-        yield block.view(meta.dtype.numpy) if meta.dtype.stored_as_bits else block
+    with part.local_array(array):  # a remote trace's chunks, fetched into its cache meanwhile
+        stored = zarr.open_array(store=str(part.store), path=array, mode="r")
+        for start in range(0, meta.shape[0], rows):
+            block = np.asarray(stored[start : start + rows])
+            yield block.view(meta.dtype.numpy) if meta.dtype.stored_as_bits else block
 
 
 def _abs_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -4,6 +4,9 @@ Constraints:
 - Opening a trace reads the manifests and the tables (metadata, small), checks them against each
   other, and reads no tensor data. Tensors are read one at a time, on request.
 - Every path taken from a file is checked before use; nothing outside the trace folder is opened.
+- A trace at a URL is fetched into a local cache folder (``tracespec.storage.remote``) and read
+  from there by the same code, so it is checked exactly as a local one; its tensor data is
+  fetched an array at a time, when read.
 - Unknown columns are ignored (minor versions only add); missing or mistyped columns are errors.
 """
 
@@ -15,8 +18,9 @@ import dataclasses
 import fnmatch
 import math
 import mmap
-import re
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -45,18 +49,22 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
 from tracespec.format.limits import MAX_ARRAY_BYTES
+from tracespec.storage.location import RemoteLocation, default_cache, resolve_location
+from tracespec.storage.remote import PART_DIR, RemoteArrays, TraceCache, fetch_trace
 from tracespec.storage.zarr_store import (
     ArrayMeta,
     Confinement,
     check_inside,
     check_relative_path,
+    chunk_key_path,
+    missing_chunks,
     read_array,
     read_array_meta,
 )
 
 __all__ = ["Part", "Trace", "load_trace"]
 
-_PART_DIR: Final = re.compile(r"^rank_(0|[1-9][0-9]*)$")
+_PART_DIR: Final = PART_DIR
 _ENUMS: Final = {
     "nodes": {"kind": NODE_KINDS},
     "calls": {"stage": STAGES},
@@ -85,7 +93,8 @@ class Part:
     tensors: pa.Table
     maps: dict[str, Mapped] = dataclasses.field(default_factory=dict, repr=False)
     """Each table's files, mapped: the tables' columns live there."""
-    """The table files, mapped: the tables' columns live there."""
+    remote: RemoteArrays | None = dataclasses.field(default=None, repr=False)
+    """For a part at a URL, where its arrays are fetched from (``folder`` is then the cache)."""
 
     def release_pages(self) -> None:
         """Let the kernel drop the table pages read so far from this process's memory (they stay in
@@ -112,11 +121,71 @@ class Part:
         return Confinement(self.store)
 
     def array_meta(self, name: str) -> ArrayMeta:
+        if self.remote is not None:
+            self.remote.fetch_meta(name)
         return read_array_meta(self._confined_store, name)
+
+    def missing_chunks(self, meta: ArrayMeta) -> list[str]:
+        """The chunks of ``meta`` that are absent or of the wrong size (no data is read)."""
+        if self.remote is not None:
+            return self.remote.missing_chunks(meta)
+        return missing_chunks(self.store, meta)
 
     def read_array(self, name: str) -> np.ndarray:
         """The tensor stored as array ``name``, with its true dtype."""
-        return read_array(self._confined_store, self.array_meta(name))
+        with self.local_array(name) as meta:
+            return self.read_fetched(meta)
+
+    def read_fetched(self, meta: ArrayMeta) -> np.ndarray:
+        """The data of ``meta`` from the local folder (within :meth:`local_array`)."""
+        return read_array(self._confined_store, meta)
+
+    @contextmanager
+    def local_array(self, name: str) -> Iterator[ArrayMeta]:
+        """The metadata of array ``name``; within the block its files are in the local folder
+        ``store / name`` (fetched, for a remote part, and dropped after unless cached)."""
+        meta = self.array_meta(name)
+        if self.remote is None:
+            yield meta
+        else:
+            with self.remote.fetched(meta):
+                yield meta
+
+    def stored_sizes(self, meta: ArrayMeta) -> dict[str, int]:
+        """The size of each file of array ``meta`` that the store holds (``zarr.json``,
+        ``c/0/0``...), without reading them."""
+        if self.remote is not None:
+            return self.remote.stored_sizes(meta)
+        sizes = {}
+        for relative in ("zarr.json", *map(chunk_key_path, meta.chunk_keys())):
+            try:
+                sizes[relative] = (self.store / meta.name / relative).stat().st_size
+            except FileNotFoundError:
+                continue
+        return sizes
+
+    def stored_files(self) -> dict[str, int]:
+        """Every file (object) under the part's folder, relative to it, with its size; symbolic
+        links are not followed."""
+        if self.remote is not None:
+            return self.remote.location.sizes(self.folder.name)
+        found = {}
+        for folder, _, names in os.walk(self.folder):
+            for name in names:
+                path = Path(folder) / name
+                found[path.relative_to(self.folder).as_posix()] = path.lstat().st_size
+        return found
+
+    def group_metadata(self, group: str) -> bytes | None:
+        """The ``zarr.json`` of group ``group`` of the store (``""``: its root), if there is one."""
+        relative = f"{group}/zarr.json" if group else "zarr.json"
+        check_relative_path(relative, f"{self.folder.name}: group {group!r}")
+        if self.remote is not None:
+            return self.remote.read(relative)
+        try:
+            return self._confined_store.check(self.store / relative, relative).read_bytes()
+        except FileNotFoundError:
+            return None
 
 
 _NOT_NULL: Final = {name: [f.name for f in schema if not f.nullable] for name, schema in TABLE_SCHEMAS.items()}
@@ -384,10 +453,14 @@ def _load_part(folder: Path) -> Part:
 class Trace:
     """A trace opened for reading. Tables are in memory; tensor data is read on request."""
 
-    def __init__(self, path: Path, manifest: Manifest, parts: dict[int, Part]) -> None:
+    def __init__(self, path: Path | str, manifest: Manifest, parts: dict[int, Part], cache: TraceCache | None = None) -> None:
         self.path = path
+        """The trace folder, or the URL of a trace on an object store."""
         self.manifest = manifest
         self.parts = parts
+        self._cache = cache  # a remote trace's local copy lives as long as the Trace
+        self.folder = cache.folder if cache is not None else Path(path)
+        """The local folder read: the trace's own, or the cache of a trace at a URL."""
 
     @property
     def ranks(self) -> list[int]:
@@ -493,13 +566,39 @@ class Trace:
         return f"<Trace {self.path} {self.manifest.framework} ranks={self.ranks} steps={self.steps} {state}>"
 
 
-def load_trace(path: str | Path) -> Trace:
-    """Open the trace folder ``path``: manifests and tables are read and checked, data is not."""
-    root = Path(path)
+def load_trace(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+               cache: str | os.PathLike[str] | None = None) -> Trace:
+    """Open the trace at ``path``: manifests and tables are read and checked, data is not.
+
+    ``path`` is a folder or a URL (``s3://bucket/run``, ``gs://``, ``az://``, ``memory://``,
+    ``file://``; docs/storage.md). For a URL, ``storage_options`` go to its fsspec file system
+    (``{"endpoint_url": ...}``; credentials come from the store's usual environment and config
+    files otherwise), and ``cache`` is a folder that keeps what was fetched for the next time
+    (by default a temporary one, deleted with the trace, which also drops each array once read).
+    """
+    where = resolve_location(path, storage_options)
+    if isinstance(where, RemoteLocation):
+        return _load_remote(where, Path(cache) if cache is not None else default_cache())
+    return _load_folder(where)
+
+
+def _load_remote(location: RemoteLocation, cache: Path | None) -> Trace:
+    held = fetch_trace(location, cache)
+    local = _load_folder(held.folder, shown=location.url)
+    parts = {
+        rank: dataclasses.replace(part, remote=RemoteArrays(
+            location, f"{part.folder.name}/{part.manifest.store_path}", part.store, keep=held.keeps_data))
+        for rank, part in local.parts.items()
+    }
+    return Trace(location.url, local.manifest, parts, cache=held)
+
+
+def _load_folder(root: Path, shown: str | None = None) -> Trace:
+    """Read the trace folder ``root`` (``shown``: what to call it, the URL of a fetched trace)."""
     if not root.is_dir():
         raise NotATraceError(f"{root}: not a folder; a trace is a folder with {MANIFEST_FILE}")
     manifest_file = check_inside(root / MANIFEST_FILE, root, f"{root.name}/{MANIFEST_FILE}")
-    manifest = parse_manifest(_read_bytes(manifest_file, MANIFEST_FILE), f"{root.name}/{MANIFEST_FILE}")
+    manifest = parse_manifest(_read_bytes(manifest_file, MANIFEST_FILE), f"{shown or root.name}/{MANIFEST_FILE}")
     parts: dict[int, Part] = {}
     for child in sorted(root.iterdir()):
         # A part folder without part.json belongs to a writer that died before its first
@@ -509,5 +608,5 @@ def load_trace(path: str | Path) -> Trace:
             parts[part.rank] = part
     beyond = [r for r in parts if r >= manifest.world_size]
     if beyond:
-        raise TableMismatchError(f"{root}: part rank_{beyond[0]} is outside world_size {manifest.world_size}")
+        raise TableMismatchError(f"{shown or root}: part rank_{beyond[0]} is outside world_size {manifest.world_size}")
     return Trace(root, manifest, parts)

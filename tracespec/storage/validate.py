@@ -7,13 +7,16 @@ shape, and has all its chunks. ``deep`` also reads every array and checks its co
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from tracespec.errors import ChunkMissingError, DataMismatchError, TableMismatchError
 from tracespec.format.stats import content_hash
-from tracespec.storage.reader import Trace, load_trace
-from tracespec.storage.zarr_store import missing_chunks
+from tracespec.format.manifest import PART_FILE
+from tracespec.storage.reader import Part, Trace, load_trace
+from tracespec.storage.zarr_store import chunk_key_path
 
 __all__ = ["ValidationReport", "validate_trace"]
 
@@ -26,6 +29,11 @@ class ValidationReport:
     records: int
     arrays: int
     stored_bytes: int
+    unreferenced: int = 0
+    """Files (objects) in the parts that no ``part.json`` names, directly or through a record:
+    what an interrupted writer or copy left, or what a running writer has not published yet.
+    Readers ignore them (spec section 17 item 8)."""
+    unreferenced_bytes: int = 0
 
     @property
     def complete(self) -> bool:
@@ -36,6 +44,9 @@ class ValidationReport:
         state = "complete" if t.complete else f"INCOMPLETE ({t.how_ended()})"
         missing = t.missing_ranks()
         extra = f"; ranks without a part: {missing}" if missing else ""
+        if self.unreferenced:
+            extra += (f"; {self.unreferenced} files ({self.unreferenced_bytes / 1e6:.1f} MB) that no part.json names "
+                      "(left by an interrupted writer or copy, or not yet published; readers ignore them)")
         return (
             f"{t.path}: valid tracespec {t.manifest.format_version} trace, {state}; "
             f"{len(t.ranks)} rank(s), {len(t.steps)} step(s), {self.records} tensor records, "
@@ -43,10 +54,13 @@ class ValidationReport:
         )
 
 
-def validate_trace(path: str | Path, *, deep: bool = False) -> ValidationReport:
-    """Raise a :class:`~tracespec.errors.TraceFormatError` subclass at the first violation."""
-    trace = load_trace(path)
-    records = arrays = stored = 0
+def validate_trace(path: str | os.PathLike[str], *, deep: bool = False, storage_options: dict[str, Any] | None = None,
+                   cache: str | os.PathLike[str] | None = None) -> ValidationReport:
+    """Raise a :class:`~tracespec.errors.TraceFormatError` subclass at the first violation.
+
+    ``path`` may be a URL; ``storage_options`` and ``cache`` as for :func:`load_trace`."""
+    trace = load_trace(path, storage_options=storage_options, cache=cache)
+    records = arrays = stored = unreferenced = unreferenced_bytes = 0
     for rank in trace.ranks:
         part = trace.parts[rank]
         seen: dict[str, tuple[str, list[int], str | None]] = {}
@@ -64,7 +78,7 @@ def validate_trace(path: str | Path, *, deep: bool = False) -> ValidationReport:
                         f"{where}: the record says {row['dtype']}{row['shape']}, "
                         f"the array holds {meta.dtype.name}{list(meta.shape)}"
                     )
-                bad = missing_chunks(part.store, meta)
+                bad = part.missing_chunks(meta)
                 if bad:
                     raise ChunkMissingError(f"{where}: chunk(s) {', '.join(bad[:3])} missing or truncated")
                 if deep and row["hash"] is not None:
@@ -76,4 +90,20 @@ def validate_trace(path: str | Path, *, deep: bool = False) -> ValidationReport:
                 stored += meta.nbytes
             elif seen[name][:2] != (row["dtype"], row["shape"]):
                 raise TableMismatchError(f"{where}: shares an array but records another dtype or shape")
-    return ValidationReport(trace, records, arrays, stored)
+        named = _named_files(part, seen)
+        left = {path: size for path, size in part.stored_files().items() if path not in named}
+        unreferenced += len(left)
+        unreferenced_bytes += sum(left.values())
+    return ValidationReport(trace, records, arrays, stored, unreferenced, unreferenced_bytes)
+
+
+def _named_files(part: Part, arrays: Iterable[str]) -> set[str]:
+    """The files of ``part`` (relative to its folder) that its ``part.json`` names: itself, its
+    segments, and the store's root group, and of each array its groups, metadata and chunks."""
+    store = part.manifest.store_path
+    named = {PART_FILE, f"{store}/zarr.json", *(s.path for table in part.manifest.tables.values() for s in table)}
+    for name in arrays:
+        steps = name.split("/")
+        named.update(f"{store}/{'/'.join(steps[:depth])}/zarr.json" for depth in range(1, len(steps) + 1))
+        named.update(f"{store}/{name}/{chunk_key_path(key)}" for key in part.array_meta(name).chunk_keys())
+    return named

@@ -17,6 +17,10 @@ Constraints:
   files, with ``complete: false``, and lists as ``partial_steps`` the steps it had not ended.
 - Ranks never share a file: each writes ``rank_<R>/``; ``manifest.json`` is created once with an
   atomic no-clobber link, by whichever rank comes first.
+- A trace at a URL (an object store: no rename, no fsync) is written to a local staging folder by
+  the same code, and each publication uploads what it made in the order of spec section 17
+  (``tracespec.storage.remote.RemotePublisher``): data, then ``zarr.json`` files, then segments,
+  then ``part.json``, the commit point. ``manifest.json`` is created with a conditional PUT.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -52,6 +57,8 @@ from tracespec.format.manifest import (
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
+from tracespec.storage.location import RemoteLocation, resolve_location
+from tracespec.storage.remote import RemotePublisher
 from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, make_durable, write_array, write_group
 
 __all__ = ["TraceWriter"]
@@ -105,7 +112,9 @@ class TraceWriter:
     Parameters
     ----------
     path:
-        The trace folder; created if needed. Several ranks may write the same folder.
+        The trace folder; created if needed. Several ranks may write the same folder. Or a URL
+        (``s3://bucket/run``, ``gs://``, ``az://``, ``memory://``; docs/storage.md): the part is
+        staged in a local folder and uploaded at each publication, ``part.json`` last.
     framework, framework_version:
         What produced the values (``"torch"``, ``"paddle"``, ``"onnxruntime"``, ``"numpy"``...).
     rank, world_size:
@@ -133,6 +142,12 @@ class TraceWriter:
         Upper bound in bytes on one Zarr chunk (arrays are split along leading axes to fit).
     overwrite:
         Replace an existing part of the same rank (and, for a single-rank trace, the manifest).
+    storage_options:
+        For a URL: options of its fsspec file system (``{"endpoint_url": ...}``, credentials);
+        by default the store's usual environment variables and configuration files.
+    staging:
+        For a URL: the local folder where files wait for their upload (a temporary folder by
+        default). It holds at most what one publication writes.
     """
 
     def __init__(
@@ -155,12 +170,28 @@ class TraceWriter:
         flush_interval: float = 2.0,
         overwrite: bool = False,
         chunk_limit: int = CHUNK_BYTES,
+        storage_options: dict[str, Any] | None = None,
+        staging: str | os.PathLike[str] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} is outside world_size {world_size}")
         if compression not in (None, "zstd"):
             raise UsageError(f"compression {compression!r} is not one of None, 'zstd'")
-        self.path = Path(path)
+        where = resolve_location(path, storage_options)
+        self._remote: RemotePublisher | None = None
+        self._staging_created = False
+        if isinstance(where, RemoteLocation):
+            # Staged files are uploaded, then deleted, right away: durability is the store's
+            # (a PUT that returned is stored), and the data is read back at once (no O_DIRECT).
+            if staging is None:
+                staging, self._staging_created = tempfile.mkdtemp(prefix="tracespec-staging-"), True
+            self.path = Path(staging)
+            self._remote = RemotePublisher(where, self.path, part_dir_name(rank))
+            durable = direct_io = False
+        else:
+            self.path = where
+        self.location: str = where.url if isinstance(where, RemoteLocation) else str(where)
+        """Where the trace is written: its folder, or its URL."""
         self.rank = rank
         self.device = device
         self.durable = durable
@@ -169,19 +200,23 @@ class TraceWriter:
         self.chunk_limit = chunk_limit
         self._part_dir = self.path / part_dir_name(rank)
         self._store = self._part_dir / STORE_DIR
-        self._prepare_folder(overwrite, world_size)
-        manifest = Manifest(
-            framework=framework,
-            framework_version=framework_version,
-            created=_now(),
-            world_size=world_size,
-            capture=capture or {},
-            metadata=metadata or {},
-            dtype_policy=dtype_policy,
-            source=source,
-            producer_version=_producer_version(),
-        )
-        self._create_manifest(manifest)
+        try:  # a writer refused here (a part already there, another framework) leaves no staging folder
+            self._prepare_folder(overwrite, world_size)
+            manifest = Manifest(
+                framework=framework,
+                framework_version=framework_version,
+                created=_now(),
+                world_size=world_size,
+                capture=capture or {},
+                metadata=metadata or {},
+                dtype_policy=dtype_policy,
+                source=source,
+                producer_version=_producer_version(),
+            )
+            self._create_manifest(manifest)
+        except BaseException:
+            self._remove_staging()
+            raise
         # The part folder only after the manifest is settled: a refused writer leaves nothing.
         (self._part_dir / "tables").mkdir(parents=True)
         self._unsynced = WrittenFiles()
@@ -224,6 +259,9 @@ class TraceWriter:
 
     # ------------------------------------------------------------------ set-up
     def _prepare_folder(self, overwrite: bool, world_size: int) -> None:
+        if self._remote is not None:
+            self._prepare_remote(overwrite, world_size)
+            shutil.rmtree(self._part_dir, ignore_errors=True)  # the staging folder is scratch
         if self._part_dir.exists():
             if not overwrite:
                 raise UsageError(
@@ -235,10 +273,36 @@ class TraceWriter:
                 (self.path / MANIFEST_FILE).unlink()
         self.path.mkdir(parents=True, exist_ok=True)
 
+    def _prepare_remote(self, overwrite: bool, world_size: int) -> None:
+        assert self._remote is not None
+        location, part = self._remote.location, part_dir_name(self.rank)
+        if location.children(part):
+            if not overwrite:
+                raise UsageError(
+                    f"{location.name(part)}: a trace part for rank {self.rank} already exists; "
+                    "choose a new URL or pass overwrite=True"
+                )
+            location.remove(part)
+            if world_size == 1:
+                location.remove(MANIFEST_FILE)
+
     def _create_manifest(self, manifest: Manifest) -> None:
         target = self.path / MANIFEST_FILE
         tmp = self.path / f".{MANIFEST_FILE}.tmp-{os.getpid()}-{self.rank}"
-        tmp.write_bytes(json.dumps(manifest.to_json(), indent=2).encode())
+        payload = json.dumps(manifest.to_json(), indent=2).encode()
+        if self._remote is not None:
+            # the store's manifest.json, created here if no rank did: the staged copy mirrors it
+            stored = self._remote.manifest_payload(payload)
+            if stored != payload:
+                existing = parse_manifest(stored, self._remote.location.name(MANIFEST_FILE))
+                if existing.framework != manifest.framework:
+                    raise UsageError(
+                        f"{self.location}: this trace was started by {existing.framework!r}; "
+                        f"cannot add a {manifest.framework!r} part to it"
+                    )
+            target.unlink(missing_ok=True)
+            payload = stored
+        tmp.write_bytes(payload)
         if self.durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -469,6 +533,7 @@ class TraceWriter:
             self._worker.join()
             self._summarizer.shutdown()
             self._io.shutdown()
+            self._remove_staging()
 
     def abort(self, ending: Ending | None = None) -> None:
         """Stop without marking the part complete (what a crash leaves, but cleanly).
@@ -483,9 +548,12 @@ class TraceWriter:
         self._worker.join()
         self._summarizer.shutdown()
         self._io.shutdown()
-        if ending is not None and self._error is None:
-            self._ending = ending
-            self._write_part_manifest()
+        try:
+            if ending is not None and self._error is None:
+                self._ending = ending
+                self._write_part_manifest()
+        finally:
+            self._remove_staging()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -637,6 +705,10 @@ class TraceWriter:
             self._store_arrays += 1
             self._store_bytes += array.nbytes
             written.folders.extend([*array.folders, *(f.parent for f in array.files)])
+            if self._remote is not None:
+                self._remote.add_data(array.files)
+        if self._remote is not None:
+            self._remote.add_data(written.files)
         if not self.durable:
             return
         folders = dict.fromkeys([*(f.parent for f in written.files), *written.folders, *(d.parent for d in written.folders)])
@@ -660,6 +732,8 @@ class TraceWriter:
             with pa.ipc.new_file(sink, TABLE_SCHEMAS[name]) as out:
                 out.write_table(table)
             _write_atomically(self._part_dir / relative, sink.getvalue().to_pybytes(), self.durable)
+            if self._remote is not None:
+                self._remote.add_segment(self._part_dir / relative)
             self._segments[name].append(Segment(relative, len(rows)))
         if self.durable and batches:
             fsync_files([self._part_dir / "tables"])
@@ -680,9 +754,17 @@ class TraceWriter:
             store_bytes=self._store_bytes,
             updated=_now(),
         )
-        _write_atomically(self._part_dir / PART_FILE, json.dumps(part.to_json(), indent=1).encode(), self.durable)
+        payload = json.dumps(part.to_json(), indent=1).encode()
+        _write_atomically(self._part_dir / PART_FILE, payload, self.durable)
+        if self._remote is not None:
+            self._remote.publish(payload)
         if self.durable:
             fsync_files([self._part_dir])
+
+    def _remove_staging(self) -> None:
+        """Delete a staging folder this writer created (everything in it is uploaded)."""
+        if self._staging_created:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:

@@ -48,6 +48,7 @@ __all__ = [
     "Confinement",
     "check_inside",
     "check_relative_path",
+    "chunk_key_path",
     "chunk_shape_for",
     "missing_chunks",
     "read_array",
@@ -417,12 +418,22 @@ class ArrayMeta:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
+    @property
+    def chunk_bytes(self) -> int:
+        """The size of one uncompressed chunk file (edge chunks are padded to it)."""
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
+
     def chunk_keys(self) -> list[tuple[int, ...]]:
         return _grid_keys(self.shape, self.chunk_shape)
 
 
+def chunk_key_path(key: tuple[int, ...]) -> str:
+    """The path of chunk ``key`` inside its array's folder (``c/0/1``; ``c`` for a 0-d array)."""
+    return "/".join(["c", *map(str, key)])
+
+
 def _chunk_path(folder: Path, key: tuple[int, ...]) -> Path:
-    return folder.joinpath("c", *map(str, key)) if key else folder / "c"
+    return folder / chunk_key_path(key)
 
 
 def read_array_meta(confined: Confinement, name: str) -> ArrayMeta:
@@ -475,7 +486,7 @@ def read_array_meta(confined: Confinement, name: str) -> ArrayMeta:
 def missing_chunks(store: Path, meta: ArrayMeta) -> list[str]:
     """The chunk keys of ``meta`` whose files are absent or of the wrong size."""
     folder = store / meta.name
-    expected = math.prod(meta.chunk_shape) * meta.dtype.itemsize
+    expected = meta.chunk_bytes
     bad = []
     for key in meta.chunk_keys():
         path = _chunk_path(folder, key)
