@@ -39,6 +39,7 @@ from tracespec.errors import (
     TracespecError,
 )
 from tracespec.format.dtypes import parse_dtype
+from tracespec.format.limits import MAX_ARRAY_BYTES
 from tracespec.format.manifest import (
     MANIFEST_FILE,
     PART_FILE,
@@ -48,7 +49,6 @@ from tracespec.format.manifest import (
     parse_part_manifest,
 )
 from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
-from tracespec.format.limits import MAX_ARRAY_BYTES
 from tracespec.storage.location import RemoteLocation, default_cache, resolve_location
 from tracespec.storage.remote import PART_DIR, RemoteArrays, TraceCache, fetch_trace
 from tracespec.storage.zarr_store import (

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracespec.errors import ChunkMissingError, DataMismatchError, TableMismatchError
-from tracespec.format.stats import content_hash
 from tracespec.format.manifest import PART_FILE
+from tracespec.format.stats import content_hash
 from tracespec.storage.reader import Part, Trace, load_trace
 from tracespec.storage.zarr_store import chunk_key_path
 

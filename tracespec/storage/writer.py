@@ -43,7 +43,6 @@ import pyarrow as pa
 
 from tracespec._version import __version__
 from tracespec.errors import TracespecError, UsageError
-from tracespec.format.dtypes import dtype_of, parse_dtype
 from tracespec.format.manifest import (
     MANIFEST_FILE,
     PART_FILE,
@@ -56,14 +55,14 @@ from tracespec.format.manifest import (
     part_dir_name,
 )
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
-from tracespec.format.tables import LEVELS, NODE_KINDS, ROLES, STAGES, TABLE_NAMES, TABLE_SCHEMAS
+from tracespec.format.tables import TABLE_NAMES, TABLE_SCHEMAS
 from tracespec.storage.location import RemoteLocation, resolve_location
 from tracespec.storage.remote import RemotePublisher
+from tracespec.storage.rows import TensorKind, check_coordinates, node_row, stats_columns, tensor_kind, tensor_row, value_row
 from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, make_durable, write_array, write_group
 
 __all__ = ["TraceWriter"]
 
-_VALUE_REPR_LIMIT: Final = 200
 # Statistics and hashes are computed on this many threads, one tensor each: together with the
 # data writer they keep two cores busy, and take no more than that from the run being recorded.
 _STATS_THREADS: Final = min(2, os.cpu_count() or 1)
@@ -332,25 +331,11 @@ class TraceWriter:
         attrs: dict[str, Any] | None = None,
     ) -> int:
         """Add a node of the module tree and return its id."""
-        if kind not in NODE_KINDS:
-            raise UsageError(f"node kind {kind!r} is not one of {NODE_KINDS}")
         with self._lock:
             self._raise_worker_error()
             node = self._next_node
-            if parent is not None and not 0 <= parent < node:
-                raise UsageError(f"parent {parent} is not the id of a node added before {route!r}")
+            self._pending_rows["nodes"].append(node_row(node, parent, route, class_name, kind, position, attrs))
             self._next_node += 1
-            self._pending_rows["nodes"].append(
-                {
-                    "node": node,
-                    "parent": parent,
-                    "route": route,
-                    "class_name": class_name,
-                    "kind": kind,
-                    "position": position,
-                    "attrs": json.dumps(attrs, sort_keys=True) if attrs else None,
-                }
-            )
         return node
 
     def add_call(self, *, step: int, stage: str, node: int, call: int, begin: int, end: int) -> None:
@@ -388,82 +373,32 @@ class TraceWriter:
         this is: its data, statistics and hash are shared instead of written again.
         """
         self._check_coordinates(step, stage, node, call, role)
-        if level not in LEVELS:
-            raise UsageError(f"level {level!r} is not one of {LEVELS}")
-        if same_as is not None:
-            # The tensor is the earlier record's: its dtype, shape and level are taken from it,
-            # and an array passed along is not written again.
-            earlier = self._same_step_record(same_as, step)
-            if array is not None and (dtype_of(array).name, tuple(array.shape)) != earlier[:2]:
-                raise UsageError(
-                    f"same_as={same_as} names a {earlier[0]}{list(earlier[1])} tensor, "
-                    f"but the array passed is {dtype_of(array).name}{list(array.shape)}"
-                )
-            dtype, shape, level = earlier
-            array = None
-        elif array is not None:
-            dtype = dtype_of(array).name
-            shape = tuple(int(d) for d in array.shape)
-        elif dtype is None or shape is None:
-            raise UsageError("add_tensor needs an array, or dtype and shape")
-        else:
-            dtype = parse_dtype(dtype).name
-            shape = tuple(int(d) for d in shape)
-            if any(d < 0 for d in shape):
-                raise UsageError(f"shape {list(shape)} has a negative extent")
-            if level == "full":
-                raise UsageError("level 'full' needs the array")
-        row: dict[str, Any] = {
-            "step": step,
-            "stage": stage,
-            "node": node,
-            "call": call,
-            "role": role,
-            "slot": slot,
-            "dtype": dtype,
-            "shape": list(shape),
-            "level": level,
-            "value_type": None,
-            "value": None,
-            "hash": hash,
-            "array": None,
-            **_stats_columns(stats),
-        }
+        earlier = self._same_step_record(same_as, step) if same_as is not None else None
+        kind = tensor_kind(array, dtype, shape, level, same_as, earlier)
+        if earlier is not None:
+            array = None  # the earlier record's data is this tensor's: not written again
+        level = kind[2]
+        row = tensor_row(step=step, stage=stage, node=node, call=call, role=role, slot=slot, kind=kind, hash=hash, stats=stats)
         keep = array if (level == "full" or (level == "stats" and stats is None) or (level == "hash" and hash is None)) else None
         record = self._enqueue(row, keep, same_as)
         with self._lock:
-            self._tensor_records[record] = (step, row["dtype"], tuple(row["shape"]), level)
+            self._tensor_records[record] = (step, *kind)
         return record
 
     def _check_coordinates(self, step: int, stage: str, node: int, call: int | None, role: str | None = None) -> None:
-        if stage not in STAGES:
-            raise UsageError(f"stage {stage!r} is not one of {STAGES}")
-        if role is not None and role not in ROLES:
-            raise UsageError(f"role {role!r} is not one of {ROLES}")
-        if not 0 <= node < self._next_node:
-            raise UsageError(f"node {node} has not been added (add_node returns the ids)")
-        if step < 0 or (call is not None and call < 0):
-            raise UsageError(f"step ({step}) and call ({call}) count from 0")
+        check_coordinates(step, stage, node, call, role, self._next_node)
 
-    def _same_step_record(self, record: int, step: int) -> tuple[str, tuple[int, ...], str]:
+    def _same_step_record(self, record: int, step: int) -> TensorKind:
         with self._lock:
             earlier = self._tensor_records.get(record)
         if earlier is None or earlier[0] != step:
             raise UsageError(f"same_as={record} names no earlier tensor record of step {step}")
-        return earlier[1], earlier[2], earlier[3]
+        return earlier[1:]
 
     def add_value(self, *, step: int, stage: str, node: int, role: str, slot: str, value: object, call: int | None = None) -> int:
         """Record a non-tensor leaf (an int, None, a string...) so nothing is silently dropped."""
-        text = repr(value)
-        if len(text) > _VALUE_REPR_LIMIT:
-            text = text[: _VALUE_REPR_LIMIT - 3] + "..."
         self._check_coordinates(step, stage, node, call, role)
-        row: dict[str, Any] = {
-            "step": step, "stage": stage, "node": node, "call": call, "role": role, "slot": slot,
-            "dtype": None, "shape": None, "level": None,
-            "value_type": type(value).__name__, "value": text,
-            "hash": None, "array": None, **_stats_columns(None),
-        }
+        row = value_row(step=step, stage=stage, node=node, call=call, role=role, slot=slot, value=value)
         return self._enqueue(row, None, None)
 
     def _enqueue(self, row: dict[str, Any], array: np.ndarray | None, same_as: int | None) -> int:
@@ -665,7 +600,7 @@ class TraceWriter:
             if digest is not None:
                 row["hash"] = digest
             if stats is not None:
-                row.update(_stats_columns(stats))
+                row.update(stats_columns(stats))
         copies, self._copies = self._copies, []
         for row, source in copies:
             for key in _SHARED_COLUMNS:
@@ -771,16 +706,3 @@ def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[st
     stats = compute_stats(array) if need_stats else None
     return (content_hash(array) if need_hash else None, stats)
 
-
-def _stats_columns(stats: TensorStats | None) -> dict[str, Any]:
-    if stats is None:
-        return dict.fromkeys(("min", "max", "mean", "std", "l2", "nan_count", "inf_count"))
-    return {
-        "min": stats.min,
-        "max": stats.max,
-        "mean": stats.mean,
-        "std": stats.std,
-        "l2": stats.l2,
-        "nan_count": stats.nan_count,
-        "inf_count": stats.inf_count,
-    }
