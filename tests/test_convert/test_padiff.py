@@ -26,7 +26,7 @@ from tracespec.convert.padiff import locate_padiff_dumps
 from tracespec.errors import InputFileError
 
 
-def convert_padiff(dump: Path, out: Path, **options: Any) -> Any:
+def convert_padiff(dump: Path, out: Path | str, **options: Any) -> Any:
     """Tests skip fsync: conversions are small, and the machine is shared."""
     return convert_durably(dump, out, durable=False, **options)
 
@@ -112,6 +112,18 @@ def _diff(a: Path, b: Path, *options: str) -> tuple[int, dict[str, Any]]:
     result = CliRunner().invoke(cli, ["diff", str(a), str(b), "--json", "-", "--no-progress", *options])
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, json.loads(result.stdout)
+
+
+def test_a_conversion_to_a_url_carries_its_account_of_what_was_missing(tmp_path: Path) -> None:
+    """The manifest's source is completed after the parts are written: at a URL too."""
+    dump = next(d for d in model_dumps() if "rank" in str(next(d.rglob("report.json"), "")))
+    partial = tmp_path / "partial"
+    shutil.copytree(dump, partial)
+    next(partial.rglob("params.json")).unlink()
+    result = convert_padiff(partial, "memory://padiff-conversion/trace")
+    assert result.out == "memory://padiff-conversion/trace" and result.partial
+    source = load_trace("memory://padiff-conversion/trace").manifest.source
+    assert source is not None and source["missing"] == result.missing and any("params.json" in m for m in source["missing"])
 
 
 @pytest.mark.parametrize("case,a,b,options", IDENTICAL, ids=[f"{c[0]}:{c[1]}" for c in IDENTICAL])

@@ -40,7 +40,7 @@ import numpy as np
 
 from tracespec.errors import InputFileError
 from tracespec.format.dtypes import DTYPES
-from tracespec.storage import TraceWriter
+from tracespec.storage import TraceWriter, replace_manifest_source
 
 __all__ = ["DumpFolder", "PadiffConversion", "convert_padiff", "locate_padiff_dumps"]
 
@@ -85,7 +85,7 @@ class DumpFolder:
 class PadiffConversion:
     """What a conversion read, wrote, and could not find."""
 
-    out: Path
+    out: str  # the trace written: a folder or a URL
     source: dict[str, Any]
     records: int = 0
 
@@ -624,25 +624,8 @@ def convert_padiff(
         for writer in writers:
             writer.abort()
         raise
-    _rewrite_source(Path(out), source)
-    return PadiffConversion(Path(out), source, converter.records)
-
-
-def _rewrite_source(out: Path, source: dict[str, Any]) -> None:
-    """Put the final account of what was missing into the manifest.
-
-    The writers create ``manifest.json`` before the dump is read, so the lists gathered while
-    converting are written here, atomically, once every part is closed.
-    """
-    from tracespec.format.manifest import MANIFEST_FILE, parse_manifest
-
-    path = out / MANIFEST_FILE
-    doc = json.loads(path.read_bytes())
-    doc["source"] = source
-    parse_manifest(json.dumps(doc).encode(), str(path))  # still a valid manifest
-    tmp = path.with_name(f".{path.name}.tmp-convert")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    replace_manifest_source(out, source, durable=durable)  # what was missing is known only now
+    return PadiffConversion(str(out), source, converter.records)
 
 
 class _FolderConversion:

@@ -5,7 +5,7 @@ from tracespec.storage.copy import CopyReport, copy_trace
 from tracespec.storage.location import is_url, location_defaults
 from tracespec.storage.reader import Part, Trace, load_trace
 from tracespec.storage.validate import ValidationReport, validate_trace
-from tracespec.storage.writer import TraceWriter
+from tracespec.storage.writer import TraceWriter, replace_manifest_source
 from tracespec.storage.zarr_store import ArrayMeta, missing_chunks
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "load_trace",
     "location_defaults",
     "missing_chunks",
+    "replace_manifest_source",
     "validate_trace",
 ]

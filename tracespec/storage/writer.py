@@ -61,7 +61,7 @@ from tracespec.storage.remote import RemotePublisher
 from tracespec.storage.rows import TensorKind, check_coordinates, node_row, stats_columns, tensor_kind, tensor_row, value_row
 from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, make_durable, write_array, write_group
 
-__all__ = ["TraceWriter"]
+__all__ = ["TraceWriter", "replace_manifest_source"]
 
 # Statistics and hashes are computed on this many threads, one tensor each: together with the
 # data writer they keep two cores busy, and take no more than that from the run being recorded.
@@ -706,3 +706,25 @@ def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[st
     stats = compute_stats(array) if need_stats else None
     return (content_hash(array) if need_hash else None, stats)
 
+
+def replace_manifest_source(
+    path: str | os.PathLike[str], source: dict[str, Any], *, durable: bool = True, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Replace the ``source`` of a written trace's ``manifest.json`` (a converter knows what the
+    input lacked only once every part is written). Atomic, as the writer's own publications: a
+    reader sees the old manifest or the new one, both valid."""
+    location = resolve_location(path, storage_options)
+    if isinstance(location, RemoteLocation):
+        where, stored = location.name(MANIFEST_FILE), location.read_bytes(MANIFEST_FILE)
+    else:
+        where, stored = str(location / MANIFEST_FILE), (location / MANIFEST_FILE).read_bytes()
+    doc = json.loads(stored)
+    doc["source"] = source
+    payload = json.dumps(doc, indent=2).encode()
+    parse_manifest(payload, where)  # still a valid manifest
+    if isinstance(location, RemoteLocation):
+        location.put_bytes(MANIFEST_FILE, payload)  # one PUT replaces an object whole
+    else:
+        _write_atomically(location / MANIFEST_FILE, payload, durable)
+        if durable:
+            fsync_files([location])
