@@ -177,9 +177,11 @@ class OnnxRecorder:
         self._captured = [name for name in needed if name in self.tree.producer]
         # At ``full`` every value is fetched anyway: its statistics come from the data, computed
         # by the writer while it writes (after the run), not by extra reductions inside it.
-        self._moments_of = {} if level in ("hash", "full") else {
-            name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in STATS_TYPES
-        }
+        self._moments_of = (
+            {}
+            if level in ("hash", "full")
+            else {name: self._same_elements_source(name) for name in self._captured if self._types.get(name) in STATS_TYPES}
+        )
         self._outputs_per_run = outputs_per_run
         # Graph outputs are always fetched whole: record() returns them.
         self._data = {n for n in self._captured if level != "stats" or n not in self._moments_of}
@@ -195,6 +197,7 @@ class OnnxRecorder:
         self._shrinking_run.log_severity_level = 4
         self._shrinking_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._next_run_options = self._quiet_run
+        self._session: ort.InferenceSession  # made by _build, again when input shapes change the plan
         self._build()
         self.device = "cuda:0" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
 
@@ -319,7 +322,9 @@ class OnnxRecorder:
         try:
             payload = proto.SerializeToString()
         except ValueError as exc:
-            raise UsageError(f"the model is too large to serialise ({exc}); save it with external data and pass its path") from None
+            raise UsageError(
+                f"the model is too large to serialise ({exc}); save it with external data and pass its path"
+            ) from None
         return ort.InferenceSession(payload, options, providers=self._providers)
 
     # ---------------------------------------------------------------- recording
@@ -343,7 +348,8 @@ class OnnxRecorder:
             "runs_per_step": len(self._batches),
             "scope_source": self.tree.scope_source,
             "stats": (
-                "computed in float64 from the fetched data" if self.level == "full"
+                "computed in float64 from the fetched data"
+                if self.level == "full"
                 else "computed in the graph by onnxruntime: float32 row sums added in float64"
             ),
         }
@@ -426,7 +432,9 @@ class OnnxRecorder:
         self._stale = True
         return dict(zip(names, self._make_session(names, {}).run(names, feed), strict=True))
 
-    def _record_step(self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _record_step(
+        self, writer: TraceWriter, ids: dict[str, int], step: int, feed: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         if self._stale:
             self._build()
         tree = self.tree
@@ -443,7 +451,8 @@ class OnnxRecorder:
                 fetched.clear()
                 fetched.update(self._run_batch(batch, feed))
                 non_finite = [
-                    n for n in self._chunks[batch]
+                    n
+                    for n in self._chunks[batch]
                     if n in self._moments_of and n not in fetched and not finite(self._prefix[self._moments_of[n]])
                 ]
                 if non_finite:
@@ -472,7 +481,9 @@ class OnnxRecorder:
                 writer.add_value(step=step, stage=STAGE, node=node, role=role, slot=slot, value=None, call=call)
                 return
             if name in records:
-                writer.add_tensor(step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, same_as=records[name], level=self.level)
+                writer.add_tensor(
+                    step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, same_as=records[name], level=self.level
+                )
                 return
             if name in tree.initializers or name in tree.parameter_aliases:
                 if role == "parameter":
@@ -486,8 +497,17 @@ class OnnxRecorder:
             if array is None:
                 dtype = dtype_name(self._types.get(name, 0))
             records[name] = writer.add_tensor(
-                step=step, stage=STAGE, node=node, role=role, slot=slot, call=call, array=array,
-                level=self.level, stats=stats, dtype=dtype, shape=shape,
+                step=step,
+                stage=STAGE,
+                node=node,
+                role=role,
+                slot=slot,
+                call=call,
+                array=array,
+                level=self.level,
+                stats=stats,
+                dtype=dtype,
+                shape=shape,
             )
 
         if self._capture["parameters"]:
@@ -502,27 +522,28 @@ class OnnxRecorder:
                 begins[item] = counter
                 counter += 1
                 if self._module_selected(item):
-                    for slot, name in enumerate(tree.modules[item].inputs):
-                        put(ids[item], "input", str(slot), name, 0)
+                    for index, name in enumerate(tree.modules[item].inputs):
+                        put(ids[item], "input", str(index), name, 0)
             elif kind == "end":
                 if self._module_selected(item):
-                    for slot, name in enumerate(tree.modules[item].outputs):
-                        put(ids[item], "output", str(slot), name, 0)
+                    for index, name in enumerate(tree.modules[item].outputs):
+                        put(ids[item], "output", str(index), name, 0)
                 writer.add_call(step=step, stage=STAGE, node=ids[item], call=0, begin=begins[item], end=counter)
                 counter += 1
             elif self._op_selected(item):
                 node_id = ids[item.route]
-                for slot, name in enumerate(item.node.input):
-                    put(node_id, "input", str(slot), name, 0)
-                for slot, name in enumerate(item.node.output):
-                    put(node_id, "output", str(slot), name, 0)
+                for index, name in enumerate(item.node.input):
+                    put(node_id, "input", str(index), name, 0)
+                for index, name in enumerate(item.node.output):
+                    put(node_id, "output", str(index), name, 0)
                 writer.add_call(step=step, stage=STAGE, node=node_id, call=0, begin=counter, end=counter + 1)
                 counter += 2
             else:
                 counter += 2
         if not outputs:
             load(0)  # the batch holding the graph outputs when nothing in it was recorded
-        return {name: outputs.get(name, feed.get(name)) for name in tree.graph_outputs}
+        # a graph output is computed, or one of the inputs passed straight through
+        return {name: outputs[name] if name in outputs else feed[name] for name in tree.graph_outputs}
 
     def _run_batch(self, batch: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session for one batch of outputs: output name -> value.
@@ -591,8 +612,17 @@ class OnnxRecorder:
             summary = self._constants[source] = (compute_stats(array), content_hash(array), dtype_of(array).name, array.shape)
         stats, digest, dtype, shape = summary
         return writer.add_tensor(
-            step=step, stage=STAGE, node=node, role="parameter", slot=slot, array=array, level=self.level,
-            stats=stats, hash=digest, dtype=dtype, shape=shape,
+            step=step,
+            stage=STAGE,
+            node=node,
+            role="parameter",
+            slot=slot,
+            array=array,
+            level=self.level,
+            stats=stats,
+            hash=digest,
+            dtype=dtype,
+            shape=shape,
         )
 
     def _initializer(self, name: str) -> np.ndarray:
@@ -634,7 +664,7 @@ class OnnxTrace:
     def __enter__(self) -> OnnxTrace:
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self._writer.__exit__(exc_type, exc, tb)
 
 
@@ -684,8 +714,10 @@ def _recorder(model: str | os.PathLike[str] | onnx.ModelProto, options: dict[str
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"record_onnx() got an unknown option {name!r}{hint} Options: {', '.join(known)}, "
-                             "overwrite, metadata, durable, storage_options")
+            raise UsageError(
+                f"record_onnx() got an unknown option {name!r}{hint} Options: {', '.join(known)}, "
+                "overwrite, metadata, durable, storage_options"
+            )
     return OnnxRecorder(model, **options)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_record import FULL, QUICK, Size, folder_bytes, torch_model  # noqa: E402
+from bench_record import FULL, QUICK, Size, folder_bytes, torch_model
 
 FULL_DIFF = replace(FULL, batch=8)
 """GPT-2 small (12 layers, width 768, vocab 50257), batch 8 x 128 tokens: over 2 GB per trace."""
@@ -83,14 +83,16 @@ def child_diff(paths: list[str], trust_hashes: bool) -> dict[str, Any]:
 
     done = [0]
     start = time.perf_counter()
-    verdict = tracespec.compare(paths[0], paths[1], trust_hashes=trust_hashes,
-                                progress=lambda d, t: done.__setitem__(0, d))
+    verdict = tracespec.compare(paths[0], paths[1], trust_hashes=trust_hashes, progress=lambda d, t: done.__setitem__(0, d))
     seconds = time.perf_counter() - start
     first = verdict.first_divergence
     return {
-        "bytes": done[0], "seconds": seconds, "status": verdict.status,
+        "bytes": done[0],
+        "seconds": seconds,
+        "status": verdict.status,
         "first": None if first is None else f"{first['stage']} {first['a']['route']} ({first['kind']})",
-        "units": verdict.summary["units"], "diverged": verdict.summary["diverged"],
+        "units": verdict.summary["units"],
+        "diverged": verdict.summary["diverged"],
     }
 
 
@@ -133,31 +135,47 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         # recorded in a child: this process stays small, so its children's peak RSS is their own
         # (a forked child's ru_maxrss counts the parent's pages until it execs)
-        (a, b), _ = run_child(["--child", "record", *(["--quick"] if args.quick else []),
-                               "--threads", str(args.threads), str(folder)])
+        (a, b), _ = run_child(
+            ["--child", "record", *(["--quick"] if args.quick else []), "--threads", str(args.threads), str(folder)]
+        )
         a, b = Path(a), Path(b)
         sizes = [folder_bytes(a), folder_bytes(b)]
-        print(f"model {size}; recorded in {time.perf_counter() - start:.0f} s; "
-              f"traces {sizes[0] / 1e9:.2f} GB + {sizes[1] / 1e9:.2f} GB", flush=True)
+        print(
+            f"model {size}; recorded in {time.perf_counter() - start:.0f} s; "
+            f"traces {sizes[0] / 1e9:.2f} GB + {sizes[1] / 1e9:.2f} GB",
+            flush=True,
+        )
         results: dict[str, list[tuple[dict[str, Any], int]]] = {"zarr": [], "diff": [], "diff-trusting": []}
         for _ in range(args.rounds):
             for kind in results:
                 results[kind].append(run_child(["--child", kind, str(a), str(b)]))
         zarr_bytes = results["zarr"][0][0]["bytes"]
-        report: dict[str, Any] = {"size": vars(size), "trace_bytes": sizes, "stored_array_bytes": zarr_bytes,
-                                  "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+        report: dict[str, Any] = {
+            "size": vars(size),
+            "trace_bytes": sizes,
+            "stored_array_bytes": zarr_bytes,
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        }
         zarr_rate = statistics.median(zarr_bytes / r["seconds"] for r, _ in results["zarr"])
         print(f"{'':16} {'seconds':>8} {'GB/s':>7} {'x zarr':>7} {'peak RSS':>9}")
         for kind, rows in results.items():
             seconds = statistics.median(r["seconds"] for r, _ in rows)
             rate = zarr_bytes / seconds
             peak = max(rss for _, rss in rows)
-            report[kind] = {"seconds": seconds, "gb_per_s": rate / 1e9, "ratio_to_zarr": rate / zarr_rate,
-                            "peak_rss_bytes": peak, "detail": rows[0][0]}
+            report[kind] = {
+                "seconds": seconds,
+                "gb_per_s": rate / 1e9,
+                "ratio_to_zarr": rate / zarr_rate,
+                "peak_rss_bytes": peak,
+                "detail": rows[0][0],
+            }
             print(f"{kind:16} {seconds:8.2f} {rate / 1e9:7.3f} {rate / zarr_rate:7.2f} {peak / 1e9:7.2f} GB")
         diff = results["diff"][0][0]
-        print(f"diff: {diff['status']}, first divergence {diff['first']}, {diff['diverged']}/{diff['units']} calls diverged;"
-              f" read {diff['bytes'] / 1e9:.2f} GB")
+        print(
+            f"diff: {diff['status']}, first divergence {diff['first']}, {diff['diverged']}/{diff['units']} calls diverged;"
+            f" read {diff['bytes'] / 1e9:.2f} GB"
+        )
         ok = report["diff"]["ratio_to_zarr"] >= 0.5 and report["diff"]["peak_rss_bytes"] < 1e9
         print(f"targets (>= 0.5 x zarr, < 1 GB): {'met' if ok else 'NOT met'}")
         print(json.dumps(report))

@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_diff import child_diff, record_pair, run_child  # noqa: E402
-from bench_record import QUICK, folder_bytes  # noqa: E402
+from bench_diff import child_diff, record_pair, run_child
+from bench_record import QUICK, folder_bytes
 
 PAIR = replace(QUICK, layers=4, width=512, heads=8, mlp=2048, vocab=8000, seq=128, batch=4)
 """A few hundred MB per trace."""
@@ -75,8 +75,11 @@ def start_s3_server() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -116,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         from tracespec.storage import copy_trace
 
         boto3.client("s3").create_bucket(Bucket=BUCKET)
-        (a, b), _ = run_child(["--child", "record", *(["--quick"] if args.quick else []), "--threads", str(args.threads), str(folder)],
-                              __file__)
+        (a, b), _ = run_child(
+            ["--child", "record", *(["--quick"] if args.quick else []), "--threads", str(args.threads), str(folder)], __file__
+        )
         local = [a, b]
         remote = [f"s3://{BUCKET}/a", f"s3://{BUCKET}/b"]
         start = time.perf_counter()
@@ -125,24 +129,40 @@ def main(argv: list[str] | None = None) -> int:
             copy_trace(source, target)
         upload = time.perf_counter() - start
         sizes = [folder_bytes(Path(p)) for p in local]
-        print(f"model {size}; traces {sizes[0] / 1e6:.0f} MB + {sizes[1] / 1e6:.0f} MB; "
-              f"tracespec cp to S3: {upload:.1f} s ({sum(sizes) / upload / 1e6:.0f} MB/s)", flush=True)
-        runs = {"diff local": ["--child", "diff", *local], "diff s3": ["--child", "diff", *remote],
-                "read tracespec s3": ["--child", "read-tracespec", *remote], "read zarr s3": ["--child", "read-zarr", *remote]}
+        print(
+            f"model {size}; traces {sizes[0] / 1e6:.0f} MB + {sizes[1] / 1e6:.0f} MB; "
+            f"tracespec cp to S3: {upload:.1f} s ({sum(sizes) / upload / 1e6:.0f} MB/s)",
+            flush=True,
+        )
+        runs = {
+            "diff local": ["--child", "diff", *local],
+            "diff s3": ["--child", "diff", *remote],
+            "read tracespec s3": ["--child", "read-tracespec", *remote],
+            "read zarr s3": ["--child", "read-zarr", *remote],
+        }
         results: dict[str, list[tuple[dict[str, Any], int]]] = {kind: [] for kind in runs}
         for _ in range(args.rounds):
             for kind, child in runs.items():
                 results[kind].append(run_child(child, __file__))
         stored = sum(sizes)
         baseline = statistics.median(r["seconds"] for r, _ in results["diff local"])
-        report: dict[str, Any] = {"size": vars(size), "trace_bytes": sizes, "upload_seconds": upload,
-                                  "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+        report: dict[str, Any] = {
+            "size": vars(size),
+            "trace_bytes": sizes,
+            "upload_seconds": upload,
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        }
         print(f"{'':18} {'seconds':>8} {'MB/s':>7} {'x local diff':>12} {'peak RSS':>9}")
         for kind, rows in results.items():
             seconds = statistics.median(r["seconds"] for r, _ in rows)
             peak = max(rss for _, rss in rows)
-            report[kind] = {"seconds": seconds, "mb_per_s": stored / seconds / 1e6, "time_vs_local_diff": seconds / baseline,
-                            "peak_rss_bytes": peak}
+            report[kind] = {
+                "seconds": seconds,
+                "mb_per_s": stored / seconds / 1e6,
+                "time_vs_local_diff": seconds / baseline,
+                "peak_rss_bytes": peak,
+            }
             print(f"{kind:18} {seconds:8.2f} {stored / seconds / 1e6:7.0f} {seconds / baseline:12.2f} {peak / 1e9:7.2f} GB")
         same = results["diff local"][0][0]["first"] == results["diff s3"][0][0]["first"]
         print(f"the same verdict from S3 as from disk: {same} (first divergence {results['diff s3'][0][0]['first']})")

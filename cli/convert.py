@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import click
 
-from tracespec.cli.locations import location_options
 from tracespec.cli.errors import EXIT_DIVERGED, report_errors
+from tracespec.cli.locations import location_options
 from tracespec.convert import convert_checkpoint, convert_padiff, diff_checkpoints
 from tracespec.errors import InputFileError
 
@@ -100,15 +100,28 @@ _LINE_COLORS: Final = {"-": "red", "+": "green", "!": "yellow"}
 def checkpoint_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The ``tracespec diff`` options that apply to checkpoint files (allennlp's feature set)."""
     options = [
-        click.option("--strip-prefix-a", metavar="PREFIX", default=None,
-                     help="Checkpoints: remove PREFIX from A's keys (e.g. 'model.').  [default: none]"),
-        click.option("--strip-prefix-b", metavar="PREFIX", default=None,
-                     help="Checkpoints: remove PREFIX from B's keys.  [default: none]"),
-        click.option("--threshold", type=float, default=None,
-                     help="Checkpoints: a tensor whose distance (x scale) is at most this is unchanged.  [default: 1e-05]"),
-        click.option("--scale", type=float, default=None,
-                     help="Checkpoints: multiply distances by this before display and threshold (to see 1e-6 "
-                          "differences at 4 decimals, use 1e4).  [default: 1]"),
+        click.option(
+            "--strip-prefix-a",
+            metavar="PREFIX",
+            default=None,
+            help="Checkpoints: remove PREFIX from A's keys (e.g. 'model.').  [default: none]",
+        ),
+        click.option(
+            "--strip-prefix-b", metavar="PREFIX", default=None, help="Checkpoints: remove PREFIX from B's keys.  [default: none]"
+        ),
+        click.option(
+            "--threshold",
+            type=float,
+            default=None,
+            help="Checkpoints: a tensor whose distance (x scale) is at most this is unchanged.  [default: 1e-05]",
+        ),
+        click.option(
+            "--scale",
+            type=float,
+            default=None,
+            help="Checkpoints: multiply distances by this before display and threshold (to see 1e-6 "
+            "differences at 4 decimals, use 1e4).  [default: 1]",
+        ),
         click.option("--show-unchanged", is_flag=True, help="Checkpoints: also list unchanged tensors."),
     ]
     for option in reversed(options):
@@ -128,10 +141,16 @@ def diff_checkpoint_files(a: str, b: str, options: dict[str, Any], json_path: st
             f"{file}: a file, not a trace folder, while {other} is not a file; "
             "tracespec diff compares two trace folders or two checkpoint files"
         )
-    settings = {key: default if options.get(key) is None else options[key] for key, default in _CHECKPOINT_OPTION_DEFAULTS.items()}
+    def setting(key: str) -> Any:
+        given = options.get(key)
+        return _CHECKPOINT_OPTION_DEFAULTS[key] if given is None else given
+
     show = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
     with _progress_bar(show, "comparing tensors", in_bytes=False) as update:
-        result = diff_checkpoints(a, b, progress=update, **settings)
+        result = diff_checkpoints(
+            a, b, progress=update, strip_prefix_a=setting("strip_prefix_a"), strip_prefix_b=setting("strip_prefix_b"),
+            threshold=setting("threshold"), scale=setting("scale"),
+        )
     if json_path == "-":
         click.echo(json.dumps(result.to_json(), indent=1))
     else:

@@ -24,13 +24,24 @@ EXIT_OUT_OF_MEMORY: Final = 5
 class TracespecClickError(click.ClickException):
     """A :class:`TracespecError` as click reports it: ``error[reason]: message``, exit 3."""
 
+    exit_code = EXIT_INVALID_INPUT
+
     def __init__(self, error: TracespecError) -> None:
         super().__init__(str(error).replace("\n", " "))
         self.reason = error.reason
-        self.exit_code = EXIT_USAGE if isinstance(error, UsageError) else EXIT_INVALID_INPUT
 
     def format_message(self) -> str:
         return f"[{self.reason}] {self.message}"
+
+
+class TracespecUsageClickError(TracespecClickError):
+    """A :class:`UsageError`: the command was asked something it cannot do, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutOfMemoryClickError(click.ClickException):
+    exit_code = EXIT_OUT_OF_MEMORY
 
 
 @contextmanager
@@ -38,11 +49,11 @@ def report_errors() -> Iterator[None]:
     """Turn tracespec errors raised inside a command into click errors with the right exit code."""
     try:
         yield
+    except UsageError as exc:
+        raise TracespecUsageClickError(exc) from None
     except TracespecError as exc:
         raise TracespecClickError(exc) from None
     except MemoryError:
-        error = click.ClickException("out of memory; narrow the selection (--step, --rank, routes)")
-        error.exit_code = EXIT_OUT_OF_MEMORY
-        raise error from None
+        raise OutOfMemoryClickError("out of memory; narrow the selection (--step, --rank, routes)") from None
     except BrokenPipeError:  # `tracespec show | head` is fine
         sys.stderr.close()

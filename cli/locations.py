@@ -22,8 +22,9 @@ def parse_storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key or any(not name for name in key.split(".")):
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. endpoint_url=http://localhost:9000)",
-                                     param_hint="--storage-option")
+            raise click.BadParameter(
+                f"{pair!r} is not KEY=VALUE (e.g. endpoint_url=http://localhost:9000)", param_hint="--storage-option"
+            )
         try:
             value: Any = json.loads(text)
         except ValueError:
@@ -48,12 +49,18 @@ def location_options(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
 
     wrapper = click.option(
-        "--cache", metavar="DIR", type=click.Path(file_okay=False, path_type=str), default=None,
+        "--cache",
+        metavar="DIR",
+        type=click.Path(file_okay=False, path_type=str),
+        default=None,
         help="Traces at URLs: keep what was fetched in DIR and reuse it next time (default: a temporary folder).",
     )(wrapper)
     return click.option(
-        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
         help="Traces at URLs (s3://, gs://, az://): an option of the store's fsspec file system, repeatable "
-             "(endpoint_url=http://localhost:9000, anon=true, client_kwargs.region_name=eu-west-1). "
-             "Credentials come from the store's usual environment variables and files.",
+        "(endpoint_url=http://localhost:9000, anon=true, client_kwargs.region_name=eu-west-1). "
+        "Credentials come from the store's usual environment variables and files.",
     )(wrapper)

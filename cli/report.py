@@ -7,18 +7,29 @@ from pathlib import Path
 import click
 
 from tracespec.cli.errors import report_errors
+from tracespec.cli.locations import location_options
 from tracespec.report import write_html
 from tracespec.report.verdict_file import load_verdict
-from tracespec.cli.locations import location_options
 from tracespec.storage import load_trace
 
 
 @click.command()
 @click.argument("verdict", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The HTML file to write (self-contained, opens offline).")
-@click.option("--traces", nargs=2, type=click.Path(file_okay=False, path_type=str), default=None,
-              metavar="A B", help="The two traces the verdict compared: adds the culprit's element-wise error.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The HTML file to write (self-contained, opens offline).",
+)
+@click.option(
+    "--traces",
+    nargs=2,
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    metavar="A B",
+    help="The two traces the verdict compared: adds the culprit's element-wise error.",
+)
 @location_options
 def report(verdict: Path, output: Path, traces: tuple[str, str] | None) -> None:
     """Write the HTML report of VERDICT (what `tracespec diff --json` wrote).

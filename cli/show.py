@@ -44,10 +44,7 @@ def describe_record(record: dict[str, Any]) -> str:
     shape = "x".join(map(str, record["shape"])) or "scalar"
     text = f"{tag} {record['dtype']}[{shape}]"
     if record["mean"] is not None or record["nan_count"]:
-        text += (
-            f" mean={_fmt(record['mean'])} std={_fmt(record['std'])}"
-            f" min={_fmt(record['min'])} max={_fmt(record['max'])}"
-        )
+        text += f" mean={_fmt(record['mean'])} std={_fmt(record['std'])} min={_fmt(record['min'])} max={_fmt(record['max'])}"
         if record["nan_count"] or record["inf_count"]:
             text += f" nan={record['nan_count']} inf={record['inf_count']}"
     elif record["hash"] is not None:
@@ -81,8 +78,7 @@ def tree_view(trace: Trace, rank: int, step: int, roles: set[str], stages: set[s
             "source": None if source is None else source.to_json(),
             "calls": call_count[node["node"]],
             "records": [
-                {k: v for k, v in r.items() if k not in ("node",)}
-                for r in sorted(records[node["node"]], key=lambda r: r["id"])
+                {k: v for k, v in r.items() if k not in ("node",)} for r in sorted(records[node["node"]], key=lambda r: r["id"])
             ],
             "children": [build(k) for k in kids],
         }
@@ -93,8 +89,14 @@ def tree_view(trace: Trace, rank: int, step: int, roles: set[str], stages: set[s
 def rank_summaries(trace: Trace) -> list[dict[str, Any]]:
     """One line of facts per rank's part: device, steps, records, data bytes, whether it closed."""
     return [
-        {"rank": r, "device": part.manifest.device, "steps": list(part.manifest.steps), "records": part.tensors.num_rows,
-         "store_bytes": part.manifest.store_bytes, "complete": part.manifest.complete}
+        {
+            "rank": r,
+            "device": part.manifest.device,
+            "steps": list(part.manifest.steps),
+            "records": part.tensors.num_rows,
+            "store_bytes": part.manifest.store_bytes,
+            "complete": part.manifest.complete,
+        }
         for r, part in sorted(trace.parts.items())
     ]
 
@@ -132,20 +134,32 @@ def _echo_tree(node: dict[str, Any], prefix: str, last: bool, top: bool, max_dep
 @click.option("--step", type=int, default=None, help="Step to show (default: the first recorded).")
 @click.option("--rank", type=int, default=0, show_default=True, help="Rank to show.")
 @click.option(
-    "--role", "roles", multiple=True, type=click.Choice(ROLES),
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
     help="Roles of tensors to list (repeatable; default: output, parameter).",
 )
 @click.option("--stage", "stages", multiple=True, type=click.Choice(STAGES), help="Stages to list (default: all).")
 @click.option("--depth", type=int, default=None, help="Collapse the tree below this depth.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and the tree as JSON on stdout.")
 @click.option(
-    "--first-nonfinite", is_flag=True,
+    "--first-nonfinite",
+    is_flag=True,
     help="Name the first call (over steps, forward then backward) whose output or input gradient holds "
     "NaN or Inf while what it received did not, instead of the tree. Needs statistics (capture 'stats' or 'full').",
 )
 @location_options
-def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages: tuple[str, ...],
-         depth: int | None, as_json: bool, first_nonfinite: bool) -> None:
+def show(
+    trace: str,
+    step: int | None,
+    rank: int,
+    roles: tuple[str, ...],
+    stages: tuple[str, ...],
+    depth: int | None,
+    as_json: bool,
+    first_nonfinite: bool,
+) -> None:
     """Show the module tree of TRACE with shapes, dtypes and statistics.
 
     \b
@@ -170,22 +184,33 @@ def show(trace: str, step: int | None, rank: int, roles: tuple[str, ...], stages
         view = tree_view(t, rank, step, set(roles or ("output", "parameter")), set(stages or STAGES))
     parts = rank_summaries(t)
     if as_json:
-        doc = {"manifest": t.manifest.to_json(), "complete": t.complete, "ranks": t.ranks,
-               "steps": steps, "partial_steps": t.partial_steps, "parts": parts, "rank": rank, "step": step, **view}
+        doc = {
+            "manifest": t.manifest.to_json(),
+            "complete": t.complete,
+            "ranks": t.ranks,
+            "steps": steps,
+            "partial_steps": t.partial_steps,
+            "parts": parts,
+            "rank": rank,
+            "step": step,
+            **view,
+        }
         click.echo(json.dumps(doc, indent=1, default=str))
         return
     m = t.manifest
     state = "complete" if t.complete else click.style(f"INCOMPLETE ({t.how_ended()})", fg="yellow")
-    click.echo(
-        f"{t.path}  {m.framework} {m.framework_version or ''}  ranks {t.ranks}  steps {steps}  {state}"
-    )
+    click.echo(f"{t.path}  {m.framework} {m.framework_version or ''}  ranks {t.ranks}  steps {steps}  {state}")
     if m.world_size > 1:
         for part in parts:
             state = "complete" if part["complete"] else click.style("INCOMPLETE", fg="yellow")
-            click.echo(f"  rank {part['rank']}: {part['device']}, steps {_span(part['steps'])}, "
-                       f"{part['records']} records, {part['store_bytes'] / 1e6:.1f} MB of data, {state}")
+            click.echo(
+                f"  rank {part['rank']}: {part['device']}, steps {_span(part['steps'])}, "
+                f"{part['records']} records, {part['store_bytes'] / 1e6:.1f} MB of data, {state}"
+            )
         for missing in t.missing_ranks():
-            click.echo(click.style(f"  rank {missing}: no part (the process never started recording, or died before)", fg="yellow"))
+            click.echo(
+                click.style(f"  rank {missing}: no part (the process never started recording, or died before)", fg="yellow")
+            )
     click.echo(f"rank {rank}, step {step}")
     for root in view["roots"]:
         _echo_tree(root, "", True, True, depth, 0)
@@ -198,5 +223,7 @@ def _show_first_nonfinite(t: Trace, rank: int, as_json: bool) -> None:
     elif origin is not None:
         click.echo(f"first non-finite value: {origin.describe()}")
     else:
-        click.echo(f"no recorded call of rank {rank} produced NaN or Inf from finite values"
-                   + ("" if t.complete else f" (the trace is incomplete: {t.how_ended()})"))
+        click.echo(
+            f"no recorded call of rank {rank} produced NaN or Inf from finite values"
+            + ("" if t.complete else f" (the trace is incomplete: {t.how_ended()})")
+        )

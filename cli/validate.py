@@ -15,8 +15,12 @@ from tracespec.storage import validate_trace
 @click.command()
 @click.argument("trace", type=click.Path(file_okay=False, path_type=str))
 @click.option("--deep", is_flag=True, help="Also read every tensor and check its content hash (reads all data).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the result as JSON on stdout: {valid: true, complete, ...} or {valid: false, reason, message}.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON on stdout: {valid: true, complete, ...} or {valid: false, reason, message}.",
+)
 @location_options
 def validate(trace: str, deep: bool, as_json: bool) -> None:
     """Check that TRACE conforms to the tracespec format.
@@ -39,11 +43,22 @@ def validate(trace: str, deep: bool, as_json: bool) -> None:
             raise
     if as_json:
         t = report.trace
-        click.echo(json.dumps({
-            "valid": True, "complete": t.complete, "format_version": t.manifest.format_version,
-            "ranks": t.ranks, "steps": t.steps, "missing_ranks": t.missing_ranks(),
-            "records": report.records, "arrays": report.arrays, "stored_bytes": report.stored_bytes,
-            "unreferenced_files": report.unreferenced,
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "valid": True,
+                    "complete": t.complete,
+                    "format_version": t.manifest.format_version,
+                    "ranks": t.ranks,
+                    "steps": t.steps,
+                    "missing_ranks": t.missing_ranks(),
+                    "records": report.records,
+                    "arrays": report.arrays,
+                    "stored_bytes": report.stored_bytes,
+                    "unreferenced_files": report.unreferenced,
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(report.summary())

@@ -351,7 +351,9 @@ print("not reached: SIGTERM's default action ends the process")
 
 
 def test_a_signal_while_the_trace_closes_waits_until_it_is_closed(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_CLOSING, str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_WHILE_CLOSING, str(tmp_path / "t")], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
     assert "not reached" not in done.stdout
     report = validate_trace(tmp_path / "t", deep=True)

@@ -27,8 +27,15 @@ def write_small(where: str | Path, steps: int = 2) -> None:
         node = writer.add_node("", "Net")
         for step in range(steps):
             writer.add_call(step=step, stage="forward", node=node, call=0, begin=0, end=1)
-            writer.add_tensor(step=step, stage="forward", node=node, call=0, role="output", slot="0",
-                              array=np.arange(300_000, dtype=np.float32).reshape(3, 100_000) + step)
+            writer.add_tensor(
+                step=step,
+                stage="forward",
+                node=node,
+                call=0,
+                role="output",
+                slot="0",
+                array=np.arange(300_000, dtype=np.float32).reshape(3, 100_000) + step,
+            )
             writer.end_step(step)
 
 
@@ -40,7 +47,7 @@ def memory_url() -> str:
 def test_memory_url_round_trip_with_every_object_in_the_spec_layout(memory_url: str) -> None:
     write_small(memory_url)
     fs = fsspec.filesystem("memory")
-    keys = {k.split("/run/", 1)[1] for k in fs.find(memory_url[len("memory:/"):])}
+    keys = {k.split("/run/", 1)[1] for k in fs.find(memory_url[len("memory:/") :])}
     assert {"manifest.json", "rank_0/part.json", "rank_0/tensors.zarr/zarr.json", "rank_0/tensors.zarr/step_1/1/c/0/0"} <= keys
     trace = load_trace(memory_url)
     assert trace.complete and trace.steps == [0, 1]
@@ -67,7 +74,11 @@ def test_the_cli_reads_memory_urls(memory_url: str, tmp_path: Path) -> None:
 
 def test_storage_options_nest_on_dots_and_decode_json() -> None:
     assert parse_storage_options(("client_kwargs.endpoint_url=http://h:9000", "anon=true", "retries=3", "profile=dev")) == {
-        "client_kwargs": {"endpoint_url": "http://h:9000"}, "anon": True, "retries": 3, "profile": "dev"}
+        "client_kwargs": {"endpoint_url": "http://h:9000"},
+        "anon": True,
+        "retries": 3,
+        "profile": "dev",
+    }
 
 
 def test_storage_options_on_a_local_folder_or_a_bare_bucket_are_usage_errors(tmp_path: Path) -> None:
@@ -106,7 +117,7 @@ def test_a_remote_part_is_published_only_when_its_part_json_is(memory_url: str) 
 def test_unreferenced_objects_are_reported_by_validate_and_ignored_by_readers(memory_url: str, tmp_path: Path) -> None:
     write_small(memory_url)
     fs = fsspec.filesystem("memory")
-    root = memory_url[len("memory:/"):]
+    root = memory_url[len("memory:/") :]
     fs.pipe_file(f"{root}/rank_0/tensors.zarr/step_7/99/c/0/0", b"left by a killed writer")
     fs.pipe_file(f"{root}/rank_0/tables/tensors-000009.arrow", b"never published")
     report = validate_trace(memory_url, deep=True)
@@ -125,8 +136,10 @@ def test_conformance_cases_read_from_an_object_store_give_their_verdict(name: st
     url = f"memory://conformance-{uuid.uuid4().hex[:8]}/{name}"
     fs = fsspec.filesystem("memory")
     source = CONFORMANCE / name / "trace"
-    fs.put([str(p) for p in source.rglob("*") if p.is_file()],
-           [f"{url[len('memory:/'):]}/{p.relative_to(source).as_posix()}" for p in source.rglob("*") if p.is_file()])
+    fs.put(
+        [str(p) for p in source.rglob("*") if p.is_file()],
+        [f"{url[len('memory:/') :]}/{p.relative_to(source).as_posix()}" for p in source.rglob("*") if p.is_file()],
+    )
     if case.get("valid"):
         assert validate_trace(url, deep=True).complete == case["complete"]
     else:

@@ -24,8 +24,7 @@ from tracespec.storage import copy_trace, load_trace, validate_trace
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``tracespec ARGS`` in a new process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "tracespec.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "tracespec.cli", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def make_model(seed: int = 0) -> torch.nn.Module:
@@ -71,8 +70,15 @@ def test_diff_of_two_remote_traces_and_of_remote_against_local(bucket: str, tmp_
 
     same = run_cli("diff", f"{bucket}/ref", f"{bucket}/same")
     assert same.returncode == 0, same.stdout + same.stderr
-    diverged = run_cli("diff", f"{bucket}/ref", f"{bucket}/changed", "--json", str(tmp_path / "verdict.json"),
-                       "--html", str(tmp_path / "report.html"))
+    diverged = run_cli(
+        "diff",
+        f"{bucket}/ref",
+        f"{bucket}/changed",
+        "--json",
+        str(tmp_path / "verdict.json"),
+        "--html",
+        str(tmp_path / "report.html"),
+    )
     assert diverged.returncode == 1, diverged.stderr
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["first_divergence"]["a"]["route"] == "2"
@@ -161,8 +167,14 @@ def test_a_malformed_remote_trace_exits_3_with_one_line(bucket: str) -> None:
 
 
 def test_an_unreachable_store_is_one_line_not_a_traceback(tmp_path: Path) -> None:
-    done = run_cli("validate", "s3://bucket/run", "--storage-option", "endpoint_url=http://127.0.0.1:9",
-                   "--storage-option", "config_kwargs.retries.max_attempts=1")
+    done = run_cli(
+        "validate",
+        "s3://bucket/run",
+        "--storage-option",
+        "endpoint_url=http://127.0.0.1:9",
+        "--storage-option",
+        "config_kwargs.retries.max_attempts=1",
+    )
     assert done.returncode == 3 and done.stderr.count("\n") == 1 and "[storage_error]" in done.stderr, done.stderr
 
 
@@ -258,13 +270,16 @@ def test_a_cache_folder_keeps_what_was_fetched(bucket: str, tmp_path: Path) -> N
     folder = temporary.folder
     name = next(r["array"] for r in temporary.tensors().to_pylist() if r["array"] is not None)
     temporary.read(0, name)
-    assert not [p for p in (folder / "rank_0" / "tensors.zarr" / name).rglob("c/*") if p.is_file()], \
+    assert not [p for p in (folder / "rank_0" / "tensors.zarr" / name).rglob("c/*") if p.is_file()], (
         "a temporary cache drops data once read"
+    )
     del temporary
     assert not folder.exists()
 
 
 def test_the_store_failing_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="127.0.0.1:9|endpoint|connect"):
-        load_trace("s3://bucket/run", storage_options={"endpoint_url": "http://127.0.0.1:9",
-                                                        "config_kwargs": {"retries": {"max_attempts": 1}}})
+        load_trace(
+            "s3://bucket/run",
+            storage_options={"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}},
+        )

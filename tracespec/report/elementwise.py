@@ -154,7 +154,13 @@ class _Accumulator:
 
 
 def elementwise_error(
-    trace_a: Trace, array_a: str, trace_b: Trace, array_b: str, *, rank_a: int = 0, rank_b: int = 0,
+    trace_a: Trace,
+    array_a: str,
+    trace_b: Trace,
+    array_b: str,
+    *,
+    rank_a: int = 0,
+    rank_b: int = 0,
     transpose_b: bool = False,
 ) -> ElementwiseError | None:
     """The element-wise error between two stored tensors, or ``None`` if their shapes do not pair.

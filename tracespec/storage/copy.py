@@ -45,8 +45,10 @@ class CopyReport:
 
     def summary(self) -> str:
         state = "complete" if self.complete else "incomplete (the source is)"
-        return (f"{self.source} -> {self.destination}: {self.arrays_copied} arrays copied "
-                f"({self.bytes_copied / 1e6:.1f} MB), {self.arrays_present} already there; trace {state}")
+        return (
+            f"{self.source} -> {self.destination}: {self.arrays_copied} arrays copied "
+            f"({self.bytes_copied / 1e6:.1f} MB), {self.arrays_present} already there; trace {state}"
+        )
 
 
 class _Folder:
@@ -107,10 +109,15 @@ class _Folder:
         fsync_files([target.parent])
 
 
-def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[str], *,
-               storage_options: dict[str, Any] | None = None, destination_options: dict[str, Any] | None = None,
-               cache: str | os.PathLike[str] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> CopyReport:
+def copy_trace(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    destination_options: dict[str, Any] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CopyReport:
     """Copy the trace at ``source`` to ``destination`` (folders or URLs), checking it on the way.
 
     ``storage_options`` are the source's (a URL's), ``destination_options`` the destination's.
@@ -129,7 +136,9 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
     for rank, part in trace.parts.items():
         prefix = f"{part.folder.name}/{part.manifest.store_path}"
         there = target.sizes(part.folder.name)
-        store_there = {k[len(part.manifest.store_path) + 1:]: v for k, v in there.items() if k.startswith(part.manifest.store_path + "/")}
+        store_there = {
+            k[len(part.manifest.store_path) + 1 :]: v for k, v in there.items() if k.startswith(part.manifest.store_path + "/")
+        }
         groups = {""} | {name.rpartition("/")[0] for name in arrays[rank]} - {""}
         for group in sorted(groups):
             relative = f"{group}/zarr.json" if group else "zarr.json"
@@ -138,7 +147,7 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
                 target.put_bytes(f"{prefix}/{relative}", payload)
         batch = _Batch(target, prefix)
 
-        def store_batch() -> None:
+        def store_batch(batch: _Batch = batch) -> None:
             nonlocal nbytes, done, copied
             arrays_stored, bytes_stored = batch.store()
             copied, nbytes, done = copied + arrays_stored, nbytes + bytes_stored, done + arrays_stored
@@ -148,8 +157,11 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
         for name, (dtype, shape, digest) in arrays[rank].items():
             meta = part.array_meta(name)
             wanted = part.stored_sizes(meta)
-            if wanted and all(store_there.get(f"{name}/{k}") == size for k, size in wanted.items()) \
-                    and len(wanted) == len(meta.chunk_keys()) + 1:
+            if (
+                wanted
+                and all(store_there.get(f"{name}/{k}") == size for k, size in wanted.items())
+                and len(wanted) == len(meta.chunk_keys()) + 1
+            ):
                 present += 1
                 done += 1
                 if progress is not None:
@@ -163,8 +175,13 @@ def copy_trace(source: str | os.PathLike[str], destination: str | os.PathLike[st
         if parse_part_manifest(part_bytes, f"{part.folder.name}/{PART_FILE}") != part.manifest:
             raise UsageError(f"{trace.path}: rank_{rank} changed while it was copied (still recording?); run the copy again")
         segments = [s.path for table in part.manifest.tables.values() for s in table]
-        target.put_files([(part.folder / path, f"{part.folder.name}/{path}") for path in segments
-                          if there.get(path) != (part.folder / path).stat().st_size])
+        target.put_files(
+            [
+                (part.folder / path, f"{part.folder.name}/{path}")
+                for path in segments
+                if there.get(path) != (part.folder / path).stat().st_size
+            ]
+        )
         target.put_bytes(f"{part.folder.name}/{PART_FILE}", part_bytes)  # last: the commit point
     return CopyReport(str(trace.path), target.url, copied, present, nbytes, trace.complete)
 
@@ -177,7 +194,9 @@ def _array_names(part: Part) -> dict[str, tuple[str, list[int], str | None]]:
         if name is None:
             continue
         if name in names and names[name][:2] != (row["dtype"], row["shape"]):
-            raise TableMismatchError(f"rank_{part.rank}: tensor {row['id']} shares array {name} but records another dtype or shape")
+            raise TableMismatchError(
+                f"rank_{part.rank}: tensor {row['id']} shares array {name} but records another dtype or shape"
+            )
         names.setdefault(name, (row["dtype"], row["shape"], row["hash"]))
     return names
 
@@ -203,7 +222,9 @@ class _Batch:
         where = f"rank_{part.rank}: array {name}"
         meta = self.held.enter_context(part.local_array(name))
         if meta.dtype.name != dtype or list(meta.shape) != shape:
-            raise TableMismatchError(f"{where}: the record says {dtype}{shape}, the array holds {meta.dtype.name}{list(meta.shape)}")
+            raise TableMismatchError(
+                f"{where}: the record says {dtype}{shape}, the array holds {meta.dtype.name}{list(meta.shape)}"
+            )
         bad = part.missing_chunks(meta)
         if bad:
             raise ChunkMissingError(f"{where}: chunk(s) {', '.join(bad[:3])} missing or truncated")

@@ -59,11 +59,14 @@ class _Defaults:
     cache: Path | None = None
 
 
-_DEFAULTS: ContextVar[_Defaults] = ContextVar("tracespec_location_defaults", default=_Defaults())
+_NO_DEFAULTS: Final = _Defaults()
+_DEFAULTS: ContextVar[_Defaults] = ContextVar("tracespec_location_defaults")
 
 
 @contextlib.contextmanager
-def location_defaults(storage_options: Mapping[str, Any] | None = None, cache: str | os.PathLike[str] | None = None) -> Iterator[None]:
+def location_defaults(
+    storage_options: Mapping[str, Any] | None = None, cache: str | os.PathLike[str] | None = None
+) -> Iterator[None]:
     """Within the block, every trace opened or written at a URL without its own
     ``storage_options``/``cache`` takes these (the CLI's ``--storage-option`` and ``--cache``,
     which thereby reach every trace a command opens, a baseline included)."""
@@ -76,10 +79,12 @@ def location_defaults(storage_options: Mapping[str, Any] | None = None, cache: s
 
 def default_cache() -> Path | None:
     """The cache folder set by :func:`location_defaults`, if any."""
-    return _DEFAULTS.get().cache
+    return _DEFAULTS.get(_NO_DEFAULTS).cache
 
 
-def resolve_location(path: str | os.PathLike[str] | RemoteLocation, storage_options: Mapping[str, Any] | None = None) -> Path | RemoteLocation:
+def resolve_location(
+    path: str | os.PathLike[str] | RemoteLocation, storage_options: Mapping[str, Any] | None = None
+) -> Path | RemoteLocation:
     """A local folder as a ``Path`` (``file://`` URLs included), any other URL as a
     :class:`RemoteLocation`."""
     if isinstance(path, RemoteLocation):
@@ -94,7 +99,7 @@ def resolve_location(path: str | os.PathLike[str] | RemoteLocation, storage_opti
         if parts.netloc not in ("", "localhost"):
             raise UsageError(f"{path}: a file:// URL names a local path (file:///abs/path), not host {parts.netloc!r}")
         return Path(unquote(parts.path))
-    return RemoteLocation.open(path, {**_DEFAULTS.get().storage_options, **(storage_options or {})})
+    return RemoteLocation.open(path, {**_DEFAULTS.get(_NO_DEFAULTS).storage_options, **(storage_options or {})})
 
 
 class RemoteLocation:
@@ -117,7 +122,9 @@ class RemoteLocation:
         try:
             fs, root = fsspec.url_to_fs(url, **storage_options)
         except ImportError as exc:
-            raise UsageError(f"{url}: the {scheme}:// file system is not installed ({exc}); pip install 'tracespec[{extra}]'") from None
+            raise UsageError(
+                f"{url}: the {scheme}:// file system is not installed ({exc}); pip install 'tracespec[{extra}]'"
+            ) from None
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{url}: cannot open this URL ({exc}); check the scheme and --storage-option") from None
         if not root.strip("/"):
@@ -143,7 +150,9 @@ class RemoteLocation:
         except (FileNotFoundError, FileExistsError, TracespecError):
             raise
         except PermissionError as exc:
-            raise StorageError(f"{self.name(relative)}: access denied while {doing} ({_said(exc)}); check the credentials") from None
+            raise StorageError(
+                f"{self.name(relative)}: access denied while {doing} ({_said(exc)}); check the credentials"
+            ) from None
         except Exception as exc:  # botocore, aiohttp, azure: each store's own errors, at the boundary
             raise StorageError(f"{self.name(relative)}: {doing} failed: {type(exc).__name__}: {_said(exc)}") from None
 
@@ -163,7 +172,7 @@ class RemoteLocation:
             except FileNotFoundError:
                 return []
         prefix = self.key(relative) + "/"
-        return sorted({e.rstrip("/")[len(prefix):].split("/")[0] for e in entries if e.startswith(prefix)} - {""})
+        return sorted({e.rstrip("/")[len(prefix) :].split("/")[0] for e in entries if e.startswith(prefix)} - {""})
 
     def sizes(self, relative: str) -> dict[str, int]:
         """Every object below ``relative``, by its key relative to ``relative``, with its size."""
@@ -174,8 +183,11 @@ class RemoteLocation:
             except FileNotFoundError:
                 return {}
         prefix = self.key(relative) + "/"
-        return {k[len(prefix):]: int(v.get("size") or 0) for k, v in found.items()
-                if k.startswith(prefix) and v.get("type", "file") == "file"}
+        return {
+            k[len(prefix) :]: int(v.get("size") or 0)
+            for k, v in found.items()
+            if k.startswith(prefix) and v.get("type", "file") == "file"
+        }
 
     def put_bytes(self, relative: str, payload: bytes) -> None:
         """Write one object with one request: on an object store it appears whole or not at all."""
@@ -228,7 +240,9 @@ class RemoteLocation:
                 partial = local.with_name(f".{local.name}.part-{uuid.uuid4().hex[:12]}")
                 fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 opened.append((fd, partial, local))
-                pending.extend((self.key(relative), start, min(start + RANGE_BYTES, size), fd) for start in range(0, size, RANGE_BYTES))
+                pending.extend(
+                    (self.key(relative), start, min(start + RANGE_BYTES, size), fd) for start in range(0, size, RANGE_BYTES)
+                )
             batch: list[tuple[str, int, int, int]] = []
             in_flight = 0
             for piece in pending:
@@ -251,18 +265,22 @@ class RemoteLocation:
         if not batch:
             return
         keys = [key for key, *_ in batch]
-        with self._io(keys[0][len(self.root) + 1:], "fetching"):
-            results = self.fs.cat_ranges(keys, [start for _, start, _, _ in batch], [end for _, _, end, _ in batch], on_error="return")
+        with self._io(keys[0][len(self.root) + 1 :], "fetching"):
+            results = self.fs.cat_ranges(
+                keys, [start for _, start, _, _ in batch], [end for _, _, end, _ in batch], on_error="return"
+            )
         for (key, start, end, fd), data in zip(batch, results, strict=True):
-            relative = key[len(self.root) + 1:]
+            relative = key[len(self.root) + 1 :]
             if isinstance(data, FileNotFoundError):
                 raise data
             if isinstance(data, BaseException):
                 with self._io(relative, "fetching"):
                     raise data
             if len(data) != end - start:
-                raise StorageError(f"{self.name(relative)}: got {len(data)} bytes at offset {start}, expected {end - start}; "
-                                   "the object changed while it was read")
+                raise StorageError(
+                    f"{self.name(relative)}: got {len(data)} bytes at offset {start}, expected {end - start}; "
+                    "the object changed while it was read"
+                )
             os.pwrite(fd, data, start)
 
 

@@ -65,7 +65,7 @@ from tracespec.storage.zarr_store import (
 __all__ = ["Part", "Trace", "load_trace"]
 
 _PART_DIR: Final = PART_DIR
-_ENUMS: Final = {
+_ENUMS: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     "nodes": {"kind": NODE_KINDS},
     "calls": {"stage": STAGES},
     "tensors": {"stage": STAGES, "role": ROLES, "level": LEVELS},
@@ -201,7 +201,8 @@ def _madvise() -> Callable[[int, int, int], int] | None:
         return None
     function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    madvise: Callable[[int, int, int], int] = function
+    return madvise
 
 
 _MADVISE: Final = _madvise()
@@ -246,9 +247,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest, mapped: Mapp
         except (pa.ArrowInvalid, OSError) as exc:
             raise TableInvalidError(f"{where}: not a readable Arrow IPC file ({exc})") from None
         if got.num_rows != segment.rows:
-            raise TableMismatchError(
-                f"{where}: holds {got.num_rows} rows, part.json says {segment.rows}"
-            )
+            raise TableMismatchError(f"{where}: holds {got.num_rows} rows, part.json says {segment.rows}")
         # a long run has a segment per step: the common case, the writer's own schema, is
         # checked at once (only its non-nullable columns one by one), anything else field by field
         if got.schema.names == schema.names and got.schema.types == schema.types:
@@ -262,9 +261,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest, mapped: Mapp
                 raise TableInvalidError(f"{where}: column {field.name!r} is missing")
             found = got.schema.field(field.name).type
             if found != field.type:
-                raise TableInvalidError(
-                    f"{where}: column {field.name!r} has type {found}, expected {field.type}"
-                )
+                raise TableInvalidError(f"{where}: column {field.name!r} has type {found}, expected {field.type}")
             if not field.nullable and got.column(field.name).null_count:
                 raise TableInvalidError(f"{where}: column {field.name!r} has nulls")
         pieces.append(got.select(schema.names))
@@ -276,8 +273,7 @@ def _load_table(part_dir: Path, table: str, manifest: PartManifest, mapped: Mapp
         unknown = values - set(allowed)
         if unknown:
             raise TableInvalidError(
-                f"{part_dir.name}: {table}.{column} has unknown values {sorted(unknown)}; "
-                f"allowed: {list(allowed)}"
+                f"{part_dir.name}: {table}.{column} has unknown values {sorted(unknown)}; allowed: {list(allowed)}"
             )
     return result
 
@@ -305,8 +301,9 @@ def _release(maps: Sequence[pa.Buffer]) -> None:
             _MADVISE(mapped.address, mapped.size, mmap.MADV_DONTNEED)
 
 
-def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table,
-                      maps: dict[str, Mapped]) -> None:
+def _check_references(
+    part_dir: Path, manifest: PartManifest, nodes: pa.Table, calls: pa.Table, tensors: pa.Table, maps: dict[str, Mapped]
+) -> None:
     where = part_dir.name
     ids = nodes.column("node").to_numpy()
     if not _all_distinct(ids):
@@ -328,9 +325,7 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
         for piece in _slices(table, maps[name]):
             unknown = pc.filter(piece.column("node"), pc.invert(pc.is_in(piece.column("node"), value_set=known)))
             if len(unknown):
-                raise TableMismatchError(
-                    f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table"
-                )
+                raise TableMismatchError(f"{where}: {name} names node {unknown[0].as_py()}, which is not in the nodes table")
     parents = pc.drop_null(nodes.column("parent"))
     orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=known)))
     if len(orphans):
@@ -342,8 +337,11 @@ def _check_references(part_dir: Path, manifest: PartManifest, nodes: pa.Table, c
             "a parent's id must be smaller than its children's (pre-order), so the tree has no cycle"
         )
     columns = ["id", "dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash"]
-    rows = [piece.take(found).select(columns).to_pylist() for piece in _slices(tensors, maps["tensors"])
-            if len(found := _rows_to_check(piece))]
+    rows = [
+        piece.take(found).select(columns).to_pylist()
+        for piece in _slices(tensors, maps["tensors"])
+        if len(found := _rows_to_check(piece))
+    ]
     for row in (row for found in rows for row in found):
         _check_record_kind(where, row)
         if row["dtype"] is not None:
@@ -369,18 +367,27 @@ def _rows_to_check(tensors: pa.Table) -> np.ndarray:
     """The rows that the row-by-row checks must look at, in table order: those a column-wise test
     finds suspect (a millions-row statistics trace is checked without a Python object per row),
     and those naming an array (their paths are checked one by one)."""
+
     def mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return np.asarray(pc.fill_null(values, True).to_numpy(zero_copy_only=False), bool)
 
-    valid = {name: tensors.column(name).is_valid().to_numpy(zero_copy_only=False)
-             for name in ("dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash")}
+    valid = {
+        name: tensors.column(name).is_valid().to_numpy(zero_copy_only=False)
+        for name in ("dtype", "shape", "level", "value_type", "array", "nan_count", "inf_count", "hash")
+    }
     level = tensors.column("level")
     full = mask(pc.equal(level, "full")) & valid["level"]
     with_stats = mask(pc.is_in(level, value_set=pa.array(["full", "stats"]))) & valid["level"]
     with_hash = mask(pc.is_in(level, value_set=pa.array(["full", "hash"]))) & valid["level"]
     tensor_row = ~valid["value_type"]
-    suspect = tensor_row & (~valid["dtype"] | ~valid["shape"] | ~valid["level"] | (full != valid["array"])
-                            | (with_stats & ~(valid["nan_count"] & valid["inf_count"])) | (with_hash & ~valid["hash"]))
+    suspect = tensor_row & (
+        ~valid["dtype"]
+        | ~valid["shape"]
+        | ~valid["level"]
+        | (full != valid["array"])
+        | (with_stats & ~(valid["nan_count"] & valid["inf_count"]))
+        | (with_hash & ~valid["hash"])
+    )
     suspect |= ~tensor_row & (valid["dtype"] | valid["shape"] | valid["level"] | valid["array"])
     suspect |= valid["array"]
     largest = 1
@@ -410,9 +417,7 @@ def _check_record_kind(where: str, row: dict[str, Any]) -> None:
     tensor_columns = (row["dtype"], row["shape"], row["level"])
     if row["value_type"] is None:
         if None in tensor_columns:
-            raise TableInvalidError(
-                f"{where}: tensor {row['id']} lacks one of dtype, shape, level (and is not a value record)"
-            )
+            raise TableInvalidError(f"{where}: tensor {row['id']} lacks one of dtype, shape, level (and is not a value record)")
         if (row["level"] == "full") != (row["array"] is not None):
             raise TableInvalidError(
                 f"{where}: tensor {row['id']} has level {row['level']!r} and array {row['array']!r}; "
@@ -473,9 +478,7 @@ class Trace:
     @property
     def complete(self) -> bool:
         """Every rank of ``world_size`` wrote its part and closed it."""
-        return len(self.parts) == self.manifest.world_size and all(
-            p.manifest.complete for p in self.parts.values()
-        )
+        return len(self.parts) == self.manifest.world_size and all(p.manifest.complete for p in self.parts.values())
 
     @property
     def partial_steps(self) -> list[int]:
@@ -496,7 +499,9 @@ class Trace:
             elif ending.how == "closed":
                 continue
             else:
-                how = f"ended by {ending.how} {ending.detail or ''}".rstrip() + (f" at step {ending.step}" if ending.step is not None else "")
+                how = f"ended by {ending.how} {ending.detail or ''}".rstrip() + (
+                    f" at step {ending.step}" if ending.step is not None else ""
+                )
             partial = f", partial steps {list(part.partial_steps)}" if part.partial_steps else ""
             said.append(f"rank {rank} {how}{partial}")
         return "; ".join(said) or "ranks are missing"
@@ -526,8 +531,9 @@ class Trace:
         for part in self.parts.values():
             part.release_pages()
 
-    def records(self, *, step: int | None = None, stage: str | None = None, role: str | None = None,
-                route: str | None = None) -> pa.Table:
+    def records(
+        self, *, step: int | None = None, stage: str | None = None, role: str | None = None, route: str | None = None
+    ) -> pa.Table:
         """The tensor records of every rank with each one's node (``route``, ``class_name``,
         ``kind``), those of the given step, stage, role and route glob only: a table to filter
         further, or to hand to pandas (``trace.records(role="output").to_pandas()``)."""
@@ -536,7 +542,9 @@ class Trace:
             if value is not None:
                 table = table.filter(pc.equal(table[column], value))
         # Arrow's hash join takes no list columns (shape): the node of each record by lookup
-        nodes = {(n["rank"], n["node"]): n for n in self.nodes().select(["rank", "node", "route", "class_name", "kind"]).to_pylist()}
+        nodes = {
+            (n["rank"], n["node"]): n for n in self.nodes().select(["rank", "node", "route", "class_name", "kind"]).to_pylist()
+        }
         found = [nodes.get(key, {}) for key in zip(table["rank"].to_pylist(), table["node"].to_pylist(), strict=True)]
         for column in ("route", "class_name", "kind"):
             table = table.append_column(column, pa.array([n.get(column) for n in found], pa.string()))
@@ -566,8 +574,9 @@ class Trace:
         return f"<Trace {self.path} {self.manifest.framework} ranks={self.ranks} steps={self.steps} {state}>"
 
 
-def load_trace(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-               cache: str | os.PathLike[str] | None = None) -> Trace:
+def load_trace(
+    path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None, cache: str | os.PathLike[str] | None = None
+) -> Trace:
     """Open the trace at ``path``: manifests and tables are read and checked, data is not.
 
     ``path`` is a folder or a URL (``s3://bucket/run``, ``gs://``, ``az://``, ``memory://``,
@@ -586,8 +595,10 @@ def _load_remote(location: RemoteLocation, cache: Path | None) -> Trace:
     held = fetch_trace(location, cache)
     local = _load_folder(held.folder, shown=location.url)
     parts = {
-        rank: dataclasses.replace(part, remote=RemoteArrays(
-            location, f"{part.folder.name}/{part.manifest.store_path}", part.store, keep=held.keeps_data))
+        rank: dataclasses.replace(
+            part,
+            remote=RemoteArrays(location, f"{part.folder.name}/{part.manifest.store_path}", part.store, keep=held.keeps_data),
+        )
         for rank, part in local.parts.items()
     }
     return Trace(location.url, local.manifest, parts, cache=held)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from tracespec.errors import NotATraceError, PathEscapeError
 from tracespec.format.manifest import MANIFEST_FILE, PART_FILE, parse_part_manifest
@@ -51,7 +51,7 @@ class TraceCache:
     """
 
     def __init__(self, location: RemoteLocation, cache: Path | None) -> None:
-        self._temporary: weakref.finalize | None = None
+        self._temporary: weakref.finalize[..., Any] | None = None
         if cache is None:
             self.folder = Path(tempfile.mkdtemp(prefix="tracespec-cache-"))
             self._temporary = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
@@ -183,11 +183,15 @@ class RemoteArrays:
             leaf, _, rest = key.partition("/")
             if rest:
                 arrays.setdefault(leaf, {})[rest] = size
-        self.location.get_files([
-            (f"{self.store_key}/{group}/{leaf}/{_ZARR_JSON}", local, objects[_ZARR_JSON])
-            for leaf, objects in arrays.items() if _ZARR_JSON in objects and _plain(leaf)
-            and not _same_size(local := self.local / group / leaf / _ZARR_JSON, objects[_ZARR_JSON])
-        ])
+        self.location.get_files(
+            [
+                (f"{self.store_key}/{group}/{leaf}/{_ZARR_JSON}", local, objects[_ZARR_JSON])
+                for leaf, objects in arrays.items()
+                if _ZARR_JSON in objects
+                and _plain(leaf)
+                and not _same_size(local := self.local / group / leaf / _ZARR_JSON, objects[_ZARR_JSON])
+            ]
+        )
         with self._lock:
             self._groups[group] = arrays
             while len(self._groups) > _GROUPS_KEPT:
@@ -300,4 +304,3 @@ class RemotePublisher:
         if self.location.create(MANIFEST_FILE, payload):
             return payload
         return self.location.read_bytes(MANIFEST_FILE)
-

@@ -36,8 +36,9 @@ def check_coordinates(step: int, stage: str, node: int, call: int | None, role: 
         raise UsageError(f"step ({step}) and call ({call}) count from 0")
 
 
-def node_row(node: int, parent: int | None, route: str, class_name: str, kind: str, position: int,
-             attrs: dict[str, Any] | None) -> dict[str, Any]:
+def node_row(
+    node: int, parent: int | None, route: str, class_name: str, kind: str, position: int, attrs: dict[str, Any] | None
+) -> dict[str, Any]:
     if kind not in NODE_KINDS:
         raise UsageError(f"node kind {kind!r} is not one of {NODE_KINDS}")
     if parent is not None and not 0 <= parent < node:
@@ -53,8 +54,14 @@ def node_row(node: int, parent: int | None, route: str, class_name: str, kind: s
     }
 
 
-def tensor_kind(array: np.ndarray | None, dtype: str | None, shape: tuple[int, ...] | None, level: str,
-                same_as: int | None, earlier: TensorKind | None) -> TensorKind:
+def tensor_kind(
+    array: np.ndarray | None,
+    dtype: str | None,
+    shape: tuple[int, ...] | None,
+    level: str,
+    same_as: int | None,
+    earlier: TensorKind | None,
+) -> TensorKind:
     """The dtype, shape and level of a tensor record: the array's, the ones given, or (``same_as``)
     those of the ``earlier`` record it repeats."""
     if level not in LEVELS:
@@ -78,14 +85,34 @@ def tensor_kind(array: np.ndarray | None, dtype: str | None, shape: tuple[int, .
     return parse_dtype(dtype).name, checked, level
 
 
-def tensor_row(*, step: int, stage: str, node: int, call: int | None, role: str, slot: str, kind: TensorKind,
-               hash: str | None, stats: TensorStats | None) -> dict[str, Any]:
+def tensor_row(
+    *,
+    step: int,
+    stage: str,
+    node: int,
+    call: int | None,
+    role: str,
+    slot: str,
+    kind: TensorKind,
+    hash: str | None,
+    stats: TensorStats | None,
+) -> dict[str, Any]:
     dtype, shape, level = kind
     return {
-        "step": step, "stage": stage, "node": node, "call": call, "role": role, "slot": slot,
-        "dtype": dtype, "shape": list(shape), "level": level,
-        "value_type": None, "value": None,
-        "hash": hash, "array": None, **stats_columns(stats),
+        "step": step,
+        "stage": stage,
+        "node": node,
+        "call": call,
+        "role": role,
+        "slot": slot,
+        "dtype": dtype,
+        "shape": list(shape),
+        "level": level,
+        "value_type": None,
+        "value": None,
+        "hash": hash,
+        "array": None,
+        **stats_columns(stats),
     }
 
 
@@ -95,10 +122,20 @@ def value_row(*, step: int, stage: str, node: int, call: int | None, role: str, 
     if len(text) > _VALUE_REPR_LIMIT:
         text = text[: _VALUE_REPR_LIMIT - 3] + "..."
     return {
-        "step": step, "stage": stage, "node": node, "call": call, "role": role, "slot": slot,
-        "dtype": None, "shape": None, "level": None,
-        "value_type": type(value).__name__, "value": text,
-        "hash": None, "array": None, **stats_columns(None),
+        "step": step,
+        "stage": stage,
+        "node": node,
+        "call": call,
+        "role": role,
+        "slot": slot,
+        "dtype": None,
+        "shape": None,
+        "level": None,
+        "value_type": type(value).__name__,
+        "value": text,
+        "hash": None,
+        "array": None,
+        **stats_columns(None),
     }
 
 

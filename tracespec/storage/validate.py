@@ -45,8 +45,10 @@ class ValidationReport:
         missing = t.missing_ranks()
         extra = f"; ranks without a part: {missing}" if missing else ""
         if self.unreferenced:
-            extra += (f"; {self.unreferenced} files ({self.unreferenced_bytes / 1e6:.1f} MB) that no part.json names "
-                      "(left by an interrupted writer or copy, or not yet published; readers ignore them)")
+            extra += (
+                f"; {self.unreferenced} files ({self.unreferenced_bytes / 1e6:.1f} MB) that no part.json names "
+                "(left by an interrupted writer or copy, or not yet published; readers ignore them)"
+            )
         return (
             f"{t.path}: valid tracespec {t.manifest.format_version} trace, {state}; "
             f"{len(t.ranks)} rank(s), {len(t.steps)} step(s), {self.records} tensor records, "
@@ -54,8 +56,13 @@ class ValidationReport:
         )
 
 
-def validate_trace(path: str | os.PathLike[str], *, deep: bool = False, storage_options: dict[str, Any] | None = None,
-                   cache: str | os.PathLike[str] | None = None) -> ValidationReport:
+def validate_trace(
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+) -> ValidationReport:
     """Raise a :class:`~tracespec.errors.TraceFormatError` subclass at the first violation.
 
     ``path`` may be a URL; ``storage_options`` and ``cache`` as for :func:`load_trace`."""

@@ -563,7 +563,7 @@ class TraceWriter:
         array = np.require(array, requirements="C")
         need_hash = row["hash"] is None and row["level"] in ("full", "hash")
         need_stats = row["min"] is None and row["nan_count"] is None and row["level"] in ("full", "stats")
-        work = []
+        work: list[Future[Any]] = []
         if need_hash or need_stats:
             summary = self._summarizer.submit(_summarize, array, need_hash, need_stats)
             self._summaries.append((row, summary))
@@ -625,8 +625,16 @@ class TraceWriter:
         """Write one array and fsync its files (the disk writes them while others are written);
         the entries of its folders are made durable at the next publish, all at once."""
         written = WrittenFiles()
-        write_array(self._store, name, array, compression=self.compression, durable=self.durable,
-                    chunk_limit=self.chunk_limit, written=written, direct_io=self.direct_io)
+        write_array(
+            self._store,
+            name,
+            array,
+            compression=self.compression,
+            durable=self.durable,
+            chunk_limit=self.chunk_limit,
+            written=written,
+            direct_io=self.direct_io,
+        )
         return written
 
     def _sync_written(self) -> None:

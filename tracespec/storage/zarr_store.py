@@ -46,16 +46,16 @@ __all__ = [
     "CHUNK_BYTES",
     "ArrayMeta",
     "Confinement",
+    "WrittenFiles",
     "check_inside",
     "check_relative_path",
     "chunk_key_path",
     "chunk_shape_for",
+    "fsync_files",
+    "make_durable",
     "missing_chunks",
     "read_array",
     "read_array_meta",
-    "WrittenFiles",
-    "fsync_files",
-    "make_durable",
     "write_array",
     "write_group",
 ]
@@ -79,9 +79,7 @@ def check_relative_path(path: object, where: str) -> str:
         raise PathEscapeError(f"{where}: path {path!r} is not a non-empty string")
     parts = path.split("/")
     if any(p in ("", ".", "..") or not _NAME.match(p) for p in parts):
-        raise PathEscapeError(
-            f"{where}: path {path!r} is not a plain relative path inside the trace folder"
-        )
+        raise PathEscapeError(f"{where}: path {path!r} is not a plain relative path inside the trace folder")
     return path
 
 
@@ -237,13 +235,13 @@ def _write_direct(path: Path, payload: memoryview | bytes, padding: int) -> bool
         total = data.size + padding
         head = data.size - data.size % _DIRECT_ALIGN if data.ctypes.data % _DIRECT_ALIGN == 0 else 0
         if head:
-            _write_all(fd, memoryview(data[:head]))
+            _write_all(fd, data[:head].data)
         if total > head:
             whole = -(-(total - head) // _DIRECT_ALIGN) * _DIRECT_ALIGN
             staging = _staging_buffer(whole)
             staging[: data.size - head] = data[head:]
             staging[data.size - head : whole] = 0
-            _write_all(fd, memoryview(staging[:whole]))
+            _write_all(fd, staging[:whole].data)
         if total % _DIRECT_ALIGN:
             os.ftruncate(fd, total)
     except OSError as exc:  # refused at open, or at the first write on some file systems
@@ -389,7 +387,7 @@ def _write_chunks(
         compressor = Zstd(level=3)
     for key in _grid_keys(storage.shape, chunk):
         start, length = _chunk_span(storage.shape, chunk, key, storage.itemsize)
-        payload = memoryview(flat[start : start + length])
+        payload = flat[start : start + length].data
         padding = chunk_bytes - length
         if compressor is not None:
             payload, padding = memoryview(compressor.encode(bytes(payload) + bytes(padding))), 0
@@ -462,9 +460,7 @@ def read_array_meta(confined: Confinement, name: str) -> ArrayMeta:
         attrs = doc.get("attributes", {}).get("tracespec", {})
         dt = parse_dtype(attrs.get("dtype", doc["data_type"]))
         if dt.zarr_data_type != doc["data_type"]:
-            raise ArrayInvalidError(
-                f"{where}: data_type {doc['data_type']!r} cannot hold dtype {dt.name!r}"
-            )
+            raise ArrayInvalidError(f"{where}: data_type {doc['data_type']!r} cannot hold dtype {dt.name!r}")
         chunk = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
         codec_names = [c["name"] for c in doc["codecs"]]
         if doc["codecs"][0].get("configuration", {}).get("endian", "little") != "little":
@@ -524,19 +520,16 @@ def read_array(confined: Confinement, meta: ArrayMeta) -> np.ndarray:
             try:
                 if decoder is None:
                     with open(path, "rb") as f:
-                        got = f.readinto(memoryview(flat[start : start + length]))
+                        got = f.readinto(flat[start : start + length].data)
                 else:
                     raw = _decode(decoder, path, f"{store.name}/{meta.name}")
                     got = min(len(raw), length)
                     flat[start : start + got] = np.frombuffer(raw, np.uint8, got)
             except FileNotFoundError:
-                raise ChunkMissingError(
-                    f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is missing"
-                ) from None
+                raise ChunkMissingError(f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is missing") from None
             if got != length:
                 raise ChunkMissingError(
-                    f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is truncated "
-                    f"({got} of {length} bytes)"
+                    f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is truncated ({got} of {length} bytes)"
                 )
     return result.view(dt.numpy) if dt.stored_as_bits else result
 
@@ -558,9 +551,7 @@ def _splits_leading_axes(shape: tuple[int, ...], chunk: tuple[int, ...]) -> bool
     return not differing or all(c == 1 for c in chunk[: differing[-1]])
 
 
-def _chunk_span(
-    shape: tuple[int, ...], chunk: tuple[int, ...], key: tuple[int, ...], itemsize: int
-) -> tuple[int, int]:
+def _chunk_span(shape: tuple[int, ...], chunk: tuple[int, ...], key: tuple[int, ...], itemsize: int) -> tuple[int, int]:
     """Byte offset and valid length of chunk ``key`` in the C-order array (leading-axis split)."""
     if not shape:
         return 0, itemsize
