@@ -265,11 +265,13 @@ def graph_leaves(leaves: Iterable[tuple[str, Any]], level: str | None) -> list[t
     None)``. A value that is no tensor is kept as it is: ``(slot, leaf, None, None)``. Nothing
     without a level.
 
-    A bfloat16 or float16 tensor that Inductor keeps in float32 inside a fused kernel is read as
-    that float32 value (what the next module computes from): summarised at ``stats``, widened
-    to float32 at ``hash`` and ``full`` and rounded to its dtype after the graph. Handed out in its
-    own dtype, the graph would have to store it rounded, and the kernels after it would read the
-    rounded copy: the recording would change what the model computes.
+    A bfloat16 or float16 tensor leaves the graph widened to float32 (and is rounded to its dtype
+    after it): handed out in its own dtype, it would have to be stored rounded where Inductor
+    keeps it in float32 inside a fused kernel, and the kernels after it would read the rounded
+    copy: the recording would change what the model computes. Statistics are computed from the
+    values the graph holds: where Inductor fuses them into the kernel that computes the tensor,
+    those float32 values (what the next module computes from); where it reads the stored tensor,
+    its values in its dtype.
     """
     if level is None:
         return []
@@ -444,12 +446,19 @@ class TorchRecorder(Recorder):
         # ends, graph_leaves(...)); recorded by settle().
         self._tape: list[tuple[int, bool, list[tuple[str, Any, Any, Any]]]] = []
         self._node_by_id: dict[int, Any] = {}
+        # Whether the hooks traced into compiled code record the current step: Dynamo guards on
+        # it, so a step that is not recorded (every=, steps=) runs code compiled without them.
+        self._recording_step = [True]
         self._split_warned = False
         super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
         self._op_mode: _OpMode | None = None
         self._op_descriptions: dict[Any, OpDescription | None] = {}
+
+    def _reset_step_state(self) -> None:
+        super()._reset_step_state()
+        self._recording_step[0] = self.active
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -552,7 +561,7 @@ class TorchRecorder(Recorder):
                 # before and after its forward): there the tape is recorded, once per forward.
                 pre_hook, post_hook = self._out_of_graph(self._pre_hook), self._out_of_graph(self._post_hook)
                 if not node.selected:
-                    self._handles.append(module.register_forward_hook(self._out_of_graph(self._settle_hook)))
+                    self._handles.append(module.register_forward_hook(self._out_of_graph(self._settle_hook), with_kwargs=True))
                     continue
             elif not node.selected:
                 # Unhooked, what the selection leaves out between two recorded modules stays
@@ -582,26 +591,34 @@ class TorchRecorder(Recorder):
         recorded and autograd is on, they run eagerly (a graph break): gradient hooks need real
         tensors.
         """
-        tape, node_id = self._tape, node.id
+        tape, recording, node_id = self._tape, self._recording_step, node.id
         input_level, output_level = node.levels["input"], node.levels["output"]
         backward = self.wants_backward(node)
         eager_pre, eager_post = self._out_of_graph(self._pre_hook), self._out_of_graph(self._post_hook)
-        split_pre = self._out_of_graph(self._split_pre_hook)
 
         def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if not torch.compiler.is_compiling():
                 return eager_pre(module, args, kwargs)
+            if not recording[0]:
+                return None
             if backward and torch.is_grad_enabled():
-                return split_pre(module, args, kwargs)
+                return eager_pre(module, args, kwargs)
             tape.append((node_id, False, graph_leaves(input_leaves(args, kwargs, is_recordable), input_level)))
             return None
 
         def post_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            if not torch.compiler.is_compiling() or (backward and torch.is_grad_enabled()):
+            if not torch.compiler.is_compiling() or (recording[0] and backward and torch.is_grad_enabled()):
                 eager_post(module, args, kwargs, output)
-                return
-            tape.append((node_id, True, graph_leaves(flatten(output, "", is_recordable), output_level)))
+            elif recording[0]:
+                tape.append((node_id, True, graph_leaves(flatten(output, "", is_recordable), output_level)))
 
+        # Where a hook breaks the graph (split_pre, eager_post), Dynamo runs the hook on its own
+        # and would compile it as a frame of its own, once per module class (guarded on the
+        # module's type) up to its recompile limit, and warn: run as a frame, it runs eagerly.
+        # Inlined into a module's compiled call, it is still traced.
+        dynamo = _dynamo()
+        for hook in (pre_hook, post_hook):
+            dynamo.eval_frame.skip_code(hook.__code__)
         return pre_hook, post_hook
 
     def settle(self) -> None:
@@ -636,24 +653,12 @@ class TorchRecorder(Recorder):
     def _settle_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self.settle()
 
-    def _split_pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The pre-hook of a module whose gradients are recorded, called from compiled code."""
-        if self._low_precision and not self._split_warned:
-            self._split_warned = True
-            warnings.warn(
-                f"tracespec.record: this compiled model holds {', '.join(self._low_precision)} parameters and its "
-                "gradients are recorded, so it runs as one compiled piece per recorded module, whose outputs are "
-                "rounded to their dtype where Inductor's fused kernels keep them in float32: the recorded values "
-                "may differ from the unrecorded compiled model's. Record the forward under torch.no_grad() or "
-                "without gradient roles (roles='forward') to keep the recording inside the compiled graph "
-                "(docs/recording.md, Compiled models)",
-                CompiledPrecisionWarning,
-                stacklevel=2,
-            )
-        return self._pre_hook(module, args, kwargs)
-
     def install_optimizer_hooks(self, optimizer: Any) -> None:
-        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: (self.settle(), self.before_optimizer_step())))
+        def before_step(opt: Any, args: Any, kwargs: Any) -> None:
+            self.settle()
+            self.before_optimizer_step()
+
+        self._handles.append(optimizer.register_step_pre_hook(before_step))
         self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step(opt)))
 
     def remove_hooks(self) -> None:
@@ -676,11 +681,27 @@ class TorchRecorder(Recorder):
             return None
         return self.watch_inputs(fc, args, kwargs)
 
+    def _warn_split(self) -> None:
+        """Say once that a compiled low-precision model is recorded between compiled pieces."""
+        if self._compiled and self._low_precision and not self._split_warned:
+            self._split_warned = True
+            warnings.warn(
+                f"tracespec.record: this compiled model holds {', '.join(self._low_precision)} parameters and its "
+                "gradients are recorded, so it runs as one compiled piece per recorded module, whose outputs are "
+                "rounded to their dtype where Inductor's fused kernels keep them in float32: the recorded values "
+                "may differ from the unrecorded compiled model's. Record the forward under torch.no_grad() or "
+                "without gradient roles (roles=['inputs', 'outputs']) to keep the recording inside the compiled "
+                "graph (docs/recording.md, Compiled models)",
+                CompiledPrecisionWarning,
+                stacklevel=2,
+            )
+
     def watch_inputs(self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Hand the call views of its inputs that need a gradient, with hooks that observe the
         gradient flowing through this call; the new arguments, or None to keep them."""
         if not torch.is_grad_enabled() or not self.wants_backward(fc.node):
             return None
+        self._warn_split()
         state = _CallState()
         fc.extra = state
 

@@ -308,6 +308,26 @@ def test_submodules_compiled_in_place_are_recorded(tmp_path: Path, eager_trace: 
 BLOCK_BOUNDARIES: Final = {"exclude": ["blocks.*.*"]}
 
 
+def test_a_step_that_is_not_recorded_runs_code_compiled_without_the_recording(tmp_path: Path) -> None:
+    graph_sizes: list[int] = []
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., object]:
+        def run(*args: torch.Tensor) -> object:
+            graph_sizes.append(len(graph.graph.nodes))
+            return graph.forward(*args)
+
+        return run
+
+    compiled = torch.compile(make_model(), backend=backend)
+    with torch.no_grad(), tracespec.record(compiled, tmp_path / "trace", capture="stats", every=2) as rec:
+        for _ in range(3):
+            compiled(make_input())
+            rec.step()
+    recorded, unrecorded, recorded_again = graph_sizes
+    assert recorded == recorded_again > unrecorded  # step 1's graph computes no statistics
+    assert sorted({call["step"] for call in TraceView(tmp_path / "trace").calls}) == [0, 2]
+
+
 def test_a_compiled_model_recording_only_the_blocks_stays_one_graph(tmp_path: Path) -> None:
     graphs = GraphRunCounter()
     compiled = torch.compile(make_model(), backend=graphs)
