@@ -1230,13 +1230,12 @@ class Recorder(ABC):
         nonfinite = False
         for slot, leaf in leaves:
             base = {"step": self.step_index, "stage": stage, "node": node.id, "role": role, "slot": slot, "call": call}
-            if isinstance(leaf, Summary):  # summarised by the adapter already (inside compiled code)
-                summary = leaf
-                self._submit(_Record({**base, "level": level}, summary))
-                if self.options.stop_on_nonfinite and not nonfinite:
-                    nonfinite = self._holds_nonfinite(summary)
-            elif self.is_tensor(leaf):
-                summary = self._record_tensor(base, leaf, level)
+            if isinstance(leaf, Summary) or self.is_tensor(leaf):
+                if isinstance(leaf, Summary):  # summarised by the adapter already (inside compiled code)
+                    summary = leaf
+                    self._submit(_Record({**base, "level": level}, summary))
+                else:
+                    summary = self._record_tensor(base, leaf, level)
                 if self.options.stop_on_nonfinite and not nonfinite:
                     nonfinite = self._holds_nonfinite(summary)
             else:
