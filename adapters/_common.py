@@ -380,6 +380,15 @@ def map_tensors(value: Any, fn: Callable[[str, Any], Any], prefix: str, is_tenso
     return value
 
 
+def input_leaves(args: tuple[Any, ...], kwargs: Mapping[str, Any], is_tensor: Callable[[Any], bool]) -> Iterator[tuple[str, Any]]:
+    """The ``(slot, leaf)`` pairs of a call's inputs: positional argument ``i`` at slot ``"i"``,
+    keyword ``k`` at ``"k"``, nested entries below them (see :func:`flatten`)."""
+    for i, arg in enumerate(args):
+        yield from flatten(arg, str(i), is_tensor)
+    for key, arg in kwargs.items():
+        yield from flatten(arg, str(key), is_tensor)
+
+
 # ------------------------------------------------------------------------------------ statistics
 # Above this ratio of n * mean^2 to the sum of squared deviations, the one-pass variance loses
 # digits to cancellation: the exact reference takes over.
@@ -657,6 +666,10 @@ class Recorder(ABC):
     def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
         """``(parameter, state key, value)`` for every entry of the optimizer's state."""
 
+    def settle(self) -> None:
+        """Record what the hooks collected inside compiled code and left for later, before
+        anything else is recorded or published (nothing, for an adapter that never defers)."""
+
     def install_optimizer_hooks(self, optimizer: Any) -> None:
         """Make ``optimizer.step()`` call :meth:`before_optimizer_step` and
         :meth:`after_optimizer_step`, where the framework allows it. Without such hooks the
@@ -768,6 +781,7 @@ class Recorder(ABC):
         progress in ``partial_steps`` until its :meth:`step` publishes it whole."""
         if self.writer is None or self._stopped:
             raise UsageError("flush() outside the recording; use `with tracespec.record(...) as rec:`")
+        self.settle()
         self._drain()
         self.writer.flush()
         self._handle_deferred_signal()
@@ -776,6 +790,7 @@ class Recorder(ABC):
         """:meth:`flush` where a writer error must not replace what is already going on."""
         assert self.writer is not None
         try:
+            self.settle()
             self._drain()
             self.writer.flush()
         except Exception as exc:  # noqa: BLE001 - see the docstring
@@ -968,20 +983,29 @@ class Recorder(ABC):
     def forward_begin(self, module: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ForwardCall | None:
         """A module's forward starts: count the call, record its inputs (and, at the first call
         of the step, every parameter and buffer). Returns the call, or None when not recording."""
-        self._handle_deferred_signal()
         node = self._node_of.get(id(module))
-        if node is None or not self.active:
+        return None if node is None else self.call_begins(node, input_leaves(args, kwargs, self.is_tensor))
+
+    def call_begins(self, node: _Node, inputs: Iterable[tuple[str, Any]]) -> _ForwardCall | None:
+        """:meth:`forward_begin` with the inputs already flattened into ``(slot, leaf)`` pairs; a
+        leaf may be a :class:`Summary` the adapter computed elsewhere (inside compiled code)."""
+        self._handle_deferred_signal()
+        if not self.active:
             return None
-        fc = self._begin_call(node, args, kwargs)
+        fc = self._begin_call(node, inputs)
         self._open_calls.setdefault(node.id, []).append(fc)
         self._module_calls.append(fc)
         return fc
 
     def forward_end(self, module: Any, output: Any) -> _ForwardCall | None:
         """A module's forward returned ``output``: record the outputs and the call row."""
-        self._handle_deferred_signal()
         node = self._node_of.get(id(module))
-        if node is None or not self.active:
+        return None if node is None else self.call_ends(node, flatten(output, "", self.is_tensor))
+
+    def call_ends(self, node: _Node, outputs: Iterable[tuple[str, Any]]) -> _ForwardCall | None:
+        """:meth:`forward_end` with the outputs already flattened (see :meth:`call_begins`)."""
+        self._handle_deferred_signal()
+        if not self.active:
             return None
         stack = self._open_calls.get(node.id)
         if not stack:
@@ -990,7 +1014,7 @@ class Recorder(ABC):
         # An exception inside a forward leaves the calls it interrupted open: they end here too.
         while self._module_calls and self._module_calls.pop() is not fc:
             pass
-        self._end_call(fc, output)
+        self._end_call(fc, outputs)
         return fc
 
     def op_caller(self) -> _ForwardCall | None:
@@ -1015,11 +1039,11 @@ class Recorder(ABC):
             chain = self._ancestors(route, self._by_route)
             attrs = {"op": op, "source": {"file": source[0], "line": source[1], "function": source[2]}}
             node = self._op_nodes[key] = self._add_node(route, name, caller.node, None, chain, "op", attrs)
-        return self._begin_call(node, args, kwargs)
+        return self._begin_call(node, input_leaves(args, kwargs, self.is_tensor))
 
     def op_end(self, fc: _ForwardCall, output: Any) -> None:
         """The op of :meth:`op_begin` returned ``output``: record it and the call row."""
-        self._end_call(fc, output)
+        self._end_call(fc, flatten(output, "", self.is_tensor))
 
     #: The framework's package folder: ops its own code calls are not recorded (see calling_frame).
     framework_dir: ClassVar[str] = ""
@@ -1058,7 +1082,7 @@ class Recorder(ABC):
     def watch_outputs(self, fc: _ForwardCall, output: Any) -> None:
         """Prepare to observe the gradients with respect to the call's outputs."""
 
-    def _begin_call(self, node: _Node, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ForwardCall:
+    def _begin_call(self, node: _Node, inputs: Iterable[tuple[str, Any]]) -> _ForwardCall:
         self._step_dirty = True
         if not self._params_recorded:
             self._params_recorded = True
@@ -1068,18 +1092,15 @@ class Recorder(ABC):
         fc = _ForwardCall(node, call, self._next_event("forward"))
         level = node.levels["input"]
         if level is not None:
-            for i, arg in enumerate(args):
-                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(i), self.is_tensor), level)
-            for key, arg in kwargs.items():
-                fc.inputs_nonfinite |= self._record_leaves("forward", node, call, "input", flatten(arg, str(key), self.is_tensor), level)
+            fc.inputs_nonfinite = self._record_leaves("forward", node, call, "input", inputs, level)
         return fc
 
-    def _end_call(self, fc: _ForwardCall, output: Any) -> None:
+    def _end_call(self, fc: _ForwardCall, outputs: Iterable[tuple[str, Any]]) -> None:
         end = self._next_event("forward")
         level = fc.node.levels["output"]
         nonfinite = False
         if level is not None:
-            nonfinite = self._record_leaves("forward", fc.node, fc.call, "output", flatten(output, "", self.is_tensor), level)
+            nonfinite = self._record_leaves("forward", fc.node, fc.call, "output", outputs, level)
         assert self.writer is not None
         self.writer.add_call(step=self.step_index, stage="forward", node=fc.node.id, call=fc.call, begin=fc.begin, end=end)
         if nonfinite and not fc.inputs_nonfinite:
@@ -1153,6 +1174,7 @@ class Recorder(ABC):
         """Record what the step end records, hand everything over and end the step in the
         writer; returns the event set once the step is published (None: a step not recorded)."""
         assert self.writer is not None
+        self.settle()
         if self.active:
             for bc in self._backward_calls:
                 if bc.begin is not None and not bc.ended:
@@ -1217,8 +1239,12 @@ class Recorder(ABC):
         nonfinite = False
         for slot, leaf in leaves:
             base = {"step": self.step_index, "stage": stage, "node": node.id, "role": role, "slot": slot, "call": call}
-            if self.is_tensor(leaf):
-                summary = self._record_tensor(base, leaf, level)
+            if isinstance(leaf, Summary) or self.is_tensor(leaf):
+                if isinstance(leaf, Summary):  # summarised by the adapter already (inside compiled code)
+                    summary = leaf
+                    self._submit(_Record({**base, "level": level}, summary))
+                else:
+                    summary = self._record_tensor(base, leaf, level)
                 if self.options.stop_on_nonfinite and not nonfinite:
                     nonfinite = self._holds_nonfinite(summary)
             else:

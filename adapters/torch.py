@@ -17,11 +17,16 @@ Constraints:
   immediately; CUDA tensors are copied to pinned host memory with non-blocking copies and their
   statistics stay on the device until the records are written (at the step end or when too many
   wait), so no hook synchronises the device.
-- torch.compile: the hooks are ``torch.compiler.disable``d, so they run eagerly between compiled
-  pieces (a graph break at every hooked module call) and never inside a graph, where tensors are
-  fake; a compiled wrapper is recorded as the module it wraps. In a compiled model only the
-  selected modules are hooked, so what the selection leaves out between them stays one compiled
-  region (see ``docs/recording.md``).
+- torch.compile: the hooks are traced into the compiled code. There they only append to a list
+  (the *tape*, a side effect Dynamo replays after each compiled piece) what they would record:
+  each tensor's statistics, computed by torch ops inside the graph (``capture="stats"``), or the
+  tensor itself, which leaves the graph as an extra output (``"hash"``, ``"full"``). The root
+  module's hooks, which run outside compiled code, and every hook that runs eagerly record what
+  the tape holds (call ids, events, hashing, the writer) before their own call, so the calls keep
+  eager's order. A forward that records gradients runs the hooks eagerly instead
+  (``torch.compiler.disable``: a graph break at each such module call), as gradient hooks need
+  real tensors. A compiled wrapper is recorded as the module it wraps; only the selected modules
+  are hooked (see ``docs/recording.md``, "Compiled models").
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from tracespec.adapters._common import (
     Summary,
     fast_stats,
     flatten,
+    input_leaves,
     map_tensors,
     parse_options,
     stats_from_sums,
@@ -60,7 +66,7 @@ from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
 __all__ = [
     "FRAMEWORK", "CompiledPrecisionWarning", "TorchRecorder", "accepts", "compiled_routes", "cpu_stats", "device_moments",
-    "numpy_view", "record", "stats_from_moments", "torch_op_name", "uncompiled",
+    "is_recordable", "numpy_view", "record", "stats_from_moments", "torch_op_name", "uncompiled",
 ]
 
 FRAMEWORK: Final = "torch"
@@ -101,7 +107,16 @@ _ROUNDED_AT_BOUNDARIES: Final = frozenset({"bfloat16", "float16"})
 
 
 class CompiledPrecisionWarning(UserWarning):
-    """Recording a compiled low-precision model may change what it computes (see ``docs/recording.md``)."""
+    """Recording the gradients of a compiled low-precision model splits it at every recorded
+    module, where its values are rounded as eager PyTorch rounds them (see ``docs/recording.md``)."""
+
+
+def is_recordable(value: Any) -> bool:
+    """Whether ``value`` is a tensor tracespec records (a strided tensor of a dtype the format has).
+
+    A plain function of the value, so that Dynamo traces it inside compiled hooks.
+    """
+    return isinstance(value, torch.Tensor) and value.dtype in _DTYPE_NAMES and value.layout == torch.strided
 
 
 def accepts(model: Any) -> bool:
@@ -237,6 +252,54 @@ def stats_from_moments(moments: list[float]) -> TensorStats:
     return TensorStats(int(count), low, high, total / finite, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), int(nan), int(inf))
 
 
+_WIDENED: Final = frozenset({torch.bfloat16, torch.float16})
+"""Dtypes that leave compiled code widened to float32 (see :func:`graph_leaves`)."""
+
+
+def graph_leaves(leaves: Iterable[tuple[str, Any]], level: str | None) -> list[tuple[str, Any, torch.dtype | None, tuple[int, ...] | None]]:
+    """What a hook traced into compiled code keeps of a call's ``(slot, leaf)`` pairs, for the tape.
+
+    At ``stats`` each tensor becomes its :func:`device_moments`, computed by torch ops inside the
+    graph, with its dtype and shape: ``(slot, moments, dtype, shape)``. At ``hash`` and ``full``
+    the tensor leaves the graph as an output, to be summarised after it: ``(slot, tensor, dtype,
+    None)``. A value that is no tensor is kept as it is: ``(slot, leaf, None, None)``. Nothing
+    without a level.
+
+    A bfloat16 or float16 tensor leaves the graph widened to float32 (and is rounded to its dtype
+    after it): handed out in its own dtype, it would have to be stored rounded where Inductor
+    keeps it in float32 inside a fused kernel, and the kernels after it would read the rounded
+    copy: the recording would change what the model computes. Statistics are computed from the
+    values the graph holds: where Inductor fuses them into the kernel that computes the tensor,
+    those float32 values (what the next module computes from); where it reads the stored tensor,
+    its values in its dtype.
+    """
+    if level is None:
+        return []
+    kept: list[tuple[str, Any, torch.dtype | None, tuple[int, ...] | None]] = []
+    for slot, leaf in leaves:
+        if not is_recordable(leaf):
+            kept.append((slot, leaf, None, None))
+        elif level == "stats":
+            kept.append((slot, device_moments(leaf), leaf.dtype, tuple(leaf.shape)))
+        else:
+            kept.append((slot, leaf.float() if leaf.dtype in _WIDENED else leaf, leaf.dtype, None))
+    return kept
+
+
+def graph_summary(moments: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> Summary:
+    """The :class:`Summary` of a tensor whose moments were computed inside compiled code."""
+    summary = Summary(_DTYPE_NAMES[dtype], tuple(int(d) for d in shape))
+    if moments.device.type == "cpu":
+        summary.stats = stats_from_moments(moments.tolist())
+    else:  # read once the device is done, as summarize does
+
+        def finish(s: Summary) -> None:
+            s.stats = stats_from_moments(moments.tolist())
+
+        summary.finish = finish
+    return summary
+
+
 # ------------------------------------------------------------------------------ ops
 _NOT_OPS: Final = frozenset({
     # what describes a tensor or hands its values to Python: nothing is computed
@@ -367,8 +430,8 @@ class TorchRecorder(Recorder):
             # torch.compiler.disable.
             raise UsageError(
                 f"tracespec.record: {', '.join(fullgraph)} was compiled with fullgraph=True, but recording "
-                "breaks the graph at every recorded module call (the recording runs outside compiled code); "
-                "compile it without fullgraph=True to record it"
+                "breaks the graph where its work runs outside compiled code (the root module's hooks, and every "
+                "recorded module's while gradients are recorded); compile it without fullgraph=True to record it"
             )
         if options.ops is not None and compiled:
             raise UsageError(
@@ -378,21 +441,24 @@ class TorchRecorder(Recorder):
             )
         self._compiled = bool(compiled)
         self._hook_guards_skipped: bool | None = None  # Dynamo's setting, while this recording changes it
-        low_precision = {str(p.dtype).removeprefix("torch.") for p in model.parameters()} & _ROUNDED_AT_BOUNDARIES
-        if compiled and low_precision:
-            warnings.warn(
-                f"tracespec.record: this compiled model holds {', '.join(sorted(low_precision))} parameters; recorded, "
-                "it runs as one compiled piece per recorded module, whose outputs are rounded to their dtype where "
-                "Inductor's fused kernels keep them in float32, so the recorded values may differ from the unrecorded "
-                "compiled model's (docs/recording.md, Compiled models)",
-                CompiledPrecisionWarning,
-                stacklevel=5,  # the caller of tracespec.record
-            )
+        self._low_precision = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()} & _ROUNDED_AT_BOUNDARIES)
+        # What hooks traced into compiled code keep, in call order: (node id, whether the call
+        # ends, graph_leaves(...)); recorded by settle().
+        self._tape: list[tuple[int, bool, list[tuple[str, Any, Any, Any]]]] = []
+        self._node_by_id: dict[int, Any] = {}
+        # Whether the hooks traced into compiled code record the current step: Dynamo guards on
+        # it, so a step that is not recorded (every=, steps=) runs code compiled without them.
+        self._recording_step = [True]
+        self._split_warned = False
         super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
         self._op_mode: _OpMode | None = None
         self._op_descriptions: dict[Any, OpDescription | None] = {}
+
+    def _reset_step_state(self) -> None:
+        super()._reset_step_state()
+        self._recording_step[0] = self.active
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -417,7 +483,7 @@ class TorchRecorder(Recorder):
         return module.named_buffers(recurse=False)
 
     def is_tensor(self, value: Any) -> bool:
-        return isinstance(value, torch.Tensor) and value.dtype in _DTYPE_NAMES and value.layout == torch.strided
+        return is_recordable(value)
 
     def tensor_version(self, tensor: Any) -> int:
         return int(tensor._version)
@@ -476,36 +542,123 @@ class TorchRecorder(Recorder):
 
     # ---------------------------------------------------------------- hooks
     def install_hooks(self) -> None:
-        # Under torch.compile, Dynamo would trace the hooks into the graph (where tensors are
-        # fake and have no data to summarise). Disabled, each hook call is a graph break: the
-        # hooks run eagerly on real tensors, between the compiled pieces of the model.
-        pre_hook: Any = self._pre_hook
-        post_hook: Any = self._post_hook
-        if _dynamo() is not None:
-            pre_hook = torch.compiler.disable(pre_hook, reason="tracespec records outside compiled graphs")
-            post_hook = torch.compiler.disable(post_hook, reason="tracespec records outside compiled graphs")
-        _forget_compiled_code()
         dynamo = _dynamo()
+        _forget_compiled_code()
         if self._compiled and not all(node.selected for node in self._nodes):
             # Some instances of a class hooked and others not: Dynamo must tell them apart, or
             # the code compiled for an unhooked Block would run for a hooked one, and the hooks
             # inside it would not run. Guarded on hooks, each hook state compiles its own code.
             self._hook_guards_skipped = dynamo.config.skip_nnmodule_hook_guards
             dynamo.config.skip_nnmodule_hook_guards = False
+        self._node_by_id = {node.id: node for node in self._nodes}
         for node in self._nodes:
-            if self._compiled and not node.selected:
-                # Each hooked module is a graph break: a compiled model keeps one compiled region
-                # (fused by Inductor) from one selected module call to the next.
-                continue
             module = node.module
+            if dynamo is None:
+                # No compiled code in this process: plain hooks, recording as the model runs.
+                pre_hook, post_hook = self._pre_hook, self._post_hook
+            elif module is self.model:
+                # The root's hooks run outside the model's compiled code (or split it only
+                # before and after its forward): there the tape is recorded, once per forward.
+                pre_hook, post_hook = self._out_of_graph(self._pre_hook), self._out_of_graph(self._post_hook)
+                if not node.selected:
+                    self._handles.append(module.register_forward_hook(self._out_of_graph(self._settle_hook), with_kwargs=True))
+                    continue
+            elif not node.selected:
+                # Unhooked, what the selection leaves out between two recorded modules stays
+                # one compiled region (fused by Inductor).
+                continue
+            else:
+                pre_hook, post_hook = self._traced_hooks(node)
             self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
         if self.options.ops is not None:
             self._op_mode = _OpMode(self)
             self._op_mode.__enter__()
 
+    @staticmethod
+    def _out_of_graph(hook: Callable[..., Any]) -> Any:
+        """``hook`` kept out of compiled code: Dynamo runs it eagerly, on real tensors (where
+        called from inside a graph, a graph break)."""
+        return torch.compiler.disable(hook, reason="tracespec records outside compiled graphs")
+
+    def _traced_hooks(self, node: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The forward hooks of a module that may run inside compiled code.
+
+        Run eagerly, they record as the plain hooks do. Traced by Dynamo, they append what they
+        would record to the tape (see :func:`graph_leaves`), which :meth:`settle` records after
+        the compiled piece; everything they read is a constant of the closure, so the code
+        Dynamo compiles for them holds no guard on the recorder. Where the call's gradients are
+        recorded and autograd is on, they run eagerly (a graph break): gradient hooks need real
+        tensors.
+        """
+        tape, recording, node_id = self._tape, self._recording_step, node.id
+        input_level, output_level = node.levels["input"], node.levels["output"]
+        backward = self.wants_backward(node)
+        eager_pre, eager_post = self._out_of_graph(self._pre_hook), self._out_of_graph(self._post_hook)
+
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if not torch.compiler.is_compiling():
+                return eager_pre(module, args, kwargs)
+            if not recording[0]:
+                return None
+            if backward and torch.is_grad_enabled():
+                return eager_pre(module, args, kwargs)
+            tape.append((node_id, False, graph_leaves(input_leaves(args, kwargs, is_recordable), input_level)))
+            return None
+
+        def post_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if not torch.compiler.is_compiling() or (recording[0] and backward and torch.is_grad_enabled()):
+                eager_post(module, args, kwargs, output)
+            elif recording[0]:
+                tape.append((node_id, True, graph_leaves(flatten(output, "", is_recordable), output_level)))
+
+        # Where a hook breaks the graph (split_pre, eager_post), Dynamo runs the hook on its own
+        # and would compile it as a frame of its own, once per module class (guarded on the
+        # module's type) up to its recompile limit, and warn: run as a frame, it runs eagerly.
+        # Inlined into a module's compiled call, it is still traced.
+        dynamo = _dynamo()
+        for hook in (pre_hook, post_hook):
+            dynamo.eval_frame.skip_code(hook.__code__)
+        return pre_hook, post_hook
+
+    def settle(self) -> None:
+        """Record the calls the tape holds, in order, as the hooks would have recorded them."""
+        if not self._tape:
+            return
+        entries = self._tape[:]
+        self._tape.clear()  # before recording: recording may raise (stop_on_nonfinite)
+        # A tensor the graph handed out twice (a module's output, the next one's input) is
+        # narrowed once, so that the second record is a same_as of the first.
+        narrowed: dict[int, torch.Tensor] = {}
+
+        def leaf(value: Any, dtype: torch.dtype | None, shape: tuple[int, ...] | None) -> Any:
+            if dtype is None:
+                return value
+            if shape is not None:
+                return graph_summary(value, dtype, shape)
+            if value.dtype == dtype:
+                return value
+            if id(value) not in narrowed:
+                narrowed[id(value)] = value.to(dtype)
+            return narrowed[id(value)]
+
+        for node_id, ends, leaves in entries:
+            node = self._node_by_id[node_id]
+            flat = [(slot, leaf(value, dtype, shape)) for slot, value, dtype, shape in leaves]
+            if ends:
+                self.call_ends(node, flat)
+            else:
+                self.call_begins(node, flat)
+
+    def _settle_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        self.settle()
+
     def install_optimizer_hooks(self, optimizer: Any) -> None:
-        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step()))
+        def before_step(opt: Any, args: Any, kwargs: Any) -> None:
+            self.settle()
+            self.before_optimizer_step()
+
+        self._handles.append(optimizer.register_step_pre_hook(before_step))
         self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_optimizer_step(opt)))
 
     def remove_hooks(self) -> None:
@@ -522,16 +675,33 @@ class TorchRecorder(Recorder):
         _forget_compiled_code()
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.settle()
         fc = self.forward_begin(module, args, kwargs)
         if fc is None:
             return None
         return self.watch_inputs(fc, args, kwargs)
+
+    def _warn_split(self) -> None:
+        """Say once that a compiled low-precision model is recorded between compiled pieces."""
+        if self._compiled and self._low_precision and not self._split_warned:
+            self._split_warned = True
+            warnings.warn(
+                f"tracespec.record: this compiled model holds {', '.join(self._low_precision)} parameters and its "
+                "gradients are recorded, so it runs as one compiled piece per recorded module, whose outputs are "
+                "rounded to their dtype where Inductor's fused kernels keep them in float32: the recorded values "
+                "may differ from the unrecorded compiled model's. Record the forward under torch.no_grad() or "
+                "without gradient roles (roles=['inputs', 'outputs']) to keep the recording inside the compiled "
+                "graph (docs/recording.md, Compiled models)",
+                CompiledPrecisionWarning,
+                stacklevel=2,
+            )
 
     def watch_inputs(self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Hand the call views of its inputs that need a gradient, with hooks that observe the
         gradient flowing through this call; the new arguments, or None to keep them."""
         if not torch.is_grad_enabled() or not self.wants_backward(fc.node):
             return None
+        self._warn_split()
         state = _CallState()
         fc.extra = state
 
@@ -562,6 +732,7 @@ class TorchRecorder(Recorder):
 
     def _input_grad_hook(self, bc: BackwardCall, pending: _InputSlot) -> Any:
         def hook(grad: torch.Tensor) -> None:
+            self.settle()
             if pending.slot is not None:
                 slot, pending.slot = pending.slot, None
                 self.backward_input_grad(bc, slot, grad)
@@ -569,6 +740,7 @@ class TorchRecorder(Recorder):
         return hook
 
     def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        self.settle()
         fc = self.forward_end(module, output)
         if fc is not None:
             self.watch_outputs(fc, output)
@@ -594,6 +766,7 @@ class TorchRecorder(Recorder):
 
     def _output_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
         def hook(grad: torch.Tensor) -> None:
+            self.settle()
             self.backward_output_grad(bc, slot, grad)
 
         return hook

@@ -1,22 +1,24 @@
-"""Does recording change what a torch.compile'd model computes? Two ways to record, measured.
+"""Does recording change what a torch.compile'd model computes? The ways to record, measured.
 
 The model of ``bench/bench_record.py`` (forward, eval mode), compiled with Inductor, is run
-unrecorded (the reference) and then observed in each of these ways, in float32 and bfloat16:
+unrecorded (the reference) and then recorded in each of these ways, in float32 and bfloat16:
 
-- ``tracespec, every module``: ``tracespec.record``, its hooks kept out of the compiled graphs
-  (``torch.compiler.disable``): the model runs as one compiled piece per module call;
-- ``tracespec, blocks only``: the same, recording only the transformer blocks
-  (``exclude=["h.*.*"]``): one compiled piece per block;
-- ``hooks traced into the graph``: forward hooks that Dynamo traces, computing each module
-  output's statistics with torch ops inside the graph (the other way the recorder could be
-  written; a prototype, not tracespec's code).
+- ``in the graph, every module, <level>``: ``tracespec.record`` as it records a compiled model's
+  forward by default: its hooks are traced into the compiled code, statistics computed there by
+  torch ops (``stats``), tensors handed out of the graph (``hash``, ``full``);
+- ``in the graph, blocks only, stats``: the same, recording only the transformer blocks
+  (``exclude=["h.*.*"]``);
+- ``out of the graph, every module, stats``: the hooks run eagerly between compiled pieces, one
+  per module call, as they do in a forward whose gradients are recorded (here: the same forward
+  with autograd on and the default roles, which hold the gradients).
 
-For each it prints the compiled pieces one forward runs, whether the output is bit-identical to
-the unrecorded compiled output, its relative RMSE against it, and against the eager output: a
+For each it prints the compiled pieces one forward runs, the graph breaks
+``torch._dynamo.explain`` counts while recording, whether the output is bit-identical to the
+unrecorded compiled output, its relative RMSE against it, and against the eager output: a
 recording that sees the compiled model's numerics is close to the first and as far from eager as
 the compiled model is.
 
-    .venv/bin/python bench/bench_compiled_numerics.py            # the GPT-2-small size, about a minute of compiling
+    .venv/bin/python bench/bench_compiled_numerics.py            # the GPT-2-small size, minutes of compiling
     .venv/bin/python bench/bench_compiled_numerics.py --quick
 """
 
@@ -61,35 +63,27 @@ def fresh_model(size: Size, threads: int, dtype: torch.dtype) -> nn.Module:
     return model.to(dtype).eval()
 
 
-def compiled_forward(model: nn.Module, ids: torch.Tensor, observe: Callable[[nn.Module], Any] | None) -> tuple[torch.Tensor, int]:
+def compiled_forward(model: nn.Module, ids: torch.Tensor, observe: Callable[[nn.Module], Any] | None,
+                     grad: bool = False) -> tuple[torch.Tensor, int, int | None]:
     """The output of ``torch.compile(model)`` (second call: compiled and warm) observed by
-    ``observe(compiled)`` (a context manager, or None), and the pieces that call ran."""
+    ``observe(compiled)`` (a context manager, or None), with autograd on where ``grad``: the
+    output, the compiled pieces that call ran and, while observed, the graph breaks
+    ``torch._dynamo.explain`` counts."""
     torch.compiler.reset()
     backend = CountedInductor()
     compiled = torch.compile(model, backend=backend)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         if observe is None:
             compiled(ids)
             backend.runs = 0
-            return compiled(ids), backend.runs
+            return compiled(ids).detach(), backend.runs, None
         with observe(compiled):
             compiled(ids)
             backend.runs = 0
-            return compiled(ids), backend.runs
-
-
-def traced_statistics_hooks(model: nn.Module) -> list[torch.Tensor]:
-    """Forward hooks that Dynamo traces into the graph: each module output's sum, sum of squares,
-    min and max, computed in float32 by torch ops and kept in a list (a side effect Dynamo replays)."""
-    kept: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        values = output.float()
-        kept.append(torch.stack([values.sum(), (values * values).sum(), values.amin(), values.amax()]))
-
-    for module in model.modules():
-        module.register_forward_hook(hook)
-    return kept
+            output = compiled(ids).detach()
+            runs = backend.runs
+            breaks = torch._dynamo.explain(model)(ids).graph_break_count
+        return output, runs, breaks
 
 
 def rel_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -105,30 +99,30 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     ids = torch.randint(0, size.vocab, (size.batch, size.seq), generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {'quick' if args.quick else 'GPT-2 small'} forward, Inductor on CPU")
-    print("| dtype | observed by | compiled pieces per forward | bit-identical | rel RMSE vs unrecorded compiled | rel RMSE vs eager |")
-    print("|---|---|---|---|---|---|")
+    print("| dtype | recorded | compiled pieces per forward | graph breaks (explain) | bit-identical | rel RMSE vs unrecorded compiled | rel RMSE vs eager |")
+    print("|---|---|---|---|---|---|---|")
+    forward = ["inputs", "outputs"]
     with tempfile.TemporaryDirectory(prefix="bench-compiled-numerics-") as folder:
         for dtype in (torch.float32, torch.bfloat16):
             name = str(dtype).removeprefix("torch.")
             with torch.no_grad():
                 eager = fresh_model(size, args.threads, dtype)(ids)
-            reference, pieces = compiled_forward(fresh_model(size, args.threads, dtype), ids, None)
-            print(f"| {name} | nothing (the reference) | {pieces} | - | - | {rel_rmse(eager, reference):.2e} |")
-            ways: dict[str, Callable[[nn.Module], Any]] = {
-                "tracespec, every module": lambda m: tracespec.record(m, Path(folder) / f"all-{name}", overwrite=True),
-                "tracespec, blocks only": lambda m: tracespec.record(m, Path(folder) / f"blocks-{name}", overwrite=True,
-                                                                     exclude=["h.*.*"]),
+            reference, pieces, _ = compiled_forward(fresh_model(size, args.threads, dtype), ids, None)
+            print(f"| {name} | nothing (the reference) | {pieces} | - | - | - | {rel_rmse(eager, reference):.2e} |", flush=True)
+
+            def recording(way: str, **options: Any) -> Callable[[nn.Module], Any]:
+                return lambda m: tracespec.record(m, Path(folder) / f"{way}-{name}", overwrite=True, **options)
+
+            ways: dict[str, tuple[Callable[[nn.Module], Any], bool]] = {
+                **{f"in the graph, every module, {level}": (recording(level, capture=level, roles=forward), False)
+                   for level in ("stats", "hash", "full")},
+                "in the graph, blocks only, stats": (recording("blocks", exclude=["h.*.*"], roles=forward), False),
+                "out of the graph, every module, stats": (recording("split"), True),
             }
-            for way, observe in ways.items():
-                output, pieces = compiled_forward(fresh_model(size, args.threads, dtype), ids, observe)
-                print(f"| {name} | {way} | {pieces} | {torch.equal(output, reference)} | {rel_rmse(reference, output):.2e} "
-                      f"| {rel_rmse(eager, output):.2e} |")
-            hooked = fresh_model(size, args.threads, dtype)
-            kept = traced_statistics_hooks(hooked)
-            output, pieces = compiled_forward(hooked, ids, None)
-            assert kept, "the traced hooks ran"
-            print(f"| {name} | hooks traced into the graph | {pieces} | {torch.equal(output, reference)} | "
-                  f"{rel_rmse(reference, output):.2e} | {rel_rmse(eager, output):.2e} |")
+            for way, (observe, grad) in ways.items():
+                output, pieces, breaks = compiled_forward(fresh_model(size, args.threads, dtype), ids, observe, grad)
+                print(f"| {name} | {way} | {pieces} | {breaks} | {torch.equal(output, reference)} | "
+                      f"{rel_rmse(reference, output):.2e} | {rel_rmse(eager, output):.2e} |", flush=True)
     return 0
 
 

@@ -21,7 +21,11 @@ and returns ``(model, step)`` where ``step()`` runs one forward+backward.
 ``--compiled`` runs the torch model through ``torch.compile`` (Inductor): the bare baseline is the
 compiled model, in the same run. Recording resets compiled code when it starts and when it ends,
 so each recording compiles again within its untimed first steps, and each bare step follows an
-untimed step that compiles the model again.
+untimed step that compiles the model again. With the default roles (gradients recorded) the
+recorded forward runs one compiled piece per module; with ``--roles input,output`` it is recorded
+inside its compiled graph (see docs/recording.md, "Compiled models"):
+
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --compiled --roles input,output
 """
 
 from __future__ import annotations
