@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -52,6 +52,28 @@ def start(framework: str, folder: Path, **options: Any) -> tuple[BaseProcess, Co
 def wait_recording(progress: Connection) -> None:
     assert progress.poll(120), "the training loop did not start recording"
     assert progress.recv() == "recording"
+
+
+def signal_at_random_moments(
+    framework: str, folder: Path, duration: float, seed: int, kills: int, send: Callable[[BaseProcess], None], **options: Any
+) -> Iterator[tuple[Path, BaseProcess, list[int]]]:
+    """Start the training loop ``kills`` times, each time ``send`` it a signal at a random moment
+    of a step, every step in turn: after step ``k - 1`` returned, a random part of a step's time
+    later. Yields the trace folder, the process and the steps whose ``rec.step()`` returned.
+
+    Moments measured from the last step that returned, not from the start: a loaded machine
+    stretches a run unevenly, and a fixed delay would land most signals in the same step."""
+    rng = random.Random(seed)
+    for kill in range(kills):
+        trace = folder / f"kill{kill}"
+        process, progress = start(framework, trace, **options)
+        wait_recording(progress)
+        returned: list[int] = []
+        while len(returned) < kill % STEPS and progress.poll(120):
+            returned.append(progress.recv())
+        time.sleep(duration / STEPS * rng.random())
+        send(process)
+        yield trace, process, returned + returned_steps(process, progress)
 
 
 def returned_steps(process: BaseProcess, progress: Connection) -> list[int]:
@@ -108,15 +130,8 @@ def test_sigkill_at_random_moments_keeps_every_step_that_returned(
     framework: str, tmp_path: Path, reference: dict[str, tuple[Steps, float]]
 ) -> None:
     expected, duration = reference[framework]
-    moments = random.Random(15).sample(range(1000), KILLS)
     last_returned = []
-    for kill, moment in enumerate(moments):
-        folder = tmp_path / f"kill{kill}"
-        process, progress = start(framework, folder)
-        wait_recording(progress)
-        time.sleep(duration * moment / 1000)
-        process.kill()  # SIGKILL
-        returned = returned_steps(process, progress)
+    for folder, process, returned in signal_at_random_moments(framework, tmp_path, duration, 15, KILLS, BaseProcess.kill):
         if process.exitcode == 0:
             continue  # finished before the kill
         assert process.exitcode == -signal.SIGKILL
@@ -140,13 +155,9 @@ def test_sigkill_with_async_publication_loses_at_most_the_step_before(
     framework: str, tmp_path: Path, reference: dict[str, tuple[Steps, float]]
 ) -> None:
     expected, duration = reference[framework]
-    for kill, moment in enumerate(random.Random(16).sample(range(1000), 6)):
-        folder = tmp_path / f"kill{kill}"
-        process, progress = start(framework, folder, publish="async")
-        wait_recording(progress)
-        time.sleep(duration * moment / 1000)
-        process.kill()  # SIGKILL
-        returned = returned_steps(process, progress)
+    for folder, process, returned in signal_at_random_moments(
+        framework, tmp_path, duration, 16, 6, BaseProcess.kill, publish="async"
+    ):
         if process.exitcode == 0:
             continue
         validate_trace(folder, deep=True)
@@ -158,13 +169,7 @@ def test_sigterm_at_random_moments_publishes_the_step_in_progress(
     framework: str, tmp_path: Path, reference: dict[str, tuple[Steps, float]]
 ) -> None:
     expected, duration = reference[framework]
-    for kill, moment in enumerate(random.Random(17).sample(range(1000), 6)):
-        folder = tmp_path / f"term{kill}"
-        process, progress = start(framework, folder)
-        wait_recording(progress)
-        time.sleep(duration * moment / 1000)
-        process.terminate()  # SIGTERM
-        returned = returned_steps(process, progress)
+    for folder, process, returned in signal_at_random_moments(framework, tmp_path, duration, 17, 6, BaseProcess.terminate):
         if process.exitcode == 0:
             continue
         assert process.exitcode == -signal.SIGTERM  # the default action goes on after publishing
