@@ -80,3 +80,17 @@ def test_diff_names_the_rank_step_and_module_that_differed(runs: tuple[Path, Pat
     backward_step0 = {n["rank"] for n in verdict["nodes"] if (n["step"], n["stage"], n["status"]) == (0, "backward", "diverged")}
     assert backward_step0 == {0, 1, 2, 3}
     assert "first divergence in forward, step 0, rank 2: module.2 (Linear) INTRODUCED it" in result.output
+
+
+def test_diff_on_dask_workers_gives_the_byte_identical_verdict(runs: tuple[Path, Path]) -> None:
+    a, b = str(runs[0]), str(runs[1])
+    alone = CliRunner().invoke(cli, ["diff", a, b, "--json", "-"])
+    assert alone.exit_code == 1, alone.output
+    # a real run of the command: a local cluster of 2 worker processes, each comparing whole ranks
+    done = subprocess.run([sys.executable, "-m", "tracespec.cli", "diff", a, b, "--workers", "2", "--json", "-"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == alone.stdout
+    verdict = json.loads(done.stdout)
+    assert (verdict["first_divergence"]["rank"], verdict["first_divergence"]["step"]) == (2, 0)
+    assert {n["rank"] for n in verdict["nodes"]} == {0, 1, 2, 3}

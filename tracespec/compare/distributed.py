@@ -58,9 +58,11 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
     if workers is None or workers < 1:
         raise UsageError(f"--workers must be 1 or more, not {workers}")
     # one thread per worker: a worker compares one rank at a time, its memory is one rank's; the
-    # dashboard on a free port (two diffs at once must not fight over 8787)
+    # dashboard on a free port (two diffs at once must not fight over 8787); the comparison's
+    # modules imported as each worker starts, not by its first task
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
+                                  silence_logs=logging.ERROR, preload=["tracespec.compare.engine"]) as cluster, \
+            distributed.Client(cluster) as client:
         yield client
 
 
