@@ -11,9 +11,11 @@ content hash agrees), and rank 2's weight of layer 5 is 1e-3 off from step 2 on 
 Each configuration runs in a fresh child process: **one process** (``compare(A, B)``, the
 baseline), **1 worker** and **2 workers** (``compare(A, B, client=...)`` on a
 ``LocalCluster(n_workers=N, threads_per_worker=1)`` that ``tracespec diff --workers N`` starts;
-the cluster's start is timed apart and not counted). Printed: seconds, the ratio to 1 worker (target: 2 workers <= 0.65x), the peak resident
-memory of each worker process (and of the one process), and whether each verdict's JSON is the
-one process's, byte for byte. The page cache is warmed before the first run.
+the cluster's start is timed apart and not counted). Printed: seconds, the ratio to 1 worker (target: 2 workers <= 0.65x), the CPU seconds each
+worker spent on the diff and the busiest worker's against 1 worker's (the time on cores nobody else
+uses: the figure that a loaded machine does not move), the peak resident memory of each worker
+process (and of the one process), and whether each verdict's JSON is the one process's, byte for
+byte. The page cache is warmed before the first run.
 
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_dask_diff.py
     .venv/bin/python bench/bench_dask_diff.py --steps 1 --width 256      # seconds, a smoke run
@@ -81,15 +83,21 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _child(a: str, b: str, workers: int) -> dict[str, Any]:
     """One measurement (in its own process): the diff's seconds, peak memory, the verdict's digest."""
     from tracespec.compare import compare_traces
 
     found: dict[str, Any] = {"workers": workers}
     if workers == 0:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         verdict = compare_traces(a, b)
         found["seconds"] = time.perf_counter() - start
+        found["cpu_seconds"] = [_cpu_seconds() - cpu]
         found["peak_rss_mb"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
     else:
         from tracespec.compare.distributed import cluster_client
@@ -98,9 +106,12 @@ def _child(a: str, b: str, workers: int) -> dict[str, Any]:
         with cluster_client(workers) as client:  # what tracespec diff --workers starts
             client.wait_for_workers(workers)
             found["startup_seconds"] = time.perf_counter() - start
-            start = time.perf_counter()
+            cpu = client.run(_cpu_seconds)
+            start, own = time.perf_counter(), _cpu_seconds()
             verdict = compare_traces(a, b, client=client)
             found["seconds"] = time.perf_counter() - start
+            found["client_cpu_seconds"] = _cpu_seconds() - own
+            found["cpu_seconds"] = [spent - cpu[w] for w, spent in sorted(client.run(_cpu_seconds).items())]
             peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             found["peak_rss_mb"] = [peaks[w] for w in sorted(peaks)]
             found["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -143,16 +154,20 @@ def main() -> None:
         print(f"  {'one process' if not workers else f'{workers} worker(s)'}: {results[-1]['seconds']:.1f} s "
               f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     one = next(r for r in results if r["workers"] == 1)
-    print(f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'peak RSS per process (MB)':>28}  same verdict")
+    print(f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
+          f"{'peak RSS per process (MB)':>26}  same verdict")
     for r in results:
         name = "one process" if not r["workers"] else f"{r['workers']} worker(s)"
         peaks = ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"])
+        cpu = ", ".join(f"{c:.1f}" for c in r["cpu_seconds"])
         same = r["verdict_sha256"] == results[0]["verdict_sha256"]
-        print(f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {peaks:>28}  {'yes' if same else 'NO'}"
-              + (f"  (cluster start {r['startup_seconds']:.1f} s, client {r['client_peak_rss_mb']:.0f} MB)"
-                 if r["workers"] else ""))
-    print(f"first divergence (rank, step, route): {results[0]['first']}; "
-          f"target 2 workers <= 0.65x of 1: {results[2]['seconds'] / one['seconds']:.2f}x")
+        print(f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
+              f"{max(r['cpu_seconds']) / max(one['cpu_seconds']):>12.2f}x {peaks:>26}  {'yes' if same else 'NO'}"
+              + (f"  (cluster start {r['startup_seconds']:.1f} s; client {r['client_cpu_seconds']:.1f} CPU s, "
+                 f"{r['client_peak_rss_mb']:.0f} MB)" if r["workers"] else ""))
+    print(f"first divergence (rank, step, route): {results[0]['first']}; target 2 workers <= 0.65x of 1: "
+          f"{results[2]['seconds'] / one['seconds']:.2f}x in time, {max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
+          "in the busiest worker's CPU seconds (what the time is on cores nobody else uses)")
 
 
 if __name__ == "__main__":
