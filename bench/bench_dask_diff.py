@@ -8,7 +8,7 @@ noise (1e-7) on every tensor, so every pair differs in its bits and is read and 
 content hash agrees), and rank 2's weight of layer 5 is 1e-3 off from step 2 on (the verdict: rank
 2, step 2, ``layers.5``).
 
-Each configuration runs in a fresh child process: **one process** (``compare(A, B)``, the
+Each configuration runs in a fresh child process, interleaved over ``--rounds`` (medians): **one process** (``compare(A, B)``, the
 baseline), **1 worker** and **2 workers** (``compare(A, B, client=...)`` on a
 ``LocalCluster(n_workers=N, threads_per_worker=1)`` that ``tracespec diff --workers N`` starts;
 the cluster's start is timed apart and not counted). Printed: seconds, the ratio to 1 worker (target: 2 workers <= 0.65x), the CPU seconds each
@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -122,10 +123,20 @@ def _child(a: str, b: str, workers: int) -> dict[str, Any]:
     return found
 
 
+def _median(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median seconds, with the median of each figure over the rounds."""
+    middle = dict(sorted(found, key=lambda r: r["seconds"])[len(found) // 2])
+    for key in ("cpu_seconds", "peak_rss_mb"):
+        middle[key] = [statistics.median(r[key][i] for r in found) for i in range(len(found[0][key]))]
+    middle["same"] = all(r["verdict_sha256"] == found[0]["verdict_sha256"] for r in found)
+    return middle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3, help="each configuration this many times, interleaved (medians)")
     parser.add_argument("--fresh", action="store_true", help="write the traces again")
     parser.add_argument("--child", nargs=3, metavar=("A", "B", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,13 +157,16 @@ def main() -> None:
         for file in path.rglob("*"):
             if file.is_file():
                 file.read_bytes()
-    results = []
-    for workers in (0, 1, 2):
-        done = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(workers)],
-                              capture_output=True, text=True, check=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"  {'one process' if not workers else f'{workers} worker(s)'}: {results[-1]['seconds']:.1f} s "
-              f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+    runs: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
+    for round_ in range(args.rounds):
+        for workers in runs:
+            done = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(workers)],
+                                  capture_output=True, text=True, check=True)
+            runs[workers].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  round {round_ + 1}, {'one process' if not workers else f'{workers} worker(s)'}: "
+                  f"{runs[workers][-1]['seconds']:.1f} s, CPU s {runs[workers][-1]['cpu_seconds']} "
+                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+    results = [_median(found) for found in runs.values()]
     one = next(r for r in results if r["workers"] == 1)
     print(f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
           f"{'peak RSS per process (MB)':>26}  same verdict")
@@ -160,7 +174,7 @@ def main() -> None:
         name = "one process" if not r["workers"] else f"{r['workers']} worker(s)"
         peaks = ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"])
         cpu = ", ".join(f"{c:.1f}" for c in r["cpu_seconds"])
-        same = r["verdict_sha256"] == results[0]["verdict_sha256"]
+        same = r["same"] and r["verdict_sha256"] == results[0]["verdict_sha256"]
         print(f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
               f"{max(r['cpu_seconds']) / max(one['cpu_seconds']):>12.2f}x {peaks:>26}  {'yes' if same else 'NO'}"
               + (f"  (cluster start {r['startup_seconds']:.1f} s; client {r['client_cpu_seconds']:.1f} CPU s, "
