@@ -94,7 +94,12 @@ def map_on_cluster(client: Any, plan: RankPlan, tasks: list[tuple[int, int | Non
         futures = [client.submit(_compare_rank_task, plan, rank, known_first, topic, pure=False,
                                  key=f"tracespec-rank-{rank}-{uuid.uuid4().hex}")
                    for rank, known_first in tasks]
-        return client.gather(futures)  # type: ignore[no-any-return]
+        try:
+            return client.gather(futures)  # type: ignore[no-any-return]
+        except _dask().KilledWorker as exc:
+            # the nanny ends a worker past its memory limit (or a worker crashed): the CLI says
+            # "out of memory" with its own exit code, never "diverged"
+            raise MemoryError(f"a Dask worker died comparing a rank: {exc}") from None
     finally:
         client.unsubscribe_topic(topic)
 
