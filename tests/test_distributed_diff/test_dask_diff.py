@@ -86,11 +86,13 @@ def test_runs_that_agree_give_the_same_verdict_on_dask(long_runs: dict[str, Path
     assert compare_traces(long_runs["a"], long_runs["a"], client=client).dumps() == alone.dumps()
 
 
-def test_full_data_and_a_saved_layer_map_on_dask(tmp_path: Path, client: Client) -> None:
+def test_full_data_a_baseline_and_a_saved_layer_map_on_dask(tmp_path: Path, client: Client) -> None:
     a = record_ranks(tmp_path / "a", {}, level="full", ranks=2)
     b = record_ranks(tmp_path / "b", {1: 3}, level="full", ranks=2)
-    alone = compare_traces(a, b, save_map=tmp_path / "alone.yaml")
-    on_dask = compare_traces(a, b, save_map=tmp_path / "dask.yaml", client=client)
+    a2 = record_ranks(tmp_path / "a2", {}, level="full", ranks=2)
+    alone = compare_traces(a, b, save_map=tmp_path / "alone.yaml", baseline=a2)
+    on_dask = compare_traces(a, b, save_map=tmp_path / "dask.yaml", baseline=a2, client=client)
+    assert alone.tolerances["baseline"]["records"] > 0
     assert on_dask.dumps() == alone.dumps()
     assert (on_dask.first_divergence["rank"], on_dask.first_divergence["step"]) == (1, 3)  # type: ignore[index]
     assert (tmp_path / "dask.yaml").read_text() == (tmp_path / "alone.yaml").read_text() != ""

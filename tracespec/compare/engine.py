@@ -456,9 +456,9 @@ class _StepWalk:
         self.ranked = ranked
         self.ranks = [state.ranked.va.rank for state in ranked]
         self.known_first = known_first
-        """The first step where any rank diverged, where other ranks were compared elsewhere (a
-        Dask worker compares one rank, :func:`compare_rank`): its units are kept as if these ranks'
-        own summaries had diverged there; None: found from these ranks' summaries."""
+        """Where this walk covers some of the ranks only (a Dask worker's one rank,
+        :func:`compare_rank`): the first step where any rank diverged, once known; its units are
+        kept as if these ranks had diverged there. None: found from these ranks' own summaries."""
         self.stages = selection.stages
         self.detail_all = detail_all
         self.first_step_only = first_step_only
