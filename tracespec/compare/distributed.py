@@ -69,11 +69,12 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
         raise UsageError(f"--workers must be 1 or more, not {workers}")
     # one thread per worker: a worker compares one rank at a time, its memory is one rank's; the
     # dashboard on a free port (two diffs at once must not fight over 8787); the comparison's
-    # modules imported as each worker starts, not by its first task; glibc keeps freed memory
+    # modules imported as each worker starts, not by its first task; glibc keeps freed memory; a
+    # task's error is the client's to report (one line), not the worker's log's (a traceback)
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                     silence_logs=logging.ERROR, preload=["tracespec.compare.engine"]) as cluster, \
+                                     silence_logs=logging.CRITICAL, preload=["tracespec.compare.engine"]) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
