@@ -88,6 +88,23 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
         yield update
 
 
+@contextmanager
+def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """``--workers``/``--scheduler``: a Dask client, its dashboard's link on stderr; else None
+    (and dask is not imported)."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    if workers is not None and scheduler is not None:
+        raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    from tracespec.compare.distributed import cluster_client
+
+    with cluster_client(workers, scheduler) as client:
+        size = len(client.scheduler_info().get("workers", {}))
+        click.echo(f"Dask: {size} worker(s); dashboard {client.dashboard_link}", err=True)
+        yield client
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("a", metavar="A", type=click.Path(path_type=str))
 @click.argument("b", metavar="B", type=click.Path(path_type=str))
@@ -123,12 +140,19 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--brief", is_flag=True, help="Only the coverage, the verdict, the culprit with its path, and what to do next.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Compare on a local Dask cluster of N worker processes, one rank per task, into the same verdict "
+                   "(needs tracespec[dask]; prints the dashboard's link).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Compare on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); its workers open A and B "
+                   "themselves: give paths or URLs every worker can read (docs/diff.md, 'On a Dask cluster').")
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 @location_options
 def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
          rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int | StepRange, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
          routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, baseline: str | None,
-         read_all: bool, top: int, brief: bool, progress: bool | None, first_step_only: bool, **checkpoint: Any) -> None:
+         read_all: bool, top: int, brief: bool, progress: bool | None, first_step_only: bool, workers: int | None,
+         scheduler: str | None, **checkpoint: Any) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their calls are
@@ -150,6 +174,8 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
       tracespec diff runs/gpu runs/port --baseline runs/gpu_again    # GPU non-determinism as the noise floor
       tracespec diff runs/ref runs/new --json - | jq .first_divergence
       tracespec diff runs/long_a runs/long_b --step 200:300 --first-step-only   # a long training run
+      tracespec diff runs/ddp_a runs/ddp_b --workers 4                  # ranks in parallel, on local Dask workers
+      tracespec diff s3://runs/a s3://runs/b --scheduler tcp://head:8786   # on a multi-node Dask cluster
 
     A and B may instead be two checkpoint files (safetensors, PyTorch .pt/.bin, Paddle .pdparams,
     mixed): the allennlp-style edit script, streamed tensor by tensor: -key only in A, +key only
@@ -177,13 +203,13 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
         reject_checkpoint_options(checkpoint)
         parsed = dict(_parse_override(text) for text in overrides)
         show_progress = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
-        with _progress_bar(show_progress) as update:
+        with _dask_client(workers, scheduler) as client, _progress_bar(show_progress) as update:
             try:
                 verdict = compare_traces(
                     a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
                     steps=steps or None, ranks=ranks or None, stages=stages or None,
                     routes=routes, exclude=exclude, layer_map=layer_map, save_map=save_map, baseline=baseline,
-                    trust_hashes=not read_all, progress=update, first_step_only=first_step_only,
+                    trust_hashes=not read_all, progress=update, first_step_only=first_step_only, client=client,
                 )
             except UsageError as exc:
                 raise click.UsageError(str(exc)) from None

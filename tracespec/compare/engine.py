@@ -43,7 +43,7 @@ from tracespec.format.dtypes import dtype_of, numpy_dtype
 from tracespec.format.tables import ROLES, STAGES
 from tracespec.storage import Trace, load_trace
 
-__all__ = ["Progress", "compare_traces"]
+__all__ = ["Progress", "RankOutcome", "RankPlan", "compare_rank", "compare_ranks_apart", "compare_traces"]
 
 Progress = Callable[[int, int], None]
 """Called with (bytes compared so far, bytes to compare in all)."""
@@ -451,8 +451,14 @@ class _StepWalk:
     structure learned (:mod:`tracespec.compare.columnar`); keeps the units of the detailed steps only,
     and a :class:`StepSummary` per step and rank."""
 
-    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool) -> None:
+    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool,
+                 known_first: int | None = None) -> None:
         self.ranked = ranked
+        self.ranks = [state.ranked.va.rank for state in ranked]
+        self.known_first = known_first
+        """Where this walk covers some of the ranks only (a Dask worker's one rank,
+        :func:`compare_rank`): the first step where any rank diverged, once known; its units are
+        kept as if these ranks had diverged there. None: found from these ranks' own summaries."""
         self.stages = selection.stages
         self.detail_all = detail_all
         self.first_step_only = first_step_only
@@ -503,7 +509,8 @@ class _StepWalk:
                 state.ranked.vb.release(batch)
             for step in batch:
                 summaries = [found[step][0] for found in results]
-                diverged = any(summary.units["diverged"] for summary in summaries)
+                diverged = (any(summary.units["diverged"] for summary in summaries) if self.known_first is None
+                            else step == self.known_first)
                 kept = step in detail or (diverged and self.first_step is None)
                 if diverged and self.first_step is None:
                     self.first_step = step
@@ -523,8 +530,8 @@ class _StepWalk:
         for step, summaries in zip(self.steps, self.summaries):
             # as first_divergence: the earliest stage, then an introducing unit of any rank before
             # an inherited one, ranks in order
-            firsts = [{"rank": state.ranked.va.rank, **summary.first}
-                      for state, summary in zip(self.ranked, summaries) if summary.first is not None]
+            firsts = [{"rank": rank, **summary.first}
+                      for rank, summary in zip(self.ranks, summaries) if summary.first is not None]
             first = min(firsts, key=lambda f: (STAGE_ORDER.index(f["stage"]), f["kind"] != "introduced"), default=None)
             worst = max(summary.worst_ratio for summary in summaries)
             found.append({
@@ -571,6 +578,7 @@ def compare_traces(
     baseline: Trace | str | os.PathLike[str] | None = None,
     first_step_only: bool = False,
     columnar: bool = True,
+    client: Any = None,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -615,6 +623,10 @@ def compare_traces(
         Compare statistics and hashes of steps that repeat an earlier step's structure column-wise
         (:mod:`tracespec.compare.columnar`); ``False`` compares every record one by one, with the
         same results, slower.
+    client:
+        A ``dask.distributed.Client``: each rank is compared by a worker of its cluster, which
+        opens A and B itself (give paths or URLs every worker can read), into the same verdict
+        (:mod:`tracespec.compare.distributed`). None: in this process.
 
     Returns
     -------
@@ -653,22 +665,34 @@ def compare_traces(
         if progress is not None:
             progress(min(done, total), total)
 
-    alignments: dict[int, Alignment] = {}
-    ranked: list[_RankState] = []
-    detail_all = len(chosen_steps) <= DETAIL_STEPS
-    for rank in chosen_ranks:
-        view_a = RankView(trace_a, rank, chosen_steps)
-        view_b = RankView(trace_b, rank, chosen_steps)
-        alignment = align_trees(view_a, view_b, layer_map)
-        alignments[rank] = alignment
-        if save_map is not None and rank == chosen_ranks[0]:
-            _write_layer_map(save_map, alignment_layer_map(alignment, view_a, view_b, layer_map))
-        noise_baseline = Baseline(trace_a2, rank, chosen_steps, view_a) if trace_a2 is not None else None
-        comparer = _Comparer(trace_a, trace_b, rank, policy, trust_hashes, advance, ScopeScales(view_a), noise_baseline)
-        ranked.append(_RankState(_RankComparison(view_a, view_b, alignment, selection, comparer),
-                                 ColumnarRank(view_a, view_b, policy) if columnar and not detail_all else None))
-    walk = _StepWalk(ranked, selection, detail_all, first_step_only)
-    walk.run(chosen_steps)
+    plan = RankPlan(_location(a, trace_a), _location(b, trace_b),
+                    _location(baseline, trace_a2) if trace_a2 is not None else None,
+                    policy, selection, layer_map, trust_hashes, columnar, first_step_only,
+                    chosen_ranks[0] if save_map is not None else None)
+    if client is not None:
+        from tracespec.compare.distributed import map_on_cluster  # imports dask: only when asked for
+
+        outcomes = compare_ranks_apart(plan, chosen_ranks, lambda tasks: map_on_cluster(client, plan, tasks, advance))
+        walk = _merged_walk(plan, outcomes)
+        map_text = next((o.layer_map_text for o in outcomes if o.layer_map_text is not None), None)
+        if map_text is not None:
+            _write_layer_map(save_map, map_text)  # type: ignore[arg-type]
+        coverage = {str(o.rank): o.coverage for o in outcomes}
+        unmatched = [item for o in outcomes for item in o.unmatched]
+        baseline_used = sum(o.baseline_used for o in outcomes)
+    else:
+        ranked: list[_RankState] = []
+        coverage, unmatched = {}, []
+        for rank in chosen_ranks:
+            state, alignment, map_text = _rank_state(trace_a, trace_b, trace_a2, rank, plan, advance)
+            if map_text is not None:
+                _write_layer_map(save_map, map_text)  # type: ignore[arg-type]
+            ranked.append(state)
+            coverage[str(rank)], found = _rank_coverage(alignment)
+            unmatched += [{"rank": rank, **item} for item in found]
+        walk = _StepWalk(ranked, selection, plan.detail_all, first_step_only)
+        walk.run(chosen_steps)
+        baseline_used = sum(state.ranked.comparer.baseline.used for state in ranked if state.ranked.comparer.baseline is not None)
     if progress is not None:
         progress(total, total)
     dtypes: set[str] = set()
@@ -681,9 +705,120 @@ def compare_traces(
     culprit = first_divergence(ordered)
     tolerances = policy.to_json(sorted(dtypes))
     if trace_a2 is not None:
-        records = sum(state.ranked.comparer.baseline.used for state in ranked if state.ranked.comparer.baseline is not None)
-        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": records}
-    return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, alignments, units, culprit, walk)
+        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": baseline_used}
+    return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, coverage, unmatched, units, culprit, walk)
+
+
+@dataclass(frozen=True, slots=True)
+class RankPlan:
+    """What comparing one rank needs, small and picklable: the traces travel as paths or URLs, never
+    as data, and whoever compares a rank (a Dask worker) opens them itself."""
+
+    a: str
+    b: str
+    baseline: str | None
+    policy: TolerancePolicy
+    selection: _Selection
+    layer_map: LayerMap | None
+    trust_hashes: bool
+    columnar: bool
+    first_step_only: bool
+    map_rank: int | None
+    """The rank whose alignment becomes the layer map of ``save_map`` (None: no map wanted)."""
+
+    @property
+    def detail_all(self) -> bool:
+        return len(self.selection.steps) <= DETAIL_STEPS
+
+
+@dataclass(slots=True)
+class RankOutcome:
+    """What one rank's comparison came to: summaries and the units of the detailed steps (results,
+    no tensor data), as a worker sends it back."""
+
+    rank: int
+    coverage: dict[str, Any]
+    unmatched: list[dict[str, Any]]
+    steps: list[int]
+    summaries: list[StepSummary]
+    detailed: dict[int, list[list[UnitResult]]]
+    """Per detailed step, the units per stage."""
+    first_step: int | None
+    baseline_used: int
+    layer_map_text: str | None
+
+
+def _location(given: Trace | str | os.PathLike[str], trace: Trace) -> str:
+    """Where a worker opens a trace: the URL, or the folder as an absolute path (a worker's working
+    directory is not the caller's)."""
+    text = str(trace.path) if isinstance(given, Trace) else os.fspath(given)
+    return text if "://" in text else os.path.abspath(text)
+
+
+def _rank_state(trace_a: Trace, trace_b: Trace, trace_a2: Trace | None, rank: int, plan: RankPlan,
+                advance: Callable[[int], None]) -> tuple[_RankState, Alignment, str | None]:
+    """A rank aligned and ready to walk, its alignment, and the layer map text where ``plan`` wants it."""
+    steps = plan.selection.steps
+    view_a, view_b = RankView(trace_a, rank, steps), RankView(trace_b, rank, steps)
+    alignment = align_trees(view_a, view_b, plan.layer_map)
+    map_text = alignment_layer_map(alignment, view_a, view_b, plan.layer_map) if rank == plan.map_rank else None
+    noise_baseline = Baseline(trace_a2, rank, steps, view_a) if trace_a2 is not None else None
+    comparer = _Comparer(trace_a, trace_b, rank, plan.policy, plan.trust_hashes, advance, ScopeScales(view_a), noise_baseline)
+    columnar = ColumnarRank(view_a, view_b, plan.policy) if plan.columnar and not plan.detail_all else None
+    return _RankState(_RankComparison(view_a, view_b, alignment, plan.selection, comparer), columnar), alignment, map_text
+
+
+def compare_rank(plan: RankPlan, rank: int, known_first: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> RankOutcome:
+    """Compare one rank on its own (a Dask task): open the traces, align, walk the steps.
+
+    ``known_first`` is the first step where any rank diverged, once known (see
+    :func:`compare_ranks_apart`); ``progress`` is called with the bytes of each tensor pair compared.
+    """
+    trace_a, trace_b = load_trace(plan.a), load_trace(plan.b)
+    trace_a2 = open_baseline(plan.baseline) if plan.baseline is not None else None
+    state, alignment, map_text = _rank_state(trace_a, trace_b, trace_a2, rank, plan, progress or (lambda nbytes: None))
+    walk = _StepWalk([state], plan.selection, plan.detail_all, plan.first_step_only, known_first)
+    walk.run(plan.selection.steps)
+    coverage, unmatched = _rank_coverage(alignment)
+    baseline = state.ranked.comparer.baseline
+    return RankOutcome(rank, coverage, [{"rank": rank, **item} for item in unmatched], walk.steps,
+                       [summaries[0] for summaries in walk.summaries],
+                       {step: ranks[0] for step, ranks in walk.detailed.items()}, walk.first_step,
+                       baseline.used if baseline is not None else 0, map_text)
+
+
+def compare_ranks_apart(plan: RankPlan, ranks: list[int],
+                        run: Callable[[list[tuple[int, int | None]]], list[RankOutcome]]) -> list[RankOutcome]:
+    """Every rank compared on its own, with the outcomes of the walk over all ranks together.
+
+    ``run`` maps :func:`compare_rank` over (rank, known first step) pairs and returns the outcomes in
+    order (on Dask workers). What one rank's walk cannot know is the first step where *another* rank
+    diverged: the walk over all ranks keeps every rank's units at that step, and there a rank whose
+    steps were compared column-wise is compared again record by record, which its later steps see
+    (pairs already judged are reused). A rank whose own first divergent step is not the first of all
+    is therefore compared once more, told that step; where every step is detailed, none is.
+    """
+    outcomes = run([(rank, None) for rank in ranks])
+    first = min((o.first_step for o in outcomes if o.first_step is not None), default=None)
+    again = [o.rank for o in outcomes if not plan.detail_all and o.first_step != first]
+    if again:
+        redone = dict(zip(again, run([(rank, first) for rank in again])))
+        outcomes = [redone.get(o.rank, o) for o in outcomes]
+    return outcomes
+
+
+def _merged_walk(plan: RankPlan, outcomes: list[RankOutcome]) -> _StepWalk:
+    """The walk over all ranks together, from each rank's (:func:`compare_ranks_apart`)."""
+    walk = _StepWalk([], plan.selection, plan.detail_all, plan.first_step_only)
+    walk.ranks = [o.rank for o in outcomes]
+    walk.first_step = min((o.first_step for o in outcomes if o.first_step is not None), default=None)
+    stop = walk.first_step if plan.first_step_only and walk.first_step is not None else None
+    walk.steps = [step for step in plan.selection.steps if stop is None or step <= stop]
+    by_step = [dict(zip(o.steps, o.summaries)) for o in outcomes]
+    walk.summaries = [[found[step] for found in by_step] for step in walk.steps]
+    walk.detailed = {step: [o.detailed[step] for o in outcomes] for step in walk.steps if step in outcomes[0].detailed}
+    return walk
 
 
 def _write_layer_map(path: str | os.PathLike[str], text: str) -> None:
@@ -719,27 +854,30 @@ def _describe_trace(trace: Trace) -> dict[str, Any]:
             "complete": trace.complete}
 
 
+def _rank_coverage(alignment: Alignment) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A rank's entry of the verdict's ``coverage.ranks``, and its unmatched nodes and calls."""
+    matched = len(alignment.matches)
+    coverage = {
+        "nodes_a": alignment.nodes_a, "nodes_b": alignment.nodes_b, "matched": matched,
+        "by_method": alignment.method_counts(),
+        "matched_fraction_a": matched / alignment.nodes_a if alignment.nodes_a else 1.0,
+        "matched_fraction_b": matched / alignment.nodes_b if alignment.nodes_b else 1.0,
+        "calls": alignment.call_coverage(),
+    }
+    unmatched = [{"side": u.side, "route": u.route, "class_name": u.class_name, "reason": u.reason}
+                 for u in alignment.unmatched]
+    unmatched += [{"side": u.side, "route": u.route, "class_name": u.class_name, "call": u.call, "reason": u.reason}
+                  for u in alignment.unmatched_calls]
+    return coverage, unmatched
+
+
 def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolerances: dict[str, Any],
-                   layer_map: LayerMap | None, alignments: dict[int, Alignment], units: list[UnitResult],
-                   culprit: UnitResult | None, walk: _StepWalk) -> Verdict:
+                   layer_map: LayerMap | None, rank_coverage: dict[str, dict[str, Any]], unmatched: list[dict[str, Any]],
+                   units: list[UnitResult], culprit: UnitResult | None, walk: _StepWalk) -> Verdict:
     diverged = [u for u in units if u.status == "diverged"]
     summary, counts = walk.totals()
     identical = summary["units"] > 0 and summary["diverged"] == summary["pass_within_tolerance"] == 0
-    coverage: dict[str, Any] = {"ranks": {}}
-    unmatched = []
-    for rank, alignment in alignments.items():
-        matched = len(alignment.matches)
-        coverage["ranks"][str(rank)] = {
-            "nodes_a": alignment.nodes_a, "nodes_b": alignment.nodes_b, "matched": matched,
-            "by_method": alignment.method_counts(),
-            "matched_fraction_a": matched / alignment.nodes_a if alignment.nodes_a else 1.0,
-            "matched_fraction_b": matched / alignment.nodes_b if alignment.nodes_b else 1.0,
-            "calls": alignment.call_coverage(),
-        }
-        unmatched += [{"rank": rank, "side": u.side, "route": u.route, "class_name": u.class_name, "reason": u.reason}
-                      for u in alignment.unmatched]
-        unmatched += [{"rank": rank, "side": u.side, "route": u.route, "class_name": u.class_name, "call": u.call,
-                       "reason": u.reason} for u in alignment.unmatched_calls]
+    coverage: dict[str, Any] = {"ranks": rank_coverage}
     coverage.update(counts)
     # what one trace holds and the other does not (a recording cut short): never compared, said so
     for what, of_a, of_b in (("steps", trace_a.steps, trace_b.steps), ("ranks", trace_a.ranks, trace_b.ranks)):

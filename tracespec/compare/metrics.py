@@ -34,7 +34,17 @@ __all__ = ["BLOCK", "Metrics", "compare_arrays", "compare_hashes", "compare_stat
 BLOCK: Final = 1 << 18
 """Elements per block: 2 MiB of float64 per temporary, small enough to stay in cache."""
 
-WORKERS: Final = min(4, os.cpu_count() or 1)
+
+
+def _block_threads() -> int:
+    """Up to 4 and the cores, and no more than ``OMP_NUM_THREADS`` says where it is set: the
+    numeric threads a process is told to keep to (a Dask worker is told 1, so that N workers with
+    one thread each use N cores, not N times all of them)."""
+    told = os.environ.get("OMP_NUM_THREADS", "")
+    return min(4, os.cpu_count() or 1, int(told) if told.isdigit() and int(told) > 0 else 4)
+
+
+WORKERS: Final = _block_threads()
 """Threads comparing the blocks of one large tensor (work memory grows by a few blocks each)."""
 
 

@@ -1,0 +1,188 @@
+"""A diff on Dask: two 4-rank traces of about 1 GB each, in one process and on 1 and 2 local workers.
+
+The traces (kept under ``bench/results/dask_traces``, git-ignored; ``--fresh`` writes them again):
+4 ranks of an 8-layer network (1024 x 1024 float32 weights) recorded at ``full`` for 4 steps with
+:class:`tracespec.testing.synthetic.SyntheticRecorder`: each step's forward parameters, inputs and
+outputs and the updated parameters, about 260 MB per rank. B is A with a rounding-sized relative
+noise (1e-7) on every tensor, so every pair differs in its bits and is read and compared (no
+content hash agrees), and rank 2's weight of layer 5 is 1e-3 off from step 2 on (the verdict: rank
+2, step 2, ``layers.5``).
+
+Each configuration runs in a fresh child process, interleaved over ``--rounds`` (medians): **one process** (``compare(A, B)``, the
+baseline), **1 worker** and **2 workers** (``compare(A, B, client=...)`` on a
+``LocalCluster(n_workers=N, threads_per_worker=1)`` that ``tracespec diff --workers N`` starts;
+the cluster's start is timed apart and not counted). Printed: seconds, the ratio to 1 worker (target: 2 workers <= 0.65x), the CPU seconds each
+worker spent on the diff and the busiest worker's against 1 worker's (the time on cores nobody else
+uses: the figure that a loaded machine does not move), the peak resident memory of each worker
+process (and of the one process), and whether each verdict's JSON is the one process's, byte for
+byte. The page cache is warmed before the first run.
+
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_dask_diff.py
+    .venv/bin/python bench/bench_dask_diff.py --steps 1 --width 256      # seconds, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RANKS = 4
+LAYERS = 8
+BATCH = 64
+ODD_RANK, ODD_LAYER, ODD_STEP = 2, 5, 2
+RESULTS = Path(__file__).resolve().parent / "results" / "dask_traces"
+
+
+def _write(path: Path, *, noisy: bool, steps: int, width: int) -> None:
+    """One side: A (``noisy`` False) or B (rounding noise everywhere, rank 2's layer 5 off)."""
+    from tracespec.testing.synthetic import SyntheticRecorder
+
+    for rank in range(RANKS):
+        noise = np.random.default_rng(1000 + rank)
+
+        def seen(array: np.ndarray) -> np.ndarray:
+            if not noisy:
+                return array
+            return (array * (1 + 1e-7 * noise.standard_normal(array.shape))).astype(np.float32)
+
+        rng = np.random.default_rng(rank)
+        weights = [(rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32) for _ in range(LAYERS)]
+        with SyntheticRecorder(path, level="full", rank=rank, world_size=RANKS) as rec:
+            net = rec.module("", "Net")
+            layers = [rec.module(f"layers.{i}", "Linear", parent=net, params={"weight": seen(w)})
+                      for i, w in enumerate(weights)]
+            for step in range(steps):
+                h = rng.standard_normal((BATCH, width)).astype(np.float32)
+                with rec.forward(net, seen(h)) as outer:
+                    for i, layer in enumerate(layers):
+                        weight = weights[i]
+                        if noisy and (rank, i) == (ODD_RANK, ODD_LAYER) and step >= ODD_STEP:
+                            weight = weight * np.float32(1 + 1e-3)
+                        with rec.forward(layer, seen(h)) as inner:
+                            h = np.tanh(h @ weight.T).astype(np.float32)
+                            inner.output(seen(h))
+                    outer.output(seen(h))
+                for i, layer in enumerate(layers):  # an update: every weight changes
+                    weights[i] = weights[i] - np.float32(1e-3) * rng.standard_normal(weights[i].shape).astype(np.float32)
+                    rec.update(layer, {"weight": seen(weights[i])})
+                rec.end_step()
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _child(a: str, b: str, workers: int) -> dict[str, Any]:
+    """One measurement (in its own process): the diff's seconds, peak memory, the verdict's digest."""
+    from tracespec.compare import compare_traces
+
+    found: dict[str, Any] = {"workers": workers}
+    if workers == 0:
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        verdict = compare_traces(a, b)
+        found["seconds"] = time.perf_counter() - start
+        found["cpu_seconds"] = [_cpu_seconds() - cpu]
+        found["peak_rss_mb"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+    else:
+        from tracespec.compare.distributed import cluster_client
+
+        start = time.perf_counter()
+        with cluster_client(workers) as client:  # what tracespec diff --workers starts
+            client.wait_for_workers(workers)
+            found["startup_seconds"] = time.perf_counter() - start
+            cpu = client.run(_cpu_seconds)
+            start, own = time.perf_counter(), _cpu_seconds()
+            verdict = compare_traces(a, b, client=client)
+            found["seconds"] = time.perf_counter() - start
+            found["client_cpu_seconds"] = _cpu_seconds() - own
+            found["cpu_seconds"] = [spent - cpu[w] for w, spent in sorted(client.run(_cpu_seconds).items())]
+            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            found["peak_rss_mb"] = [peaks[w] for w in sorted(peaks)]
+            found["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    text = verdict.dumps()
+    found["verdict_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    first = verdict.first_divergence or {}
+    found["first"] = [first.get("rank"), first.get("step"), (first.get("a") or {}).get("route")]
+    return found
+
+
+def _median(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median seconds, with the median of each figure over the rounds."""
+    middle = dict(sorted(found, key=lambda r: r["seconds"])[len(found) // 2])
+    for key in ("cpu_seconds", "peak_rss_mb"):
+        middle[key] = [statistics.median(r[key][i] for r in found) for i in range(len(found[0][key]))]
+    middle["same"] = all(r["verdict_sha256"] == found[0]["verdict_sha256"] for r in found)
+    return middle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3, help="each configuration this many times, interleaved (medians)")
+    parser.add_argument("--fresh", action="store_true", help="write the traces again")
+    parser.add_argument("--child", nargs=3, metavar=("A", "B", "WORKERS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child[0], args.child[1], int(args.child[2]))))
+        return
+    folder = RESULTS / f"s{args.steps}_w{args.width}"
+    a, b = folder / "a", folder / "b"
+    if args.fresh or not (b / "manifest.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        start = time.perf_counter()
+        _write(a, noisy=False, steps=args.steps, width=args.width)
+        _write(b, noisy=True, steps=args.steps, width=args.width)
+        print(f"wrote A and B in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"A {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {RANKS} ranks, {args.steps} steps; "
+          f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores", flush=True)
+    for path in (a, b):  # the page cache warm for every run alike
+        for file in path.rglob("*"):
+            if file.is_file():
+                file.read_bytes()
+    runs: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
+    for round_ in range(args.rounds):
+        for workers in runs:
+            done = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(workers)],
+                                  capture_output=True, text=True, check=True)
+            runs[workers].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  round {round_ + 1}, {'one process' if not workers else f'{workers} worker(s)'}: "
+                  f"{runs[workers][-1]['seconds']:.1f} s, CPU s {runs[workers][-1]['cpu_seconds']} "
+                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+    results = [_median(found) for found in runs.values()]
+    one = next(r for r in results if r["workers"] == 1)
+    print(f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
+          f"{'peak RSS per process (MB)':>26}  same verdict")
+    for r in results:
+        name = "one process" if not r["workers"] else f"{r['workers']} worker(s)"
+        peaks = ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"])
+        cpu = ", ".join(f"{c:.1f}" for c in r["cpu_seconds"])
+        same = r["same"] and r["verdict_sha256"] == results[0]["verdict_sha256"]
+        print(f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
+              f"{max(r['cpu_seconds']) / max(one['cpu_seconds']):>12.2f}x {peaks:>26}  {'yes' if same else 'NO'}"
+              + (f"  (cluster start {r['startup_seconds']:.1f} s; client {r['client_cpu_seconds']:.1f} CPU s, "
+                 f"{r['client_peak_rss_mb']:.0f} MB)" if r["workers"] else ""))
+    print(f"first divergence (rank, step, route): {results[0]['first']}; target 2 workers <= 0.65x of 1: "
+          f"{results[2]['seconds'] / one['seconds']:.2f}x in time, {max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
+          "in the busiest worker's CPU seconds (what the time is on cores nobody else uses)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""A comparison on a Dask cluster: ``compare(a, b, client=...)``, ``tracespec diff --workers N``.
+
+Each task compares one rank (:func:`tracespec.compare.engine.compare_rank`). The worker opens A and
+B itself from their paths or URLs, so tensor data never passes through the scheduler or the client,
+and it sends back what the rank came to (step summaries and the units of the detailed steps, results
+without data); :func:`tracespec.compare.engine.compare_ranks_apart` merges them, in rank order, into
+exactly the verdict of a comparison in one process. A worker's memory is one rank's comparison: a
+few tensors at a time, as in one process, per thread (``--workers`` starts one thread per worker).
+
+Imported only when a cluster is asked for: nothing else in tracespec imports dask. The cluster is
+trusted code: Dask moves tasks and their results between its processes with pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+from tracespec.compare.engine import RankOutcome, RankPlan, compare_rank
+from tracespec.errors import UsageError
+
+__all__ = ["WORKER_MALLOC", "cluster_client", "map_on_cluster"]
+
+CONNECT_TIMEOUT: Final = "10s"
+"""How long to try to reach a scheduler given by address before saying it cannot be reached."""
+
+WORKER_MALLOC: Final = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+"""glibc's settings for the workers of ``--workers``. Dask starts workers with a 64 KiB trim
+threshold (freed memory goes back to the system at once, which also fixes the mmap threshold at
+128 KiB); a comparison allocates and frees tensors of megabytes and 2 MiB float64 blocks, each then
+mapped afresh and faulted in page by page: on the benchmark's traces 3.6 M page faults and more
+system than user time. Blocks and tensors up to 32 MiB come from the heap instead, and up to
+128 MiB of freed memory stays for the next (the memory a comparison needs is bounded anyway)."""
+
+_PROGRESS_EVERY: Final = 0.25
+"""Seconds between a worker's progress events (each tensor pair would be too many)."""
+
+
+def _dask() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("a diff on a Dask cluster needs dask: pip install 'tracespec[dask]'") from None
+    return distributed
+
+
+@contextmanager
+def cluster_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """A Dask client: of a local cluster of ``workers`` processes with one thread each (started here
+    and shut down on exit), or of the scheduler at ``scheduler`` (``tcp://host:8786``)."""
+    distributed = _dask()
+    import dask
+
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot reach the Dask scheduler at {scheduler!r} within {CONNECT_TIMEOUT}: {detail}") from None
+        with client:
+            yield client
+        return
+    if workers is None or workers < 1:
+        raise UsageError(f"--workers must be 1 or more, not {workers}")
+    # one thread per worker: a worker compares one rank at a time, its memory is one rank's; the
+    # dashboard on a free port (two diffs at once must not fight over 8787); the comparison's
+    # modules imported as each worker starts, not by its first task; glibc keeps freed memory; a
+    # task's error is the client's to report (one line), not the worker's log's (a traceback)
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     silence_logs=logging.CRITICAL, preload=["tracespec.compare.engine"]) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def map_on_cluster(client: Any, plan: RankPlan, tasks: list[tuple[int, int | None]],
+                   progress: Callable[[int], None]) -> list[RankOutcome]:
+    """:func:`compare_rank` of each (rank, known first step) on the cluster, the outcomes in order;
+    ``progress`` is called with the bytes compared, as the workers report them."""
+    topic = f"tracespec-progress-{uuid.uuid4().hex}"
+    lock = threading.Lock()
+
+    def on_event(event: tuple[float, int]) -> None:
+        with lock:  # the client's event loop calls this in its own thread
+            progress(event[1])
+
+    client.subscribe_topic(topic, on_event)
+    try:
+        futures = [client.submit(_compare_rank_task, plan, rank, known_first, topic, pure=False,
+                                 key=f"tracespec-rank-{rank}-{uuid.uuid4().hex}")
+                   for rank, known_first in tasks]
+        try:
+            return client.gather(futures)  # type: ignore[no-any-return]
+        except _dask().KilledWorker as exc:
+            # the nanny ends a worker past its memory limit (or a worker crashed): the CLI says
+            # "out of memory" with its own exit code, never "diverged"
+            raise MemoryError(f"a Dask worker died comparing a rank: {exc}") from None
+    finally:
+        client.unsubscribe_topic(topic)
+
+
+class _Reporter:
+    """A worker's progress: bytes compared, sent as an event on ``topic`` at most every quarter second."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic, self.pending, self.sent = topic, 0, time.monotonic()
+        self.worker = _dask().get_worker()
+
+    def __call__(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if time.monotonic() - self.sent >= _PROGRESS_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.worker.log_event(self.topic, self.pending)
+            self.pending, self.sent = 0, time.monotonic()
+
+
+def _compare_rank_task(plan: RankPlan, rank: int, known_first: int | None, topic: str) -> RankOutcome:
+    reporter = _Reporter(topic)
+    try:
+        return compare_rank(plan, rank, known_first, reporter)
+    finally:
+        reporter.flush()
