@@ -82,6 +82,7 @@ def test_diff_of_two_remote_traces_and_of_remote_against_local(bucket: str, tmp_
     assert diverged.returncode == 1, diverged.stderr
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["first_divergence"]["a"]["route"] == "2"
+    assert (verdict["a"]["path"], verdict["b"]["path"]) == (f"{bucket}/ref", f"{bucket}/changed")  # the URLs, as given
     assert "<html" in (tmp_path / "report.html").read_text()
     mixed = run_cli("diff", f"{bucket}/ref", str(tmp_path / "local"))
     assert mixed.returncode == 0, mixed.stdout + mixed.stderr

@@ -705,7 +705,7 @@ def compare_traces(
     culprit = first_divergence(ordered)
     tolerances = policy.to_json(sorted(dtypes))
     if trace_a2 is not None:
-        tolerances["baseline"] = {"path": str(Path(trace_a2.path)), "factor": BASELINE_FACTOR, "records": baseline_used}
+        tolerances["baseline"] = {"path": str(trace_a2.path), "factor": BASELINE_FACTOR, "records": baseline_used}
     return _build_verdict(trace_a, trace_b, selection, tolerances, layer_map, coverage, unmatched, units, culprit, walk)
 
 
@@ -850,7 +850,7 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
 
 def _describe_trace(trace: Trace) -> dict[str, Any]:
     m = trace.manifest
-    return {"path": str(Path(trace.path)), "framework": m.framework, "framework_version": m.framework_version,
+    return {"path": str(trace.path), "framework": m.framework, "framework_version": m.framework_version,
             "complete": trace.complete}
 
 
