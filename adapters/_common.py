@@ -25,6 +25,7 @@ Constraints:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
@@ -54,22 +55,22 @@ from tracespec.format.tables import LEVELS, ROLES
 from tracespec.storage import TraceWriter, is_url
 
 __all__ = [
-    "CaptureBudgetWarning",
-    "OpDescription",
     "ROLE_GROUPS",
     "BackwardCall",
+    "CaptureBudgetWarning",
+    "HostBufferPool",
+    "OpDescription",
     "RecordOptions",
     "Recorder",
     "Selector",
     "Summary",
-    "HostBufferPool",
     "calling_frame",
     "fast_stats",
-    "stats_from_sums",
     "flatten",
     "map_tensors",
     "op_name",
     "parse_options",
+    "stats_from_sums",
 ]
 
 Selector = str | type
@@ -111,18 +112,29 @@ def calling_frame(framework_dir: str, dispatch_files: frozenset[str] = frozenset
     The recorder's frames (its interception point) and the framework's ``dispatch_files`` (where a
     function hands itself to the interception point) are passed over: they are not the caller.
     """
-    frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename.startswith(_ADAPTERS_DIR) or frame.f_code.co_filename in dispatch_files):
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_ADAPTERS_DIR) or frame.f_code.co_filename in dispatch_files
+    ):
         frame = frame.f_back
     if frame is None or frame.f_code.co_filename.startswith(framework_dir):
         return None
     return frame
 
 
-_ARITHMETIC: Final = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"})
+_ARITHMETIC: Final = frozenset(
+    {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"}
+)
 _DUNDER_OPS: Final = {
-    "truediv": "div", "floordiv": "floor_divide", "mod": "remainder", "and": "bitwise_and", "or": "bitwise_or",
-    "xor": "bitwise_xor", "lshift": "bitwise_left_shift", "rshift": "bitwise_right_shift", "invert": "bitwise_not",
+    "truediv": "div",
+    "floordiv": "floor_divide",
+    "mod": "remainder",
+    "and": "bitwise_and",
+    "or": "bitwise_or",
+    "xor": "bitwise_xor",
+    "lshift": "bitwise_left_shift",
+    "rshift": "bitwise_right_shift",
+    "invert": "bitwise_not",
 }
 """Operator methods (``__truediv__``) recorded under the name of the function they compute (``div``)."""
 
@@ -214,8 +226,7 @@ def _check_selectors(value: object, name: str) -> tuple[Selector, ...]:
     for item in result:
         if not isinstance(item, (str, type)):
             raise UsageError(
-                f"{name} holds {item!r}; each entry is a route glob ('blocks.*'), "
-                "a class name ('Linear') or a class object"
+                f"{name} holds {item!r}; each entry is a route glob ('blocks.*'), a class name ('Linear') or a class object"
             )
     return result
 
@@ -312,7 +323,9 @@ def parse_options(**options: Any) -> RecordOptions:
     storage_options = options.get("storage_options")
     if storage_options is not None:
         if not isinstance(storage_options, Mapping):
-            raise UsageError(f"storage_options must be a dict of the URL's file-system options, not {type(storage_options).__name__}")
+            raise UsageError(
+                f"storage_options must be a dict of the URL's file-system options, not {type(storage_options).__name__}"
+            )
         values["storage_options"] = dict(storage_options)
     if values.get("stop_on_nonfinite") and values["capture"] == "hash":
         raise UsageError(
@@ -330,6 +343,7 @@ def flatten(value: Any, prefix: str, is_tensor: Callable[[Any], bool]) -> Iterat
     An empty prefix means ``value`` is a top-level container whose entries are slots ``"0"``,
     ``"key"``... Tensors and non-container objects are leaves.
     """
+
     def join(key: object) -> str:
         return f"{prefix}.{key}" if prefix else str(key)
 
@@ -353,6 +367,7 @@ def map_tensors(value: Any, fn: Callable[[str, Any], Any], prefix: str, is_tenso
 
     Containers whose leaves are all unchanged are returned as the same object.
     """
+
     def join(key: object) -> str:
         return f"{prefix}.{key}" if prefix else str(key)
 
@@ -373,7 +388,9 @@ def map_tensors(value: Any, fn: Callable[[str, Any], Any], prefix: str, is_tenso
         rebuilt.update(new)
         return rebuilt
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: map_tensors(getattr(value, f.name), fn, join(f.name), is_tensor) for f in dataclasses.fields(value) if f.init}
+        changes = {
+            f.name: map_tensors(getattr(value, f.name), fn, join(f.name), is_tensor) for f in dataclasses.fields(value) if f.init
+        }
         if all(changes[k] is getattr(value, k) for k in changes):
             return value
         return dataclasses.replace(value, **changes)
@@ -742,7 +759,7 @@ class Recorder(ABC):
             else:
                 try:
                     writer.abort(ending)
-                except Exception as exc:  # noqa: BLE001 - the run's own exception goes on
+                except Exception as exc:
                     warnings.warn(f"tracespec.record: could not write how the recording ended: {exc}", stacklevel=3)
             # Only now: a signal while the trace closes is deferred (it is inside tracespec) and
             # goes on below, after the part says how it ended, instead of killing it half-closed.
@@ -793,7 +810,7 @@ class Recorder(ABC):
             self.settle()
             self._drain()
             self.writer.flush()
-        except Exception as exc:  # noqa: BLE001 - see the docstring
+        except Exception as exc:
             warnings.warn(f"tracespec.record: {why}; publishing the step in progress failed: {exc}", stacklevel=4)
 
     # ---------------------------------------------------------------- signals
@@ -888,31 +905,34 @@ class Recorder(ABC):
                 continue  # registered under a second name: one identity, its first route
             parent = by_route.get(route.rpartition(".")[0]) if route else None
             cls = type(module)
-            chain = self._ancestors(route, by_route) + [module]
-            node = self._add_node(route, cls.__name__, parent, module, chain, "module",
-                                  {"qualified_class": f"{cls.__module__}.{cls.__qualname__}"})
+            chain = [*self._ancestors(route, by_route), module]
+            node = self._add_node(
+                route, cls.__name__, parent, module, chain, "module", {"qualified_class": f"{cls.__module__}.{cls.__qualname__}"}
+            )
             ops = self.options.ops
-            node.records_ops = node.selected and ops is not None and any(
-                self._matches(s, self._routes_of_chain(route), chain) for s in ops)
+            node.records_ops = (
+                node.selected and ops is not None and any(self._matches(s, self._routes_of_chain(route), chain) for s in ops)
+            )
             self._nodes.append(node)
             self._node_of[id(module)] = node
             by_route[route] = node
             for name, param in self.local_tensors(module, "parameter"):
                 self._param_owner.setdefault(id(param), (node, name))
 
-    def _add_node(self, route: str, class_name: str, parent: _Node | None, module: Any, chain: list[Any],
-                  kind: str, attrs: dict[str, Any]) -> _Node:
+    def _add_node(
+        self, route: str, class_name: str, parent: _Node | None, module: Any, chain: list[Any], kind: str, attrs: dict[str, Any]
+    ) -> _Node:
         """Write a node row (its position: the next among its parent's children) and make its node."""
         assert self.writer is not None
         position = self._child_count.get(parent.id, 0) if parent else 0
         if parent:
             self._child_count[parent.id] = position + 1
-        node_id = self.writer.add_node(route, class_name, parent=parent.id if parent else None, kind=kind,
-                                       position=position, attrs=attrs)
+        node_id = self.writer.add_node(
+            route, class_name, parent=parent.id if parent else None, kind=kind, position=position, attrs=attrs
+        )
         node = _Node(node_id, route, module, self._is_selected(route, chain), {})
         roles = ROLES if kind == "module" else _CALL_ROLES
-        node.levels = {role: self._level_for(route, chain, role) if node.selected and role in roles else None
-                       for role in ROLES}
+        node.levels = {role: self._level_for(route, chain, role) if node.selected and role in roles else None for role in ROLES}
         return node
 
     @staticmethod
@@ -934,9 +954,7 @@ class Recorder(ABC):
             return any(isinstance(m, selector) for m in chain)
         if any(fnmatch.fnmatchcase(r, selector) for r in routes):
             return True
-        return any(
-            selector in (c.__name__, f"{c.__module__}.{c.__qualname__}") for m in chain for c in type(m).__mro__
-        )
+        return any(selector in (c.__name__, f"{c.__module__}.{c.__qualname__}") for m in chain for c in type(m).__mro__)
 
     def _is_selected(self, route: str, chain: list[Any]) -> bool:
         routes = self._routes_of_chain(route)
@@ -951,9 +969,8 @@ class Recorder(ABC):
         for key, level in self.options.levels:
             if isinstance(key, str) and (key == role or role in ROLE_GROUPS.get(key, ())):
                 return level
-            if isinstance(key, type) or (key not in ROLES and key not in ROLE_GROUPS):
-                if self._matches(key, routes, chain):
-                    return level
+            if (isinstance(key, type) or (key not in ROLES and key not in ROLE_GROUPS)) and self._matches(key, routes, chain):
+                return level
         return self.options.capture
 
     def node_of(self, module: Any) -> _Node | None:
@@ -1024,8 +1041,15 @@ class Recorder(ABC):
         fc = self._module_calls[-1]
         return fc if fc.node.records_ops else None
 
-    def op_begin(self, caller: _ForwardCall, name: str, op: str, source: tuple[str, int, str], args: tuple[Any, ...],
-                 kwargs: Mapping[str, Any]) -> _ForwardCall:
+    def op_begin(
+        self,
+        caller: _ForwardCall,
+        name: str,
+        op: str,
+        source: tuple[str, int, str],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> _ForwardCall:
         """An op (a framework function or tensor method ``op``, recorded as ``name``) called by
         ``caller``'s forward code at ``source`` (file, line, function) starts: record its inputs.
         Its node is ``<caller route>.<name>#<k>`` for the k-th ``name`` of that module call,
@@ -1074,7 +1098,9 @@ class Recorder(ABC):
         self.watch_outputs(fc, output)
         return output
 
-    def watch_inputs(self, fc: _ForwardCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    def watch_inputs(
+        self, fc: _ForwardCall, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Prepare to observe the gradients flowing through this call into its inputs: the new
         arguments to call it with (views with gradient hooks), or None to keep them."""
         return None
@@ -1274,10 +1300,8 @@ class Recorder(ABC):
         if level == "full" and summary.array is not None:
             self._data_bytes += int(summary.array.nbytes)
         record = _Record({**base, "level": level}, summary)
-        try:
+        with contextlib.suppress(TypeError):  # a tensor type without weak references: no dedup for it
             self._seen[key] = (weakref.ref(tensor), version, level, record)
-        except TypeError:
-            pass  # a tensor type without weak references: no dedup for it
         self._submit(record)
         return summary
 
@@ -1311,6 +1335,8 @@ class Recorder(ABC):
         """
         self._pending.append(record)
         summary = record.summary
+        if summary is None:  # a non-tensor value: it waits for the next record with data
+            return
         if summary.array is not None and summary.finish is None:
             self._drain()
         elif summary.finish is not None:
@@ -1333,7 +1359,9 @@ class Recorder(ABC):
             finish(summary)
         if record.same_as is not None:
             assert record.same_as.id is not None
-            record.id = self.writer.add_tensor(same_as=record.same_as.id, dtype=summary.dtype, shape=summary.shape, **record.kwargs)
+            record.id = self.writer.add_tensor(
+                same_as=record.same_as.id, dtype=summary.dtype, shape=summary.shape, **record.kwargs
+            )
             return
         record.id = self.writer.add_tensor(
             array=summary.array if record.kwargs["level"] == "full" or (summary.stats is None and summary.hash is None) else None,

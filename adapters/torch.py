@@ -50,7 +50,6 @@ from tracespec.adapters._common import (
     BackwardCall,
     HostBufferPool,
     OpDescription,
-    op_name,
     Recorder,
     RecordOptions,
     Summary,
@@ -58,6 +57,7 @@ from tracespec.adapters._common import (
     flatten,
     input_leaves,
     map_tensors,
+    op_name,
     parse_options,
     stats_from_sums,
 )
@@ -65,8 +65,19 @@ from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
 __all__ = [
-    "FRAMEWORK", "CompiledPrecisionWarning", "TorchRecorder", "accepts", "compiled_routes", "cpu_stats", "device_moments",
-    "is_recordable", "numpy_view", "record", "stats_from_moments", "torch_op_name", "uncompiled",
+    "FRAMEWORK",
+    "CompiledPrecisionWarning",
+    "TorchRecorder",
+    "accepts",
+    "compiled_routes",
+    "cpu_stats",
+    "device_moments",
+    "is_recordable",
+    "numpy_view",
+    "record",
+    "stats_from_moments",
+    "torch_op_name",
+    "uncompiled",
 ]
 
 FRAMEWORK: Final = "torch"
@@ -249,14 +260,18 @@ def stats_from_moments(moments: list[float]) -> TensorStats:
     count, finite, total, squares, m2, low, high, nan, inf = moments
     if finite == 0:
         return TensorStats(int(count), None, None, None, None, None, int(nan), int(inf))
-    return TensorStats(int(count), low, high, total / finite, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), int(nan), int(inf))
+    return TensorStats(
+        int(count), low, high, total / finite, math.sqrt(max(m2, 0.0) / finite), math.sqrt(squares), int(nan), int(inf)
+    )
 
 
 _WIDENED: Final = frozenset({torch.bfloat16, torch.float16})
 """Dtypes that leave compiled code widened to float32 (see :func:`graph_leaves`)."""
 
 
-def graph_leaves(leaves: Iterable[tuple[str, Any]], level: str | None) -> list[tuple[str, Any, torch.dtype | None, tuple[int, ...] | None]]:
+def graph_leaves(
+    leaves: Iterable[tuple[str, Any]], level: str | None
+) -> list[tuple[str, Any, torch.dtype | None, tuple[int, ...] | None]]:
     """What a hook traced into compiled code keeps of a call's ``(slot, leaf)`` pairs, for the tape.
 
     At ``stats`` each tensor becomes its :func:`device_moments`, computed by torch ops inside the
@@ -301,17 +316,59 @@ def graph_summary(moments: torch.Tensor, dtype: torch.dtype, shape: tuple[int, .
 
 
 # ------------------------------------------------------------------------------ ops
-_NOT_OPS: Final = frozenset({
-    # what describes a tensor or hands its values to Python: nothing is computed
-    "size", "dim", "numel", "nelement", "ndimension", "stride", "storage_offset", "element_size",
-    "is_contiguous", "is_floating_point", "is_complex", "is_signed", "is_nonzero", "is_same_size",
-    "is_set_to", "has_names", "get_device", "data_ptr", "untyped_storage", "dim_order", "item",
-    "tolist", "numpy", "type", "equal", "__len__", "__bool__", "__int__", "__float__", "__index__",
-    "__format__", "__repr__", "__hash__", "__iter__", "__contains__", "__reduce_ex__", "__deepcopy__",
-    "__setstate__", "__array__", "__array_wrap__", "__dlpack__", "__dlpack_device__",
-    # autograd bookkeeping
-    "backward", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "requires_grad_",
-})
+_NOT_OPS: Final = frozenset(
+    {
+        # what describes a tensor or hands its values to Python: nothing is computed
+        "size",
+        "dim",
+        "numel",
+        "nelement",
+        "ndimension",
+        "stride",
+        "storage_offset",
+        "element_size",
+        "is_contiguous",
+        "is_floating_point",
+        "is_complex",
+        "is_signed",
+        "is_nonzero",
+        "is_same_size",
+        "is_set_to",
+        "has_names",
+        "get_device",
+        "data_ptr",
+        "untyped_storage",
+        "dim_order",
+        "item",
+        "tolist",
+        "numpy",
+        "type",
+        "equal",
+        "__len__",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "__format__",
+        "__repr__",
+        "__hash__",
+        "__iter__",
+        "__contains__",
+        "__reduce_ex__",
+        "__deepcopy__",
+        "__setstate__",
+        "__array__",
+        "__array_wrap__",
+        "__dlpack__",
+        "__dlpack_device__",
+        # autograd bookkeeping
+        "backward",
+        "register_hook",
+        "register_post_accumulate_grad_hook",
+        "retain_grad",
+        "requires_grad_",
+    }
+)
 """Tensor functions called in forward code that are not recorded as ops."""
 
 _PROPERTY_OPS: Final = frozenset({"T", "mT", "H", "mH", "real", "imag"})
@@ -339,7 +396,11 @@ def _qualified_name(func: Callable[..., Any]) -> str:
         return f"torch.Tensor.{owner.__name__}"
     module = getattr(func, "__module__", None) or "torch"
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-    return f"{module}.{qualname}".replace("torch._C.TensorBase.", "torch.Tensor.").replace("torch.TensorBase.", "torch.Tensor.").replace("torch._tensor.Tensor.", "torch.Tensor.")
+    return (
+        f"{module}.{qualname}".replace("torch._C.TensorBase.", "torch.Tensor.")
+        .replace("torch.TensorBase.", "torch.Tensor.")
+        .replace("torch._tensor.Tensor.", "torch.Tensor.")
+    )
 
 
 _TORCH_DIR: Final = os.path.dirname(torch.__file__) + os.sep
@@ -453,7 +514,7 @@ class TorchRecorder(Recorder):
         super().__init__(uncompiled(model), path, options)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._host_buffers = HostBufferPool()
-        self._op_mode: _OpMode | None = None
+        self._op_mode: TorchFunctionMode | None = None  # an _OpMode while ops are recorded
         self._op_descriptions: dict[Any, OpDescription | None] = {}
 
     def _reset_step_state(self) -> None:
@@ -475,12 +536,14 @@ class TorchRecorder(Recorder):
         return None
 
     def named_modules(self) -> Iterable[tuple[str, Any]]:
-        return self.model.named_modules()
+        named: Iterable[tuple[str, Any]] = self.model.named_modules()
+        return named
 
     def local_tensors(self, module: Any, role: str) -> Iterable[tuple[str, Any]]:
-        if role == "parameter":
-            return module.named_parameters(recurse=False)
-        return module.named_buffers(recurse=False)
+        named: Iterable[tuple[str, Any]] = (
+            module.named_parameters(recurse=False) if role == "parameter" else module.named_buffers(recurse=False)
+        )
+        return named
 
     def is_tensor(self, value: Any) -> bool:
         return is_recordable(value)
@@ -572,8 +635,9 @@ class TorchRecorder(Recorder):
             self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
         if self.options.ops is not None:
-            self._op_mode = _OpMode(self)
-            self._op_mode.__enter__()
+            op_mode: TorchFunctionMode = _OpMode(self)
+            op_mode.__enter__()
+            self._op_mode = op_mode
 
     @staticmethod
     def _out_of_graph(hook: Callable[..., Any]) -> Any:
@@ -696,7 +760,9 @@ class TorchRecorder(Recorder):
                 stacklevel=2,
             )
 
-    def watch_inputs(self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    def watch_inputs(
+        self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Hand the call views of its inputs that need a gradient, with hooks that observe the
         gradient flowing through this call; the new arguments, or None to keep them."""
         if not torch.is_grad_enabled() or not self.wants_backward(fc.node):

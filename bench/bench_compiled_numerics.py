@@ -63,8 +63,9 @@ def fresh_model(size: Size, threads: int, dtype: torch.dtype) -> nn.Module:
     return model.to(dtype).eval()
 
 
-def compiled_forward(model: nn.Module, ids: torch.Tensor, observe: Callable[[nn.Module], Any] | None,
-                     grad: bool = False) -> tuple[torch.Tensor, int, int | None]:
+def compiled_forward(
+    model: nn.Module, ids: torch.Tensor, observe: Callable[[nn.Module], Any] | None, grad: bool = False
+) -> tuple[torch.Tensor, int, int | None]:
     """The output of ``torch.compile(model)`` (second call: compiled and warm) observed by
     ``observe(compiled)`` (a context manager, or None), with autograd on where ``grad``: the
     output, the compiled pieces that call ran and, while observed, the graph breaks
@@ -99,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     ids = torch.randint(0, size.vocab, (size.batch, size.seq), generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {'quick' if args.quick else 'GPT-2 small'} forward, Inductor on CPU")
-    print("| dtype | recorded | compiled pieces per forward | graph breaks (explain) | bit-identical | rel RMSE vs unrecorded compiled | rel RMSE vs eager |")
+    print(
+        "| dtype | recorded | compiled pieces per forward | graph breaks (explain) | bit-identical | rel RMSE vs unrecorded compiled | rel RMSE vs eager |"
+    )
     print("|---|---|---|---|---|---|---|")
     forward = ["inputs", "outputs"]
     with tempfile.TemporaryDirectory(prefix="bench-compiled-numerics-") as folder:
@@ -110,19 +113,24 @@ def main(argv: list[str] | None = None) -> int:
             reference, pieces, _ = compiled_forward(fresh_model(size, args.threads, dtype), ids, None)
             print(f"| {name} | nothing (the reference) | {pieces} | - | - | - | {rel_rmse(eager, reference):.2e} |", flush=True)
 
-            def recording(way: str, **options: Any) -> Callable[[nn.Module], Any]:
+            def recording(way: str, name: str = name, **options: Any) -> Callable[[nn.Module], Any]:
                 return lambda m: tracespec.record(m, Path(folder) / f"{way}-{name}", overwrite=True, **options)
 
             ways: dict[str, tuple[Callable[[nn.Module], Any], bool]] = {
-                **{f"in the graph, every module, {level}": (recording(level, capture=level, roles=forward), False)
-                   for level in ("stats", "hash", "full")},
+                **{
+                    f"in the graph, every module, {level}": (recording(level, capture=level, roles=forward), False)
+                    for level in ("stats", "hash", "full")
+                },
                 "in the graph, blocks only, stats": (recording("blocks", exclude=["h.*.*"], roles=forward), False),
                 "out of the graph, every module, stats": (recording("split"), True),
             }
             for way, (observe, grad) in ways.items():
                 output, pieces, breaks = compiled_forward(fresh_model(size, args.threads, dtype), ids, observe, grad)
-                print(f"| {name} | {way} | {pieces} | {breaks} | {torch.equal(output, reference)} | "
-                      f"{rel_rmse(reference, output):.2e} | {rel_rmse(eager, output):.2e} |", flush=True)
+                print(
+                    f"| {name} | {way} | {pieces} | {breaks} | {torch.equal(output, reference)} | "
+                    f"{rel_rmse(reference, output):.2e} | {rel_rmse(eager, output):.2e} |",
+                    flush=True,
+                )
     return 0
 
 

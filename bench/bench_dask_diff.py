@@ -52,7 +52,7 @@ def _write(path: Path, *, noisy: bool, steps: int, width: int) -> None:
     for rank in range(RANKS):
         noise = np.random.default_rng(1000 + rank)
 
-        def seen(array: np.ndarray) -> np.ndarray:
+        def seen(array: np.ndarray, noise: np.random.Generator = noise) -> np.ndarray:
             if not noisy:
                 return array
             return (array * (1 + 1e-7 * noise.standard_normal(array.shape))).astype(np.float32)
@@ -61,8 +61,7 @@ def _write(path: Path, *, noisy: bool, steps: int, width: int) -> None:
         weights = [(rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32) for _ in range(LAYERS)]
         with SyntheticRecorder(path, level="full", rank=rank, world_size=RANKS) as rec:
             net = rec.module("", "Net")
-            layers = [rec.module(f"layers.{i}", "Linear", parent=net, params={"weight": seen(w)})
-                      for i, w in enumerate(weights)]
+            layers = [rec.module(f"layers.{i}", "Linear", parent=net, params={"weight": seen(w)}) for i, w in enumerate(weights)]
             for step in range(steps):
                 h = rng.standard_normal((BATCH, width)).astype(np.float32)
                 with rec.forward(net, seen(h)) as outer:
@@ -151,8 +150,11 @@ def main() -> None:
         _write(a, noisy=False, steps=args.steps, width=args.width)
         _write(b, noisy=True, steps=args.steps, width=args.width)
         print(f"wrote A and B in {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"A {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {RANKS} ranks, {args.steps} steps; "
-          f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores", flush=True)
+    print(
+        f"A {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {RANKS} ranks, {args.steps} steps; "
+        f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores",
+        flush=True,
+    )
     for path in (a, b):  # the page cache warm for every run alike
         for file in path.rglob("*"):
             if file.is_file():
@@ -160,28 +162,42 @@ def main() -> None:
     runs: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
     for round_ in range(args.rounds):
         for workers in runs:
-            done = subprocess.run([sys.executable, __file__, "--child", str(a), str(b), str(workers)],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", str(a), str(b), str(workers)], capture_output=True, text=True, check=True
+            )
             runs[workers].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  round {round_ + 1}, {'one process' if not workers else f'{workers} worker(s)'}: "
-                  f"{runs[workers][-1]['seconds']:.1f} s, CPU s {runs[workers][-1]['cpu_seconds']} "
-                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+            print(
+                f"  round {round_ + 1}, {'one process' if not workers else f'{workers} worker(s)'}: "
+                f"{runs[workers][-1]['seconds']:.1f} s, CPU s {runs[workers][-1]['cpu_seconds']} "
+                f"(load average {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
     results = [_median(found) for found in runs.values()]
     one = next(r for r in results if r["workers"] == 1)
-    print(f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
-          f"{'peak RSS per process (MB)':>26}  same verdict")
+    print(
+        f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
+        f"{'peak RSS per process (MB)':>26}  same verdict"
+    )
     for r in results:
         name = "one process" if not r["workers"] else f"{r['workers']} worker(s)"
         peaks = ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"])
         cpu = ", ".join(f"{c:.1f}" for c in r["cpu_seconds"])
         same = r["same"] and r["verdict_sha256"] == results[0]["verdict_sha256"]
-        print(f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
-              f"{max(r['cpu_seconds']) / max(one['cpu_seconds']):>12.2f}x {peaks:>26}  {'yes' if same else 'NO'}"
-              + (f"  (cluster start {r['startup_seconds']:.1f} s; client {r['client_cpu_seconds']:.1f} CPU s, "
-                 f"{r['client_peak_rss_mb']:.0f} MB)" if r["workers"] else ""))
-    print(f"first divergence (rank, step, route): {results[0]['first']}; target 2 workers <= 0.65x of 1: "
-          f"{results[2]['seconds'] / one['seconds']:.2f}x in time, {max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
-          "in the busiest worker's CPU seconds (what the time is on cores nobody else uses)")
+        print(
+            f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
+            f"{max(r['cpu_seconds']) / max(one['cpu_seconds']):>12.2f}x {peaks:>26}  {'yes' if same else 'NO'}"
+            + (
+                f"  (cluster start {r['startup_seconds']:.1f} s; client {r['client_cpu_seconds']:.1f} CPU s, "
+                f"{r['client_peak_rss_mb']:.0f} MB)"
+                if r["workers"]
+                else ""
+            )
+        )
+    print(
+        f"first divergence (rank, step, route): {results[0]['first']}; target 2 workers <= 0.65x of 1: "
+        f"{results[2]['seconds'] / one['seconds']:.2f}x in time, {max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
+        "in the busiest worker's CPU seconds (what the time is on cores nobody else uses)"
+    )
 
 
 if __name__ == "__main__":

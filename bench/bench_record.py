@@ -298,33 +298,45 @@ def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", choices=sorted(FRAMEWORKS), default="torch")
-    parser.add_argument("--compiled", action="store_true", help="torch.compile the model (torch only); the bare step is compiled too")
+    parser.add_argument(
+        "--compiled", action="store_true", help="torch.compile the model (torch only); the bare step is compiled too"
+    )
     parser.add_argument("--quick", action="store_true", help="a small model, for development")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of (bare, each level and publication); medians are reported")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of (bare, each level and publication); medians are reported"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levels", default="stats,hash,full", help="capture levels, each optionally with +ops (stats+ops)")
     parser.add_argument("--publish", default="step,async", help="publication modes to measure (record(publish=...))")
     parser.add_argument("--steps", type=int, default=2, help="consecutive recorded steps timed per level and round")
     parser.add_argument(
-        "--roles", default="input,output,grad_output,grad_input",
+        "--roles",
+        default="input,output,grad_output,grad_input",
         help="roles recorded (default: module inputs, outputs and their gradients; 'all' for every role)",
     )
     parser.add_argument("--folder", type=Path, default=None, help="where traces are written (default: a temp folder in .)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
-    levels = [level if publish == "step" else f"{level}/{publish}"
-              for publish in args.publish.split(",") for level in args.levels.split(",")]
+    levels = [
+        level if publish == "step" else f"{level}/{publish}"
+        for publish in args.publish.split(",")
+        for level in args.levels.split(",")
+    ]
     roles = ["inputs", "outputs", "grads", "params", "optimizer"] if args.roles == "all" else args.roles.split(",")
     if args.compiled and args.framework != "torch":
         parser.error("--compiled is for --framework torch (Paddle's to_static models are not recorded)")
-    model, step = torch_model(size, args.threads, compiled=True) if args.compiled else FRAMEWORKS[args.framework](size, args.threads)
+    model, step = (
+        torch_model(size, args.threads, compiled=True) if args.compiled else FRAMEWORKS[args.framework](size, args.threads)
+    )
     # a compiled model: compiling, and the recompiles Dynamo makes at a second call, stay out of the timing
     warmup = 2 if args.compiled else 1
     label = f"{args.framework}{' compiled' if args.compiled else ''}"
     folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
-    print(f"{label}, {size}, {args.threads} threads, {args.rounds} rounds of {args.steps} recorded steps, "
-          f"roles {roles}", file=sys.stderr)
+    print(
+        f"{label}, {size}, {args.threads} threads, {args.rounds} rounds of {args.steps} recorded steps, roles {roles}",
+        file=sys.stderr,
+    )
     bare: list[float] = []
     bare_cpu: list[float] = []
     recorded: dict[str, list[float]] = {level: [] for level in levels}
@@ -341,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             # order turns each round, so what one kind of step leaves behind (a gigabyte of
             # buffers freed, a trace deleted) does not always fall on the same next one.
             order = ["bare", *levels]
-            order = order[round_ % len(order):] + order[: round_ % len(order)]
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
             timings: dict[str, tuple[float, float, int]] = {}
             for kind in order:
                 gc.collect()
@@ -362,8 +374,11 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[level].append(elapsed / bare[-1])
                 cpu_ratios[level].append(cpu / bare_cpu[-1])
                 written[level].append(nbytes)
-            print(f"round {round_ + 1} ({', '.join(order)}): bare {bare[-1]:.3f}s "
-                  + " ".join(f"{lv} {t[-1]:.3f}s" for lv, t in recorded.items()), file=sys.stderr)
+            print(
+                f"round {round_ + 1} ({', '.join(order)}): bare {bare[-1]:.3f}s "
+                + " ".join(f"{lv} {t[-1]:.3f}s" for lv, t in recorded.items()),
+                file=sys.stderr,
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     bare_s = statistics.median(bare)
@@ -385,18 +400,29 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     name = "quick" if args.quick else "GPT-2 small"
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\n{label} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}, best {min(bare):.3f} s); "
-          "x bare = median of per-round ratios; best = best recorded step / best bare step (noise only ever adds time); "
-          f"CPU time: of all this process's threads; load average at the end {load}")
-    print("| capture (/publish) | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |")
+    print(
+        f"\n{label} {name}, roles {args.roles}: bare step {bare_s:.3f} s (median of {len(bare)}, best {min(bare):.3f} s); "
+        "x bare = median of per-round ratios; best = best recorded step / best bare step (noise only ever adds time); "
+        f"CPU time: of all this process's threads; load average at the end {load}"
+    )
+    print(
+        "| capture (/publish) | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print(f"| bare | {bare_s:.3f} | 1.00 | 1.00 | 1.00 | - | - | - |")
     for row in rows:
         lim = f"{row['limit_s']:.3f} | {row['ratio_to_limit']:.2f}" if "limit_s" in row else "- | -"
-        print(f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['best_ratio']:.2f} | {row['cpu_ratio']:.2f} "
-              f"| {row['bytes_per_step'] / 1e6:.1f} | {lim} |")
+        print(
+            f"| {row['level']} | {row['step_s']:.3f} | {row['ratio']:.2f} | {row['best_ratio']:.2f} | {row['cpu_ratio']:.2f} "
+            f"| {row['bytes_per_step'] / 1e6:.1f} | {lim} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"framework": args.framework, "compiled": args.compiled, "size": size.__dict__, "bare_s": bare_s, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"framework": args.framework, "compiled": args.compiled, "size": size.__dict__, "bare_s": bare_s, "rows": rows},
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -141,6 +141,7 @@ def diff_checkpoint_files(a: str, b: str, options: dict[str, Any], json_path: st
             f"{file}: a file, not a trace folder, while {other} is not a file; "
             "tracespec diff compares two trace folders or two checkpoint files"
         )
+
     def setting(key: str) -> Any:
         given = options.get(key)
         return _CHECKPOINT_OPTION_DEFAULTS[key] if given is None else given
@@ -148,8 +149,13 @@ def diff_checkpoint_files(a: str, b: str, options: dict[str, Any], json_path: st
     show = progress if progress is not None else (sys.stderr.isatty() and json_path != "-")
     with _progress_bar(show, "comparing tensors", in_bytes=False) as update:
         result = diff_checkpoints(
-            a, b, progress=update, strip_prefix_a=setting("strip_prefix_a"), strip_prefix_b=setting("strip_prefix_b"),
-            threshold=setting("threshold"), scale=setting("scale"),
+            a,
+            b,
+            progress=update,
+            strip_prefix_a=setting("strip_prefix_a"),
+            strip_prefix_b=setting("strip_prefix_b"),
+            threshold=setting("threshold"),
+            scale=setting("scale"),
         )
     if json_path == "-":
         click.echo(json.dumps(result.to_json(), indent=1))

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, reject_checkpoint_options
-from tracespec.cli.locations import location_options
 from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
+from tracespec.cli.locations import location_options
 from tracespec.compare import MODES, Verdict, compare_traces
 from tracespec.compare.engine import StepRange
 from tracespec.errors import UsageError
@@ -25,7 +25,6 @@ from tracespec.format.tables import STAGES
 from tracespec.report.text import render_text
 
 __all__ = ["diff"]
-
 
 
 def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
@@ -48,7 +47,7 @@ def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
     return route, values
 
 
-class StepParam(click.ParamType):
+class StepParam(click.ParamType[int | StepRange]):
     """``250`` -> 250; ``200:300`` -> (200, 300); ``200:`` -> (200, None); ``:300`` -> (None, 300)."""
 
     name = "step"
@@ -64,7 +63,7 @@ class StepParam(click.ParamType):
         if not colon:
             if ends[0] is None:
                 self.fail("a step is a number (250) or a range (200:300)", param, ctx)
-            return ends[0]  # type: ignore[return-value]
+            return ends[0]
         if ends[0] is not None and ends[1] is not None and ends[0] > ends[1]:
             self.fail(f"{value!r}: the first step is after the last", param, ctx)
         return (ends[0], ends[1])
@@ -109,50 +108,112 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
 @click.argument("a", metavar="A", type=click.Path(path_type=str))
 @click.argument("b", metavar="B", type=click.Path(path_type=str))
 @click.option("--json", "json_path", metavar="PATH", help="Write the verdict as JSON to PATH ('-' for stdout, alone).")
-@click.option("--html", "html_path", metavar="PATH",
-              help="Also write the HTML report to PATH: one self-contained file that opens offline.")
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="norm (default): RMSE / RMS within the dtype's noise level, no element grossly off; strict "
-                   "(default with --rtol/--atol): every element within tolerance; mean: mean error; stats: recorded statistics only (reads no "
-                   "data); bitwise: identical bits.")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance for every tensor (default: per dtype, times the tensors' RMS).")
+@click.option(
+    "--html", "html_path", metavar="PATH", help="Also write the HTML report to PATH: one self-contained file that opens offline."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default=None,
+    help="norm (default): RMSE / RMS within the dtype's noise level, no element grossly off; strict "
+    "(default with --rtol/--atol): every element within tolerance; mean: mean error; stats: recorded statistics only (reads no "
+    "data); bitwise: identical bits.",
+)
+@click.option(
+    "--atol", type=float, default=None, help="Absolute tolerance for every tensor (default: per dtype, times the tensors' RMS)."
+)
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every tensor (default: per dtype).")
-@click.option("--rel-rmse", type=float, default=None,
-              help="Mode norm: the largest RMSE / RMS for every tensor (default: per dtype, docs/diff.md).")
-@click.option("--tol", "overrides", multiple=True, metavar="GLOB=rtol:X,atol:Y,rel_rmse:Z,mode:M",
-              help="Per-route tolerance or mode, on A's routes (repeatable; later wins).")
-@click.option("--step", "steps", type=StepParam(), multiple=True, metavar="STEP|FIRST:LAST",
-              help="Compare only this step, or the steps FIRST to LAST of both runs (both included; 200: or :300 "
-                   "leave an end open). Repeatable.")
-@click.option("--first-step-only", is_flag=True,
-              help="Stop at the first step where the runs diverge: the quickest answer on a long run.")
+@click.option(
+    "--rel-rmse",
+    type=float,
+    default=None,
+    help="Mode norm: the largest RMSE / RMS for every tensor (default: per dtype, docs/diff.md).",
+)
+@click.option(
+    "--tol",
+    "overrides",
+    multiple=True,
+    metavar="GLOB=rtol:X,atol:Y,rel_rmse:Z,mode:M",
+    help="Per-route tolerance or mode, on A's routes (repeatable; later wins).",
+)
+@click.option(
+    "--step",
+    "steps",
+    type=StepParam(),
+    multiple=True,
+    metavar="STEP|FIRST:LAST",
+    help="Compare only this step, or the steps FIRST to LAST of both runs (both included; 200: or :300 "
+    "leave an end open). Repeatable.",
+)
+@click.option(
+    "--first-step-only", is_flag=True, help="Stop at the first step where the runs diverge: the quickest answer on a long run."
+)
 @click.option("--rank", "ranks", type=int, multiple=True, help="Compare only this rank (repeatable).")
 @click.option("--stage", "stages", type=click.Choice(STAGES), multiple=True, help="Compare only this stage (repeatable).")
 @click.option("--route", "routes", multiple=True, metavar="GLOB", help="Compare only nodes whose A route matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip nodes whose A route matches (repeatable).")
-@click.option("--layer-map", type=click.Path(dir_okay=False, path_type=str), help="YAML/JSON file mapping A's routes to B's (docs/diff.md).")
-@click.option("--save-map", type=click.Path(dir_okay=False, path_type=str), metavar="PATH",
-              help="Write the alignment found as a layer map (YAML) to PATH: correct it and pass it back with --layer-map.")
-@click.option("--baseline", metavar="A2", type=click.Path(path_type=str),
-              help="A second recording of A's run with a harmless change (other thread count, device or run): each "
-                   "tensor may differ from A by up to 4x what A2 differs (its noise floor, measured).")
+@click.option(
+    "--layer-map", type=click.Path(dir_okay=False, path_type=str), help="YAML/JSON file mapping A's routes to B's (docs/diff.md)."
+)
+@click.option(
+    "--save-map",
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="PATH",
+    help="Write the alignment found as a layer map (YAML) to PATH: correct it and pass it back with --layer-map.",
+)
+@click.option(
+    "--baseline",
+    metavar="A2",
+    type=click.Path(path_type=str),
+    help="A second recording of A's run with a harmless change (other thread count, device or run): each "
+    "tensor may differ from A by up to 4x what A2 differs (its noise floor, measured).",
+)
 @click.option("--read-all", is_flag=True, help="Read and compare data even where content hashes agree.")
 @click.option("--top", type=int, default=5, show_default=True, help="How many of the worst nodes to list.")
 @click.option("--brief", is_flag=True, help="Only the coverage, the verdict, the culprit with its path, and what to do next.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="Compare on a local Dask cluster of N worker processes, one rank per task, into the same verdict "
-                   "(needs tracespec[dask]; prints the dashboard's link).")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Compare on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); its workers open A and B "
-                   "themselves: give paths or URLs every worker can read (docs/diff.md, 'On a Dask cluster').")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Compare on a local Dask cluster of N worker processes, one rank per task, into the same verdict "
+    "(needs tracespec[dask]; prints the dashboard's link).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Compare on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); its workers open A and B "
+    "themselves: give paths or URLs every worker can read (docs/diff.md, 'On a Dask cluster').",
+)
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 @location_options
-def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str | None, atol: float | None, rtol: float | None,
-         rel_rmse: float | None, overrides: tuple[str, ...], steps: tuple[int | StepRange, ...], ranks: tuple[int, ...], stages: tuple[str, ...],
-         routes: tuple[str, ...], exclude: tuple[str, ...], layer_map: str | None, save_map: str | None, baseline: str | None,
-         read_all: bool, top: int, brief: bool, progress: bool | None, first_step_only: bool, workers: int | None,
-         scheduler: str | None, **checkpoint: Any) -> None:
+def diff(
+    a: str,
+    b: str,
+    json_path: str | None,
+    html_path: str | None,
+    mode: str | None,
+    atol: float | None,
+    rtol: float | None,
+    rel_rmse: float | None,
+    overrides: tuple[str, ...],
+    steps: tuple[int | StepRange, ...],
+    ranks: tuple[int, ...],
+    stages: tuple[str, ...],
+    routes: tuple[str, ...],
+    exclude: tuple[str, ...],
+    layer_map: str | None,
+    save_map: str | None,
+    baseline: str | None,
+    read_all: bool,
+    top: int,
+    brief: bool,
+    progress: bool | None,
+    first_step_only: bool,
+    workers: int | None,
+    scheduler: str | None,
+    **checkpoint: Any,
+) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
 
     A and B are trace folders recorded with tracespec.record (any framework). Their calls are
@@ -206,10 +267,25 @@ def diff(a: str, b: str, json_path: str | None, html_path: str | None, mode: str
         with _dask_client(workers, scheduler) as client, _progress_bar(show_progress) as update:
             try:
                 verdict = compare_traces(
-                    a, b, mode=mode, rtol=rtol, atol=atol, rel_rmse=rel_rmse, tolerances=parsed,
-                    steps=steps or None, ranks=ranks or None, stages=stages or None,
-                    routes=routes, exclude=exclude, layer_map=layer_map, save_map=save_map, baseline=baseline,
-                    trust_hashes=not read_all, progress=update, first_step_only=first_step_only, client=client,
+                    a,
+                    b,
+                    mode=mode,
+                    rtol=rtol,
+                    atol=atol,
+                    rel_rmse=rel_rmse,
+                    tolerances=parsed,
+                    steps=steps or None,
+                    ranks=ranks or None,
+                    stages=stages or None,
+                    routes=routes,
+                    exclude=exclude,
+                    layer_map=layer_map,
+                    save_map=save_map,
+                    baseline=baseline,
+                    trust_hashes=not read_all,
+                    progress=update,
+                    first_step_only=first_step_only,
+                    client=client,
                 )
             except UsageError as exc:
                 raise click.UsageError(str(exc)) from None

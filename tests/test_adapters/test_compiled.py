@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from torch import nn
 
 import tracespec
-from tracespec.cli import cli
 from tracespec.adapters.torch import CompiledPrecisionWarning, device_moments, stats_from_moments
+from tracespec.cli import cli
 from tracespec.errors import UsageError
 from tracespec.testing.adapter_tests import TraceView
 
@@ -343,12 +343,27 @@ def test_a_compiled_model_recording_only_the_blocks_stays_one_graph(tmp_path: Pa
     [
         ({"include": ["blocks.1.mlp"]}, ["blocks.1.mlp", "blocks.1.mlp.act", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]),
         # blocks.0 runs unhooked code compiled for the class Block, which blocks.1 must not reuse
-        ({"exclude": ["blocks.0"]}, ["", "blocks.1", "blocks.1.ln1", "blocks.1.ln2", "blocks.1.mlp", "blocks.1.mlp.act",
-                                     "blocks.1.mlp.fc1", "blocks.1.mlp.fc2", "blocks.1.proj", "ln_f"]),
+        (
+            {"exclude": ["blocks.0"]},
+            [
+                "",
+                "blocks.1",
+                "blocks.1.ln1",
+                "blocks.1.ln2",
+                "blocks.1.mlp",
+                "blocks.1.mlp.act",
+                "blocks.1.mlp.fc1",
+                "blocks.1.mlp.fc2",
+                "blocks.1.proj",
+                "ln_f",
+            ],
+        ),
     ],
     ids=["inside unhooked modules", "beside an unhooked instance of its class"],
 )
-def test_every_selected_module_of_a_compiled_model_is_recorded(selection: dict[str, Any], recorded: list[str], tmp_path: Path) -> None:
+def test_every_selected_module_of_a_compiled_model_is_recorded(
+    selection: dict[str, Any], recorded: list[str], tmp_path: Path
+) -> None:
     compiled = torch.compile(make_model(), backend=GraphRunCounter())
     hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
     with torch.no_grad(), tracespec.record(compiled, tmp_path / "trace", capture="stats", **selection):
@@ -377,7 +392,10 @@ def test_eager_against_compiled_regions_compares_at_their_boundary(
     assert "blocks.1 (Block) INTRODUCED it" in diff.output
     assert "12 of A's leaf calls compared only at the boundary" in diff.output
     assert "B records no call inside it: compared at its boundary" in diff.output
-    assert "record B again with the calls inside it (in a compiled model, select it with its children: include=['blocks.1'])" in diff.output
+    assert (
+        "record B again with the calls inside it (in a compiled model, select it with its children: include=['blocks.1'])"
+        in diff.output
+    )
 
 
 def test_the_graph_break_numbers_of_the_docs_are_what_the_script_prints(tmp_path: Path) -> None:

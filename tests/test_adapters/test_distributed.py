@@ -42,8 +42,17 @@ dist.destroy_process_group()
 def torchrun(tmp_path: Path, trace: Path, odd_rank: int | None) -> Path:
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-               str(script), str(trace), "-" if odd_rank is None else str(odd_rank)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "4",
+        str(script),
+        str(trace),
+        "-" if odd_rank is None else str(odd_rank),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return trace
@@ -72,7 +81,13 @@ def test_diff_names_the_rank_step_and_module_that_differed(runs: tuple[Path, Pat
     assert result.exit_code == 1, result.output
     verdict = json.loads((tmp_path / "v.json").read_text())
     first = verdict["first_divergence"]
-    assert (first["rank"], first["step"], first["stage"], first["a"]["route"], first["kind"]) == (2, 0, "forward", "module.2", "introduced")
+    assert (first["rank"], first["step"], first["stage"], first["a"]["route"], first["kind"]) == (
+        2,
+        0,
+        "forward",
+        "module.2",
+        "introduced",
+    )
     assert "parameter[weight] differ" in first["evidence"]
     assert sorted(verdict["coverage"]["ranks"]) == ["0", "1", "2", "3"]
     forward_step0 = {n["rank"] for n in verdict["nodes"] if (n["step"], n["stage"], n["status"]) == (0, "forward", "diverged")}
@@ -88,8 +103,12 @@ def test_diff_on_dask_workers_gives_the_byte_identical_verdict(runs: tuple[Path,
     alone = CliRunner().invoke(cli, ["diff", a, b, "--json", "-"])
     assert alone.exit_code == 1, alone.output
     # a real run of the command: a local cluster of 2 worker processes, each comparing whole ranks
-    done = subprocess.run([sys.executable, "-m", "tracespec.cli", "diff", a, b, "--workers", "2", "--json", "-"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tracespec.cli", "diff", a, b, "--workers", "2", "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     assert done.stdout == alone.stdout
     verdict = json.loads(done.stdout)
@@ -124,8 +143,18 @@ with tracespec.record(dp, sys.argv[1], optimizer=opt) as rec:
 def paddle_launch(folder: Path, trace: Path, odd_rank: int | None) -> Path:
     script = folder / "dp_paddle.py"
     script.write_text(PADDLE_SCRIPT)
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(folder / f"log_{trace.name}"), str(script), str(trace), "-" if odd_rank is None else str(odd_rank)]
+    command = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        "--log_dir",
+        str(folder / f"log_{trace.name}"),
+        str(script),
+        str(trace),
+        "-" if odd_rank is None else str(odd_rank),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=folder)
     logs = "".join(p.read_text()[-2000:] for p in sorted((folder / f"log_{trace.name}").glob("workerlog.*")))
     assert done.returncode == 0, done.stdout[-2000:] + logs
@@ -140,7 +169,15 @@ def test_paddle_data_parallel_on_cpu_records_a_part_per_rank_and_diff_names_the_
     assert result.exit_code == 1, result.output
     verdict = json.loads((tmp_path / "v.json").read_text())
     first = verdict["first_divergence"]
-    assert (first["rank"], first["step"], first["stage"], first["a"]["route"], first["kind"]) == (1, 0, "forward", "_layers.2", "introduced")
-    diverged = {stage: {n["rank"] for n in verdict["nodes"] if (n["step"], n["stage"], n["status"]) == (0, stage, "diverged")}
-                for stage in ("forward", "backward")}
+    assert (first["rank"], first["step"], first["stage"], first["a"]["route"], first["kind"]) == (
+        1,
+        0,
+        "forward",
+        "_layers.2",
+        "introduced",
+    )
+    diverged = {
+        stage: {n["rank"] for n in verdict["nodes"] if (n["step"], n["stage"], n["status"]) == (0, stage, "diverged")}
+        for stage in ("forward", "backward")
+    }
     assert diverged == {"forward": {1}, "backward": {0, 1}}  # gradients all-reduced over gloo reach rank 0 too

@@ -72,15 +72,24 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
     # modules imported as each worker starts, not by its first task; glibc keeps freed memory; a
     # task's error is the client's to report (one line), not the worker's log's (a traceback)
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
-            distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                     silence_logs=logging.CRITICAL, preload=["tracespec.compare.engine"]) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+        distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
+            preload=["tracespec.compare.engine"],
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 
-def map_on_cluster(client: Any, plan: RankPlan, tasks: list[tuple[int, int | None]],
-                   progress: Callable[[int], None]) -> list[RankOutcome]:
+def map_on_cluster(
+    client: Any, plan: RankPlan, tasks: list[tuple[int, int | None]], progress: Callable[[int], None]
+) -> list[RankOutcome]:
     """:func:`compare_rank` of each (rank, known first step) on the cluster, the outcomes in order;
     ``progress`` is called with the bytes compared, as the workers report them."""
     topic = f"tracespec-progress-{uuid.uuid4().hex}"
@@ -92,9 +101,12 @@ def map_on_cluster(client: Any, plan: RankPlan, tasks: list[tuple[int, int | Non
 
     client.subscribe_topic(topic, on_event)
     try:
-        futures = [client.submit(_compare_rank_task, plan, rank, known_first, topic, pure=False,
-                                 key=f"tracespec-rank-{rank}-{uuid.uuid4().hex}")
-                   for rank, known_first in tasks]
+        futures = [
+            client.submit(
+                _compare_rank_task, plan, rank, known_first, topic, pure=False, key=f"tracespec-rank-{rank}-{uuid.uuid4().hex}"
+            )
+            for rank, known_first in tasks
+        ]
         try:
             return client.gather(futures)  # type: ignore[no-any-return]
         except _dask().KilledWorker as exc:

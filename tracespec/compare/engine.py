@@ -20,10 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracespec.compare.align import Alignment, align_trees
+from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.calls import CallMatch, alignment_layer_map
 from tracespec.compare.columnar import BATCH_STEPS, ColumnarRank, StepSummary, summarize_units
-from tracespec.compare.layer_map import LayerMap, Transform, load_layer_map, transform_for
-from tracespec.compare.baseline import BASELINE_FACTOR, Baseline, open_baseline
 from tracespec.compare.diagnose import (
     RecordResult,
     UnitResult,
@@ -33,6 +32,7 @@ from tracespec.compare.diagnose import (
     next_step_hint,
 )
 from tracespec.compare.kinks import BenignExplainer, benign_differences
+from tracespec.compare.layer_map import LayerMap, Transform, load_layer_map, transform_for
 from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays, judge
 from tracespec.compare.noise import ROLE_GROUPS, ScopeScales, record_rms
 from tracespec.compare.tolerance import MODES, TolerancePolicy
@@ -112,9 +112,17 @@ def spans(values: list[int]) -> str:
 class _Comparer:
     """Compares record pairs of one rank, remembering the array pairs already judged."""
 
-    def __init__(self, trace_a: Trace, trace_b: Trace, rank: int, policy: TolerancePolicy,
-                 trust_hashes: bool, progress: Callable[[int], None], scopes: ScopeScales,
-                 baseline: Baseline | None) -> None:
+    def __init__(
+        self,
+        trace_a: Trace,
+        trace_b: Trace,
+        rank: int,
+        policy: TolerancePolicy,
+        trust_hashes: bool,
+        progress: Callable[[int], None],
+        scopes: ScopeScales,
+        baseline: Baseline | None,
+    ) -> None:
         self.ta, self.tb, self.rank = trace_a, trace_b, rank
         self.policy = policy
         self.scopes = scopes
@@ -131,8 +139,12 @@ class _Comparer:
     def compare(self, route: str, ra: Record, rb: Record, transforms: dict[str, Any], typical_rms: float | None) -> RecordResult:
         transform = transform_for(transforms, ra)
         result = RecordResult(
-            role=ra.role, slot=ra.slot, call=ra.call, status="skipped",
-            dtype_a=ra.dtype, dtype_b=rb.dtype,
+            role=ra.role,
+            slot=ra.slot,
+            call=ra.call,
+            status="skipped",
+            dtype_a=ra.dtype,
+            dtype_b=rb.dtype,
             shape_a=list(ra.shape) if ra.shape is not None else None,
             shape_b=list(rb.shape) if rb.shape is not None else None,
             transform=transform.describe() if transform is not None else None,
@@ -153,14 +165,18 @@ class _Comparer:
         if ra.shape is not None and shape_b is not None and ra.shape != shape_b and _squeezed(ra.shape) == _squeezed(shape_b):
             # the same values with axes of size 1 kept or dropped (a pooling's [n, c, 1, 1] against a
             # flattened [n, c]): compared in A's shape
-            transform = Transform(((transform.ops if transform is not None else ()) + (("reshape", ra.shape),)))
+            transform = Transform((transform.ops if transform is not None else ()) + (("reshape", ra.shape),))
             shape_b, result.transform = ra.shape, transform.describe()
         if ra.shape != shape_b:
             result.status = "diverged"
             result.note = f"shapes differ: A {list(ra.shape or [])} vs B {list(rb.shape or [])}" + (
-                f" ({result.transform} applied to B)" if transform else "")
-            result.mismatch = {"kind": "shape", "shape": {"a": result.shape_a, "b": result.shape_b},
-                               "dtype": {"a": ra.dtype, "b": rb.dtype}}
+                f" ({result.transform} applied to B)" if transform else ""
+            )
+            result.mismatch = {
+                "kind": "shape",
+                "shape": {"a": result.shape_a, "b": result.shape_b},
+                "dtype": {"a": ra.dtype, "b": rb.dtype},
+            }
             return result
         # A tensor shared by several records (a module's output is the next one's input) is
         # judged once, under the tolerance of the first node in execution order that records it,
@@ -172,8 +188,7 @@ class _Comparer:
             tolerance = self.policy.tolerance_for(route, ra.dtype, rb.dtype)
             scale, noise = self._scale(ra, typical_rms)
             if self.baseline is not None and ra.array is not None and mode in ("norm", "strict", "mean"):
-                tolerance, measured = self.baseline.widen(
-                    ra, _read_checked(self.ta, self.rank, ra, "A"), tolerance, scale, mode)
+                tolerance, measured = self.baseline.widen(ra, _read_checked(self.ta, self.rank, ra, "A"), tolerance, scale, mode)
                 if measured is not None:
                     noise["baseline"] = measured
             metrics = self._metrics(ra, rb, transform, mode, tolerance, scale)
@@ -207,14 +222,18 @@ class _Comparer:
     def _metrics(self, ra: Record, rb: Record, transform: Any, mode: str, tolerance: Any, scale: float | None) -> Metrics:
         both_hash = ra.hash is not None and rb.hash is not None
         same_bytes_possible = transform is None and ra.dtype == rb.dtype
-        if both_hash and same_bytes_possible and ra.hash == rb.hash and (self.trust_hashes or ra.array is None or rb.array is None):
+        if (
+            both_hash
+            and same_bytes_possible
+            and ra.hash == rb.hash
+            and (self.trust_hashes or ra.array is None or rb.array is None)
+        ):
             return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
         if mode == "bitwise":
             if both_hash and same_bytes_possible:
                 return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
             if ra.array is not None and rb.array is not None:
-                return self._read_and(ra, rb, transform, lambda a, b: Metrics(
-                    kind="hash", identical=identical_arrays(a, b)))
+                return self._read_and(ra, rb, transform, lambda a, b: Metrics(kind="hash", identical=identical_arrays(a, b)))
             return Metrics(kind="none", identical=False, note="bitwise mode needs hashes or data on both sides")
         if mode != "stats" and ra.array is not None and rb.array is not None:
             return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, scale))
@@ -224,8 +243,7 @@ class _Comparer:
             return compare_hashes(ra.hash, rb.hash)  # type: ignore[arg-type]
         return Metrics(kind="none", identical=False, note="nothing comparable: the two records kept different levels")
 
-    def _read_and(self, ra: Record, rb: Record, transform: Any,
-                  measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
+    def _read_and(self, ra: Record, rb: Record, transform: Any, measure: Callable[[np.ndarray, np.ndarray], Metrics]) -> Metrics:
         a, b = self.read_pair(ra, rb, transform)
         metrics = measure(a, b)
         self.progress(a.nbytes + b.nbytes)
@@ -279,8 +297,9 @@ class _RankComparison:
     """Builds and compares the units of one rank: one unit per call match (see
     :class:`~tracespec.compare.calls.CallMatch`), plus the records outside calls of matched nodes."""
 
-    def __init__(self, view_a: RankView, view_b: RankView, alignment: Alignment, selection: _Selection,
-                 comparer: _Comparer) -> None:
+    def __init__(
+        self, view_a: RankView, view_b: RankView, alignment: Alignment, selection: _Selection, comparer: _Comparer
+    ) -> None:
         self.va, self.vb, self.alignment = view_a, view_b, alignment
         self.selection, self.comparer = selection, comparer
         self.matches = {m.a: m for m in alignment.matches if selection.wants(view_a.nodes[m.a].route)}
@@ -290,12 +309,37 @@ class _RankComparison:
         self.compared_records = 0
         self.typical: dict[int, dict[tuple[str, str], float]] = {}
 
-    def _unit(self, step: int, stage: str, a: int, b: int, call: int | None, begin: int | None, end: int | None,
-              match: CallMatch | None = None) -> UnitResult:
+    def _unit(
+        self,
+        step: int,
+        stage: str,
+        a: int,
+        b: int,
+        call: int | None,
+        begin: int | None,
+        end: int | None,
+        match: CallMatch | None = None,
+    ) -> UnitResult:
         na, nb = self.va.nodes[a], self.vb.nodes[b]
         ancestors = tuple(self.va.ancestors(a))
-        unit = UnitResult(step, self.va.rank, stage, a, b, na.route, nb.route, na.class_name, nb.class_name,
-                          call, begin, end, len(ancestors), ancestors, a_site=self.va.op_site(a), b_site=self.vb.op_site(b))
+        unit = UnitResult(
+            step,
+            self.va.rank,
+            stage,
+            a,
+            b,
+            na.route,
+            nb.route,
+            na.class_name,
+            nb.class_name,
+            call,
+            begin,
+            end,
+            len(ancestors),
+            ancestors,
+            a_site=self.va.op_site(a),
+            b_site=self.vb.op_site(b),
+        )
         if match is not None:
             unit.method = match.method
             unit.inside = match.inside
@@ -306,8 +350,15 @@ class _RankComparison:
             unit.method = self.matches[a].method
         return unit
 
-    def _results(self, step: int, stage: str, a: tuple[int, int | None], b: tuple[int, int | None], roles: tuple[str, ...],
-                 transforms: dict[str, Any]) -> list[RecordResult]:
+    def _results(
+        self,
+        step: int,
+        stage: str,
+        a: tuple[int, int | None],
+        b: tuple[int, int | None],
+        roles: tuple[str, ...],
+        transforms: dict[str, Any],
+    ) -> list[RecordResult]:
         """Compare the records of A's (node, call) with B's, of the given roles, paired by role and slot."""
         recs_a = [r for r in self.va.call_records(step, stage, a[0], a[1]) if r.role in roles]
         recs_b = [r for r in self.vb.call_records(step, stage, b[0], b[1]) if r.role in roles]
@@ -329,8 +380,7 @@ class _RankComparison:
             self.typical = {step: typical_rms(self.va, step)}  # steps are walked in order
             typical = self.typical[step]
         results = [
-            self.comparer.compare(route, ra, rb, transforms, typical.get((stage, ROLE_GROUPS[ra.role])))
-            for ra, rb in pairs
+            self.comparer.compare(route, ra, rb, transforms, typical.get((stage, ROLE_GROUPS[ra.role]))) for ra, rb in pairs
         ]
         # what the unit computed on one side only is said, with the side (inputs and parameters
         # are only counted: exporters and ports pass them differently)
@@ -415,10 +465,16 @@ def _missing(record: Record, side: str) -> RecordResult:
     other = "B" if side == "a" else "A"
     shape = list(record.shape) if record.shape is not None else None
     result = RecordResult(
-        role=record.role, slot=record.slot, call=record.call, status="skipped",
+        role=record.role,
+        slot=record.slot,
+        call=record.call,
+        status="skipped",
         note=f"only in {side.upper()}: {other} recorded no {record.role}[{record.slot}] for this call",
-        mismatch={"kind": "missing", "shape": {"a": shape if side == "a" else None, "b": shape if side == "b" else None},
-                  "dtype": {"a": record.dtype if side == "a" else None, "b": record.dtype if side == "b" else None}},
+        mismatch={
+            "kind": "missing",
+            "shape": {"a": shape if side == "a" else None, "b": shape if side == "b" else None},
+            "dtype": {"a": record.dtype if side == "a" else None, "b": record.dtype if side == "b" else None},
+        },
     )
     if side == "a":
         result.dtype_a, result.shape_a = record.dtype, shape
@@ -451,8 +507,14 @@ class _StepWalk:
     structure learned (:mod:`tracespec.compare.columnar`); keeps the units of the detailed steps only,
     and a :class:`StepSummary` per step and rank."""
 
-    def __init__(self, ranked: list[_RankState], selection: _Selection, detail_all: bool, first_step_only: bool,
-                 known_first: int | None = None) -> None:
+    def __init__(
+        self,
+        ranked: list[_RankState],
+        selection: _Selection,
+        detail_all: bool,
+        first_step_only: bool,
+        known_first: int | None = None,
+    ) -> None:
         self.ranked = ranked
         self.ranks = [state.ranked.va.rank for state in ranked]
         self.known_first = known_first
@@ -477,14 +539,15 @@ class _StepWalk:
         comparer.notes = {} if learn and state.columnar is not None else None
         earlier: dict[tuple[str, int, int | None], UnitResult] = {}
         stages = [ranked.stage_units(step, stage, earlier) for stage in self.stages]
-        counts = (ranked.compared_records - records, ranked.unpaired_records["a"] - only_a,
-                  ranked.unpaired_records["b"] - only_b)
+        counts = (ranked.compared_records - records, ranked.unpaired_records["a"] - only_a, ranked.unpaired_records["b"] - only_b)
         if comparer.notes is not None:
             state.columnar.learn(step, stages, comparer.notes, *counts, comparer.dtypes)  # type: ignore[union-attr]
             comparer.notes = None
         return summarize_units(stages, *counts, comparer.dtypes), stages
 
-    def _batch(self, state: _RankState, batch: list[int], detail: set[int]) -> dict[int, tuple[StepSummary, list[list[UnitResult]] | None]]:
+    def _batch(
+        self, state: _RankState, batch: list[int], detail: set[int]
+    ) -> dict[int, tuple[StepSummary, list[list[UnitResult]] | None]]:
         found: dict[int, tuple[StepSummary, list[list[UnitResult]] | None]] = {}
         for step in batch:
             if step in detail or state.columnar is None:
@@ -509,15 +572,20 @@ class _StepWalk:
                 state.ranked.vb.release(batch)
             for step in batch:
                 summaries = [found[step][0] for found in results]
-                diverged = (any(summary.units["diverged"] for summary in summaries) if self.known_first is None
-                            else step == self.known_first)
+                diverged = (
+                    any(summary.units["diverged"] for summary in summaries)
+                    if self.known_first is None
+                    else step == self.known_first
+                )
                 kept = step in detail or (diverged and self.first_step is None)
                 if diverged and self.first_step is None:
                     self.first_step = step
                 if kept:
                     units = [found[step][1] for found in results]
-                    self.detailed[step] = [stages if stages is not None else self._per_record(state, step, learn=False)[1]
-                                           for state, stages in zip(self.ranked, units)]
+                    self.detailed[step] = [
+                        stages if stages is not None else self._per_record(state, step, learn=False)[1]
+                        for state, stages in zip(self.ranked, units)
+                    ]
                 self.steps.append(step)
                 self.summaries.append(summaries)
                 if self.first_step_only and self.first_step is not None:
@@ -530,17 +598,20 @@ class _StepWalk:
         for step, summaries in zip(self.steps, self.summaries):
             # as first_divergence: the earliest stage, then an introducing unit of any rank before
             # an inherited one, ranks in order
-            firsts = [{"rank": rank, **summary.first}
-                      for rank, summary in zip(self.ranks, summaries) if summary.first is not None]
+            firsts = [
+                {"rank": rank, **summary.first} for rank, summary in zip(self.ranks, summaries) if summary.first is not None
+            ]
             first = min(firsts, key=lambda f: (STAGE_ORDER.index(f["stage"]), f["kind"] != "introduced"), default=None)
             worst = max(summary.worst_ratio for summary in summaries)
-            found.append({
-                "step": step,
-                "records": sum(summary.records for summary in summaries),
-                "diverged": sum(summary.diverged_records for summary in summaries),
-                "worst_ratio": worst if math.isfinite(worst) else None,
-                "first": first,
-            })
+            found.append(
+                {
+                    "step": step,
+                    "records": sum(summary.records for summary in summaries),
+                    "diverged": sum(summary.diverged_records for summary in summaries),
+                    "worst_ratio": worst if math.isfinite(worst) else None,
+                    "first": first,
+                }
+            )
         return found
 
     def totals(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -647,12 +718,19 @@ def compare_traces(
     chosen_ranks = _select(ranks, trace_a.ranks, trace_b.ranks, "rank(s)")
     chosen_steps = _select(steps, trace_a.steps, trace_b.steps, "step(s)")
     if not chosen_steps:
-        cut = "; ".join(f"{side} is incomplete (a recording cut short)" for side, trace in (("A", trace_a), ("B", trace_b))
-                        if not trace.complete)
-        raise UsageError(f"A and B have no step in common (A has {spans(trace_a.steps)}, B has {spans(trace_b.steps)})"
-                         + (f"; {cut}" if cut else "") + ": nothing to compare")
-    selection = _Selection(chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages),
-                           tuple(routes or ()), tuple(exclude or ()))
+        cut = "; ".join(
+            f"{side} is incomplete (a recording cut short)"
+            for side, trace in (("A", trace_a), ("B", trace_b))
+            if not trace.complete
+        )
+        raise UsageError(
+            f"A and B have no step in common (A has {spans(trace_a.steps)}, B has {spans(trace_b.steps)})"
+            + (f"; {cut}" if cut else "")
+            + ": nothing to compare"
+        )
+    selection = _Selection(
+        chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages), tuple(routes or ()), tuple(exclude or ())
+    )
 
     total = _bytes_to_compare(trace_a, trace_b, selection, policy.global_mode)
     for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
@@ -665,10 +743,18 @@ def compare_traces(
         if progress is not None:
             progress(min(done, total), total)
 
-    plan = RankPlan(_location(a, trace_a), _location(b, trace_b),
-                    _location(baseline, trace_a2) if trace_a2 is not None else None,
-                    policy, selection, layer_map, trust_hashes, columnar, first_step_only,
-                    chosen_ranks[0] if save_map is not None else None)
+    plan = RankPlan(
+        _location(a, trace_a),
+        _location(b, trace_b),
+        _location(baseline, trace_a2) if baseline is not None and trace_a2 is not None else None,
+        policy,
+        selection,
+        layer_map,
+        trust_hashes,
+        columnar,
+        first_step_only,
+        chosen_ranks[0] if save_map is not None else None,
+    )
     if client is not None:
         from tracespec.compare.distributed import map_on_cluster  # imports dask: only when asked for
 
@@ -699,8 +785,11 @@ def compare_traces(
     for summaries in walk.summaries:
         for summary in summaries:
             dtypes |= summary.dtypes
-    ordered = [[u for stages in walk.detailed[step] for u in stages[position]]
-               for step in sorted(walk.detailed) for position in range(len(selection.stages))]
+    ordered = [
+        [u for stages in walk.detailed[step] for u in stages[position]]
+        for step in sorted(walk.detailed)
+        for position in range(len(selection.stages))
+    ]
     units = [u for group in ordered for u in group]
     culprit = first_divergence(ordered)
     tolerances = policy.to_json(sorted(dtypes))
@@ -755,8 +844,9 @@ def _location(given: Trace | str | os.PathLike[str], trace: Trace) -> str:
     return text if "://" in text else os.path.abspath(text)
 
 
-def _rank_state(trace_a: Trace, trace_b: Trace, trace_a2: Trace | None, rank: int, plan: RankPlan,
-                advance: Callable[[int], None]) -> tuple[_RankState, Alignment, str | None]:
+def _rank_state(
+    trace_a: Trace, trace_b: Trace, trace_a2: Trace | None, rank: int, plan: RankPlan, advance: Callable[[int], None]
+) -> tuple[_RankState, Alignment, str | None]:
     """A rank aligned and ready to walk, its alignment, and the layer map text where ``plan`` wants it."""
     steps = plan.selection.steps
     view_a, view_b = RankView(trace_a, rank, steps), RankView(trace_b, rank, steps)
@@ -768,8 +858,9 @@ def _rank_state(trace_a: Trace, trace_b: Trace, trace_a2: Trace | None, rank: in
     return _RankState(_RankComparison(view_a, view_b, alignment, plan.selection, comparer), columnar), alignment, map_text
 
 
-def compare_rank(plan: RankPlan, rank: int, known_first: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> RankOutcome:
+def compare_rank(
+    plan: RankPlan, rank: int, known_first: int | None = None, progress: Callable[[int], None] | None = None
+) -> RankOutcome:
     """Compare one rank on its own (a Dask task): open the traces, align, walk the steps.
 
     ``known_first`` is the first step where any rank diverged, once known (see
@@ -782,14 +873,22 @@ def compare_rank(plan: RankPlan, rank: int, known_first: int | None = None,
     walk.run(plan.selection.steps)
     coverage, unmatched = _rank_coverage(alignment)
     baseline = state.ranked.comparer.baseline
-    return RankOutcome(rank, coverage, [{"rank": rank, **item} for item in unmatched], walk.steps,
-                       [summaries[0] for summaries in walk.summaries],
-                       {step: ranks[0] for step, ranks in walk.detailed.items()}, walk.first_step,
-                       baseline.used if baseline is not None else 0, map_text)
+    return RankOutcome(
+        rank,
+        coverage,
+        [{"rank": rank, **item} for item in unmatched],
+        walk.steps,
+        [summaries[0] for summaries in walk.summaries],
+        {step: ranks[0] for step, ranks in walk.detailed.items()},
+        walk.first_step,
+        baseline.used if baseline is not None else 0,
+        map_text,
+    )
 
 
-def compare_ranks_apart(plan: RankPlan, ranks: list[int],
-                        run: Callable[[list[tuple[int, int | None]]], list[RankOutcome]]) -> list[RankOutcome]:
+def compare_ranks_apart(
+    plan: RankPlan, ranks: list[int], run: Callable[[list[tuple[int, int | None]]], list[RankOutcome]]
+) -> list[RankOutcome]:
     """Every rank compared on its own, with the outcomes of the walk over all ranks together.
 
     ``run`` maps :func:`compare_rank` over (rank, known first step) pairs and returns the outcomes in
@@ -850,30 +949,48 @@ def _bytes_to_compare(trace_a: Trace, trace_b: Trace, selection: _Selection, mod
 
 def _describe_trace(trace: Trace) -> dict[str, Any]:
     m = trace.manifest
-    return {"path": str(trace.path), "framework": m.framework, "framework_version": m.framework_version,
-            "complete": trace.complete}
+    return {
+        "path": str(trace.path),
+        "framework": m.framework,
+        "framework_version": m.framework_version,
+        "complete": trace.complete,
+    }
 
 
 def _rank_coverage(alignment: Alignment) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A rank's entry of the verdict's ``coverage.ranks``, and its unmatched nodes and calls."""
     matched = len(alignment.matches)
-    coverage = {
-        "nodes_a": alignment.nodes_a, "nodes_b": alignment.nodes_b, "matched": matched,
+    coverage: dict[str, Any] = {
+        "nodes_a": alignment.nodes_a,
+        "nodes_b": alignment.nodes_b,
+        "matched": matched,
         "by_method": alignment.method_counts(),
         "matched_fraction_a": matched / alignment.nodes_a if alignment.nodes_a else 1.0,
         "matched_fraction_b": matched / alignment.nodes_b if alignment.nodes_b else 1.0,
         "calls": alignment.call_coverage(),
     }
-    unmatched = [{"side": u.side, "route": u.route, "class_name": u.class_name, "reason": u.reason}
-                 for u in alignment.unmatched]
-    unmatched += [{"side": u.side, "route": u.route, "class_name": u.class_name, "call": u.call, "reason": u.reason}
-                  for u in alignment.unmatched_calls]
+    unmatched: list[dict[str, Any]] = [
+        {"side": u.side, "route": u.route, "class_name": u.class_name, "reason": u.reason} for u in alignment.unmatched
+    ]
+    unmatched += [
+        {"side": u.side, "route": u.route, "class_name": u.class_name, "call": u.call, "reason": u.reason}
+        for u in alignment.unmatched_calls
+    ]
     return coverage, unmatched
 
 
-def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolerances: dict[str, Any],
-                   layer_map: LayerMap | None, rank_coverage: dict[str, dict[str, Any]], unmatched: list[dict[str, Any]],
-                   units: list[UnitResult], culprit: UnitResult | None, walk: _StepWalk) -> Verdict:
+def _build_verdict(
+    trace_a: Trace,
+    trace_b: Trace,
+    selection: _Selection,
+    tolerances: dict[str, Any],
+    layer_map: LayerMap | None,
+    rank_coverage: dict[str, dict[str, Any]],
+    unmatched: list[dict[str, Any]],
+    units: list[UnitResult],
+    culprit: UnitResult | None,
+    walk: _StepWalk,
+) -> Verdict:
     diverged = [u for u in units if u.status == "diverged"]
     summary, counts = walk.totals()
     identical = summary["units"] > 0 and summary["diverged"] == summary["pass_within_tolerance"] == 0
@@ -887,7 +1004,9 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolera
     if culprit is not None:
         worst = culprit.evidence_record()
         first = {
-            "step": culprit.step, "rank": culprit.rank, "stage": culprit.stage,
+            "step": culprit.step,
+            "rank": culprit.rank,
+            "stage": culprit.stage,
             "kind": "introduced" if culprit.divergence == "introduced" else "inherited",
             "call": culprit.call,
             "a": culprit.side_json("a"),
@@ -899,25 +1018,48 @@ def _build_verdict(trace_a: Trace, trace_b: Trace, selection: _Selection, tolera
             "evidence": culprit.evidence,
         }
     position = {id(u): i for i, u in enumerate(units)}
-    worst_units = sorted(diverged, key=lambda u: (-(u.worst_output().badness if u.worst_output() else 0.0), position[id(u)]))
+
+    def badness(unit: UnitResult) -> float:
+        worst = unit.worst_output()
+        return worst.badness if worst is not None else 0.0
+
+    def worst_metrics(unit: UnitResult) -> dict[str, Any] | None:
+        worst = unit.worst_output()
+        return worst.metrics.to_json() if worst is not None and worst.metrics is not None else None
+
+    worst_units = sorted(diverged, key=lambda u: (-badness(u), position[id(u)]))
     return Verdict(
         verdict_version=VERDICT_VERSION,
         status="fail" if summary["diverged"] else "pass",
         a=_describe_trace(trace_a),
         b=_describe_trace(trace_b),
-        selection={"steps": selection.steps, "ranks": selection.ranks, "stages": list(selection.stages),
-                   "routes": list(selection.routes), "exclude": list(selection.exclude),
-                   "layer_map": layer_map.to_json() if layer_map is not None else None,
-                   "first_step_only": walk.first_step_only, "detail_steps": sorted(walk.detailed)},
+        selection={
+            "steps": selection.steps,
+            "ranks": selection.ranks,
+            "stages": list(selection.stages),
+            "routes": list(selection.routes),
+            "exclude": list(selection.exclude),
+            "layer_map": layer_map.to_json() if layer_map is not None else None,
+            "first_step_only": walk.first_step_only,
+            "detail_steps": sorted(walk.detailed),
+        },
         tolerances=tolerances,
         first_divergence=first,
         coverage=coverage,
         summary=summary,
         nodes=[u.to_json() for u in units],
-        worst=[{"step": u.step, "rank": u.rank, "stage": u.stage, "route": u.a_route, "call": u.call,
+        worst=[
+            {
+                "step": u.step,
+                "rank": u.rank,
+                "stage": u.stage,
+                "route": u.a_route,
+                "call": u.call,
                 "divergence": u.divergence,
-                "metrics": (u.worst_output().metrics.to_json() if u.worst_output() and u.worst_output().metrics else None)}  # type: ignore[union-attr]
-               for u in worst_units[:10]],
+                "metrics": worst_metrics(u),
+            }
+            for u in worst_units[:10]
+        ],
         error_growth=error_growth(units),
         unmatched=unmatched,
         hint=next_step_hint(culprit, identical, len(unmatched)),

@@ -8,6 +8,7 @@ No framework import. The format is documented in ``docs/diff.md`` ("Layer maps")
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +316,7 @@ def layer_map_document(
     return "".join(f"# {line}\n" for line in notes) + body
 
 
-def load_layer_map(path: str | Path) -> LayerMap:
+def load_layer_map(path: str | os.PathLike[str]) -> LayerMap:
     """Read a layer map from a ``.yaml``/``.yml`` or ``.json`` file."""
     path = Path(path)
     try:

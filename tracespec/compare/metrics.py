@@ -35,7 +35,6 @@ BLOCK: Final = 1 << 18
 """Elements per block: 2 MiB of float64 per temporary, small enough to stay in cache."""
 
 
-
 def _block_threads() -> int:
     """Up to 4 and the cores, and no more than ``OMP_NUM_THREADS`` says where it is set: the
     numeric threads a process is told to keep to (a Dask worker is told 1, so that N workers with
@@ -134,10 +133,9 @@ def identical_arrays(a: np.ndarray, b: np.ndarray) -> bool:
     flat_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     flat_b = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
     step = BLOCK * 8
-    for start in range(0, flat_a.size, step):
-        if not np.array_equal(flat_a[start : start + step], flat_b[start : start + step]):
-            return False
-    return True
+    return all(
+        np.array_equal(flat_a[start : start + step], flat_b[start : start + step]) for start in range(0, flat_a.size, step)
+    )
 
 
 def _ordered_bits(block: np.ndarray) -> np.ndarray:
@@ -260,7 +258,9 @@ class _Accumulator:
             rel[abs_a == 0] = 0.0
         self.max_rel = max(self.max_rel, float(rel.max()))
         if ulp_dtype is not None:
-            ulps = np.abs(_ordered_bits(block_a.astype(ulp_dtype, copy=False)) - _ordered_bits(block_b.astype(ulp_dtype, copy=False)))
+            ulps = np.abs(
+                _ordered_bits(block_a.astype(ulp_dtype, copy=False)) - _ordered_bits(block_b.astype(ulp_dtype, copy=False))
+            )
             self.max_ulp = max(self.max_ulp, float(ulps.max()))
 
     def finish(self, shape: tuple[int, ...], ulp_dtype: str | None, reference_rms: float | None) -> Metrics:
@@ -301,9 +301,21 @@ class _Accumulator:
 def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, reference_rms: float | None = None) -> Metrics:
     """Elementwise metrics of ``b`` against the reference ``a`` (same shape)."""
     if identical_arrays(a, b):
-        return Metrics(kind="elementwise", identical=True, count=int(a.size), max_abs=0.0, max_rel=0.0,
-                       mean_abs=0.0, rmse=0.0, cosine=1.0, sqnr_db=math.inf, max_ulp=0.0, mismatched=0,
-                       tolerance_ratio=0.0, reference_rms=reference_rms)
+        return Metrics(
+            kind="elementwise",
+            identical=True,
+            count=int(a.size),
+            max_abs=0.0,
+            max_rel=0.0,
+            mean_abs=0.0,
+            rmse=0.0,
+            cosine=1.0,
+            sqnr_db=math.inf,
+            max_ulp=0.0,
+            mismatched=0,
+            tolerance_ratio=0.0,
+            reference_rms=reference_rms,
+        )
     if a.dtype.kind == "c" or b.dtype.kind == "c":
         a, b = np.abs(a), np.abs(b)  # compared by modulus, like the statistics
     ulp_dtype = _ulp_dtype(a.dtype, b.dtype)
@@ -357,9 +369,14 @@ def compare_stats(a: TensorStats, b: TensorStats, tolerance: Tolerance, referenc
             ratio = max(ratio, abs(vb - va) / bound if bound > 0 else math.inf)
     identical = ratio == 0.0 and a.nan_count == b.nan_count and a.inf_count == b.inf_count
     return Metrics(
-        kind="stats", identical=identical, count=a.count, tolerance_ratio=ratio,
-        nan_agree=a.nan_count == b.nan_count, inf_agree=a.inf_count == b.inf_count,
-        reference_rms=_rms(a), stats_delta=delta,
+        kind="stats",
+        identical=identical,
+        count=a.count,
+        tolerance_ratio=ratio,
+        nan_agree=a.nan_count == b.nan_count,
+        inf_agree=a.inf_count == b.inf_count,
+        reference_rms=_rms(a),
+        stats_delta=delta,
         note="compared by statistics only (data not kept, or --mode stats)",
     )
 
