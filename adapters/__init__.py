@@ -25,7 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
-from tracespec.adapters._common import CaptureBudgetWarning, Recorder, RecordOptions, parse_options
+from tracespec.adapters._common import CaptureBudgetWarning, Recorder
+from tracespec.adapters._options import RecordOptions, parse_options
 from tracespec.errors import UsageError
 
 __all__ = [

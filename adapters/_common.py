@@ -1,4 +1,6 @@
-"""The framework-agnostic half of recording: options, selection, the tree, counters, slots, dedup.
+"""The framework-agnostic half of recording: the recorder (selection, the tree, counters, dedup,
+steps, crash handling). Its parts live beside it: the options in ``_options``, slot names in
+``_slots``, host statistics and copy buffers in ``_host``.
 
 A framework adapter (``adapters/torch.py``, ``adapters/paddle.py``) subclasses :class:`Recorder`
 and provides only what needs the framework: module enumeration, hook installation and removal,
@@ -26,11 +28,7 @@ Constraints:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
 import fnmatch
-import json
-import math
 import os
 import signal
 import sys
@@ -39,7 +37,7 @@ import warnings
 import weakref
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -48,46 +46,25 @@ from typing import Any, ClassVar, Final
 import numpy as np
 
 import tracespec.storage
+from tracespec.adapters._options import ROLE_GROUPS, RecordOptions, Selector
+from tracespec.adapters._slots import flatten, input_leaves
 from tracespec.errors import NonFiniteError, UsageError
 from tracespec.format.manifest import Ending
-from tracespec.format.stats import TensorStats, compute_stats, scratch_block
-from tracespec.format.tables import LEVELS, ROLES
+from tracespec.format.stats import TensorStats
+from tracespec.format.tables import ROLES
 from tracespec.storage import TraceWriter, is_url
 
 __all__ = [
-    "ROLE_GROUPS",
     "BackwardCall",
     "CaptureBudgetWarning",
-    "HostBufferPool",
     "OpDescription",
-    "RecordOptions",
     "Recorder",
-    "Selector",
     "Summary",
     "calling_frame",
-    "fast_stats",
-    "flatten",
-    "map_tensors",
     "op_name",
-    "parse_options",
-    "stats_from_sums",
 ]
 
-Selector = str | type
-"""A route glob (``"blocks.*"``), a class name (``"Linear"``) or a class object (``nn.Dropout``)."""
 
-ROLE_GROUPS: Final[dict[str, frozenset[str]]] = {
-    "inputs": frozenset({"input"}),
-    "outputs": frozenset({"output"}),
-    "grads": frozenset({"grad_output", "grad_input", "parameter_grad"}),
-    "params": frozenset({"parameter", "buffer"}),
-    "optimizer": frozenset({"optimizer_state"}),
-}
-"""Names a user may give in ``roles=`` besides the spec roles themselves."""
-
-_LEVEL_ORDER: Final = {"hash": 0, "stats": 1, "full": 2}
-PUBLISH_MODES: Final = ("step", "async")
-"""``publish="step"``: a step is durable when ``rec.step()`` returns; ``"async"``: one step later."""
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 # Code in these folders may hold the writer's lock or half-updated recorder state.
 _INTERNAL_FOLDERS: Final = tuple(
@@ -160,366 +137,6 @@ def op_name(name: str) -> tuple[str, bool]:
 
 class CaptureBudgetWarning(UserWarning):
     """The byte budget (``max_bytes``) is spent: later tensors keep statistics, not data."""
-
-
-# ---------------------------------------------------------------------------------------- options
-@dataclass(frozen=True, slots=True)
-class RecordOptions:
-    """The validated options of :func:`tracespec.record` (see ``docs/recording.md``)."""
-
-    capture: str = "stats"
-    levels: tuple[tuple[Selector, str], ...] = ()
-    include: tuple[Selector, ...] | None = None
-    exclude: tuple[Selector, ...] = ()
-    roles: frozenset[str] = frozenset(ROLES)
-    every: int = 1
-    steps: frozenset[int] | None = None
-    max_bytes: int | None = None
-    optimizer: Any = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    overwrite: bool = False
-    rank: int | None = None
-    world_size: int | None = None
-    compression: str | None = None
-    durable: bool = True
-    ops: tuple[Selector, ...] | None = None
-    publish: str = "step"
-    stop_on_nonfinite: bool = False
-    storage_options: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The capture options as recorded in the manifest's ``capture`` object."""
-        return {
-            "level": self.capture,
-            "levels": [[_selector_text(s), level] for s, level in self.levels],
-            "include": None if self.include is None else [_selector_text(s) for s in self.include],
-            "exclude": [_selector_text(s) for s in self.exclude],
-            "roles": sorted(self.roles),
-            "every": self.every,
-            "steps": None if self.steps is None else sorted(self.steps),
-            "max_bytes": self.max_bytes,
-            "optimizer": None if self.optimizer is None else type(self.optimizer).__name__,
-            "ops": None if self.ops is None else [_selector_text(s) for s in self.ops],
-        }
-
-
-_OPTION_NAMES: Final = tuple(f.name for f in dataclasses.fields(RecordOptions))
-
-
-def _selector_text(selector: Selector) -> str:
-    if isinstance(selector, type):
-        return f"{selector.__module__}.{selector.__qualname__}"
-    return selector
-
-
-def _check_level(level: object, where: str) -> str:
-    if level not in LEVELS:
-        raise UsageError(f"{where} is {level!r}; expected one of {', '.join(map(repr, LEVELS))}")
-    return str(level)
-
-
-def _check_selectors(value: object, name: str) -> tuple[Selector, ...]:
-    items = (value,) if isinstance(value, (str, type)) else value
-    if not isinstance(items, Iterable):
-        raise UsageError(f"{name} must be a route glob, a class or a list of them, not {type(value).__name__}")
-    result = tuple(items)
-    for item in result:
-        if not isinstance(item, (str, type)):
-            raise UsageError(
-                f"{name} holds {item!r}; each entry is a route glob ('blocks.*'), a class name ('Linear') or a class object"
-            )
-    return result
-
-
-def _parse_roles(value: object) -> frozenset[str]:
-    items = (value,) if isinstance(value, str) else value
-    if not isinstance(items, Iterable):
-        raise UsageError(f"roles must be a list of role names, not {type(value).__name__}")
-    roles: set[str] = set()
-    for item in items:
-        if item in ROLE_GROUPS:
-            roles |= ROLE_GROUPS[item]
-        elif item in ROLES:
-            roles.add(item)
-        else:
-            known = sorted(ROLE_GROUPS) + list(ROLES)
-            raise UsageError(f"roles holds {item!r}; known roles: {', '.join(known)}")
-    return frozenset(roles)
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, not {value!r}")
-    return value
-
-
-def parse_options(**options: Any) -> RecordOptions:
-    """Validate the keyword options of :func:`tracespec.record`.
-
-    Raises :class:`tracespec.errors.UsageError` naming the option, what was found and what is
-    allowed; an unknown option name suggests the closest known one.
-    """
-    for name in options:
-        if name not in _OPTION_NAMES:
-            close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"record() got an unknown option {name!r}{hint} Options: {', '.join(_OPTION_NAMES)}")
-    values: dict[str, Any] = {}
-    capture = options.get("capture", "stats")
-    values["capture"] = _check_level(capture, "capture")
-    levels = options.get("levels") or {}
-    if not isinstance(levels, Mapping):
-        raise UsageError("levels must be a mapping {selector or role: level}, e.g. {'blocks.0.*': 'full'}")
-    for key, level in levels.items():
-        _check_selectors(key, "levels")
-        _check_level(level, f"levels[{_selector_text(key)!r}]")
-    values["levels"] = tuple(levels.items())
-    if options.get("include") is not None:
-        values["include"] = _check_selectors(options["include"], "include")
-    if options.get("exclude") is not None:
-        values["exclude"] = _check_selectors(options["exclude"], "exclude")
-    if options.get("roles") is not None:
-        values["roles"] = _parse_roles(options["roles"])
-    values["every"] = _check_int(options.get("every", 1), "every", 1)
-    if options.get("steps") is not None:
-        steps = options["steps"]
-        if not isinstance(steps, Iterable) or isinstance(steps, (str, bytes)):
-            raise UsageError(f"steps must be the step numbers to record (a list or range), not {type(steps).__name__}")
-        values["steps"] = frozenset(_check_int(step, "each of steps", 0) for step in steps)
-        if "every" in options:
-            raise UsageError("give steps or every, not both")
-    if options.get("max_bytes") is not None:
-        values["max_bytes"] = _check_int(options["max_bytes"], "max_bytes", 0)
-    metadata = options.get("metadata") or {}
-    if not isinstance(metadata, Mapping):
-        raise UsageError(f"metadata must be a dict, not {type(metadata).__name__}")
-    try:
-        json.dumps(dict(metadata))
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"metadata must be JSON-serialisable: {exc}") from None
-    values["metadata"] = dict(metadata)
-    for name in ("rank", "world_size"):
-        if options.get(name) is not None:
-            values[name] = _check_int(options[name], name, 0 if name == "rank" else 1)
-    if (values.get("rank") is None) != (values.get("world_size") is None):
-        raise UsageError("give rank and world_size together (or neither, to detect them)")
-    if options.get("compression") not in (None, "zstd"):
-        raise UsageError(f"compression is {options['compression']!r}; expected None or 'zstd'")
-    for name in ("optimizer", "compression"):
-        if options.get(name) is not None:
-            values[name] = options[name]
-    for name in ("overwrite", "durable", "stop_on_nonfinite"):
-        if name in options:
-            values[name] = bool(options[name])
-    ops = options.get("ops")
-    if ops is True:
-        values["ops"] = ("*",)
-    elif ops not in (None, False):
-        values["ops"] = _check_selectors(ops, "ops")
-    publish = options.get("publish", "step")
-    if publish not in PUBLISH_MODES:
-        raise UsageError(f"publish is {publish!r}; expected 'step' (durable at each rec.step(), the default) or 'async'")
-    values["publish"] = publish
-    storage_options = options.get("storage_options")
-    if storage_options is not None:
-        if not isinstance(storage_options, Mapping):
-            raise UsageError(
-                f"storage_options must be a dict of the URL's file-system options, not {type(storage_options).__name__}"
-            )
-        values["storage_options"] = dict(storage_options)
-    if values.get("stop_on_nonfinite") and values["capture"] == "hash":
-        raise UsageError(
-            "stop_on_nonfinite=True needs statistics to see NaN and Inf, and capture='hash' keeps none; "
-            "use capture='stats' (cheap) or 'full'"
-        )
-    return RecordOptions(**values)
-
-
-# ----------------------------------------------------------------------------------------- slots
-def flatten(value: Any, prefix: str, is_tensor: Callable[[Any], bool]) -> Iterator[tuple[str, Any]]:
-    """Yield ``(slot, leaf)`` for every leaf of a nested tuple/list/dict/dataclass structure.
-
-    ``prefix`` is the slot of ``value`` itself; nested entries append ``.index`` or ``.key``.
-    An empty prefix means ``value`` is a top-level container whose entries are slots ``"0"``,
-    ``"key"``... Tensors and non-container objects are leaves.
-    """
-
-    def join(key: object) -> str:
-        return f"{prefix}.{key}" if prefix else str(key)
-
-    if is_tensor(value):
-        yield prefix or "0", value
-    elif isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            yield from flatten(item, join(i), is_tensor)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from flatten(item, join(key), is_tensor)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            yield from flatten(getattr(value, f.name), join(f.name), is_tensor)
-    else:
-        yield prefix or "0", value
-
-
-def map_tensors(value: Any, fn: Callable[[str, Any], Any], prefix: str, is_tensor: Callable[[Any], bool]) -> Any:
-    """Rebuild ``value`` with every tensor leaf ``t`` at slot ``s`` replaced by ``fn(s, t)``.
-
-    Containers whose leaves are all unchanged are returned as the same object.
-    """
-
-    def join(key: object) -> str:
-        return f"{prefix}.{key}" if prefix else str(key)
-
-    if is_tensor(value):
-        return fn(prefix or "0", value)
-    if isinstance(value, (tuple, list)):
-        items = [map_tensors(item, fn, join(i), is_tensor) for i, item in enumerate(value)]
-        if all(a is b for a, b in zip(items, value)):
-            return value
-        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*items)
-        return type(value)(items)
-    if isinstance(value, dict):
-        new = {key: map_tensors(item, fn, join(key), is_tensor) for key, item in value.items()}
-        if all(new[k] is value[k] for k in value):
-            return value
-        rebuilt = value.copy()
-        rebuilt.update(new)
-        return rebuilt
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {
-            f.name: map_tensors(getattr(value, f.name), fn, join(f.name), is_tensor) for f in dataclasses.fields(value) if f.init
-        }
-        if all(changes[k] is getattr(value, k) for k in changes):
-            return value
-        return dataclasses.replace(value, **changes)
-    return value
-
-
-def input_leaves(args: tuple[Any, ...], kwargs: Mapping[str, Any], is_tensor: Callable[[Any], bool]) -> Iterator[tuple[str, Any]]:
-    """The ``(slot, leaf)`` pairs of a call's inputs: positional argument ``i`` at slot ``"i"``,
-    keyword ``k`` at ``"k"``, nested entries below them (see :func:`flatten`)."""
-    for i, arg in enumerate(args):
-        yield from flatten(arg, str(i), is_tensor)
-    for key, arg in kwargs.items():
-        yield from flatten(arg, str(key), is_tensor)
-
-
-# ------------------------------------------------------------------------------------ statistics
-# Above this ratio of n * mean^2 to the sum of squared deviations, the one-pass variance loses
-# digits to cancellation: the exact reference takes over.
-_CANCELLATION_RATIO: Final = 1e4
-_FAST_KINDS: Final = frozenset("fiu")
-
-
-_BLOCK: Final = 1 << 17  # float64 elements: 1 MiB of the thread's scratch_block, stays in cache
-
-
-def fast_stats(array: np.ndarray) -> TensorStats:
-    """:func:`tracespec.format.stats.compute_stats` of ``array``, in few passes.
-
-    Min and max in the array's dtype where numpy has SIMD loops for it (4- and 8-byte numbers);
-    then, a cache-sized block at a time, the block is converted into a reused float64 buffer,
-    summed, squared in place and summed again, so the float64 work never leaves the cache (the
-    extremes of narrow floats, bfloat16 or float16, come from that block too: numpy's own
-    loops for them are twenty times slower). numpy runs single-threaded with the GIL released:
-    no thread pool to wake per tensor. :func:`stats_from_sums` keeps the reference's semantics.
-    """
-    flat = array.reshape(-1)
-    count = flat.size
-    if count == 0 or (flat.dtype.kind not in _FAST_KINDS and flat.dtype.name != "bfloat16"):
-        return compute_stats(array)
-    buffer = scratch_block()[:_BLOCK]
-    native_extremes = flat.dtype.kind in _FAST_KINDS and flat.dtype.itemsize >= 4
-    total = squares = 0.0
-    low, high = math.inf, -math.inf
-    with np.errstate(all="ignore"):  # overflow to inf is detected below, never a warning
-        for start in range(0, count, _BLOCK):
-            block = flat[start : start + _BLOCK]
-            work = buffer[: block.size]
-            np.copyto(work, block, casting="unsafe")
-            if not native_extremes:
-                low, high = min(low, float(work.min())), max(high, float(work.max()))
-            total += float(np.add.reduce(work))
-            np.multiply(work, work, out=work)
-            squares += float(np.add.reduce(work))
-    if native_extremes:
-        low, high = float(flat.min()), float(flat.max())
-    return stats_from_sums(count, low, high, total, squares, lambda: compute_stats(array))
-
-
-def stats_from_sums(
-    count: int, low: float, high: float, total: float, squares: float, reference: Callable[[], TensorStats]
-) -> TensorStats:
-    """Statistics from one pass's float64 sums, or ``reference()`` where the sums cannot be
-    trusted: not finite (NaN or Inf present, or an overflow), or a variance that would lose
-    digits to cancellation. Either way the result has :func:`compute_stats`'s semantics."""
-    mean = total / count
-    m2 = squares - total * mean
-    if not math.isfinite(total + squares) or mean * mean * count > _CANCELLATION_RATIO * max(m2, 0.0):
-        with np.errstate(all="ignore"):  # squares beyond float64 range are inf, not a warning
-            return reference()
-    return TensorStats(count, low, high, mean, math.sqrt(max(m2, 0.0) / count), math.sqrt(squares), 0, 0)
-
-
-# ------------------------------------------------------------------------------------ host copies
-_PAGE: Final = 4096
-
-
-class HostBufferPool:
-    """Reusable host buffers for ``full`` copies.
-
-    Writing into fresh memory costs a page fault per 4 KiB, more than the copy itself; buffers
-    are reused once nobody but the pool references them (the writer drops its reference when
-    the data is on disk). The pool holds at most what was in flight at once, which the writer
-    bounds (``max_pending_bytes``).
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[Hashable, list[np.ndarray]] = {}
-        self._next: dict[Hashable, int] = {}  # where the next search starts, per key
-
-    def copy(self, values: np.ndarray, key: Hashable = None) -> np.ndarray:
-        """A C-contiguous copy of ``values`` in a pooled buffer (``key``: see :meth:`take`)."""
-        out = self.take(values.nbytes, key).view(values.dtype).reshape(values.shape)
-        np.copyto(out, values, casting="no")
-        return out
-
-    def take(self, nbytes: int, key: Hashable = None) -> np.ndarray:
-        """A free, page-aligned buffer of ``nbytes`` bytes (uint8), for the caller to fill.
-
-        Buffers taken with a ``key`` are kept apart from the others: a caller that takes the
-        same sizes under the same keys every step (the ONNX Runtime recorder keys by size) finds
-        a free one among its own. The search starts after the buffer taken last and stops at
-        one of exactly the right size: buffers are taken and released in the same order step
-        after step, so the next one is usually free.
-        """
-        buffers = self._buffers.setdefault(key, [])
-        start = self._next.get(key, 0)
-        best = None
-        for offset in range(len(buffers)):
-            i = (start + offset) % len(buffers)
-            size = buffers[i].nbytes
-            # 2 references, the list's and getrefcount's argument: no view of it is alive.
-            if size >= nbytes + _PAGE and sys.getrefcount(buffers[i]) == 2 and (best is None or size < buffers[best].nbytes):
-                best = i
-                if size == nbytes + _PAGE:
-                    break
-        if best is None:
-            buffers.append(np.empty(nbytes + _PAGE, dtype=np.uint8))
-            best = len(buffers) - 1
-        self._next[key] = best + 1
-        # Page-aligned, so the writer's direct I/O sends it to the disk without a staging copy.
-        # The list keeps the allocation itself: numpy points every view's base at it, which is
-        # what the reference count above sees.
-        buffer = buffers[best]
-        start = -buffer.ctypes.data % _PAGE
-        return buffer[start : start + nbytes]
-
-    def clear(self) -> None:
-        self._buffers.clear()
-        self._next.clear()
 
 
 # ------------------------------------------------------------------------------------ summaries

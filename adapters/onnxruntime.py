@@ -37,7 +37,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
-from tracespec.adapters._common import HostBufferPool
+from tracespec.adapters._host import HostBufferPool
 from tracespec.adapters._onnx_graph import GraphOp, GraphTree, check_external_data, load_model, value_info
 from tracespec.adapters._onnx_instrument import MOMENTS, PREFIX, STATS_TYPES, dtype_name, moment_nodes, stats_from_moments
 from tracespec.errors import InputFileError, UsageError

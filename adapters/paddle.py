@@ -40,19 +40,10 @@ import paddle
 import paddle.distributed
 from paddle.jit.dy2static.program_translator import ProgramTranslator, StaticFunction
 
-from tracespec.adapters._common import (
-    BackwardCall,
-    HostBufferPool,
-    OpDescription,
-    Recorder,
-    RecordOptions,
-    Summary,
-    fast_stats,
-    flatten,
-    map_tensors,
-    op_name,
-    parse_options,
-)
+from tracespec.adapters._common import BackwardCall, OpDescription, Recorder, Summary, op_name
+from tracespec.adapters._host import HostBufferPool, fast_stats
+from tracespec.adapters._options import RecordOptions, parse_options
+from tracespec.adapters._slots import flatten, map_tensors
 from tracespec.errors import UsageError
 from tracespec.format.stats import content_hash
 

@@ -46,21 +46,10 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from tracespec.adapters._common import (
-    BackwardCall,
-    HostBufferPool,
-    OpDescription,
-    Recorder,
-    RecordOptions,
-    Summary,
-    fast_stats,
-    flatten,
-    input_leaves,
-    map_tensors,
-    op_name,
-    parse_options,
-    stats_from_sums,
-)
+from tracespec.adapters._common import BackwardCall, OpDescription, Recorder, Summary, op_name
+from tracespec.adapters._host import HostBufferPool, fast_stats, stats_from_sums
+from tracespec.adapters._options import RecordOptions, parse_options
+from tracespec.adapters._slots import flatten, input_leaves, map_tensors
 from tracespec.errors import UsageError
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 

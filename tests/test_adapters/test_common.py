@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tracespec.adapters import available_adapters
-from tracespec.adapters._common import HostBufferPool, fast_stats, flatten, map_tensors, parse_options
+from tracespec.adapters._host import HostBufferPool, fast_stats
+from tracespec.adapters._options import parse_options
+from tracespec.adapters._slots import flatten, map_tensors
 from tracespec.errors import UsageError
 from tracespec.format.stats import compute_stats
 

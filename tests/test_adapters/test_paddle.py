@@ -16,7 +16,7 @@ import pytest
 from paddle import nn
 
 import tracespec
-from tracespec.adapters._common import fast_stats
+from tracespec.adapters._host import fast_stats
 from tracespec.adapters.paddle import host_array
 from tracespec.format.stats import compute_stats, content_hash
 from tracespec.testing.adapter_tests import SPECS, AdapterTests, ModelSpec, TraceView

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import tracespec
-from tracespec.adapters._common import fast_stats
+from tracespec.adapters._host import fast_stats
 from tracespec.adapters.torch import cpu_stats, device_moments, numpy_view, stats_from_moments
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 from tracespec.testing.adapter_tests import AdapterTests, ModelSpec, TraceView

@@ -74,7 +74,8 @@ import numpy as np
 import pytest
 
 import tracespec
-from tracespec.adapters._common import CaptureBudgetWarning, Recorder, flatten
+from tracespec.adapters._common import CaptureBudgetWarning, Recorder
+from tracespec.adapters._slots import flatten
 from tracespec.errors import UsageError
 from tracespec.format.stats import compute_stats, content_hash
 
