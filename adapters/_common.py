@@ -626,10 +626,10 @@ class Recorder(ABC):
         self._handle_deferred_signal()
         if not self.active:
             return None
-        fc = self._begin_call(node, inputs)
-        self._open_calls.setdefault(node.id, []).append(fc)
-        self._module_calls.append(fc)
-        return fc
+        forward_call = self._begin_call(node, inputs)
+        self._open_calls.setdefault(node.id, []).append(forward_call)
+        self._module_calls.append(forward_call)
+        return forward_call
 
     def forward_end(self, module: Any, output: Any) -> _ForwardCall | None:
         """A module's forward returned ``output``: record the outputs and the call row."""
@@ -644,19 +644,19 @@ class Recorder(ABC):
         stack = self._open_calls.get(node.id)
         if not stack:
             return None
-        fc = stack.pop()
+        forward_call = stack.pop()
         # An exception inside a forward leaves the calls it interrupted open: they end here too.
-        while self._module_calls and self._module_calls.pop() is not fc:
+        while self._module_calls and self._module_calls.pop() is not forward_call:
             pass
-        self._end_call(fc, outputs)
-        return fc
+        self._end_call(forward_call, outputs)
+        return forward_call
 
     def op_caller(self) -> _ForwardCall | None:
         """The innermost module call in progress, where its functional ops are recorded."""
         if not self._module_calls or not self.active:
             return None
-        fc = self._module_calls[-1]
-        return fc if fc.node.records_ops else None
+        forward_call = self._module_calls[-1]
+        return forward_call if forward_call.node.records_ops else None
 
     def op_begin(
         self,
@@ -682,9 +682,9 @@ class Recorder(ABC):
             node = self._op_nodes[key] = self._add_node(route, name, caller.node, None, chain, "op", attrs)
         return self._begin_call(node, input_leaves(args, kwargs, self.is_tensor))
 
-    def op_end(self, fc: _ForwardCall, output: Any) -> None:
+    def op_end(self, forward_call: _ForwardCall, output: Any) -> None:
         """The op of :meth:`op_begin` returned ``output``: record it and the call row."""
-        self._end_call(fc, flatten(output, "", self.is_tensor))
+        self._end_call(forward_call, flatten(output, "", self.is_tensor))
 
     #: The framework's package folder: ops its own code calls are not recorded (see calling_frame).
     framework_dir: ClassVar[str] = ""
@@ -701,7 +701,7 @@ class Recorder(ABC):
         assert caller is not None and op is not None
         name, in_place, qualified = op
         source = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
-        fc = self.op_begin(caller, name, qualified, source, args, kwargs)
+        forward_call = self.op_begin(caller, name, qualified, source, args, kwargs)
         if in_place or kwargs.get("inplace") is True or kwargs.get("out") is not None:
             # The inputs were recorded before the op changed them. A view handed in place of the
             # changed tensor would make autograd rebase it: no gradient is observed through it.
@@ -709,20 +709,20 @@ class Recorder(ABC):
             if output is None and args:
                 output = args[0]  # x[i] = v returns nothing: its result is x
         else:
-            watched = self.watch_inputs(fc, args, kwargs)
+            watched = self.watch_inputs(forward_call, args, kwargs)
             output = func(*watched[0], **watched[1]) if watched is not None else func(*args, **kwargs)
-        self.op_end(fc, output)
-        self.watch_outputs(fc, output)
+        self.op_end(forward_call, output)
+        self.watch_outputs(forward_call, output)
         return output
 
     def watch_inputs(
-        self, fc: _ForwardCall, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, forward_call: _ForwardCall, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Prepare to observe the gradients flowing through this call into its inputs: the new
         arguments to call it with (views with gradient hooks), or None to keep them."""
         return None
 
-    def watch_outputs(self, fc: _ForwardCall, output: Any) -> None:
+    def watch_outputs(self, forward_call: _ForwardCall, output: Any) -> None:
         """Prepare to observe the gradients with respect to the call's outputs."""
 
     def _begin_call(self, node: _Node, inputs: Iterable[tuple[str, Any]]) -> _ForwardCall:
@@ -732,71 +732,89 @@ class Recorder(ABC):
             self._record_module_tensors("forward", ("parameter", "buffer"))
         call = self._call_counts.get(node.id, 0)
         self._call_counts[node.id] = call + 1
-        fc = _ForwardCall(node, call, self._next_event("forward"))
+        forward_call = _ForwardCall(node, call, self._next_event("forward"))
         level = node.levels["input"]
         if level is not None:
-            fc.inputs_nonfinite = self._record_leaves("forward", node, call, "input", inputs, level)
-        return fc
+            forward_call.inputs_nonfinite = self._record_leaves("forward", node, call, "input", inputs, level)
+        return forward_call
 
-    def _end_call(self, fc: _ForwardCall, outputs: Iterable[tuple[str, Any]]) -> None:
+    def _end_call(self, forward_call: _ForwardCall, outputs: Iterable[tuple[str, Any]]) -> None:
         end = self._next_event("forward")
-        level = fc.node.levels["output"]
+        level = forward_call.node.levels["output"]
         nonfinite = False
         if level is not None:
-            nonfinite = self._record_leaves("forward", fc.node, fc.call, "output", outputs, level)
+            nonfinite = self._record_leaves("forward", forward_call.node, forward_call.call, "output", outputs, level)
         assert self.writer is not None
-        self.writer.add_call(step=self.step_index, stage="forward", node=fc.node.id, call=fc.call, begin=fc.begin, end=end)
-        if nonfinite and not fc.inputs_nonfinite:
-            self._stop_at_nonfinite("forward", fc.node, fc.call, "output")
+        self.writer.add_call(
+            step=self.step_index,
+            stage="forward",
+            node=forward_call.node.id,
+            call=forward_call.call,
+            begin=forward_call.begin,
+            end=end,
+        )
+        if nonfinite and not forward_call.inputs_nonfinite:
+            self._stop_at_nonfinite("forward", forward_call.node, forward_call.call, "output")
 
     def wants_backward(self, node: _Node) -> bool:
         """Whether gradients of this node's calls are recorded (adapters skip their hooks if not)."""
         return node.levels["grad_output"] is not None or node.levels["grad_input"] is not None
 
     # ---------------------------------------------------------------- backward (called by hooks)
-    def backward_call(self, fc: _ForwardCall, expected_inputs: int) -> BackwardCall:
+    def backward_call(self, forward_call: _ForwardCall, expected_inputs: int) -> BackwardCall:
         """Create the backward counterpart of a forward call (at its forward end)."""
-        bc = BackwardCall(fc.node, fc.call, expected_inputs, self.step_index)
-        self._backward_calls.append(bc)
-        return bc
+        backward_call = BackwardCall(forward_call.node, forward_call.call, expected_inputs, self.step_index)
+        self._backward_calls.append(backward_call)
+        return backward_call
 
-    def backward_output_grad(self, bc: BackwardCall, slot: str, grad: Any) -> None:
+    def backward_output_grad(self, backward_call: BackwardCall, slot: str, grad: Any) -> None:
         """The gradient with respect to output ``slot`` of the call arrived."""
         self._handle_deferred_signal()
-        if bc.step != self.step_index:
+        if backward_call.step != self.step_index:
             return  # backward of a forward from an earlier step: not this step's record
         self._step_dirty = True
-        if bc.begin is None:
-            bc.begin = self._next_event("backward")
-        level = bc.node.levels["grad_output"]
+        if backward_call.begin is None:
+            backward_call.begin = self._next_event("backward")
+        level = backward_call.node.levels["grad_output"]
         if level is not None:
-            bc.grad_output_nonfinite |= self._record_leaves("backward", bc.node, bc.call, "grad_output", [(slot, grad)], level)
-        if bc.expected_inputs == 0 and not bc.ended:
-            self._end_backward(bc)
+            backward_call.grad_output_nonfinite |= self._record_leaves(
+                "backward", backward_call.node, backward_call.call, "grad_output", [(slot, grad)], level
+            )
+        if backward_call.expected_inputs == 0 and not backward_call.ended:
+            self._end_backward(backward_call)
 
-    def backward_input_grad(self, bc: BackwardCall, slot: str, grad: Any) -> None:
+    def backward_input_grad(self, backward_call: BackwardCall, slot: str, grad: Any) -> None:
         """The gradient with respect to input ``slot`` of the call was computed."""
         self._handle_deferred_signal()
-        if bc.step != self.step_index or bc.ended:
+        if backward_call.step != self.step_index or backward_call.ended:
             return
         self._step_dirty = True
-        if bc.begin is None:
-            bc.begin = self._next_event("backward")
-        level = bc.node.levels["grad_input"]
+        if backward_call.begin is None:
+            backward_call.begin = self._next_event("backward")
+        level = backward_call.node.levels["grad_input"]
         nonfinite = False
         if level is not None:
-            nonfinite = self._record_leaves("backward", bc.node, bc.call, "grad_input", [(slot, grad)], level)
-        bc.received_inputs += 1
-        if bc.received_inputs >= bc.expected_inputs:
-            self._end_backward(bc)
-        if nonfinite and not bc.grad_output_nonfinite:
-            self._stop_at_nonfinite("backward", bc.node, bc.call, "grad_input")
+            nonfinite = self._record_leaves(
+                "backward", backward_call.node, backward_call.call, "grad_input", [(slot, grad)], level
+            )
+        backward_call.received_inputs += 1
+        if backward_call.received_inputs >= backward_call.expected_inputs:
+            self._end_backward(backward_call)
+        if nonfinite and not backward_call.grad_output_nonfinite:
+            self._stop_at_nonfinite("backward", backward_call.node, backward_call.call, "grad_input")
 
-    def _end_backward(self, bc: BackwardCall) -> None:
-        assert self.writer is not None and bc.begin is not None
-        bc.ended = True
+    def _end_backward(self, backward_call: BackwardCall) -> None:
+        assert self.writer is not None and backward_call.begin is not None
+        backward_call.ended = True
         end = self._next_event("backward")
-        self.writer.add_call(step=self.step_index, stage="backward", node=bc.node.id, call=bc.call, begin=bc.begin, end=end)
+        self.writer.add_call(
+            step=self.step_index,
+            stage="backward",
+            node=backward_call.node.id,
+            call=backward_call.call,
+            begin=backward_call.begin,
+            end=end,
+        )
 
     # ---------------------------------------------------------------- optimizer and step end
     def before_optimizer_step(self) -> None:
@@ -819,9 +837,9 @@ class Recorder(ABC):
         assert self.writer is not None
         self.settle()
         if self.active:
-            for bc in self._backward_calls:
-                if bc.begin is not None and not bc.ended:
-                    self._end_backward(bc)  # an input whose gradient never came: ends at step end
+            for backward_call in self._backward_calls:
+                if backward_call.begin is not None and not backward_call.ended:
+                    self._end_backward(backward_call)  # an input whose gradient never came: ends at step end
             self.before_optimizer_step()
             optimizer = optimizer if optimizer is not None else self.options.optimizer
             if optimizer is not None:

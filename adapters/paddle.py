@@ -523,16 +523,16 @@ class PaddleRecorder(Recorder):
         self._patched_optimizers.clear()
 
     def _pre_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        fc = self.forward_begin(layer, args, kwargs)
-        return None if fc is None else self.watch_inputs(fc, args, kwargs)
+        forward_call = self.forward_begin(layer, args, kwargs)
+        return None if forward_call is None else self.watch_inputs(forward_call, args, kwargs)
 
     def watch_inputs(
-        self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, forward_call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        if not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
+        if not paddle.is_grad_enabled() or not self.wants_backward(forward_call.node):
             return None
         state = _CallState()
-        fc.extra = state
+        forward_call.extra = state
 
         def wrap(slot: str, tensor: paddle.Tensor) -> paddle.Tensor:
             if tensor.stop_gradient:
@@ -545,35 +545,35 @@ class PaddleRecorder(Recorder):
         new_kwargs = {k: map_tensors(v, wrap, str(k), self.is_tensor) for k, v in kwargs.items()}
         if not state.inputs:
             return None
-        bc = state.backward = self.backward_call(fc, len(state.inputs))
+        backward_call = state.backward = self.backward_call(forward_call, len(state.inputs))
         for slot, view in state.inputs:
-            view.register_hook(self._input_grad_hook(bc, slot))
+            view.register_hook(self._input_grad_hook(backward_call, slot))
         return new_args, new_kwargs
 
-    def _input_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
+    def _input_grad_hook(self, backward_call: BackwardCall, slot: str) -> Any:
         def hook(grad: paddle.Tensor) -> None:
-            self.backward_input_grad(bc, slot, grad)
+            self.backward_input_grad(backward_call, slot, grad)
 
         return hook
 
     def _post_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        fc = self.forward_end(layer, output)
-        if fc is not None:
-            self.watch_outputs(fc, output)
+        forward_call = self.forward_end(layer, output)
+        if forward_call is not None:
+            self.watch_outputs(forward_call, output)
 
-    def watch_outputs(self, fc: Any, output: Any) -> None:
-        if not paddle.is_grad_enabled() or not self.wants_backward(fc.node):
+    def watch_outputs(self, forward_call: Any, output: Any) -> None:
+        if not paddle.is_grad_enabled() or not self.wants_backward(forward_call.node):
             return
-        state: _CallState = fc.extra if fc.extra is not None else _CallState()
+        state: _CallState = forward_call.extra if forward_call.extra is not None else _CallState()
         outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and not t.stop_gradient]
         if not outputs:
             return
-        bc = state.backward or self.backward_call(fc, 0)
+        backward_call = state.backward or self.backward_call(forward_call, 0)
         for slot, tensor in outputs:
-            tensor.register_hook(self._output_grad_hook(bc, slot))
+            tensor.register_hook(self._output_grad_hook(backward_call, slot))
 
-    def _output_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
+    def _output_grad_hook(self, backward_call: BackwardCall, slot: str) -> Any:
         def hook(grad: paddle.Tensor) -> None:
-            self.backward_output_grad(bc, slot, grad)
+            self.backward_output_grad(backward_call, slot, grad)
 
         return hook

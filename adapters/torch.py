@@ -729,10 +729,10 @@ class TorchRecorder(Recorder):
 
     def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.settle()
-        fc = self.forward_begin(module, args, kwargs)
-        if fc is None:
+        forward_call = self.forward_begin(module, args, kwargs)
+        if forward_call is None:
             return None
-        return self.watch_inputs(fc, args, kwargs)
+        return self.watch_inputs(forward_call, args, kwargs)
 
     def _warn_split(self) -> None:
         """Say once that a compiled low-precision model is recorded between compiled pieces."""
@@ -750,15 +750,15 @@ class TorchRecorder(Recorder):
             )
 
     def watch_inputs(
-        self, fc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, forward_call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Hand the call views of its inputs that need a gradient, with hooks that observe the
         gradient flowing through this call; the new arguments, or None to keep them."""
-        if not torch.is_grad_enabled() or not self.wants_backward(fc.node):
+        if not torch.is_grad_enabled() or not self.wants_backward(forward_call.node):
             return None
         self._warn_split()
         state = _CallState()
-        fc.extra = state
+        forward_call.extra = state
 
         def wrap(slot: str, tensor: torch.Tensor) -> torch.Tensor:
             if not tensor.requires_grad:
@@ -771,11 +771,11 @@ class TorchRecorder(Recorder):
         new_kwargs = {k: map_tensors(v, wrap, str(k), self.is_tensor) for k, v in kwargs.items()}
         if not state.inputs:
             return None
-        bc = self.backward_call(fc, len(state.inputs))
-        state.backward = bc
+        backward_call = self.backward_call(forward_call, len(state.inputs))
+        state.backward = backward_call
         for wrapped in state.inputs:
-            wrapped.view.register_hook(self._input_grad_hook(bc, wrapped.slot))
-            wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(bc, wrapped.slot))
+            wrapped.view.register_hook(self._input_grad_hook(backward_call, wrapped.slot))
+            wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(backward_call, wrapped.slot))
         return new_args, new_kwargs
 
     def describe_op(self, func: Any) -> OpDescription | None:
@@ -785,28 +785,28 @@ class TorchRecorder(Recorder):
             self._op_descriptions[func] = None if named is None else (*named, _qualified_name(func))
         return self._op_descriptions[func]
 
-    def _input_grad_hook(self, bc: BackwardCall, pending: _InputSlot) -> Any:
+    def _input_grad_hook(self, backward_call: BackwardCall, pending: _InputSlot) -> Any:
         def hook(grad: torch.Tensor) -> None:
             self.settle()
             if pending.slot is not None:
                 slot, pending.slot = pending.slot, None
-                self.backward_input_grad(bc, slot, grad)
+                self.backward_input_grad(backward_call, slot, grad)
 
         return hook
 
     def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self.settle()
-        fc = self.forward_end(module, output)
-        if fc is not None:
-            self.watch_outputs(fc, output)
+        forward_call = self.forward_end(module, output)
+        if forward_call is not None:
+            self.watch_outputs(forward_call, output)
 
-    def watch_outputs(self, fc: Any, output: Any) -> None:
+    def watch_outputs(self, forward_call: Any, output: Any) -> None:
         """Hook the call's outputs that need a gradient (its backward begins at the first)."""
-        if not torch.is_grad_enabled() or not self.wants_backward(fc.node):
+        if not torch.is_grad_enabled() or not self.wants_backward(forward_call.node):
             return
-        state: _CallState | None = fc.extra
+        state: _CallState | None = forward_call.extra
         if state is None:
-            state = fc.extra = _CallState()
+            state = forward_call.extra = _CallState()
         for wrapped in state.inputs:
             if wrapped.view._version == wrapped.version:
                 wrapped.fallback.remove()  # the view's own hook will fire
@@ -814,14 +814,14 @@ class TorchRecorder(Recorder):
         outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and t.requires_grad]
         if not outputs:
             return
-        bc = state.backward or self.backward_call(fc, 0)
-        state.backward = bc
+        backward_call = state.backward or self.backward_call(forward_call, 0)
+        state.backward = backward_call
         for slot, tensor in outputs:
-            tensor.register_hook(self._output_grad_hook(bc, slot))
+            tensor.register_hook(self._output_grad_hook(backward_call, slot))
 
-    def _output_grad_hook(self, bc: BackwardCall, slot: str) -> Any:
+    def _output_grad_hook(self, backward_call: BackwardCall, slot: str) -> Any:
         def hook(grad: torch.Tensor) -> None:
             self.settle()
-            self.backward_output_grad(bc, slot, grad)
+            self.backward_output_grad(backward_call, slot, grad)
 
         return hook
