@@ -275,6 +275,56 @@ def recorded_steps(
     return elapsed / steps, cpu / steps, written // steps
 
 
+def one_shot(model: Any, step: Callable[[], None], level: str, folder: Path) -> tuple[float, float, int]:
+    """What a user debugging does: one step with the default options (every role), the ``with``
+    block timed whole, from entering it to leaving it with the trace written and durable. Wall and
+    CPU seconds, and the bytes written."""
+    path = folder / f"one-shot-{level}"
+    shutil.rmtree(path, ignore_errors=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    with tracespec.record(model, path, capture=level) as rec:
+        step()
+        rec.step()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    written = folder_bytes(path)
+    shutil.rmtree(path)
+    return elapsed, cpu, written
+
+
+def run_one_shot(model: Any, step: Callable[[], None], levels: list[str], folder: Path, rounds: int) -> None:
+    """``--one-shot``: per round, a bare step and one recorded step per level, alternating."""
+    ratios: dict[str, list[float]] = {level: [] for level in levels}
+    cpu_ratios: dict[str, list[float]] = {level: [] for level in levels}
+    seconds: dict[str, list[float]] = {level: [] for level in levels}
+    written: dict[str, int] = {}
+    limits: dict[str, list[float]] = {level: [] for level in levels}
+    bare_all: list[float] = []
+    for round_ in range(rounds):
+        for level in levels:
+            gc.collect()
+            bare, bare_cpu = bare_step(step)
+            elapsed, cpu, nbytes = one_shot(model, step, level, folder)
+            bare_all.append(bare)
+            seconds[level].append(elapsed)
+            ratios[level].append(elapsed / bare)
+            cpu_ratios[level].append(cpu / bare_cpu)
+            written[level] = nbytes
+            limits[level].append((bare + copy_and_write_seconds(nbytes, folder)) / bare)
+        print(f"round {round_ + 1}: " + " ".join(f"{lv} {seconds[lv][-1]:.3f}s" for lv in levels), file=sys.stderr)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"\none step with the defaults (every role), the with block timed whole; bare step {statistics.median(bare_all):.3f} s "
+        f"(median); x bare = median of per-round ratios; load average at the end {load}"
+    )
+    print("| capture | with block (s) | x bare | x bare, CPU time | MB written | limit: bare + copy&write, x bare |")
+    print("|---|---|---|---|---|---|")
+    for level in levels:
+        print(
+            f"| {level} | {statistics.median(seconds[level]):.3f} | {statistics.median(ratios[level]):.2f} "
+            f"| {statistics.median(cpu_ratios[level]):.2f} | {written[level] / 1e6:.1f} | {statistics.median(limits[level]):.2f} |"
+        )
+
+
 def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
     """The machine's limit for ``nbytes``: copy them in memory, then write and fsync a file."""
     block = 64 << 20
@@ -316,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--folder", type=Path, default=None, help="where traces are written (default: a temp folder in .)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="what a user does first: one step recorded with the defaults (every role), the with block timed whole, "
+        "next to a bare step and the machine's copy-and-write limit for the same bytes",
+    )
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     levels = [
@@ -333,6 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 2 if args.compiled else 1
     label = f"{args.framework}{' compiled' if args.compiled else ''}"
     folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
+    if args.one_shot:
+        try:
+            for _ in range(warmup):
+                step()
+            run_one_shot(model, step, args.levels.split(","), folder, args.rounds)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
     print(
         f"{label}, {size}, {args.threads} threads, {args.rounds} rounds of {args.steps} recorded steps, roles {roles}",
         file=sys.stderr,
