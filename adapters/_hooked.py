@@ -1,9 +1,6 @@
-"""The recorder of frameworks observed through hooks: module forward hooks and tensor gradient hooks.
-
-PyTorch and Paddle are recorded the same way; :class:`HookedRecorder` does it once, over a few
-framework primitives (:meth:`~HookedRecorder.hook_forward`, :meth:`~HookedRecorder.grad_enabled`,
-:meth:`~HookedRecorder.requires_grad`, :meth:`~HookedRecorder.identity_view`) and the tensors'
-``register_hook(fn)``, which returns a handle with ``remove()`` in both.
+"""The recorder of frameworks observed through hooks: module forward hooks and tensor gradient
+hooks (``register_hook(fn)``, which returns a handle with ``remove()``). PyTorch and Paddle are
+recorded the same way, here, over a few framework primitives (see :class:`HookedRecorder`).
 
 Constraints:
 - No observer effect: the only change to the graph is that a call's inputs that need a gradient
@@ -26,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tracespec.adapters._common import BackwardCall, Recorder, _ForwardCall
+from tracespec.adapters._common import BackwardCall, OpDescription, Recorder, _ForwardCall, calling_frame
 from tracespec.adapters._host import HostBufferPool
 from tracespec.adapters._options import RecordOptions
 from tracespec.adapters._slots import flatten, map_tensors
@@ -63,11 +60,8 @@ class _CallState:
 
 
 class HookedRecorder(Recorder):
-    """A :class:`Recorder` fed by module forward pre/post hooks and tensor gradient hooks.
-
-    A framework implements the primitives below (each a line or two) besides what every
-    :class:`Recorder` needs (module enumeration, summaries, optimizer state).
-    """
+    """A :class:`Recorder` fed by module forward pre/post hooks and tensor gradient hooks; a
+    framework implements the primitives below besides what every :class:`Recorder` needs."""
 
     #: Whether an input whose view the call modified in place is observed through a hook on the
     #: input itself (PyTorch drops the hooks of a view modified in place; Paddle keeps them).
@@ -127,6 +121,35 @@ class HookedRecorder(Recorder):
         forward_call = self.forward_end(module, output)
         if forward_call is not None:
             self.watch_outputs(forward_call, output)
+
+    #: The framework's package folder: ops its own code calls are not recorded (see calling_frame).
+    framework_dir: ClassVar[str] = ""
+    #: Files of the framework that only hand a function to the adapter's interception point.
+    dispatch_files: ClassVar[frozenset[str]] = frozenset()
+
+    def call_op(self, func: Callable[..., Any], op: OpDescription | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``func`` (described by ``op``, None when it is not an op) for the adapter's
+        interception point; record it when the forward code of a module called it directly."""
+        caller = self.op_caller()
+        frame = calling_frame(self.framework_dir, self.dispatch_files) if caller is not None and op is not None else None
+        if frame is None:
+            return func(*args, **kwargs)
+        assert caller is not None and op is not None
+        name, in_place, qualified = op
+        source = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+        forward_call = self.op_begin(caller, name, qualified, source, args, kwargs)
+        if in_place or kwargs.get("inplace") is True or kwargs.get("out") is not None:
+            # The inputs were recorded before the op changed them. A view handed in place of the
+            # changed tensor would make autograd rebase it: no gradient is observed through it.
+            output = func(*args, **kwargs)
+            if output is None and args:
+                output = args[0]  # x[i] = v returns nothing: its result is x
+        else:
+            watched = self.watch_inputs(forward_call, args, kwargs)
+            output = func(*watched[0], **watched[1]) if watched is not None else func(*args, **kwargs)
+        self.op_end(forward_call, output)
+        self.watch_outputs(forward_call, output)
+        return output
 
     def observes_backward(self, forward_call: _ForwardCall) -> bool:
         """Whether the call's gradients are observed: autograd is on and they are recorded."""
