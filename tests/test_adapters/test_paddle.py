@@ -18,8 +18,8 @@ from paddle import nn
 import tracespec
 from tracespec.adapters._host import fast_stats
 from tracespec.adapters.paddle import host_array
-from tracespec.format.stats import compute_stats, content_hash
-from tracespec.testing.adapter_tests import SPECS, AdapterTests, ModelSpec, TraceView
+from tracespec.format.stats import compute_stats
+from tracespec.testing.adapter_tests import AdapterTests, ModelSpec, TraceView
 
 
 # ------------------------------------------------------------------------------ the spec models
@@ -181,6 +181,27 @@ class TestPaddleAdapter(AdapterTests):
     def framework_version(self) -> str:
         return str(paddle.__version__)
 
+    def cast(self, dtype: str) -> nn.Layer:
+        return Cast(dtype)
+
+    def bits_of(self, tensor: Any) -> bytes:
+        return bits_of(tensor)
+
+    def layer_norm(self, n: int) -> nn.Layer:
+        return nn.LayerNorm(n)
+
+    def fan_out(self) -> nn.Layer:
+        return FanOut()
+
+    def make_adam(self, model: Any) -> Any:
+        return paddle.optimizer.Adam(learning_rate=0.01, parameters=model.parameters())
+
+    adam_slots = frozenset({"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"})
+
+    def adam_state(self, optimizer: Any, parameter: Any) -> dict[str, np.ndarray]:
+        # Paddle keeps it per accumulator, keyed by the parameter's name (``linear_0.w_0``).
+        return {key: values[parameter.name].numpy() for key, values in optimizer._accumulators.items()}
+
 
 # ------------------------------------------------------------------------------ paddle only
 class Cast(nn.Layer):
@@ -195,25 +216,6 @@ class Cast(nn.Layer):
 def bits_of(tensor: paddle.Tensor) -> bytes:
     """The raw bytes of a tensor, taken by Paddle itself (numpy() gives bf16/fp8 as integers)."""
     return tensor.numpy().tobytes()
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float8_e4m3fn"])
-def test_low_precision_activations_read_back_with_their_dtype_and_bits(dtype: str, tmp_path: Path) -> None:
-    model = Cast(dtype)
-    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32) * 3)
-    with tracespec.record(model, tmp_path / "t", capture="full") as rec:
-        out = model(x)
-        rec.step()
-    view = TraceView(tmp_path / "t")
-    record = view.one("", role="output")
-    assert record["dtype"] == dtype
-    got = view.array(record)
-    assert got.dtype == np.dtype(getattr(ml_dtypes, dtype, dtype)), "never the uint16 bits, never upcast"
-    assert got.tobytes() == bits_of(out)
-    expected = x.numpy().astype(got.dtype)  # numpy's own rounding of the same float32 values
-    assert got.tobytes() == expected.tobytes()
-    assert record["hash"] == content_hash(got)
-    assert record["mean"] == pytest.approx(float(expected.astype(np.float64).mean()), rel=1e-12)
 
 
 class Scale(nn.Layer):
@@ -285,6 +287,15 @@ class SquareLayer(nn.Layer):
         return Square.apply(x)  # type: ignore[no-any-return]
 
 
+class FanOut(nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, h: paddle.Tensor) -> paddle.Tensor:
+        return F.softmax(paddle.matmul(self.q(h), self.k(h), transpose_y=True), axis=-1) @ self.v(h)
+
+
 @pytest.mark.filterwarnings("ignore:When training, we now always track global mean and variance")
 def test_batchnorm_running_statistics_are_recorded_as_paddle_keeps_them(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1D(4))
@@ -298,20 +309,6 @@ def test_batchnorm_running_statistics_are_recorded_as_paddle_keeps_them(tmp_path
     assert slots == {"weight", "bias", "_mean", "_variance"}
     grads = {r["slot"] for r in view.records("1", role="parameter_grad")}
     assert grads == {"weight", "bias"}
-
-
-def test_adam_state_is_mapped_back_to_parameters(tmp_path: Path) -> None:
-    model = build(SPECS["mlp"])
-    opt = paddle.optimizer.Adam(learning_rate=0.01, parameters=model.parameters())
-    with tracespec.record(model, tmp_path / "t", capture="full", optimizer=opt) as rec:
-        model(paddle.randn([2, 6])).sum().backward()
-        opt.step()
-        rec.step()
-    view = TraceView(tmp_path / "t")
-    state = {(view.route_of[r["node"]], r["slot"]): r for r in view.records(role="optimizer_state")}
-    assert ("fc1", "weight.moment1") in state and ("fc2", "bias.moment2") in state
-    moment = view.array(state[("fc1", "weight.moment1")])
-    np.testing.assert_array_equal(moment, opt._accumulators["moment1"][model.fc1.weight.name].numpy())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float8_e4m3fn", "int64", "bool"])
