@@ -198,6 +198,19 @@ class TestTorchAdapter(AdapterTests):
     def adam_state(self, optimizer: Any, parameter: Any) -> dict[str, np.ndarray]:
         return {key: value.numpy() for key, value in optimizer.state[parameter].items()}
 
+    def distributed_script(self, store: Path) -> str:
+        return f"""
+import os, sys, torch, torch.distributed as dist, tracespec
+dist.init_process_group("gloo", init_method="file://{store}", rank=int(os.environ["RANK"]), world_size=2)
+model = torch.nn.Linear(3, 2)
+with tracespec.record(model, sys.argv[1]) as rec:
+    model(torch.ones(1, 3)).sum().backward(); rec.step()
+dist.destroy_process_group()
+"""
+
+    def distributed_env(self, rank: int) -> dict[str, str]:
+        return {"RANK": str(rank), "PATH": "/usr/bin:/bin"}
+
 
 # ------------------------------------------------------------------------------ torch only
 def record_run(path: Path, model: nn.Module, x: torch.Tensor, steps: int = 1, **options: Any) -> list[torch.Tensor]:
@@ -309,23 +322,6 @@ def assert_stats_match(got: TensorStats, reference: TensorStats) -> None:
         assert (getattr(got, name) is None) == (expected is None), name
         if expected is not None:
             assert getattr(got, name) == pytest.approx(expected, rel=1e-9, abs=1e-300), name
-
-
-def test_torch_distributed_rank_is_picked_up(tmp_path: Path) -> None:
-    script = f"""
-import os, torch, torch.distributed as dist, tracespec
-from torch import nn
-rank = int(os.environ["RANK"])
-dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=rank, world_size=2)
-model = nn.Linear(3, 2)
-with tracespec.record(model, "{tmp_path}/t") as rec:
-    model(torch.ones(1, 3)).sum().backward(); rec.step()
-dist.destroy_process_group()
-"""
-    procs = [subprocess.Popen([sys.executable, "-c", script], env={"RANK": str(r), "PATH": "/usr/bin:/bin"}) for r in (0, 1)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    trace = tracespec.load_trace(tmp_path / "t")
-    assert trace.ranks == [0, 1] and trace.manifest.world_size == 2 and trace.complete
 
 
 def test_record_picks_the_torch_adapter_and_import_stays_framework_free() -> None:

@@ -37,6 +37,8 @@ Implementing an adapter's tests (``tests/test_adapters/test_<framework>.py``)::
         def make_adam(self, model): ...       # Adam, lr 0.01
         adam_slots = {"step", "exp_avg", "exp_avg_sq"}  # its state slots of a parameter
         def adam_state(self, optimizer, parameter): ...  # {slot: numpy}, as the optimizer keeps it
+        def distributed_script(self, store): ...  # joins a 2-process job, records into sys.argv[1]
+        def distributed_env(self, rank): ...  # what the framework's launcher sets for a rank
 
 The model classes a ``build`` must produce (class names matter: they are recorded):
 
@@ -450,6 +452,15 @@ class AdapterTests(ABC):
     @abstractmethod
     def adam_state(self, optimizer: Any, parameter: Any) -> dict[str, np.ndarray]:
         """The state :meth:`make_adam`'s optimizer keeps for ``parameter``, read from the optimizer."""
+
+    @abstractmethod
+    def distributed_script(self, store: Path) -> str:
+        """Python code run as each rank of a two-process job (``store``: a file the job may meet
+        at): it records a ``Linear(3, 2)`` for one step into the path ``sys.argv[1]``."""
+
+    @abstractmethod
+    def distributed_env(self, rank: int) -> dict[str, str]:
+        """The environment the framework's launcher gives rank ``rank`` of two."""
 
     # ------------------------------------------------------------ running
     def inputs(self, spec: ModelSpec) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -1057,3 +1068,14 @@ class AdapterTests(ABC):
         assert len(seen) == 3
         assert recorder() is None
         assert [ref() for ref in seen] == [None, None, None]
+
+    def test_the_distributed_rank_is_picked_up(self, tmp_path: Path) -> None:
+        script = self.distributed_script(tmp_path / "store")
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "t")], env=self.distributed_env(rank))
+            for rank in (0, 1)
+        ]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        trace = tracespec.load_trace(tmp_path / "t")
+        assert trace.ranks == [0, 1] and trace.manifest.world_size == 2 and trace.complete
+        assert trace.manifest.framework == self.framework
