@@ -2,8 +2,8 @@
 steps, crash handling). Its parts live beside it: the options in ``_options``, slot names in
 ``_slots``, host statistics and copy buffers in ``_host``.
 
-A framework adapter (``adapters/torch.py``, ``adapters/paddle.py``) subclasses :class:`Recorder`
-and provides only what needs the framework: module enumeration, hook installation and removal,
+A framework adapter subclasses :class:`Recorder` (``adapters/torch.py`` and ``adapters/paddle.py``
+through the ``HookedRecorder`` of ``adapters/_hooked.py``) and provides only what needs the framework: module enumeration, hook installation and removal,
 and turning a tensor into a :class:`Summary` (host copy, statistics, hash). Everything that
 decides *what* is recorded and *how it is named* lives here, so two frameworks name the same
 thing the same way.
