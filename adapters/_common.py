@@ -2,8 +2,8 @@
 steps, crash handling). Its parts live beside it: the options in ``_options``, slot names in
 ``_slots``, host statistics and copy buffers in ``_host``.
 
-A framework adapter (``adapters/torch.py``, ``adapters/paddle.py``) subclasses :class:`Recorder`
-and provides only what needs the framework: module enumeration, hook installation and removal,
+A framework adapter subclasses :class:`Recorder` (``adapters/torch.py`` and ``adapters/paddle.py``
+through the ``HookedRecorder`` of ``adapters/_hooked.py``) and provides only what needs the framework: module enumeration, hook installation and removal,
 and turning a tensor into a :class:`Summary` (host copy, statistics, hash). Everything that
 decides *what* is recorded and *how it is named* lives here, so two frameworks name the same
 thing the same way.
@@ -685,45 +685,6 @@ class Recorder(ABC):
     def op_end(self, forward_call: _ForwardCall, output: Any) -> None:
         """The op of :meth:`op_begin` returned ``output``: record it and the call row."""
         self._end_call(forward_call, flatten(output, "", self.is_tensor))
-
-    #: The framework's package folder: ops its own code calls are not recorded (see calling_frame).
-    framework_dir: ClassVar[str] = ""
-    #: Files of the framework that only hand a function to the adapter's interception point.
-    dispatch_files: ClassVar[frozenset[str]] = frozenset()
-
-    def call_op(self, func: Callable[..., Any], op: OpDescription | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run ``func`` (described by ``op``, None when it is not an op) for the adapter's
-        interception point; record it when the forward code of a module called it directly."""
-        caller = self.op_caller()
-        frame = calling_frame(self.framework_dir, self.dispatch_files) if caller is not None and op is not None else None
-        if frame is None:
-            return func(*args, **kwargs)
-        assert caller is not None and op is not None
-        name, in_place, qualified = op
-        source = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
-        forward_call = self.op_begin(caller, name, qualified, source, args, kwargs)
-        if in_place or kwargs.get("inplace") is True or kwargs.get("out") is not None:
-            # The inputs were recorded before the op changed them. A view handed in place of the
-            # changed tensor would make autograd rebase it: no gradient is observed through it.
-            output = func(*args, **kwargs)
-            if output is None and args:
-                output = args[0]  # x[i] = v returns nothing: its result is x
-        else:
-            watched = self.watch_inputs(forward_call, args, kwargs)
-            output = func(*watched[0], **watched[1]) if watched is not None else func(*args, **kwargs)
-        self.op_end(forward_call, output)
-        self.watch_outputs(forward_call, output)
-        return output
-
-    def watch_inputs(
-        self, forward_call: _ForwardCall, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """Prepare to observe the gradients flowing through this call into its inputs: the new
-        arguments to call it with (views with gradient hooks), or None to keep them."""
-        return None
-
-    def watch_outputs(self, forward_call: _ForwardCall, output: Any) -> None:
-        """Prepare to observe the gradients with respect to the call's outputs."""
 
     def _begin_call(self, node: _Node, inputs: Iterable[tuple[str, Any]]) -> _ForwardCall:
         self._step_dirty = True

@@ -5,15 +5,10 @@ Paddle specifics are in ``docs/paddle.md``.
 
 Constraints:
 - No observer effect: hooks read tensors and never change what the model computes; nothing
-  draws from an RNG. The only change to the graph is that a layer's inputs that need a gradient
-  are handed to it as ``x.view(x.shape)`` (same memory, same values, and in Paddle the same
-  in-place version counter), so that the gradient flowing through *this* call into ``x`` can be
-  observed apart from other uses of ``x``. A view's backward is a reshape of the gradient: no
-  arithmetic, so every gradient stays bit-identical.
-- Paddle has no module-level backward hook; backward is observed with ``Tensor.register_hook``:
-  on the outputs (``grad_output``: the full gradient of the output, all its uses; ``begin`` when
-  the first arrives) and on the input views (``grad_input``: the part that flows through this
-  call; ``end`` when the last differentiable input's arrives). A layer that modifies its input
+  draws from an RNG. Layers are observed as :class:`HookedRecorder` says (``adapters/_hooked.py``;
+  Paddle has no module-level backward hook, only ``Tensor.register_hook``); their inputs that need
+  a gradient are handed to them as ``x.view(x.shape)``, whose backward is a reshape of the
+  gradient: no arithmetic, so every gradient stays bit-identical. A layer that modifies its input
   view in place still reports the gradient with respect to the value it received.
 - Values keep their true dtype: ``Tensor.numpy()`` returns bfloat16 as raw ``uint16`` and float8
   as ``int8``; those bits are reinterpreted as ``ml_dtypes`` types, never converted.
@@ -31,45 +26,28 @@ import functools
 import math
 import os
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
-import ml_dtypes
 import numpy as np
 import paddle
 import paddle.distributed
 from paddle.jit.dy2static.program_translator import ProgramTranslator, StaticFunction
 
-from tracespec.adapters._common import BackwardCall, OpDescription, Recorder, Summary, op_name
-from tracespec.adapters._host import HostBufferPool, fast_stats
+from tracespec.adapters._common import OpDescription, Summary, op_name
+from tracespec.adapters._hooked import ForwardPostHook, ForwardPreHook, HookedRecorder
+from tracespec.adapters._host import fast_stats
 from tracespec.adapters._options import RecordOptions, parse_options
-from tracespec.adapters._slots import flatten, map_tensors
 from tracespec.errors import UsageError
+from tracespec.format.dtypes import DTYPES
 from tracespec.format.stats import content_hash
 
 __all__ = ["FRAMEWORK", "OP_FUNCTIONS", "PaddleRecorder", "accepts", "host_array", "record"]
 
 FRAMEWORK: Final = "paddle"
 
+# Paddle's wider unsigned types are left out: ``astype("uint16")`` makes a bfloat16 tensor.
 _DTYPE_NAMES: Final[dict[Any, str]] = {
-    getattr(paddle, name): name
-    for name in (
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "float16",
-        "float32",
-        "float64",
-        "bfloat16",
-        "complex64",
-        "complex128",
-        "float8_e4m3fn",
-        "float8_e5m2",
-    )
-    if hasattr(paddle, name)
+    getattr(paddle, name): name for name in DTYPES if hasattr(paddle, name) and name not in ("uint16", "uint32", "uint64")
 }
 
 OP_FUNCTIONS: Final[dict[str, tuple[str, ...]]] = {
@@ -278,13 +256,6 @@ a function imported by name before recording (``from paddle import matmul``) is 
 
 _PADDLE_DIR: Final = os.path.dirname(paddle.__file__) + os.sep
 
-# dtypes numpy lacks: Tensor.numpy() hands back their bits as a same-width integer array.
-_BIT_TYPES: Final[dict[str, Any]] = {
-    "bfloat16": ml_dtypes.bfloat16,
-    "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
-    "float8_e5m2": ml_dtypes.float8_e5m2,
-}
-
 
 def accepts(model: Any) -> bool:
     """Whether this adapter records ``model`` (a ``paddle.nn.Layer``)."""
@@ -324,9 +295,9 @@ def host_array(tensor: paddle.Tensor) -> np.ndarray:
     tensor = tensor.detach()
     if not tensor.place.is_cpu_place():
         tensor = tensor.cpu()
-    bits = _BIT_TYPES.get(_DTYPE_NAMES[tensor.dtype])
-    if bits is not None:
-        return tensor.numpy().view(bits)
+    dtype = DTYPES[_DTYPE_NAMES[tensor.dtype]]
+    if dtype.stored_as_bits:  # numpy lacks it: Tensor.numpy() hands back its bits as integers
+        return tensor.numpy().view(dtype.numpy)
     return np.from_dlpack(tensor)
 
 
@@ -349,13 +320,7 @@ def _device_name(place: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ recorder
-@dataclass(slots=True)
-class _CallState:
-    backward: BackwardCall | None = None
-    inputs: list[tuple[str, paddle.Tensor]] = field(default_factory=list)
-
-
-class PaddleRecorder(Recorder):
+class PaddleRecorder(HookedRecorder):
     """Records a ``paddle.nn.Layer`` through forward pre/post hooks and tensor gradient hooks."""
 
     framework = FRAMEWORK
@@ -364,10 +329,9 @@ class PaddleRecorder(Recorder):
     def __init__(self, model: paddle.nn.Layer, path: str | os.PathLike[str], options: RecordOptions) -> None:
         _refuse_static(model)
         super().__init__(model, path, options)
-        self._handles: list[Any] = []
-        self._patched_optimizers: list[tuple[Any, str, Any]] = []  # (optimizer, method, what its own dict held)
-        self._patched_ops: list[tuple[Any, str, Any]] = []  # (owner, name, what its own dict held)
-        self._host_buffers = HostBufferPool()
+        # Functions and optimizer methods replaced while recording: (owner, name, what its own
+        # dict held), restored by remove_hooks().
+        self._patched: list[tuple[Any, str, Any]] = []
 
     # ---------------------------------------------------------------- description
     def framework_version(self) -> str:
@@ -419,9 +383,6 @@ class PaddleRecorder(Recorder):
         # this catches a layer's input view, which is the previous layer's output.
         return (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.strides), tensor.dtype)
 
-    def parameter_grad(self, parameter: Any) -> Any:
-        return parameter.grad
-
     def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
         # Paddle keys its optimizer state by parameter *name* (``linear_0.w_0``): map it back.
         by_name = {p.name: p for p in self.model.parameters()}
@@ -441,7 +402,7 @@ class PaddleRecorder(Recorder):
         # Everything is computed now, from memory the model cannot change during the hook.
         if level == "full":
             # The bit-type and device paths already made a private host copy; keep it.
-            private = name in _BIT_TYPES or not tensor.place.is_cpu_place()
+            private = DTYPES[name].stored_as_bits or not tensor.place.is_cpu_place()
             if not (private and values.flags.c_contiguous):
                 values = self._host_buffers.copy(values)
             summary.array = values
@@ -453,12 +414,30 @@ class PaddleRecorder(Recorder):
 
     # ---------------------------------------------------------------- hooks
     def install_hooks(self) -> None:
-        for node in self._nodes:
-            layer = node.module
-            self._handles.append(layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-            self._handles.append(layer.register_forward_post_hook(self._post_hook, with_kwargs=True))
+        super().install_hooks()
         if self.options.ops is not None:
             self._wrap_ops()
+
+    def hook_forward(self, module: Any, pre_hook: ForwardPreHook, post_hook: ForwardPostHook) -> list[Any]:
+        return [
+            module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+            module.register_forward_post_hook(post_hook, with_kwargs=True),
+        ]
+
+    def grad_enabled(self) -> bool:
+        return bool(paddle.is_grad_enabled())
+
+    def requires_grad(self, tensor: Any) -> bool:
+        return not tensor.stop_gradient
+
+    def identity_view(self, tensor: Any) -> Any:
+        # A Paddle view shares its base's version counter, and keeps its hooks when modified in place.
+        return tensor.view(tensor.shape)
+
+    def _patch(self, owner: Any, name: str, value: Any) -> None:
+        """Set ``owner.name`` to ``value`` until remove_hooks()."""
+        self._patched.append((owner, name, vars(owner).get(name)))
+        setattr(owner, name, value)
 
     def _wrap_ops(self) -> None:
         """Put a recording wrapper in place of each function of :data:`OP_FUNCTIONS`."""
@@ -474,8 +453,7 @@ class PaddleRecorder(Recorder):
                     wrapper: Any = property(self._op_wrapper(original.fget, op))
                 else:
                     wrapper = self._op_wrapper(original, op)
-                self._patched_ops.append((owner, name, vars(owner).get(name)))
-                setattr(owner, name, wrapper)
+                self._patch(owner, name, wrapper)
 
     def _op_wrapper(self, original: Callable[..., Any], op: OpDescription) -> Callable[..., Any]:
         @functools.wraps(original)
@@ -492,8 +470,7 @@ class PaddleRecorder(Recorder):
         for name in ("step", "minimize"):
             if not callable(getattr(optimizer, name, None)):
                 continue
-            self._patched_optimizers.append((optimizer, name, optimizer.__dict__.get(name)))
-            setattr(optimizer, name, self._optimizer_wrapper(optimizer, getattr(optimizer, name)))
+            self._patch(optimizer, name, self._optimizer_wrapper(optimizer, getattr(optimizer, name)))
 
     def _optimizer_wrapper(self, optimizer: Any, original: Callable[..., Any]) -> Callable[..., Any]:
         def update(*args: Any, **kwargs: Any) -> Any:
@@ -505,75 +482,10 @@ class PaddleRecorder(Recorder):
         return update
 
     def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for owner, name, own in reversed(self._patched_ops):
+        super().remove_hooks()
+        for owner, name, own in reversed(self._patched):
             if own is None:
                 delattr(owner, name)  # it was inherited (from a base class)
             else:
                 setattr(owner, name, own)
-        self._patched_ops.clear()
-        self._host_buffers.clear()
-        for optimizer, name, own in reversed(self._patched_optimizers):
-            if own is None:
-                delattr(optimizer, name)
-            else:
-                setattr(optimizer, name, own)
-        self._patched_optimizers.clear()
-
-    def _pre_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        forward_call = self.forward_begin(layer, args, kwargs)
-        return None if forward_call is None else self.watch_inputs(forward_call, args, kwargs)
-
-    def watch_inputs(
-        self, forward_call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        if not paddle.is_grad_enabled() or not self.wants_backward(forward_call.node):
-            return None
-        state = _CallState()
-        forward_call.extra = state
-
-        def wrap(slot: str, tensor: paddle.Tensor) -> paddle.Tensor:
-            if tensor.stop_gradient:
-                return tensor
-            view = tensor.view(tensor.shape)
-            state.inputs.append((slot, view))
-            return view
-
-        new_args = tuple(map_tensors(a, wrap, str(i), self.is_tensor) for i, a in enumerate(args))
-        new_kwargs = {k: map_tensors(v, wrap, str(k), self.is_tensor) for k, v in kwargs.items()}
-        if not state.inputs:
-            return None
-        backward_call = state.backward = self.backward_call(forward_call, len(state.inputs))
-        for slot, view in state.inputs:
-            view.register_hook(self._input_grad_hook(backward_call, slot))
-        return new_args, new_kwargs
-
-    def _input_grad_hook(self, backward_call: BackwardCall, slot: str) -> Any:
-        def hook(grad: paddle.Tensor) -> None:
-            self.backward_input_grad(backward_call, slot, grad)
-
-        return hook
-
-    def _post_hook(self, layer: paddle.nn.Layer, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        forward_call = self.forward_end(layer, output)
-        if forward_call is not None:
-            self.watch_outputs(forward_call, output)
-
-    def watch_outputs(self, forward_call: Any, output: Any) -> None:
-        if not paddle.is_grad_enabled() or not self.wants_backward(forward_call.node):
-            return
-        state: _CallState = forward_call.extra if forward_call.extra is not None else _CallState()
-        outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and not t.stop_gradient]
-        if not outputs:
-            return
-        backward_call = state.backward or self.backward_call(forward_call, 0)
-        for slot, tensor in outputs:
-            tensor.register_hook(self._output_grad_hook(backward_call, slot))
-
-    def _output_grad_hook(self, backward_call: BackwardCall, slot: str) -> Any:
-        def hook(grad: paddle.Tensor) -> None:
-            self.backward_output_grad(backward_call, slot, grad)
-
-        return hook
+        self._patched.clear()

@@ -2,16 +2,10 @@
 
 Constraints:
 - No observer effect: hooks read tensors and never change what the model computes; nothing
-  touches an RNG. The only change to the graph is that a module's inputs that require grad are
-  handed to it as ``x.view_as(x)`` (same memory, same values), so the gradient that flows through
-  *this* module into ``x`` can be observed separately from other uses of ``x``.
-- Backward semantics (spec "Calls"): a module call's backward ``begin`` is the event at which the
-  gradient with respect to one of its outputs first arrives (a tensor hook on the output); its
-  ``end`` the event at which the gradient with respect to its last differentiable input is
-  computed (a tensor hook on the input view). ``grad_output`` is the full gradient of the output
-  tensor (all its uses); ``grad_input`` is the part that flows through this module call. When a
-  module modifies its input in place (``ReLU(inplace=True)``), PyTorch drops hooks on the view; a
-  hook on the input tensor itself stands in, giving the gradient of the input's value before the
+  touches an RNG. Modules are observed as :class:`HookedRecorder` says (``adapters/_hooked.py``);
+  their inputs that require grad are handed to them as ``x.view_as(x)``. When a module modifies
+  its input in place (``ReLU(inplace=True)``), PyTorch drops hooks on the view; a hook on the
+  input tensor itself stands in, giving the gradient of the input's value before the
   modification.
 - Devices: statistics are computed where the tensor lives, in float64. CPU tensors are summarised
   immediately; CUDA tensors are copied to pinned host memory with non-blocking copies and their
@@ -38,19 +32,19 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
-import ml_dtypes
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from tracespec.adapters._common import BackwardCall, OpDescription, Recorder, Summary, op_name
-from tracespec.adapters._host import HostBufferPool, fast_stats, stats_from_sums
+from tracespec.adapters._common import OpDescription, Summary, op_name
+from tracespec.adapters._hooked import ForwardPostHook, ForwardPreHook, HookedRecorder
+from tracespec.adapters._host import fast_stats, stats_from_sums
 from tracespec.adapters._options import RecordOptions, parse_options
-from tracespec.adapters._slots import flatten, input_leaves, map_tensors
+from tracespec.adapters._slots import flatten, input_leaves
 from tracespec.errors import UsageError
+from tracespec.format.dtypes import DTYPES
 from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
 __all__ = [
@@ -71,35 +65,14 @@ __all__ = [
 
 FRAMEWORK: Final = "torch"
 
-_DTYPE_NAMES: Final[dict[torch.dtype, str]] = {
-    torch.bool: "bool",
-    torch.int8: "int8",
-    torch.int16: "int16",
-    torch.int32: "int32",
-    torch.int64: "int64",
-    torch.uint8: "uint8",
-    torch.uint16: "uint16",
-    torch.uint32: "uint32",
-    torch.uint64: "uint64",
-    torch.float16: "float16",
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.bfloat16: "bfloat16",
-    torch.complex64: "complex64",
-    torch.complex128: "complex128",
-    torch.float8_e4m3fn: "float8_e4m3fn",
-    torch.float8_e5m2: "float8_e5m2",
-    torch.float8_e4m3fnuz: "float8_e4m3fnuz",
-    torch.float8_e5m2fnuz: "float8_e5m2fnuz",
-}
+_DTYPE_NAMES: Final[dict[torch.dtype, str]] = {getattr(torch, name): name for name in DTYPES}
 
-# dtypes numpy lacks: viewed as unsigned integers of the same width, then as the ml_dtypes type.
+# dtypes numpy lacks: viewed as the unsigned integers the format stores them as, then as their
+# ml_dtypes type.
 _BIT_VIEWS: Final[dict[torch.dtype, tuple[torch.dtype, Any]]] = {
-    torch.bfloat16: (torch.uint16, ml_dtypes.bfloat16),
-    torch.float8_e4m3fn: (torch.uint8, ml_dtypes.float8_e4m3fn),
-    torch.float8_e5m2: (torch.uint8, ml_dtypes.float8_e5m2),
-    torch.float8_e4m3fnuz: (torch.uint8, ml_dtypes.float8_e4m3fnuz),
-    torch.float8_e5m2fnuz: (torch.uint8, ml_dtypes.float8_e5m2fnuz),
+    getattr(torch, name): (getattr(torch, dtype.zarr_data_type), dtype.numpy)
+    for name, dtype in DTYPES.items()
+    if dtype.stored_as_bits
 }
 
 _ROUNDED_AT_BOUNDARIES: Final = frozenset({"bfloat16", "float16"})
@@ -438,37 +411,13 @@ def _forget_compiled_code() -> None:
         torch.compiler.reset()
 
 
-@dataclass(slots=True)
-class _InputSlot:
-    """What the two gradient hooks of one input share: its slot, taken by the first to fire.
-
-    It holds no tensor on purpose: a hook that referenced the tensor it is registered on would
-    make a reference cycle through autograd that Python's collector cannot see, and every step's
-    module inputs would stay in memory for good.
-    """
-
-    slot: str | None
-
-
-@dataclass(slots=True)
-class _WrappedInput:
-    slot: _InputSlot
-    base: torch.Tensor
-    view: torch.Tensor
-    version: int
-    fallback: Any  # handle of the hook on ``base``, kept only if the module modified the view
-
-
-@dataclass(slots=True)
-class _CallState:
-    backward: BackwardCall | None = None
-    inputs: list[_WrappedInput] = field(default_factory=list)
-
-
-class TorchRecorder(Recorder):
+class TorchRecorder(HookedRecorder):
     """Records a ``torch.nn.Module`` through forward pre/post hooks and tensor gradient hooks."""
 
     framework = FRAMEWORK
+    # A module that modifies its input in place (ReLU(inplace=True)) makes PyTorch drop the hooks
+    # on the view: a hook on the input tensor itself stands in.
+    hooks_input_bases = True
     framework_dir = _TORCH_DIR
     dispatch_files = _DISPATCH_FILES
 
@@ -501,8 +450,6 @@ class TorchRecorder(Recorder):
         self._recording_step = [True]
         self._split_warned = False
         super().__init__(uncompiled(model), path, options)
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._host_buffers = HostBufferPool()
         self._op_mode: TorchFunctionMode | None = None  # an _OpMode while ops are recorded
         self._op_descriptions: dict[Any, OpDescription | None] = {}
 
@@ -547,9 +494,6 @@ class TorchRecorder(Recorder):
         # Views of the same memory with the same geometry hold the same values: this also
         # catches a gradient handed on as a new tensor object over the same buffer.
         return (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
-
-    def parameter_grad(self, parameter: Any) -> Any:
-        return parameter.grad
 
     def optimizer_state(self, optimizer: Any) -> Iterable[tuple[Any, str, Any]]:
         for group in optimizer.param_groups:
@@ -603,30 +547,44 @@ class TorchRecorder(Recorder):
             self._hook_guards_skipped = dynamo.config.skip_nnmodule_hook_guards
             dynamo.config.skip_nnmodule_hook_guards = False
         self._node_by_id = {node.id: node for node in self._nodes}
-        for node in self._nodes:
-            module = node.module
-            if dynamo is None:
-                # No compiled code in this process: plain hooks, recording as the model runs.
-                pre_hook, post_hook = self._pre_hook, self._post_hook
-            elif module is self.model:
-                # The root's hooks run outside the model's compiled code (or split it only
-                # before and after its forward): there the tape is recorded, once per forward.
-                pre_hook, post_hook = self._out_of_graph(self._pre_hook), self._out_of_graph(self._post_hook)
-                if not node.selected:
-                    self._handles.append(module.register_forward_hook(self._out_of_graph(self._settle_hook), with_kwargs=True))
-                    continue
-            elif not node.selected:
-                # Unhooked, what the selection leaves out between two recorded modules stays
-                # one compiled region (fused by Inductor).
-                continue
-            else:
-                pre_hook, post_hook = self._traced_hooks(node)
-            self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+        super().install_hooks()
+        if dynamo is not None and not self._nodes[0].selected:
+            # The root's forward ends outside compiled code: there the tape is recorded, even
+            # where the root is not.
+            self._handles.append(self.model.register_forward_hook(self._out_of_graph(self._settle_hook), with_kwargs=True))
         if self.options.ops is not None:
             op_mode: TorchFunctionMode = _OpMode(self)
             op_mode.__enter__()
             self._op_mode = op_mode
+
+    def forward_hooks(self, node: Any) -> tuple[ForwardPreHook, ForwardPostHook] | None:
+        if _dynamo() is None:
+            # No compiled code in this process: plain hooks, recording as the model runs.
+            return self._pre_hook, self._post_hook
+        if not node.selected:
+            # Unhooked, what the selection leaves out between two recorded modules stays one
+            # compiled region (fused by Inductor).
+            return None
+        if node.module is self.model:
+            # The root's hooks run outside the model's compiled code (or split it only before
+            # and after its forward): there the tape is recorded, once per forward.
+            return self._out_of_graph(self._pre_hook), self._out_of_graph(self._post_hook)
+        return self._traced_hooks(node)
+
+    def hook_forward(self, module: Any, pre_hook: ForwardPreHook, post_hook: ForwardPostHook) -> list[Any]:
+        return [
+            module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+            module.register_forward_hook(post_hook, with_kwargs=True),
+        ]
+
+    def grad_enabled(self) -> bool:
+        return torch.is_grad_enabled()
+
+    def requires_grad(self, tensor: Any) -> bool:
+        return bool(tensor.requires_grad)
+
+    def identity_view(self, tensor: Any) -> Any:
+        return tensor.view_as(tensor)
 
     @staticmethod
     def _out_of_graph(hook: Callable[..., Any]) -> Any:
@@ -718,21 +676,11 @@ class TorchRecorder(Recorder):
         if self._op_mode is not None:
             self._op_mode.__exit__(None, None, None)
             self._op_mode = None
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._host_buffers.clear()
+        super().remove_hooks()
         if self._hook_guards_skipped is not None:
             _dynamo().config.skip_nnmodule_hook_guards = self._hook_guards_skipped
             self._hook_guards_skipped = None
         _forget_compiled_code()
-
-    def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.settle()
-        forward_call = self.forward_begin(module, args, kwargs)
-        if forward_call is None:
-            return None
-        return self.watch_inputs(forward_call, args, kwargs)
 
     def _warn_split(self) -> None:
         """Say once that a compiled low-precision model is recorded between compiled pieces."""
@@ -752,31 +700,9 @@ class TorchRecorder(Recorder):
     def watch_inputs(
         self, forward_call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """Hand the call views of its inputs that need a gradient, with hooks that observe the
-        gradient flowing through this call; the new arguments, or None to keep them."""
-        if not torch.is_grad_enabled() or not self.wants_backward(forward_call.node):
-            return None
-        self._warn_split()
-        state = _CallState()
-        forward_call.extra = state
-
-        def wrap(slot: str, tensor: torch.Tensor) -> torch.Tensor:
-            if not tensor.requires_grad:
-                return tensor
-            view = tensor.view_as(tensor)
-            state.inputs.append(_WrappedInput(_InputSlot(slot), tensor, view, view._version, None))
-            return view
-
-        new_args = tuple(map_tensors(a, wrap, str(i), self.is_tensor) for i, a in enumerate(args))
-        new_kwargs = {k: map_tensors(v, wrap, str(k), self.is_tensor) for k, v in kwargs.items()}
-        if not state.inputs:
-            return None
-        backward_call = self.backward_call(forward_call, len(state.inputs))
-        state.backward = backward_call
-        for wrapped in state.inputs:
-            wrapped.view.register_hook(self._input_grad_hook(backward_call, wrapped.slot))
-            wrapped.fallback = wrapped.base.register_hook(self._input_grad_hook(backward_call, wrapped.slot))
-        return new_args, new_kwargs
+        if self.observes_backward(forward_call):
+            self._warn_split()
+        return super().watch_inputs(forward_call, args, kwargs)
 
     def describe_op(self, func: Any) -> OpDescription | None:
         """How ``func`` is recorded as an op (see :func:`op_name`), None when it is not one."""
@@ -784,44 +710,3 @@ class TorchRecorder(Recorder):
             named = torch_op_name(func)
             self._op_descriptions[func] = None if named is None else (*named, _qualified_name(func))
         return self._op_descriptions[func]
-
-    def _input_grad_hook(self, backward_call: BackwardCall, pending: _InputSlot) -> Any:
-        def hook(grad: torch.Tensor) -> None:
-            self.settle()
-            if pending.slot is not None:
-                slot, pending.slot = pending.slot, None
-                self.backward_input_grad(backward_call, slot, grad)
-
-        return hook
-
-    def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        self.settle()
-        forward_call = self.forward_end(module, output)
-        if forward_call is not None:
-            self.watch_outputs(forward_call, output)
-
-    def watch_outputs(self, forward_call: Any, output: Any) -> None:
-        """Hook the call's outputs that need a gradient (its backward begins at the first)."""
-        if not torch.is_grad_enabled() or not self.wants_backward(forward_call.node):
-            return
-        state: _CallState | None = forward_call.extra
-        if state is None:
-            state = forward_call.extra = _CallState()
-        for wrapped in state.inputs:
-            if wrapped.view._version == wrapped.version:
-                wrapped.fallback.remove()  # the view's own hook will fire
-                wrapped.fallback = None
-        outputs = [(slot, t) for slot, t in flatten(output, "", self.is_tensor) if self.is_tensor(t) and t.requires_grad]
-        if not outputs:
-            return
-        backward_call = state.backward or self.backward_call(forward_call, 0)
-        state.backward = backward_call
-        for slot, tensor in outputs:
-            tensor.register_hook(self._output_grad_hook(backward_call, slot))
-
-    def _output_grad_hook(self, backward_call: BackwardCall, slot: str) -> Any:
-        def hook(grad: torch.Tensor) -> None:
-            self.settle()
-            self.backward_output_grad(backward_call, slot, grad)
-
-        return hook

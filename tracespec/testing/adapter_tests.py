@@ -30,6 +30,15 @@ Implementing an adapter's tests (``tests/test_adapters/test_<framework>.py``)::
         def no_grad(self): ...                # the framework's no-grad context
         momentum_slot = "momentum_buffer"     # make_optimizer's state slot of a parameter
         def framework_version(self): ...      # what the manifest records
+        def cast(self, dtype): ...            # a layer returning its input cast to dtype
+        def bits_of(self, tensor): ...        # the tensor's raw bytes, taken by the framework
+        def layer_norm(self, n): ...
+        def fan_out(self): ...                # softmax(q(h) @ k(h)^T) @ v(h), Linear(4, 4) each
+        def make_adam(self, model): ...       # Adam, lr 0.01
+        adam_slots = {"step", "exp_avg", "exp_avg_sq"}  # its state slots of a parameter
+        def adam_state(self, optimizer, parameter): ...  # {slot: numpy}, as the optimizer keeps it
+        def distributed_script(self, store): ...  # joins a 2-process job, records into sys.argv[1]
+        def distributed_env(self, rank): ...  # what the framework's launcher sets for a rank
 
 The model classes a ``build`` must produce (class names matter: they are recorded):
 
@@ -59,10 +68,12 @@ a framework storing ``[out, in]`` transposes it when building.
 
 from __future__ import annotations
 
+import gc
 import math
 import subprocess
 import sys
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -77,6 +88,7 @@ import tracespec
 from tracespec.adapters._common import CaptureBudgetWarning, Recorder
 from tracespec.adapters._slots import flatten
 from tracespec.errors import UsageError
+from tracespec.format.dtypes import numpy_dtype
 from tracespec.format.stats import compute_stats, content_hash
 
 __all__ = ["SPECS", "AdapterTests", "ModelSpec", "RunResult", "TraceView", "tree_shape"]
@@ -336,6 +348,8 @@ class AdapterTests(ABC):
     """Tolerance of recorded values against the float64 numpy reference."""
     momentum_slot: ClassVar[str]
     """The state :meth:`make_optimizer`'s optimizer keeps per parameter (``momentum_buffer``)."""
+    adam_slots: ClassVar[frozenset[str]]
+    """The state :meth:`make_adam`'s optimizer keeps per parameter."""
 
     # ------------------------------------------------------------ per-framework hooks
     @abstractmethod
@@ -413,6 +427,40 @@ class AdapterTests(ABC):
     @abstractmethod
     def framework_version(self) -> str:
         """The framework's version, as the manifest records it."""
+
+    @abstractmethod
+    def cast(self, dtype: str) -> Any:
+        """A layer that returns its input cast to ``dtype`` (a spec dtype name)."""
+
+    @abstractmethod
+    def bits_of(self, tensor: Any) -> bytes:
+        """The raw bytes of a tensor, taken by the framework itself."""
+
+    @abstractmethod
+    def layer_norm(self, n: int) -> Any:
+        """A LayerNorm over the last axis, of size ``n``."""
+
+    @abstractmethod
+    def fan_out(self) -> Any:
+        """A layer feeding its input ``h`` to three sublayers ``q``, ``k``, ``v`` (Linear(4, 4)):
+        ``softmax(q(h) @ k(h)^T, last axis) @ v(h)``."""
+
+    @abstractmethod
+    def make_adam(self, model: Any) -> Any:
+        """Adam, lr 0.01."""
+
+    @abstractmethod
+    def adam_state(self, optimizer: Any, parameter: Any) -> dict[str, np.ndarray]:
+        """The state :meth:`make_adam`'s optimizer keeps for ``parameter``, read from the optimizer."""
+
+    @abstractmethod
+    def distributed_script(self, store: Path) -> str:
+        """Python code run as each rank of a two-process job (``store``: a file the job may meet
+        at): it records a ``Linear(3, 2)`` for one step into the path ``sys.argv[1]``."""
+
+    @abstractmethod
+    def distributed_env(self, rank: int) -> dict[str, str]:
+        """The environment the framework's launcher gives rank ``rank`` of two."""
 
     # ------------------------------------------------------------ running
     def inputs(self, spec: ModelSpec) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -936,3 +984,98 @@ class AdapterTests(ABC):
             rec.step()
         manifest = tracespec.load_trace(tmp_path / "t").manifest
         assert (manifest.framework, manifest.framework_version) == (self.framework, self.framework_version())
+
+    def test_adam_state_and_update_are_recorded_even_when_grads_are_cleared_first(self, tmp_path: Path) -> None:
+        self.seed(0)
+        model = self.sequential(self.linear(3, 3), self.linear(3, 1))
+        opt = self.make_adam(model)
+        x = self.to_tensor(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+        grads, weights = [], []
+        with tracespec.record(model, tmp_path / "t", capture="full", optimizer=opt) as rec:
+            for _ in range(2):
+                self.backward(model(x).sum())
+                grads.append({n: self.input_grad(p) for n, p in self.parameters(model).items()})
+                self.optimizer_step(opt)
+                weights.append({n: self.to_numpy(p) for n, p in self.parameters(model).items()})
+                self.clear_grads(opt)  # before rec.step(): the optimizer hooks already recorded them
+                rec.step()
+        view = TraceView(tmp_path / "t")
+        for step in (0, 1):
+            for role, stage, expected in (("parameter_grad", "backward", grads), ("parameter", "update", weights)):
+                got = {
+                    f"{view.route_of[r['node']]}.{r['slot']}": view.array(r)
+                    for r in view.records(role=role, stage=stage, step=step)
+                }
+                assert got.keys() == expected[step].keys()
+                for key, value in expected[step].items():
+                    np.testing.assert_array_equal(got[key], value, err_msg=f"{role} {key}")
+        for key, param in self.parameters(model).items():
+            route, _, name = key.rpartition(".")
+            state = {r["slot"]: view.array(r) for r in view.records(route, role="optimizer_state", step=1)}
+            kept = self.adam_state(opt, param)
+            assert set(kept) == self.adam_slots
+            for slot, value in kept.items():
+                np.testing.assert_array_equal(state[f"{name}.{slot}"], value, err_msg=f"{key} {slot}")
+
+    @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float8_e4m3fn"])
+    def test_low_precision_values_are_recorded_with_their_dtype_and_bits(self, dtype: str, tmp_path: Path) -> None:
+        model = self.cast(dtype)
+        x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32) * 3
+        with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+            out = model(self.to_tensor(x))
+            rec.step()
+        view = TraceView(tmp_path / "t")
+        record = view.one("", role="output")
+        assert record["dtype"] == dtype
+        got = view.array(record)
+        assert got.dtype == numpy_dtype(dtype), "never the integer bits, never upcast"
+        assert got.tobytes() == self.bits_of(out)
+        expected = x.astype(got.dtype)  # numpy's own rounding of the same float32 values
+        assert got.tobytes() == expected.tobytes()
+        assert record["hash"] == content_hash(got)
+        assert record["mean"] == pytest.approx(float(expected.astype(np.float64).mean()), rel=1e-12)
+
+    def test_grad_input_sums_every_use(self, tmp_path: Path) -> None:
+        # A layer feeding its input to several sublayers: autograd engines may sum those
+        # contributions into the buffer of the first, in place (Paddle does), so a gradient must
+        # never be deduplicated against a partial one that lived at the same address.
+        self.seed(0)
+        model = self.sequential(self.layer_norm(4), self.fan_out())
+        x = self.to_tensor(np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32))
+        with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+            self.backward((model(x) ** 2).sum())
+            rec.step()
+        view = TraceView(tmp_path / "t")
+        total = view.array(view.one("1", role="grad_input"))
+        parts = [view.array(view.one(f"1.{name}", role="grad_input")) for name in ("q", "k", "v")]
+        np.testing.assert_allclose(total, parts[0] + parts[1] + parts[2], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(total, view.array(view.one("0", role="grad_output")))
+
+    def test_recording_keeps_no_step_alive(self, tmp_path: Path) -> None:
+        # A gradient hook that referenced the tensor it sits on made a cycle through autograd that
+        # Python's collector cannot see: every step's module inputs, and the recorder, stayed alive.
+        model = self.sequential(self.linear(8, 16), self.dropout(0.5), self.linear(16, 4))
+        seen: list[weakref.ref[Any]] = []
+        model[2].register_forward_pre_hook(lambda module, args: seen.append(weakref.ref(args[0])))
+        rng = np.random.default_rng(0)
+        with tracespec.record(model, tmp_path / "t", capture="full") as rec:
+            for _ in range(3):
+                self.backward(model(self.to_tensor(rng.standard_normal((5, 8)).astype(np.float32), requires_grad=True)).sum())
+                rec.step()
+        recorder = weakref.ref(rec)
+        del rec
+        gc.collect()
+        assert len(seen) == 3
+        assert recorder() is None
+        assert [ref() for ref in seen] == [None, None, None]
+
+    def test_the_distributed_rank_is_picked_up(self, tmp_path: Path) -> None:
+        script = self.distributed_script(tmp_path / "store")
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "t")], env=self.distributed_env(rank))
+            for rank in (0, 1)
+        ]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        trace = tracespec.load_trace(tmp_path / "t")
+        assert trace.ranks == [0, 1] and trace.manifest.world_size == 2 and trace.complete
+        assert trace.manifest.framework == self.framework
