@@ -21,6 +21,7 @@ from test_storage.conftest import bucket, s3_endpoint  # noqa: F401 (fixtures: t
 
 from tracespec.cli import cli
 from tracespec.compare import Verdict, compare_traces
+from tracespec.compare import distributed as distributed_diff
 from tracespec.compare.engine import DETAIL_STEPS
 from tracespec.storage import copy_trace
 from tracespec.testing.synthetic import SyntheticRecorder
@@ -160,6 +161,8 @@ def test_a_ranks_steps_are_split_into_tasks_with_the_same_verdict(
     ranks = len(alone.selection["ranks"])
     assert len({piece for piece in pieces if piece[2] - piece[1] + 1 < len(alone.steps)}) == 4, tasks
     assert len({rank for rank, _, _ in pieces}) == ranks
+    # a worker opens A and B once per comparison, for all its tasks, and lets them go at its end
+    assert set(client.run(lambda: len(distributed_diff._OPENED)).values()) == {0}
 
 
 def test_tasks_are_run_again_with_what_earlier_steps_judged(one_rank_runs: dict[str, Path], client: Client) -> None:

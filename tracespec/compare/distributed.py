@@ -28,8 +28,9 @@ from typing import Any, Final
 
 from tracespec.compare.engine import RankOutcome, RankPlan, RankTask, compare_rank
 from tracespec.errors import UsageError
+from tracespec.storage import Trace, load_trace
 
-__all__ = ["WORKER_MALLOC", "cluster_client", "cluster_workers", "map_on_cluster"]
+__all__ = ["WORKER_MALLOC", "cluster_client", "cluster_workers", "forget_on_cluster", "map_on_cluster"]
 
 CONNECT_TIMEOUT: Final = "10s"
 """How long to try to reach a scheduler given by address before saying it cannot be reached."""
@@ -150,9 +151,41 @@ class _Reporter:
             self.compared, self.planned, self.sent = 0, 0, time.monotonic()
 
 
+_OPENED: dict[tuple[str, int, str], Trace] = {}
+"""The traces a worker opened, by (comparison, thread, location): a worker's next task of the same
+comparison (another rank, or the same rank's next steps) does not open and check them again."""
+_OPENED_LOCK = threading.Lock()
+
+
+def forget_on_cluster(client: Any, diff_id: str) -> None:
+    """Close what every worker keeps of comparison ``diff_id`` (the comparison is over)."""
+    client.run(_forget, diff_id)
+
+
+def _forget(diff_id: str) -> None:
+    """Drop the traces this worker keeps for comparison ``diff_id``."""
+    with _OPENED_LOCK:
+        for key in [key for key in _OPENED if key[0] == diff_id]:
+            del _OPENED[key]
+
+
+def _opener(diff_id: str) -> Callable[[str], Trace]:
+    def open_trace(location: str) -> Trace:
+        key = (diff_id, threading.get_ident(), location)  # a thread's own: readers are not shared
+        with _OPENED_LOCK:
+            found = _OPENED.get(key)
+        if found is None:
+            found = load_trace(location)
+            with _OPENED_LOCK:
+                _OPENED[key] = found
+        return found
+
+    return open_trace
+
+
 def _compare_rank_task(plan: RankPlan, task: RankTask, topic: str) -> RankOutcome:
     reporter = _Reporter(topic)
     try:
-        return compare_rank(plan, task, reporter)
+        return compare_rank(plan, task, reporter, _opener(plan.diff_id))
     finally:
         reporter.flush()

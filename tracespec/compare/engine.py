@@ -12,6 +12,7 @@ import fnmatch
 import json
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -747,8 +748,8 @@ def compare_traces(
         (:mod:`tracespec.compare.columnar`); ``False`` compares every record one by one, with the
         same results, slower.
     client:
-        A ``dask.distributed.Client``: each rank is compared by a worker of its cluster, which
-        opens A and B itself (give paths or URLs every worker can read), into the same verdict
+        A ``dask.distributed.Client``: each rank (or, with fewer ranks than workers, each run of
+        a rank's steps) is compared by a worker of its cluster, which opens A and B itself (give paths or URLs every worker can read), into the same verdict
         (:mod:`tracespec.compare.distributed`). None: in this process.
     storage_options, cache:
         For traces at URLs (``s3://...``): options of the store's file system
@@ -815,13 +816,17 @@ def compare_traces(
         first_step_only,
         chosen_ranks[0] if save_map is not None else None,
         *where,
+        uuid.uuid4().hex,
     )
     if client is not None:
-        from tracespec.compare.distributed import cluster_workers, map_on_cluster  # imports dask: only when asked for
+        from tracespec.compare.distributed import cluster_workers, forget_on_cluster, map_on_cluster  # imports dask
 
         # each task totals its own bytes to compare, on its worker: the progress total grows as they start
         tasks = split_tasks(chosen_ranks, chosen_steps, cluster_workers(client))
-        outcomes = compare_ranks_apart(plan, tasks, lambda pending: map_on_cluster(client, plan, pending, advance))
+        try:
+            outcomes = compare_ranks_apart(plan, tasks, lambda pending: map_on_cluster(client, plan, pending, advance))
+        finally:
+            forget_on_cluster(client, plan.diff_id)
         walk = _merged_walk(plan, outcomes)
         map_text = next((o.layer_map_text for o in outcomes if o.layer_map_text is not None), None)
         if map_text is not None:
@@ -885,6 +890,8 @@ class RankPlan:
     """For traces at URLs (``--storage-option``): the options of the store's file system."""
     cache: str | None
     """For traces at URLs (``--cache``): the folder that keeps what was fetched."""
+    diff_id: str = ""
+    """Names this comparison: a worker keeps the traces it opened for the next task of the same one."""
 
     @property
     def detail_all(self) -> bool:
@@ -959,19 +966,27 @@ def _rank_state(
     return _RankState(_RankComparison(view_a, view_b, alignment, plan.selection, comparer), columnar), alignment, map_text
 
 
-def compare_rank(plan: RankPlan, task: RankTask, progress: Callable[[int, int], None] | None = None) -> RankOutcome:
+def compare_rank(
+    plan: RankPlan,
+    task: RankTask,
+    progress: Callable[[int, int], None] | None = None,
+    open_trace: Callable[[str], Trace] = load_trace,
+) -> RankOutcome:
     """Compare one rank's steps on their own (a Dask task): open the traces, align the rank over
     every selected step, walk the task's steps.
 
     ``progress`` is called with (bytes compared, bytes to compare) as they become known: first the
-    task's total, then each tensor pair's bytes.
+    task's total, then each tensor pair's bytes. ``open_trace`` opens A and B (a worker's keeps
+    them for its next task of the same comparison).
     """
     report = progress or (lambda done, total: None)
     with location_defaults(plan.storage_options, plan.cache):
-        trace_a, trace_b = load_trace(plan.a), load_trace(plan.b)
+        trace_a, trace_b = open_trace(plan.a), open_trace(plan.b)
         trace_a2 = open_baseline(plan.baseline) if plan.baseline is not None else None
         own = dataclasses.replace(plan.selection, ranks=[task.rank], steps=list(task.steps))
         report(0, _bytes_to_compare(trace_a, trace_b, own, plan.policy.global_mode))
+        for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
+            trace.release_pages()
         first_piece = task.steps[0] == plan.selection.steps[0]
         state, alignment, map_text = _rank_state(
             trace_a, trace_b, trace_a2, task.rank, plan, lambda nbytes: report(nbytes, 0), first_piece
