@@ -1,4 +1,5 @@
-"""A diff on Dask: two 4-rank traces of about 1 GB each, in one process and on 1 and 2 local workers.
+"""A diff on Dask: two 4-rank traces of about 1 GB each (and two 1-rank traces of a quarter of that),
+in one process and on 1 and 2 local workers.
 
 The traces (kept under ``bench/results/dask_traces``, git-ignored; ``--fresh`` writes them again):
 4 ranks of an 8-layer network (1024 x 1024 float32 weights) recorded at ``full`` for 4 steps with
@@ -6,7 +7,8 @@ The traces (kept under ``bench/results/dask_traces``, git-ignored; ``--fresh`` w
 outputs and the updated parameters, about 260 MB per rank. B is A with a rounding-sized relative
 noise (1e-7) on every tensor, so every pair differs in its bits and is read and compared (no
 content hash agrees), and rank 2's weight of layer 5 is 1e-3 off from step 2 on (the verdict: rank
-2, step 2, ``layers.5``).
+2, step 2, ``layers.5``). The 1-rank pair is rank 0 of the same recipe, its layer 5 off from step 2
+(one task per rank would leave a worker idle: its steps are split).
 
 Each configuration runs in a fresh child process, interleaved over ``--rounds`` (medians): **one process** (``compare(A, B)``, the
 baseline), **1 worker** and **2 workers** (``compare(A, B, client=...)`` on a
@@ -17,7 +19,8 @@ uses: the figure that a loaded machine does not move), the peak resident memory 
 process (and of the one process), and whether each verdict's JSON is the one process's, byte for
 byte. The page cache is warmed before the first run.
 
-    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_dask_diff.py
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_dask_diff.py --rounds 5
+    .venv/bin/python bench/bench_dask_diff.py --ranks 1                  # the 1-rank pair only
     .venv/bin/python bench/bench_dask_diff.py --steps 1 --width 256      # seconds, a smoke run
 """
 
@@ -38,18 +41,19 @@ from typing import Any
 
 import numpy as np
 
-RANKS = 4
 LAYERS = 8
 BATCH = 64
 ODD_RANK, ODD_LAYER, ODD_STEP = 2, 5, 2
+"""The rank (of 4; of 1: rank 0), layer and step from which B's weight is off."""
 RESULTS = Path(__file__).resolve().parent / "results" / "dask_traces"
 
 
-def _write(path: Path, *, noisy: bool, steps: int, width: int) -> None:
+def _write(path: Path, *, noisy: bool, steps: int, width: int, ranks: int) -> None:
     """One side: A (``noisy`` False) or B (rounding noise everywhere, rank 2's layer 5 off)."""
     from tracespec.testing.synthetic import SyntheticRecorder
 
-    for rank in range(RANKS):
+    odd_rank = min(ODD_RANK, ranks - 1)
+    for rank in range(ranks):
         noise = np.random.default_rng(1000 + rank)
 
         def seen(array: np.ndarray, noise: np.random.Generator = noise) -> np.ndarray:
@@ -59,7 +63,7 @@ def _write(path: Path, *, noisy: bool, steps: int, width: int) -> None:
 
         rng = np.random.default_rng(rank)
         weights = [(rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32) for _ in range(LAYERS)]
-        with SyntheticRecorder(path, level="full", rank=rank, world_size=RANKS) as rec:
+        with SyntheticRecorder(path, level="full", rank=rank, world_size=ranks) as rec:
             net = rec.module("", "Net")
             layers = [rec.module(f"layers.{i}", "Linear", parent=net, params={"weight": seen(w)}) for i, w in enumerate(weights)]
             for step in range(steps):
@@ -67,7 +71,7 @@ def _write(path: Path, *, noisy: bool, steps: int, width: int) -> None:
                 with rec.forward(net, seen(h)) as outer:
                     for i, layer in enumerate(layers):
                         weight = weights[i]
-                        if noisy and (rank, i) == (ODD_RANK, ODD_LAYER) and step >= ODD_STEP:
+                        if noisy and (rank, i) == (odd_rank, ODD_LAYER) and step >= ODD_STEP:
                             weight = weight * np.float32(1 + 1e-3)
                         with rec.forward(layer, seen(h)) as inner:
                             h = np.tanh(h @ weight.T).astype(np.float32)
@@ -137,21 +141,30 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="each configuration this many times, interleaved (medians)")
     parser.add_argument("--fresh", action="store_true", help="write the traces again")
+    parser.add_argument(
+        "--ranks", type=int, nargs="+", default=[4, 1], help="the rank counts of the trace pairs measured (default: 4 1)"
+    )
     parser.add_argument("--child", nargs=3, metavar=("A", "B", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(args.child[0], args.child[1], int(args.child[2]))))
         return
-    folder = RESULTS / f"s{args.steps}_w{args.width}"
+    for ranks in args.ranks:
+        _case(ranks, args.steps, args.width, args.rounds, args.fresh)
+
+
+def _case(ranks: int, steps: int, width: int, rounds: int, fresh: bool) -> None:
+    """Write (or reuse) the ``ranks``-rank pair and measure it: one process, 1 and 2 workers."""
+    folder = RESULTS / f"r{ranks}_s{steps}_w{width}"
     a, b = folder / "a", folder / "b"
-    if args.fresh or not (b / "manifest.json").exists():
+    if fresh or not (b / "manifest.json").exists():
         shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()
-        _write(a, noisy=False, steps=args.steps, width=args.width)
-        _write(b, noisy=True, steps=args.steps, width=args.width)
+        _write(a, noisy=False, steps=steps, width=width, ranks=ranks)
+        _write(b, noisy=True, steps=steps, width=width, ranks=ranks)
         print(f"wrote A and B in {time.perf_counter() - start:.0f} s", flush=True)
     print(
-        f"A {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {RANKS} ranks, {args.steps} steps; "
+        f"\nA {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {ranks} rank(s), {steps} steps; "
         f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores",
         flush=True,
     )
@@ -160,7 +173,7 @@ def main() -> None:
             if file.is_file():
                 file.read_bytes()
     runs: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
-    for round_ in range(args.rounds):
+    for round_ in range(rounds):
         for workers in runs:
             done = subprocess.run(
                 [sys.executable, __file__, "--child", str(a), str(b), str(workers)], capture_output=True, text=True, check=True
@@ -193,9 +206,11 @@ def main() -> None:
                 else ""
             )
         )
+    ratios = [f"{r['seconds'] / o['seconds']:.2f}" for r, o in zip(runs[2], runs[1])]
     print(
         f"first divergence (rank, step, route): {results[0]['first']}; target 2 workers <= 0.65x of 1: "
-        f"{results[2]['seconds'] / one['seconds']:.2f}x in time, {max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
+        f"{results[2]['seconds'] / one['seconds']:.2f}x in time (rounds: {', '.join(ratios)}), "
+        f"{max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
         "in the busiest worker's CPU seconds (what the time is on cores nobody else uses)"
     )
 

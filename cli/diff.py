@@ -176,14 +176,15 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     "--workers",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Compare on a local Dask cluster of N worker processes, one rank per task, into the same verdict "
-    "(needs tracespec[dask]; prints the dashboard's link).",
+    help="Compare on a local Dask cluster of N worker processes, a rank (or, with fewer ranks than 2N, a run of "
+    "its steps) per task, into the same verdict (needs tracespec[dask]; prints the dashboard's link; "
+    "--storage-option and --cache reach the workers).",
 )
 @click.option(
     "--scheduler",
     metavar="ADDRESS",
     help="Compare on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); its workers open A and B "
-    "themselves: give paths or URLs every worker can read (docs/diff.md, 'On a Dask cluster').",
+    "themselves: give paths or URLs every worker can read (docs/diff.md, 'Many ranks, and a diff on a Dask cluster').",
 )
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 @location_options

@@ -5,6 +5,7 @@ a local cluster, ``--scheduler`` joins one (here, a scheduler and workers starte
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,33 +16,48 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
+from test_storage.conftest import bucket, s3_endpoint  # noqa: F401 (fixtures: the storage tests' moto S3 server)
 
 from tracespec.cli import cli
-from tracespec.compare import compare_traces
+from tracespec.compare import Verdict, compare_traces
+from tracespec.compare import distributed as distributed_diff
 from tracespec.compare.engine import DETAIL_STEPS
+from tracespec.storage import copy_trace
 from tracespec.testing.synthetic import SyntheticRecorder
 
 STEPS = DETAIL_STEPS + 6
 """More steps than are detailed: the later ones are compared column-wise."""
 
 
-def record_ranks(path: Path, wrong_from: dict[int, int], level: str = "stats", ranks: int = 3) -> Path:
-    """``ranks`` ranks of a 3-layer numpy network over :data:`STEPS` steps; from step
-    ``wrong_from[rank]`` on, that rank's ``fc1`` computes with a weight 1e-3 off."""
-    weights = [np.random.default_rng(i).standard_normal((8, 8)).astype(np.float32) / 3 for i in range(3)]
+def record_ranks(
+    path: Path,
+    wrong_from: dict[int, int],
+    level: str = "stats",
+    ranks: int = 3,
+    steps: int = STEPS,
+    updated: tuple[int, ...] = (),
+) -> Path:
+    """``ranks`` ranks of a 3-layer numpy network over ``steps`` steps; from step ``wrong_from[rank]``
+    on, that rank's ``fc1`` computes with a weight 1e-3 off. After each forward, an update changes
+    the weights of the layers ``updated`` (the updated weight is the next step's forward parameter:
+    one tensor pair in two steps); the others stay as they are (one tensor pair in every step)."""
     for rank in range(ranks):
+        weights = [np.random.default_rng(i).standard_normal((8, 8)).astype(np.float32) / 3 for i in range(3)]
         with SyntheticRecorder(path, level=level, rank=rank, world_size=ranks) as rec:
             net = rec.module("", "Net")
             layers = [rec.module(f"fc{i}", "Linear", parent=net, params={"weight": w}) for i, w in enumerate(weights)]
-            for step in range(STEPS):
-                wrong = step >= wrong_from.get(rank, STEPS)
+            for step in range(steps):
+                wrong = step >= wrong_from.get(rank, steps)
                 h = np.random.default_rng((rank, step)).standard_normal((4, 8)).astype(np.float32)
                 with rec.forward(net, h) as outer:
                     for i, layer in enumerate(layers):
                         with rec.forward(layer, h) as inner:
                             h = inner.output(np.tanh(h @ (weights[i] * (1 + 1e-3 * (wrong and i == 1))).T))
                     outer.output(h)
+                for i, layer in [(i, layers[i]) for i in updated]:
+                    weights[i] = (weights[i] * 0.99 + 0.01 * np.tanh(weights[i])).astype(np.float32)
+                    rec.update(layer, {"weight": weights[i]})
                 rec.end_step()
     return path
 
@@ -95,6 +111,111 @@ def test_runs_that_agree_give_the_same_verdict_on_dask(long_runs: dict[str, Path
     alone = compare_traces(long_runs["a"], long_runs["a"])
     assert alone.passed and len(alone.steps) == STEPS
     assert compare_traces(long_runs["a"], long_runs["a"], client=client).dumps() == alone.dumps()
+
+
+def _tasks_run(client: Client, compare: Any) -> list[tuple[int, int, int]]:
+    """(rank, first step, last step) of each task the cluster ran during ``compare()``, in order
+    of their end (the task keys of :func:`tracespec.compare.distributed.map_on_cluster`)."""
+    with get_task_stream(client) as stream:
+        compare()
+    found = []
+    for task in stream.data:
+        parts = str(task["key"]).split("-")
+        if parts[:2] == ["tracespec", "rank"]:
+            found.append((int(parts[2]), int(parts[4]), int(parts[5])))
+    return found
+
+
+@pytest.fixture(scope="module")
+def one_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("one_rank")
+    return {
+        # trained at full: every pair read; the updated weight is the next step's forward parameter
+        "trained_a": record_ranks(folder / "trained_a", {}, level="full", ranks=1, steps=8, updated=(0, 1, 2)),
+        "trained_b": record_ranks(folder / "trained_b", {0: 5}, level="full", ranks=1, steps=8, updated=(0, 1, 2)),
+        # fc1's weight never changes (one tensor pair in every step, judged once, at step 0), its
+        # peers do: judged anew in a later step, it would take that step's scale
+        "frozen_a": record_ranks(folder / "frozen_a", {}, level="full", ranks=1, steps=8, updated=(0, 2)),
+        "frozen_b": record_ranks(folder / "frozen_b", {0: 6}, level="full", ranks=1, steps=8, updated=(0, 2)),
+        # more steps than are detailed, with data (never column-wise): two ranks, one diverges late
+        "long_a": record_ranks(folder / "long_a", {}, level="full", ranks=2, steps=DETAIL_STEPS + 4, updated=(0, 1, 2)),
+        "long_b": record_ranks(folder / "long_b", {0: 12}, level="full", ranks=2, steps=DETAIL_STEPS + 4, updated=(0, 1, 2)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "first"),
+    [("trained_a", "trained_b", 5), ("trained_a", "trained_a", None), ("frozen_a", "frozen_b", 6), ("long_a", "long_b", 12)],
+    ids=["trained", "passing", "frozen-weights", "long-with-data"],
+)
+def test_a_ranks_steps_are_split_into_tasks_with_the_same_verdict(
+    one_rank_runs: dict[str, Path], client: Client, a: str, b: str, first: int | None
+) -> None:
+    alone = compare_traces(one_rank_runs[a], one_rank_runs[b])
+    assert (alone.first_divergence or {}).get("step") == first
+    found: list[Verdict] = []
+    tasks = _tasks_run(client, lambda: found.append(compare_traces(one_rank_runs[a], one_rank_runs[b], client=client)))
+    assert found[0].dumps() == alone.dumps()
+    # two workers, two tasks each: a rank's steps in runs (1 rank: 4 runs of 2 steps; 2 ranks: 2 of 7)
+    pieces = {(rank, low, high) for rank, low, high in tasks}
+    ranks = len(alone.selection["ranks"])
+    assert len({piece for piece in pieces if piece[2] - piece[1] + 1 < len(alone.steps)}) == 4, tasks
+    assert len({rank for rank, _, _ in pieces}) == ranks
+    # a worker opens A and B once per comparison, for all its tasks, and lets them go at its end
+    assert set(client.run(lambda: len(distributed_diff._OPENED)).values()) == {0}
+
+
+def test_tasks_are_run_again_with_what_earlier_steps_judged(one_rank_runs: dict[str, Path], client: Client) -> None:
+    """A weight recorded unchanged at every step is judged once, at step 0, with step 0's noise
+    scale: a task that starts later judged it anew (another scale) and is run again, seeded."""
+    alone = compare_traces(one_rank_runs["frozen_a"], one_rank_runs["frozen_b"])
+    scales = {
+        (unit["step"], record["noise"]["scale"])
+        for unit in alone.nodes
+        for record in unit["records"]
+        if unit["a"]["route"] == "fc1" and unit["stage"] == "forward" and record["role"] == "parameter"
+    }
+    assert len({scale for _, scale in scales}) == 1 and len(scales) == 8  # one judgment for 8 steps
+    tasks = _tasks_run(client, lambda: compare_traces(one_rank_runs["frozen_a"], one_rank_runs["frozen_b"], client=client))
+    again = [piece for piece in set(tasks) if tasks.count(piece) > 1]
+    assert again and all(low > 0 for _, low, _ in again), tasks
+
+
+def test_a_rank_whose_steps_go_column_wise_is_compared_whole(long_runs: dict[str, Path], client: Client) -> None:
+    """Which steps a column-wise walk compares record by record depends on the steps before: a task
+    that meets one stops, and its rank is compared whole (the verdict: the parametrized test above)."""
+    tasks = _tasks_run(client, lambda: compare_traces(long_runs["a"], long_runs["b"], client=client))
+    assert {(rank, low, high) for rank, low, high in tasks if high - low + 1 == STEPS} >= {(r, 0, STEPS - 1) for r in range(3)}
+    assert any(high - low + 1 < STEPS for _, low, high in tasks), tasks  # split first (3 ranks, 2 workers)
+
+
+def test_storage_options_and_the_cache_reach_the_workers(
+    one_rank_runs: dict[str, Path],
+    bucket: str,  # noqa: F811 (the imported fixture, requested)
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Traces on the moto S3 server whose endpoint only ``--storage-option`` gives (not the
+    environment, which the workers inherit): the workers open them, and fetch the arrays they
+    compare into the ``--cache`` folder (the client reads the tables only)."""
+    a, b = f"{bucket}/a", f"{bucket}/b"
+    copy_trace(one_rank_runs["trained_a"], a)
+    copy_trace(one_rank_runs["trained_b"], b)
+    alone = compare_traces(a, b, storage_options={"endpoint_url": s3_endpoint})
+    environment = {key: value for key, value in os.environ.items() if key != "AWS_ENDPOINT_URL"}
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "tracespec.cli", "diff", a, b, "--workers", "2", "--json", "-"]
+    done = subprocess.run(
+        [*command, "--storage-option", f"endpoint_url={s3_endpoint}", "--cache", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == alone.dumps() and json.loads(done.stdout)["first_divergence"]["step"] == 5
+    chunks = [p for p in cache.rglob("*") if p.is_file() and "tensors.zarr" in p.parts and "c" in p.parts]
+    assert chunks, sorted(str(p) for p in cache.rglob("*"))
 
 
 def test_full_data_a_baseline_and_a_saved_layer_map_on_dask(tmp_path: Path, client: Client) -> None:

@@ -1,14 +1,19 @@
 """A comparison on a Dask cluster: ``compare(a, b, client=...)``, ``tracespec diff --workers N``.
 
-Each task compares one rank (:func:`tracespec.compare.engine.compare_rank`). The worker opens A and
-B itself from their paths or URLs, so tensor data never passes through the scheduler or the client,
-and it sends back what the rank came to (step summaries and the units of the detailed steps, results
-without data); :func:`tracespec.compare.engine.compare_ranks_apart` merges them, in rank order, into
-exactly the verdict of a comparison in one process. A worker's memory is one rank's comparison: a
-few tensors at a time, as in one process, per thread (``--workers`` starts one thread per worker).
+Each task compares a rank's steps, all of them or a run of them where there are fewer ranks than
+tasks to keep the workers busy (:func:`tracespec.compare.engine.split_tasks`,
+:func:`~tracespec.compare.engine.compare_rank`). The worker opens A and B itself from their paths or
+URLs, with the storage options and cache folder the task carries, so tensor data never passes
+through the scheduler or the client; it totals the bytes it will compare and sends back what its
+steps came to (step summaries, the units of the detailed steps, the judgments of tensor pairs: results
+without data). :func:`tracespec.compare.engine.compare_ranks_apart` runs again the few tasks that
+needed what another found, and merges the outcomes, in rank and step order, into exactly the verdict
+of a comparison in one process. A worker's memory is one task's comparison: a few tensors at a
+time, as in one process, per thread (``--workers`` starts one thread per worker).
 
 Imported only when a cluster is asked for: nothing else in tracespec imports dask. The cluster is
-trusted code: Dask moves tasks and their results between its processes with pickle.
+trusted code: Dask moves tasks (storage options and credentials among them) and their results
+between its processes with pickle.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-from tracespec.compare.engine import RankOutcome, RankPlan, compare_rank
+from tracespec.compare.engine import RankOutcome, RankPlan, RankTask, compare_rank
 from tracespec.errors import UsageError
+from tracespec.storage import Trace, load_trace
 
-__all__ = ["WORKER_MALLOC", "cluster_client", "map_on_cluster"]
+__all__ = ["WORKER_MALLOC", "cluster_client", "cluster_workers", "forget_on_cluster", "map_on_cluster"]
 
 CONNECT_TIMEOUT: Final = "10s"
 """How long to try to reach a scheduler given by address before saying it cannot be reached."""
@@ -87,25 +93,33 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None) -> 
         yield client
 
 
-def map_on_cluster(
-    client: Any, plan: RankPlan, tasks: list[tuple[int, int | None]], progress: Callable[[int], None]
-) -> list[RankOutcome]:
-    """:func:`compare_rank` of each (rank, known first step) on the cluster, the outcomes in order;
-    ``progress`` is called with the bytes compared, as the workers report them."""
+def cluster_workers(client: Any) -> int:
+    """The workers of the cluster now (at least 1: tasks wait for a worker that joins later)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def map_on_cluster(client: Any, plan: RankPlan, tasks: list[RankTask], progress: Callable[[int, int], None]) -> list[RankOutcome]:
+    """:func:`compare_rank` of each task on the cluster, the outcomes in order; ``progress`` is
+    called with (bytes compared, bytes to compare) as the workers report them."""
     topic = f"tracespec-progress-{uuid.uuid4().hex}"
     lock = threading.Lock()
 
-    def on_event(event: tuple[float, int]) -> None:
+    def on_event(event: tuple[float, tuple[int, int]]) -> None:
         with lock:  # the client's event loop calls this in its own thread
-            progress(event[1])
+            progress(*event[1])
 
     client.subscribe_topic(topic, on_event)
     try:
         futures = [
             client.submit(
-                _compare_rank_task, plan, rank, known_first, topic, pure=False, key=f"tracespec-rank-{rank}-{uuid.uuid4().hex}"
+                _compare_rank_task,
+                plan,
+                task,
+                topic,
+                pure=False,
+                key=f"tracespec-rank-{task.rank}-steps-{task.steps[0]}-{task.steps[-1]}-{uuid.uuid4().hex}",
             )
-            for rank, known_first in tasks
+            for task in tasks
         ]
         try:
             return client.gather(futures)  # type: ignore[no-any-return]
@@ -118,26 +132,60 @@ def map_on_cluster(
 
 
 class _Reporter:
-    """A worker's progress: bytes compared, sent as an event on ``topic`` at most every quarter second."""
+    """A worker's progress: (bytes compared, bytes to compare), sent as an event on ``topic`` at
+    most every quarter second."""
 
     def __init__(self, topic: str) -> None:
-        self.topic, self.pending, self.sent = topic, 0, time.monotonic()
+        self.topic, self.compared, self.planned, self.sent = topic, 0, 0, time.monotonic()
         self.worker = _dask().get_worker()
 
-    def __call__(self, nbytes: int) -> None:
-        self.pending += nbytes
-        if time.monotonic() - self.sent >= _PROGRESS_EVERY:
+    def __call__(self, compared: int, planned: int) -> None:
+        self.compared += compared
+        self.planned += planned
+        if planned or time.monotonic() - self.sent >= _PROGRESS_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            self.worker.log_event(self.topic, self.pending)
-            self.pending, self.sent = 0, time.monotonic()
+        if self.compared or self.planned:
+            self.worker.log_event(self.topic, (self.compared, self.planned))
+            self.compared, self.planned, self.sent = 0, 0, time.monotonic()
 
 
-def _compare_rank_task(plan: RankPlan, rank: int, known_first: int | None, topic: str) -> RankOutcome:
+_OPENED: dict[tuple[str, int, str], Trace] = {}
+"""The traces a worker opened, by (comparison, thread, location): a worker's next task of the same
+comparison (another rank, or the same rank's next steps) does not open and check them again."""
+_OPENED_LOCK = threading.Lock()
+
+
+def forget_on_cluster(client: Any, diff_id: str) -> None:
+    """Close what every worker keeps of comparison ``diff_id`` (the comparison is over)."""
+    client.run(_forget, diff_id)
+
+
+def _forget(diff_id: str) -> None:
+    """Drop the traces this worker keeps for comparison ``diff_id``."""
+    with _OPENED_LOCK:
+        for key in [key for key in _OPENED if key[0] == diff_id]:
+            del _OPENED[key]
+
+
+def _opener(diff_id: str) -> Callable[[str], Trace]:
+    def open_trace(location: str) -> Trace:
+        key = (diff_id, threading.get_ident(), location)  # a thread's own: readers are not shared
+        with _OPENED_LOCK:
+            found = _OPENED.get(key)
+        if found is None:
+            found = load_trace(location)
+            with _OPENED_LOCK:
+                _OPENED[key] = found
+        return found
+
+    return open_trace
+
+
+def _compare_rank_task(plan: RankPlan, task: RankTask, topic: str) -> RankOutcome:
     reporter = _Reporter(topic)
     try:
-        return compare_rank(plan, rank, known_first, reporter)
+        return compare_rank(plan, task, reporter, _opener(plan.diff_id))
     finally:
         reporter.flush()

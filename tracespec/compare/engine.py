@@ -7,11 +7,14 @@ so a module input that is the previous module's output is read once); determinis
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,14 +44,26 @@ from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import TableMismatchError, UsageError
 from tracespec.format.dtypes import dtype_of, numpy_dtype
 from tracespec.format.tables import ROLES, STAGES
-from tracespec.storage import Trace, load_trace
+from tracespec.storage import Trace, current_location_defaults, load_trace, location_defaults
 
-__all__ = ["Progress", "RankOutcome", "RankPlan", "compare_rank", "compare_ranks_apart", "compare_traces"]
+__all__ = [
+    "Progress",
+    "RankOutcome",
+    "RankPlan",
+    "RankTask",
+    "compare_rank",
+    "compare_ranks_apart",
+    "compare_traces",
+    "split_tasks",
+]
 
 Progress = Callable[[int, int], None]
 """Called with (bytes compared so far, bytes to compare in all)."""
 
 _FORWARD_PARAMS = ("parameter", "buffer")
+
+Judgment = tuple[Metrics, str, dict[str, Any]]
+"""A tensor pair's metrics, status and noise: what every record of the pair shares."""
 
 DETAIL_STEPS: Final = 10
 """Up to this many steps compared, the verdict lists the units of every step; beyond, of the first
@@ -131,6 +146,8 @@ class _Comparer:
         self.trust_hashes = trust_hashes
         self.progress = progress
         self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any], list[RecordResult]]] = {}
+        self.seeded: set[tuple[Any, ...]] = set()
+        """Keys of :meth:`seed`: judged before the steps this comparer walks (by another task)."""
         self.dtypes: set[str] = set()
         self.notes: dict[int, tuple[Record, Record, str]] | None = None
         """While set, each pair judged, by ``id`` of its result: A's and B's records and the route
@@ -201,6 +218,27 @@ class _Comparer:
         if result.metrics.kind == "none":
             result.note = result.metrics.note
         return result
+
+    def seed(self, judgments: Mapping[tuple[Any, ...], Judgment]) -> None:
+        """Take the judgments of tensor pairs first judged in earlier steps, as if this comparer had
+        walked them (a task that compares a rank's later steps, :func:`compare_rank`)."""
+        for key, (metrics, status, noise) in judgments.items():
+            self.judged[key] = (metrics, status, noise, [])
+        self.seeded.update(judgments)
+
+    def own_judgments(self) -> dict[tuple[Any, ...], Judgment]:
+        """The judgments of tensor pairs by content hash made here (not seeded), in the order made:
+        the only ones a later step can reuse (a stored array belongs to its step)."""
+        return {key: found[:3] for key, found in self.judged.items() if key[0] == "hash" and key not in self.seeded}
+
+    def rejudged(self) -> set[tuple[Any, ...]]:
+        """Keys of the tensor pairs by content hash whose results an explanation changed after their
+        judgment (kinks: :mod:`tracespec.compare.kinks`), which changes every result of the pair."""
+        return {
+            key
+            for key, (_, status, noise, shared) in self.judged.items()
+            if key[0] == "hash" and any(r.status != status or r.noise is not noise for r in shared)
+        }
 
     def _scale(self, ra: Record, typical_rms: float | None) -> tuple[float | None, dict[str, Any]]:
         """The scale of A's tensor (docs/diff.md, Tolerances) and where it came from: the tensor's
@@ -287,9 +325,9 @@ def _read_checked(trace: Trace, rank: int, record: Record, side: str) -> np.ndar
 def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ...] | None:
     """What identifies a pair of tensors: their content hashes, else their stored arrays."""
     if ra.hash is not None and rb.hash is not None:
-        return (ra.hash, rb.hash, ra.shape, rb.shape, transform)
+        return ("hash", ra.hash, rb.hash, ra.shape, rb.shape, transform)
     if ra.array is not None and rb.array is not None:
-        return (ra.array, rb.array, transform)
+        return ("array", ra.array, rb.array, transform)
     return None
 
 
@@ -495,6 +533,12 @@ def _parameter_history(earlier: dict[tuple[str, int, int | None], UnitResult], n
     return list(found.values())
 
 
+class _ColumnarPiece(Exception):
+    """A task comparing some of a rank's steps met one that the column-wise path learns: which steps
+    a walk compares record by record (and so which tensor pairs it judges and reuses) then depends on
+    the steps before, and the rank is compared whole instead (:func:`compare_ranks_apart`)."""
+
+
 @dataclass(slots=True)
 class _RankState:
     ranked: _RankComparison
@@ -514,8 +558,13 @@ class _StepWalk:
         detail_all: bool,
         first_step_only: bool,
         known_first: int | None = None,
+        piece: bool = False,
     ) -> None:
         self.ranked = ranked
+        self.first_selected = selection.steps[0]
+        self.piece = piece
+        """The walk covers some of the selected steps only (:func:`compare_rank`): a step learned
+        for the column-wise path ends it (:class:`_ColumnarPiece`)."""
         self.ranks = [state.ranked.va.rank for state in ranked]
         self.known_first = known_first
         """Where this walk covers some of the ranks only (a Dask worker's one rank,
@@ -543,6 +592,8 @@ class _StepWalk:
         if comparer.notes is not None:
             state.columnar.learn(step, stages, comparer.notes, *counts, comparer.dtypes)  # type: ignore[union-attr]
             comparer.notes = None
+            if self.piece and state.columnar.templates:  # type: ignore[union-attr]
+                raise _ColumnarPiece(step)
         return summarize_units(stages, *counts, comparer.dtypes), stages
 
     def _batch(
@@ -565,7 +616,7 @@ class _StepWalk:
     def run(self, steps: list[int]) -> None:
         for start in range(0, len(steps), BATCH_STEPS):
             batch = steps[start : start + BATCH_STEPS]
-            detail = set(batch) if self.detail_all else {steps[0]} & set(batch)
+            detail = set(batch) if self.detail_all else {self.first_selected} & set(batch)
             results = [self._batch(state, batch, detail) for state in self.ranked]
             for state in self.ranked:  # the batch's table pages: read, and not needed again
                 state.ranked.va.release(batch)
@@ -650,6 +701,8 @@ def compare_traces(
     first_step_only: bool = False,
     columnar: bool = True,
     client: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -695,9 +748,14 @@ def compare_traces(
         (:mod:`tracespec.compare.columnar`); ``False`` compares every record one by one, with the
         same results, slower.
     client:
-        A ``dask.distributed.Client``: each rank is compared by a worker of its cluster, which
-        opens A and B itself (give paths or URLs every worker can read), into the same verdict
+        A ``dask.distributed.Client``: each rank (or, with fewer ranks than workers, each run of
+        a rank's steps) is compared by a worker of its cluster, which opens A and B itself (give paths or URLs every worker can read), into the same verdict
         (:mod:`tracespec.compare.distributed`). None: in this process.
+    storage_options, cache:
+        For traces at URLs (``s3://...``): options of the store's file system
+        (``{"endpoint_url": ...}``) and a folder that keeps what was fetched (docs/storage.md).
+        They add to those of :func:`~tracespec.storage.location_defaults` (the CLI's
+        ``--storage-option`` and ``--cache``) and travel with each task to the Dask workers.
 
     Returns
     -------
@@ -713,8 +771,14 @@ def compare_traces(
         raise UsageError(f"stage(s) {unknown} not among {', '.join(STAGES)}")
     if layer_map is not None and not isinstance(layer_map, LayerMap):
         layer_map = load_layer_map(layer_map)
-    trace_a, trace_b = _open(a), _open(b)
-    trace_a2 = open_baseline(baseline) if baseline is not None else None
+    options, folder = current_location_defaults()
+    where = (
+        {**options, **(storage_options or {})},
+        os.fspath(cache) if cache is not None else str(folder) if folder is not None else None,
+    )
+    with location_defaults(*where):
+        trace_a, trace_b = _open(a), _open(b)
+        trace_a2 = open_baseline(baseline) if baseline is not None else None
     chosen_ranks = _select(ranks, trace_a.ranks, trace_b.ranks, "rank(s)")
     chosen_steps = _select(steps, trace_a.steps, trace_b.steps, "step(s)")
     if not chosen_steps:
@@ -732,14 +796,11 @@ def compare_traces(
         chosen_steps, chosen_ranks, tuple(s for s in STAGE_ORDER if s in chosen_stages), tuple(routes or ()), tuple(exclude or ())
     )
 
-    total = _bytes_to_compare(trace_a, trace_b, selection, policy.global_mode)
-    for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
-        trace.release_pages()
-    done = 0
+    done = total = 0
 
-    def advance(nbytes: int) -> None:
-        nonlocal done
-        done += nbytes
+    def advance(compared: int, planned: int = 0) -> None:
+        nonlocal done, total
+        done, total = done + compared, total + planned
         if progress is not None:
             progress(min(done, total), total)
 
@@ -754,11 +815,18 @@ def compare_traces(
         columnar,
         first_step_only,
         chosen_ranks[0] if save_map is not None else None,
+        *where,
+        uuid.uuid4().hex,
     )
     if client is not None:
-        from tracespec.compare.distributed import map_on_cluster  # imports dask: only when asked for
+        from tracespec.compare.distributed import cluster_workers, forget_on_cluster, map_on_cluster  # imports dask
 
-        outcomes = compare_ranks_apart(plan, chosen_ranks, lambda tasks: map_on_cluster(client, plan, tasks, advance))
+        # each task totals its own bytes to compare, on its worker: the progress total grows as they start
+        tasks = split_tasks(chosen_ranks, chosen_steps, cluster_workers(client))
+        try:
+            outcomes = compare_ranks_apart(plan, tasks, lambda pending: map_on_cluster(client, plan, pending, advance))
+        finally:
+            forget_on_cluster(client, plan.diff_id)
         walk = _merged_walk(plan, outcomes)
         map_text = next((o.layer_map_text for o in outcomes if o.layer_map_text is not None), None)
         if map_text is not None:
@@ -767,6 +835,9 @@ def compare_traces(
         unmatched = [item for o in outcomes for item in o.unmatched]
         baseline_used = sum(o.baseline_used for o in outcomes)
     else:
+        advance(0, _bytes_to_compare(trace_a, trace_b, selection, policy.global_mode))
+        for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
+            trace.release_pages()
         ranked: list[_RankState] = []
         coverage, unmatched = {}, []
         for rank in chosen_ranks:
@@ -801,7 +872,8 @@ def compare_traces(
 @dataclass(frozen=True, slots=True)
 class RankPlan:
     """What comparing one rank needs, small and picklable: the traces travel as paths or URLs, never
-    as data, and whoever compares a rank (a Dask worker) opens them itself."""
+    as data, with the storage options and cache folder to open them, and whoever compares a rank
+    (a Dask worker) opens them itself."""
 
     a: str
     b: str
@@ -814,18 +886,38 @@ class RankPlan:
     first_step_only: bool
     map_rank: int | None
     """The rank whose alignment becomes the layer map of ``save_map`` (None: no map wanted)."""
+    storage_options: Mapping[str, Any]
+    """For traces at URLs (``--storage-option``): the options of the store's file system."""
+    cache: str | None
+    """For traces at URLs (``--cache``): the folder that keeps what was fetched."""
+    diff_id: str = ""
+    """Names this comparison: a worker keeps the traces it opened for the next task of the same one."""
 
     @property
     def detail_all(self) -> bool:
         return len(self.selection.steps) <= DETAIL_STEPS
 
 
-@dataclass(slots=True)
-class RankOutcome:
-    """What one rank's comparison came to: summaries and the units of the detailed steps (results,
-    no tensor data), as a worker sends it back."""
+@dataclass(frozen=True, slots=True)
+class RankTask:
+    """A piece of a comparison that one worker does: rank ``rank``'s ``steps`` (a run of the
+    selected steps, or all of them)."""
 
     rank: int
+    steps: tuple[int, ...]
+    known_first: int | None = None
+    """The first step where any rank diverged, once known (:func:`compare_ranks_apart`)."""
+    seeds: Mapping[tuple[Any, ...], Judgment] = field(default_factory=dict)
+    """The judgments of tensor pairs first judged before ``steps`` (by other tasks), reused as the
+    walk over every step reuses them."""
+
+
+@dataclass(slots=True)
+class RankOutcome:
+    """What one task came to: summaries and the units of the detailed steps (results, no tensor
+    data), as a worker sends it back."""
+
+    task: RankTask
     coverage: dict[str, Any]
     unmatched: list[dict[str, Any]]
     steps: list[int]
@@ -835,6 +927,16 @@ class RankOutcome:
     first_step: int | None
     baseline_used: int
     layer_map_text: str | None
+    judged: dict[tuple[Any, ...], Judgment] = field(default_factory=dict)
+    """The tensor pairs (by content hash) first judged in these steps, in order, with their judgment."""
+    rejudged: set[tuple[Any, ...]] = field(default_factory=set)
+    """Tensor pairs whose results an explanation changed after their judgment."""
+    whole: bool = False
+    """The task met a step that the column-wise path learns, and stopped: compare the rank whole."""
+
+    @property
+    def rank(self) -> int:
+        return self.task.rank
 
 
 def _location(given: Trace | str | os.PathLike[str], trace: Trace) -> str:
@@ -845,13 +947,19 @@ def _location(given: Trace | str | os.PathLike[str], trace: Trace) -> str:
 
 
 def _rank_state(
-    trace_a: Trace, trace_b: Trace, trace_a2: Trace | None, rank: int, plan: RankPlan, advance: Callable[[int], None]
+    trace_a: Trace,
+    trace_b: Trace,
+    trace_a2: Trace | None,
+    rank: int,
+    plan: RankPlan,
+    advance: Callable[[int], None],
+    want_map: bool = True,
 ) -> tuple[_RankState, Alignment, str | None]:
     """A rank aligned and ready to walk, its alignment, and the layer map text where ``plan`` wants it."""
     steps = plan.selection.steps
     view_a, view_b = RankView(trace_a, rank, steps), RankView(trace_b, rank, steps)
     alignment = align_trees(view_a, view_b, plan.layer_map)
-    map_text = alignment_layer_map(alignment, view_a, view_b, plan.layer_map) if rank == plan.map_rank else None
+    map_text = alignment_layer_map(alignment, view_a, view_b, plan.layer_map) if want_map and rank == plan.map_rank else None
     noise_baseline = Baseline(trace_a2, rank, steps, view_a) if trace_a2 is not None else None
     comparer = _Comparer(trace_a, trace_b, rank, plan.policy, plan.trust_hashes, advance, ScopeScales(view_a), noise_baseline)
     columnar = ColumnarRank(view_a, view_b, plan.policy) if plan.columnar and not plan.detail_all else None
@@ -859,52 +967,170 @@ def _rank_state(
 
 
 def compare_rank(
-    plan: RankPlan, rank: int, known_first: int | None = None, progress: Callable[[int], None] | None = None
+    plan: RankPlan,
+    task: RankTask,
+    progress: Callable[[int, int], None] | None = None,
+    open_trace: Callable[[str], Trace] = load_trace,
 ) -> RankOutcome:
-    """Compare one rank on its own (a Dask task): open the traces, align, walk the steps.
+    """Compare one rank's steps on their own (a Dask task): open the traces, align the rank over
+    every selected step, walk the task's steps.
 
-    ``known_first`` is the first step where any rank diverged, once known (see
-    :func:`compare_ranks_apart`); ``progress`` is called with the bytes of each tensor pair compared.
+    ``progress`` is called with (bytes compared, bytes to compare) as they become known: first the
+    task's total, then each tensor pair's bytes. ``open_trace`` opens A and B (a worker's keeps
+    them for its next task of the same comparison).
     """
-    trace_a, trace_b = load_trace(plan.a), load_trace(plan.b)
-    trace_a2 = open_baseline(plan.baseline) if plan.baseline is not None else None
-    state, alignment, map_text = _rank_state(trace_a, trace_b, trace_a2, rank, plan, progress or (lambda nbytes: None))
-    walk = _StepWalk([state], plan.selection, plan.detail_all, plan.first_step_only, known_first)
-    walk.run(plan.selection.steps)
-    coverage, unmatched = _rank_coverage(alignment)
+    report = progress or (lambda done, total: None)
+    with location_defaults(plan.storage_options, plan.cache):
+        trace_a, trace_b = open_trace(plan.a), open_trace(plan.b)
+        trace_a2 = open_baseline(plan.baseline) if plan.baseline is not None else None
+        own = dataclasses.replace(plan.selection, ranks=[task.rank], steps=list(task.steps))
+        report(0, _bytes_to_compare(trace_a, trace_b, own, plan.policy.global_mode))
+        for trace in (trace_a, trace_b):  # a pass over whole tables: their pages go (Part.release_pages)
+            trace.release_pages()
+        first_piece = task.steps[0] == plan.selection.steps[0]
+        state, alignment, map_text = _rank_state(
+            trace_a, trace_b, trace_a2, task.rank, plan, lambda nbytes: report(nbytes, 0), first_piece
+        )
+        state.ranked.comparer.seed(task.seeds)
+        piece = len(task.steps) < len(plan.selection.steps)
+        walk = _StepWalk([state], plan.selection, plan.detail_all, plan.first_step_only, task.known_first, piece)
+        coverage, unmatched = _rank_coverage(alignment)
+        try:
+            walk.run(list(task.steps))
+        except _ColumnarPiece:
+            return RankOutcome(task, coverage, [], [], [], {}, None, 0, None, whole=True)
     baseline = state.ranked.comparer.baseline
     return RankOutcome(
-        rank,
+        task,
         coverage,
-        [{"rank": rank, **item} for item in unmatched],
+        [{"rank": task.rank, **item} for item in unmatched],
         walk.steps,
         [summaries[0] for summaries in walk.summaries],
         {step: ranks[0] for step, ranks in walk.detailed.items()},
         walk.first_step,
         baseline.used if baseline is not None else 0,
         map_text,
+        state.ranked.comparer.own_judgments() if piece else {},
+        state.ranked.comparer.rejudged() if piece else set(),
     )
 
 
-def compare_ranks_apart(
-    plan: RankPlan, ranks: list[int], run: Callable[[list[tuple[int, int | None]]], list[RankOutcome]]
-) -> list[RankOutcome]:
-    """Every rank compared on its own, with the outcomes of the walk over all ranks together.
+TASKS_PER_WORKER: Final = 2
+"""Tasks per worker when a rank's steps are split: enough to even out steps of unequal cost."""
 
-    ``run`` maps :func:`compare_rank` over (rank, known first step) pairs and returns the outcomes in
-    order (on Dask workers). What one rank's walk cannot know is the first step where *another* rank
-    diverged: the walk over all ranks keeps every rank's units at that step, and there a rank whose
-    steps were compared column-wise is compared again record by record, which its later steps see
-    (pairs already judged are reused). A rank whose own first divergent step is not the first of all
-    is therefore compared once more, told that step; where every step is detailed, none is.
+
+def split_tasks(ranks: list[int], steps: list[int], workers: int) -> list[RankTask]:
+    """One task per rank, or where there are fewer ranks than :data:`TASKS_PER_WORKER` tasks per
+    worker, each rank's steps in runs of nearly equal length (at least a step each)."""
+    pieces = max(1, min(len(steps), -(-TASKS_PER_WORKER * workers // len(ranks))))
+    bounds = [round(i * len(steps) / pieces) for i in range(pieces + 1)]
+    return [RankTask(rank, tuple(steps[bounds[i] : bounds[i + 1]])) for rank in ranks for i in range(pieces)]
+
+
+def _fingerprint(judgment: Judgment) -> str:
+    metrics, status, noise = judgment
+    return json.dumps([metrics.to_json(), status, noise])
+
+
+def compare_ranks_apart(
+    plan: RankPlan, tasks: list[RankTask], run: Callable[[list[RankTask]], list[RankOutcome]]
+) -> list[RankOutcome]:
+    """The outcome of every rank, compared in ``tasks`` (:func:`split_tasks`) exactly as the walk
+    over all ranks and steps together would compare them.
+
+    ``run`` maps :func:`compare_rank` over tasks and returns the outcomes in order (on Dask
+    workers). What a task cannot know alone is found from the outcomes, and the tasks it changes
+    are run again, told it:
+
+    - the judgments of tensor pairs first judged in a rank's earlier steps (a parameter updated at
+      the end of one step is the next step's forward parameter: one tensor pair, judged once, in
+      the step where it first appears). A task whose own judgment of such a pair differs from the
+      earlier task's is compared again, seeded with it. Where an explanation (kinks) changed a pair
+      that earlier steps also hold, or a task met a step learned for the column-wise path (whose
+      record-by-record steps depend on the steps before), the rank is compared whole;
+    - the first step where *another* rank diverged: the walk over all ranks keeps every rank's units
+      there, so the task holding that step is compared again, told it (where every step is
+      detailed, none is).
     """
-    outcomes = run([(rank, None) for rank in ranks])
-    first = min((o.first_step for o in outcomes if o.first_step is not None), default=None)
-    again = [o.rank for o in outcomes if not plan.detail_all and o.first_step != first]
+    by_rank = _resolved(plan, tasks, run(tasks), run)
+    first = min((o.first_step for pieces in by_rank.values() for o in pieces if o.first_step is not None), default=None)
+    again = [
+        o.task
+        for pieces in by_rank.values()
+        for o in pieces
+        if not plan.detail_all and first is not None and first in o.task.steps and o.first_step != first
+    ]
     if again:
-        redone = dict(zip(again, run([(rank, first) for rank in again])))
-        outcomes = [redone.get(o.rank, o) for o in outcomes]
-    return outcomes
+        redone = {(t.rank, t.steps): o for t, o in zip(again, run([dataclasses.replace(t, known_first=first) for t in again]))}
+        by_rank = {rank: [redone.get((o.rank, o.task.steps), o) for o in pieces] for rank, pieces in by_rank.items()}
+    return [_joined(plan, by_rank[rank], first) for rank in sorted(by_rank, key=[t.rank for t in tasks].index)]
+
+
+def _resolved(
+    plan: RankPlan, tasks: list[RankTask], outcomes: list[RankOutcome], run: Callable[[list[RankTask]], list[RankOutcome]]
+) -> dict[int, list[RankOutcome]]:
+    """Per rank, its tasks' outcomes in step order, each with the judgments of earlier steps (see
+    :func:`compare_ranks_apart`): tasks seeded again, ranks compared whole, until every one holds."""
+    by_rank: dict[int, list[RankOutcome]] = {}
+    for outcome in outcomes:
+        by_rank.setdefault(outcome.rank, []).append(outcome)
+    while True:
+        pending: list[RankTask] = []
+        for rank, pieces in by_rank.items():
+            if len(pieces) == 1:
+                continue
+            redo = _seeds_needed(pieces, plan.baseline is not None)
+            if redo is None:
+                pending.append(RankTask(rank, tuple(plan.selection.steps)))
+            else:
+                pending += redo
+        if not pending:
+            return by_rank
+        for task, outcome in zip(pending, run(pending)):
+            pieces = by_rank[task.rank]
+            if len(task.steps) == len(plan.selection.steps):
+                by_rank[task.rank] = [outcome]
+            else:
+                by_rank[task.rank] = [outcome if o.task.steps == task.steps else o for o in pieces]
+
+
+def _seeds_needed(pieces: list[RankOutcome], counted: bool) -> list[RankTask] | None:
+    """The tasks of one rank to compare again with the judgments of the steps before theirs (none:
+    every piece holds); None where the rank must be compared whole. ``counted``: each judgment is
+    also counted (a baseline's records), so one made again must be reused even where it is equal."""
+    earlier: dict[tuple[Any, ...], Judgment] = {}
+    redo = []
+    for piece in pieces:
+        if piece.whole:
+            return None
+        inherited = {key: earlier[key] for key in piece.judged if key in earlier}
+        if piece.rejudged & (inherited.keys() | piece.task.seeds.keys()):
+            return None  # an explanation here changes the results of earlier steps too
+        if (counted and inherited) or any(_fingerprint(piece.judged[key]) != _fingerprint(j) for key, j in inherited.items()):
+            redo.append(dataclasses.replace(piece.task, seeds={**piece.task.seeds, **inherited}))
+        for key, judgment in piece.judged.items():
+            earlier.setdefault(key, judgment)
+    return redo
+
+
+def _joined(plan: RankPlan, pieces: list[RankOutcome], first: int | None) -> RankOutcome:
+    """One rank's outcome from its tasks' (in step order), with the units of the detailed steps."""
+    if len(pieces) == 1:
+        return pieces[0]
+    steps = plan.selection.steps
+    kept = set(steps) if plan.detail_all else {steps[0], first}
+    head = pieces[0]
+    return RankOutcome(
+        RankTask(head.rank, tuple(steps)),
+        head.coverage,
+        head.unmatched,
+        [step for piece in pieces for step in piece.steps],
+        [summary for piece in pieces for summary in piece.summaries],
+        {step: units for piece in pieces for step, units in piece.detailed.items() if step in kept},
+        min((piece.first_step for piece in pieces if piece.first_step is not None), default=None),
+        sum(piece.baseline_used for piece in pieces),
+        head.layer_map_text,
+    )
 
 
 def _merged_walk(plan: RankPlan, outcomes: list[RankOutcome]) -> _StepWalk:

@@ -2,7 +2,7 @@
 local folder or at a URL (an object store, through fsspec)."""
 
 from tracespec.storage.copy import CopyReport, copy_trace
-from tracespec.storage.location import is_url, location_defaults
+from tracespec.storage.location import current_location_defaults, is_url, location_defaults
 from tracespec.storage.reader import Part, Trace, load_trace
 from tracespec.storage.validate import ValidationReport, validate_trace
 from tracespec.storage.writer import TraceWriter, replace_manifest_source
@@ -16,6 +16,7 @@ __all__ = [
     "TraceWriter",
     "ValidationReport",
     "copy_trace",
+    "current_location_defaults",
     "is_url",
     "load_trace",
     "location_defaults",

@@ -32,6 +32,7 @@ __all__ = [
     "IN_FLIGHT_BYTES",
     "RANGE_BYTES",
     "RemoteLocation",
+    "current_location_defaults",
     "is_url",
     "location_defaults",
     "resolve_location",
@@ -75,6 +76,13 @@ def location_defaults(
         yield
     finally:
         _DEFAULTS.reset(token)
+
+
+def current_location_defaults() -> tuple[dict[str, Any], Path | None]:
+    """The storage options and cache folder that :func:`location_defaults` set here (what a task
+    run in another process, a Dask worker's, must be given to open the same traces)."""
+    found = _DEFAULTS.get(_NO_DEFAULTS)
+    return dict(found.storage_options), found.cache
 
 
 def default_cache() -> Path | None:
