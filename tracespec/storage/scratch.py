@@ -49,7 +49,7 @@ class ScratchFolder:
             if held is not None:
                 break
         self.path = folder
-        self._release = weakref.finalize(self, _remove_held, folder, held)
+        self._release = weakref.finalize(self, _remove_own, folder, held, os.getpid())
 
     def remove(self) -> None:
         """Delete the folder and let go of its lock (once; later calls do nothing)."""
@@ -90,6 +90,13 @@ def _hold(folder: Path, *, wait: bool) -> int | None:
         pass
     os.close(fd)
     return None
+
+
+def _remove_own(folder: Path, fd: int, owner: int) -> None:
+    """Delete a folder this process made; a forked child that exits (and runs the finalizers it
+    inherited) leaves its parent's folder alone."""
+    if os.getpid() == owner:
+        _remove_held(folder, fd)
 
 
 def _remove_held(folder: Path, fd: int) -> None:
