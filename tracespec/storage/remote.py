@@ -21,18 +21,17 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import tempfile
 import threading
-import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from tracespec.errors import NotATraceError, PathEscapeError
 from tracespec.format.manifest import MANIFEST_FILE, PART_FILE, parse_part_manifest
 from tracespec.storage.location import RemoteLocation
+from tracespec.storage.scratch import CACHE_KIND, ScratchFolder
 from tracespec.storage.zarr_store import ArrayMeta, check_relative_path, chunk_key_path
 
 __all__ = ["RemoteArrays", "RemotePublisher", "TraceCache", "fetch_trace"]
@@ -47,14 +46,15 @@ class TraceCache:
     """The local folder that holds what was fetched of one remote trace.
 
     ``cache`` (``--cache DIR``) keeps it across runs, under a folder named after the URL;
-    without it the folder is temporary and goes with this object (or at exit).
+    without it the folder is temporary and goes with this object (or at exit; or, if this
+    process is killed, when the next process reads a remote trace).
     """
 
     def __init__(self, location: RemoteLocation, cache: Path | None) -> None:
-        self._temporary: weakref.finalize[..., Any] | None = None
+        self._temporary: ScratchFolder | None = None
         if cache is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="tracespec-cache-"))
-            self._temporary = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+            self._temporary = ScratchFolder(CACHE_KIND)  # deletes the caches of killed readers
+            self.folder = self._temporary.path
         else:
             readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", location.url.split("://", 1)[-1])[-80:]
             digest = hashlib.sha256(location.url.encode()).hexdigest()[:16]

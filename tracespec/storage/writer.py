@@ -21,6 +21,8 @@ Constraints:
   the same code, and each publication uploads what it made in the order of spec section 17
   (``tracespec.storage.remote.RemotePublisher``): data, then ``zarr.json`` files, then segments,
   then ``part.json``, the commit point. ``manifest.json`` is created with a conditional PUT.
+  The staging folder is held by the writer's process (``tracespec.storage.scratch``): one left by
+  a killed writer is deleted by the next writer on the machine.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -59,6 +60,7 @@ from tracespec.format.tables import TABLE_NAMES, TABLE_SCHEMAS
 from tracespec.storage.location import RemoteLocation, resolve_location
 from tracespec.storage.remote import RemotePublisher
 from tracespec.storage.rows import TensorKind, check_coordinates, node_row, stats_columns, tensor_kind, tensor_row, value_row
+from tracespec.storage.scratch import STAGING_KIND, ScratchFolder
 from tracespec.storage.zarr_store import CHUNK_BYTES, WrittenFiles, fsync_files, make_durable, write_array, write_group
 
 __all__ = ["TraceWriter", "replace_manifest_source"]
@@ -145,8 +147,9 @@ class TraceWriter:
         For a URL: options of its fsspec file system (``{"endpoint_url": ...}``, credentials);
         by default the store's usual environment variables and configuration files.
     staging:
-        For a URL: the local folder where files wait for their upload (a temporary folder by
-        default). It holds at most what one publication writes.
+        For a URL: the local folder where files wait for their upload. It holds at most what one
+        publication writes. By default a temporary folder that this process holds (a lock), and
+        that the next writer deletes if this process is killed.
     """
 
     def __init__(
@@ -178,12 +181,13 @@ class TraceWriter:
             raise UsageError(f"compression {compression!r} is not one of None, 'zstd'")
         where = resolve_location(path, storage_options)
         self._remote: RemotePublisher | None = None
-        self._staging_created = False
+        self._staging: ScratchFolder | None = None
         if isinstance(where, RemoteLocation):
             # Staged files are uploaded, then deleted, right away: durability is the store's
             # (a PUT that returned is stored), and the data is read back at once (no O_DIRECT).
             if staging is None:
-                staging, self._staging_created = tempfile.mkdtemp(prefix="tracespec-staging-"), True
+                self._staging = ScratchFolder(STAGING_KIND)  # deletes the staging folders of killed writers
+                staging = self._staging.path
             self.path = Path(staging)
             self._remote = RemotePublisher(where, self.path, part_dir_name(rank))
             durable = direct_io = False
@@ -706,8 +710,8 @@ class TraceWriter:
 
     def _remove_staging(self) -> None:
         """Delete a staging folder this writer created (everything in it is uploaded)."""
-        if self._staging_created:
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self._staging is not None:
+            self._staging.remove()
 
 
 def _summarize(array: np.ndarray, need_hash: bool, need_stats: bool) -> tuple[str | None, TensorStats | None]:
