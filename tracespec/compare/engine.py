@@ -83,7 +83,7 @@ SPLIT_BYTES: Final = 256 << 20
 """On a Dask cluster, a tensor pair whose two tensors hold this many bytes or more is measured in
 pieces of a quarter of it, by several workers at once (``compare_traces(split_bytes=)``)."""
 
-PairRanges = Callable[["Record", "Record", Tolerance, "float | None", list[tuple[int, int, bool]]], list[RangeSums]]
+PairRanges = Callable[[Record, Record, Tolerance, float | None, list[tuple[int, int, bool]]], list[RangeSums]]
 """Measures element ranges of A's and B's record elsewhere (a Dask task's sub-tasks,
 :func:`measure_pair_range`) under a tolerance and scale: each range given as (start, stop, sums
 wanted even where its bytes agree), their sums returned in the same order."""
