@@ -10,6 +10,13 @@ content hash agrees), and rank 2's weight of layer 5 is 1e-3 off from step 2 on 
 2, step 2, ``layers.5``). The 1-rank pair is rank 0 of the same recipe, its layer 5 off from step 2
 (one task per rank would leave a worker idle: its steps are split).
 
+The large-tensor pair (``--large-mb``, 400 by default: A's and B's tensor together): one step of
+an embedding whose weight is the one large tensor (200 MB of float32 on each side, in 64 MiB
+chunks), B's with the same rounding-sized noise: one tensor pair, one task, which neither the
+ranks nor the steps can split. It is measured in element ranges by the workers (pairs of at least
+``SPLIT_BYTES``, 256 MiB: ranges of 64 MiB of A and B together), and, for the figures before this
+split, on 1 worker with the pair measured whole (``split_bytes`` above the pair).
+
 Each configuration runs in a fresh child process, interleaved over ``--rounds`` (medians): **one process** (``compare(A, B)``, the
 baseline), **1 worker** and **2 workers** (``compare(A, B, client=...)`` on a
 ``LocalCluster(n_workers=N, threads_per_worker=1)`` that ``tracespec diff --workers N`` starts;
@@ -20,13 +27,15 @@ process (and of the one process), and whether each verdict's JSON is the one pro
 byte. The page cache is warmed before the first run.
 
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_dask_diff.py --rounds 5
-    .venv/bin/python bench/bench_dask_diff.py --ranks 1                  # the 1-rank pair only
+    .venv/bin/python bench/bench_dask_diff.py --ranks 1 --large-mb 0     # the 1-rank pair only
+    .venv/bin/python bench/bench_dask_diff.py --ranks --rounds 5         # the large-tensor pair only
     .venv/bin/python bench/bench_dask_diff.py --steps 1 --width 256      # seconds, a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +56,9 @@ BATCH = 64
 ODD_RANK, ODD_LAYER, ODD_STEP = 2, 5, 2
 """The rank (of 4; of 1: rank 0), layer and step from which B's weight is off."""
 RESULTS = Path(__file__).resolve().parent / "results" / "dask_traces"
+EMBEDDING_WIDTH = 1024
+WHOLE = 1 << 62
+"""A ``split_bytes`` above any pair: the large pair measured whole, by one task (before the split)."""
 
 
 def _write(path: Path, *, noisy: bool, steps: int, width: int, ranks: int) -> None:
@@ -83,6 +96,23 @@ def _write(path: Path, *, noisy: bool, steps: int, width: int, ranks: int) -> No
                 rec.end_step()
 
 
+def _write_large(path: Path, *, noisy: bool, megabytes: int) -> None:
+    """One side of the large-tensor pair: an embedding's weight of ``megabytes`` / 2 MB and a lookup."""
+    from tracespec.testing.synthetic import SyntheticRecorder
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((megabytes * 1_000_000 // 8 // EMBEDDING_WIDTH, EMBEDDING_WIDTH), dtype=np.float32)
+    if noisy:
+        weight *= (1 + 1e-7 * np.random.default_rng(1000).standard_normal(weight.shape, dtype=np.float32)).astype(np.float32)
+    tokens = rng.integers(0, weight.shape[0], BATCH)
+    with SyntheticRecorder(path, level="full") as rec:
+        net = rec.module("", "Net")
+        embedding = rec.module("embed", "Embedding", parent=net, params={"weight": weight})
+        with rec.forward(net, tokens) as outer, rec.forward(embedding, tokens) as inner:
+            outer.output(inner.output(weight[tokens]))
+        rec.end_step()
+
+
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -92,17 +122,28 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child(a: str, b: str, workers: int) -> dict[str, Any]:
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: Linux's ``VmHWM``, which a new program starts afresh
+    (``ru_maxrss`` keeps the parent's peak across fork and exec: a child started by a bench that
+    had just written the large traces reported the bench's own 700 MB)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+
+
+def _child(a: str, b: str, workers: int, split_bytes: int) -> dict[str, Any]:
     """One measurement (in its own process): the diff's seconds, peak memory, the verdict's digest."""
     from tracespec.compare import compare_traces
 
-    found: dict[str, Any] = {"workers": workers}
+    found: dict[str, Any] = {"workers": workers, "split_bytes": split_bytes}
     if workers == 0:
         start, cpu = time.perf_counter(), _cpu_seconds()
         verdict = compare_traces(a, b)
         found["seconds"] = time.perf_counter() - start
         found["cpu_seconds"] = [_cpu_seconds() - cpu]
-        found["peak_rss_mb"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+        found["peak_rss_mb"] = [_peak_rss_mb()]
     else:
         from tracespec.compare.distributed import cluster_client
 
@@ -112,13 +153,13 @@ def _child(a: str, b: str, workers: int) -> dict[str, Any]:
             found["startup_seconds"] = time.perf_counter() - start
             cpu = client.run(_cpu_seconds)
             start, own = time.perf_counter(), _cpu_seconds()
-            verdict = compare_traces(a, b, client=client)
+            verdict = compare_traces(a, b, client=client, split_bytes=split_bytes)
             found["seconds"] = time.perf_counter() - start
             found["client_cpu_seconds"] = _cpu_seconds() - own
             found["cpu_seconds"] = [spent - cpu[w] for w, spent in sorted(client.run(_cpu_seconds).items())]
-            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            peaks = client.run(_peak_rss_mb)
             found["peak_rss_mb"] = [peaks[w] for w in sorted(peaks)]
-            found["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            found["client_peak_rss_mb"] = _peak_rss_mb()
     text = verdict.dumps()
     found["verdict_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     first = verdict.first_divergence or {}
@@ -142,62 +183,90 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="each configuration this many times, interleaved (medians)")
     parser.add_argument("--fresh", action="store_true", help="write the traces again")
     parser.add_argument(
-        "--ranks", type=int, nargs="+", default=[4, 1], help="the rank counts of the trace pairs measured (default: 4 1)"
+        "--ranks", type=int, nargs="*", default=[4, 1], help="the rank counts of the trace pairs measured (default: 4 1)"
     )
-    parser.add_argument("--child", nargs=3, metavar=("A", "B", "WORKERS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--large-mb", type=int, default=400, help="the size of the large-tensor pair, A and B together (0: not measured)"
+    )
+    parser.add_argument("--child", nargs=4, metavar=("A", "B", "WORKERS", "SPLIT_BYTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child[0], args.child[1], int(args.child[2]))))
+        print(json.dumps(_child(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]))))
         return
+    from tracespec.compare.engine import SPLIT_BYTES
+
     for ranks in args.ranks:
-        _case(ranks, args.steps, args.width, args.rounds, args.fresh)
+        folder = RESULTS / f"r{ranks}_s{args.steps}_w{args.width}"
+        if args.fresh or not (folder / "b" / "manifest.json").exists():
+            _fresh(folder, functools.partial(_write, steps=args.steps, width=args.width, ranks=ranks))
+        _case(folder, f"{ranks} rank(s), {args.steps} steps", args.rounds, [(0, SPLIT_BYTES), (1, SPLIT_BYTES), (2, SPLIT_BYTES)])
+    if args.large_mb:
+        folder = RESULTS / f"large_{args.large_mb}mb"
+        if args.fresh or not (folder / "b" / "manifest.json").exists():
+            _fresh(folder, functools.partial(_write_large, megabytes=args.large_mb))
+        configurations = [(0, SPLIT_BYTES), (1, WHOLE), (1, SPLIT_BYTES), (2, SPLIT_BYTES)]
+        _case(folder, "one tensor pair", args.rounds, configurations)
 
 
-def _case(ranks: int, steps: int, width: int, rounds: int, fresh: bool) -> None:
-    """Write (or reuse) the ``ranks``-rank pair and measure it: one process, 1 and 2 workers."""
-    folder = RESULTS / f"r{ranks}_s{steps}_w{width}"
+def _fresh(folder: Path, write: Callable[..., None]) -> None:
+    """Write A and B (``write(side, noisy=...)``) into ``folder`` afresh."""
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    write(folder / "a", noisy=False)
+    write(folder / "b", noisy=True)
+    print(f"wrote A and B in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _name(workers: int, split_bytes: int) -> str:
+    if not workers:
+        return "one process"
+    return f"{workers} worker(s)" + (", pair whole" if split_bytes == WHOLE else "")
+
+
+def _case(folder: Path, what: str, rounds: int, configurations: list[tuple[int, int]]) -> None:
+    """Measure the pair in ``folder`` in each configuration (workers, split_bytes; 0 workers: one
+    process), interleaved over ``rounds``; ratios against 1 worker (splitting as by default)."""
     a, b = folder / "a", folder / "b"
-    if fresh or not (b / "manifest.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        start = time.perf_counter()
-        _write(a, noisy=False, steps=steps, width=width, ranks=ranks)
-        _write(b, noisy=True, steps=steps, width=width, ranks=ranks)
-        print(f"wrote A and B in {time.perf_counter() - start:.0f} s", flush=True)
     print(
-        f"\nA {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {ranks} rank(s), {steps} steps; "
+        f"\nA {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {what}; "
         f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores",
         flush=True,
     )
     for path in (a, b):  # the page cache warm for every run alike
         for file in path.rglob("*"):
             if file.is_file():
-                file.read_bytes()
-    runs: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
+                with open(file, "rb") as f:  # in pieces: the bench's own memory stays small
+                    while f.read(16 << 20):
+                        pass
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {configuration: [] for configuration in configurations}
     for round_ in range(rounds):
-        for workers in runs:
+        for (workers, split_bytes), found in runs.items():
             done = subprocess.run(
-                [sys.executable, __file__, "--child", str(a), str(b), str(workers)], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--child", str(a), str(b), str(workers), str(split_bytes)],
+                capture_output=True,
+                text=True,
+                check=True,
             )
-            runs[workers].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            found.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(
-                f"  round {round_ + 1}, {'one process' if not workers else f'{workers} worker(s)'}: "
-                f"{runs[workers][-1]['seconds']:.1f} s, CPU s {runs[workers][-1]['cpu_seconds']} "
+                f"  round {round_ + 1}, {_name(workers, split_bytes)}: "
+                f"{found[-1]['seconds']:.1f} s, CPU s {found[-1]['cpu_seconds']} "
                 f"(load average {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
     results = [_median(found) for found in runs.values()]
-    one = next(r for r in results if r["workers"] == 1)
+    one = next(r for r in results if r["workers"] == 1 and r["split_bytes"] != WHOLE)
     print(
-        f"\n{'':<12} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
+        f"\n{'':<24} {'seconds':>8} {'vs 1 worker':>12} {'CPU s per process':>18} {'busiest vs 1':>13} "
         f"{'peak RSS per process (MB)':>26}  same verdict"
     )
     for r in results:
-        name = "one process" if not r["workers"] else f"{r['workers']} worker(s)"
+        name = _name(r["workers"], r["split_bytes"])
         peaks = ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"])
         cpu = ", ".join(f"{c:.1f}" for c in r["cpu_seconds"])
         same = r["same"] and r["verdict_sha256"] == results[0]["verdict_sha256"]
         print(
-            f"{name:<12} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
+            f"{name:<24} {r['seconds']:>8.1f} {r['seconds'] / one['seconds']:>11.2f}x {cpu:>18} "
             f"{max(r['cpu_seconds']) / max(one['cpu_seconds']):>12.2f}x {peaks:>26}  {'yes' if same else 'NO'}"
             + (
                 f"  (cluster start {r['startup_seconds']:.1f} s; client {r['client_cpu_seconds']:.1f} CPU s, "
@@ -206,11 +275,12 @@ def _case(ranks: int, steps: int, width: int, rounds: int, fresh: bool) -> None:
                 else ""
             )
         )
-    ratios = [f"{r['seconds'] / o['seconds']:.2f}" for r, o in zip(runs[2], runs[1])]
+    two = results[-1]
+    ratios = [f"{r['seconds'] / o['seconds']:.2f}" for r, o in zip(runs[configurations[-1]], runs[(1, one["split_bytes"])])]
     print(
         f"first divergence (rank, step, route): {results[0]['first']}; target 2 workers <= 0.65x of 1: "
-        f"{results[2]['seconds'] / one['seconds']:.2f}x in time (rounds: {', '.join(ratios)}), "
-        f"{max(results[2]['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
+        f"{two['seconds'] / one['seconds']:.2f}x in time (rounds: {', '.join(ratios)}), "
+        f"{max(two['cpu_seconds']) / max(one['cpu_seconds']):.2f}x "
         "in the busiest worker's CPU seconds (what the time is on cores nobody else uses)"
     )
 

@@ -19,7 +19,7 @@ from tracespec.cli.convert import checkpoint_options, diff_checkpoint_files, rej
 from tracespec.cli.errors import EXIT_DIVERGED, EXIT_INCOMPLETE, report_errors
 from tracespec.cli.locations import location_options
 from tracespec.compare import MODES, Verdict, compare_traces
-from tracespec.compare.engine import StepRange
+from tracespec.compare.engine import SPLIT_BYTES, StepRange
 from tracespec.errors import UsageError
 from tracespec.format.tables import STAGES
 from tracespec.report.text import render_text
@@ -186,6 +186,15 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     help="Compare on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); its workers open A and B "
     "themselves: give paths or URLs every worker can read (docs/diff.md, 'Many ranks, and a diff on a Dask cluster').",
 )
+@click.option(
+    "--split-mb",
+    type=click.IntRange(min=1),
+    default=SPLIT_BYTES >> 20,
+    show_default=True,
+    metavar="MB",
+    help="With --workers or --scheduler: a tensor pair of at least MB MiB (A and B together) is measured in pieces "
+    "of a quarter of that by several workers at once.",
+)
 @checkpoint_options  # --strip-prefix-a/-b, --threshold, --scale, --show-unchanged (cli/convert.py)
 @location_options
 def diff(
@@ -213,6 +222,7 @@ def diff(
     first_step_only: bool,
     workers: int | None,
     scheduler: str | None,
+    split_mb: int,
     **checkpoint: Any,
 ) -> None:
     """Find where run B diverges from run A (the reference), and which module introduced it.
@@ -287,6 +297,7 @@ def diff(
                     progress=update,
                     first_step_only=first_step_only,
                     client=client,
+                    split_bytes=split_mb << 20,
                 )
             except UsageError as exc:
                 raise click.UsageError(str(exc)) from None

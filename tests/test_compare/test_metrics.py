@@ -1,7 +1,9 @@
-"""Metrics in float64 against direct numpy formulas, ULPs in the stored dtype, statistics, hashes."""
+"""Metrics in float64 against direct numpy formulas, ULPs in the stored dtype, statistics, hashes;
+ranges of a pair measured apart and folded into the bits of one pass."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import ml_dtypes
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tracespec.compare.metrics import BLOCK, compare_arrays, compare_hashes, compare_stats
+from tracespec.compare.metrics import BLOCK, RangeSums, compare_arrays, compare_hashes, compare_stats, fold_ranges, measure_range
 from tracespec.compare.tolerance import DEFAULT_TOLERANCES, Tolerance
 from tracespec.format.stats import compute_stats
 
@@ -121,3 +123,67 @@ def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> No
     threaded = compare_arrays(a, b, F32)
     monkeypatch.setattr(metrics, "WORKERS", 1)
     assert compare_arrays(a, b, F32) == threaded
+
+
+def _split_at(a: np.ndarray, b: np.ndarray, bounds: list[int], tolerance: Tolerance, scale: float) -> list[RangeSums]:
+    """The ranges between ``bounds`` measured apart, as the workers of a Dask diff measure them:
+    first without the sums of ranges whose bytes agree, then, where others differ, with them."""
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    pieces = list(itertools.pairwise(bounds))
+    found = [measure_range(flat_a[s:e], flat_b[s:e], s, tolerance, scale, sums_if_identical=False) for s, e in pieces]
+    if all(part.identical for part in found):
+        return found
+    return [
+        part if part.blocks is not None else measure_range(flat_a[s:e], flat_b[s:e], s, tolerance, scale)
+        for part, (s, e) in zip(found, pieces)
+    ]
+
+
+@pytest.mark.parametrize(
+    "case", ["rounding", "non-finite-in-one-half", "one-range-differs", "identical", "complex", "mixed-dtypes"]
+)
+def test_ranges_folded_in_order_give_the_bits_of_one_pass(case: str) -> None:
+    """A tensor pair split into ranges of whole blocks, each measured alone and their block sums
+    folded in order, gives exactly (every bit of every float) what one pass over the pair gives."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((1311, 1000)).astype(np.float32)  # 5 blocks and 280 elements
+    b = (a * (1 + 1e-6 * rng.standard_normal(a.shape))).astype(np.float32)
+    tolerance = F32
+    if case == "non-finite-in-one-half":
+        b[900, 3], b[1000, 4], b[1310, 999] = np.nan, np.inf, -np.inf
+        a[1000, 4] = np.inf
+    elif case == "one-range-differs":
+        b = a.copy()
+        b[1200, 7] += 1.0
+    elif case == "identical":
+        b = a.copy()
+    elif case == "complex":
+        a = (a + 1j * rng.standard_normal(a.shape)).astype(np.complex64)
+        b = (a * (1 + 1e-6 * rng.standard_normal(a.shape))).astype(np.complex64)
+    elif case == "mixed-dtypes":
+        b, tolerance = b.astype(ml_dtypes.bfloat16), DEFAULT_TOLERANCES["bfloat16"]
+    whole = compare_arrays(a, b, tolerance, 0.9)
+    assert whole.identical == (case == "identical")
+    size = a.size
+    for bounds in ([0, size], [0, BLOCK, 3 * BLOCK, size], [0, 2 * BLOCK, 4 * BLOCK, 5 * BLOCK, size], [0, 5 * BLOCK, size]):
+        parts = _split_at(a, b, bounds, tolerance, 0.9)
+        assert fold_ranges(parts, a.shape, a.dtype, b.dtype, tolerance, 0.9) == whole, bounds
+    if case == "one-range-differs":  # a range that agrees has no sums unless asked, and they are needed
+        flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+        unsummed = [
+            measure_range(flat_a[s:e], flat_b[s:e], s, F32, sums_if_identical=False) for s, e in [(0, BLOCK), (BLOCK, size)]
+        ]
+        assert unsummed[0].blocks is None and unsummed[1].blocks is not None
+        with pytest.raises(ValueError, match="without their sums"):
+            fold_ranges(unsummed, a.shape, a.dtype, b.dtype, F32)
+
+
+def test_ranges_must_start_on_a_block_and_cover_the_tensor_in_order() -> None:
+    a = np.zeros(BLOCK * 2 + 3, np.float32)
+    with pytest.raises(ValueError, match="block boundary"):
+        measure_range(a[5:], a[5:], 5, F32)
+    first, second = measure_range(a[:BLOCK], a[:BLOCK], 0, F32), measure_range(a[BLOCK:], a[BLOCK:], BLOCK, F32)
+    assert fold_ranges([first, second], a.shape, a.dtype, a.dtype, F32).identical
+    for wrong in ([second, first], [first], [first, first, second]):
+        with pytest.raises(ValueError, match="do not cover"):
+            fold_ranges(wrong, a.shape, a.dtype, a.dtype, F32)

@@ -1,6 +1,7 @@
 """A diff on a Dask cluster (issue 16): the ranks compared by workers that open the traces
-themselves, merged into the byte-identical verdict of a diff in one process; ``--workers`` starts
-a local cluster, ``--scheduler`` joins one (here, a scheduler and workers started as processes)."""
+themselves, merged into the byte-identical verdict of a diff in one process; a large tensor pair
+measured in ranges by several workers; ``--workers`` starts a local cluster, ``--scheduler`` joins
+one (here, a scheduler and workers started as processes)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tracespec.cli import cli
 from tracespec.compare import Verdict, compare_traces
 from tracespec.compare import distributed as distributed_diff
 from tracespec.compare.engine import DETAIL_STEPS
+from tracespec.compare.metrics import BLOCK
 from tracespec.storage import copy_trace
 from tracespec.testing.synthetic import SyntheticRecorder
 
@@ -216,6 +218,126 @@ def test_storage_options_and_the_cache_reach_the_workers(
     assert done.stdout == alone.dumps() and json.loads(done.stdout)["first_divergence"]["step"] == 5
     chunks = [p for p in cache.rglob("*") if p.is_file() and "tensors.zarr" in p.parts and "c" in p.parts]
     assert chunks, sorted(str(p) for p in cache.rglob("*"))
+
+
+EMBEDDING = (10_000, 300)
+"""A large tensor of the tests that split one: 3 million float32 (11.4 blocks of the metrics), in
+chunks of 873 rows (1 MiB), whose ends are not the blocks' (ranges start on blocks)."""
+SPLIT_BYTES = 16 << 20
+"""Pairs of at least 16 MiB (the embedding's: 24 MB, 18 MB against float16) are measured in ranges
+of 4 MiB of A and B together: 2 blocks, so that a range's blocks are folded one by one (one sum
+per range, then the ranges' sums, would differ in the last bits)."""
+
+
+def record_embedding(path: Path, variant: str) -> Path:
+    """One step of an embedding: its weight, a lookup, the weight's gradient (rows looked up only)
+    and its update. ``variant`` is B's difference from A (``same``)."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal(EMBEDDING).astype(np.float32)
+    tokens = rng.integers(0, EMBEDDING[0], 64)
+    grad = np.zeros_like(weight)
+    np.add.at(grad, tokens, rng.standard_normal((64, EMBEDDING[1])).astype(np.float32))
+    if variant in ("rounded", "squeezed"):
+        weight = (weight * (1 + 1e-7 * rng.standard_normal(EMBEDDING))).astype(np.float32)
+    elif variant == "last-rows":  # the ranges before the last agree: their sums are asked for after
+        grad[-3:] += np.float32(1e-2)
+    elif variant == "non-finite":  # in the second half only
+        grad[EMBEDDING[0] // 2 + 5, 7], grad[-1, 0] = np.nan, np.inf
+    elif variant == "half":
+        weight = weight.astype(np.float16)
+    elif variant == "wider":
+        weight, grad = (np.concatenate([array, array[:, :1]], axis=1) for array in (weight, grad))
+    update = (weight - 0.1 * grad).astype(weight.dtype)
+    shaped = (lambda array: array[..., None]) if variant == "squeezed" else (lambda array: array)
+    with SyntheticRecorder(path, chunk_limit=1 << 20) as rec:
+        net = rec.module("", "Net")
+        emb = rec.module("emb", "Embedding", parent=net, params={"weight": shaped(weight)})
+        with rec.forward(net, tokens) as outer:
+            with rec.forward(emb, tokens) as inner:
+                out = inner.output(weight[tokens])
+            outer.output(out)
+        rec.parameter_grads(emb, {"weight": shaped(grad)})
+        rec.update(emb, {"weight": shaped(update)})
+        rec.end_step()
+    return path
+
+
+def _ranges_run(client: Client, compare: Any) -> list[tuple[int, int]]:
+    """(start, stop) of each range of a large tensor pair that the cluster measured during ``compare()``."""
+    with get_task_stream(client) as stream:
+        compare()
+    parts = [str(task["key"]).split("-") for task in stream.data]
+    return [(int(key[3]), int(key[4])) for key in parts if key[:2] == ["tracespec", "range"]]
+
+
+@pytest.fixture(scope="module")
+def embedding_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("embedding")
+    variants = ["same", "rounded", "last-rows", "non-finite", "half", "wider", "squeezed"]
+    return {variant: record_embedding(folder / variant, variant) for variant in variants}
+
+
+@pytest.mark.parametrize(
+    ("variant", "options", "ranges"),
+    [
+        ("same", {"trust_hashes": False}, 18),  # byte comparisons only: 3 tensors of 6 ranges
+        ("rounded", {}, 12),  # the forward weight and the update differ (the gradients' hashes agree)
+        ("last-rows", {}, 22),  # gradient and update: 6 ranges each, then the sums of the 5 that agree
+        ("non-finite", {"mode": "strict"}, 20),  # the same, ranges 0, 1, 3 and 4 agreeing
+        ("half", {}, 12),  # float16 against float32
+        ("wider", {}, 0),  # shapes differ: judged without data, as in one process
+        ("squeezed", {}, 18),  # [10000, 300, 1] against [10000, 300]: the same elements in the same order
+    ],
+)
+def test_a_large_tensor_pair_is_measured_in_ranges_into_the_same_verdict(
+    embedding_runs: dict[str, Path], client: Client, variant: str, options: dict[str, Any], ranges: int
+) -> None:
+    a, b = embedding_runs["same"], embedding_runs[variant]
+    alone = compare_traces(a, b, **options)
+    found: list[Verdict] = []
+    measured = _ranges_run(client, lambda: found.append(compare_traces(a, b, client=client, split_bytes=SPLIT_BYTES, **options)))
+    assert found[0].dumps() == alone.dumps()
+    assert len(measured) == ranges, measured
+    assert {stop - start for start, stop in measured} <= {2 * BLOCK, EMBEDDING[0] * EMBEDDING[1] - 10 * BLOCK}
+    if variant in ("last-rows", "non-finite"):
+        assert not alone.passed
+        gradient = next(r for u in alone.nodes for r in u["records"] if r["role"] == "parameter_grad")
+        if variant == "non-finite":
+            assert gradient["metrics"]["nan_agree"] is False and gradient["metrics"]["inf_agree"] is False
+        else:
+            assert gradient["metrics"]["worst_index"][0] >= EMBEDDING[0] - 3
+
+
+def test_cli_split_mb_splits_on_a_running_cluster(embedding_runs: dict[str, Path], client: Client) -> None:
+    """``--split-mb`` reaches the tasks of ``--scheduler`` (the test's cluster)."""
+    a, b = str(embedding_runs["same"]), str(embedding_runs["last-rows"])
+    alone = CliRunner().invoke(cli, ["diff", a, b, "--json", "-"])
+    assert alone.exit_code == 1, alone.output
+    done: list[Any] = []
+    command = ["diff", a, b, "--json", "-", "--scheduler", client.scheduler.address, "--split-mb", "16"]
+    measured = _ranges_run(client, lambda: done.append(CliRunner().invoke(cli, command)))
+    assert done[0].exit_code == 1, done[0].output
+    assert done[0].stdout == alone.stdout and len(measured) == 22
+
+
+def test_a_large_tensor_pair_on_s3_is_measured_in_ranges_by_one_worker(
+    embedding_runs: dict[str, Path],
+    bucket: str,  # noqa: F811 (the imported fixture, requested)
+) -> None:
+    """One worker of one thread: the task waits for its ranges seceded from the worker's threads
+    (else it would wait for itself); each range fetches the chunks that hold it from the bucket."""
+    a, b = f"{bucket}/a", f"{bucket}/b"
+    copy_trace(embedding_runs["same"], a)
+    copy_trace(embedding_runs["last-rows"], b)
+    alone = compare_traces(a, b)
+    with (  # started here, after the S3 server: its workers inherit its environment
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as one_worker,
+    ):
+        found: list[Verdict] = []
+        measured = _ranges_run(one_worker, lambda: found.append(compare_traces(a, b, client=one_worker, split_bytes=SPLIT_BYTES)))
+    assert found[0].dumps() == alone.dumps() and not alone.passed
+    assert len(measured) == 22, measured
 
 
 def test_full_data_a_baseline_and_a_saved_layer_map_on_dask(tmp_path: Path, client: Client) -> None:

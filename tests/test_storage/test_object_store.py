@@ -372,6 +372,23 @@ def test_a_cache_folder_keeps_what_was_fetched(bucket: str, tmp_path: Path) -> N
     assert not folder.exists()
 
 
+def test_a_range_of_a_remote_array_fetches_only_the_chunks_that_hold_it(bucket: str, tmp_path: Path) -> None:
+    array = np.arange(70, dtype=np.float32).reshape(10, 7)
+    with tracespec.TraceWriter(tmp_path / "local", framework="numpy", chunk_limit=3 * 7 * 4) as w:
+        node = w.add_node("", "Model")
+        w.add_tensor(step=0, stage="forward", node=node, call=0, role="output", slot="0", array=array)
+    copy_trace(tmp_path / "local", f"{bucket}/ranged")
+    cache = tmp_path / "cache"
+    trace = load_trace(f"{bucket}/ranged", cache=cache)
+    name = trace.tensors().to_pylist()[0]["array"]
+    np.testing.assert_array_equal(trace.read_range(0, name, 20, 43), array.reshape(-1)[20:43], strict=True)
+    fetched = sorted(p.relative_to(cache).as_posix().rpartition("/c/")[2] for p in cache.rglob("c/*/*") if p.is_file())
+    assert fetched == ["0/0", "1/0", "2/0"], fetched  # of 4 chunks (rows 0-2, 3-5, 6-8, 9)
+    temporary = load_trace(f"{bucket}/ranged")
+    np.testing.assert_array_equal(temporary.read_range(0, name, 63, 70), array.reshape(-1)[63:70], strict=True)
+    assert not [p for p in temporary.folder.rglob("c/*/*") if p.is_file()], "a temporary cache drops data once read"
+
+
 def test_the_store_failing_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="127.0.0.1:9|endpoint|connect"):
         load_trace(

@@ -11,6 +11,13 @@ needed what another found, and merges the outcomes, in rank and step order, into
 of a comparison in one process. A worker's memory is one task's comparison: a few tensors at a
 time, as in one process, per thread (``--workers`` starts one thread per worker).
 
+A tensor pair too large for one task (``RankPlan.split_bytes``, 256 MiB by default: a huge
+embedding or its gradient) is measured in element ranges by sub-tasks that the task submits and
+waits for, seceded from its worker's threads (so a 1-worker cluster runs them meanwhile); each
+sub-task reads only its range of A and B and sends back the sums of its blocks, which the task
+folds in order into the metrics one process finds, bit for bit
+(:meth:`tracespec.compare.engine._Comparer._measure_apart`).
+
 Imported only when a cluster is asked for: nothing else in tracespec imports dask. The cluster is
 trusted code: Dask moves tasks (storage options and credentials among them) and their results
 between its processes with pickle.
@@ -26,9 +33,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-from tracespec.compare.engine import RankOutcome, RankPlan, RankTask, compare_rank
+from tracespec.compare.engine import PairRanges, RankOutcome, RankPlan, RankTask, compare_rank, measure_pair_range
+from tracespec.compare.metrics import RangeSums
+from tracespec.compare.tolerance import Tolerance
+from tracespec.compare.view import Record
 from tracespec.errors import UsageError
-from tracespec.storage import Trace, load_trace
+from tracespec.storage import Trace, load_trace, location_defaults
 
 __all__ = ["WORKER_MALLOC", "cluster_client", "cluster_workers", "forget_on_cluster", "map_on_cluster"]
 
@@ -186,6 +196,44 @@ def _opener(diff_id: str) -> Callable[[str], Trace]:
 def _compare_rank_task(plan: RankPlan, task: RankTask, topic: str) -> RankOutcome:
     reporter = _Reporter(topic)
     try:
-        return compare_rank(plan, task, reporter, _opener(plan.diff_id))
+        return compare_rank(plan, task, reporter, _opener(plan.diff_id), _ranges_on_cluster(plan, task.rank))
     finally:
         reporter.flush()
+
+
+def _ranges_on_cluster(plan: RankPlan, rank: int) -> PairRanges:
+    """Ranges of a large tensor pair of ``rank``, measured by sub-tasks on the cluster."""
+
+    def measure(
+        ra: Record, rb: Record, tolerance: Tolerance, scale: float | None, pieces: list[tuple[int, int, bool]]
+    ) -> list[RangeSums]:
+        # seceded while it waits: the worker's thread runs the sub-tasks meanwhile (one worker of
+        # one thread would otherwise wait for itself), and rejoins after
+        with _dask().worker_client() as client:
+            pair = uuid.uuid4().hex
+            futures = [
+                client.submit(
+                    _measure_range_task,
+                    plan,
+                    rank,
+                    ra,
+                    rb,
+                    piece,
+                    tolerance,
+                    scale,
+                    pure=False,
+                    key=f"tracespec-range-{rank}-{piece[0]}-{piece[1]}-{pair}",
+                )
+                for piece in pieces
+            ]
+            return client.gather(futures)  # type: ignore[no-any-return]
+
+    return measure
+
+
+def _measure_range_task(
+    plan: RankPlan, rank: int, ra: Record, rb: Record, piece: tuple[int, int, bool], tolerance: Tolerance, scale: float | None
+) -> RangeSums:
+    open_trace = _opener(plan.diff_id)
+    with location_defaults(plan.storage_options, plan.cache):
+        return measure_pair_range(open_trace(plan.a), open_trace(plan.b), rank, ra, rb, piece, tolerance, scale)

@@ -36,17 +36,30 @@ from tracespec.compare.diagnose import (
 )
 from tracespec.compare.kinks import BenignExplainer, benign_differences
 from tracespec.compare.layer_map import LayerMap, Transform, load_layer_map, transform_for
-from tracespec.compare.metrics import Metrics, compare_arrays, compare_hashes, compare_stats, identical_arrays, judge
+from tracespec.compare.metrics import (
+    BLOCK,
+    Metrics,
+    RangeSums,
+    compare_arrays,
+    compare_hashes,
+    compare_stats,
+    fold_ranges,
+    identical_arrays,
+    judge,
+    measure_range,
+)
 from tracespec.compare.noise import ROLE_GROUPS, ScopeScales, record_rms
-from tracespec.compare.tolerance import MODES, TolerancePolicy
+from tracespec.compare.tolerance import MODES, Tolerance, TolerancePolicy
 from tracespec.compare.verdict import VERDICT_VERSION, Verdict
 from tracespec.compare.view import STAGE_ORDER, RankView, Record
 from tracespec.errors import TableMismatchError, UsageError
 from tracespec.format.dtypes import dtype_of, numpy_dtype
 from tracespec.format.tables import ROLES, STAGES
-from tracespec.storage import Trace, current_location_defaults, load_trace, location_defaults
+from tracespec.storage import ArrayMeta, Trace, current_location_defaults, load_trace, location_defaults
 
 __all__ = [
+    "SPLIT_BYTES",
+    "PairRanges",
     "Progress",
     "RankOutcome",
     "RankPlan",
@@ -54,6 +67,7 @@ __all__ = [
     "compare_rank",
     "compare_ranks_apart",
     "compare_traces",
+    "measure_pair_range",
     "split_tasks",
 ]
 
@@ -64,6 +78,15 @@ _FORWARD_PARAMS = ("parameter", "buffer")
 
 Judgment = tuple[Metrics, str, dict[str, Any]]
 """A tensor pair's metrics, status and noise: what every record of the pair shares."""
+
+SPLIT_BYTES: Final = 256 << 20
+"""On a Dask cluster, a tensor pair whose two tensors hold this many bytes or more is measured in
+pieces of a quarter of it, by several workers at once (``compare_traces(split_bytes=)``)."""
+
+PairRanges = Callable[[Record, Record, Tolerance, float | None, list[tuple[int, int, bool]]], list[RangeSums]]
+"""Measures element ranges of A's and B's record elsewhere (a Dask task's sub-tasks,
+:func:`measure_pair_range`) under a tolerance and scale: each range given as (start, stop, sums
+wanted even where its bytes agree), their sums returned in the same order."""
 
 DETAIL_STEPS: Final = 10
 """Up to this many steps compared, the verdict lists the units of every step; beyond, of the first
@@ -137,6 +160,8 @@ class _Comparer:
         progress: Callable[[int], None],
         scopes: ScopeScales,
         baseline: Baseline | None,
+        ranges: PairRanges | None = None,
+        split_bytes: int = SPLIT_BYTES,
     ) -> None:
         self.ta, self.tb, self.rank = trace_a, trace_b, rank
         self.policy = policy
@@ -145,6 +170,9 @@ class _Comparer:
         self.benign = BenignExplainer(self.read_pair, policy)
         self.trust_hashes = trust_hashes
         self.progress = progress
+        self.ranges = ranges
+        """Where large pairs are measured in pieces (by other workers); None: every pair here."""
+        self.split_bytes = split_bytes
         self.judged: dict[tuple[Any, ...], tuple[Metrics, str, dict[str, Any], list[RecordResult]]] = {}
         self.seeded: set[tuple[Any, ...]] = set()
         """Keys of :meth:`seed`: judged before the steps this comparer walks (by another task)."""
@@ -274,6 +302,8 @@ class _Comparer:
                 return self._read_and(ra, rb, transform, lambda a, b: Metrics(kind="hash", identical=identical_arrays(a, b)))
             return Metrics(kind="none", identical=False, note="bitwise mode needs hashes or data on both sides")
         if mode != "stats" and ra.array is not None and rb.array is not None:
+            if self.ranges is not None and _splits(ra, rb, transform, self.split_bytes):
+                return self._measure_apart(ra, rb, tolerance, scale)
             return self._read_and(ra, rb, transform, lambda a, b: compare_arrays(a, b, tolerance, scale))
         if ra.stats is not None and rb.stats is not None:
             return compare_stats(ra.stats, rb.stats, tolerance, scale)
@@ -286,6 +316,26 @@ class _Comparer:
         metrics = measure(a, b)
         self.progress(a.nbytes + b.nbytes)
         return metrics
+
+    def _measure_apart(self, ra: Record, rb: Record, tolerance: Tolerance, scale: float | None) -> Metrics:
+        """The metrics of a large pair, its element ranges measured by :attr:`ranges` (whole blocks,
+        about a quarter of ``split_bytes`` each) and folded in order: the bits of one pass. Ranges
+        first say only whether their bytes agree; where some do and others do not, the sums of those
+        that agree are asked for next (a tensor identical whole costs a byte comparison)."""
+        ranges: PairRanges = self.ranges  # type: ignore[assignment]
+        dtypes = [
+            _checked_meta(trace, self.rank, record, side).dtype.numpy
+            for trace, record, side in ((self.ta, ra, "A"), (self.tb, rb, "B"))
+        ]
+        size = math.prod(ra.shape)  # type: ignore[arg-type]
+        piece = max(1, self.split_bytes // 4 // (dtypes[0].itemsize + dtypes[1].itemsize) // BLOCK) * BLOCK
+        found = ranges(ra, rb, tolerance, scale, [(start, min(start + piece, size), False) for start in range(0, size, piece)])
+        unsummed = [part for part in found if part.blocks is None]
+        if unsummed and len(unsummed) < len(found):
+            summed = iter(ranges(ra, rb, tolerance, scale, [(part.start, part.stop, True) for part in unsummed]))
+            found = [next(summed) if part.blocks is None else part for part in found]
+        self.progress(size * dtypes[0].itemsize + math.prod(rb.shape) * dtypes[1].itemsize)  # type: ignore[arg-type]
+        return fold_ranges(found, ra.shape, dtypes[0], dtypes[1], tolerance, scale)  # type: ignore[arg-type]
 
     def read_pair(self, ra: Record, rb: Record, transform: Any) -> tuple[np.ndarray, np.ndarray]:
         """The data of A's and B's record, B brought into A's layout."""
@@ -313,13 +363,55 @@ def typical_rms(view: RankView, step: int) -> dict[tuple[str, str], float]:
 def _read_checked(trace: Trace, rank: int, record: Record, side: str) -> np.ndarray:
     """Read a record's array; the array must hold what the record says (untrusted input)."""
     array = trace.read(rank, record.array)  # type: ignore[arg-type]
-    if array.shape != record.shape or dtype_of(array).name != record.dtype:
+    _check_holds(trace, rank, record, side, dtype_of(array).name, array.shape)
+    return array
+
+
+def _checked_meta(trace: Trace, rank: int, record: Record, side: str) -> ArrayMeta:
+    """The metadata of a record's array, which must hold what the record says (no data is read)."""
+    meta = trace.parts[rank].array_meta(record.array)  # type: ignore[arg-type]
+    _check_holds(trace, rank, record, side, meta.dtype.name, meta.shape)
+    return meta
+
+
+def _check_holds(trace: Trace, rank: int, record: Record, side: str, dtype: str, shape: tuple[int, ...]) -> None:
+    """A record's array holds ``dtype`` and ``shape``: what the record says, or the trace is corrupt."""
+    if shape != record.shape or dtype != record.dtype:
         raise TableMismatchError(
             f"{side} {trace.path}: rank_{rank} tensor {record.id} says {record.dtype}{list(record.shape or [])}, "
-            f"its array {record.array} holds {dtype_of(array).name}{list(array.shape)}; "
+            f"its array {record.array} holds {dtype}{list(shape)}; "
             "the trace is corrupt (tracespec validate tells more)"
         )
-    return array
+
+
+def _splits(ra: Record, rb: Record, transform: Transform | None, split_bytes: int) -> bool:
+    """The pair is measured in pieces: its two tensors hold ``split_bytes`` or more, and B's elements
+    are A's in the same flat order (no transform, or reshapes only)."""
+    if transform is not None and any(name != "reshape" for name, _ in transform.ops):
+        return False
+    sizes = [math.prod(r.shape or ()) * numpy_dtype(r.dtype).itemsize for r in (ra, rb)]  # type: ignore[arg-type]
+    return sum(sizes) >= split_bytes
+
+
+def measure_pair_range(
+    trace_a: Trace,
+    trace_b: Trace,
+    rank: int,
+    ra: Record,
+    rb: Record,
+    piece: tuple[int, int, bool],
+    tolerance: Tolerance,
+    scale: float | None,
+) -> RangeSums:
+    """Elements ``start`` to ``stop`` of A's and B's record, read alone and measured
+    (:func:`~tracespec.compare.metrics.measure_range`); ``piece`` is (start, stop, sums wanted
+    where the bytes agree). A range of a large pair, on a Dask worker (:data:`PairRanges`)."""
+    start, stop, sums_if_identical = piece
+    a, b = (
+        trace.read_range(rank, _checked_meta(trace, rank, record, side).name, start, stop)
+        for trace, record, side in ((trace_a, ra, "A"), (trace_b, rb, "B"))
+    )
+    return measure_range(a, b, start, tolerance, scale, sums_if_identical=sums_if_identical)
 
 
 def _content_key(ra: Record, rb: Record, transform: str | None) -> tuple[Any, ...] | None:
@@ -703,6 +795,7 @@ def compare_traces(
     client: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     cache: str | os.PathLike[str] | None = None,
+    split_bytes: int = SPLIT_BYTES,
 ) -> Verdict:
     """Compare trace ``b`` against the reference ``a`` and say where they diverge.
 
@@ -751,6 +844,10 @@ def compare_traces(
         A ``dask.distributed.Client``: each rank (or, with fewer ranks than workers, each run of
         a rank's steps) is compared by a worker of its cluster, which opens A and B itself (give paths or URLs every worker can read), into the same verdict
         (:mod:`tracespec.compare.distributed`). None: in this process.
+    split_bytes:
+        With ``client``: a tensor pair whose two tensors hold this many bytes or more (default
+        256 MiB) is measured in pieces of a quarter of that, by several workers at once (a huge
+        embedding or its gradient), into the same metrics, bit for bit.
     storage_options, cache:
         For traces at URLs (``s3://...``): options of the store's file system
         (``{"endpoint_url": ...}``) and a folder that keeps what was fetched (docs/storage.md).
@@ -764,6 +861,8 @@ def compare_traces(
     """
     if mode is not None and mode not in MODES:
         raise UsageError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if split_bytes < 1:
+        raise UsageError(f"split_bytes must be 1 or more, not {split_bytes}")
     policy = TolerancePolicy.build(mode, rtol, atol, tolerances, rel_rmse)
     chosen_stages = tuple(stages) if stages is not None else STAGES
     unknown = [s for s in chosen_stages if s not in STAGES]
@@ -817,6 +916,7 @@ def compare_traces(
         chosen_ranks[0] if save_map is not None else None,
         *where,
         uuid.uuid4().hex,
+        split_bytes,
     )
     if client is not None:
         from tracespec.compare.distributed import cluster_workers, forget_on_cluster, map_on_cluster  # imports dask
@@ -892,6 +992,9 @@ class RankPlan:
     """For traces at URLs (``--cache``): the folder that keeps what was fetched."""
     diff_id: str = ""
     """Names this comparison: a worker keeps the traces it opened for the next task of the same one."""
+    split_bytes: int = SPLIT_BYTES
+    """A tensor pair of this many bytes or more (A and B together) is measured in pieces, where a
+    task can hand them out (:data:`PairRanges`)."""
 
     @property
     def detail_all(self) -> bool:
@@ -954,6 +1057,7 @@ def _rank_state(
     plan: RankPlan,
     advance: Callable[[int], None],
     want_map: bool = True,
+    ranges: PairRanges | None = None,
 ) -> tuple[_RankState, Alignment, str | None]:
     """A rank aligned and ready to walk, its alignment, and the layer map text where ``plan`` wants it."""
     steps = plan.selection.steps
@@ -961,7 +1065,18 @@ def _rank_state(
     alignment = align_trees(view_a, view_b, plan.layer_map)
     map_text = alignment_layer_map(alignment, view_a, view_b, plan.layer_map) if want_map and rank == plan.map_rank else None
     noise_baseline = Baseline(trace_a2, rank, steps, view_a) if trace_a2 is not None else None
-    comparer = _Comparer(trace_a, trace_b, rank, plan.policy, plan.trust_hashes, advance, ScopeScales(view_a), noise_baseline)
+    comparer = _Comparer(
+        trace_a,
+        trace_b,
+        rank,
+        plan.policy,
+        plan.trust_hashes,
+        advance,
+        ScopeScales(view_a),
+        noise_baseline,
+        ranges,
+        plan.split_bytes,
+    )
     columnar = ColumnarRank(view_a, view_b, plan.policy) if plan.columnar and not plan.detail_all else None
     return _RankState(_RankComparison(view_a, view_b, alignment, plan.selection, comparer), columnar), alignment, map_text
 
@@ -971,13 +1086,15 @@ def compare_rank(
     task: RankTask,
     progress: Callable[[int, int], None] | None = None,
     open_trace: Callable[[str], Trace] = load_trace,
+    ranges: PairRanges | None = None,
 ) -> RankOutcome:
     """Compare one rank's steps on their own (a Dask task): open the traces, align the rank over
     every selected step, walk the task's steps.
 
     ``progress`` is called with (bytes compared, bytes to compare) as they become known: first the
     task's total, then each tensor pair's bytes. ``open_trace`` opens A and B (a worker's keeps
-    them for its next task of the same comparison).
+    them for its next task of the same comparison). ``ranges`` measures the pairs of at least
+    ``plan.split_bytes`` in pieces (on other workers); None: here, whole.
     """
     report = progress or (lambda done, total: None)
     with location_defaults(plan.storage_options, plan.cache):
@@ -989,7 +1106,7 @@ def compare_rank(
             trace.release_pages()
         first_piece = task.steps[0] == plan.selection.steps[0]
         state, alignment, map_text = _rank_state(
-            trace_a, trace_b, trace_a2, task.rank, plan, lambda nbytes: report(nbytes, 0), first_piece
+            trace_a, trace_b, trace_a2, task.rank, plan, lambda nbytes: report(nbytes, 0), first_piece, ranges
         )
         state.ranked.comparer.seed(task.seeds)
         piece = len(task.steps) < len(plan.selection.steps)

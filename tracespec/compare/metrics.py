@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,7 +30,18 @@ from tracespec.errors import UnsupportedDtypeError
 from tracespec.format.dtypes import dtype_of, parse_dtype
 from tracespec.format.stats import TensorStats
 
-__all__ = ["BLOCK", "Metrics", "compare_arrays", "compare_hashes", "compare_stats", "identical_arrays", "judge"]
+__all__ = [
+    "BLOCK",
+    "Metrics",
+    "RangeSums",
+    "compare_arrays",
+    "compare_hashes",
+    "compare_stats",
+    "fold_ranges",
+    "identical_arrays",
+    "judge",
+    "measure_range",
+]
 
 BLOCK: Final = 1 << 18
 """Elements per block: 2 MiB of float64 per temporary, small enough to stay in cache."""
@@ -298,13 +310,88 @@ class _Accumulator:
         )
 
 
-def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, reference_rms: float | None = None) -> Metrics:
-    """Elementwise metrics of ``b`` against the reference ``a`` (same shape)."""
-    if identical_arrays(a, b):
+@dataclass(frozen=True, slots=True)
+class RangeSums:
+    """What the elements ``start`` to ``stop`` (flat, in C order) of a tensor pair came to: whether
+    their bytes agree, and the sums of each of their blocks in order (None where the bytes agree and
+    the sums were not asked for). Ranges start on a block boundary, so that the blocks of any split
+    of a tensor are the blocks of the tensor whole (:func:`fold_ranges`)."""
+
+    start: int
+    stop: int
+    identical: bool
+    blocks: tuple[_Accumulator, ...] | None
+
+
+def _measured_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype whose values are compared: a complex tensor's modulus (like the statistics)."""
+    return np.empty(0, dtype).real.dtype if dtype.kind == "c" else dtype
+
+
+def measure_range(
+    a: np.ndarray,
+    b: np.ndarray,
+    start: int,
+    tolerance: Tolerance,
+    reference_rms: float | None = None,
+    *,
+    sums_if_identical: bool = True,
+) -> RangeSums:
+    """The sums of each block of ``a`` and ``b``, flat views of the elements from ``start`` on (a
+    multiple of :data:`BLOCK`) of the reference and the other tensor; where their bytes agree and
+    ``sums_if_identical`` is False, no sums (a tensor identical whole needs none)."""
+    if start % BLOCK or a.ndim != 1 or b.ndim != 1 or a.size != b.size:
+        raise ValueError(
+            f"a range starts on a block boundary and holds as many elements of A as of B: {start}, {a.shape}, {b.shape}"
+        )
+    stop = start + int(a.size)
+    identical = identical_arrays(a, b)
+    if identical and not sums_if_identical:
+        return RangeSums(start, stop, True, None)
+    if a.dtype.kind == "c" or b.dtype.kind == "c":
+        a, b = np.abs(a), np.abs(b)
+    ulp_dtype = _ulp_dtype(a.dtype, b.dtype)
+    ulp_numpy = parse_dtype(ulp_dtype).numpy if ulp_dtype is not None else None
+
+    def one_block(offset: int) -> _Accumulator:
+        block = _Accumulator(tolerance, reference_rms)
+        block.add(start + offset, a[offset : offset + BLOCK], b[offset : offset + BLOCK], ulp_numpy)
+        return block
+
+    offsets = range(0, a.size, BLOCK)
+    # Blocks are independent, so any number of threads finds the same sums (numpy releases the
+    # GIL in its loops); threads only pay off on large tensors.
+    if len(offsets) >= 4 and WORKERS > 1:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            blocks = tuple(pool.map(one_block, offsets))
+    else:
+        blocks = tuple(one_block(offset) for offset in offsets)
+    return RangeSums(start, stop, identical, blocks)
+
+
+def fold_ranges(
+    ranges: Sequence[RangeSums],
+    shape: tuple[int, ...],
+    dtype_a: np.dtype,
+    dtype_b: np.dtype,
+    tolerance: Tolerance,
+    reference_rms: float | None = None,
+) -> Metrics:
+    """The metrics of a tensor pair of ``shape`` from the sums of its ranges (every element once, in
+    order): its blocks' sums folded one after the other, in the order one pass over the tensor folds
+    them, so that any split gives the bits of one pass (floating-point sums depend on their order)."""
+    size, covered = math.prod(shape), 0
+    for part in ranges:
+        if part.start != covered:
+            break
+        covered = part.stop
+    if covered != size:
+        raise ValueError(f"the ranges {[(r.start, r.stop) for r in ranges]} do not cover {size} elements in order")
+    if all(r.identical for r in ranges):
         return Metrics(
             kind="elementwise",
             identical=True,
-            count=int(a.size),
+            count=size,
             max_abs=0.0,
             max_rel=0.0,
             mean_abs=0.0,
@@ -316,30 +403,23 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, reference
             tolerance_ratio=0.0,
             reference_rms=reference_rms,
         )
-    if a.dtype.kind == "c" or b.dtype.kind == "c":
-        a, b = np.abs(a), np.abs(b)  # compared by modulus, like the statistics
-    ulp_dtype = _ulp_dtype(a.dtype, b.dtype)
-    ulp_numpy = parse_dtype(ulp_dtype).numpy if ulp_dtype is not None else None
+    acc = _Accumulator(tolerance, reference_rms)
+    for part in ranges:
+        if part.blocks is None:
+            raise ValueError(f"elements {part.start} to {part.stop} were measured without their sums")
+        for block in part.blocks:
+            acc.merge(block)
+    ulp_dtype = _ulp_dtype(_measured_dtype(dtype_a), _measured_dtype(dtype_b))
+    return acc.finish(shape, ulp_dtype, reference_rms)
+
+
+def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, reference_rms: float | None = None) -> Metrics:
+    """Elementwise metrics of ``b`` against the reference ``a`` (same shape): the tensors whole as
+    one range (:func:`measure_range`, :func:`fold_ranges`)."""
     flat_a = np.ascontiguousarray(a).reshape(-1)
     flat_b = np.ascontiguousarray(b).reshape(-1)
-
-    def one_block(start: int) -> _Accumulator:
-        block = _Accumulator(tolerance, reference_rms)
-        block.add(start, flat_a[start : start + BLOCK], flat_b[start : start + BLOCK], ulp_numpy)
-        return block
-
-    starts = range(0, flat_a.size, BLOCK)
-    acc = _Accumulator(tolerance, reference_rms)
-    # Blocks are independent and folded in order, so the result is the same with any number of
-    # threads (numpy releases the GIL in its loops); threads only pay off on large tensors.
-    if len(starts) >= 4 and WORKERS > 1:
-        with ThreadPoolExecutor(WORKERS) as pool:
-            for part in pool.map(one_block, starts):
-                acc.merge(part)
-    else:
-        for start in starts:
-            acc.merge(one_block(start))
-    return acc.finish(tuple(a.shape), ulp_dtype, reference_rms)
+    whole = measure_range(flat_a, flat_b, 0, tolerance, reference_rms, sums_if_identical=False)
+    return fold_ranges([whole], tuple(a.shape), a.dtype, b.dtype, tolerance, reference_rms)
 
 
 def _rms(stats: TensorStats) -> float | None:

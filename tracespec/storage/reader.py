@@ -57,9 +57,11 @@ from tracespec.storage.zarr_store import (
     check_inside,
     check_relative_path,
     chunk_key_path,
+    chunks_of_range,
     missing_chunks,
     read_array,
     read_array_meta,
+    read_range,
 )
 
 __all__ = ["Part", "Trace", "load_trace"]
@@ -136,19 +138,27 @@ class Part:
         with self.local_array(name) as meta:
             return self.read_fetched(meta)
 
+    def read_range(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``start`` to ``stop`` (flat, C order) of the tensor stored as array ``name``, as
+        a 1-d array of its true dtype: only the chunks that hold them are read (and fetched, for a
+        remote part), so memory is the range's and a chunk's whatever the tensor's size."""
+        with self.local_array(name, (start, stop)) as meta:
+            return read_range(self._confined_store, meta, start, stop)
+
     def read_fetched(self, meta: ArrayMeta) -> np.ndarray:
         """The data of ``meta`` from the local folder (within :meth:`local_array`)."""
         return read_array(self._confined_store, meta)
 
     @contextmanager
-    def local_array(self, name: str) -> Iterator[ArrayMeta]:
-        """The metadata of array ``name``; within the block its files are in the local folder
-        ``store / name`` (fetched, for a remote part, and dropped after unless cached)."""
+    def local_array(self, name: str, elements: tuple[int, int] | None = None) -> Iterator[ArrayMeta]:
+        """The metadata of array ``name``; within the block its files (those holding ``elements``,
+        a flat range, if given) are in the local folder ``store / name`` (fetched, for a remote
+        part, and dropped after unless cached)."""
         meta = self.array_meta(name)
         if self.remote is None:
             yield meta
         else:
-            with self.remote.fetched(meta):
+            with self.remote.fetched(meta, chunks_of_range(meta, *elements) if elements is not None else None):
                 yield meta
 
     def stored_sizes(self, meta: ArrayMeta) -> dict[str, int]:
@@ -562,6 +572,11 @@ class Trace:
     def read(self, rank: int, array: str) -> np.ndarray:
         """The tensor stored as ``array`` in ``rank``'s store."""
         return self.parts[rank].read_array(array)
+
+    def read_range(self, rank: int, array: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``start`` to ``stop`` (flat, C order) of the tensor stored as ``array`` in
+        ``rank``'s store (:meth:`Part.read_range`)."""
+        return self.parts[rank].read_range(array, start, stop)
 
     def iter_arrays(self, records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Yield ``(record, array)`` one at a time for records that kept data (``array`` set)."""

@@ -235,12 +235,12 @@ class RemoteArrays:
         return bad
 
     @contextmanager
-    def fetched(self, meta: ArrayMeta) -> Iterator[None]:
-        """Within the block, the chunks of ``meta`` are in the local copy (those the store has);
-        a temporary cache deletes them after the last reader is done."""
+    def fetched(self, meta: ArrayMeta, keys: list[tuple[int, ...]] | None = None) -> Iterator[None]:
+        """Within the block, the chunks ``keys`` of ``meta`` (default: all) are in the local copy
+        (those the store has); a temporary cache deletes them after the array's last reader is done."""
         listed = self._listing(meta.name)
         wanted = []
-        for key in meta.chunk_keys():
+        for key in meta.chunk_keys() if keys is None else keys:
             relative = chunk_key_path(key)
             size = listed.get(relative)
             if size is not None and not _same_size(self.local / meta.name / relative, size):

@@ -51,11 +51,13 @@ __all__ = [
     "check_relative_path",
     "chunk_key_path",
     "chunk_shape_for",
+    "chunks_of_range",
     "fsync_files",
     "make_durable",
     "missing_chunks",
     "read_array",
     "read_array_meta",
+    "read_range",
     "write_array",
     "write_group",
 ]
@@ -499,38 +501,78 @@ def missing_chunks(store: Path, meta: ArrayMeta) -> list[str]:
 def read_array(confined: Confinement, meta: ArrayMeta) -> np.ndarray:
     """Read a whole array of the store ``confined.base`` with its true dtype. Chunks are read
     straight into the result."""
+    return read_range(confined, meta, 0, math.prod(meta.shape)).reshape(meta.shape)
+
+
+def chunks_of_range(meta: ArrayMeta, start: int, stop: int) -> list[tuple[int, ...]]:
+    """The keys of the chunks that hold elements ``start`` to ``stop`` (flat, C order) of ``meta``,
+    in C order: a run of consecutive chunks where chunks split the leading axes, else every chunk
+    of the rows (first axis) those elements lie in."""
+    if start >= stop:
+        return []
+    if _splits_leading_axes(meta.shape, meta.chunk_shape):
+        itemsize = meta.dtype.itemsize
+        low, high = start * itemsize, stop * itemsize
+        found = []
+        for key in meta.chunk_keys():
+            first, length = _chunk_span(meta.shape, meta.chunk_shape, key, itemsize)
+            if first < high and first + length > low:
+                found.append(key)
+        return found
+    first_row, stop_row = _rows_of_range(meta.shape, start, stop)
+    rows = meta.chunk_shape[0]
+    return [key for key in meta.chunk_keys() if first_row // rows <= key[0] <= (stop_row - 1) // rows]
+
+
+def _rows_of_range(shape: tuple[int, ...], start: int, stop: int) -> tuple[int, int]:
+    """The rows (indices along the first axis) that hold elements ``start`` to ``stop``."""
+    row = math.prod(shape[1:])
+    return start // row, -(-stop // row)
+
+
+def read_range(confined: Confinement, meta: ArrayMeta, start: int, stop: int) -> np.ndarray:
+    """Elements ``start`` to ``stop`` (flat, C order) of an array of the store ``confined.base``,
+    as a 1-d array of its true dtype; only the chunks holding them are opened, and of an
+    uncompressed chunk only the bytes wanted are read (straight into the result)."""
     store = confined.base
-    folder = store / meta.name
+    where = f"{store.name}/{meta.name}"
+    size = math.prod(meta.shape)
+    if not 0 <= start <= stop <= size:
+        raise InvalidShapeError(f"{where}: elements {start} to {stop} are not among its {size}")
     dt = meta.dtype
     storage_dtype = np.dtype(dt.zarr_data_type).newbyteorder("<")
-    result = np.empty(meta.shape, dtype=storage_dtype)
-    if result.size:
-        flat = result.reshape(-1).view(np.uint8)
-        decoder = None
-        if meta.compression == "zstd":
-            from numcodecs import Zstd
+    result = np.empty(stop - start, dtype=storage_dtype)
+    if start < stop and not _splits_leading_axes(meta.shape, meta.chunk_shape):
+        return _read_general(store, meta, start, stop)
+    out = result.view(np.uint8)
+    decoder = None
+    if meta.compression == "zstd":
+        from numcodecs import Zstd
 
-            decoder = Zstd()
-        leading_only = _splits_leading_axes(meta.shape, meta.chunk_shape)
-        if not leading_only:
-            return _read_general(store, meta)
-        for key in meta.chunk_keys():
-            start, length = _chunk_span(meta.shape, meta.chunk_shape, key, dt.itemsize)
-            path = confined.check(_chunk_path(folder, key), f"{store.name}/{meta.name}")
-            try:
-                if decoder is None:
-                    with open(path, "rb") as f:
-                        got = f.readinto(flat[start : start + length].data)
-                else:
-                    raw = _decode(decoder, path, f"{store.name}/{meta.name}")
-                    got = min(len(raw), length)
-                    flat[start : start + got] = np.frombuffer(raw, np.uint8, got)
-            except FileNotFoundError:
-                raise ChunkMissingError(f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is missing") from None
-            if got != length:
-                raise ChunkMissingError(
-                    f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key)) or 'c'} is truncated ({got} of {length} bytes)"
-                )
+        decoder = Zstd()
+    low, high = start * dt.itemsize, stop * dt.itemsize
+    folder = store / meta.name
+    for key in chunks_of_range(meta, start, stop):
+        chunk_start, length = _chunk_span(meta.shape, meta.chunk_shape, key, dt.itemsize)
+        first, last = max(low, chunk_start), min(high, chunk_start + length)
+        target = out[first - low : last - low]
+        path = confined.check(_chunk_path(folder, key), where)
+        try:
+            if decoder is None:
+                with open(path, "rb") as f:
+                    f.seek(first - chunk_start)
+                    got = f.readinto(target.data)
+            else:
+                raw = np.frombuffer(_decode(decoder, path, where), np.uint8)[first - chunk_start : last - chunk_start]
+                got = raw.size
+                target[:got] = raw
+        except FileNotFoundError:
+            raise ChunkMissingError(f"{where}: chunk {'/'.join(map(str, key)) or 'c'} is missing") from None
+        if got != last - first:
+            raise ChunkMissingError(
+                f"{where}: chunk {'/'.join(map(str, key)) or 'c'} is truncated "
+                f"({first - chunk_start + got} of {last - chunk_start} bytes)"
+            )
     return result.view(dt.numpy) if dt.stored_as_bits else result
 
 
@@ -565,15 +607,19 @@ def _chunk_span(shape: tuple[int, ...], chunk: tuple[int, ...], key: tuple[int, 
     return start, rows * strides[axis]
 
 
-def _read_general(store: Path, meta: ArrayMeta) -> np.ndarray:
-    """Arrays chunked on trailing axes (written by another tool): read through zarr itself."""
-    for key in meta.chunk_keys():
+def _read_general(store: Path, meta: ArrayMeta, start: int, stop: int) -> np.ndarray:
+    """Elements ``start`` to ``stop`` of an array chunked on trailing axes (written by another
+    tool): the rows that hold them, read through zarr itself."""
+    for key in chunks_of_range(meta, start, stop):
         if not _chunk_path(store / meta.name, key).exists():
             raise ChunkMissingError(f"{store.name}/{meta.name}: chunk {'/'.join(map(str, key))} is missing")
     import zarr
 
+    first_row, stop_row = _rows_of_range(meta.shape, start, stop)
     try:
-        data = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[...])
+        rows = np.asarray(zarr.open_array(store=str(store), path=meta.name, mode="r")[first_row:stop_row])
     except Exception as exc:  # zarr's own errors on damaged chunks: report them, never crash
         raise ChunkMissingError(f"{store.name}/{meta.name}: zarr cannot read the array ({exc})") from None
+    offset = first_row * math.prod(meta.shape[1:])
+    data = rows.reshape(-1)[start - offset : stop - offset]
     return data.view(meta.dtype.numpy) if meta.dtype.stored_as_bits else data
