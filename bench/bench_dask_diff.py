@@ -30,6 +30,11 @@ byte. The page cache is warmed before the first run.
     .venv/bin/python bench/bench_dask_diff.py --ranks 1 --large-mb 0     # the 1-rank pair only
     .venv/bin/python bench/bench_dask_diff.py --ranks --rounds 5         # the large-tensor pair only
     .venv/bin/python bench/bench_dask_diff.py --steps 1 --width 256      # seconds, a smoke run
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_dask_diff.py --ranks 4 --large-mb 0 --s3
+
+``--s3``: the pairs are copied (``tracespec cp``) to a local S3 server, moto's, started for the run
+(HTTP on localhost, found through ``AWS_ENDPOINT_URL`` as a user's store would be: the workers read
+the bucket themselves), and diffed from there; the same pairs from local disk are measured too.
 """
 
 from __future__ import annotations
@@ -188,6 +193,7 @@ def main() -> None:
     parser.add_argument(
         "--large-mb", type=int, default=400, help="the size of the large-tensor pair, A and B together (0: not measured)"
     )
+    parser.add_argument("--s3", action="store_true", help="also diff the pairs from a local S3 server (moto)")
     parser.add_argument("--child", nargs=4, metavar=("A", "B", "WORKERS", "SPLIT_BYTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -195,17 +201,46 @@ def main() -> None:
         return
     from tracespec.compare.engine import SPLIT_BYTES
 
+    cases: list[tuple[Path, str, list[tuple[int, int]]]] = []
     for ranks in args.ranks:
         folder = RESULTS / f"r{ranks}_s{args.steps}_w{args.width}"
         if args.fresh or not (folder / "b" / "manifest.json").exists():
             _fresh(folder, functools.partial(_write, steps=args.steps, width=args.width, ranks=ranks))
-        _case(folder, f"{ranks} rank(s), {args.steps} steps", args.rounds, [(0, SPLIT_BYTES), (1, SPLIT_BYTES), (2, SPLIT_BYTES)])
+        cases.append((folder, f"{ranks} rank(s), {args.steps} steps", [(0, SPLIT_BYTES), (1, SPLIT_BYTES), (2, SPLIT_BYTES)]))
     if args.large_mb:
         folder = RESULTS / f"large_{args.large_mb}mb"
         if args.fresh or not (folder / "b" / "manifest.json").exists():
             _fresh(folder, functools.partial(_write_large, megabytes=args.large_mb))
-        configurations = [(0, SPLIT_BYTES), (1, WHOLE), (1, SPLIT_BYTES), (2, SPLIT_BYTES)]
-        _case(folder, "one tensor pair", args.rounds, configurations)
+        cases.append((folder, "one tensor pair", [(0, SPLIT_BYTES), (1, WHOLE), (1, SPLIT_BYTES), (2, SPLIT_BYTES)]))
+    for folder, what, configurations in cases:
+        _case(str(folder / "a"), str(folder / "b"), what, args.rounds, configurations)
+    if args.s3:
+        _from_s3(cases, args.rounds)
+
+
+def _from_s3(cases: list[tuple[Path, str, list[tuple[int, int]]]], rounds: int) -> None:
+    """The same pairs copied to a local S3 server and diffed from there (the children and the
+    workers they start inherit the endpoint and credentials from the environment)."""
+    from bench_object_store import CREDENTIALS, start_s3_server
+
+    server, endpoint = start_s3_server()
+    os.environ.update({**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint})
+    try:
+        import boto3
+
+        from tracespec.storage import copy_trace
+
+        boto3.client("s3").create_bucket(Bucket="tracespec-bench")
+        for folder, what, configurations in cases:
+            urls = [f"s3://tracespec-bench/{folder.name}/{side}" for side in ("a", "b")]
+            start = time.perf_counter()
+            for side, url in zip(("a", "b"), urls, strict=True):
+                copy_trace(folder / side, url)
+            print(f"\ntracespec cp of {folder.name} to S3: {time.perf_counter() - start:.1f} s", flush=True)
+            _case(urls[0], urls[1], f"{what}, from S3 (moto on this machine)", rounds, configurations)
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def _fresh(folder: Path, write: Callable[..., None]) -> None:
@@ -223,16 +258,15 @@ def _name(workers: int, split_bytes: int) -> str:
     return f"{workers} worker(s)" + (", pair whole" if split_bytes == WHOLE else "")
 
 
-def _case(folder: Path, what: str, rounds: int, configurations: list[tuple[int, int]]) -> None:
-    """Measure the pair in ``folder`` in each configuration (workers, split_bytes; 0 workers: one
-    process), interleaved over ``rounds``; ratios against 1 worker (splitting as by default)."""
-    a, b = folder / "a", folder / "b"
-    print(
-        f"\nA {_size(a) / 1e9:.2f} GB, B {_size(b) / 1e9:.2f} GB, {what}; "
-        f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores",
-        flush=True,
-    )
-    for path in (a, b):  # the page cache warm for every run alike
+def _case(a: str, b: str, what: str, rounds: int, configurations: list[tuple[int, int]]) -> None:
+    """Measure the pair A, B (folders or URLs) in each configuration (workers, split_bytes; 0
+    workers: one process), interleaved over ``rounds``; ratios against 1 worker (splitting as by
+    default)."""
+    print(f"\n{what}; load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores", flush=True)
+    for path in (Path(a), Path(b)):  # the page cache warm for every run alike (local folders)
+        if not path.is_dir():
+            continue
+        print(f"{path}: {_size(path) / 1e9:.2f} GB", flush=True)
         for file in path.rglob("*"):
             if file.is_file():
                 with open(file, "rb") as f:  # in pieces: the bench's own memory stays small
@@ -242,7 +276,7 @@ def _case(folder: Path, what: str, rounds: int, configurations: list[tuple[int, 
     for round_ in range(rounds):
         for (workers, split_bytes), found in runs.items():
             done = subprocess.run(
-                [sys.executable, __file__, "--child", str(a), str(b), str(workers), str(split_bytes)],
+                [sys.executable, __file__, "--child", a, b, str(workers), str(split_bytes)],
                 capture_output=True,
                 text=True,
                 check=True,
