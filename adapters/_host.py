@@ -122,7 +122,8 @@ def summarize_host(
         np.copyto(copy_to, array, casting="no")
         array, copy_to = copy_to, None
     if not _fast_dtype(array.dtype) or not (stats or copy_to is not None):
-        # The hash alone: xxh3's one-shot loop is as fast as any pass.
+        # The reference functions: for dtypes without fast loops, and for the hash alone (xxh3's
+        # one-shot call is as fast as any pass).
         if copy_to is not None:
             np.copyto(copy_to, array, casting="no")
         return (compute_stats(array) if stats else None, content_hash(array) if digest else None)
