@@ -35,11 +35,10 @@ from paddle.jit.dy2static.program_translator import ProgramTranslator, StaticFun
 
 from tracespec.adapters._common import OpDescription, Summary, op_name
 from tracespec.adapters._hooked import ForwardPostHook, ForwardPreHook, HookedRecorder
-from tracespec.adapters._host import fast_stats
+from tracespec.adapters._host import summarize_host
 from tracespec.adapters._options import RecordOptions, parse_options
 from tracespec.errors import UsageError
 from tracespec.format.dtypes import DTYPES
-from tracespec.format.stats import content_hash
 
 __all__ = ["FRAMEWORK", "OP_FUNCTIONS", "PaddleRecorder", "accepts", "host_array", "record"]
 
@@ -399,17 +398,17 @@ class PaddleRecorder(HookedRecorder):
         values = host_array(tensor)
         name = _DTYPE_NAMES[tensor.dtype]
         summary = Summary(name, tuple(int(d) for d in tensor.shape))
-        # Everything is computed now, from memory the model cannot change during the hook.
+        # Everything is computed now, from memory the model cannot change during the hook, in one
+        # pass over it: the copy the writer keeps, the statistics and the hash (summarize_host).
+        copy_to = None
         if level == "full":
             # The bit-type and device paths already made a private host copy; keep it.
             private = DTYPES[name].stored_as_bits or not tensor.place.is_cpu_place()
-            if not (private and values.flags.c_contiguous):
-                values = self._host_buffers.copy(values)
-            summary.array = values
-        if level != "hash":
-            summary.stats = fast_stats(values)
-        if level != "stats":
-            summary.hash = content_hash(values)
+            if private and values.flags.c_contiguous:
+                summary.array = values
+            else:
+                copy_to = summary.array = self._host_buffers.take(values.nbytes).view(values.dtype).reshape(values.shape)
+        summary.stats, summary.hash = summarize_host(values, stats=level != "hash", digest=level != "stats", copy_to=copy_to)
         return summary
 
     # ---------------------------------------------------------------- hooks

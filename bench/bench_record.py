@@ -3,10 +3,17 @@
 For each capture level and each publication mode (``publish="step"``, the default: a step is
 durable when ``rec.step()`` returns; ``"async"``: its writing overlaps the next step) it prints
 the median step time and its ratio to the bare step (measured in the same run, interleaved), the
-bytes written per step, and for ``full`` the machine's own limit: the bare step plus the time to
-copy the same number of bytes in memory and write them to the same disk with fsync.
+bytes written per step, and for ``full`` the machine's own limit, measured in the same run: the
+bare step plus one copy of the same bytes into already-faulted memory, or the time the disk takes
+to write them with direct I/O, whichever is longer (:func:`limit_seconds`).
+
+``--one-shot`` times what a user debugging does first: one step recorded with the default options
+(every role), timed whole, against a bare step; ``--framework onnxruntime`` does the same for the
+model's forward exported to ONNX (one feed; the bare run makes its session too).
 
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py            # full size, 5 rounds
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --one-shot --rounds 3
+    flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --one-shot --framework onnxruntime --levels full
     .venv/bin/python bench/bench_record.py --quick                                    # seconds
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --framework paddle
     flock /tmp/tracespec-bench.lock .venv/bin/python bench/bench_record.py --compiled     # torch.compile'd
@@ -33,6 +40,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
+import mmap
 import os
 import shutil
 import statistics
@@ -40,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,48 +285,111 @@ def recorded_steps(
     return elapsed / steps, cpu / steps, written // steps
 
 
-def one_shot(model: Any, step: Callable[[], None], level: str, folder: Path) -> tuple[float, float, int]:
-    """What a user debugging does: one step with the default options (every role), the ``with``
-    block timed whole, from entering it to leaving it with the trace written and durable. Wall and
-    CPU seconds, and the bytes written."""
+@dataclass(frozen=True)
+class OneShot:
+    """What ``--one-shot`` times for a framework: ``bare()`` runs the step unrecorded,
+    ``recorded(level, path)`` records it with the defaults (every role), each the way a user writes it."""
+
+    bare: Callable[[], None]
+    recorded: Callable[[str, Path], None]
+
+
+def hooked_one_shot(model: Any, step: Callable[[], None]) -> OneShot:
+    """PyTorch and Paddle: one ``with tracespec.record(model, path, capture=level)`` around a step."""
+
+    def recorded(level: str, path: Path) -> None:
+        with tracespec.record(model, path, capture=level) as rec:
+            step()
+            rec.step()
+
+    return OneShot(step, recorded)
+
+
+def onnx_one_shot(size: Size, threads: int, folder: Path) -> OneShot:
+    """ONNX Runtime: the benchmark model's forward exported to ONNX (``bench_onnx.py``'s GPT-2,
+    its weights in an external file) and one feed. Bare: an ``InferenceSession`` made and run once;
+    recorded: ``with tracespec.record(model, path, capture=level) as trace: trace.run(feed)``.
+    Both include making the session, as a user's first run does."""
+    import onnxruntime as ort
+    from bench_onnx import export_model
+
+    dims = {"layers": size.layers, "width": size.width, "heads": size.heads, "hidden": size.mlp, "vocab": size.vocab}
+    model = export_model({**dims, "seq": size.seq, "batch": size.batch}, folder)
+    feed = {"ids": np.random.default_rng(0).integers(0, size.vocab, (size.batch, size.seq), dtype=np.int64)}
+
+    def session_options() -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        return options
+
+    def bare() -> None:
+        ort.InferenceSession(str(model), session_options(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+    def recorded(level: str, path: Path) -> None:
+        with tracespec.record(
+            model, path, capture=level, providers=["CPUExecutionProvider"], session_options=session_options()
+        ) as trace:
+            trace.run(feed)
+
+    return OneShot(bare, recorded)
+
+
+def one_shot(run: OneShot, level: str, folder: Path) -> tuple[float, float, int]:
+    """What a user debugging does: one step with the default options (every role), timed whole,
+    from entering the recording to leaving it with the trace written and durable. Wall and CPU
+    seconds, and the bytes written."""
     path = folder / f"one-shot-{level}"
     shutil.rmtree(path, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()
-    with tracespec.record(model, path, capture=level) as rec:
-        step()
-        rec.step()
+    run.recorded(level, path)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     written = folder_bytes(path)
     shutil.rmtree(path)
     return elapsed, cpu, written
 
 
-def run_one_shot(model: Any, step: Callable[[], None], levels: list[str], folder: Path, rounds: int) -> None:
-    """``--one-shot``: per round, a bare step and one recorded step per level, alternating."""
+def run_one_shot(run: OneShot, levels: list[str], folder: Path, rounds: int) -> None:
+    """``--one-shot``: per round, a bare step and one recorded step per level, alternating, and
+    the machine's limit for the same bytes measured in the same round (:func:`limit_seconds`)."""
     ratios: dict[str, list[float]] = {level: [] for level in levels}
     cpu_ratios: dict[str, list[float]] = {level: [] for level in levels}
     seconds: dict[str, list[float]] = {level: [] for level in levels}
     written: dict[str, int] = {}
     limits: dict[str, list[float]] = {level: [] for level in levels}
     bare_all: list[float] = []
+    rates: list[tuple[float, float]] = []
     for round_ in range(rounds):
         for level in levels:
             gc.collect()
-            bare, bare_cpu = bare_step(step)
-            elapsed, cpu, nbytes = one_shot(model, step, level, folder)
+            bare, bare_cpu = bare_step(run.bare)
+            elapsed, cpu, nbytes = one_shot(run, level, folder)
             bare_all.append(bare)
             seconds[level].append(elapsed)
             ratios[level].append(elapsed / bare)
             cpu_ratios[level].append(cpu / bare_cpu)
             written[level] = nbytes
-            limits[level].append((bare + copy_and_write_seconds(nbytes, folder)) / bare)
-        print(f"round {round_ + 1}: " + " ".join(f"{lv} {seconds[lv][-1]:.3f}s" for lv in levels), file=sys.stderr)
+        # The bytes each level reads are the tensors full writes (the same records, the same
+        # repeats referenced); without full in the run, the bytes the level wrote.
+        summarised = written.get("full", 0)
+        copy_rate, write_rate = memory_copy_rate(folder), direct_write_rate(folder)
+        rates.append((copy_rate, write_rate))
+        for level in levels:
+            limits[level].append(
+                limit_seconds(bare_all[-1], summarised or written[level], level == "full", copy_rate, write_rate) / bare_all[-1]
+            )
+        print(
+            f"round {round_ + 1}: bare {bare_all[-1]:.3f}s " + " ".join(f"{lv} {seconds[lv][-1]:.3f}s" for lv in levels),
+            file=sys.stderr,
+        )
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    copy_rate, write_rate = (statistics.median(r[i] for r in rates) for i in (0, 1))
     print(
-        f"\none step with the defaults (every role), the with block timed whole; bare step {statistics.median(bare_all):.3f} s "
-        f"(median); x bare = median of per-round ratios; load average at the end {load}"
+        f"\none step with the defaults (every role), timed whole; bare {statistics.median(bare_all):.3f} s "
+        f"(median); x bare = median of per-round ratios; memory copy {copy_rate / 1e9:.1f} GB/s, direct-I/O write "
+        f"{write_rate / 1e9:.2f} GB/s; load average at the end {load}"
     )
-    print("| capture | with block (s) | x bare | x bare, CPU time | MB written | limit: bare + copy&write, x bare |")
+    print("| capture | timed whole (s) | x bare | x bare, CPU time | MB written | limit, x bare |")
     print("|---|---|---|---|---|---|")
     for level in levels:
         print(
@@ -325,29 +398,59 @@ def run_one_shot(model: Any, step: Callable[[], None], levels: list[str], folder
         )
 
 
-def copy_and_write_seconds(nbytes: int, folder: Path) -> float:
-    """The machine's limit for ``nbytes``: copy them in memory, then write and fsync a file."""
-    block = 64 << 20
-    source = np.ones(min(nbytes, block), dtype=np.uint8)
-    target = folder / "limit.bin"
+def limit_seconds(bare: float, nbytes: int, writes: bool, copy_rate: float, write_rate: float) -> float:
+    """What the machine allows for a step that reads ``nbytes`` of tensors (and, if ``writes``,
+    writes them): the bare step plus one copy of the bytes in memory, or the time the disk
+    takes to write them with direct I/O while the step runs, whichever is longer."""
+    limit = bare + nbytes / copy_rate
+    return max(limit, nbytes / write_rate) if writes else limit
+
+
+_RATE_BYTES = 512 << 20  # larger than the last-level cache: the copy goes to memory
+
+
+def memory_copy_rate(folder: Path) -> float:
+    """Bytes per second of one copy into already-faulted memory (one thread, numpy's copy)."""
+    source = np.ones(_RATE_BYTES, dtype=np.uint8)
+    target = np.zeros(_RATE_BYTES, dtype=np.uint8)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return _RATE_BYTES / best
+
+
+def direct_write_rate(folder: Path, threads: int = 4) -> float:
+    """Bytes per second of writing to ``folder`` with direct I/O, from page-aligned memory, on
+    ``threads`` threads (each its own file, 8 MiB a write, fsynced), as the recorders' writer does."""
+    chunk = 8 << 20
+    buffer = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
+    buffer.write(b"\xa5" * chunk)
+    per_thread = _RATE_BYTES // threads
+
+    def write(index: int) -> None:
+        path = folder / f"direct-{index}.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o600)
+        try:
+            for _ in range(per_thread // chunk):
+                os.write(fd, buffer)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            path.unlink()
+
     start = time.perf_counter()
-    with open(target, "wb") as f:
-        left = nbytes
-        while left > 0:
-            n = min(left, block)
-            copy = source[:n].copy()
-            f.write(memoryview(copy))
-            left -= n
-        f.flush()
-        os.fsync(f.fileno())
-    elapsed = time.perf_counter() - start
-    target.unlink()
-    return elapsed
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, range(threads)))
+    return per_thread // chunk * chunk * threads / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--framework", choices=sorted(FRAMEWORKS), default="torch")
+    parser.add_argument(
+        "--framework", choices=sorted([*FRAMEWORKS, "onnxruntime"]), default="torch", help="onnxruntime: --one-shot only"
+    )
     parser.add_argument(
         "--compiled", action="store_true", help="torch.compile the model (torch only); the bare step is compiled too"
     )
@@ -369,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--one-shot",
         action="store_true",
-        help="what a user does first: one step recorded with the defaults (every role), the with block timed whole, "
-        "next to a bare step and the machine's copy-and-write limit for the same bytes",
+        help="what a user does first: one step recorded with the defaults (every role), timed whole, next to a bare "
+        "step and the machine's limit for the same bytes",
     )
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
@@ -382,6 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     roles = ["inputs", "outputs", "grads", "params", "optimizer"] if args.roles == "all" else args.roles.split(",")
     if args.compiled and args.framework != "torch":
         parser.error("--compiled is for --framework torch (Paddle's to_static models are not recorded)")
+    if args.framework == "onnxruntime":
+        if not args.one_shot:
+            parser.error("--framework onnxruntime is for --one-shot (steady state: bench/bench_onnx.py)")
+        folder = Path(tempfile.mkdtemp(prefix="bench-record-", dir=args.folder or Path.cwd()))
+        try:
+            run_one_shot(onnx_one_shot(size, args.threads, folder), args.levels.split(","), folder, args.rounds)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
     model, step = (
         torch_model(size, args.threads, compiled=True) if args.compiled else FRAMEWORKS[args.framework](size, args.threads)
     )
@@ -393,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for _ in range(warmup):
                 step()
-            run_one_shot(model, step, args.levels.split(","), folder, args.rounds)
+            run_one_shot(hooked_one_shot(model, step), args.levels.split(","), folder, args.rounds)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return 0
@@ -407,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict[str, list[float]] = {level: [] for level in levels}
     cpu_ratios: dict[str, list[float]] = {level: [] for level in levels}
     written: dict[str, list[int]] = {level: [] for level in levels}
-    limit: list[float] = []
+    limit: list[float] = []  # per round, for full: limit_seconds of its bytes
     try:
         for _ in range(warmup):
             step()
@@ -428,9 +540,11 @@ def main(argv: list[str] | None = None) -> int:
                     timings[kind] = (*bare_step(step), 0)
                     continue
                 timings[kind] = recorded_steps(model, step, kind, folder, roles, args.steps, warmup)
-                if kind == "full":  # the machine's limit for the bytes modules alone write
-                    limit.append(copy_and_write_seconds(timings[kind][2], folder))
             bare.append(timings["bare"][0])
+            if "full" in timings:  # the machine's limit for the bytes modules alone write
+                limit.append(
+                    limit_seconds(bare[-1], timings["full"][2], True, memory_copy_rate(folder), direct_write_rate(folder))
+                )
             bare_cpu.append(timings["bare"][1])
             for level in levels:
                 elapsed, cpu, nbytes = timings[level]
@@ -457,10 +571,8 @@ def main(argv: list[str] | None = None) -> int:
             "bytes_per_step": int(statistics.median(written[level])),
         }
         if level.partition("/")[0] == "full" and limit:  # either publication mode writes the same bytes
-            io = statistics.median(limit)
-            row["copy_write_s"] = io
-            row["limit_s"] = bare_s + io
-            row["ratio_to_limit"] = row["step_s"] / (bare_s + io)
+            row["limit_s"] = statistics.median(limit)
+            row["ratio_to_limit"] = row["step_s"] / row["limit_s"]
         rows.append(row)
     name = "quick" if args.quick else "GPT-2 small"
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -470,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU time: of all this process's threads; load average at the end {load}"
     )
     print(
-        "| capture (/publish) | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | bare + copy&write (s) | x limit |"
+        "| capture (/publish) | step (s) | x bare | x bare, best | x bare, CPU time | MB written / step | limit (s) | x limit |"
     )
     print("|---|---|---|---|---|---|---|---|")
     print(f"| bare | {bare_s:.3f} | 1.00 | 1.00 | 1.00 | - | - | - |")

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import ml_dtypes
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tracespec.adapters import available_adapters
-from tracespec.adapters._host import HostBufferPool, fast_stats
+from tracespec.adapters._host import SPLIT_ELEMENTS, HostBufferPool, fast_stats, summarize_host
 from tracespec.adapters._options import parse_options
 from tracespec.adapters._slots import flatten, map_tensors
 from tracespec.errors import UsageError
-from tracespec.format.stats import compute_stats
+from tracespec.format.stats import TensorStats, compute_stats, content_hash
 
 
 def is_array(value: Any) -> bool:
@@ -149,3 +155,98 @@ def test_registry_lists_the_adapters_without_importing_frameworks() -> None:
     assert {"torch", "paddle", "onnxruntime"} <= set(available_adapters())
     code = "import sys, tracespec.adapters; print(sorted({'torch','paddle','onnxruntime'} & set(sys.modules)))"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+# --------------------------------------------------------------------- one pass over host memory
+def _host_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    normal = rng.standard_normal(3 * SPLIT_ELEMENTS // 2 + 12345).astype(np.float32)
+    with_nan = normal.copy()
+    with_nan[len(with_nan) - 3] = np.nan  # in the second half: the helper's part
+    with_inf = normal.copy()
+    with_inf[5] = -np.inf
+    return [
+        normal,
+        normal + np.float32(3000.0),  # cancellation: the reference takes over
+        with_nan,
+        with_inf,
+        normal.astype(ml_dtypes.bfloat16),
+        normal.astype(np.float16),
+        normal.astype(np.float64).reshape(-1, 3)[:, 1],  # strided
+        (normal * 1000).astype(np.int64),
+        (normal * 50).astype(np.int8),
+        normal[:2000].reshape(40, 50).T,  # non-contiguous, below the split
+        np.zeros((0, 4), dtype=np.float32),
+        np.float32(2.5) * np.ones((), dtype=np.float32),
+        normal[:1000] > 0,  # bool: the reference
+        normal[:1000].astype(np.complex64),
+        normal[:1000].astype(">f4"),  # big-endian: the reference hashes it little-endian
+    ]
+
+
+@pytest.mark.parametrize("array", _host_cases(), ids=lambda a: f"{a.dtype}{list(a.shape)}")
+@pytest.mark.parametrize("level", ["stats", "hash", "full"])
+def test_one_pass_gives_the_reference_copy_hash_and_statistics(array: np.ndarray, level: str) -> None:
+    copy_to = np.empty(array.shape, dtype=array.dtype) if level == "full" else None
+    stats, digest = summarize_host(array, stats=level != "hash", digest=level != "stats", copy_to=copy_to)
+    if level != "stats":
+        assert digest == content_hash(array)
+    if level != "hash":
+        assert stats is not None
+        with np.errstate(all="ignore"):
+            assert_same_statistics(stats, compute_stats(array))
+    if copy_to is not None:
+        assert copy_to.tobytes() == np.ascontiguousarray(array).tobytes()
+
+
+def assert_same_statistics(got: TensorStats, reference: TensorStats) -> None:
+    """Counts and extremes exactly; the moments within float64 rounding of the reference's."""
+    assert (got.count, got.nan_count, got.inf_count, got.min, got.max) == (
+        reference.count,
+        reference.nan_count,
+        reference.inf_count,
+        reference.min,
+        reference.max,
+    )
+    for name in ("mean", "std", "l2"):
+        expected = getattr(reference, name)
+        assert getattr(got, name) == (expected if expected is None else pytest.approx(expected, rel=1e-9, abs=1e-300)), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.int32])
+def test_the_split_gives_what_one_thread_gives(dtype: Any) -> None:
+    # On the helper thread, summarize_host sums both halves itself: the one-thread path.
+    array = (np.random.default_rng(3).standard_normal(2 * SPLIT_ELEMENTS + 777) * 100).astype(dtype)
+    split_copy, one_thread_copy = np.empty_like(array), np.empty_like(array)
+    split = summarize_host(array, stats=True, digest=True, copy_to=split_copy)
+    with ThreadPoolExecutor(1, thread_name_prefix="tracespec-host-test") as pool:
+        one_thread = pool.submit(summarize_host, array, stats=True, digest=True, copy_to=one_thread_copy).result()
+    assert split == one_thread  # bit for bit: the same partial sums, added in the same order
+    assert split_copy.tobytes() == one_thread_copy.tobytes() == array.tobytes()
+
+
+def test_streaming_hash_equals_the_one_shot_hash_at_every_length() -> None:
+    # Block boundaries fall anywhere in a long array; xxh3's short-input paths end below 240 bytes.
+    data = np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8)
+    for length in [*range(260), 1023, 1024, 1025, 4096]:
+        hasher = xxhash.xxh3_128()
+        for start in range(0, length, 100):
+            hasher.update(data[start : min(start + 100, length)].data)
+        assert f"xxh3_128:{hasher.hexdigest()}" == content_hash(data[:length]), length
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_makes_its_own_helper_thread() -> None:
+    array = np.arange(SPLIT_ELEMENTS + 5, dtype=np.float32)
+    expected = summarize_host(array, stats=True, digest=True)  # the parent's helper thread now exists
+    pid = os.fork()
+    if pid == 0:  # the child: a dead helper thread would make this wait forever
+        os._exit(0 if summarize_host(array, stats=True, digest=True) == expected else 1)
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on its parent's helper thread")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
