@@ -322,7 +322,8 @@ class _Comparer:
         about a quarter of ``split_bytes`` each) and folded in order: the bits of one pass. Ranges
         first say only whether their bytes agree; where some do and others do not, the sums of those
         that agree are asked for next (a tensor identical whole costs a byte comparison)."""
-        ranges: PairRanges = self.ranges  # type: ignore[assignment]
+        ranges = self.ranges
+        assert ranges is not None  # _splits is asked only where ranges are given
         dtypes = [
             _checked_meta(trace, self.rank, record, side).dtype.numpy
             for trace, record, side in ((self.ta, ra, "A"), (self.tb, rb, "B"))
